@@ -1,0 +1,58 @@
+"""analytics-export: get product-analytics events out of an event store, fast and in bounded memory.
+
+    from analytics_export import export
+    result = export(start_date="2026-11-01", end_date="2026-11-02", format="parquet", output_dir="out")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Settings
+from .destinations.local import LocalDestination
+from .models import Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus
+from .pipeline import Progress, run_export
+from .sources.duckdb import DuckDBEventStore
+
+
+def open_store(settings: Settings, *, read_only: bool = True) -> DuckDBEventStore:
+    """The configured event store."""
+    return DuckDBEventStore(
+        settings.events_path,
+        read_only=read_only,
+        memory_limit=settings.duckdb_memory_limit,
+        threads=settings.duckdb_threads,
+    )
+
+
+def export(
+    request: ExportRequest | None = None,
+    *,
+    settings: Settings | None = None,
+    output: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    **fields: Any,
+) -> ExportResult:
+    """Run one export in this process and return its result.
+
+    Pass an ExportRequest, or its fields as keyword arguments. The file goes to `output` exactly,
+    or to `output_dir` (default: the data dir's `exports/`) under the export's standard name.
+    """
+    settings = settings or Settings()
+    request = request or ExportRequest.model_validate(fields)
+    destination = LocalDestination(Path(output_dir) if output_dir else settings.export_dir,
+                                   Path(output) if output else None)
+    store = open_store(settings)
+    try:
+        return run_export(request, store, destination, project=settings.project,
+                          batch_size=settings.export.batch_size, on_progress=on_progress)
+    finally:
+        store.close()
+
+
+__all__ = [
+    "Compression", "ExportFilter", "ExportFormat", "ExportRequest", "ExportResult", "ExportStatus",
+    "Progress", "Settings", "export", "open_store",
+]

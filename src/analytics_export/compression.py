@@ -1,0 +1,93 @@
+"""Streaming compressors that wrap a sink in a standard stream the usual command-line tools decode.
+
+gzip is one gzip member (isal), zstd one frame (zstandard, two threads), lz4 one frame, snappy the
+snappy framing format (cramjam). Parquet and Avro do not use these: their codec lives in the file.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import cramjam
+import lz4.frame
+import zstandard
+from isal import isal_zlib
+
+from .models import Compression
+from .streams import ForwardingSink, Sink
+
+
+class Codec(Protocol):
+    def compress(self, data: bytes | memoryview) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
+class _Gzip:
+    def __init__(self) -> None:
+        self.obj = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self.obj.compress(data)
+
+    def finish(self) -> bytes:
+        return self.obj.flush()
+
+
+class _Zstd:
+    def __init__(self) -> None:
+        self.obj = zstandard.ZstdCompressor(level=3, threads=2).compressobj()
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self.obj.compress(data)
+
+    def finish(self) -> bytes:
+        return self.obj.flush()
+
+
+class _Lz4:
+    def __init__(self) -> None:
+        self.obj = lz4.frame.LZ4FrameCompressor()
+        self.header = self.obj.begin()
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        out, self.header = self.header + self.obj.compress(data), b""
+        return out
+
+    def finish(self) -> bytes:
+        return self.header + self.obj.flush()
+
+
+class _Snappy:
+    def __init__(self) -> None:
+        self.obj = cramjam.snappy.Compressor()
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        self.obj.compress(data)
+        return bytes(self.obj.flush())
+
+    def finish(self) -> bytes:
+        return bytes(self.obj.finish())
+
+
+CODECS: dict[Compression, Callable[[], Codec]] = {
+    Compression.GZIP: _Gzip,
+    Compression.ZSTD: _Zstd,
+    Compression.LZ4: _Lz4,
+    Compression.SNAPPY: _Snappy,
+}
+
+
+class CompressedSink(ForwardingSink):
+    """Compresses what it is given and passes it on; `finish` ends the compressed stream."""
+
+    def __init__(self, target: Sink, compression: Compression) -> None:
+        super().__init__(target)
+        self.codec = CODECS[compression]()
+
+    def forward(self, data: bytes | memoryview) -> None:
+        out = self.codec.compress(data)
+        if out:
+            self.target.write(out)
+
+    def finish(self) -> None:
+        self.target.write(self.codec.finish())

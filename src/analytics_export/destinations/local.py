@@ -1,0 +1,52 @@
+"""A folder on this machine (the download destination): write to a hidden temp name, rename when done."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from ..errors import Storage
+
+BUFFER = 1 << 20
+
+
+class LocalUpload:
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.partial")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.temp, "xb", buffering=BUFFER)
+        except OSError as exc:
+            raise Storage(f"cannot write to {final.parent}: {exc.strerror}") from exc
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self.file.write(data)
+
+    def commit(self) -> str:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.temp, self.final)
+        dir_fd = os.open(self.final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return str(self.final)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.temp.unlink(missing_ok=True)
+
+
+class LocalDestination:
+    """Files land in `directory` under their export name, or exactly at `path` when one is given."""
+
+    def __init__(self, directory: Path, path: Path | None = None) -> None:
+        self.directory = Path(directory)
+        self.path = Path(path) if path is not None else None
+
+    def open(self, name: str) -> LocalUpload:
+        return LocalUpload((self.path or self.directory / name).absolute())

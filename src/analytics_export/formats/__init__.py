@@ -1,0 +1,61 @@
+"""Writers: each turns Arrow batches into one file's bytes, incrementally, into a binary sink."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pyarrow as pa
+
+from ..models import Compression, ExportFormat
+from ..streams import ForwardingSink
+
+
+class Writer:
+    """Base of every format writer.
+
+    `nested_properties`: the format keeps `properties` as a nested object even when properties are
+    selected (JSON, JSON Lines); tabular formats get one column per selected property instead.
+    `internal_compression`: the format compresses inside the file (Parquet, Avro) rather than being
+    wrapped in a compressed stream.
+    """
+
+    nested_properties: ClassVar[bool] = False
+    internal_compression: ClassVar[bool] = False
+
+    def __init__(self, sink: ForwardingSink, schema: pa.Schema, compression: Compression | None = None):
+        self.sink = sink
+        self.schema = schema
+        self.compression = compression
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Write whatever ends the file (footer, closing bracket); the sink stays open."""
+
+
+def string_bytes(array: pa.Array) -> memoryview:
+    """The concatenated values of a null-free string array, without copying."""
+    if len(array) == 0:
+        return memoryview(b"")
+    _, offsets, data = array.buffers()
+    positions = memoryview(offsets).cast("i")
+    start, end = positions[array.offset], positions[array.offset + len(array)]
+    return memoryview(data)[start:end]
+
+
+def writer_class(fmt: ExportFormat) -> type[Writer]:
+    from .avro import AvroWriter
+    from .csv import CsvWriter
+    from .json import JsonWriter
+    from .jsonl import JsonLinesWriter
+    from .parquet import ParquetWriter
+
+    registry: dict[ExportFormat, type[Writer]] = {
+        ExportFormat.JSON: JsonWriter,
+        ExportFormat.JSON_LINES: JsonLinesWriter,
+        ExportFormat.CSV: CsvWriter,
+        ExportFormat.PARQUET: ParquetWriter,
+        ExportFormat.AVRO: AvroWriter,
+    }
+    return registry[fmt]

@@ -1,0 +1,82 @@
+"""Load events from JSON Lines, CSV and Parquet files into the event store, idempotent on uuid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import Invalid
+from .sources.duckdb import DuckDBEventStore
+
+READERS = {
+    ".jsonl": "read_json(?, format = 'newline_delimited', maximum_depth = 1)",
+    ".ndjson": "read_json(?, format = 'newline_delimited', maximum_depth = 1)",
+    ".json": "read_json(?, format = 'auto', maximum_depth = 1)",
+    ".csv": "read_csv(?, header = true)",
+    ".parquet": "read_parquet(?)",
+}
+REQUIRED = ("event", "distinct_id", "timestamp")
+KNOWN = {"uuid", "project_id", "properties", "inserted_at", *REQUIRED}
+
+
+def reader_for(path: Path) -> str:
+    """The DuckDB table function that reads `path`, chosen by extension (`.gz`/`.zst` allowed for text)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".zst"):
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    if ext not in READERS or (ext == ".parquet" and path.suffix.lower() != ".parquet"):
+        raise Invalid(f"{path}: cannot ingest {ext or 'a file without extension'}; use .jsonl, .json, .csv or .parquet")
+    return READERS[ext]
+
+
+def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
+    """Insert every event of `path` into `project`; returns how many were new.
+
+    Required columns: event, distinct_id, timestamp (ISO 8601; naive means UTC). Optional: uuid
+    (a missing one is derived from the event's content, so re-ingesting a file never duplicates)
+    and properties (a JSON object). Any other column becomes a property. A `project_id` column is
+    ignored: events always go to the project named by the caller.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise Invalid(f"{path}: no such file")
+    reader = reader_for(path)
+    described = store.con.execute(f"DESCRIBE SELECT * FROM {reader}", [str(path)]).fetchall()
+    columns = [row[0] for row in described]
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise Invalid(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}")
+    extra = [c for c in columns if c not in KNOWN]
+    props = "CAST(properties AS JSON)" if "properties" in columns else "'{}'::JSON"
+    params: list[object] = []
+    if extra:
+        pairs = []
+        for name in extra:
+            params.append(name)
+            pairs.append(f'?, "{_identifier(name)}"')
+        props = f"json_merge_patch(coalesce({props}, '{{}}'), json_object({', '.join(pairs)}))"
+    content = "md5(concat_ws(chr(31), event, distinct_id, CAST(ts AS VARCHAR), CAST(props AS VARCHAR)))"
+    uuid = f"coalesce(CAST(uuid AS UUID), CAST({content} AS UUID))" if "uuid" in columns else f"CAST({content} AS UUID)"
+    params += [str(path), project]
+    select = f"""
+        WITH raw AS (
+            SELECT CAST(event AS VARCHAR) AS event, CAST(distinct_id AS VARCHAR) AS distinct_id,
+                   CAST("timestamp" AS TIMESTAMPTZ) AS ts, coalesce({props}, '{{}}'::JSON) AS props
+                   {", uuid" if "uuid" in columns else ""}
+            FROM {reader}
+        )
+        SELECT {uuid} AS uuid, ? AS project_id, event, distinct_id, ts AS "timestamp",
+               CASE WHEN json_type(props) = 'OBJECT' THEN props
+                    ELSE error('properties must be a JSON object, got ' || CAST(props AS VARCHAR)) END AS properties,
+               now() AS inserted_at
+        FROM raw
+    """
+    try:
+        return store.insert(select, params)
+    except Invalid as exc:
+        raise Invalid(f"{path}: {exc}") from exc
+
+
+def _identifier(name: str) -> str:
+    """A column name from the file, safe inside double quotes."""
+    return name.replace('"', '""')

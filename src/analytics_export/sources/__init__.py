@@ -1,0 +1,67 @@
+"""Event sources: each turns an EventQuery into Arrow record batches, with filters pushed into its SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import pyarrow as pa
+
+from ..models import ExportFilter, ExportRequest
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events to read and in which shape.
+
+    `property_columns` selects the tabular shape (one string column per selected property,
+    strings raw and other values as JSON text); otherwise `properties` is one JSON object column
+    holding all properties, or only the selected ones.
+    """
+
+    project: str
+    start: datetime
+    end: datetime
+    events: tuple[str, ...] = ()
+    filters: tuple[ExportFilter, ...] = ()
+    properties: tuple[str, ...] | None = None
+    property_columns: bool = False
+
+    @classmethod
+    def from_request(cls, request: ExportRequest, project: str, *, property_columns: bool) -> EventQuery:
+        props = tuple(request.properties) if request.properties is not None else None
+        return cls(
+            project=project,
+            start=request.start_date,
+            end=request.end_date,
+            events=tuple(request.events),
+            filters=tuple(request.filters),
+            properties=props,
+            property_columns=property_columns and props is not None,
+        )
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The schema of every batch a source yields for this query."""
+        fields = [pa.field("event", pa.string()), pa.field("distinct_id", pa.string()), pa.field("timestamp", TIMESTAMP)]
+        if self.property_columns:
+            fields += [pa.field(name, pa.string()) for name in self.properties or ()]
+        else:
+            fields.append(pa.field("properties", pa.string()))
+        return pa.schema(fields)
+
+
+class EventSource(Protocol):
+    def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
+        """Matching events as a stream of batches of at most `batch_size` rows, in `query.schema`."""
+
+    def count(self, query: EventQuery) -> int:
+        """How many events match (for progress display)."""
+
+    def close(self) -> None: ...
+
+
+__all__ = ["EventQuery", "EventSource", "TIMESTAMP"]

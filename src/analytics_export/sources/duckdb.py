@@ -1,0 +1,186 @@
+"""The embedded event store: a DuckDB file read as Arrow batches, with every filter bound as a parameter."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from ..errors import Invalid, Storage
+from ..models import ExportFilter, FilterOperator
+from . import EventQuery
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS events (
+    uuid UUID NOT NULL,
+    project_id VARCHAR NOT NULL,
+    event VARCHAR NOT NULL,
+    distinct_id VARCHAR NOT NULL,
+    "timestamp" TIMESTAMPTZ NOT NULL,
+    properties JSON NOT NULL,
+    inserted_at TIMESTAMPTZ NOT NULL
+)
+"""
+
+NUMBER_TYPES = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+COMPARISONS = {
+    FilterOperator.EQ: "=",
+    FilterOperator.GT: ">",
+    FilterOperator.GTE: ">=",
+    FilterOperator.LT: "<",
+    FilterOperator.LTE: "<=",
+}
+NEGATIONS = {
+    FilterOperator.NEQ: FilterOperator.EQ,
+    FilterOperator.NOT_CONTAINS: FilterOperator.CONTAINS,
+    FilterOperator.NOT_IN: FilterOperator.IN,
+    FilterOperator.IS_NOT_SET: FilterOperator.IS_SET,
+}
+
+
+def json_path(name: str) -> str:
+    """JSON path of a top-level key; names are validated plain keys, so quoting is safe."""
+    return f'$."{name}"'
+
+
+class SqlBuilder:
+    """Collects SQL fragments and their bound parameters in order."""
+
+    def __init__(self) -> None:
+        self.params: list[Any] = []
+
+    def bind(self, value: Any) -> str:
+        self.params.append(value)
+        return "?"
+
+    def prop(self, name: str) -> str:
+        return f"json_extract(properties, {self.bind(json_path(name))})"
+
+    def condition(self, f: ExportFilter) -> str:
+        """SQL that is true exactly when the event matches `f` (never NULL)."""
+        if f.operator in NEGATIONS:
+            positive = ExportFilter(property=f.property, operator=NEGATIONS[f.operator], value=f.value)
+            return f"NOT {self.condition(positive)}"
+        if f.operator is FilterOperator.IS_SET:
+            return f"coalesce(json_type({self.prop(f.property)}) <> 'NULL', false)"
+        if f.operator is FilterOperator.IN:
+            return "(" + " OR ".join(self.compare(f.property, "=", v) for v in f.value) + ")"  # type: ignore[union-attr]
+        if f.operator is FilterOperator.CONTAINS:
+            return f"coalesce(contains({self.prop(f.property)} ->> '$', {self.bind(f.value)}), false)"
+        if f.operator is FilterOperator.REGEX:
+            return f"coalesce(regexp_matches({self.prop(f.property)} ->> '$', {self.bind(f.value)}), false)"
+        return self.compare(f.property, COMPARISONS[f.operator], f.value)
+
+    def compare(self, name: str, op: str, value: Any) -> str:
+        """Numbers compare numerically with numbers, strings lexically with strings, booleans by equality."""
+        v = self.prop(name)
+        if isinstance(value, bool):
+            test = f"json_type({v}) = 'BOOLEAN' AND TRY_CAST({v} AS BOOLEAN) {op} {self.bind(value)}"
+        elif isinstance(value, (int, float)):
+            test = f"json_type({v}) IN {NUMBER_TYPES} AND TRY_CAST({v} AS DOUBLE) {op} {self.bind(float(value))}"
+        else:
+            test = f"json_type({v}) = 'VARCHAR' AND ({v} ->> '$') {op} {self.bind(value)}"
+        return f"coalesce({test}, false)"
+
+    def projection(self, query: EventQuery) -> list[str]:
+        cols = ["event", "distinct_id", '"timestamp"']
+        if query.property_columns:
+            for i, name in enumerate(query.properties or ()):
+                v = self.prop(name)
+                cols.append(
+                    f"CASE WHEN json_type({v}) = 'VARCHAR' THEN {v} ->> '$' ELSE CAST({v} AS VARCHAR) END AS p{i}"
+                )
+        elif query.properties is None:
+            cols.append("CAST(properties AS VARCHAR) AS properties")
+        else:
+            pairs = ", ".join(f"{self.bind(name)}, {self.prop(name)}" for name in query.properties)
+            cols.append(f"CAST(json_object({pairs}) AS VARCHAR) AS properties")
+        return cols
+
+    def select(self, query: EventQuery, columns: list[str] | None = None) -> str:
+        cols = columns if columns is not None else self.projection(query)
+        where = [
+            f"project_id = {self.bind(query.project)}",
+            f'"timestamp" >= {self.bind(query.start)}',
+            f'"timestamp" < {self.bind(query.end)}',
+        ]
+        if query.events:
+            where.append("event IN (" + ", ".join(self.bind(e) for e in query.events) + ")")
+        where += [self.condition(f) for f in query.filters]
+        return f"SELECT {', '.join(cols)} FROM events WHERE {' AND '.join(where)}"
+
+
+class DuckDBEventStore:
+    """Events in one DuckDB file; exports open it read-only so several can run at once."""
+
+    def __init__(self, path: Path, *, read_only: bool = True, memory_limit: str = "256MB", threads: int = 2):
+        self.path = Path(path)
+        if read_only and not self.path.exists():
+            DuckDBEventStore(self.path, read_only=False, memory_limit=memory_limit, threads=threads).close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise Storage(f"cannot open event store {self.path}: {exc}") from exc
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute(f"SET memory_limit = '{memory_limit}'")
+        self.con.execute(f"SET threads = {int(threads)}")
+        self.con.execute("SET preserve_insertion_order = false")
+        self.con.execute("SET enable_progress_bar = false")
+        if not read_only:
+            self.con.execute(SCHEMA_SQL)
+
+    def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
+        sql = SqlBuilder()
+        text = sql.select(query)
+        reader = self._relation(text, sql.params).to_arrow_reader(batch_size)
+        return _renamed(reader, query.schema)
+
+    def count(self, query: EventQuery) -> int:
+        sql = SqlBuilder()
+        text = sql.select(query, ["count(*)"])
+        return int(self._run(text, sql.params).fetchone()[0])
+
+    def insert(self, select_sql: str, params: list[Any] | dict[str, Any] | None = None) -> int:
+        """Insert rows of `select_sql` (the events columns), skipping uuids already stored; returns rows added."""
+        text = (
+            f"INSERT INTO events SELECT * FROM (SELECT DISTINCT ON (uuid) * FROM ({select_sql})) AS s "
+            "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.uuid = s.uuid)"
+        )
+        return int(self._run(text, params or []).fetchone()[0])
+
+    def _relation(self, text: str, params: list[Any]) -> duckdb.DuckDBPyRelation:
+        with translated_errors():
+            return self.con.sql(text, params=params)
+
+    def _run(self, text: str, params: list[Any] | dict[str, Any]) -> duckdb.DuckDBPyConnection:
+        with translated_errors():
+            return self.con.execute(text, params)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """DuckDB errors as ours: bad input (a regex RE2 rejects, a malformed file) is Invalid."""
+    try:
+        yield
+    except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.ConstraintException) as exc:
+        raise Invalid(str(exc).split("\n")[0]) from exc
+    except duckdb.Error as exc:
+        raise Storage(f"event store query failed: {exc}") from exc
+
+
+def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema) -> pa.RecordBatchReader:
+    """The same stream under the query's column names (SQL aliases are positional, never user text)."""
+
+    def gen() -> Iterator[pa.RecordBatch]:
+        with translated_errors():
+            for batch in reader:
+                yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, gen())
