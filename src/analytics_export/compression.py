@@ -62,7 +62,7 @@ class _Snappy:
         self.obj = cramjam.snappy.Compressor()
 
     def compress(self, data: bytes | memoryview) -> bytes:
-        self.obj.compress(data)
+        self.obj.compress(bytes(data))  # cramjam takes bytes, not memoryviews
         return bytes(self.obj.flush())
 
     def finish(self) -> bytes:

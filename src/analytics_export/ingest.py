@@ -8,11 +8,11 @@ from .errors import Invalid
 from .sources.duckdb import DuckDBEventStore
 
 READERS = {
-    ".jsonl": "read_json(?, format = 'newline_delimited', maximum_depth = 1)",
-    ".ndjson": "read_json(?, format = 'newline_delimited', maximum_depth = 1)",
-    ".json": "read_json(?, format = 'auto', maximum_depth = 1)",
-    ".csv": "read_csv(?, header = true)",
-    ".parquet": "read_parquet(?)",
+    ".jsonl": "read_json($path, format = 'newline_delimited', maximum_depth = 1)",
+    ".ndjson": "read_json($path, format = 'newline_delimited', maximum_depth = 1)",
+    ".json": "read_json($path, format = 'auto', maximum_depth = 1)",
+    ".csv": "read_csv($path, header = true)",
+    ".parquet": "read_parquet($path)",
 }
 REQUIRED = ("event", "distinct_id", "timestamp")
 KNOWN = {"uuid", "project_id", "properties", "inserted_at", *REQUIRED}
@@ -41,23 +41,22 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
     if not path.is_file():
         raise Invalid(f"{path}: no such file")
     reader = reader_for(path)
-    described = store.con.execute(f"DESCRIBE SELECT * FROM {reader}", [str(path)]).fetchall()
+    described = store.con.execute(f"DESCRIBE SELECT * FROM {reader}", {"path": str(path)}).fetchall()
     columns = [row[0] for row in described]
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise Invalid(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}")
     extra = [c for c in columns if c not in KNOWN]
     props = "CAST(properties AS JSON)" if "properties" in columns else "'{}'::JSON"
-    params: list[object] = []
+    params: dict[str, object] = {"path": str(path), "project": project}
     if extra:
         pairs = []
-        for name in extra:
-            params.append(name)
-            pairs.append(f'?, "{_identifier(name)}"')
+        for i, name in enumerate(extra):
+            params[f"k{i}"] = name
+            pairs.append(f'$k{i}, "{_identifier(name)}"')
         props = f"json_merge_patch(coalesce({props}, '{{}}'), json_object({', '.join(pairs)}))"
     content = "md5(concat_ws(chr(31), event, distinct_id, CAST(ts AS VARCHAR), CAST(props AS VARCHAR)))"
     uuid = f"coalesce(CAST(uuid AS UUID), CAST({content} AS UUID))" if "uuid" in columns else f"CAST({content} AS UUID)"
-    params += [str(path), project]
     select = f"""
         WITH raw AS (
             SELECT CAST(event AS VARCHAR) AS event, CAST(distinct_id AS VARCHAR) AS distinct_id,
@@ -65,7 +64,7 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
                    {", uuid" if "uuid" in columns else ""}
             FROM {reader}
         )
-        SELECT {uuid} AS uuid, ? AS project_id, event, distinct_id, ts AS "timestamp",
+        SELECT {uuid} AS uuid, $project AS project_id, event, distinct_id, ts AS "timestamp",
                CASE WHEN json_type(props) = 'OBJECT' THEN props
                     ELSE error('properties must be a JSON object, got ' || CAST(props AS VARCHAR)) END AS properties,
                now() AS inserted_at

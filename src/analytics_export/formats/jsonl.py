@@ -17,8 +17,9 @@ class JsonLinesWriter(Writer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.con = duckdb.connect(config={"threads": 1, "enable_progress_bar": False})
+        self.con = duckdb.connect(config={"threads": 1})
         self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")
         self.encode = (
             f"SELECT {self.prefix_sql} || to_json(struct_pack(event := event, distinct_id := distinct_id, "
             f"\"timestamp\" := strftime(\"timestamp\", '{RFC3339}'), properties := json(properties))) "

@@ -53,8 +53,9 @@ class SqlBuilder:
         self.params: list[Any] = []
 
     def bind(self, value: Any) -> str:
+        """A numbered placeholder (`$n`) for `value`; the text may be repeated without rebinding."""
         self.params.append(value)
-        return "?"
+        return f"${len(self.params)}"
 
     def prop(self, name: str) -> str:
         return f"json_extract(properties, {self.bind(json_path(name))})"
@@ -170,7 +171,7 @@ def translated_errors() -> Iterator[None]:
     try:
         yield
     except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.ConstraintException) as exc:
-        raise Invalid(str(exc).split("\n")[0]) from exc
+        raise Invalid(str(exc).split("\n")[0].replace("Invalid Input Error: ", "invalid input: ")) from exc
     except duckdb.Error as exc:
         raise Storage(f"event store query failed: {exc}") from exc
 
