@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from analytics_export import Settings, open_store
+from analytics_export.demo import generate
+from helpers import RFC3339
+
+DEMO_END = datetime(2026, 11, 1, tzinfo=timezone.utc)
+DEMO_EVENTS = 20_000
+
+
+@pytest.fixture(scope="session")
+def demo_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A data dir holding 20k demo events in the 90 days before 2026-11-01."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("demo"))
+    store = open_store(settings, read_only=False)
+    try:
+        generate(store, DEMO_EVENTS, settings.project, end=DEMO_END)
+    finally:
+        store.close()
+    return settings
+
+
+def stored_rows(settings: Settings, start: datetime, end: datetime, events: list[str] | None = None) -> list[dict[str, Any]]:
+    """The store's events in [start, end), read with plain SQL, properties parsed by Python."""
+    con = duckdb.connect(str(settings.events_path), read_only=True)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        rows = con.execute(
+            f"""SELECT event, distinct_id, strftime("timestamp", '{RFC3339}'), CAST(properties AS VARCHAR)
+                FROM events WHERE project_id = ? AND "timestamp" >= ? AND "timestamp" < ?""",
+            [settings.project, start, end],
+        ).fetchall()
+    finally:
+        con.close()
+    out = [{"event": e, "distinct_id": d, "timestamp": t, "properties": json.loads(p)} for e, d, t, p in rows]
+    return [r for r in out if not events or r["event"] in events]
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def expected(rows: list[dict[str, Any]], fmt: str, properties: list[str] | None) -> list[dict[str, Any]]:
+    """What an export of `rows` must contain in `fmt`, per the format semantics in DESIGN.md."""
+    out = []
+    for r in rows:
+        base = {k: r[k] for k in ("event", "distinct_id", "timestamp")}
+        props = r["properties"]
+        if properties is None:
+            base["properties"] = props
+        elif fmt in ("json", "json_lines"):
+            base["properties"] = {k: props.get(k) for k in properties}
+        else:
+            for k in properties:
+                if k not in props:
+                    value = None
+                elif isinstance(props[k], str):
+                    value = props[k]
+                else:
+                    value = json_text(props[k])
+                base[k] = "" if value is None and fmt == "csv" else value
+        out.append(base)
+    return out
