@@ -43,6 +43,13 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
     reader = reader_for(path)
     described = store.con.execute(f"DESCRIBE SELECT * FROM {reader}", {"path": str(path)}).fetchall()
     columns = [row[0] for row in described]
+    types = {row[0]: row[1] for row in described}
+
+    def text(name: str) -> str:
+        """A column as text: JSON strings unquoted, everything else as written."""
+        col = f'"{_identifier(name)}"'
+        return f"({col} ->> '$')" if types[name] == "JSON" else f"CAST({col} AS VARCHAR)"
+
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise Invalid(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}")
@@ -59,9 +66,9 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
     uuid = f"coalesce(CAST(uuid AS UUID), CAST({content} AS UUID))" if "uuid" in columns else f"CAST({content} AS UUID)"
     select = f"""
         WITH raw AS (
-            SELECT CAST(event AS VARCHAR) AS event, CAST(distinct_id AS VARCHAR) AS distinct_id,
-                   CAST("timestamp" AS TIMESTAMPTZ) AS ts, coalesce({props}, '{{}}'::JSON) AS props
-                   {", uuid" if "uuid" in columns else ""}
+            SELECT {text("event")} AS event, {text("distinct_id")} AS distinct_id,
+                   CAST({text("timestamp")} AS TIMESTAMPTZ) AS ts, coalesce({props}, '{{}}'::JSON) AS props
+                   {f", {text('uuid')} AS uuid" if "uuid" in columns else ""}
             FROM {reader}
         )
         SELECT {uuid} AS uuid, $project AS project_id, event, distinct_id, ts AS "timestamp",

@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-PROPERTY_NAME = re.compile(r"^[\w$][\w$.:/ -]{0,199}$")
+PROPERTY_NAME = re.compile(r"[\w$][\w$.:/ -]{0,199}")
 """A plain property key: letters, digits and `_ $ . : / -` and spaces; no quotes, brackets or SQL."""
 
 
@@ -25,7 +25,7 @@ def utc(value: datetime | date) -> datetime:
 
 def check_property_name(name: str) -> str:
     """Reject property names that are not plain keys, saying what is allowed."""
-    if not isinstance(name, str) or not PROPERTY_NAME.match(name):
+    if not isinstance(name, str) or not PROPERTY_NAME.fullmatch(name):
         raise ValueError(
             f"property name {name!r} is not a plain key: use 1-200 letters, digits, "
             "spaces or `_ $ . : / -`, starting with a letter, digit, `_` or `$`"

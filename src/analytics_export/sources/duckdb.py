@@ -60,6 +60,11 @@ class SqlBuilder:
     def prop(self, name: str) -> str:
         return f"json_extract(properties, {self.bind(json_path(name))})"
 
+    def string(self, name: str) -> str:
+        """The property's value when it is a JSON string, else NULL."""
+        v = self.prop(name)
+        return f"CASE WHEN json_type({v}) = 'VARCHAR' THEN {v} ->> '$' END"
+
     def condition(self, f: ExportFilter) -> str:
         """SQL that is true exactly when the event matches `f` (never NULL)."""
         if f.operator in NEGATIONS:
@@ -70,9 +75,9 @@ class SqlBuilder:
         if f.operator is FilterOperator.IN:
             return "(" + " OR ".join(self.compare(f.property, "=", v) for v in f.value) + ")"  # type: ignore[union-attr]
         if f.operator is FilterOperator.CONTAINS:
-            return f"coalesce(contains({self.prop(f.property)} ->> '$', {self.bind(f.value)}), false)"
+            return f"coalesce(contains({self.string(f.property)}, {self.bind(f.value)}), false)"
         if f.operator is FilterOperator.REGEX:
-            return f"coalesce(regexp_matches({self.prop(f.property)} ->> '$', {self.bind(f.value)}), false)"
+            return f"coalesce(regexp_matches({self.string(f.property)}, {self.bind(f.value)}), false)"
         return self.compare(f.property, COMPARISONS[f.operator], f.value)
 
     def compare(self, name: str, op: str, value: Any) -> str:
