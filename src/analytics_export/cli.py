@@ -106,7 +106,7 @@ def export(
             format=ExportFormat.parse(format), start_date=start, end_date=end, compression=compression,
             events=event, properties=property or None, filters=[parse_filter(f) for f in filter],
         )
-    except ValueError as exc:  # ValidationError is a ValueError
+    except (ValueError, Invalid) as exc:  # ValidationError is a ValueError
         fail(validation_message(exc) if isinstance(exc, ValidationError) else str(exc))
     if output and output_dir:
         fail("give --output or --output-dir, not both")

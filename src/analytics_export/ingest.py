@@ -41,7 +41,10 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
     if not path.is_file():
         raise Invalid(f"{path}: no such file")
     reader = reader_for(path)
-    described = store.con.execute(f"DESCRIBE SELECT * FROM {reader}", {"path": str(path)}).fetchall()
+    try:
+        described = store.execute(f"DESCRIBE SELECT * FROM {reader}", {"path": str(path)}).fetchall()
+    except Invalid as exc:
+        raise Invalid(f"{path}: {exc}") from exc
     columns = [row[0] for row in described]
     types = {row[0]: row[1] for row in described}
 

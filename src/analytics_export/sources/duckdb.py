@@ -148,7 +148,7 @@ class DuckDBEventStore:
     def count(self, query: EventQuery) -> int:
         sql = SqlBuilder()
         text = sql.select(query, ["count(*)"])
-        return int(self._run(text, sql.params).fetchone()[0])
+        return int(self.execute(text, sql.params).fetchone()[0])
 
     def insert(self, select_sql: str, params: list[Any] | dict[str, Any] | None = None) -> int:
         """Insert rows of `select_sql` (the events columns), skipping uuids already stored; returns rows added."""
@@ -156,13 +156,14 @@ class DuckDBEventStore:
             f"INSERT INTO events SELECT * FROM (SELECT DISTINCT ON (uuid) * FROM ({select_sql})) AS s "
             "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.uuid = s.uuid)"
         )
-        return int(self._run(text, params or []).fetchone()[0])
+        return int(self.execute(text, params or []).fetchone()[0])
 
     def _relation(self, text: str, params: list[Any]) -> duckdb.DuckDBPyRelation:
         with translated_errors():
             return self.con.sql(text, params=params)
 
-    def _run(self, text: str, params: list[Any] | dict[str, Any]) -> duckdb.DuckDBPyConnection:
+    def execute(self, text: str, params: list[Any] | dict[str, Any]) -> duckdb.DuckDBPyConnection:
+        """Run SQL with bound parameters; DuckDB errors come back as ours."""
         with translated_errors():
             return self.con.execute(text, params)
 

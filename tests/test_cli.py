@@ -1,0 +1,122 @@
+"""The `analytics-export` command as a user runs it: summaries, errors, and a kill -9 mid-export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from analytics_export import Settings, open_store
+from analytics_export.demo import generate
+from helpers import read_records
+
+CLI = [sys.executable, "-m", "analytics_export.cli"]
+
+
+def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "--data-dir", str(data_dir), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_demo_ingest_export(tmp_path):
+    data = tmp_path / "data"
+    done = run(data, "demo", "--events", "5000")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"generated": 5000}
+    assert json.loads(run(data, "demo", "--events", "10", "--if-empty").stdout) == {"generated": 0}
+
+    (tmp_path / "more.jsonl").write_text(
+        '{"event": "cli_event", "distinct_id": "me", "timestamp": "2030-01-01T00:00:00Z", "properties": {"k": 1}}\n')
+    done = run(data, "ingest", str(tmp_path / "more.jsonl"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"ingested": 1}
+
+    out = tmp_path / "out.csv"
+    done = run(data, "export", "--format", "csv", "--start", "2030-01-01", "--end", "2030-01-02",
+               "--filter", "k gte 1", "--property", "k", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["total_events"] == 1 and summary["path"] == str(out) and summary["file_size"] == out.stat().st_size
+    assert read_records(out, "csv", None) == [
+        {"event": "cli_event", "distinct_id": "me", "timestamp": "2030-01-01T00:00:00.000000Z", "k": "1"}]
+
+    done = run(data, "export", "-f", "jsonl", "-c", "zstd", "--start", "2000-01-01", "--end", "2100-01-01",
+               "-e", "$pageview", "-e", "cli_event", "--output-dir", str(tmp_path / "exports"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["path"].endswith(f"export_{summary['id']}_20000101_to_21000101.jsonl.zst")
+    records = read_records(Path(summary["path"]), "json_lines", "zstd")
+    assert len(records) == summary["total_events"] > 1
+    assert {r["event"] for r in records} == {"$pageview", "cli_event"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "xml"], "unknown format 'xml'"),
+    (["--format", "csv", "--start", "2026-01-02", "--end", "2026-01-01"], "must be after start_date"),
+    (["--format", "csv", "--start", "soon"], "start_date"),
+    (["--format", "csv", "--filter", "plan"], "is not 'PROPERTY OPERATOR"),
+    (["--format", "csv", "--filter", "a'b eq 1"], "not a plain key"),
+    (["--format", "csv", "--filter", "price gt"], "needs a single value"),
+    (["--format", "csv", "--property", "x;drop"], "not a plain key"),
+    (["--format", "csv", "--compression", "brotli"], "brotli"),
+    (["--format", "csv", "--output", "a", "--output-dir", "b"], "not both"),
+])
+def test_bad_input_exits_nonzero_with_one_line(tmp_path, args, message):
+    base = {"--start": "2026-01-01", "--end": "2026-01-02"}
+    for flag, value in base.items():
+        if flag not in args:
+            args = [*args, flag, value]
+    done = run(tmp_path, "export", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("big")
+    store = open_store(Settings(data_dir=data), read_only=False)
+    try:
+        generate(store, 400_000, "default")
+    finally:
+        store.close()
+    return data
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_killed_export_leaves_no_file(big_store, tmp_path, fmt):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    target = out_dir / f"export.{fmt}"
+    proc = subprocess.Popen([*CLI, "--data-dir", str(big_store), "export", "-f", fmt, "--start", "2000-01-01",
+                             "--end", "2100-01-01", "--output", str(target)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        partial = [p for p in out_dir.iterdir() if p.name.endswith(".partial")]
+        if partial and partial[0].stat().st_size > 1_000_000:
+            break
+        assert proc.poll() is None, "export finished before it could be killed"
+        time.sleep(0.01)
+    else:
+        pytest.fail("export never started writing")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()
+    assert [p.name for p in out_dir.iterdir() if not p.name.endswith(".partial")] == []
+
+
+def test_python_api_returns_result(big_store, tmp_path):
+    from analytics_export import ExportStatus, export
+
+    result = export(settings=Settings(data_dir=big_store), output_dir=tmp_path, start_date="2000-01-01",
+                    end_date="2100-01-01", format="parquet", compression="zstd", events=["signup_completed"])
+    assert result.status is ExportStatus.COMPLETED
+    assert result.total_events > 0 and result.file_size > 0
+    assert Path(result.destination_path).parent == tmp_path

@@ -1,0 +1,112 @@
+"""Ingest JSON Lines, JSON, CSV and Parquet; idempotent on uuid; clear errors for bad files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analytics_export.errors import Invalid
+from analytics_export.ingest import ingest_file
+from analytics_export.sources.duckdb import DuckDBEventStore
+from helpers import write_jsonl
+
+EVENTS = [
+    {"uuid": "0b5f6c7e-8d4a-4c3b-9a1e-2f3d4c5b6a70", "event": "signup", "distinct_id": "u1",
+     "timestamp": "2026-01-01T10:00:00+02:00", "properties": {"plan": "pro", "n": 1}},
+    {"event": "$pageview", "distinct_id": "u2", "timestamp": "2026-01-01 09:30:00.123456",
+     "properties": {"$current_url": "https://x.example/a,b", "nested": {"k": [1, "two"]}}},
+    {"event": "no_props", "distinct_id": 42, "timestamp": "2026-01-01T11:00:00Z"},
+]
+
+
+@pytest.fixture()
+def store(tmp_path: Path):
+    s = DuckDBEventStore(tmp_path / "events.duckdb", read_only=False)
+    yield s
+    s.close()
+
+
+def rows(store: DuckDBEventStore) -> list[tuple]:
+    return store.con.execute(
+        """SELECT CAST(uuid AS VARCHAR), project_id, event, distinct_id, CAST("timestamp" AS VARCHAR),
+                  CAST(properties AS VARCHAR) FROM events ORDER BY "timestamp" """
+    ).fetchall()
+
+
+def test_jsonl_ingest_is_idempotent(store, tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", EVENTS)
+    assert ingest_file(store, path, "p1") == 3
+    assert ingest_file(store, path, "p1") == 0, "same uuids (given or derived) are skipped"
+    got = rows(store)
+    assert [r[2] for r in got] == ["signup", "$pageview", "no_props"]
+    assert got[0][0] == EVENTS[0]["uuid"]
+    assert got[0][4] == "2026-01-01 08:00:00+00", "offsets are converted to UTC"
+    assert got[1][4] == "2026-01-01 09:30:00.123456+00", "naive timestamps are UTC"
+    assert got[2][3] == "42"
+    assert json.loads(got[1][5]) == EVENTS[1]["properties"]
+    assert json.loads(got[2][5]) == {}
+    assert {r[1] for r in got} == {"p1"}
+
+
+def test_duplicates_inside_one_file_are_kept_once(store, tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", EVENTS + EVENTS)
+    assert ingest_file(store, path, "p") == 3
+
+
+def test_csv_columns_become_properties(store, tmp_path):
+    path = tmp_path / "e.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["event", "distinct_id", "timestamp", "plan", "price", "properties"])
+        w.writerow(["buy", "u1", "2026-01-01T00:00:00Z", "pro, yearly", "9.5", '{"a": "x\\ny"}'])
+        w.writerow(["buy", "u2", "2026-01-01T00:00:01Z", "", "", ""])
+    assert ingest_file(store, path, "p") == 2
+    props = [json.loads(r[5]) for r in rows(store)]
+    assert props == [{"a": "x\ny", "plan": "pro, yearly", "price": 9.5}, {}]
+
+
+def test_parquet_ingest(store, tmp_path):
+    table = pa.table({
+        "event": ["a", "b"], "distinct_id": ["1", "2"],
+        "timestamp": pa.array([1_767_225_600_000_000, 1_767_225_600_000_001], pa.timestamp("us", tz="UTC")),
+        "properties": ['{"x": 1}', '{"y": "z"}'],
+    })
+    pq.write_table(table, tmp_path / "e.parquet")
+    assert ingest_file(store, tmp_path / "e.parquet", "p") == 2
+    assert ingest_file(store, tmp_path / "e.parquet", "p") == 0
+    assert [json.loads(r[5]) for r in rows(store)] == [{"x": 1}, {"y": "z"}]
+
+
+def test_projects_are_separate(store, tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", EVENTS[1:])
+    assert ingest_file(store, path, "a") == 2
+    assert ingest_file(store, path, "b") == 0, "uuid is global: the same event is not copied to another project"
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"event": "a", "timestamp": "2026-01-01"}\n', "missing column.*distinct_id"),
+    ('{"event": "a", "distinct_id": "u", "timestamp": "yesterday"}\n', "yesterday"),
+    ('{"event": "a", "distinct_id": "u", "timestamp": "2026-01-01", "properties": [1]}\n', "JSON object"),
+    ('{"event": "a", "distinct_id": "u", "timestamp": "2026-01-01", "uuid": "nope"}\n', "nope"),
+    ('{"event": null, "distinct_id": "u", "timestamp": "2026-01-01"}\n', "NOT NULL|event"),
+    ("not json at all\n", "e.jsonl"),
+])
+def test_bad_files_say_what_is_wrong(store, tmp_path, content, message):
+    path = tmp_path / "e.jsonl"
+    path.write_text(content)
+    with pytest.raises(Invalid, match=message):
+        ingest_file(store, path, "p")
+    assert rows(store) == [], "nothing from a bad file is kept"
+
+
+def test_unknown_extension_and_missing_file(store, tmp_path):
+    (tmp_path / "e.xml").write_text("<a/>")
+    with pytest.raises(Invalid, match="use .jsonl"):
+        ingest_file(store, tmp_path / "e.xml", "p")
+    with pytest.raises(Invalid, match="no such file"):
+        ingest_file(store, tmp_path / "missing.jsonl", "p")
