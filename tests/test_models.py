@@ -1,0 +1,71 @@
+"""The contract: enum mappings, validation messages, file names, destination union."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from analytics_export.models import (
+    Compression, ExportDestination, ExportFormat, ExportRequest, ExportResult, ExportStatus, ScheduledExport,
+)
+
+
+def test_formats_map_like_the_seed():
+    assert {f.value: (f.content_type, f.file_extension) for f in ExportFormat} == {
+        "json": ("application/json", "json"),
+        "json_lines": ("application/x-ndjson", "jsonl"),
+        "csv": ("text/csv", "csv"),
+        "parquet": ("application/octet-stream", "parquet"),
+        "avro": ("application/avro", "avro"),
+    }
+    assert ExportFormat.parse("jsonl") is ExportFormat.JSON_LINES
+    assert ExportFormat.parse(".PARQUET") is ExportFormat.PARQUET
+    assert [c.value for c in Compression] == ["gzip", "zstd", "snappy", "lz4"]
+    assert [s.value for s in ExportStatus] == ["pending", "processing", "completed", "failed", "expired"]
+
+
+def test_request_defaults_and_utc():
+    r = ExportRequest(start_date=date(2026, 1, 1), end_date="2026-01-02T05:00:00+05:00", format="csv")
+    assert r.start_date == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert r.end_date == datetime(2026, 1, 2, tzinfo=timezone.utc)
+    assert r.status is ExportStatus.PENDING and r.destination.type == "download"
+    assert r.properties is None and r.filters == [] and r.events == []
+    assert r.file_name == f"export_{r.id}_20260101_to_20260102.csv"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"end_date": "2026-01-01"}, "end_date .* must be after start_date"),
+    ({"format": "xml"}, "Input should be 'json', 'json_lines', 'csv', 'parquet' or 'avro'"),
+    ({"compression": "brotli"}, "Input should be 'gzip', 'zstd', 'snappy' or 'lz4'"),
+    ({"properties": []}, "at least one property"),
+    ({"properties": ["ok", "not ok'"]}, "not a plain key"),
+    ({"events": [""]}, "non-empty"),
+    ({"filters": [{"property": "a", "operator": "between", "value": 1}]}, "operator"),
+    ({"destination": {"type": "ftp"}}, "does not match any of the expected tags"),
+    ({"destination": {"type": "s3"}}, "bucket"),
+    ({"surprise": 1}, "Extra inputs are not permitted"),
+])
+def test_request_validation_names_the_field(fields, message):
+    base = {"start_date": "2026-01-01", "end_date": "2026-01-02", "format": "json"}
+    with pytest.raises(ValidationError, match=message):
+        ExportRequest.model_validate(base | fields)
+
+
+def test_destinations_are_a_tagged_union():
+    adapter = TypeAdapter(ExportDestination)
+    assert adapter.validate_python({"type": "s3", "bucket": "b", "prefix": "p/"}).bucket == "b"
+    assert adapter.validate_python({"type": "sftp", "host": "h", "username": "u"}).port == 22
+    assert adapter.validate_python({"type": "webhook", "url": "https://x"}).url == "https://x"
+    assert adapter.validate_python({"type": "gcs", "bucket": "g"}).type == "gcs"
+    assert adapter.validate_python({"type": "azure", "container": "c"}).type == "azure"
+
+
+def test_result_and_schedule_shapes():
+    res = ExportResult(export_id="x", status="completed", total_events=3, file_size=10)
+    assert res.model_dump()["download_url"] is None
+    s = ScheduledExport(name="daily", schedule="0 2 * * *")
+    assert s.date_range.value == "last_day" and s.enabled and s.next_run is None
+    assert ExportRequest(start_date="2026-01-01", end_date=datetime(2026, 1, 1) + timedelta(microseconds=1),
+                         format="json").end_date.microsecond == 1
