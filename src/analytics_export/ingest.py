@@ -70,7 +70,7 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
     select = f"""
         WITH raw AS (
             SELECT {text("event")} AS event, {text("distinct_id")} AS distinct_id,
-                   CAST({text("timestamp")} AS TIMESTAMPTZ) AS ts, coalesce({props}, '{{}}'::JSON) AS props
+                   CAST({text("timestamp")} AS TIMESTAMPTZ) AS ts, coalesce(json({props}), '{{}}'::JSON) AS props
                    {f", {text('uuid')} AS uuid" if "uuid" in columns else ""}
             FROM {reader}
         )

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from . import Writer
-from .jsonl import RFC3339
-
-
-def rfc3339(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """The batch with `timestamp` as RFC 3339 UTC text, the form the text formats share."""
-    i = batch.schema.get_field_index("timestamp")
-    text = pc.strftime(batch.column(i), format=RFC3339.replace(".%f", ""))
-    return batch.set_column(i, pa.field("timestamp", pa.string()), text)
+from . import RFC3339, BatchSQL, Writer
 
 
 class CsvWriter(Writer):
@@ -23,9 +14,16 @@ class CsvWriter(Writer):
         schema = self.schema.set(self.schema.get_field_index("timestamp"), pa.field("timestamp", pa.string()))
         options = pacsv.WriteOptions(include_header=True, eol="\r\n", quoting_style="needed", batch_size=8192)
         self.writer = pacsv.CSVWriter(self.sink, schema, write_options=options)
+        # Columns by position: property names may repeat `event` etc. and are not SQL identifiers.
+        columns = [f"#{i + 1}" for i in range(len(schema))]
+        columns[2] = f"strftime(#3, '{RFC3339}')"
+        self.to_text = BatchSQL(f"SELECT {', '.join(columns)} FROM batch")
+        self.schema_text = schema
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self.writer.write_batch(rfc3339(batch))
+        table = self.to_text(batch)
+        self.writer.write_table(pa.Table.from_arrays(table.columns, schema=self.schema_text))
 
     def close(self) -> None:
         self.writer.close()
+        self.to_text.close()
