@@ -46,9 +46,9 @@ def run_export(
     writer_cls = writer_class(request.format)
     query = EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties)
     upload = destination.open(request.file_name)
+    counted = ForwardingSink(upload)
     progress = Progress()
     try:
-        counted = ForwardingSink(upload)
         wraps_stream = request.compression is not None and not writer_cls.internal_compression
         sink = CompressedSink(counted, request.compression) if wraps_stream else counted
         writer = writer_cls(sink, query.schema, request.compression)
@@ -64,6 +64,7 @@ def run_export(
         sink.finish()
         path = upload.commit()
     except BaseException:
+        counted.discard()
         upload.abort()
         raise
     progress.bytes = counted.position

@@ -38,3 +38,12 @@ class ForwardingSink(io.RawIOBase):
 
     def finish(self) -> None:
         """End the stream (subclasses write trailers); the target stays open."""
+
+    def discard(self) -> None:
+        """Drop everything written from now on: a failed export's writer may still flush on exit."""
+        self.target = _Nowhere()
+
+
+class _Nowhere:
+    def write(self, data: bytes | memoryview, /) -> None:
+        return None

@@ -124,6 +124,7 @@ class DuckDBEventStore:
 
     def __init__(self, path: Path, *, read_only: bool = True, memory_limit: str = "256MB", threads: int = 2):
         self.path = Path(path)
+        self.readers: list[pa.RecordBatchReader] = []
         if read_only and not self.path.exists():
             DuckDBEventStore(self.path, read_only=False, memory_limit=memory_limit, threads=threads).close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +144,7 @@ class DuckDBEventStore:
         sql = SqlBuilder()
         text = sql.select(query)
         reader = self._relation(text, sql.params).to_arrow_reader(batch_size)
+        self.readers.append(reader)
         return _renamed(reader, query.schema)
 
     def count(self, query: EventQuery) -> int:
@@ -168,6 +170,10 @@ class DuckDBEventStore:
             return self.con.execute(text, params)
 
     def close(self) -> None:
+        """Close open result streams first: a stream left open (say, one an error's traceback still
+        holds) would keep the file's lock and block the next connection to it."""
+        for reader in self.readers:
+            reader.close()
         self.con.close()
 
 

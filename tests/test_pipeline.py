@@ -1,0 +1,109 @@
+"""The pipeline's guarantees: nothing partial on failure or cancel, progress reported, read-ahead bounded."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from analytics_export import ExportRequest, open_store
+from analytics_export.destinations.local import LocalDestination
+from analytics_export.errors import Storage
+from analytics_export.pipeline import Cancelled, read_ahead, run_export
+from analytics_export.sources import EventQuery
+
+REQUEST = dict(start_date="2000-01-01", end_date="2100-01-01")
+
+
+class FailingSource:
+    """Yields real batches from the store, then fails like a dropped connection."""
+
+    def __init__(self, store, after: int) -> None:
+        self.store, self.after = store, after
+
+    def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
+        inner = self.store.batches(query, batch_size)
+
+        def gen():
+            for i, batch in enumerate(inner):
+                if i == self.after:
+                    raise Storage("connection to the event store was lost")
+                yield batch
+
+        return pa.RecordBatchReader.from_batches(query.schema, gen())
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet", "avro"])
+def test_source_failure_leaves_nothing(demo_settings, tmp_path: Path, fmt):
+    store = open_store(demo_settings)
+    try:
+        with pytest.raises(Storage, match="lost"):
+            run_export(ExportRequest(format=fmt, compression="gzip", **REQUEST), FailingSource(store, 2),
+                       LocalDestination(tmp_path), project=demo_settings.project, batch_size=2048)
+    finally:
+        store.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_stops_and_cleans_up(demo_settings, tmp_path: Path):
+    seen = []
+    store = open_store(demo_settings)
+    try:
+        with pytest.raises(Cancelled):
+            run_export(ExportRequest(format="json_lines", **REQUEST), store, LocalDestination(tmp_path),
+                       project=demo_settings.project, batch_size=1024,
+                       on_progress=lambda p: seen.append((p.events, p.bytes)), should_stop=lambda: len(seen) >= 3)
+    finally:
+        store.close()
+    assert list(tmp_path.iterdir()) == []
+    assert [e for e, _ in seen] == [1024, 2048, 3072]
+    assert all(b2 > b1 for (_, b1), (_, b2) in zip(seen, seen[1:])), "bytes grow with every batch"
+
+
+def test_progress_ends_with_the_totals(demo_settings, tmp_path: Path):
+    seen = []
+    store = open_store(demo_settings)
+    try:
+        result = run_export(ExportRequest(format="csv", compression="zstd", **REQUEST), store,
+                            LocalDestination(tmp_path), project=demo_settings.project, batch_size=4096,
+                            on_progress=lambda p: seen.append((p.events, p.bytes)))
+    finally:
+        store.close()
+    assert seen[-1] == (result.total_events, result.file_size)
+
+
+def test_batches_are_bounded(demo_settings):
+    store = open_store(demo_settings)
+    try:
+        query = EventQuery(project=demo_settings.project, start=ExportRequest(**REQUEST, format="csv").start_date,
+                           end=ExportRequest(**REQUEST, format="csv").end_date)
+        sizes = [b.num_rows for b in store.batches(query, 3000)]
+    finally:
+        store.close()
+    assert max(sizes) <= 3000 and sum(sizes) == 20_000
+
+
+def test_read_ahead_stops_its_thread_when_the_consumer_leaves():
+    produced = []
+
+    def batches():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    reader = read_ahead(batches(), 2)
+    assert [next(reader) for _ in range(3)] == [0, 1, 2]
+    reader.close()
+    assert len(produced) <= 6, "the producer never runs far ahead"
+    assert not any(t.name == "export-source" for t in threading.enumerate())
+
+
+def test_read_ahead_passes_errors_on():
+    def batches():
+        yield 1
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        list(read_ahead(batches(), 2))
