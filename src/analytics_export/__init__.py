@@ -21,7 +21,7 @@ def open_store(settings: Settings, *, read_only: bool = True) -> DuckDBEventStor
     return DuckDBEventStore(
         settings.events_path,
         read_only=read_only,
-        memory_limit=settings.duckdb_memory_limit,
+        memory_limit=settings.duckdb_write_memory_limit if not read_only else settings.duckdb_memory_limit,
         threads=settings.duckdb_threads,
     )
 

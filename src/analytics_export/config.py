@@ -13,7 +13,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path(".analytics-export"), description="event store and exports live here")
     project: str = Field("default", description="tenant whose events are read and written")
-    duckdb_memory_limit: str = Field("256MB", description="DuckDB buffer pool cap; it spills beyond")
+    duckdb_memory_limit: str = Field("64MB", description="DuckDB buffer pool cap for exports (a scan needs little)")
+    duckdb_write_memory_limit: str = Field("1GB", description="DuckDB buffer pool cap for ingest and demo")
     duckdb_threads: int = Field(2, ge=1)
     export: ExportConfig = Field(default_factory=ExportConfig)
 

@@ -318,7 +318,7 @@ class ScheduledExport(BaseModel):
 class ExportConfig(BaseModel):
     """Limits and tuning that apply to every export."""
 
-    batch_size: int = Field(65_536, ge=1_024, le=1_048_576, description="rows per Arrow batch")
+    batch_size: int = Field(16_384, ge=1_024, le=1_048_576, description="rows per Arrow batch")
     max_range_days: int = Field(366, ge=1)
     file_expiry_hours: int = Field(24 * 7, ge=1)
     max_concurrent_exports: int = Field(4, ge=1)

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
 from .compression import CompressedSink
-from .destinations import Destination
+from .destinations import BackgroundUpload, Destination
 from .errors import ExportError
 from .formats import writer_class
 from .models import ExportRequest, ExportResult, ExportStatus
 from .sources import EventQuery, EventSource
 from .streams import ForwardingSink
 
-PREFETCH = 2  # batches read ahead, so the source scans while the writer encodes
+PREFETCH = 1  # batches read ahead, so the source scans while the writer encodes
+ENCODERS = min(2, os.cpu_count() or 1)  # batches encoded at once (DuckDB and polars release the GIL)
 
 
 class Cancelled(ExportError):
@@ -45,18 +49,19 @@ def run_export(
     started = datetime.now(timezone.utc)
     writer_cls = writer_class(request.format)
     query = EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties)
-    upload = destination.open(request.file_name)
+    upload = BackgroundUpload(destination.open(request.file_name))
     counted = ForwardingSink(upload)
     progress = Progress()
     try:
         wraps_stream = request.compression is not None and not writer_cls.internal_compression
         sink = CompressedSink(counted, request.compression) if wraps_stream else counted
         writer = writer_cls(sink, query.schema, request.compression)
-        for batch in read_ahead(source.batches(query, batch_size), PREFETCH):
+        batches = read_ahead(source.batches(query, batch_size), PREFETCH)
+        for rows, encoded in encode_in_order(writer.encode, batches, ENCODERS):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"export {request.id} was cancelled")
-            writer.write(batch)
-            progress.events += batch.num_rows
+            writer.write(encoded)
+            progress.events += rows
             progress.bytes = counted.position
             if on_progress is not None:
                 on_progress(progress)
@@ -79,6 +84,25 @@ def run_export(
         started_at=started,
         completed_at=datetime.now(timezone.utc),
     )
+
+
+def encode_in_order(
+    encode: Callable[[pa.RecordBatch], Any], batches: Iterable[pa.RecordBatch], workers: int
+) -> Iterator[tuple[int, Any]]:
+    """(rows, encode(batch)) for each batch, in order, with up to `workers` batches encoding at once."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="export-encode")
+    pending: deque = deque()
+    try:
+        for batch in batches:
+            pending.append((batch.num_rows, pool.submit(encode, batch)))
+            if len(pending) >= workers:
+                rows, future = pending.popleft()
+                yield rows, future.result()
+        while pending:
+            rows, future = pending.popleft()
+            yield rows, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_ahead(batches: Iterable[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:

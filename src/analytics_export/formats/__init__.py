@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import ClassVar
 
 import duckdb
 import pyarrow as pa
 
 from ..models import Compression, ExportFormat
+from ..streams import ForwardingSink
 
 RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
 """Timestamps in text formats: UTC with microseconds, e.g. 2026-11-01T12:34:56.123456Z."""
-from ..streams import ForwardingSink
 
 
 class Writer:
     """Base of every format writer.
+
+    Each batch goes through `encode`, which must be thread-safe and touch no writer state, so the
+    pipeline runs it for several batches at once on a small pool, then through `write`, called in
+    batch order on one thread, which puts the encoded bytes into the sink.
 
     `nested_properties`: the format keeps `properties` as a nested object even when properties are
     selected (JSON, JSON Lines); tabular formats get one column per selected property instead.
@@ -32,7 +37,11 @@ class Writer:
         self.schema = schema
         self.compression = compression
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def encode(self, batch: pa.RecordBatch) -> object:
+        """The CPU-heavy part of writing `batch` (thread-safe); its result goes to `write`."""
+        return batch
+
+    def write(self, encoded: object) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -40,10 +49,11 @@ class Writer:
 
 
 class BatchSQL:
-    """One SQL statement run by an in-memory DuckDB over each batch (as table `batch`), on one thread.
+    """One SQL statement run by an in-memory DuckDB over each batch (as table `batch`).
 
     DuckDB's vectorised string functions format timestamps and JSON many times faster than
-    pyarrow's `strftime` or any Python loop.
+    pyarrow's `strftime` or any Python loop. Safe to call from several threads: each gets its own
+    single-threaded cursor, and DuckDB releases the GIL while it works.
     """
 
     def __init__(self, sql: str) -> None:
@@ -51,15 +61,25 @@ class BatchSQL:
         self.con = duckdb.connect(config={"threads": 1})
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")
+        self.local = threading.local()
+        self.cursors: list[duckdb.DuckDBPyConnection] = []
+        self.lock = threading.Lock()
 
     def __call__(self, batch: pa.RecordBatch) -> pa.Table:
-        self.con.register("batch", batch)
+        cursor = getattr(self.local, "cursor", None)
+        if cursor is None:
+            with self.lock:
+                cursor = self.local.cursor = self.con.cursor()
+                self.cursors.append(cursor)
+        cursor.register("batch", batch)
         try:
-            return self.con.sql(self.sql).to_arrow_table()
+            return cursor.sql(self.sql).to_arrow_table()
         finally:
-            self.con.unregister("batch")
+            cursor.unregister("batch")
 
     def close(self) -> None:
+        for cursor in self.cursors:
+            cursor.close()
         self.con.close()
 
 

@@ -56,15 +56,19 @@ class AvroWriter(Writer):
                                             codec=CODECS[self.compression])
         self.names = [f"c{i}" for i in range(len(self.schema))]
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def encode(self, batch: pa.RecordBatch) -> list:
+        """The batch as uncompressed Avro blocks, encoded by polars."""
         if not batch.num_rows:
-            return
+            return []
         columns = [c.cast(pa.timestamp("us")) if pa.types.is_timestamp(c.type) else c for c in batch.columns]
         frame = pl.from_arrow(pa.RecordBatch.from_arrays(columns, names=self.names))
         encoded = io.BytesIO()
         frame.write_avro(encoded, compression="uncompressed")
         encoded.seek(0)
-        for block in fastavro.block_reader(encoded):  # blocks come back uncompressed; ours recompresses
+        return list(fastavro.block_reader(encoded))
+
+    def write(self, blocks: list) -> None:
+        for block in blocks:  # appended under our schema; our codec compresses them
             self.writer.write_block(block)
 
     def close(self) -> None:

@@ -20,9 +20,11 @@ class CsvWriter(Writer):
         self.to_text = BatchSQL(f"SELECT {', '.join(columns)} FROM batch")
         self.schema_text = schema
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        table = self.to_text(batch)
-        self.writer.write_table(pa.Table.from_arrays(table.columns, schema=self.schema_text))
+    def encode(self, batch: pa.RecordBatch) -> pa.Table:
+        return pa.Table.from_arrays(self.to_text(batch).columns, schema=self.schema_text)
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
 
     def close(self) -> None:
         self.writer.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
-
 from .jsonl import JsonLinesWriter
 
 
@@ -16,13 +14,12 @@ class JsonWriter(JsonLinesWriter):
         self.sink.write(b"[")
         self.first = True
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        if not batch.num_rows:
+    def write(self, lines: memoryview) -> None:
+        if not lines.nbytes:
             return
-        data = self.lines(batch)
         if self.first:
-            data, self.first = data[1:], False  # drop the leading comma, keep the newline
-        self.sink.write(data)
+            lines, self.first = lines[1:], False  # drop the leading comma, keep the newline
+        self.sink.write(lines)
 
     def close(self) -> None:
         self.sink.write(b"]\n" if self.first else b"\n]\n")

@@ -16,19 +16,19 @@ class JsonLinesWriter(Writer):
         super().__init__(*args, **kwargs)
         # Concatenation, not to_json(struct): `properties` is already minified JSON text in every
         # store, so it is spliced in as is instead of being parsed and written again (3x faster).
-        self.encode = BatchSQL(
+        self.to_json = BatchSQL(
             f"SELECT {self.prefix_sql} || '{{\"event\":' || to_json(event) || ',\"distinct_id\":' || "
             f"to_json(distinct_id) || ',\"timestamp\":\"' || strftime(\"timestamp\", '{RFC3339}') || "
             f"'\",\"properties\":' || properties || '}}' || {self.suffix_sql} AS line FROM batch"
         )
 
-    def lines(self, batch: pa.RecordBatch) -> memoryview:
+    def encode(self, batch: pa.RecordBatch) -> memoryview:
         """Every row of `batch` as one JSON text with its separator, concatenated."""
-        return string_bytes(self.encode(batch).column(0).combine_chunks())
+        return string_bytes(self.to_json(batch).column(0).combine_chunks())
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        if batch.num_rows:
-            self.sink.write(self.lines(batch))
+    def write(self, lines: memoryview) -> None:
+        if lines.nbytes:
+            self.sink.write(lines)
 
     def close(self) -> None:
-        self.encode.close()
+        self.to_json.close()

@@ -19,7 +19,7 @@ class ParquetWriter(Writer):
         super().__init__(*args, **kwargs)
         self.writer = pq.ParquetWriter(self.sink, self.schema, compression=CODECS[self.compression])
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, batch: pa.RecordBatch) -> None:  # type: ignore[override]
         if batch.num_rows:
             self.writer.write_batch(batch)
 
