@@ -120,3 +120,45 @@ def test_python_api_returns_result(big_store, tmp_path):
     assert result.status is ExportStatus.COMPLETED
     assert result.total_events > 0 and result.file_size > 0
     assert Path(result.destination_path).parent == tmp_path
+
+
+def test_progress_bar_on_a_terminal(big_store, tmp_path):
+    """With stderr on a terminal the export draws a live bar; stdout still gets the JSON summary."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([*CLI, "--data-dir", str(big_store), "export", "-f", "csv", "--start", "2000-01-01",
+                             "--end", "2100-01-01", "-o", str(tmp_path / "x.csv")],
+                            stdout=subprocess.PIPE, stderr=secondary, env={**os.environ, "COLUMNS": "150"})
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    out, _ = proc.communicate(timeout=120)
+    os.close(primary)
+    assert proc.returncode == 0
+    text = screen.decode("utf-8", "replace")
+    assert "exporting" in text and "400,000/400,000 events" in text and "ev/s" in text and "MB" in text
+    assert json.loads(out)["total_events"] == 400_000
+
+
+def test_data_dir_from_the_environment(tmp_path):
+    env = {**os.environ, "ANALYTICS_EXPORT_DATA_DIR": str(tmp_path / "env-data"), "ANALYTICS_EXPORT_PROJECT": "acme"}
+    done = subprocess.run([*CLI, "demo", "--events", "100"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "env-data" / "events.duckdb").exists()
+    done = subprocess.run([*CLI, "export", "-f", "json", "--start", "2000-01-01", "--end", "2100-01-01"],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+    summary = json.loads(done.stdout)
+    assert summary["total_events"] == 100
+    assert Path(summary["path"]).parent == tmp_path / "env-data" / "exports"
+    other = subprocess.run([*CLI, "--project", "other", "export", "-f", "json", "--start", "2000-01-01",
+                            "--end", "2100-01-01", "-o", str(tmp_path / "o.json")],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert json.loads(other.stdout)["total_events"] == 0, "another project sees none of acme's events"

@@ -67,7 +67,7 @@ def test_empty_result_is_a_valid_file(demo_settings, tmp_path, fmt, compression)
         assert decompress(out.read_bytes(), compression).strip() == b"[]"
     if fmt == "csv":
         from helpers import decompress
-        assert decompress(out.read_bytes(), compression) == b'"event","distinct_id","timestamp","plan"\r\n'
+        assert decompress(out.read_bytes(), compression) == b'event,distinct_id,timestamp,plan\r\n'
 
 
 def test_parquet_and_avro_are_typed(demo_settings, tmp_path):

@@ -19,12 +19,11 @@ from . import open_store
 from .config import Settings
 from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid
-from .formats import writer_class
 from .ingest import ingest_file
 from .models import Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator
 from .pipeline import Progress as ExportProgress
 from .pipeline import run_export
-from .sources import EventQuery
+from .sources import EventQuery, EventSource
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 err = Console(stderr=True)
@@ -34,21 +33,15 @@ FILTER = re.compile(
 )
 
 
-class State:
-    settings: Settings
-
-
-state = State()
-
-
 @app.callback()
 def main(
+    ctx: typer.Context,
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data dir [env ANALYTICS_EXPORT_DATA_DIR; default ./.analytics-export]"),
     project: Optional[str] = typer.Option(None, "--project", help="Project (tenant) [env ANALYTICS_EXPORT_PROJECT; default 'default']"),
 ) -> None:
     """Export product-analytics events to JSON, JSON Lines, CSV, Parquet or Avro, compressed or not."""
     overrides = {k: v for k, v in {"data_dir": data_dir, "project": project}.items() if v is not None}
-    state.settings = Settings(**overrides)
+    ctx.obj = Settings(**overrides)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -89,6 +82,7 @@ def validation_message(exc: ValidationError) -> str:
 
 @app.command()
 def export(
+    ctx: typer.Context,
     format: str = typer.Option(..., "--format", "-f", help="json, json_lines (jsonl), csv, parquet or avro"),
     start: str = typer.Option(..., "--start", help="Start (inclusive), ISO 8601; naive means UTC"),
     end: str = typer.Option(..., "--end", help="End (exclusive), ISO 8601"),
@@ -100,7 +94,7 @@ def export(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write the standard file name here [default DATA_DIR/exports]"),
 ) -> None:
     """Export events in [start, end) to one file; prints a JSON summary line when done."""
-    settings = state.settings
+    settings: Settings = ctx.obj
     try:
         request = ExportRequest(
             format=ExportFormat.parse(format), start_date=start, end_date=end, compression=compression,
@@ -116,7 +110,7 @@ def export(
     except ExportError as exc:
         fail(str(exc), 1)
     try:
-        with progress_display(store, request, settings.project) as on_progress:
+        with ProgressDisplay(store, request, settings.project) as on_progress:
             result = run_export(request, store, destination, project=settings.project,
                                 batch_size=settings.export.batch_size, on_progress=on_progress)
     except Invalid as exc:
@@ -130,15 +124,14 @@ def export(
     typer.echo(json.dumps(summary))
 
 
-class progress_display:
+class ProgressDisplay:
     """A rich progress bar on a terminal (events, bytes, events/s, ETA); nothing otherwise."""
 
-    def __init__(self, store, request: ExportRequest, project: str) -> None:
+    def __init__(self, store: EventSource, request: ExportRequest, project: str) -> None:
         self.active = err.is_terminal
         if not self.active:
             return
-        nested = writer_class(request.format).nested_properties
-        total = store.count(EventQuery.from_request(request, project, property_columns=not nested))
+        total = store.count(EventQuery.from_request(request, project))
         self.started = time.monotonic()
         self.bar = Progress(
             TextColumn("[bold]exporting"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} events"),
@@ -162,18 +155,19 @@ class progress_display:
             self.bar.stop()
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
+    unit = "B"
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        if n < 1024:
+            break
         n /= 1024
-    return f"{n} B"
+    return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
 
 
 @app.command()
-def ingest(files: List[Path] = typer.Argument(..., help="JSON Lines, JSON, CSV or Parquet files")) -> None:
+def ingest(ctx: typer.Context, files: List[Path] = typer.Argument(..., help="JSON Lines, JSON, CSV or Parquet files")) -> None:
     """Load events from files; events whose uuid is already stored are skipped."""
-    settings = state.settings
+    settings: Settings = ctx.obj
     try:
         store = open_store(settings, read_only=False)
     except ExportError as exc:
@@ -195,14 +189,15 @@ def ingest(files: List[Path] = typer.Argument(..., help="JSON Lines, JSON, CSV o
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     events: int = typer.Option(1_000_000, "--events", "-n", min=1, max=1_000_000_000, help="How many events"),
     if_empty: bool = typer.Option(False, "--if-empty", help="Do nothing when the store already has events"),
 ) -> None:
     """Generate realistic demo events (30 event names, 200k users, 90 days, 5-15 properties each)."""
-    settings = state.settings
+    settings: Settings = ctx.obj
     store = open_store(settings, read_only=False)
     try:
-        if if_empty and store.con.execute("SELECT count(*) FROM events").fetchone()[0]:
+        if if_empty and store.execute("SELECT count(*) FROM events", []).fetchall()[0][0]:
             err.print("event store already has events; no demo data added")
             typer.echo(json.dumps({"generated": 0}))
             return

@@ -48,7 +48,8 @@ def run_export(
     """Export `request` from `source` to `destination`; nothing is visible there unless it completes."""
     started = datetime.now(timezone.utc)
     writer_cls = writer_class(request.format)
-    query = EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties)
+    query = EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties,
+                                    text_timestamps=writer_cls.text_timestamps)
     upload = BackgroundUpload(destination.open(request.file_name))
     counted = ForwardingSink(upload)
     progress = Progress()

@@ -12,8 +12,6 @@ import pyarrow as pa
 from ..models import Compression, ExportFormat
 from ..streams import ForwardingSink
 
-RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
-"""Timestamps in text formats: UTC with microseconds, e.g. 2026-11-01T12:34:56.123456Z."""
 
 
 class Writer:
@@ -26,11 +24,13 @@ class Writer:
     `nested_properties`: the format keeps `properties` as a nested object even when properties are
     selected (JSON, JSON Lines); tabular formats get one column per selected property instead.
     `internal_compression`: the format compresses inside the file (Parquet, Avro) rather than being
-    wrapped in a compressed stream.
+    wrapped in a compressed stream. `text_timestamps`: batches arrive with `timestamp` already as
+    RFC 3339 text (text formats) rather than as timestamp[us, UTC].
     """
 
     nested_properties: ClassVar[bool] = False
     internal_compression: ClassVar[bool] = False
+    text_timestamps: ClassVar[bool] = False
 
     def __init__(self, sink: ForwardingSink, schema: pa.Schema, compression: Compression | None = None):
         self.sink = sink

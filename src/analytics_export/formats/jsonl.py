@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from . import RFC3339, BatchSQL, Writer, string_bytes
+from . import BatchSQL, Writer, string_bytes
 
 
 class JsonLinesWriter(Writer):
     nested_properties = True
+    text_timestamps = True
     prefix_sql = "''"  # SQL text put before each row's JSON
     suffix_sql = "chr(10)"  # and after it
 
@@ -18,7 +19,7 @@ class JsonLinesWriter(Writer):
         # store, so it is spliced in as is instead of being parsed and written again (3x faster).
         self.to_json = BatchSQL(
             f"SELECT {self.prefix_sql} || '{{\"event\":' || to_json(event) || ',\"distinct_id\":' || "
-            f"to_json(distinct_id) || ',\"timestamp\":\"' || strftime(\"timestamp\", '{RFC3339}') || "
+            f"to_json(distinct_id) || ',\"timestamp\":\"' || \"timestamp\" || "
             f"'\",\"properties\":' || properties || '}}' || {self.suffix_sql} AS line FROM batch"
         )
 

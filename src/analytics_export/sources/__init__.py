@@ -11,6 +11,8 @@ import pyarrow as pa
 from ..models import ExportFilter, ExportRequest
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
+"""Timestamps in text formats: UTC with microseconds, e.g. 2026-11-01T12:34:56.123456Z."""
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,8 @@ class EventQuery:
 
     `property_columns` selects the tabular shape (one string column per selected property,
     strings raw and other values as JSON text); otherwise `properties` is one JSON object column
-    holding all properties, or only the selected ones.
+    holding all properties, or only the selected ones. `text_timestamps` has the source format
+    `timestamp` as RFC 3339 text, inside its parallel scan, for the text formats.
     """
 
     project: str
@@ -29,9 +32,12 @@ class EventQuery:
     filters: tuple[ExportFilter, ...] = ()
     properties: tuple[str, ...] | None = None
     property_columns: bool = False
+    text_timestamps: bool = False
 
     @classmethod
-    def from_request(cls, request: ExportRequest, project: str, *, property_columns: bool) -> EventQuery:
+    def from_request(
+        cls, request: ExportRequest, project: str, *, property_columns: bool = False, text_timestamps: bool = False
+    ) -> EventQuery:
         props = tuple(request.properties) if request.properties is not None else None
         return cls(
             project=project,
@@ -41,12 +47,14 @@ class EventQuery:
             filters=tuple(request.filters),
             properties=props,
             property_columns=property_columns and props is not None,
+            text_timestamps=text_timestamps,
         )
 
     @property
     def schema(self) -> pa.Schema:
         """The schema of every batch a source yields for this query."""
-        fields = [pa.field("event", pa.string()), pa.field("distinct_id", pa.string()), pa.field("timestamp", TIMESTAMP)]
+        timestamp = pa.string() if self.text_timestamps else TIMESTAMP
+        fields = [pa.field("event", pa.string()), pa.field("distinct_id", pa.string()), pa.field("timestamp", timestamp)]
         if self.property_columns:
             fields += [pa.field(name, pa.string()) for name in self.properties or ()]
         else:
@@ -64,4 +72,4 @@ class EventSource(Protocol):
     def close(self) -> None: ...
 
 
-__all__ = ["EventQuery", "EventSource", "TIMESTAMP"]
+__all__ = ["EventQuery", "EventSource", "RFC3339", "TIMESTAMP"]
