@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections import deque
@@ -21,8 +20,10 @@ from .models import ExportRequest, ExportResult, ExportStatus
 from .sources import EventQuery, EventSource
 from .streams import ForwardingSink
 
-PREFETCH = 1  # batches read ahead, so the source scans while the writer encodes
-ENCODERS = min(2, os.cpu_count() or 1)  # batches encoded at once (DuckDB and polars release the GIL)
+# Threads: the source scans PREFETCH batches ahead, ENCODERS batches encode at once, the caller
+# writes, and BackgroundUpload does the I/O. Two encoders measured no faster on 2 cores, 30 MB larger.
+PREFETCH = 1
+ENCODERS = 1
 
 
 class Cancelled(ExportError):
