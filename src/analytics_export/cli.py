@@ -6,8 +6,9 @@ import json
 import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 from pydantic import ValidationError
@@ -47,6 +48,17 @@ def main(
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def exit_on_error() -> Iterator[None]:
+    """Our errors as a one-line reason: exit 2 for bad input, 1 for a store or disk failure."""
+    try:
+        yield
+    except Invalid as exc:
+        fail(str(exc))
+    except ExportError as exc:
+        fail(str(exc), 1)
 
 
 def parse_value(text: str | None, operator: FilterOperator) -> object:
@@ -105,20 +117,14 @@ def export(
     if output and output_dir:
         fail("give --output or --output-dir, not both")
     destination = LocalDestination(output_dir or settings.export_dir, output)
-    try:
+    with exit_on_error():
         store = open_store(settings)
-    except ExportError as exc:
-        fail(str(exc), 1)
-    try:
-        with ProgressDisplay(store, request, settings.project) as on_progress:
-            result = run_export(request, store, destination, project=settings.project,
-                                batch_size=settings.export.batch_size, on_progress=on_progress)
-    except Invalid as exc:
-        fail(str(exc))
-    except ExportError as exc:
-        fail(str(exc), 1)
-    finally:
-        store.close()
+        try:
+            with ProgressDisplay(store, request, settings.project) as on_progress:
+                result = run_export(request, store, destination, project=settings.project,
+                                    batch_size=settings.export.batch_size, on_progress=on_progress)
+        finally:
+            store.close()
     summary = {"id": result.export_id, "total_events": result.total_events, "file_size": result.file_size,
                "path": result.destination_path}
     typer.echo(json.dumps(summary))
@@ -168,22 +174,16 @@ def human_bytes(n: float) -> str:
 def ingest(ctx: typer.Context, files: List[Path] = typer.Argument(..., help="JSON Lines, JSON, CSV or Parquet files")) -> None:
     """Load events from files; events whose uuid is already stored are skipped."""
     settings: Settings = ctx.obj
-    try:
+    total = 0
+    with exit_on_error():
         store = open_store(settings, read_only=False)
-    except ExportError as exc:
-        fail(str(exc), 1)
-    try:
-        total = 0
-        for path in files:
-            added = ingest_file(store, path, settings.project)
-            total += added
-            err.print(f"{path}: {added:,} new events", highlight=False)
-    except Invalid as exc:
-        fail(str(exc))
-    except ExportError as exc:
-        fail(str(exc), 1)
-    finally:
-        store.close()
+        try:
+            for path in files:
+                added = ingest_file(store, path, settings.project)
+                total += added
+                err.print(f"{path}: {added:,} new events", highlight=False)
+        finally:
+            store.close()
     typer.echo(json.dumps({"ingested": total}))
 
 
@@ -195,18 +195,20 @@ def demo(
 ) -> None:
     """Generate realistic demo events (30 event names, 200k users, 90 days, 5-15 properties each)."""
     settings: Settings = ctx.obj
-    store = open_store(settings, read_only=False)
-    try:
-        if if_empty and store.execute("SELECT count(*) FROM events", []).fetchall()[0][0]:
-            err.print("event store already has events; no demo data added")
-            typer.echo(json.dumps({"generated": 0}))
-            return
-        started = time.monotonic()
-        with err.status(f"generating {events:,} events"):
-            added = demo_data.generate(store, events, settings.project)
-        err.print(f"generated {added:,} events in {time.monotonic() - started:.1f}s into {settings.events_path}")
-    finally:
-        store.close()
+    with exit_on_error():
+        store = open_store(settings, read_only=False)
+        try:
+            if if_empty and store.execute("SELECT count(*) FROM events", []).fetchall()[0][0]:
+                err.print("event store already has events; no demo data added")
+                added = 0
+            else:
+                started = time.monotonic()
+                with err.status(f"generating {events:,} events"):
+                    added = demo_data.generate(store, events, settings.project)
+                err.print(f"generated {added:,} events in {time.monotonic() - started:.1f}s "
+                          f"into {settings.events_path}")
+        finally:
+            store.close()
     typer.echo(json.dumps({"generated": added}))
 
 

@@ -23,9 +23,11 @@ class Codec(Protocol):
     def finish(self) -> bytes: ...
 
 
-class _Gzip:
-    def __init__(self) -> None:
-        self.obj = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
+class _Stream:
+    """A codec with the zlib-style `compressobj` interface (`compress`, `flush`)."""
+
+    def __init__(self, obj) -> None:
+        self.obj = obj
 
     def compress(self, data: bytes | memoryview) -> bytes:
         return self.obj.compress(data)
@@ -34,16 +36,13 @@ class _Gzip:
         return self.obj.flush()
 
 
-class _Zstd:
-    def __init__(self) -> None:
-        params = zstandard.ZstdCompressionParameters.from_level(3, threads=1, job_size=1 << 20)
-        self.obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+def _gzip() -> Codec:
+    return _Stream(isal_zlib.compressobj(1, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS))
 
-    def compress(self, data: bytes | memoryview) -> bytes:
-        return self.obj.compress(data)
 
-    def finish(self) -> bytes:
-        return self.obj.flush()
+def _zstd() -> Codec:
+    params = zstandard.ZstdCompressionParameters.from_level(3, threads=1, job_size=1 << 20)
+    return _Stream(zstandard.ZstdCompressor(compression_params=params).compressobj())
 
 
 class _Lz4:
@@ -72,8 +71,8 @@ class _Snappy:
 
 
 CODECS: dict[Compression, Callable[[], Codec]] = {
-    Compression.GZIP: _Gzip,
-    Compression.ZSTD: _Zstd,
+    Compression.GZIP: _gzip,
+    Compression.ZSTD: _zstd,
     Compression.LZ4: _Lz4,
     Compression.SNAPPY: _Snappy,
 }

@@ -42,7 +42,7 @@ def run_export(
     destination: Destination,
     *,
     project: str,
-    batch_size: int = 65_536,
+    batch_size: int = 16_384,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ExportResult:
@@ -54,15 +54,17 @@ def run_export(
     upload = BackgroundUpload(destination.open(request.file_name))
     counted = ForwardingSink(upload)
     progress = Progress()
+    writer = batches = encoded = None
     try:
         wraps_stream = request.compression is not None and not writer_cls.internal_compression
         sink = CompressedSink(counted, request.compression) if wraps_stream else counted
         writer = writer_cls(sink, query.schema, request.compression)
         batches = read_ahead(source.batches(query, batch_size), PREFETCH)
-        for rows, encoded in encode_in_order(writer.encode, batches, ENCODERS):
+        encoded = encode_in_order(writer.encode, batches, ENCODERS)
+        for rows, data in encoded:
             if should_stop is not None and should_stop():
                 raise Cancelled(f"export {request.id} was cancelled")
-            writer.write(encoded)
+            writer.write(data)
             progress.events += rows
             progress.bytes = counted.position
             if on_progress is not None:
@@ -74,6 +76,13 @@ def run_export(
         counted.discard()
         upload.abort()
         raise
+    finally:
+        # Stop the encoder and source threads now, not whenever a traceback holding them is freed.
+        for stage in (encoded, batches):
+            if stage is not None:
+                stage.close()
+        if writer is not None:
+            writer.release()
     progress.bytes = counted.position
     if on_progress is not None:
         on_progress(progress)

@@ -47,6 +47,9 @@ class Writer:
     def close(self) -> None:
         """Write whatever ends the file (footer, closing bracket); the sink stays open."""
 
+    def release(self) -> None:
+        """Free what the writer holds, finished or not (called after `close`, or instead of it)."""
+
 
 class BatchSQL:
     """One SQL statement run by an in-memory DuckDB over each batch (as table `batch`).

@@ -23,4 +23,3 @@ class JsonWriter(JsonLinesWriter):
 
     def close(self) -> None:
         self.sink.write(b"]\n" if self.first else b"\n]\n")
-        super().close()

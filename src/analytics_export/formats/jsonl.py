@@ -31,5 +31,5 @@ class JsonLinesWriter(Writer):
         if lines.nbytes:
             self.sink.write(lines)
 
-    def close(self) -> None:
+    def release(self) -> None:
         self.to_json.close()
