@@ -60,7 +60,8 @@ def run_export(
         sink = CompressedSink(counted, request.compression) if wraps_stream else counted
         writer = writer_cls(sink, query.schema, request.compression)
         batches = read_ahead(source.batches(query, batch_size), PREFETCH)
-        encoded = encode_in_order(writer.encode, batches, ENCODERS)
+        encoded = encode_in_order(writer.encode, batches, ENCODERS) if writer.encodes else (
+            (batch.num_rows, batch) for batch in batches)
         for rows, data in encoded:
             if should_stop is not None and should_stop():
                 raise Cancelled(f"export {request.id} was cancelled")

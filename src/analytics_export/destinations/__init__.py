@@ -6,8 +6,6 @@ import queue
 import threading
 from typing import Protocol
 
-CHUNK = 4 << 20
-"""Bytes handed to a destination at a time (large enough for few syscalls, small enough to bound memory)."""
 
 
 class Upload(Protocol):
@@ -27,45 +25,41 @@ class Destination(Protocol):
 class BackgroundUpload:
     """Hands writes to a thread that passes them to `upload`, so encoding and I/O overlap.
 
-    At most `max_pending` bytes wait in memory; a writer that gets further ahead blocks. Data is
-    copied on `write` because writers (pyarrow's) reuse their buffers once the call returns. An
-    error in the thread is raised by the next `write` or by `commit`.
+    At most `max_pending` bytes wait in memory; a writer that gets further ahead blocks. Anything
+    but `bytes` is copied on `write`, as writers (pyarrow's) reuse their buffers once the call
+    returns. An error in the thread is raised by the next `write` or by `commit`.
     """
 
     def __init__(self, upload: Upload, max_pending: int = 8 << 20) -> None:
         self.upload = upload
-        self.pending = threading.Semaphore(max(1, max_pending // CHUNK))
+        self.max_pending = max_pending
+        self.pending = 0
+        self.room = threading.Condition()
         self.chunks: queue.SimpleQueue = queue.SimpleQueue()
-        self.buffer = bytearray()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._drain, name="export-upload", daemon=True)
         self.thread.start()
 
     def write(self, data: bytes | memoryview) -> int:
-        self._check()
-        self.buffer += data
-        if len(self.buffer) >= CHUNK:
-            self._send()
-        return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
-
-    def _send(self) -> None:
-        self.pending.acquire()
-        self.chunks.put(bytes(self.buffer))
-        self.buffer.clear()
+        if self.error is not None:
+            raise self.error
+        chunk = data if isinstance(data, bytes) else bytes(data)
+        with self.room:
+            self.room.wait_for(lambda: self.pending == 0 or self.pending + len(chunk) <= self.max_pending)
+            self.pending += len(chunk)
+        self.chunks.put(chunk)
+        return len(chunk)
 
     def _drain(self) -> None:
         while (chunk := self.chunks.get()) is not None:
             try:
                 if self.error is None:
                     self.upload.write(chunk)
-            except BaseException as exc:  # raised in the writer's thread by _check
+            except BaseException as exc:  # raised in the writer's thread by the next write or commit
                 self.error = exc
-            finally:
-                self.pending.release()
-
-    def _check(self) -> None:
-        if self.error is not None:
-            raise self.error
+            with self.room:
+                self.pending -= len(chunk)
+                self.room.notify()
 
     def _stop(self) -> None:
         if self.thread.is_alive():
@@ -73,10 +67,9 @@ class BackgroundUpload:
             self.thread.join()
 
     def commit(self) -> str:
-        if self.buffer:
-            self._send()
         self._stop()
-        self._check()
+        if self.error is not None:
+            raise self.error
         return self.upload.commit()
 
     def abort(self) -> None:

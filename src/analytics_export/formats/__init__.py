@@ -41,6 +41,11 @@ class Writer:
         """The CPU-heavy part of writing `batch` (thread-safe); its result goes to `write`."""
         return batch
 
+    @property
+    def encodes(self) -> bool:
+        """Whether `encode` does anything (else the pipeline skips the encoder thread)."""
+        return type(self).encode is not Writer.encode
+
     def write(self, encoded: object) -> None:
         raise NotImplementedError
 
