@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -21,6 +24,8 @@ from .config import Settings
 from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid
 from .ingest import ingest_file
+from .jobs.store import JobStore
+from .jobs.worker import Worker
 from .models import Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator
 from .pipeline import Progress as ExportProgress
 from .pipeline import run_export
@@ -210,6 +215,62 @@ def demo(
         finally:
             store.close()
     typer.echo(json.dumps({"generated": added}))
+
+
+keys_app = typer.Typer(help="API keys: each belongs to one project.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def job_store(settings: Settings) -> JobStore:
+    jobs = JobStore.for_data_dir(settings.data_dir, settings.database_url)
+    jobs.migrate()
+    return jobs
+
+
+@keys_app.command("create")
+def keys_create(ctx: typer.Context, project: str = typer.Option(..., "--project", help="The key's project")) -> None:
+    """Print a new API key for PROJECT; only its hash is stored, so keep it now."""
+    typer.echo(job_store(ctx.obj).create_key(project))
+
+
+@app.command()
+def worker(ctx: typer.Context, lease: float = typer.Option(30.0, help="Lease seconds; a dead worker's job is "
+                                                            "taken over after this")) -> None:
+    """Run export jobs from the job store until interrupted."""
+    settings: Settings = ctx.obj
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        Worker(settings, job_store(settings), lease=timedelta(seconds=lease)).run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on"),
+    port: int = typer.Option(8000, help="Port"),
+    workers: int = typer.Option(1, min=0, help="Export workers run inside this process (0: separate `worker`s)"),
+) -> None:
+    """Serve the REST API (docs at /docs) with export workers in the same process."""
+    import uvicorn
+
+    from .api.app import create_app
+
+    settings: Settings = ctx.obj
+    jobs = job_store(settings)
+    stop = threading.Event()
+    threads = [threading.Thread(target=Worker(settings, jobs).run, args=(stop,), daemon=True, name=f"worker-{i}")
+               for i in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        uvicorn.run(create_app(settings, jobs), host=host, port=port, log_level="warning")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
 
 
 if __name__ == "__main__":  # pragma: no cover

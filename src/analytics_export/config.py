@@ -1,5 +1,7 @@
 """Settings from the environment (`ANALYTICS_EXPORT_*`) with defaults that run on a laptop."""
 
+import os
+import secrets
 from pathlib import Path
 
 from pydantic import Field
@@ -16,6 +18,9 @@ class Settings(BaseSettings):
     duckdb_memory_limit: str = Field("64MB", description="DuckDB buffer pool cap for exports (a scan needs little)")
     duckdb_write_memory_limit: str = Field("1GB", description="DuckDB buffer pool cap for ingest and demo")
     duckdb_threads: int = Field(2, ge=1)
+    database_url: str | None = Field(None, description="job store; default sqlite in the data dir")
+    secret_key: str | None = Field(None, description="signs download links; default a random key kept in the data dir")
+    max_body_bytes: int = Field(16 << 20, description="largest POST /api/events body")
     export: ExportConfig = Field(default_factory=ExportConfig)
 
     @property
@@ -25,3 +30,22 @@ class Settings(BaseSettings):
     @property
     def export_dir(self) -> Path:
         return self.data_dir / "exports"
+
+    def signing_key(self) -> bytes:
+        """The server secret for download links: the configured one, or one made once and kept."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(f".secret.{os.getpid()}")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            try:
+                os.link(temp, path)  # atomic: the first process to get here wins, whole
+            except FileExistsError:
+                pass
+            finally:
+                temp.unlink()
+        return path.read_text().strip().encode()

@@ -1,0 +1,181 @@
+"""The REST API: exports created, listed, polled, downloaded, cancelled and retried, per project."""
+
+
+import hashlib
+import hmac
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import Settings
+from ..jobs.store import Job, JobStore
+from ..jobs.worker import project_dir
+from ..models import ExportRequest, ExportResult, ExportStatus
+
+bearer = HTTPBearer(auto_error=False)
+
+
+class ExportCreate(ExportRequest):
+    """The body of POST /api/exports: an ExportRequest; `id`, `created_at`, `status` are the server's."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ExportProgress(BaseModel):
+    events: int
+    bytes: int
+    started_at: datetime | None
+
+
+class ExportView(BaseModel):
+    request: ExportRequest
+    status: ExportStatus
+    progress: ExportProgress
+    result: ExportResult | None = None
+
+
+class ExportList(BaseModel):
+    items: list[ExportView]
+    total: int
+    limit: int
+    offset: int
+
+
+class Problem(BaseModel):
+    detail: str = Field(description="what is wrong and what to fix")
+
+
+def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
+    app = FastAPI(title="analytics-export", version="0.1.0",
+                  responses={401: {"model": Problem}, 422: {"model": Problem}})
+    secret = settings.signing_key()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"] if p != "body")
+            parts.append(f"{where}: {e['msg'].replace('Value error, ', '')}" if where else e["msg"])
+        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+
+    def project_of(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        if credentials is None:
+            raise HTTPException(401, "send an API key as `Authorization: Bearer KEY`",
+                                headers={"WWW-Authenticate": "Bearer"})
+        project = jobs.project_for_key(credentials.credentials)
+        if project is None:
+            raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        return project
+
+    Project = Annotated[str, Depends(project_of)]
+
+    def job_or_404(project: str, export_id: str) -> Job:
+        job = jobs.get(project, export_id)
+        if job is None:
+            raise HTTPException(404, f"no export {export_id}")
+        return job
+
+    def signature(export_id: str, expires: int) -> str:
+        return hmac.new(secret, f"{export_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def view(job: Job) -> ExportView:
+        url = None
+        if job.status is ExportStatus.COMPLETED and job.expires_at is not None:
+            expires = int(job.expires_at.timestamp())
+            url = f"/api/exports/{job.id}/download?expires={expires}&signature={signature(job.id, expires)}"
+        request = job.request.model_copy(update={"status": job.status})
+        return ExportView(request=request, status=job.status, result=job.result(url),
+                          progress=ExportProgress(events=job.events_done, bytes=job.bytes_done, started_at=job.started_at))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/api/exports", status_code=202, response_model=ExportView)
+    def create_export(body: ExportCreate, project: Project) -> ExportView:
+        request = ExportRequest.model_validate(body.model_dump(exclude={"id", "created_at", "status"}))
+        span = request.end_date - request.start_date
+        if span > timedelta(days=settings.export.max_range_days):
+            raise HTTPException(422, f"end_date - start_date is {span.days} days; the most is "
+                                     f"{settings.export.max_range_days}: split the range")
+        if jobs.active_count(project) >= settings.export.max_concurrent_exports:
+            raise HTTPException(429, f"{settings.export.max_concurrent_exports} exports are already pending or "
+                                     "running for this project; wait for one to finish")
+        return view(jobs.create(project, request))
+
+    @app.get("/api/exports", response_model=ExportList)
+    def list_exports(project: Project, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                     offset: Annotated[int, Query(ge=0)] = 0) -> ExportList:
+        items, total = jobs.list(project, limit, offset)
+        return ExportList(items=[view(j) for j in items], total=total, limit=limit, offset=offset)
+
+    @app.get("/api/exports/{export_id}", response_model=ExportView)
+    def get_export(export_id: str, project: Project) -> ExportView:
+        return view(job_or_404(project, export_id))
+
+    @app.get("/api/exports/{export_id}/download", response_class=FileResponse,
+             responses={200: {"content": {"application/octet-stream": {}}}, 403: {"model": Problem},
+                        404: {"model": Problem}, 409: {"model": Problem}, 410: {"model": Problem}})
+    def download(export_id: str, request: Request,
+                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                 expires: int | None = None, signature_: Annotated[str | None, Query(alias="signature")] = None) -> Response:
+        if signature_ is not None and expires is not None:
+            if not hmac.compare_digest(signature_, signature(export_id, expires)):
+                raise HTTPException(403, "the download link's signature does not match; ask for a new link")
+            if expires < time.time():
+                raise HTTPException(410, "the download link has expired")
+            job = jobs.get_any(export_id)
+            if job is None:
+                raise HTTPException(404, f"no export {export_id}")
+        else:
+            job = job_or_404(project_of(credentials), export_id)
+        if job.status is ExportStatus.EXPIRED:
+            raise HTTPException(410, f"export {export_id} expired at {job.expires_at:%Y-%m-%dT%H:%M:%SZ}")
+        if job.status is not ExportStatus.COMPLETED:
+            raise HTTPException(409, f"export {export_id} is {job.status.value}, not completed; poll its status")
+        folder = project_dir(settings, job.project).resolve()
+        path = Path(job.destination_path or "").resolve()
+        if folder not in path.parents or not path.is_file():
+            raise HTTPException(410, f"the file of export {export_id} is gone")
+        return FileResponse(path, media_type=job.request.format.content_type, filename=path.name)
+
+    @app.delete("/api/exports/{export_id}", status_code=204)
+    def delete_export(export_id: str, project: Project) -> Response:
+        job = job_or_404(project, export_id)
+        if job.status in (ExportStatus.PENDING, ExportStatus.PROCESSING):
+            jobs.request_cancel(project, export_id)
+        else:
+            if job.destination_path:
+                Path(job.destination_path).unlink(missing_ok=True)
+            jobs.delete(project, export_id)
+        return Response(status_code=204)
+
+    @app.post("/api/exports/{export_id}/retry", status_code=202, response_model=ExportView)
+    def retry_export(export_id: str, project: Project) -> ExportView:
+        job = job_or_404(project, export_id)
+        if not jobs.retry(project, export_id):
+            raise HTTPException(409, f"export {export_id} is {job.status.value}; only a failed export can be retried")
+        return view(job_or_404(project, export_id))
+
+    registry = CollectorRegistry()
+    by_status = Gauge("analytics_export_exports", "Exports in the job store by status", ["status"], registry=registry)
+    queue_depth = Gauge("analytics_export_queue_depth", "Exports waiting for a worker", registry=registry)
+
+    @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}})
+    def metrics() -> Response:
+        counts = jobs.status_counts()
+        for status in ExportStatus:
+            by_status.labels(status.value).set(counts.get(status.value, 0))
+        queue_depth.set(counts.get(ExportStatus.PENDING.value, 0))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+

@@ -1,0 +1,256 @@
+"""The job store: exports and API keys in SQLite (default) or PostgreSQL, shared by API and workers.
+
+Workers claim a job by taking a lease (owner + expiry) in one conditional UPDATE, extend it with
+heartbeats, and can only finish a job whose lease they still hold; a job whose worker died is
+claimed again once its lease expires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from ..models import ExportRequest, ExportResult, ExportStatus
+from .tables import api_keys, exports
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+KEY_PREFIX = "aek_"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time here is UTC."""
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+@dataclass
+class Job:
+    """One export as stored: the request, where it stands, and its result once finished."""
+
+    id: str
+    project: str
+    request: ExportRequest
+    status: ExportStatus
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    expires_at: datetime | None
+    events_done: int
+    bytes_done: int
+    total_events: int | None
+    file_size: int | None
+    destination_path: str | None
+    error: str | None
+    attempts: int
+    cancel_requested: bool
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        m = row._mapping
+        return cls(
+            id=m["id"], project=m["project"], request=ExportRequest.model_validate(m["request"]),
+            status=ExportStatus(m["status"]), created_at=aware(m["created_at"]), started_at=aware(m["started_at"]),
+            completed_at=aware(m["completed_at"]), expires_at=aware(m["expires_at"]),
+            events_done=m["events_done"], bytes_done=m["bytes_done"], total_events=m["total_events"],
+            file_size=m["file_size"], destination_path=m["destination_path"], error=m["error"],
+            attempts=m["attempts"], cancel_requested=m["cancel_requested"],
+        )
+
+    def result(self, download_url: str | None = None) -> ExportResult | None:
+        if self.status not in (ExportStatus.COMPLETED, ExportStatus.FAILED, ExportStatus.EXPIRED):
+            return None
+        return ExportResult(
+            export_id=self.id, status=self.status, total_events=self.total_events or 0,
+            file_size=self.file_size or 0, download_url=download_url, destination_path=self.destination_path,
+            error=self.error, started_at=self.started_at, completed_at=self.completed_at, expires_at=self.expires_at,
+        )
+
+
+class JobStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+        self.engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path, url: str | None = None) -> JobStore:
+        """The configured store: `url` (e.g. postgresql+psycopg://...) or `DATA_DIR/jobs.sqlite`."""
+        if url:
+            return cls(url)
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{Path(data_dir).absolute() / 'jobs.sqlite'}")
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest alembic revision."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    def create_key(self, project: str) -> str:
+        """A new API key for `project`; only its hash is stored, so this is the one time it is seen."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self.engine.begin() as c:
+            c.execute(api_keys.insert().values(key_hash=hash_key(key), project=project, created_at=now()))
+        return key
+
+    def project_for_key(self, key: str) -> str | None:
+        with self.engine.connect() as c:
+            return c.execute(sa.select(api_keys.c.project).where(api_keys.c.key_hash == hash_key(key))).scalar()
+
+    # -- exports ----------------------------------------------------------------------------
+
+    def create(self, project: str, request: ExportRequest) -> Job:
+        with self.engine.begin() as c:
+            c.execute(exports.insert().values(
+                id=request.id, project=project, request=request.model_dump(mode="json"),
+                status=ExportStatus.PENDING.value, created_at=request.created_at,
+            ))
+        return self.get(project, request.id)
+
+    def get(self, project: str, export_id: str) -> Job | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(exports).where(exports.c.id == export_id, exports.c.project == project)).first()
+        return Job.from_row(row) if row else None
+
+    def get_any(self, export_id: str) -> Job | None:
+        """An export whatever its project: only for links whose signature already proved access."""
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(exports).where(exports.c.id == export_id)).first()
+        return Job.from_row(row) if row else None
+
+    def list(self, project: str, limit: int, offset: int) -> tuple[list[Job], int]:
+        """Newest first, with the project's total count."""
+        with self.engine.connect() as c:
+            total = c.execute(sa.select(sa.func.count()).where(exports.c.project == project)).scalar_one()
+            rows = c.execute(sa.select(exports).where(exports.c.project == project)
+                             .order_by(exports.c.created_at.desc(), exports.c.id).limit(limit).offset(offset)).all()
+        return [Job.from_row(r) for r in rows], total
+
+    def active_count(self, project: str) -> int:
+        with self.engine.connect() as c:
+            return c.execute(sa.select(sa.func.count()).where(
+                exports.c.project == project,
+                exports.c.status.in_([ExportStatus.PENDING.value, ExportStatus.PROCESSING.value]))).scalar_one()
+
+    def claim(self, worker: str, lease: timedelta) -> Job | None:
+        """Take the oldest runnable job (pending, or processing under an expired lease) for `worker`."""
+        t = now()
+        runnable = sa.or_(
+            exports.c.status == ExportStatus.PENDING.value,
+            sa.and_(exports.c.status == ExportStatus.PROCESSING.value, exports.c.lease_expires < t),
+        )
+        with self.engine.begin() as c:
+            pick = sa.select(exports.c.id).where(runnable, exports.c.cancel_requested.is_(False)) \
+                .order_by(exports.c.created_at).limit(1)
+            if c.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            export_id = c.execute(pick).scalar()
+            if export_id is None:
+                return None
+            taken = c.execute(exports.update().where(exports.c.id == export_id, runnable).values(
+                status=ExportStatus.PROCESSING.value, lease_owner=worker, lease_expires=t + lease,
+                attempts=exports.c.attempts + 1, started_at=sa.func.coalesce(exports.c.started_at, t),
+                events_done=0, bytes_done=0,
+            )).rowcount
+            if not taken:
+                return None
+            row = c.execute(sa.select(exports).where(exports.c.id == export_id)).first()
+        return Job.from_row(row)
+
+    def heartbeat(self, export_id: str, worker: str, lease: timedelta, events: int, size: int) -> bool:
+        """Extend the lease and record progress; False when the job is no longer this worker's to run
+        (cancelled, or its lease was lost)."""
+        with self.engine.begin() as c:
+            held = c.execute(exports.update().where(
+                exports.c.id == export_id, exports.c.lease_owner == worker,
+                exports.c.status == ExportStatus.PROCESSING.value, exports.c.cancel_requested.is_(False),
+            ).values(lease_expires=now() + lease, events_done=events, bytes_done=size)).rowcount
+        return bool(held)
+
+    def finish(self, export_id: str, worker: str, result: ExportResult, expires_at: datetime | None) -> bool:
+        """Record the outcome if `worker` still holds the lease; False otherwise (another took over)."""
+        with self.engine.begin() as c:
+            done = c.execute(exports.update().where(
+                exports.c.id == export_id, exports.c.lease_owner == worker,
+                exports.c.status == ExportStatus.PROCESSING.value,
+            ).values(
+                status=result.status.value, completed_at=result.completed_at or now(), expires_at=expires_at,
+                total_events=result.total_events, file_size=result.file_size, events_done=result.total_events,
+                bytes_done=result.file_size, destination_path=result.destination_path, error=result.error,
+                lease_owner=None, lease_expires=None,
+            )).rowcount
+        return bool(done)
+
+    def request_cancel(self, project: str, export_id: str) -> bool:
+        """Ask for a pending or processing export to stop; a pending one is failed at once."""
+        with self.engine.begin() as c:
+            c.execute(exports.update().where(
+                exports.c.id == export_id, exports.c.project == project,
+                exports.c.status == ExportStatus.PENDING.value,
+            ).values(status=ExportStatus.FAILED.value, error="cancelled", completed_at=now()))
+            return bool(c.execute(exports.update().where(
+                exports.c.id == export_id, exports.c.project == project,
+            ).values(cancel_requested=True)).rowcount)
+
+    def cancel_acknowledged(self, export_id: str, worker: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(exports.update().where(exports.c.id == export_id, exports.c.lease_owner == worker).values(
+                status=ExportStatus.FAILED.value, error="cancelled", completed_at=now(),
+                lease_owner=None, lease_expires=None))
+
+    def delete(self, project: str, export_id: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(exports.delete().where(exports.c.id == export_id, exports.c.project == project))
+
+    def retry(self, project: str, export_id: str) -> bool:
+        """Put a failed export back in the queue; False if it is not failed."""
+        with self.engine.begin() as c:
+            return bool(c.execute(exports.update().where(
+                exports.c.id == export_id, exports.c.project == project,
+                exports.c.status == ExportStatus.FAILED.value,
+            ).values(status=ExportStatus.PENDING.value, error=None, cancel_requested=False, completed_at=None,
+                     events_done=0, bytes_done=0)).rowcount)
+
+    def expire(self, at: datetime) -> list[Job]:
+        """Mark completed exports whose files expired before `at` as expired; returns them."""
+        with self.engine.begin() as c:
+            rows = c.execute(sa.select(exports).where(
+                exports.c.status == ExportStatus.COMPLETED.value, exports.c.expires_at < at)).all()
+            if rows:
+                c.execute(exports.update().where(exports.c.id.in_([r.id for r in rows])).values(
+                    status=ExportStatus.EXPIRED.value))
+        return [Job.from_row(r) for r in rows]
+
+    def status_counts(self) -> dict[str, int]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(exports.c.status, sa.func.count()).group_by(exports.c.status)).all()
+        return {status: n for status, n in rows}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets the API read while a worker writes; a busy timeout waits instead of failing."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,40 @@
+"""The job store's schema (SQLAlchemy Core); alembic migrations create and evolve it."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+exports = sa.Table(
+    "exports",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("project", sa.String(200), nullable=False),
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("events_done", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_done", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total_events", sa.BigInteger),
+    sa.Column("file_size", sa.BigInteger),
+    sa.Column("destination_path", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_owner", sa.String(100)),
+    sa.Column("lease_expires", sa.DateTime(timezone=True)),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_exports_project_created", "project", "created_at"),
+    sa.Index("ix_exports_status_lease", "status", "lease_expires"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,103 @@
+"""A worker: claims export jobs from the job store and runs each through the pipeline under a lease."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from .. import open_store
+from ..config import Settings
+from ..destinations.local import LocalDestination
+from ..errors import ExportError
+from ..models import ExportResult, ExportStatus
+from ..pipeline import Cancelled, Progress, run_export
+from .store import Job, JobStore, now
+
+log = logging.getLogger(__name__)
+
+
+def project_dir(settings: Settings, project: str) -> Path:
+    """Each project's downloads live in their own folder under the export dir."""
+    return settings.export_dir / project
+
+
+class Worker:
+    def __init__(self, settings: Settings, jobs: JobStore, *, lease: timedelta = timedelta(seconds=30),
+                 name: str | None = None) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.lease = lease
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    def run(self, stop: threading.Event, poll: float = 0.5) -> None:
+        """Run jobs until `stop` is set, waiting `poll` seconds when the queue is empty."""
+        while not stop.is_set():
+            if not self.run_one():
+                stop.wait(poll)
+
+    def run_one(self) -> bool:
+        """Claim and run one job; False when there was none."""
+        job = self.jobs.claim(self.name, self.lease)
+        if job is None:
+            return False
+        log.info("export %s claimed by %s (attempt %d)", job.id, self.name, job.attempts)
+        self._run(job)
+        return True
+
+    def _run(self, job: Job) -> None:
+        progress = Progress()
+        lost = threading.Event()
+        beating = threading.Event()
+
+        def heartbeat() -> None:
+            while not beating.wait(min(self.lease.total_seconds() / 3, 2.0)):  # cancels land within 2 s
+                if not self.jobs.heartbeat(job.id, self.name, self.lease, progress.events, progress.bytes):
+                    lost.set()
+                    return
+
+        def track(p: Progress) -> None:
+            progress.events, progress.bytes = p.events, p.bytes
+
+        beat = threading.Thread(target=heartbeat, name=f"heartbeat-{job.id[:8]}", daemon=True)
+        beat.start()
+        try:
+            result = self._export(job, track, lost)
+        except Cancelled:
+            if lost.is_set() and not self.jobs.get(job.project, job.id).cancel_requested:
+                log.warning("export %s: lease lost, leaving it to its new owner", job.id)
+            else:
+                self.jobs.cancel_acknowledged(job.id, self.name)
+            return
+        finally:
+            beating.set()
+            beat.join()
+        expires = now() + timedelta(hours=self.settings.export.file_expiry_hours)
+        if not self.jobs.finish(job.id, self.name, result, expires if result.status is ExportStatus.COMPLETED else None):
+            log.warning("export %s finished after its lease was lost; the result is discarded", job.id)
+
+    def _export(self, job: Job, track, lost: threading.Event) -> ExportResult:
+        request = job.request
+        try:
+            if request.destination.type != "download":
+                raise ExportError(f"destination {request.destination.type!r} is not available in this version; "
+                                  "use download")
+            store = open_store(self.settings)
+            try:
+                return run_export(request, store, LocalDestination(project_dir(self.settings, job.project)),
+                                  project=job.project, batch_size=self.settings.export.batch_size,
+                                  on_progress=track, should_stop=lost.is_set)
+            finally:
+                store.close()
+        except Cancelled:
+            raise
+        except ExportError as exc:
+            return ExportResult(export_id=job.id, status=ExportStatus.FAILED, error=str(exc), completed_at=now())
+        except Exception as exc:  # a bug: keep the worker alive, record it, log the traceback
+            log.exception("export %s failed unexpectedly", job.id)
+            return ExportResult(export_id=job.id, status=ExportStatus.FAILED,
+                                error=f"internal error ({type(exc).__name__}); see the worker log", completed_at=now())

@@ -1,0 +1,69 @@
+"""Starts the real service (uvicorn, workers) on 127.0.0.1 for the API tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+CLI = [sys.executable, "-m", "analytics_export.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(data_dir: Path, *args: str, env: dict | None = None) -> str:
+    done = subprocess.run([*CLI, "--data-dir", str(data_dir), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+class Service:
+    """`analytics-export serve` in a subprocess, stopped on close."""
+
+    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "serve", "--port", str(self.port),
+                                      "--workers", str(workers)], env={**os.environ, **(env or {})},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                assert self.proc.poll() is None, self.proc.stderr.read().decode()
+                time.sleep(0.1)
+        raise RuntimeError("service did not start")
+
+    def client(self, key: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def wait_for(client: httpx.Client, export_id: str, status: str = "completed", timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/exports/{export_id}").json()
+        if body["status"] == status:
+            return body
+        assert body["status"] in ("pending", "processing"), body
+        time.sleep(0.05)
+    raise AssertionError(f"export {export_id} never reached {status}: {body}")

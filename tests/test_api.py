@@ -1,0 +1,146 @@
+"""The REST API end to end through a real uvicorn server on 127.0.0.1 with an in-process worker."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from analytics_export import Settings, export, open_store
+from analytics_export.demo import generate
+from conftest import DEMO_END
+from helpers import decompress
+from service import Service, cli, wait_for
+
+WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    data = tmp_path_factory.mktemp("svc")
+    store = open_store(Settings(data_dir=data), read_only=False)
+    try:
+        generate(store, 30_000, "default", end=DEMO_END)
+    finally:
+        store.close()
+    svc = Service(data)
+    svc.data = data
+    svc.key = cli(data, "keys", "create", "--project", "default")
+    svc.other_key = cli(data, "keys", "create", "--project", "other")
+    yield svc
+    svc.close()
+
+
+def test_create_poll_download_matches_the_pipeline(service, tmp_path):
+    with service.client(service.key) as c:
+        body = {**WINDOW, "format": "json_lines", "compression": "gzip", "events": ["$pageview"],
+                "properties": ["plan", "price"], "filters": [{"property": "price", "operator": "gt", "value": 100}],
+                "id": "client-chosen", "status": "completed", "created_at": "2001-01-01T00:00:00Z"}
+        created = c.post("/api/exports", json=body)
+        assert created.status_code == 202, created.text
+        view = created.json()
+        export_id = view["request"]["id"]
+        assert export_id != "client-chosen" and view["status"] == "pending"
+        assert not view["request"]["created_at"].startswith("2001")
+        done = wait_for(c, export_id)
+        result = done["result"]
+        assert result["total_events"] == done["progress"]["events"] > 0
+        got = c.get(f"/api/exports/{export_id}/download")
+        assert got.status_code == 200
+        assert got.headers["content-type"].startswith("application/x-ndjson")
+        assert "content-encoding" not in got.headers, "the file is the file"
+        assert got.headers["content-disposition"] == (
+            f'attachment; filename="export_{export_id}_20260801_to_20261101.jsonl.gz"')
+        assert int(got.headers["content-length"]) == result["file_size"] == len(got.content)
+        assert got.headers["etag"]
+        part = c.get(f"/api/exports/{export_id}/download", headers={"Range": "bytes=0-99"})
+        assert part.status_code == 206 and part.content == got.content[:100]
+    settings = Settings(data_dir=service.data)
+    local = export(settings=settings, output=tmp_path / "same.jsonl.gz", **{k: v for k, v in body.items()
+                   if k not in ("id", "status", "created_at")})
+    assert local.total_events == result["total_events"]
+    lines = lambda data: Counter(decompress(data, "gzip").splitlines())  # noqa: E731
+    assert lines(got.content) == lines((tmp_path / "same.jsonl.gz").read_bytes())
+
+
+def test_signed_link_works_without_a_key_and_rejects_tampering(service):
+    with service.client(service.key) as c:
+        export_id = c.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["request"]["id"]
+        url = wait_for(c, export_id)["result"]["download_url"]
+    with service.client(None) as anonymous:
+        assert anonymous.get(url).status_code == 200
+        assert anonymous.get(url.replace("signature=", "signature=0")).status_code == 403
+        assert anonymous.get(f"/api/exports/{export_id}/download").status_code == 401
+        secret = (service.data / "secret.key").read_text().strip().encode()
+        past = int(time.time()) - 10
+        sig = hmac.new(secret, f"{export_id}:{past}".encode(), hashlib.sha256).hexdigest()
+        assert anonymous.get(f"/api/exports/{export_id}/download?expires={past}&signature={sig}").status_code == 410
+
+
+def test_list_is_newest_first_with_paging(service):
+    with service.client(service.key) as c:
+        ids = [c.post("/api/exports", json={**WINDOW, "format": "parquet"}).json()["request"]["id"] for _ in range(3)]
+        for export_id in ids:
+            wait_for(c, export_id)
+        page = c.get("/api/exports", params={"limit": 2, "offset": 0}).json()
+        assert page["total"] >= 3 and [i["request"]["id"] for i in page["items"]] == ids[::-1][:2]
+        nxt = c.get("/api/exports", params={"limit": 2, "offset": 2}).json()
+        assert nxt["items"][0]["request"]["id"] == ids[0]
+
+
+def test_projects_cannot_see_each_other(service):
+    with service.client(service.key) as a, service.client(service.other_key) as b:
+        export_id = a.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["request"]["id"]
+        wait_for(a, export_id)
+        for method, path in [("GET", ""), ("GET", "/download"), ("DELETE", ""), ("POST", "/retry")]:
+            assert b.request(method, f"/api/exports/{export_id}{path}").status_code == 404, (method, path)
+        assert all(i["request"]["id"] != export_id for i in b.get("/api/exports").json()["items"])
+        own = b.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["request"]["id"]
+        assert wait_for(b, own)["result"]["total_events"] == 0, "project B cannot export A's events"
+        assert a.get(f"/api/exports/{export_id}").status_code == 200
+
+
+def test_delete_and_retry(service):
+    with service.client(service.key) as c:
+        export_id = c.post("/api/exports", json={**WINDOW, "format": "avro"}).json()["request"]["id"]
+        path = Path(wait_for(c, export_id)["result"]["destination_path"])
+        assert path.exists()
+        assert c.post(f"/api/exports/{export_id}/retry").status_code == 409
+        assert c.delete(f"/api/exports/{export_id}").status_code == 204
+        assert not path.exists() and c.get(f"/api/exports/{export_id}").status_code == 404
+        bad = c.post("/api/exports", json={**WINDOW, "format": "csv", "destination": {"type": "s3", "bucket": "b"}})
+        failed = wait_for(c, bad.json()["request"]["id"], "failed")
+        assert "not available" in failed["result"]["error"]
+        assert c.post(f"/api/exports/{failed['request']['id']}/retry").status_code == 202
+
+
+@pytest.mark.parametrize("body, params, where", [
+    ({**WINDOW, "format": "xml"}, None, "format"),
+    ({"start_date": "2026-02-01", "end_date": "2026-01-01", "format": "csv"}, None, "must be after start_date"),
+    ({**WINDOW, "format": "csv", "filters": [{"property": "a", "operator": "like", "value": 1}]}, None, "operator"),
+    ({**WINDOW, "format": "csv", "properties": ["x'); drop"]}, None, "not a plain key"),
+    ({"start_date": "2020-01-01", "end_date": "2026-01-01", "format": "csv"}, None, "the most is 366"),
+    ({**WINDOW}, {"limit": 0}, "limit"),
+    ({**WINDOW}, {"limit": 5000}, "limit"),
+    ({**WINDOW}, {"offset": -1}, "offset"),
+])
+def test_bad_input_is_422_naming_the_field(service, body, params, where):
+    with service.client(service.key) as c:
+        r = c.get("/api/exports", params=params) if params else c.post("/api/exports", json=body)
+        assert r.status_code == 422 and where in r.json()["detail"], r.text
+
+
+def test_auth_errors(service):
+    with service.client(None) as c:
+        assert c.get("/api/exports").status_code == 401
+    with service.client("aek_wrong") as c:
+        assert c.get("/api/exports").status_code == 401
+    with service.client(service.key) as c:
+        assert c.post("/api/exports", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+        assert c.get("/api/exports/nope").status_code == 404
+        metrics = c.get("/metrics").text
+        assert 'analytics_export_exports{status="completed"}' in metrics and "analytics_export_queue_depth" in metrics
