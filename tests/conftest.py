@@ -28,6 +28,18 @@ def demo_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings
 
 
+@pytest.fixture(scope="session")
+def big_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir with 1M demo events: exports of it take long enough to be killed midway."""
+    data = tmp_path_factory.mktemp("big")
+    store = open_store(Settings(data_dir=data), read_only=False)
+    try:
+        generate(store, 1_000_000, "default", end=DEMO_END)
+    finally:
+        store.close()
+    return data
+
+
 def stored_rows(settings: Settings, start: datetime, end: datetime, events: list[str] | None = None) -> list[dict[str, Any]]:
     """The store's events in [start, end), read with plain SQL, properties parsed by Python."""
     con = duckdb.connect(str(settings.events_path), read_only=True)

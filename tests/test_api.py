@@ -144,3 +144,25 @@ def test_auth_errors(service):
         assert c.get("/api/exports/nope").status_code == 404
         metrics = c.get("/metrics").text
         assert 'analytics_export_exports{status="completed"}' in metrics and "analytics_export_queue_depth" in metrics
+
+
+def test_expired_exports_answer_410(tmp_path):
+    data = tmp_path / "data"
+    store = open_store(Settings(data_dir=data), read_only=False)
+    try:
+        generate(store, 1000, "default", end=DEMO_END)
+    finally:
+        store.close()
+    key = cli(data, "keys", "create", "--project", "default")
+    svc = Service(data, env={"ANALYTICS_EXPORT_EXPORT__FILE_EXPIRY_HOURS": str(1 / 3600)})
+    try:
+        with svc.client(key) as c:
+            export_id = c.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["request"]["id"]
+            done = wait_for(c, export_id)
+            path, url = Path(done["result"]["destination_path"]), done["result"]["download_url"]
+            expired = wait_for(c, export_id, "expired", timeout=30)
+            assert expired["result"]["expires_at"] and not path.exists()
+            assert c.get(f"/api/exports/{export_id}/download").status_code == 410
+            assert c.get(url).status_code == 410
+    finally:
+        svc.close()

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import demo as demo_data
+from . import logs
 from . import open_store
 from .config import Settings
 from .destinations.local import LocalDestination
@@ -238,6 +239,7 @@ def worker(ctx: typer.Context, lease: float = typer.Option(30.0, help="Lease sec
                                                             "taken over after this")) -> None:
     """Run export jobs from the job store until interrupted."""
     settings: Settings = ctx.obj
+    logs.configure()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -259,6 +261,7 @@ def serve(
     from .api.app import create_app
 
     settings: Settings = ctx.obj
+    logs.configure()
     jobs = job_store(settings)
     stop = threading.Event()
     threads = [threading.Thread(target=Worker(settings, jobs).run, args=(stop,), daemon=True, name=f"worker-{i}")

@@ -11,7 +11,7 @@ from .models import ExportConfig
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ANALYTICS_EXPORT_")
+    model_config = SettingsConfigDict(env_prefix="ANALYTICS_EXPORT_", env_nested_delimiter="__")
 
     data_dir: Path = Field(Path(".analytics-export"), description="event store and exports live here")
     project: str = Field("default", description="tenant whose events are read and written")

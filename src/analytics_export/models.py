@@ -320,5 +320,5 @@ class ExportConfig(BaseModel):
 
     batch_size: int = Field(16_384, ge=1_024, le=1_048_576, description="rows per Arrow batch")
     max_range_days: int = Field(366, ge=1)
-    file_expiry_hours: int = Field(24 * 7, ge=1)
+    file_expiry_hours: float = Field(24 * 7, gt=0, description="downloads expire this long after completion")
     max_concurrent_exports: int = Field(4, ge=1)

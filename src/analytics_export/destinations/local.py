@@ -17,6 +17,8 @@ class LocalUpload:
         self.temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.partial")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
+            for stale in final.parent.glob(f".{final.name}.*.partial"):  # left by a killed run of this export
+                stale.unlink(missing_ok=True)
             self.file = open(self.temp, "xb", buffering=BUFFER)
         except OSError as exc:
             raise Storage(f"cannot write to {final.parent}: {exc.strerror}") from exc

@@ -35,10 +35,18 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     def run(self, stop: threading.Event, poll: float = 0.5) -> None:
-        """Run jobs until `stop` is set, waiting `poll` seconds when the queue is empty."""
+        """Run jobs until `stop` is set; when the queue is empty, sweep expired downloads and wait."""
         while not stop.is_set():
             if not self.run_one():
+                self.sweep()
                 stop.wait(poll)
+
+    def sweep(self) -> None:
+        """Mark exports past their expiry as expired and delete their files."""
+        for job in self.jobs.expire(now()):
+            if job.destination_path:
+                Path(job.destination_path).unlink(missing_ok=True)
+            log.info("export %s expired; its file was deleted", job.id)
 
     def run_one(self) -> bool:
         """Claim and run one job; False when there was none."""

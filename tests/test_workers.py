@@ -1,0 +1,123 @@
+"""Workers survive crashes (a SIGKILLed worker's job is finished by another) and share a PostgreSQL
+job store without ever running one job twice."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from analytics_export import Settings, open_store
+from analytics_export.demo import generate
+from analytics_export.sources import EventQuery
+from conftest import DEMO_END
+from helpers import read_records
+from service import CLI, Service, cli, wait_for
+
+ALL = {"start_date": "2026-07-01", "end_date": "2026-11-02"}
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def start_worker(data: Path, lease: float = 2.0, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, "--data-dir", str(data), "worker", "--lease", str(lease)],
+                            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err.decode()
+
+
+def test_killed_worker_job_is_finished_by_another(big_store):
+    key = cli(big_store, "keys", "create", "--project", "default")
+    svc = Service(big_store, workers=0)
+    first = start_worker(big_store)
+    second = None
+    try:
+        with svc.client(key) as c:
+            export_id = c.post("/api/exports", json={**ALL, "format": "json", "compression": "zstd"}).json()["request"]["id"]
+            deadline = time.monotonic() + 30
+            while c.get(f"/api/exports/{export_id}").json()["progress"]["events"] == 0:
+                assert time.monotonic() < deadline, "the worker never reported progress"
+                time.sleep(0.02)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            killed_at = c.get(f"/api/exports/{export_id}").json()
+            assert killed_at["status"] == "processing", "killed mid-export"
+            folder = big_store / "exports" / "default"
+            assert not any(p.name.startswith("export_") for p in folder.iterdir()), "nothing final from the dead run"
+            second = start_worker(big_store)
+            done = wait_for(c, export_id, timeout=120)
+            got = c.get(f"/api/exports/{export_id}/download")
+            assert got.status_code == 200
+        out = folder / "downloaded.json.zst"
+        out.write_bytes(got.content)
+        store = open_store(Settings(data_dir=big_store))
+        try:
+            expected = store.count(EventQuery(project="default", start=DEMO_END.replace(month=7),
+                                              end=DEMO_END.replace(day=2)))
+        finally:
+            store.close()
+        assert done["result"]["total_events"] == expected == len(read_records(out, "json", "zstd"))
+        out.unlink()
+        assert not [p for p in folder.iterdir() if p.name.endswith(".partial")], "the dead run's temp file is gone"
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                stop(proc)
+        svc.close()
+
+
+@pytest.fixture()
+def pg_url():
+    """A throwaway database on the machine's PostgreSQL (127.0.0.1:5432)."""
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable on 127.0.0.1:5432 ({exc}); scripts/test starts it")
+    name = f"ae_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def test_two_workers_on_postgresql_never_run_a_job_twice(tmp_path, pg_url):
+    data = tmp_path / "data"
+    store = open_store(Settings(data_dir=data), read_only=False)
+    try:
+        generate(store, 20_000, "default", end=DEMO_END)
+    finally:
+        store.close()
+    env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "100"}
+    key = cli(data, "keys", "create", "--project", "default", env=env)
+    svc = Service(data, workers=0, env=env)
+    workers = [start_worker(data, lease=10, env=env) for _ in range(2)]
+    try:
+        with svc.client(key) as c:
+            ids = [c.post("/api/exports", json={**ALL, "format": f}).json()["request"]["id"]
+                   for f in ["csv", "json", "parquet", "avro", "json_lines"] * 6]
+            results = [wait_for(c, i, timeout=120) for i in ids]
+    finally:
+        logs = [stop(w) for w in workers]
+        svc.close()
+    assert all(r["result"]["total_events"] == 20_000 for r in results)
+    runs = Counter(m for log in logs for m in re.findall(r"export (\S+) claimed by", log))
+    assert set(runs) == set(ids) and set(runs.values()) == {1}, "every job ran exactly once"
+    assert all(re.search(r"claimed by", log) for log in logs), "both workers took jobs"
+    with psycopg.connect(pg_url.replace("+psycopg", "")) as pg:
+        attempts = pg.execute("SELECT attempts, count(*) FROM exports GROUP BY attempts").fetchall()
+    assert attempts == [(1, len(ids))]
