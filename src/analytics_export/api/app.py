@@ -53,6 +53,11 @@ class Problem(BaseModel):
     detail: str = Field(description="what is wrong and what to fix")
 
 
+def problems(*codes: int) -> dict:
+    """OpenAPI entries for the error statuses a route can answer."""
+    return {code: {"model": Problem} for code in codes}
+
+
 def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     app = FastAPI(title="analytics-export", version="0.1.0",
                   responses={401: {"model": Problem}, 422: {"model": Problem}})
@@ -63,7 +68,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         parts = []
         for e in exc.errors():
             where = ".".join(str(p) for p in e["loc"] if p != "body")
-            parts.append(f"{where}: {e['msg'].replace('Value error, ', '')}" if where else e["msg"])
+            message = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {message}" if where else message)
         return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
 
     def project_of(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
@@ -99,7 +105,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/api/exports", status_code=202, response_model=ExportView)
+    @app.post("/api/exports", status_code=202, response_model=ExportView, responses=problems(429))
     def create_export(body: ExportCreate, project: Project) -> ExportView:
         request = ExportRequest.model_validate(body.model_dump(exclude={"id", "created_at", "status"}))
         span = request.end_date - request.start_date
@@ -113,22 +119,22 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
 
     @app.get("/api/exports", response_model=ExportList)
     def list_exports(project: Project, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> ExportList:
+                     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> ExportList:
         items, total = jobs.list(project, limit, offset)
         return ExportList(items=[view(j) for j in items], total=total, limit=limit, offset=offset)
 
-    @app.get("/api/exports/{export_id}", response_model=ExportView)
+    @app.get("/api/exports/{export_id}", response_model=ExportView, responses=problems(404))
     def get_export(export_id: str, project: Project) -> ExportView:
         return view(job_or_404(project, export_id))
 
     @app.get("/api/exports/{export_id}/download", response_class=FileResponse,
-             responses={200: {"content": {"application/octet-stream": {}}}, 403: {"model": Problem},
-                        404: {"model": Problem}, 409: {"model": Problem}, 410: {"model": Problem}})
+             responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a range"},
+                        **problems(403, 404, 409, 410, 416)})
     def download(export_id: str, request: Request,
                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
                  expires: int | None = None, signature_: Annotated[str | None, Query(alias="signature")] = None) -> Response:
         if signature_ is not None and expires is not None:
-            if not hmac.compare_digest(signature_, signature(export_id, expires)):
+            if not hmac.compare_digest(signature_.encode(), signature(export_id, expires).encode()):
                 raise HTTPException(403, "the download link's signature does not match; ask for a new link")
             if expires < time.time():
                 raise HTTPException(410, "the download link has expired")
@@ -147,7 +153,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             raise HTTPException(410, f"the file of export {export_id} is gone")
         return FileResponse(path, media_type=job.request.format.content_type, filename=path.name)
 
-    @app.delete("/api/exports/{export_id}", status_code=204)
+    @app.delete("/api/exports/{export_id}", status_code=204, responses=problems(404))
     def delete_export(export_id: str, project: Project) -> Response:
         job = job_or_404(project, export_id)
         if job.status in (ExportStatus.PENDING, ExportStatus.PROCESSING):
@@ -158,7 +164,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             jobs.delete(project, export_id)
         return Response(status_code=204)
 
-    @app.post("/api/exports/{export_id}/retry", status_code=202, response_model=ExportView)
+    @app.post("/api/exports/{export_id}/retry", status_code=202, response_model=ExportView,
+              responses=problems(404, 409))
     def retry_export(export_id: str, project: Project) -> ExportView:
         job = job_or_404(project, export_id)
         if not jobs.retry(project, export_id):
