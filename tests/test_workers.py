@@ -121,3 +121,27 @@ def test_two_workers_on_postgresql_never_run_a_job_twice(tmp_path, pg_url):
     with psycopg.connect(pg_url.replace("+psycopg", "")) as pg:
         attempts = pg.execute("SELECT attempts, count(*) FROM exports GROUP BY attempts").fetchall()
     assert attempts == [(1, len(ids))]
+
+
+def test_cancel_stops_a_running_export_within_seconds(big_store):
+    key = cli(big_store, "keys", "create", "--project", "default")
+    svc = Service(big_store, workers=1)
+    try:
+        with svc.client(key) as c:
+            # Avro with deflate is the slowest export here: seconds for 1M events, time to cancel it.
+            export_id = c.post("/api/exports", json={**ALL, "format": "avro", "compression": "gzip"}).json()["request"]["id"]
+            deadline = time.monotonic() + 30
+            while c.get(f"/api/exports/{export_id}").json()["progress"]["events"] == 0:
+                assert time.monotonic() < deadline, "the worker never reported progress"
+                time.sleep(0.02)
+            asked = time.monotonic()
+            assert c.delete(f"/api/exports/{export_id}").status_code == 204
+            failed = wait_for(c, export_id, "failed", timeout=10)
+            assert time.monotonic() - asked < 5
+            assert failed["result"]["error"] == "cancelled"
+            folder = big_store / "exports" / "default"
+            assert not [p for p in folder.iterdir() if export_id in p.name], "no file, partial or final"
+            assert c.delete(f"/api/exports/{export_id}").status_code == 204, "a cancelled export can be deleted"
+            assert c.get(f"/api/exports/{export_id}").status_code == 404
+    finally:
+        svc.close()

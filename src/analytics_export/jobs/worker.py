@@ -63,7 +63,7 @@ class Worker:
         beating = threading.Event()
 
         def heartbeat() -> None:
-            while not beating.wait(min(self.lease.total_seconds() / 3, 2.0)):  # cancels land within 2 s
+            while not beating.wait(min(self.lease.total_seconds() / 3, 0.5)):  # cancels land within 0.5 s
                 if not self.jobs.heartbeat(job.id, self.name, self.lease, progress.events, progress.bytes):
                     lost.set()
                     return
