@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +24,7 @@ from .tables import api_keys, exports
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 KEY_PREFIX = "aek_"
+KEY_CACHE_SECONDS = 60.0
 
 
 def now() -> datetime:
@@ -84,8 +86,11 @@ class Job:
 class JobStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
-        self.engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        sqlite = url.startswith("sqlite")
+        # The pool holds as many connections as the API has request threads, so none is opened per request.
+        self.engine = sa.create_engine(url, connect_args={"timeout": 30} if sqlite else {}, pool_pre_ping=not sqlite,
+                                       pool_size=40 if sqlite else 10, max_overflow=0 if sqlite else 20)
+        self.keys: dict[str, tuple[str, float]] = {}  # key hash -> (project, looked up at)
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
 
@@ -104,6 +109,9 @@ class JobStore:
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
 
     # -- API keys ---------------------------------------------------------------------------
 
@@ -115,8 +123,16 @@ class JobStore:
         return key
 
     def project_for_key(self, key: str) -> str | None:
+        """The key's project; a known key is remembered for KEY_CACHE_SECONDS, so polls cost one query."""
+        digest = hash_key(key)
+        cached = self.keys.get(digest)
+        if cached and time.monotonic() - cached[1] < KEY_CACHE_SECONDS:
+            return cached[0]
         with self.engine.connect() as c:
-            return c.execute(sa.select(api_keys.c.project).where(api_keys.c.key_hash == hash_key(key))).scalar()
+            project = c.execute(sa.select(api_keys.c.project).where(api_keys.c.key_hash == digest)).scalar()
+        if project is not None:
+            self.keys[digest] = (project, time.monotonic())
+        return project
 
     # -- exports ----------------------------------------------------------------------------
 
@@ -249,8 +265,9 @@ class JobStore:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL lets the API read while a worker writes; a busy timeout waits instead of failing."""
+    """A busy timeout waits for a writer instead of failing. (WAL, which lets the API read while a
+    worker writes, is a property of the file: `migrate` sets it once, as setting it takes a lock.)"""
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
