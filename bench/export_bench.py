@@ -241,35 +241,31 @@ def plain_json(spec: Spec) -> int:
     return rows
 
 
-def plain_csv(spec: Spec) -> int:
-    import pyarrow.csv as pacsv
-
+def plain_stream(spec: Spec, open_writer: Callable[[Any], Any]) -> int:
+    """DuckDB's batches straight into a pyarrow writer that writes `spec.out` itself."""
     con = connect(spec.data_dir)
-    reader = con.sql(select_sql(spec, COLUMNS["csv"])).to_arrow_reader(BATCH)
-    options = pacsv.WriteOptions(include_header=True, eol="\r\n", quoting_style="needed")
+    reader = con.sql(select_sql(spec, COLUMNS[spec.fmt])).to_arrow_reader(BATCH)
     rows = 0
-    with pacsv.CSVWriter(spec.out, reader.schema, write_options=options) as writer:
+    with open_writer(reader.schema) as writer:
         for batch in reader:
             writer.write_batch(batch)
             rows += batch.num_rows
     con.close()
     fsync_path(spec.out)
     return rows
+
+
+def plain_csv(spec: Spec) -> int:
+    import pyarrow.csv as pacsv
+
+    options = pacsv.WriteOptions(include_header=True, eol="\r\n", quoting_style="needed")
+    return plain_stream(spec, lambda schema: pacsv.CSVWriter(spec.out, schema, write_options=options))
 
 
 def plain_parquet(spec: Spec) -> int:
     import pyarrow.parquet as pq
 
-    con = connect(spec.data_dir)
-    reader = con.sql(select_sql(spec, COLUMNS["parquet"])).to_arrow_reader(BATCH)
-    rows = 0
-    with pq.ParquetWriter(spec.out, reader.schema, compression=spec.codec or "none") as writer:
-        for batch in reader:
-            writer.write_batch(batch)
-            rows += batch.num_rows
-    con.close()
-    fsync_path(spec.out)
-    return rows
+    return plain_stream(spec, lambda schema: pq.ParquetWriter(spec.out, schema, compression=spec.codec or "none"))
 
 
 def plain_avro(spec: Spec) -> int:

@@ -16,28 +16,25 @@ DEMO_END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 DEMO_EVENTS = 20_000
 
 
-@pytest.fixture(scope="session")
-def demo_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A data dir holding 20k demo events in the 90 days before 2026-11-01."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("demo"))
-    store = open_store(settings, read_only=False)
+def with_demo_events(data: Path, events: int) -> Path:
+    """`data` as a data dir holding `events` demo events in the 90 days before 2026-11-01."""
+    store = open_store(Settings(data_dir=data), read_only=False)
     try:
-        generate(store, DEMO_EVENTS, settings.project, end=DEMO_END)
+        generate(store, events, "default", end=DEMO_END)
     finally:
         store.close()
-    return settings
+    return data
+
+
+@pytest.fixture(scope="session")
+def demo_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(data_dir=with_demo_events(tmp_path_factory.mktemp("demo"), DEMO_EVENTS))
 
 
 @pytest.fixture(scope="session")
 def big_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir with 1M demo events: exports of it take long enough to be killed midway."""
-    data = tmp_path_factory.mktemp("big")
-    store = open_store(Settings(data_dir=data), read_only=False)
-    try:
-        generate(store, 1_000_000, "default", end=DEMO_END)
-    finally:
-        store.close()
-    return data
+    """1M demo events: exports of them take long enough to be killed midway."""
+    return with_demo_events(tmp_path_factory.mktemp("big"), 1_000_000)
 
 
 def stored_rows(settings: Settings, start: datetime, end: datetime, events: list[str] | None = None) -> list[dict[str, Any]]:

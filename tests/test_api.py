@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from analytics_export import Settings, export, open_store
-from analytics_export.demo import generate
-from conftest import DEMO_END
+from analytics_export import Settings, export
+from conftest import with_demo_events
 from helpers import decompress
 from service import Service, cli, wait_for
 
@@ -21,12 +20,7 @@ WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    data = tmp_path_factory.mktemp("svc")
-    store = open_store(Settings(data_dir=data), read_only=False)
-    try:
-        generate(store, 30_000, "default", end=DEMO_END)
-    finally:
-        store.close()
+    data = with_demo_events(tmp_path_factory.mktemp("svc"), 30_000)
     svc = Service(data)
     svc.data = data
     svc.key = cli(data, "keys", "create", "--project", "default")
@@ -147,12 +141,7 @@ def test_auth_errors(service):
 
 
 def test_expired_exports_answer_410(tmp_path):
-    data = tmp_path / "data"
-    store = open_store(Settings(data_dir=data), read_only=False)
-    try:
-        generate(store, 1000, "default", end=DEMO_END)
-    finally:
-        store.close()
+    data = with_demo_events(tmp_path / "data", 1000)
     key = cli(data, "keys", "create", "--project", "default")
     svc = Service(data, env={"ANALYTICS_EXPORT_EXPORT__FILE_EXPIRY_HOURS": str(1 / 3600)})
     try:

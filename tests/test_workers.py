@@ -16,9 +16,8 @@ import psycopg
 import pytest
 
 from analytics_export import Settings, open_store
-from analytics_export.demo import generate
 from analytics_export.sources import EventQuery
-from conftest import DEMO_END
+from conftest import DEMO_END, with_demo_events
 from helpers import read_records
 from service import CLI, Service, cli, wait_for
 
@@ -29,6 +28,16 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 def start_worker(data: Path, lease: float = 2.0, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([*CLI, "--data-dir", str(data), "worker", "--lease", str(lease)],
                             env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def start_and_wait_for_progress(client, body: dict) -> str:
+    """Create an export and return its id once a worker has reported progress on it."""
+    export_id = client.post("/api/exports", json=body).json()["request"]["id"]
+    deadline = time.monotonic() + 30
+    while client.get(f"/api/exports/{export_id}").json()["progress"]["events"] == 0:
+        assert time.monotonic() < deadline, "the worker never reported progress"
+        time.sleep(0.02)
+    return export_id
 
 
 def stop(proc: subprocess.Popen) -> str:
@@ -48,11 +57,7 @@ def test_killed_worker_job_is_finished_by_another(big_store):
     second = None
     try:
         with svc.client(key) as c:
-            export_id = c.post("/api/exports", json={**ALL, "format": "json", "compression": "zstd"}).json()["request"]["id"]
-            deadline = time.monotonic() + 30
-            while c.get(f"/api/exports/{export_id}").json()["progress"]["events"] == 0:
-                assert time.monotonic() < deadline, "the worker never reported progress"
-                time.sleep(0.02)
+            export_id = start_and_wait_for_progress(c, {**ALL, "format": "json", "compression": "zstd"})
             first.send_signal(signal.SIGKILL)
             first.wait()
             killed_at = c.get(f"/api/exports/{export_id}").json()
@@ -96,12 +101,7 @@ def pg_url():
 
 
 def test_two_workers_on_postgresql_never_run_a_job_twice(tmp_path, pg_url):
-    data = tmp_path / "data"
-    store = open_store(Settings(data_dir=data), read_only=False)
-    try:
-        generate(store, 20_000, "default", end=DEMO_END)
-    finally:
-        store.close()
+    data = with_demo_events(tmp_path / "data", 20_000)
     env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "100"}
     key = cli(data, "keys", "create", "--project", "default", env=env)
     svc = Service(data, workers=0, env=env)
@@ -129,11 +129,7 @@ def test_cancel_stops_a_running_export_within_seconds(big_store):
     try:
         with svc.client(key) as c:
             # Avro with deflate is the slowest export here: seconds for 1M events, time to cancel it.
-            export_id = c.post("/api/exports", json={**ALL, "format": "avro", "compression": "gzip"}).json()["request"]["id"]
-            deadline = time.monotonic() + 30
-            while c.get(f"/api/exports/{export_id}").json()["progress"]["events"] == 0:
-                assert time.monotonic() < deadline, "the worker never reported progress"
-                time.sleep(0.02)
+            export_id = start_and_wait_for_progress(c, {**ALL, "format": "avro", "compression": "gzip"})
             asked = time.monotonic()
             assert c.delete(f"/api/exports/{export_id}").status_code == 204
             failed = wait_for(c, export_id, "failed", timeout=10)
