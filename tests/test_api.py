@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import hmac
 import time
 from collections import Counter
@@ -155,3 +156,20 @@ def test_expired_exports_answer_410(tmp_path):
             assert c.get(url).status_code == 410
     finally:
         svc.close()
+
+
+def test_post_events_into_the_callers_project(service):
+    events = [{"event": "api_event", "distinct_id": f"u{i}", "timestamp": "2026-10-15T12:00:00Z",
+               "properties": {"n": i, "s": "a,\"b\"\n"}} for i in range(5)]
+    lines = "".join(json.dumps(e) + "\n" for e in events)
+    with service.client(service.other_key) as b, service.client(service.key) as a:
+        r = b.post("/api/events", content=lines, headers={"content-type": "application/x-ndjson"})
+        assert r.status_code == 200 and r.json() == {"ingested": 5}, r.text
+        assert b.post("/api/events", json=events).json() == {"ingested": 0}, "same content, same derived uuids"
+        body = {**WINDOW, "format": "json_lines", "events": ["api_event"]}
+        mine = wait_for(b, b.post("/api/exports", json=body).json()["request"]["id"])
+        theirs = wait_for(a, a.post("/api/exports", json=body).json()["request"]["id"])
+        assert mine["result"]["total_events"] == 5 and theirs["result"]["total_events"] == 0
+        bad = b.post("/api/events", json=[{"event": "x"}])
+        assert bad.status_code == 422 and "missing column" in bad.json()["detail"] and "inbox" not in bad.text
+        assert b.post("/api/events", content=b"x", headers={"content-type": "text/plain"}).status_code == 415

@@ -3,6 +3,7 @@
 
 import hashlib
 import hmac
+import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,8 +15,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
+from .. import open_store
 from ..config import Settings
+from ..errors import Invalid, Storage
+from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore
 from ..jobs.worker import project_dir
 from ..models import ExportRequest, ExportResult, ExportStatus
@@ -47,6 +52,10 @@ class ExportList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class IngestResult(BaseModel):
+    ingested: int = Field(description="new events stored (events whose uuid was already stored are skipped)")
 
 
 class Problem(BaseModel):
@@ -171,6 +180,41 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         if not jobs.retry(project, export_id):
             raise HTTPException(409, f"export {export_id} is {job.status.value}; only a failed export can be retried")
         return view(job_or_404(project, export_id))
+
+    @app.post("/api/events", response_model=IngestResult, responses=problems(413, 415, 422, 503),
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                  "application/x-ndjson": {"schema": {"type": "string"}}}}})
+    async def ingest_events(request: Request, project: Project) -> IngestResult:
+        """Events as a JSON array or JSON Lines (`event`, `distinct_id`, `timestamp`, optional `uuid`
+        and `properties`), into the caller's project; events whose uuid is stored are skipped."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip()
+        suffix = {"application/json": ".json", "application/x-ndjson": ".jsonl", "application/jsonl": ".jsonl"}.get(kind)
+        if suffix is None:
+            raise HTTPException(415, "send application/json (an array of events) or application/x-ndjson (JSON Lines)")
+        body = await request.body()
+        if len(body) > settings.max_body_bytes:
+            raise HTTPException(413, f"the body is {len(body):,} bytes; the most is {settings.max_body_bytes:,}: "
+                                     "send smaller batches")
+        return await run_in_threadpool(ingest_body, body, suffix, project)
+
+    def ingest_body(body: bytes, suffix: str, project: str) -> IngestResult:
+        inbox = settings.data_dir / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=inbox, suffix=suffix) as spool:
+            spool.write(body)
+            spool.flush()
+            try:
+                store = open_store(settings, read_only=False)
+            except Storage as exc:
+                raise HTTPException(503, "the event store is busy with exports; retry shortly",
+                                    headers={"Retry-After": "5"}) from exc
+            try:
+                return IngestResult(ingested=ingest_file(store, Path(spool.name), project))
+            except Invalid as exc:
+                raise HTTPException(422, str(exc).replace(f"{spool.name}: ", "body: ")) from exc
+            finally:
+                store.close()
 
     registry = CollectorRegistry()
     by_status = Gauge("analytics_export_exports", "Exports in the job store by status", ["status"], registry=registry)

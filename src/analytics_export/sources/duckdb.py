@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -123,9 +124,11 @@ class SqlBuilder:
 class DuckDBEventStore:
     """Events in one DuckDB file; exports open it read-only so several can run at once."""
 
-    def __init__(self, path: Path, *, read_only: bool = True, memory_limit: str | None = None, threads: int = 2):
+    def __init__(self, path: Path, *, read_only: bool = True, memory_limit: str | None = None, threads: int = 2,
+                 wait: float = 30.0):
         """`memory_limit` defaults to 64MB for reading (a streaming scan needs little) and 1GB for
-        writing (de-duplicating an ingest hashes every uuid)."""
+        writing (de-duplicating an ingest hashes every uuid). DuckDB admits one writer or many
+        readers: opening waits up to `wait` seconds for the other side to finish."""
         memory_limit = memory_limit or ("64MB" if read_only else "1GB")
         self.path = Path(path)
         self.readers: list[pa.RecordBatchReader] = []
@@ -133,12 +136,8 @@ class DuckDBEventStore:
             DuckDBEventStore(self.path, read_only=False, threads=threads).close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Unordered scans halve time and memory; rows come in storage order, which the README says.
-        config = {"memory_limit": memory_limit, "threads": threads,
-                  "preserve_insertion_order": False}
-        try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
-        except duckdb.Error as exc:
-            raise Storage(f"cannot open event store {self.path}: {exc}") from exc
+        config = {"memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": False}
+        self.con = connect_waiting(self.path, read_only, config, wait)
         self.con.execute("SET TimeZone = 'UTC'")  # session options, not config ones
         self.con.execute("SET enable_progress_bar = false")
         if not read_only:
@@ -179,6 +178,23 @@ class DuckDBEventStore:
         for reader in self.readers:
             reader.close()
         self.con.close()
+
+
+def connect_waiting(path: Path, read_only: bool, config: dict, wait: float) -> duckdb.DuckDBPyConnection:
+    """Connect, retrying while another connection holds the file in the other mode."""
+    deadline, pause = time.monotonic() + wait, 0.02
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=config)
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            held = "lock" in str(exc) or "different configuration" in str(exc)
+            if not held or time.monotonic() >= deadline:
+                busy = " is busy: another process or connection holds it" if held else ""
+                raise Storage(f"cannot open event store {path}{busy} ({exc})") from exc
+        except duckdb.Error as exc:
+            raise Storage(f"cannot open event store {path}: {exc}") from exc
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 @contextmanager
