@@ -139,6 +139,11 @@ def test_auth_errors(service):
         assert c.get("/api/exports/nope").status_code == 404
         metrics = c.get("/metrics").text
         assert 'analytics_export_exports{status="completed"}' in metrics and "analytics_export_queue_depth" in metrics
+        values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
+        assert float(values["analytics_export_events_exported"]) > 0
+        assert float(values["analytics_export_bytes_exported"]) > 0
+        assert float(values["analytics_export_export_duration_seconds_count"]) >= 1
+        assert float(values["analytics_export_export_duration_seconds_sum"]) > 0
 
 
 def test_expired_exports_answer_410(tmp_path):

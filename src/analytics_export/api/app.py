@@ -219,6 +219,12 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     registry = CollectorRegistry()
     by_status = Gauge("analytics_export_exports", "Exports in the job store by status", ["status"], registry=registry)
     queue_depth = Gauge("analytics_export_queue_depth", "Exports waiting for a worker", registry=registry)
+    exported_events = Gauge("analytics_export_events_exported", "Events in completed exports", registry=registry)
+    exported_bytes = Gauge("analytics_export_bytes_exported", "Bytes of completed exports", registry=registry)
+    duration_sum = Gauge("analytics_export_export_duration_seconds_sum", "Run time of completed exports",
+                         registry=registry)
+    duration_count = Gauge("analytics_export_export_duration_seconds_count", "Completed exports timed",
+                           registry=registry)
 
     @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}})
     def metrics() -> Response:
@@ -226,6 +232,11 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         for status in ExportStatus:
             by_status.labels(status.value).set(counts.get(status.value, 0))
         queue_depth.set(counts.get(ExportStatus.PENDING.value, 0))
+        totals = jobs.totals()
+        exported_events.set(totals["events"])
+        exported_bytes.set(totals["bytes"])
+        duration_sum.set(totals["seconds"])
+        duration_count.set(totals["count"])
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

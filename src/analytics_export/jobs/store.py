@@ -215,6 +215,8 @@ class JobStore:
                 total_events=result.total_events, file_size=result.file_size, events_done=result.total_events,
                 bytes_done=result.file_size, destination_path=result.destination_path, error=result.error,
                 lease_owner=None, lease_expires=None,
+                duration_seconds=(result.completed_at - result.started_at).total_seconds()
+                if result.completed_at and result.started_at else None,
             )).rowcount
         return bool(done)
 
@@ -257,6 +259,18 @@ class JobStore:
                 c.execute(exports.update().where(exports.c.id.in_([r.id for r in rows])).values(
                     status=ExportStatus.EXPIRED.value))
         return [Job.from_row(r) for r in rows]
+
+    def totals(self) -> dict[str, float]:
+        """Events and bytes exported, and the count and sum of finished exports' run times."""
+        done = exports.c.status.in_([ExportStatus.COMPLETED.value, ExportStatus.EXPIRED.value])
+        with self.engine.connect() as c:
+            events, size, count, seconds = c.execute(sa.select(
+                sa.func.coalesce(sa.func.sum(exports.c.total_events), 0),
+                sa.func.coalesce(sa.func.sum(exports.c.file_size), 0),
+                sa.func.count(exports.c.duration_seconds),
+                sa.func.coalesce(sa.func.sum(exports.c.duration_seconds), 0.0),
+            ).where(done)).one()
+        return {"events": events, "bytes": size, "count": count, "seconds": seconds}
 
     def status_counts(self) -> dict[str, int]:
         with self.engine.connect() as c:
