@@ -141,3 +141,27 @@ def test_cancel_stops_a_running_export_within_seconds(big_store):
             assert c.get(f"/api/exports/{export_id}").status_code == 404
     finally:
         svc.close()
+
+
+def test_transient_failures_retry_with_backoff_then_fail(tmp_path):
+    import sqlite3
+
+    data = with_demo_events(tmp_path / "data", 1000)
+    events = data / "events.duckdb"
+    good = events.read_bytes()
+    events.write_bytes(b"not a duckdb file" * 100)  # every attempt fails to open the store
+    env = {"ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "3", "ANALYTICS_EXPORT_EXPORT__RETRY_BACKOFF_SECONDS": "0.3"}
+    key = cli(data, "keys", "create", "--project", "default", env=env)
+    svc = Service(data, workers=1, env=env)
+    try:
+        with svc.client(key) as c:
+            export_id = c.post("/api/exports", json={**ALL, "format": "csv"}).json()["request"]["id"]
+            failed = wait_for(c, export_id, "failed", timeout=30)
+            assert "cannot open event store" in failed["result"]["error"]
+            with sqlite3.connect(data / "jobs.sqlite") as db:
+                assert db.execute("SELECT attempts FROM exports WHERE id = ?", (export_id,)).fetchone() == (3,)
+            events.write_bytes(good)
+            assert c.post(f"/api/exports/{export_id}/retry").status_code == 202
+            assert wait_for(c, export_id)["result"]["total_events"] > 0
+    finally:
+        svc.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -235,17 +237,29 @@ def keys_create(ctx: typer.Context, project: str = typer.Option(..., "--project"
 
 
 @app.command()
-def worker(ctx: typer.Context, lease: float = typer.Option(30.0, help="Lease seconds; a dead worker's job is "
-                                                            "taken over after this")) -> None:
+def worker(
+    ctx: typer.Context,
+    lease: float = typer.Option(30.0, help="Lease seconds; a dead worker's job is taken over after this"),
+    parent: Optional[int] = typer.Option(None, hidden=True, help="Stop when this process (serve) is gone"),
+) -> None:
     """Run export jobs from the job store until interrupted."""
     settings: Settings = ctx.obj
     logs.configure()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if parent is not None:
+        threading.Thread(target=stop_with_parent, args=(parent, stop), daemon=True).start()
     try:
         Worker(settings, job_store(settings), lease=timedelta(seconds=lease)).run(stop)
     except KeyboardInterrupt:
         stop.set()
+
+
+def stop_with_parent(parent: int, stop: threading.Event) -> None:
+    """Set `stop` once `parent` has exited (this process is then re-parented)."""
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            stop.set()
 
 
 @app.command()
@@ -253,9 +267,13 @@ def serve(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
     port: int = typer.Option(8000, help="Port"),
-    workers: int = typer.Option(1, min=0, help="Export workers run inside this process (0: separate `worker`s)"),
+    workers: int = typer.Option(os.cpu_count() or 1, min=0,
+                                help="Worker processes started with the API [default: one per core; 0: none, "
+                                     "run `worker`s yourself]"),
 ) -> None:
-    """Serve the REST API (docs at /docs) with export workers in the same process."""
+    """Serve the REST API (docs at /docs) and start export workers beside it.
+
+    Workers are child processes, so heavy exports never hold the API's interpreter lock."""
     import uvicorn
 
     from .api.app import create_app
@@ -263,17 +281,18 @@ def serve(
     settings: Settings = ctx.obj
     logs.configure()
     jobs = job_store(settings)
-    stop = threading.Event()
-    threads = [threading.Thread(target=Worker(settings, jobs).run, args=(stop,), daemon=True, name=f"worker-{i}")
-               for i in range(workers)]
-    for t in threads:
-        t.start()
+    children = [subprocess.Popen([sys.executable, "-m", "analytics_export.cli", "--data-dir", str(settings.data_dir),
+                                  "worker", "--parent", str(os.getpid())]) for _ in range(workers)]
     try:
         uvicorn.run(create_app(settings, jobs), host=host, port=port, log_level="warning")
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=10)
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -322,3 +322,5 @@ class ExportConfig(BaseModel):
     max_range_days: int = Field(366, ge=1)
     file_expiry_hours: float = Field(24 * 7, gt=0, description="downloads expire this long after completion")
     max_concurrent_exports: int = Field(4, ge=1)
+    max_attempts: int = Field(3, ge=1, description="runs of an export that fails for a transient reason")
+    retry_backoff_seconds: float = Field(5.0, ge=0, description="wait before the 2nd run; doubles after each")

@@ -173,7 +173,8 @@ class JobStore:
         """Take the oldest runnable job (pending, or processing under an expired lease) for `worker`."""
         t = now()
         runnable = sa.or_(
-            exports.c.status == ExportStatus.PENDING.value,
+            sa.and_(exports.c.status == ExportStatus.PENDING.value,
+                    sa.or_(exports.c.retry_at.is_(None), exports.c.retry_at <= t)),
             sa.and_(exports.c.status == ExportStatus.PROCESSING.value, exports.c.lease_expires < t),
         )
         with self.engine.begin() as c:
@@ -203,6 +204,15 @@ class JobStore:
                 exports.c.status == ExportStatus.PROCESSING.value, exports.c.cancel_requested.is_(False),
             ).values(lease_expires=now() + lease, events_done=events, bytes_done=size)).rowcount
         return bool(held)
+
+    def retry_later(self, export_id: str, worker: str, error: str, at: datetime) -> bool:
+        """Put a failed attempt back in the queue, to run again at `at`, if `worker` holds the lease."""
+        with self.engine.begin() as c:
+            return bool(c.execute(exports.update().where(
+                exports.c.id == export_id, exports.c.lease_owner == worker,
+                exports.c.status == ExportStatus.PROCESSING.value,
+            ).values(status=ExportStatus.PENDING.value, error=error, retry_at=at, lease_owner=None,
+                     lease_expires=None)).rowcount)
 
     def finish(self, export_id: str, worker: str, result: ExportResult, expires_at: datetime | None) -> bool:
         """Record the outcome if `worker` still holds the lease; False otherwise (another took over)."""
@@ -248,7 +258,7 @@ class JobStore:
                 exports.c.id == export_id, exports.c.project == project,
                 exports.c.status == ExportStatus.FAILED.value,
             ).values(status=ExportStatus.PENDING.value, error=None, cancel_requested=False, completed_at=None,
-                     events_done=0, bytes_done=0)).rowcount)
+                     events_done=0, bytes_done=0, attempts=0, retry_at=None)).rowcount)
 
     def expire(self, at: datetime) -> list[Job]:
         """Mark completed exports whose files expired before `at` as expired; returns them."""

@@ -28,6 +28,7 @@ exports = sa.Table(
     sa.Column("lease_expires", sa.DateTime(timezone=True)),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("duration_seconds", sa.Float),
+    sa.Column("retry_at", sa.DateTime(timezone=True)),
     sa.Index("ix_exports_project_created", "project", "created_at"),
     sa.Index("ix_exports_status_lease", "status", "lease_expires"),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
 import uuid
@@ -13,7 +14,7 @@ from pathlib import Path
 from .. import open_store
 from ..config import Settings
 from ..destinations.local import LocalDestination
-from ..errors import ExportError
+from ..errors import ExportError, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
 from .store import Job, JobStore, now
@@ -74,7 +75,7 @@ class Worker:
         beat = threading.Thread(target=heartbeat, name=f"heartbeat-{job.id[:8]}", daemon=True)
         beat.start()
         try:
-            result = self._export(job, track, lost)
+            result, retryable = self._export(job, track, lost)
         except Cancelled:
             if lost.is_set() and not self.jobs.get(job.project, job.id).cancel_requested:
                 log.warning("export %s: lease lost, leaving it to its new owner", job.id)
@@ -84,11 +85,19 @@ class Worker:
         finally:
             beating.set()
             beat.join()
-        expires = now() + timedelta(hours=self.settings.export.file_expiry_hours)
+        config = self.settings.export
+        if retryable and job.attempts < config.max_attempts:
+            wait = config.retry_backoff_seconds * 2 ** (job.attempts - 1) * random.uniform(0.8, 1.2)
+            log.warning("export %s attempt %d failed (%s); retrying in %.1fs", job.id, job.attempts, result.error, wait)
+            self.jobs.retry_later(job.id, self.name, result.error or "", now() + timedelta(seconds=wait))
+            return
+        expires = now() + timedelta(hours=config.file_expiry_hours)
         if not self.jobs.finish(job.id, self.name, result, expires if result.status is ExportStatus.COMPLETED else None):
             log.warning("export %s finished after its lease was lost; the result is discarded", job.id)
 
-    def _export(self, job: Job, track, lost: threading.Event) -> ExportResult:
+    def _export(self, job: Job, track, lost: threading.Event) -> tuple[ExportResult, bool]:
+        """The run's result, and whether a failure is worth another attempt (a store or upload
+        failure may pass; bad input or an encoding error will not)."""
         request = job.request
         try:
             if request.destination.type != "download":
@@ -98,14 +107,15 @@ class Worker:
             try:
                 return run_export(request, store, LocalDestination(project_dir(self.settings, job.project)),
                                   project=job.project, batch_size=self.settings.export.batch_size,
-                                  on_progress=track, should_stop=lost.is_set)
+                                  on_progress=track, should_stop=lost.is_set), False
             finally:
                 store.close()
         except Cancelled:
             raise
         except ExportError as exc:
-            return ExportResult(export_id=job.id, status=ExportStatus.FAILED, error=str(exc), completed_at=now())
+            failed = ExportResult(export_id=job.id, status=ExportStatus.FAILED, error=str(exc), completed_at=now())
+            return failed, isinstance(exc, (Storage, Upload))
         except Exception as exc:  # a bug: keep the worker alive, record it, log the traceback
             log.exception("export %s failed unexpectedly", job.id)
-            return ExportResult(export_id=job.id, status=ExportStatus.FAILED,
-                                error=f"internal error ({type(exc).__name__}); see the worker log", completed_at=now())
+            return ExportResult(export_id=job.id, status=ExportStatus.FAILED, completed_at=now(),
+                                error=f"internal error ({type(exc).__name__}); see the worker log"), False
