@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 from pydantic import ValidationError
@@ -27,12 +27,13 @@ from .config import Settings
 from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid
 from .ingest import ingest_file
-from .jobs.store import JobStore
-from .jobs.worker import Worker
 from .models import Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator
 from .pipeline import Progress as ExportProgress
 from .pipeline import run_export
 from .sources import EventQuery, EventSource
+
+if TYPE_CHECKING:
+    from .jobs.store import JobStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 err = Console(stderr=True)
@@ -225,6 +226,8 @@ app.add_typer(keys_app, name="keys")
 
 
 def job_store(settings: Settings) -> JobStore:
+    from .jobs.store import JobStore  # the service's imports stay out of `export` and `ingest`
+
     jobs = JobStore.for_data_dir(settings.data_dir, settings.database_url)
     jobs.migrate()
     return jobs
@@ -249,6 +252,8 @@ def worker(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if parent is not None:
         threading.Thread(target=stop_with_parent, args=(parent, stop), daemon=True).start()
+    from .jobs.worker import Worker
+
     try:
         Worker(settings, job_store(settings), lease=timedelta(seconds=lease)).run(stop)
     except KeyboardInterrupt:

@@ -77,7 +77,8 @@ class Worker:
         try:
             result, retryable = self._export(job, track, lost)
         except Cancelled:
-            if lost.is_set() and not self.jobs.get(job.project, job.id).cancel_requested:
+            current = self.jobs.get(job.project, job.id)
+            if lost.is_set() and current is not None and not current.cancel_requested:
                 log.warning("export %s: lease lost, leaving it to its new owner", job.id)
             else:
                 self.jobs.cancel_acknowledged(job.id, self.name)
