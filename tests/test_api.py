@@ -122,6 +122,7 @@ def test_delete_and_retry(service):
     ({**WINDOW}, {"limit": 0}, "limit"),
     ({**WINDOW}, {"limit": 5000}, "limit"),
     ({**WINDOW}, {"offset": -1}, "offset"),
+    ({**WINDOW, "format": "csv", "fromat": "json"}, None, "fromat: Extra inputs are not permitted"),
 ])
 def test_bad_input_is_422_naming_the_field(service, body, params, where):
     with service.client(service.key) as c:

@@ -7,14 +7,14 @@ import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from .. import open_store
@@ -28,10 +28,17 @@ from ..models import ExportRequest, ExportResult, ExportStatus
 bearer = HTTPBearer(auto_error=False)
 
 
-class ExportCreate(ExportRequest):
-    """The body of POST /api/exports: an ExportRequest; `id`, `created_at`, `status` are the server's."""
+SERVER_FIELDS = ("id", "created_at", "status")
 
-    model_config = ConfigDict(extra="ignore")
+
+class ExportCreate(ExportRequest):
+    """The body of POST /api/exports: an ExportRequest whose `id`, `created_at` and `status` the
+    server assigns (values sent for them are ignored); any other unknown field is an error."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_server_fields(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if k not in SERVER_FIELDS} if isinstance(data, dict) else data
 
 
 class ExportProgress(BaseModel):
@@ -116,7 +123,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
 
     @app.post("/api/exports", status_code=202, response_model=ExportView, responses=problems(429))
     def create_export(body: ExportCreate, project: Project) -> ExportView:
-        request = ExportRequest.model_validate(body.model_dump(exclude={"id", "created_at", "status"}))
+        request = ExportRequest.model_validate(body.model_dump(exclude=set(SERVER_FIELDS)))
         span = request.end_date - request.start_date
         if span > timedelta(days=settings.export.max_range_days):
             raise HTTPException(422, f"end_date - start_date is {span.days} days; the most is "
