@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,7 @@ def poll(host: str, port: int, key: str, ids: list[str], until: threading.Event,
     conn = http.client.HTTPConnection(host, port, timeout=30)
     headers = {"Authorization": f"Bearer {key}"}
     i = 0
+    until.wait(random.uniform(0, interval))  # clients start at random moments, as real ones do
     while not until.is_set():
         started = time.perf_counter()
         conn.request("GET", f"/api/exports/{ids[i % len(ids)]}", headers=headers)

@@ -244,9 +244,12 @@ def worker(
     ctx: typer.Context,
     lease: float = typer.Option(30.0, help="Lease seconds; a dead worker's job is taken over after this"),
     parent: Optional[int] = typer.Option(None, hidden=True, help="Stop when this process (serve) is gone"),
+    nice: int = typer.Option(10, min=0, max=19, help="Scheduling niceness: exports are batch work and yield the "
+                                                     "CPU to the API"),
 ) -> None:
     """Run export jobs from the job store until interrupted."""
     settings: Settings = ctx.obj
+    os.nice(nice)
     logs.configure()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
