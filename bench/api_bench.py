@@ -103,7 +103,8 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=0.1,
                    help="seconds each client waits between polls (default 0.1: ten times a typical UI's rate)")
     p.add_argument("--workers", type=int, default=2, help="export workers (default 2: one per core)")
-    p.add_argument("--in-process", action="store_true", help="run the workers inside the API process")
+    p.add_argument("--in-process", action="store_true", help="have `serve` start the workers")
+    p.add_argument("--api-processes", type=int, default=1, help="processes serving the API")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="api-bench-") as tmp:
@@ -112,7 +113,7 @@ def main() -> int:
         generate(data, args.events)
         key = cli(data, "keys", "create", "--project", "default")
         env = {"ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": str(args.exports + 1)}
-        svc = Service(data, workers=args.workers if args.in_process else 0, env=env)
+        svc = Service(data, args.workers if args.in_process else 0, env, "--api-processes", str(args.api_processes))
         workers = [] if args.in_process else [
             subprocess.Popen([*CLI, "--data-dir", str(data), "worker"], env={**os.environ, **env},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(args.workers)]

@@ -30,11 +30,11 @@ def cli(data_dir: Path, *args: str, env: dict | None = None) -> str:
 class Service:
     """`analytics-export serve` in a subprocess, stopped on close."""
 
-    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None) -> None:
+    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "serve", "--port", str(self.port),
-                                      "--workers", str(workers)], env={**os.environ, **(env or {})},
+                                      "--workers", str(workers), *args], env={**os.environ, **(env or {})},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -278,21 +278,26 @@ def serve(
     workers: int = typer.Option(os.cpu_count() or 1, min=0,
                                 help="Worker processes started with the API [default: one per core; 0: none, "
                                      "run `worker`s yourself]"),
+    api_processes: int = typer.Option(1, min=1, help="Processes serving the API (status polls scale with them)"),
 ) -> None:
     """Serve the REST API (docs at /docs) and start export workers beside it.
 
     Workers are child processes, so heavy exports never hold the API's interpreter lock."""
     import uvicorn
 
-    from .api.app import create_app
-
     settings: Settings = ctx.obj
     logs.configure()
-    jobs = job_store(settings)
+    job_store(settings)  # migrated before any process uses it
     children = [subprocess.Popen([sys.executable, "-m", "analytics_export.cli", "--data-dir", str(settings.data_dir),
                                   "worker", "--parent", str(os.getpid())]) for _ in range(workers)]
+    # API processes build the app from the environment: pass this command's settings on.
+    os.environ.update({"ANALYTICS_EXPORT_DATA_DIR": str(settings.data_dir.absolute()),
+                       "ANALYTICS_EXPORT_PROJECT": settings.project})
+    if settings.database_url:
+        os.environ["ANALYTICS_EXPORT_DATABASE_URL"] = settings.database_url
     try:
-        uvicorn.run(create_app(settings, jobs), host=host, port=port, log_level="warning")
+        uvicorn.run("analytics_export.api.app:app_from_environment", factory=True, host=host, port=port,
+                    workers=api_processes, log_level="warning")
     finally:
         for child in children:
             child.terminate()

@@ -248,3 +248,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
 
     return app
 
+
+def app_from_environment() -> FastAPI:
+    """The app for uvicorn's worker processes: settings from `ANALYTICS_EXPORT_*`, set by `serve`."""
+    settings = Settings()
+    return create_app(settings, JobStore.for_data_dir(settings.data_dir, settings.database_url))
