@@ -27,7 +27,7 @@ from .config import Settings
 from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid
 from .ingest import ingest_file
-from .models import Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator
+from .models import Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator, describe_errors
 from .pipeline import Progress as ExportProgress
 from .pipeline import run_export
 from .sources import EventQuery, EventSource
@@ -93,14 +93,6 @@ def parse_filter(text: str) -> ExportFilter:
     return ExportFilter(property=match["prop"], operator=operator, value=parse_value(match["value"], operator))
 
 
-def validation_message(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{where}: {e['msg']}" if where else e["msg"])
-    return "; ".join(parts).replace("Value error, ", "")
-
-
 @app.command()
 def export(
     ctx: typer.Context,
@@ -122,7 +114,7 @@ def export(
             events=event, properties=property or None, filters=[parse_filter(f) for f in filter],
         )
     except (ValueError, Invalid) as exc:  # ValidationError is a ValueError
-        fail(validation_message(exc) if isinstance(exc, ValidationError) else str(exc))
+        fail(describe_errors(exc.errors()) if isinstance(exc, ValidationError) else str(exc))
     if output and output_dir:
         fail("give --output or --output-dir, not both")
     destination = LocalDestination(output_dir or settings.export_dir, output)

@@ -23,6 +23,16 @@ def utc(value: datetime | date) -> datetime:
     return value.astimezone(timezone.utc)
 
 
+def describe_errors(errors: list[dict], skip: tuple[str, ...] = ()) -> str:
+    """pydantic errors as one line, `field: what is wrong` each, for the CLI and the API alike."""
+    parts = []
+    for e in errors:
+        where = ".".join(str(p) for p in e["loc"] if p not in skip)
+        message = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
 def check_property_name(name: str) -> str:
     """Reject property names that are not plain keys, saying what is allowed."""
     if not isinstance(name, str) or not PROPERTY_NAME.fullmatch(name):

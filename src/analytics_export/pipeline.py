@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -20,10 +18,9 @@ from .models import ExportRequest, ExportResult, ExportStatus
 from .sources import EventQuery, EventSource
 from .streams import ForwardingSink
 
-# Threads: the source scans PREFETCH batches ahead, ENCODERS batches encode at once, the caller
-# writes, and BackgroundUpload does the I/O. Two encoders measured no faster on 2 cores, 30 MB larger.
+# Threads: the source scans PREFETCH batches ahead of the caller, which encodes and writes, and
+# BackgroundUpload does the I/O. A pool of two encoders measured no faster on 2 cores, 30 MB larger.
 PREFETCH = 1
-ENCODERS = 1
 
 
 class Cancelled(ExportError):
@@ -54,19 +51,17 @@ def run_export(
     upload = BackgroundUpload(destination.open(request.file_name))
     counted = ForwardingSink(upload)
     progress = Progress()
-    writer = batches = encoded = None
+    writer = batches = None
     try:
         wraps_stream = request.compression is not None and not writer_cls.internal_compression
         sink = CompressedSink(counted, request.compression) if wraps_stream else counted
         writer = writer_cls(sink, query.schema, request.compression)
         batches = read_ahead(source.batches(query, batch_size), PREFETCH)
-        encoded = encode_in_order(writer.encode, batches, ENCODERS) if writer.encodes else (
-            (batch.num_rows, batch) for batch in batches)
-        for rows, data in encoded:
+        for batch in batches:
             if should_stop is not None and should_stop():
                 raise Cancelled(f"export {request.id} was cancelled")
-            writer.write(data)
-            progress.events += rows
+            writer.write(writer.encode(batch))
+            progress.events += batch.num_rows
             progress.bytes = counted.position
             if on_progress is not None:
                 on_progress(progress)
@@ -78,10 +73,8 @@ def run_export(
         upload.abort()
         raise
     finally:
-        # Stop the encoder and source threads now, not whenever a traceback holding them is freed.
-        for stage in (encoded, batches):
-            if stage is not None:
-                stage.close()
+        if batches is not None:
+            batches.close()  # stops the source thread now, not whenever a traceback holding it is freed
         if writer is not None:
             writer.release()
     progress.bytes = counted.position
@@ -96,25 +89,6 @@ def run_export(
         started_at=started,
         completed_at=datetime.now(timezone.utc),
     )
-
-
-def encode_in_order(
-    encode: Callable[[pa.RecordBatch], Any], batches: Iterable[pa.RecordBatch], workers: int
-) -> Iterator[tuple[int, Any]]:
-    """(rows, encode(batch)) for each batch, in order, with up to `workers` batches encoding at once."""
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="export-encode")
-    pending: deque = deque()
-    try:
-        for batch in batches:
-            pending.append((batch.num_rows, pool.submit(encode, batch)))
-            if len(pending) >= workers:
-                rows, future = pending.popleft()
-                yield rows, future.result()
-        while pending:
-            rows, future = pending.popleft()
-            yield rows, future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_ahead(batches: Iterable[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:

@@ -23,7 +23,7 @@ from ..errors import Invalid, Storage
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore
 from ..jobs.worker import project_dir
-from ..models import ExportRequest, ExportResult, ExportStatus
+from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
 
 bearer = HTTPBearer(auto_error=False)
 
@@ -81,12 +81,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for e in exc.errors():
-            where = ".".join(str(p) for p in e["loc"] if p != "body")
-            message = e["msg"].removeprefix("Value error, ")
-            parts.append(f"{where}: {message}" if where else message)
-        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+        return JSONResponse({"detail": describe_errors(exc.errors(), skip=("body",))}, status_code=422)
 
     def project_of(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
         if credentials is None:

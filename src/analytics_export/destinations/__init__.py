@@ -7,7 +7,6 @@ import threading
 from typing import Protocol
 
 
-
 class Upload(Protocol):
     def write(self, data: bytes | memoryview, /) -> object: ...
 

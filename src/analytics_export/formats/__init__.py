@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import threading
 from typing import ClassVar
 
 import duckdb
@@ -17,9 +16,9 @@ from ..streams import ForwardingSink
 class Writer:
     """Base of every format writer.
 
-    Each batch goes through `encode`, which must be thread-safe and touch no writer state, so the
-    pipeline runs it for several batches at once on a small pool, then through `write`, called in
-    batch order on one thread, which puts the encoded bytes into the sink.
+    Each batch goes through `encode`, the CPU-heavy part, which touches no writer state (so it
+    can move to other threads), then through `write`, called in batch order, which puts the encoded
+    bytes into the sink.
 
     `nested_properties`: the format keeps `properties` as a nested object even when properties are
     selected (JSON, JSON Lines); tabular formats get one column per selected property instead.
@@ -41,11 +40,6 @@ class Writer:
         """The CPU-heavy part of writing `batch` (thread-safe); its result goes to `write`."""
         return batch
 
-    @property
-    def encodes(self) -> bool:
-        """Whether `encode` does anything (else the pipeline skips the encoder thread)."""
-        return type(self).encode is not Writer.encode
-
     def write(self, encoded: object) -> None:
         raise NotImplementedError
 
@@ -57,11 +51,10 @@ class Writer:
 
 
 class BatchSQL:
-    """One SQL statement run by an in-memory DuckDB over each batch (as table `batch`).
+    """One SQL statement run by an in-memory, single-threaded DuckDB over each batch (as table `batch`).
 
     DuckDB's vectorised string functions format timestamps and JSON many times faster than
-    pyarrow's `strftime` or any Python loop. Safe to call from several threads: each gets its own
-    single-threaded cursor, and DuckDB releases the GIL while it works.
+    pyarrow's `strftime` or any Python loop.
     """
 
     def __init__(self, sql: str) -> None:
@@ -69,25 +62,15 @@ class BatchSQL:
         self.con = duckdb.connect(config={"threads": 1})
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")
-        self.local = threading.local()
-        self.cursors: list[duckdb.DuckDBPyConnection] = []
-        self.lock = threading.Lock()
 
     def __call__(self, batch: pa.RecordBatch) -> pa.Table:
-        cursor = getattr(self.local, "cursor", None)
-        if cursor is None:
-            with self.lock:
-                cursor = self.local.cursor = self.con.cursor()
-                self.cursors.append(cursor)
-        cursor.register("batch", batch)
+        self.con.register("batch", batch)
         try:
-            return cursor.sql(self.sql).to_arrow_table()
+            return self.con.sql(self.sql).to_arrow_table()
         finally:
-            cursor.unregister("batch")
+            self.con.unregister("batch")
 
     def close(self) -> None:
-        for cursor in self.cursors:
-            cursor.close()
         self.con.close()
 
 
