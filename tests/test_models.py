@@ -55,11 +55,11 @@ def test_request_validation_names_the_field(fields, message):
 
 def test_destinations_are_a_tagged_union():
     adapter = TypeAdapter(ExportDestination)
-    assert adapter.validate_python({"type": "s3", "bucket": "b", "prefix": "p/"}).bucket == "b"
+    assert adapter.validate_python({"type": "s3", "bucket": "bkt", "prefix": "p/"}).bucket == "bkt"
     assert adapter.validate_python({"type": "sftp", "host": "h", "username": "u"}).port == 22
     assert adapter.validate_python({"type": "webhook", "url": "https://x"}).url == "https://x"
-    assert adapter.validate_python({"type": "gcs", "bucket": "g"}).type == "gcs"
-    assert adapter.validate_python({"type": "azure", "container": "c"}).type == "azure"
+    assert adapter.validate_python({"type": "gcs", "bucket": "gcs"}).type == "gcs"
+    assert adapter.validate_python({"type": "azure", "container": "box"}).type == "azure"
 
 
 def test_result_and_schedule_shapes():

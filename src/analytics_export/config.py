@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="job store; default sqlite in the data dir")
     secret_key: str | None = Field(None, description="signs download links; default a random key kept in the data dir")
     max_body_bytes: int = Field(16 << 20, description="largest POST /api/events body")
+    destination_allow: list[str] = Field(
+        default_factory=list, description="hosts or CIDRs destinations may reach although not public, "
+        'e.g. ["127.0.0.1", "10.1.0.0/16"]; everything else must resolve to public addresses')
     export: ExportConfig = Field(default_factory=ExportConfig)
 
     @property
@@ -30,6 +33,10 @@ class Settings(BaseSettings):
     @property
     def export_dir(self) -> Path:
         return self.data_dir / "exports"
+
+    def project_export_dir(self, project: str) -> Path:
+        """Each project's downloads live in their own folder under the export dir."""
+        return self.export_dir / project
 
     def signing_key(self) -> bytes:
         """The server secret for download links: the configured one, or one made once and kept."""

@@ -23,3 +23,8 @@ class Upload(ExportError):
 
 class Format(ExportError):
     """A writer could not encode the data."""
+
+
+class Rejected(ExportError):
+    """A destination refused the output for a reason another attempt will not fix (credentials, a
+    missing bucket); the message says what to fix."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 import uuid
 from datetime import date, datetime, time, timezone
 from enum import Enum
@@ -160,45 +161,131 @@ class ExportFilter(BaseModel):
 class DownloadDestination(BaseModel):
     type: Literal["download"] = "download"
 
+    def split_limits(self) -> tuple[int | None, int | None]:
+        return None, None
 
-class S3Destination(BaseModel):
+
+LAYOUT_FIELDS = ("project", "export_id", "year", "month", "day", "hour", "start", "end", "format")
+CONNECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+class FileLayout(BaseModel):
+    """Where files go in a bucket or folder, and whether an export is split into numbered parts."""
+
+    prefix: str = Field("", description="folder the files go in, e.g. `exports/`")
+    path_template: str | None = Field(
+        None, description="folder under `prefix` with placeholders "
+        + ", ".join(f"{{{f}}}" for f in LAYOUT_FIELDS) + ", e.g. `year={year}/month={month}/day={day}`; "
+        "dates are the export window's start (UTC)")
+    max_file_size_mb: float | None = Field(None, gt=0, description="split into parts of about this size")
+    max_events_per_file: int | None = Field(None, ge=1, description="split into parts of at most this many events")
+    connection: str | None = Field(None, description="name of a stored connection holding the credentials")
+
+    @field_validator("prefix", "path_template")
+    @classmethod
+    def _relative_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "\\" in value or any(part == ".." for part in value.split("/")):
+            raise ValueError(f"{value!r} must be a relative path with `/` separators and no `..`")
+        return value.strip("/")
+
+    @field_validator("path_template")
+    @classmethod
+    def _placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            names = [name for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"path_template {value!r} is malformed: {exc}") from None
+        unknown = [n for n in names if n not in LAYOUT_FIELDS]
+        if unknown:
+            raise ValueError(f"path_template placeholder {{{unknown[0]}}} is unknown; use "
+                             + ", ".join(f"{{{f}}}" for f in LAYOUT_FIELDS))
+        return value
+
+    @field_validator("connection")
+    @classmethod
+    def _connection_name(cls, value: str | None) -> str | None:
+        if value is not None and not CONNECTION_NAME.fullmatch(value):
+            raise ValueError("connection names are 1-100 letters, digits or `_ . -`")
+        return value
+
+    def split_limits(self) -> tuple[int | None, int | None]:
+        """(events, bytes) per file, each None when unlimited."""
+        size = None if self.max_file_size_mb is None else max(1, int(self.max_file_size_mb * (1 << 20)))
+        return self.max_events_per_file, size
+
+
+class S3Destination(FileLayout):
     type: Literal["s3"] = "s3"
-    bucket: str
-    prefix: str = ""
+    bucket: str = Field(min_length=3, max_length=63)
     region: str | None = None
-    endpoint_url: str | None = None
-    connection: str | None = None
+    endpoint_url: str | None = Field(None, description="any S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    path_style: bool | None = Field(None, description="path-style addressing; default: on with endpoint_url")
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = None
+    kms_key_id: str | None = Field(None, description="with aws:kms; default the account's AWS managed key")
+
+    @model_validator(mode="after")
+    def _kms(self) -> S3Destination:
+        if self.kms_key_id and self.server_side_encryption != "aws:kms":
+            raise ValueError("kms_key_id needs server_side_encryption = \"aws:kms\"")
+        return self
 
 
-class GCSDestination(BaseModel):
+class GCSDestination(FileLayout):
     type: Literal["gcs"] = "gcs"
-    bucket: str
-    prefix: str = ""
-    connection: str | None = None
+    bucket: str = Field(min_length=3, max_length=222)
 
 
-class AzureDestination(BaseModel):
+class AzureDestination(FileLayout):
     type: Literal["azure"] = "azure"
-    container: str
-    prefix: str = ""
-    account_url: str | None = None
-    connection: str | None = None
+    container: str = Field(min_length=3, max_length=63)
+    account_url: str | None = Field(None, description="default https://{account}.blob.core.windows.net")
 
 
-class SFTPDestination(BaseModel):
+class SFTPDestination(FileLayout):
     type: Literal["sftp"] = "sftp"
-    host: str
+    host: str = Field(min_length=1)
     port: int = Field(22, ge=1, le=65535)
-    username: str
-    path: str = "."
-    connection: str | None = None
+    username: str = Field(min_length=1)
+    path: str = Field(".", description="remote folder; files go under it, then under `prefix`")
+    allow_unknown_host_key: bool = Field(
+        False, description="accept a host key the connection's known_hosts does not list (insecure)")
 
 
 class WebhookDestination(BaseModel):
     type: Literal["webhook"] = "webhook"
-    url: str
-    headers: dict[str, str] = Field(default_factory=dict)
-    connection: str | None = None
+    url: str = Field(description="http(s) URL the export is POSTed to")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
+    connection: str | None = Field(None, description="stored connection with `signing_secret` and/or headers")
+    batch_max_events: int | None = Field(None, ge=1, description="at most this many events per request")
+    batch_max_bytes: int | None = Field(None, ge=1024, description="about this many body bytes per request at most")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
+            raise ValueError("url must be an absolute http:// or https:// URL")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, v in value.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or "\r" in v or "\n" in v:
+                raise ValueError(f"header {name!r} is not a valid HTTP header name/value")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by analytics-export; choose another name")
+        return value
+
+    def split_limits(self) -> tuple[int | None, int | None]:
+        return self.batch_max_events, self.batch_max_bytes
+
+
+RESERVED_HEADERS = {"content-type", "content-encoding", "content-length", "transfer-encoding", "host",
+                    "x-export-id", "x-batch-index", "x-batch-count", "x-signature", "x-signature-timestamp"}
 
 
 ExportDestination = Annotated[
@@ -274,15 +361,29 @@ class ExportRequest(BaseModel):
         return self
 
     @property
-    def file_name(self) -> str:
-        """`export_{id}_{start:%Y%m%d}_to_{end:%Y%m%d}.{ext}{compression_ext}`."""
+    def file_stem(self) -> str:
+        return f"export_{self.id}_{self.start_date:%Y%m%d}_to_{self.end_date:%Y%m%d}"
+
+    @property
+    def file_extension(self) -> str:
         suffix = ""
         if self.compression and self.format in (ExportFormat.JSON, ExportFormat.JSON_LINES, ExportFormat.CSV):
             suffix = self.compression.file_extension
-        return (
-            f"export_{self.id}_{self.start_date:%Y%m%d}_to_{self.end_date:%Y%m%d}"
-            f".{self.format.file_extension}{suffix}"
-        )
+        return f".{self.format.file_extension}{suffix}"
+
+    @property
+    def file_name(self) -> str:
+        """`export_{id}_{start:%Y%m%d}_to_{end:%Y%m%d}.{ext}{compression_ext}`."""
+        return self.file_stem + self.file_extension
+
+    def part_name(self, number: int) -> str:
+        """The name of part `number` (from 1) of an export split into several files."""
+        return f"{self.file_stem}.part-{number:05d}{self.file_extension}"
+
+    @property
+    def manifest_name(self) -> str:
+        """Written last when an export is split: lists its parts, so a reader knows it is complete."""
+        return f"{self.file_stem}.manifest.json"
 
 
 class ExportResult(BaseModel):
@@ -334,3 +435,6 @@ class ExportConfig(BaseModel):
     max_concurrent_exports: int = Field(4, ge=1)
     max_attempts: int = Field(3, ge=1, description="runs of an export that fails for a transient reason")
     retry_backoff_seconds: float = Field(5.0, ge=0, description="wait before the 2nd run; doubles after each")
+    upload_retries: int = Field(5, ge=0, description="retries of a destination request that failed transiently")
+    upload_backoff_seconds: float = Field(0.5, ge=0, description="wait before an upload retry; doubles, with jitter")
+    upload_timeout_seconds: float = Field(60, gt=0, description="a destination request that takes longer fails")

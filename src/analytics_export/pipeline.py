@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import queue
 import threading
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ import pyarrow as pa
 from .compression import CompressedSink
 from .destinations import BackgroundUpload, Destination
 from .errors import ExportError
-from .formats import writer_class
+from .formats import Writer, writer_class
 from .models import ExportRequest, ExportResult, ExportStatus
 from .sources import EventQuery, EventSource
 from .streams import ForwardingSink
@@ -33,6 +35,75 @@ class Progress:
     bytes: int = 0
 
 
+@dataclass
+class Part:
+    """One file of an export being written: writer -> (compressor) -> counter -> upload."""
+
+    name: str
+    upload: BackgroundUpload
+    counted: ForwardingSink
+    sink: ForwardingSink
+    writer: Writer
+    events: int = 0
+
+    @classmethod
+    def open(cls, request: ExportRequest, destination: Destination, name: str, schema: pa.Schema,
+             digest: bool) -> Part:
+        writer_cls = writer_class(request.format)
+        upload = BackgroundUpload(destination.open(name))
+        counted = HashingSink(upload) if digest else ForwardingSink(upload)
+        try:
+            wraps_stream = request.compression is not None and not writer_cls.internal_compression
+            sink = CompressedSink(counted, request.compression) if wraps_stream else counted
+            writer = writer_cls(sink, schema, request.compression)
+        except BaseException:
+            upload.abort()
+            raise
+        return cls(name, upload, counted, sink, writer)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write(self.writer.encode(batch))
+        self.events += batch.num_rows
+
+    @property
+    def bytes(self) -> int:
+        return self.counted.position
+
+    def commit(self) -> dict:
+        """Finish the file and make it visible; returns its manifest entry."""
+        try:
+            self.writer.close()
+            self.sink.finish()
+            uri = self.upload.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self.writer.release()
+        entry = {"name": self.name, "uri": uri, "events": self.events, "bytes": self.bytes}
+        if isinstance(self.counted, HashingSink):
+            entry["sha256"] = self.counted.sha256.hexdigest()
+        return entry
+
+    def abort(self) -> None:
+        self.counted.discard()
+        try:
+            self.upload.abort()
+        finally:
+            self.writer.release()
+
+
+class HashingSink(ForwardingSink):
+    """Counts and hashes (sha256) the bytes it forwards, for the manifest."""
+
+    def __init__(self, target) -> None:
+        super().__init__(target)
+        self.sha256 = hashlib.sha256()
+
+    def forward(self, data: bytes | memoryview) -> None:
+        self.sha256.update(data)
+        self.target.write(data)
+
+
 def run_export(
     request: ExportRequest,
     source: EventSource,
@@ -43,52 +114,111 @@ def run_export(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ExportResult:
-    """Export `request` from `source` to `destination`; nothing is visible there unless it completes."""
+    """Export `request` from `source` to `destination`; nothing is visible there unless it completes.
+
+    When the destination splits exports (`split_limits`), each part is a complete file of at most
+    that many events and about that many bytes, and a manifest listing them is written last.
+    """
     started = datetime.now(timezone.utc)
     writer_cls = writer_class(request.format)
     query = EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties,
                                     text_timestamps=writer_cls.text_timestamps)
-    upload = BackgroundUpload(destination.open(request.file_name))
-    counted = ForwardingSink(upload)
+    max_events, max_bytes = request.destination.split_limits()
+    split = max_events is not None or max_bytes is not None
+    digest = split and destination.manifest
+    done: list[dict] = []
+    part: Part | None = None
     progress = Progress()
-    writer = batches = None
+
+    def next_part() -> Part:
+        name = request.part_name(len(done) + 1) if split else request.file_name
+        return Part.open(request, destination, name, query.schema, digest)
+
+    def commit(part: Part) -> None:
+        before = part.bytes
+        done.append(part.commit())
+        progress.bytes += done[-1]["bytes"] - before  # trailers and flushed buffers
+
+    batches = read_ahead(source.batches(query, batch_size), PREFETCH)
     try:
-        wraps_stream = request.compression is not None and not writer_cls.internal_compression
-        sink = CompressedSink(counted, request.compression) if wraps_stream else counted
-        writer = writer_cls(sink, query.schema, request.compression)
-        batches = read_ahead(source.batches(query, batch_size), PREFETCH)
         for batch in batches:
             if should_stop is not None and should_stop():
                 raise Cancelled(f"export {request.id} was cancelled")
-            writer.write(writer.encode(batch))
-            progress.events += batch.num_rows
-            progress.bytes = counted.position
+            offset = 0
+            while offset < batch.num_rows:
+                part = part or next_part()
+                take = fit(batch.num_rows - offset, part, progress, max_events, max_bytes)
+                before = part.bytes
+                part.write(batch.slice(offset, take))
+                offset += take
+                progress.events += take
+                progress.bytes += part.bytes - before
+                if (max_events is not None and part.events >= max_events) or (
+                        max_bytes is not None and part.bytes >= max_bytes):
+                    part, full = None, part
+                    commit(full)
             if on_progress is not None:
                 on_progress(progress)
-        writer.close()
-        sink.finish()
-        path = upload.commit()
+        part = part or (None if done else next_part())  # an empty export is still one valid file
+        if part is not None:
+            part, last = None, part
+            commit(last)
+        uris = [entry["uri"] for entry in done]
+        if digest:
+            uris.append(write_manifest(request, project, destination, done))
+        path = destination.finish(uris)
     except BaseException:
-        counted.discard()
-        upload.abort()
+        if part is not None:
+            part.abort()
+        for entry in done:
+            destination.remove(entry["uri"])
         raise
     finally:
-        if batches is not None:
-            batches.close()  # stops the source thread now, not whenever a traceback holding it is freed
-        if writer is not None:
-            writer.release()
-    progress.bytes = counted.position
+        batches.close()  # stops the source thread now, not whenever a traceback holding it is freed
     if on_progress is not None:
         on_progress(progress)
     return ExportResult(
         export_id=request.id,
         status=ExportStatus.COMPLETED,
         total_events=progress.events,
-        file_size=progress.bytes,
+        file_size=sum(entry["bytes"] for entry in done),
         destination_path=path,
         started_at=started,
         completed_at=datetime.now(timezone.utc),
     )
+
+
+def fit(rows: int, part: Part, progress: Progress, max_events: int | None, max_bytes: int | None) -> int:
+    """How many of `rows` go into `part` so it stays within its limits (bytes by the rate so far)."""
+    if max_events is not None:
+        rows = min(rows, max_events - part.events)
+    if max_bytes is not None and progress.events and progress.bytes:
+        per_event = progress.bytes / progress.events
+        rows = min(rows, max(1, int((max_bytes - part.bytes) / per_event)))
+    return rows
+
+
+def write_manifest(request: ExportRequest, project: str, destination: Destination, files: list[dict]) -> str:
+    """The manifest of a split export, committed after every part: a reader trusts only what it lists."""
+    body = {
+        "export_id": request.id,
+        "project": project,
+        "format": request.format.value,
+        "compression": request.compression.value if request.compression else None,
+        "start_date": request.start_date.isoformat(),
+        "end_date": request.end_date.isoformat(),
+        "total_events": sum(f["events"] for f in files),
+        "total_bytes": sum(f["bytes"] for f in files),
+        "files": files,
+        "completed_at": datetime.now(timezone.utc).isoformat(),
+    }
+    upload = destination.open(request.manifest_name)
+    try:
+        upload.write(json.dumps(body, indent=2).encode())
+        return upload.commit()
+    except BaseException:
+        upload.abort()
+        raise
 
 
 def read_ahead(batches: Iterable[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:

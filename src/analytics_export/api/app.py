@@ -19,10 +19,11 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import open_store
 from ..config import Settings
+from ..connections import ConnectionCreate, ConnectionView, Sealer
+from ..destinations.guard import check_destination
 from ..errors import Invalid, Storage
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore
-from ..jobs.worker import project_dir
 from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
 
 bearer = HTTPBearer(auto_error=False)
@@ -78,6 +79,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     app = FastAPI(title="analytics-export", version="0.1.0",
                   responses={401: {"model": Problem}, 422: {"model": Problem}})
     secret = settings.signing_key()
+    sealer = Sealer(secret)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -112,6 +114,39 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         return ExportView(request=request, status=job.status, result=job.result(url),
                           progress=ExportProgress(events=job.events_done, bytes=job.bytes_done, started_at=job.started_at))
 
+    def check_connection(project: str, destination: Any) -> None:
+        name = getattr(destination, "connection", None)
+        if name is None:
+            return
+        row = jobs.connection(project, name)
+        if row is None:
+            raise HTTPException(422, f"destination.connection: no connection {name!r}; create it with "
+                                     "POST /api/connections")
+        if row.type != destination.type:
+            raise HTTPException(422, f"destination.connection: {name!r} is a {row.type} connection, "
+                                     f"not {destination.type}")
+
+    def connection_view(row: Any) -> ConnectionView:
+        return ConnectionView(name=row.name, type=row.type, fields=row.fields, created_at=row.created_at)
+
+    @app.post("/api/connections", status_code=201, response_model=ConnectionView, responses=problems(409))
+    def create_connection(body: ConnectionCreate, project: Project) -> ConnectionView:
+        """Store credentials under a name; the response lists which fields are set, never their values."""
+        fields = sorted(k for k, v in body.secrets.items() if v)
+        if not jobs.create_connection(project, body.name, body.type, fields, sealer.seal(body.secrets)):
+            raise HTTPException(409, f"connection {body.name!r} exists; DELETE it first to replace it")
+        return connection_view(jobs.connection(project, body.name))
+
+    @app.get("/api/connections", response_model=list[ConnectionView])
+    def list_connections(project: Project) -> list[ConnectionView]:
+        return [connection_view(row) for row in jobs.list_connections(project)]
+
+    @app.delete("/api/connections/{name}", status_code=204, responses=problems(404))
+    def delete_connection(name: str, project: Project) -> Response:
+        if not jobs.delete_connection(project, name):
+            raise HTTPException(404, f"no connection {name!r}")
+        return Response(status_code=204)
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -123,6 +158,11 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         if span > timedelta(days=settings.export.max_range_days):
             raise HTTPException(422, f"end_date - start_date is {span.days} days; the most is "
                                      f"{settings.export.max_range_days}: split the range")
+        check_connection(project, request.destination)
+        try:
+            check_destination(request.destination, settings.destination_allow)
+        except Invalid as exc:
+            raise HTTPException(422, f"destination: {exc}") from None
         if jobs.active_count(project) >= settings.export.max_concurrent_exports:
             raise HTTPException(429, f"{settings.export.max_concurrent_exports} exports are already pending or "
                                      "running for this project; wait for one to finish")
@@ -158,7 +198,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             raise HTTPException(410, f"export {export_id} expired at {job.expires_at:%Y-%m-%dT%H:%M:%SZ}")
         if job.status is not ExportStatus.COMPLETED:
             raise HTTPException(409, f"export {export_id} is {job.status.value}, not completed; poll its status")
-        folder = project_dir(settings, job.project).resolve()
+        folder = settings.project_export_dir(job.project).resolve()
         path = Path(job.destination_path or "").resolve()
         if folder not in path.parents or not path.is_file():
             raise HTTPException(410, f"the file of export {export_id} is gone")

@@ -1,10 +1,30 @@
-"""Destinations: where a finished file goes. An upload is written in parts, then committed or aborted."""
+"""Destinations: where an export's files go. Each file is an upload written in parts, then committed
+or aborted; one module per destination type, looked up in `DESTINATIONS`."""
 
 from __future__ import annotations
 
+import importlib
 import queue
+import re
 import threading
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from ..models import FileLayout
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..models import ExportRequest
+
+DESTINATIONS: dict[str, str] = {
+    "download": "local",
+    "s3": "s3",
+    "gcs": "gcs",
+    "azure": "azure",
+    "sftp": "sftp",
+    "webhook": "webhook",
+}
+"""Destination type -> module under `destinations/` whose `build(target)` makes the destination."""
 
 
 class Upload(Protocol):
@@ -17,8 +37,66 @@ class Upload(Protocol):
         """Discard everything written; nothing partial stays visible."""
 
 
-class Destination(Protocol):
-    def open(self, name: str) -> Upload: ...
+class Destination:
+    """Opens one upload per file. Split exports get numbered parts and, where `manifest` is set, a
+    manifest written last; after a failure `remove` takes back the parts already committed."""
+
+    manifest: ClassVar[bool] = True
+
+    def open(self, name: str) -> Upload:
+        raise NotImplementedError
+
+    def remove(self, uri: str) -> None:
+        """Delete a committed file (rollback of a failed split export); missing is fine."""
+
+    def finish(self, uris: list[str]) -> str:
+        """Called once every file is committed; returns what `ExportResult.destination_path` shows."""
+        return uris[-1]
+
+    def close(self) -> None:
+        """Release connections; called after success and failure alike."""
+
+
+@dataclass
+class Target:
+    """What a destination needs to know about the export it serves."""
+
+    request: ExportRequest
+    project: str
+    settings: Settings
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    def folder(self) -> str:
+        """`prefix/path_template` rendered for this export, without leading or trailing `/`."""
+        spec = self.request.destination
+        if not isinstance(spec, FileLayout):
+            return ""
+        parts = [spec.prefix]
+        if spec.path_template:
+            start = self.request.start_date
+            parts.append(spec.path_template.format(
+                project=self.project, export_id=self.request.id, year=f"{start:%Y}", month=f"{start:%m}",
+                day=f"{start:%d}", hour=f"{start:%H}", start=f"{start:%Y%m%d}",
+                end=f"{self.request.end_date:%Y%m%d}", format=self.request.format.value))
+        return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+    def key(self, name: str) -> str:
+        folder = self.folder()
+        return f"{folder}/{name}" if folder else name
+
+
+def redact(text: str, secrets: dict[str, str]) -> str:
+    """`text` with every secret value and every URL query string (SAS tokens, signatures) replaced."""
+    for value in secrets.values():
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return re.sub(r"\?[^\s\"']*", "?***", text)
+
+
+def destination_for(target: Target) -> Destination:
+    """The destination `target.request.destination` names, built by its module."""
+    module = importlib.import_module(f".{DESTINATIONS[target.request.destination.type]}", __name__)
+    return module.build(target)
 
 
 class BackgroundUpload:

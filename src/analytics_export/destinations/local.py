@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import Storage
+from . import Destination, Target
 
 BUFFER = 1 << 20
 
@@ -43,7 +44,7 @@ class LocalUpload:
         self.temp.unlink(missing_ok=True)
 
 
-class LocalDestination:
+class LocalDestination(Destination):
     """Files land in `directory` under their export name, or exactly at `path` when one is given."""
 
     def __init__(self, directory: Path, path: Path | None = None) -> None:
@@ -52,3 +53,11 @@ class LocalDestination:
 
     def open(self, name: str) -> LocalUpload:
         return LocalUpload((self.path or self.directory / name).absolute())
+
+    def remove(self, uri: str) -> None:
+        Path(uri).unlink(missing_ok=True)
+
+
+def build(target: Target) -> LocalDestination:
+    """The download destination: the project's folder under the export dir."""
+    return LocalDestination(target.settings.project_export_dir(target.project))

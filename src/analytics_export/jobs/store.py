@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 
 from ..models import ExportRequest, ExportResult, ExportStatus
-from .tables import api_keys, exports
+from .tables import api_keys, connections, exports
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 KEY_PREFIX = "aek_"
@@ -133,6 +133,34 @@ class JobStore:
         if project is not None:
             self.keys[digest] = (project, time.monotonic())
         return project
+
+    # -- connections ------------------------------------------------------------------------
+
+    def create_connection(self, project: str, name: str, type: str, fields: list[str], sealed: bytes) -> bool:
+        """Store a connection; False if the project already has one of that name."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(connections.insert().values(project=project, name=name, type=type, fields=fields,
+                                                      sealed=sealed, created_at=now()))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def connection(self, project: str, name: str) -> Any | None:
+        """The row (name, type, fields, sealed, created_at) of the project's connection `name`."""
+        with self.engine.connect() as c:
+            return c.execute(sa.select(connections).where(
+                connections.c.project == project, connections.c.name == name)).first()
+
+    def list_connections(self, project: str) -> list[Any]:
+        with self.engine.connect() as c:
+            return c.execute(sa.select(connections).where(connections.c.project == project)
+                             .order_by(connections.c.name)).all()
+
+    def delete_connection(self, project: str, name: str) -> bool:
+        with self.engine.begin() as c:
+            return bool(c.execute(connections.delete().where(
+                connections.c.project == project, connections.c.name == name)).rowcount)
 
     # -- exports ----------------------------------------------------------------------------
 

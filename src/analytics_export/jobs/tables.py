@@ -40,3 +40,14 @@ api_keys = sa.Table(
     sa.Column("project", sa.String(200), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+connections = sa.Table(
+    "connections",
+    metadata,
+    sa.Column("project", sa.String(200), primary_key=True),
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("fields", sa.JSON, nullable=False),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -13,18 +13,15 @@ from pathlib import Path
 
 from .. import open_store
 from ..config import Settings
-from ..destinations.local import LocalDestination
-from ..errors import ExportError, Storage, Upload
+from ..connections import Sealer
+from ..destinations import Target, destination_for
+from ..destinations.guard import check_destination
+from ..errors import ExportError, Invalid, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
 from .store import Job, JobStore, now
 
 log = logging.getLogger(__name__)
-
-
-def project_dir(settings: Settings, project: str) -> Path:
-    """Each project's downloads live in their own folder under the export dir."""
-    return settings.export_dir / project
 
 
 class Worker:
@@ -92,25 +89,41 @@ class Worker:
             log.warning("export %s attempt %d failed (%s); retrying in %.1fs", job.id, job.attempts, result.error, wait)
             self.jobs.retry_later(job.id, self.name, result.error or "", now() + timedelta(seconds=wait))
             return
-        expires = now() + timedelta(hours=config.file_expiry_hours)
-        if not self.jobs.finish(job.id, self.name, result, expires if result.status is ExportStatus.COMPLETED else None):
+        downloadable = result.status is ExportStatus.COMPLETED and job.request.destination.type == "download"
+        expires = now() + timedelta(hours=config.file_expiry_hours) if downloadable else None
+        if not self.jobs.finish(job.id, self.name, result, expires):
             log.warning("export %s finished after its lease was lost; the result is discarded", job.id)
+
+    def target(self, job: Job) -> Target:
+        """The job's destination with its connection's secrets, checked against the allow-list again
+        (a name may resolve elsewhere now than when the export was created)."""
+        spec = job.request.destination
+        check_destination(spec, self.settings.destination_allow)
+        secrets: dict[str, str] = {}
+        name = getattr(spec, "connection", None)
+        if name is not None:
+            row = self.jobs.connection(job.project, name)
+            if row is None or row.type != spec.type:
+                raise Invalid(f"connection {name!r} ({spec.type}) no longer exists; create it and retry the export")
+            secrets = Sealer(self.settings.signing_key()).open(row.sealed)
+        return Target(job.request, job.project, self.settings, secrets)
 
     def _export(self, job: Job, track, lost: threading.Event) -> tuple[ExportResult, bool]:
         """The run's result, and whether a failure is worth another attempt (a store or upload
         failure may pass; bad input or an encoding error will not)."""
         request = job.request
         try:
-            if request.destination.type != "download":
-                raise ExportError(f"destination {request.destination.type!r} is not available in this version; "
-                                  "use download")
-            store = open_store(self.settings)
+            destination = destination_for(self.target(job))
             try:
-                return run_export(request, store, LocalDestination(project_dir(self.settings, job.project)),
-                                  project=job.project, batch_size=self.settings.export.batch_size,
-                                  on_progress=track, should_stop=lost.is_set), False
+                store = open_store(self.settings)
+                try:
+                    return run_export(request, store, destination, project=job.project,
+                                      batch_size=self.settings.export.batch_size,
+                                      on_progress=track, should_stop=lost.is_set), False
+                finally:
+                    store.close()
             finally:
-                store.close()
+                destination.close()
         except Cancelled:
             raise
         except ExportError as exc:

@@ -1,0 +1,95 @@
+"""Named connections: a destination's credentials, stored encrypted with a key derived from the
+server secret and referenced by name, so they never travel in export requests or responses."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime
+from typing import Literal
+
+from cryptography.fernet import Fernet, InvalidToken
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import Invalid
+from .models import CONNECTION_NAME
+
+ConnectionType = Literal["s3", "gcs", "azure", "sftp", "webhook"]
+
+FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # type: (one of these groups must be complete, the rest is optional)
+    "s3": (("access_key_id", "secret_access_key"), ("session_token",)),
+    "gcs": (("service_account_json",), ()),
+    "azure": (("account_name",), ("account_key", "sas_token")),
+    "sftp": ((), ("password", "private_key", "passphrase", "known_hosts")),
+    "webhook": ((), ("signing_secret", "authorization")),
+}
+"""Secret fields per connection type: (required, optional)."""
+
+
+class ConnectionCreate(BaseModel):
+    """`POST /api/connections`: a name, the destination type it serves, and its secrets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="referenced as `connection` by destinations of the same type")
+    type: ConnectionType
+    secrets: dict[str, str] = Field(description="credentials; never shown again, stored encrypted")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not CONNECTION_NAME.fullmatch(value):
+            raise ValueError("connection names are 1-100 letters, digits or `_ . -`, starting with a letter or digit")
+        return value
+
+    @model_validator(mode="after")
+    def _fields(self) -> ConnectionCreate:
+        required, optional = FIELDS[self.type]
+        unknown = sorted(set(self.secrets) - set(required) - set(optional))
+        if unknown:
+            raise ValueError(f"secrets.{unknown[0]} is not a {self.type} field; use "
+                             + ", ".join(required + optional))
+        missing = [f for f in required if not self.secrets.get(f)]
+        if missing:
+            raise ValueError(f"secrets.{missing[0]} is required for a {self.type} connection")
+        if self.type == "azure" and not (self.secrets.get("account_key") or self.secrets.get("sas_token")):
+            raise ValueError("an azure connection needs secrets.account_key or secrets.sas_token")
+        if self.type == "sftp" and not (self.secrets.get("password") or self.secrets.get("private_key")):
+            raise ValueError("an sftp connection needs secrets.password or secrets.private_key")
+        if self.type == "gcs":
+            try:
+                info = json.loads(self.secrets["service_account_json"])
+            except json.JSONDecodeError:
+                raise ValueError("secrets.service_account_json must be a service account key file's JSON") from None
+            if not isinstance(info, dict) or "private_key" not in info or "client_email" not in info:
+                raise ValueError("secrets.service_account_json needs client_email and private_key")
+        return self
+
+
+class ConnectionView(BaseModel):
+    """A connection as the API shows it: which secret fields are set, never their values."""
+
+    name: str
+    type: ConnectionType
+    fields: list[str]
+    created_at: datetime
+
+
+class Sealer:
+    """Encrypts secrets with Fernet (AES-128-CBC + HMAC-SHA256) under a key derived from the server secret."""
+
+    def __init__(self, server_key: bytes) -> None:
+        derived = hashlib.sha256(b"analytics-export connections\0" + server_key).digest()
+        self.fernet = Fernet(base64.urlsafe_b64encode(derived))
+
+    def seal(self, secrets: dict[str, str]) -> bytes:
+        return self.fernet.encrypt(json.dumps(secrets).encode())
+
+    def open(self, token: bytes) -> dict[str, str]:
+        try:
+            return json.loads(self.fernet.decrypt(token))
+        except InvalidToken:
+            raise Invalid("a stored connection cannot be decrypted: the server secret changed; "
+                          "create the connection again") from None

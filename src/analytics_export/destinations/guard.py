@@ -1,0 +1,58 @@
+"""Refuses destinations that point inside the server's network (SSRF): loopback, private,
+link-local (cloud metadata), shared and reserved addresses, unless the server's allow-list names them."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from ..errors import Invalid
+from ..models import AzureDestination, S3Destination, SFTPDestination, WebhookDestination
+
+
+def destination_host(spec: object) -> str | None:
+    """The host a destination would connect to, when the request chooses it."""
+    if isinstance(spec, WebhookDestination):
+        return urlsplit(spec.url).hostname
+    if isinstance(spec, S3Destination) and spec.endpoint_url:
+        return urlsplit(spec.endpoint_url).hostname
+    if isinstance(spec, AzureDestination) and spec.account_url:
+        return urlsplit(spec.account_url).hostname
+    if isinstance(spec, SFTPDestination):
+        return spec.host
+    return None
+
+
+def check_destination(spec: object, allow: list[str]) -> None:
+    """Raise Invalid if the destination's host resolves to an address that is not public and not allowed."""
+    host = destination_host(spec)
+    if host is not None:
+        check_host(host, allow)
+
+
+def check_host(host: str, allow: list[str]) -> None:
+    if host.lower() in (a.lower() for a in allow):
+        return
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise Invalid(f"destination host {host!r} does not resolve; check the name") from None
+    networks = [ipaddress.ip_network(a, strict=False) for a in allow if _is_network(a)]
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0].split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if address.is_global or any(address in n for n in networks):
+            continue
+        raise Invalid(f"destination host {host!r} resolves to {address}, a loopback, private, link-local or "
+                      "reserved address; only public hosts are allowed unless the server's "
+                      "ANALYTICS_EXPORT_DESTINATION_ALLOW lists it")
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,121 @@
+"""Uploads to object stores through obstore (S3, Azure Blob): one streaming multipart put per file.
+
+The writer's bytes go to a thread running `obstore.put` over a bounded queue, which uploads parts
+of PART_SIZE while the export runs and completes the object only when the queue ends. On abort the
+iterator raises, and obstore aborts the multipart upload: no object, no orphaned parts.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from datetime import timedelta
+from typing import Callable, Iterator
+
+import obstore
+from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
+
+from ..errors import Rejected, Upload
+from . import Destination, Target, redact
+
+PART_SIZE = 8 << 20
+QUEUED_CHUNKS = 4
+
+
+class Aborted(Exception):
+    """Raised into obstore's iterator to make it abort the multipart upload."""
+
+
+def retry_config(target: Target) -> dict:
+    """obstore's retries (exponential backoff with jitter on 5xx, 429, timeouts and resets) from ExportConfig."""
+    config = target.settings.export
+    return {"max_retries": config.upload_retries,
+            "backoff": {"init_backoff": timedelta(seconds=config.upload_backoff_seconds),
+                        "max_backoff": timedelta(seconds=30), "base": 2},
+            "retry_timeout": timedelta(seconds=config.upload_timeout_seconds * (config.upload_retries + 1))}
+
+
+def client_options(target: Target, url: str | None) -> dict:
+    timeout = timedelta(seconds=target.settings.export.upload_timeout_seconds)
+    return {"allow_http": bool(url and url.startswith("http://")), "timeout": timeout, "connect_timeout": timeout}
+
+
+class ObjectUpload:
+    def __init__(self, store: obstore.store.ObjectStore, key: str, uri: str, explain: Callable[[Exception], Exception],
+                 attributes: dict | None) -> None:
+        self.uri = uri
+        self.explain = explain
+        self.chunks: queue.Queue = queue.Queue(maxsize=QUEUED_CHUNKS)
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._put, args=(store, key, attributes), name="object-put", daemon=True)
+        self.thread.start()
+
+    def _stream(self) -> Iterator[bytes]:
+        while (chunk := self.chunks.get()) is not None:
+            if isinstance(chunk, Aborted):
+                raise chunk
+            yield chunk
+
+    def _put(self, store, key: str, attributes: dict | None) -> None:
+        try:
+            obstore.put(store, key, self._stream(), chunk_size=PART_SIZE, max_concurrency=2,
+                        attributes=attributes)
+        except Aborted:
+            pass
+        except Exception as exc:  # raised by the writer's next write, or by commit
+            self.error = exc
+            while self.chunks.get() is not None:  # unblock a writer waiting on a full queue
+                pass
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.explain(self.error) from None  # the original may quote request URLs
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._raise()
+        self.chunks.put(bytes(data))
+        return len(data)
+
+    def commit(self) -> str:
+        self.chunks.put(None)
+        self.thread.join()
+        self._raise()
+        return self.uri
+
+    def abort(self) -> None:
+        if self.thread.is_alive():
+            self.chunks.put(Aborted())
+            self.thread.join()
+
+
+class ObjectStoreDestination(Destination):
+    """Objects under `target.key(name)` in `store`; `scheme` names them in URIs (s3://bucket/key)."""
+
+    def __init__(self, target: Target, store: obstore.store.ObjectStore, uri_root: str,
+                 attributes: dict | None = None) -> None:
+        self.target = target
+        self.store = store
+        self.uri_root = uri_root
+        self.attributes = attributes
+
+    def open(self, name: str) -> ObjectUpload:
+        key = self.target.key(name)
+        return ObjectUpload(self.store, key, f"{self.uri_root}/{key}", self.explain, self.attributes)
+
+    def remove(self, uri: str) -> None:
+        try:
+            obstore.delete(self.store, uri.removeprefix(self.uri_root + "/"))
+        except Exception:  # best effort: the export failed already, and that error is the one to report
+            pass
+
+    def explain(self, exc: Exception) -> Exception:
+        """A message that says what to fix, without the request URL (it may carry a SAS token)."""
+        where = self.uri_root
+        if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
+            return Rejected(f"{where} refused the upload ({type(exc).__name__}): check the connection's "
+                            "credentials and their permission to write there")
+        if isinstance(exc, NotFoundError):
+            return Rejected(f"{where} does not exist: create the bucket or container, or fix its name")
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return Upload(f"upload to {where} failed after retries: {redact(first_line, self.target.secrets)}")
+

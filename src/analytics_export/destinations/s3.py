@@ -1,0 +1,33 @@
+"""Amazon S3 and S3-compatible stores (MinIO, R2, moto...): streaming multipart uploads via obstore."""
+
+from __future__ import annotations
+
+from obstore.store import S3Store
+
+from ..models import S3Destination
+from . import Target
+from .objectstore import ObjectStoreDestination, client_options, retry_config
+
+
+def build(target: Target) -> ObjectStoreDestination:
+    spec: S3Destination = target.request.destination
+    config: dict = {}
+    if target.secrets:  # else obstore takes AWS_* from the environment, as the AWS tools do
+        config = {"access_key_id": target.secrets["access_key_id"],
+                  "secret_access_key": target.secrets["secret_access_key"]}
+        if target.secrets.get("session_token"):
+            config["session_token"] = target.secrets["session_token"]
+    if spec.region:
+        config["region"] = spec.region
+    if spec.endpoint_url:
+        config["endpoint"] = spec.endpoint_url
+    path_style = spec.path_style if spec.path_style is not None else bool(spec.endpoint_url)
+    config["virtual_hosted_style_request"] = not path_style
+    if spec.server_side_encryption:
+        config["server_side_encryption"] = spec.server_side_encryption
+        if spec.kms_key_id:
+            config["sse_kms_key_id"] = spec.kms_key_id
+    store = S3Store(spec.bucket, config=config, client_options=client_options(target, spec.endpoint_url),
+                    retry_config=retry_config(target))
+    return ObjectStoreDestination(target, store, f"s3://{spec.bucket}",
+                                  {"Content-Type": target.request.format.content_type})
