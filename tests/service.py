@@ -33,18 +33,24 @@ class Service:
     def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "serve", "--port", str(self.port),
-                                      "--workers", str(workers), *args], env={**os.environ, **(env or {})},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        self.log_path = Path(data_dir) / f"service-{self.port}.log"  # a file: a pipe nobody reads would fill up
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "serve", "--port", str(self.port),
+                                          "--workers", str(workers), *args], env={**os.environ, **(env or {})},
+                                         stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
-                assert self.proc.poll() is None, self.proc.stderr.read().decode()
+                assert self.proc.poll() is None, self.logs()
                 time.sleep(0.1)
         raise RuntimeError("service did not start")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def client(self, key: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

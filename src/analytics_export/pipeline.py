@@ -23,6 +23,7 @@ from .streams import ForwardingSink
 # Threads: the source scans PREFETCH batches ahead of the caller, which encodes and writes, and
 # BackgroundUpload does the I/O. A pool of two encoders measured no faster on 2 cores, 30 MB larger.
 PREFETCH = 1
+PROBE_ROWS = 1_000
 
 
 class Cancelled(ExportError):
@@ -189,12 +190,15 @@ def run_export(
 
 
 def fit(rows: int, part: Part, progress: Progress, max_events: int | None, max_bytes: int | None) -> int:
-    """How many of `rows` go into `part` so it stays within its limits (bytes by the rate so far)."""
+    """How many of `rows` go into `part` so it stays within its limits. Bytes are estimated from the
+    export's bytes per event so far; until there is a rate, slices of PROBE_ROWS measure it."""
     if max_events is not None:
         rows = min(rows, max_events - part.events)
-    if max_bytes is not None and progress.events and progress.bytes:
-        per_event = progress.bytes / progress.events
-        rows = min(rows, max(1, int((max_bytes - part.bytes) / per_event)))
+    if max_bytes is not None:
+        if progress.events and progress.bytes:
+            rows = min(rows, max(1, int((max_bytes - part.bytes) / (progress.bytes / progress.events))))
+        else:
+            rows = min(rows, PROBE_ROWS)
     return rows
 
 

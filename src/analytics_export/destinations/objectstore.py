@@ -8,6 +8,7 @@ iterator raises, and obstore aborts the multipart upload: no object, no orphaned
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from datetime import timedelta
 from typing import Callable, Iterator
@@ -64,28 +65,34 @@ class ObjectUpload:
             pass
         except Exception as exc:  # raised by the writer's next write, or by commit
             self.error = exc
-            while self.chunks.get() is not None:  # unblock a writer waiting on a full queue
-                pass
 
     def _raise(self) -> None:
         if self.error is not None:
             raise self.explain(self.error) from None  # the original may quote request URLs
 
+    def _offer(self, item: bytes | Aborted | None) -> None:
+        """Queue `item` for the put thread, unless that thread has ended (it failed)."""
+        while self.thread.is_alive():
+            try:
+                self.chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     def write(self, data: bytes | memoryview) -> int:
         self._raise()
-        self.chunks.put(bytes(data))
+        self._offer(bytes(data))
         return len(data)
 
     def commit(self) -> str:
-        self.chunks.put(None)
+        self._offer(None)
         self.thread.join()
         self._raise()
         return self.uri
 
     def abort(self) -> None:
-        if self.thread.is_alive():
-            self.chunks.put(Aborted())
-            self.thread.join()
+        self._offer(Aborted())
+        self.thread.join()
 
 
 class ObjectStoreDestination(Destination):
@@ -114,8 +121,13 @@ class ObjectStoreDestination(Destination):
         if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
             return Rejected(f"{where} refused the upload ({type(exc).__name__}): check the connection's "
                             "credentials and their permission to write there")
-        if isinstance(exc, NotFoundError):
+        status = re.search(r"status code: (\d{3}) ([^:]*)", str(exc))
+        code = int(status.group(1)) if status else None
+        if isinstance(exc, NotFoundError) or code == 404:
             return Rejected(f"{where} does not exist: create the bucket or container, or fix its name")
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return Upload(f"upload to {where} failed after retries: {redact(first_line, self.target.secrets)}")
+        if code in (401, 403):
+            return Rejected(f"{where} refused the upload (HTTP {code}): check the connection's credentials "
+                            "and their permission to write there")
+        reason = f"HTTP {code} {status.group(2)}" if status else (str(exc).splitlines() or [type(exc).__name__])[0]
+        return Upload(f"upload to {where} failed after retries: {redact(reason, self.target.secrets)}")
 

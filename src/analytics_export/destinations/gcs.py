@@ -1,0 +1,93 @@
+"""Google Cloud Storage (google-cloud-storage): a resumable upload per file, sent in 8 MiB chunks
+while the export runs; the object exists only once the last chunk finalises it, and an aborted
+upload's session is cancelled. Honours STORAGE_EMULATOR_HOST (the emulator needs no credentials)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from google.api_core import exceptions as api
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
+from google.oauth2 import service_account
+
+from ..errors import Rejected, Upload
+from ..models import GCSDestination as GCSSpec
+from . import Destination, Target, redact
+
+CHUNK = 8 << 20  # a multiple of 256 KiB, as resumable uploads require
+
+
+class GCSUpload:
+    def __init__(self, gcs: GCS, key: str) -> None:
+        self.gcs = gcs
+        self.uri = f"gs://{gcs.spec.bucket}/{key}"
+        blob = gcs.bucket.blob(key, chunk_size=CHUNK)
+        self.writer = gcs.guard(lambda: blob.open("wb", chunk_size=CHUNK, retry=gcs.retry, ignore_flush=True,
+                                                  content_type=gcs.target.request.format.content_type))
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self.gcs.guard(lambda: self.writer.write(data))
+
+    def commit(self) -> str:
+        self.gcs.guard(self.writer.close)
+        return self.uri
+
+    def abort(self) -> None:
+        try:
+            self.writer.terminate()
+        except Exception:  # best effort: an unfinished session never becomes an object and expires
+            pass
+
+
+class GCS(Destination):
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.spec: GCSSpec = target.request.destination
+        config = target.settings.export
+        self.retry = DEFAULT_RETRY.with_delay(initial=max(config.upload_backoff_seconds, 0.01), multiplier=2,
+                                              maximum=30).with_timeout(config.upload_timeout_seconds * 4)
+        self.client = self.guard(self._client)
+        self.bucket = self.client.bucket(self.spec.bucket)
+
+    def _client(self) -> storage.Client:
+        if self.target.secrets.get("service_account_json"):
+            info = json.loads(self.target.secrets["service_account_json"])
+            credentials = service_account.Credentials.from_service_account_info(info)
+            return storage.Client(project=info.get("project_id"), credentials=credentials)
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            return storage.Client(project="analytics-export", credentials=AnonymousCredentials())
+        return storage.Client()  # application default credentials from the environment
+
+    def guard(self, call):
+        """Run a client call; errors become Rejected (fix something) or Upload (retry the export)."""
+        try:
+            return call()
+        except (api.Forbidden, api.Unauthorized) as exc:
+            raise Rejected(f"gs://{self.spec.bucket} refused the upload ({exc.code}): check the connection's "
+                           "service account and its permission to create objects there") from None
+        except api.NotFound:
+            raise Rejected(f"gs://{self.spec.bucket} does not exist: create the bucket or fix its name") from None
+        except Exception as exc:
+            if isinstance(exc, Rejected):
+                raise
+            reason = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.target.secrets)
+            raise Upload(f"upload to gs://{self.spec.bucket} failed: {reason}") from None
+
+    def open(self, name: str) -> GCSUpload:
+        return GCSUpload(self, self.target.key(name))
+
+    def remove(self, uri: str) -> None:
+        try:
+            self.bucket.blob(uri.removeprefix(f"gs://{self.spec.bucket}/")).delete()
+        except Exception:  # best effort after a failed export
+            pass
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def build(target: Target) -> GCS:
+    return GCS(target)

@@ -1,0 +1,154 @@
+"""SFTP (asyncssh): files written as `NAME.partial` in writes of at least 256 KiB, renamed when complete.
+
+asyncssh is asynchronous; the destination runs one event loop in its own thread and the pipeline's
+upload thread calls into it. The server's host key must match the connection's known_hosts entry
+unless the destination explicitly allows unknown keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+import threading
+from typing import Any, Awaitable
+
+import asyncssh
+
+from ..errors import Rejected, Upload
+from ..models import SFTPDestination as SFTPSpec
+from . import Destination, Target, redact
+
+WRITE_SIZE = 256 << 10
+
+
+class SFTPUpload:
+    def __init__(self, sftp: SFTP, path: str) -> None:
+        self.sftp = sftp
+        self.path = path
+        self.temp = f"{path}.partial"
+        self.buffer = bytearray()
+        self.file = sftp.call(sftp.client.open(self.temp, "wb"))
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.buffer += data
+        if len(self.buffer) >= WRITE_SIZE:
+            self._flush()
+        return len(data)
+
+    def _flush(self) -> None:
+        data, self.buffer = bytes(self.buffer), bytearray()
+        self.sftp.call(self.file.write(data))
+
+    def commit(self) -> str:
+        self._flush()
+        self.sftp.call(self.file.close())
+        self.sftp.call(self.sftp.replace(self.temp, self.path))
+        return self.sftp.uri(self.path)
+
+    def abort(self) -> None:
+        try:
+            self.sftp.call(self.file.close())
+            self.sftp.call(self.sftp.client.remove(self.temp))
+        except (Upload, Rejected):
+            pass  # the connection is gone; the .partial name already says the file is incomplete
+
+
+class SFTP(Destination):
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.spec: SFTPSpec = target.request.destination
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sftp-loop", daemon=True)
+        self.thread.start()
+        self.connection: asyncssh.SSHClientConnection | None = None
+        self.paths: dict[str, str] = {}
+        try:
+            self.client: asyncssh.SFTPClient = self.call(self._connect())
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, awaitable: Awaitable[Any]) -> Any:
+        """Await `awaitable` on the destination's loop; errors become Upload (retry) or Rejected (fix)."""
+        try:
+            return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop).result()
+        except asyncssh.PermissionDenied:
+            raise Rejected(f"{self.where} refused the login for {self.spec.username!r}: check the "
+                           "connection's password or private_key") from None
+        except asyncssh.HostKeyNotVerifiable:
+            raise Rejected(f"{self.where} presented a host key its known_hosts entry does not list: add the "
+                           "server's key to the connection's known_hosts") from None
+        except asyncssh.SFTPPermissionDenied:
+            raise Rejected(f"{self.where}: permission denied writing under {self.folder!r}") from None
+        except asyncssh.SFTPError as exc:
+            raise Rejected(f"{self.where}: {exc.reason}") from None
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            reason = redact(str(exc) or type(exc).__name__, self.target.secrets)
+            raise Upload(f"{self.where}: connection failed ({reason})") from None
+
+    @property
+    def where(self) -> str:
+        return f"sftp://{self.spec.host}:{self.spec.port}"
+
+    @property
+    def folder(self) -> str:
+        return posixpath.join(self.spec.path, self.target.folder()) if self.target.folder() else self.spec.path
+
+    async def _connect(self) -> asyncssh.SFTPClient:
+        secrets = self.target.secrets
+        if secrets.get("known_hosts"):
+            known_hosts: Any = asyncssh.import_known_hosts(secrets["known_hosts"])
+        elif self.spec.allow_unknown_host_key:
+            known_hosts = None
+        else:
+            raise Rejected(f"{self.where}: no known_hosts entry for the server; add one to the connection "
+                           "(e.g. from `ssh-keyscan -p PORT HOST`) or set allow_unknown_host_key")
+        options: dict[str, Any] = {"known_hosts": known_hosts, "username": self.spec.username,
+                                   "connect_timeout": self.target.settings.export.upload_timeout_seconds,
+                                   "agent_path": None, "client_keys": None, "password": secrets.get("password")}
+        if secrets.get("private_key"):
+            options["client_keys"] = [asyncssh.import_private_key(secrets["private_key"], secrets.get("passphrase"))]
+        self.connection = await asyncssh.connect(self.spec.host, self.spec.port, **options)
+        client = await self.connection.start_sftp_client()
+        await client.makedirs(self.folder, exist_ok=True)
+        return client
+
+    async def replace(self, source: str, destination: str) -> None:
+        """Rename over an existing file: posix-rename where the server has it, else remove then rename."""
+        try:
+            await self.client.posix_rename(source, destination)
+        except (asyncssh.SFTPOpUnsupported, asyncssh.SFTPFailure):
+            if await self.client.exists(destination):
+                await self.client.remove(destination)
+            await self.client.rename(source, destination)
+
+    def uri(self, path: str) -> str:
+        """`sftp://host:port/abs/path`, or `.../~/rel/path` for a path relative to the login folder."""
+        uri = f"{self.where}{path}" if path.startswith("/") else f"{self.where}/~/{path}"
+        self.paths[uri] = path
+        return uri
+
+    def open(self, name: str) -> SFTPUpload:
+        return SFTPUpload(self, posixpath.join(self.folder, name))
+
+    def remove(self, uri: str) -> None:
+        try:
+            self.call(self.client.remove(self.paths[uri]))
+        except (Upload, Rejected):
+            pass
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            asyncio.run_coroutine_threadsafe(self.connection.wait_closed(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def build(target: Target) -> SFTP:
+    return SFTP(target)

@@ -1,0 +1,152 @@
+"""Webhooks: the export POSTed to a URL, optionally as several requests of at most N events or about
+M bytes, each a valid document on its own.
+
+Each request's body is spooled to a temporary file while the export runs (memory stays bounded
+whatever its size), then the requests are sent in order once the export is complete, so each can
+carry X-Batch-Index / X-Batch-Count and be retried on its own. A receiver verifies
+`X-Signature: sha256=HEX` as HMAC-SHA256(secret, f"{X-Signature-Timestamp}." + body).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import tempfile
+import time
+from email.utils import parsedate_to_datetime
+from typing import BinaryIO, Iterator
+
+import httpx
+
+from ..errors import Rejected, Upload
+from ..models import ExportFormat, WebhookDestination as WebhookSpec
+from . import Destination, Target, redact
+
+READ_SIZE = 1 << 20
+CONTENT_ENCODINGS = {"gzip": "gzip", "zstd": "zstd", "lz4": "x-lz4", "snappy": "x-snappy-framed"}
+RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+
+
+class SpooledBody:
+    """One request body written to a temporary file; its size and signature are known at commit."""
+
+    def __init__(self, folder: str, secret: bytes | None) -> None:
+        self.file: BinaryIO = tempfile.TemporaryFile(dir=folder)
+        self.size = 0
+        self.timestamp = str(int(time.time()))
+        self.mac = hmac.new(secret, f"{self.timestamp}.".encode(), hashlib.sha256) if secret else None
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.size += len(data)
+        if self.mac is not None:
+            self.mac.update(data)
+        return self.file.write(data)
+
+    def commit(self) -> str:
+        self.file.flush()
+        return f"spool:{id(self)}"
+
+    def abort(self) -> None:
+        self.file.close()
+
+    def chunks(self) -> Iterator[bytes]:
+        self.file.seek(0)
+        while chunk := self.file.read(READ_SIZE):
+            yield chunk
+
+
+class Webhook(Destination):
+    manifest = False
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.spec: WebhookSpec = target.request.destination
+        self.secret = target.secrets.get("signing_secret", "").encode() or None
+        folder = target.settings.data_dir / "spool"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = str(folder)
+        self.bodies: dict[str, SpooledBody] = {}
+
+    def open(self, name: str) -> SpooledBody:
+        body = SpooledBody(self.folder, self.secret)
+        self.bodies[f"spool:{id(body)}"] = body
+        return body
+
+    def remove(self, uri: str) -> None:
+        body = self.bodies.pop(uri, None)
+        if body is not None:
+            body.abort()
+
+    def finish(self, uris: list[str]) -> str:
+        """Send every body, in order; a receiver may see a retried batch twice (same X-Batch-Index)."""
+        request = self.target.request
+        headers = {**self.spec.headers, "Content-Type": request.format.content_type, "X-Export-Id": request.id,
+                   "X-Batch-Count": str(len(uris))}
+        if request.compression and request.format not in (ExportFormat.PARQUET, ExportFormat.AVRO):
+            headers["Content-Encoding"] = CONTENT_ENCODINGS[request.compression.value]
+        if self.target.secrets.get("authorization"):
+            headers["Authorization"] = self.target.secrets["authorization"]
+        timeout = self.target.settings.export.upload_timeout_seconds
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            for index, uri in enumerate(uris, start=1):
+                body = self.bodies[uri]
+                batch = {**headers, "X-Batch-Index": str(index), "Content-Length": str(body.size)}
+                if body.mac is not None:
+                    batch["X-Signature-Timestamp"] = body.timestamp
+                    batch["X-Signature"] = f"sha256={body.mac.hexdigest()}"
+                self.send(client, body, batch, index, len(uris))
+        return self.spec.url
+
+    def send(self, client: httpx.Client, body: SpooledBody, headers: dict, index: int, count: int) -> None:
+        """POST one body, retrying transient failures with exponential backoff and jitter."""
+        config = self.target.settings.export
+        where = f"webhook {redact(self.spec.url, self.target.secrets)} (batch {index} of {count})"
+        for attempt in range(config.upload_retries + 1):
+            wait = config.upload_backoff_seconds * 2 ** attempt * random.uniform(0.5, 1.5)
+            try:
+                response = client.post(self.spec.url, content=body.chunks(), headers=headers)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}"
+            else:
+                if response.status_code < 300:
+                    return
+                problem = f"HTTP {response.status_code}"
+                if response.status_code not in RETRY_STATUSES:
+                    raise Rejected(f"{where} answered {problem}: {permanent_hint(response.status_code)}")
+                wait = max(wait, retry_after(response))
+            if attempt < config.upload_retries:
+                time.sleep(min(wait, 60))
+        raise Upload(f"{where} failed after {config.upload_retries + 1} attempts: {problem}")
+
+    def close(self) -> None:
+        for body in self.bodies.values():
+            body.abort()
+        self.bodies.clear()
+
+
+def retry_after(response: httpx.Response) -> float:
+    """Seconds a 429/503 asks to wait (delta seconds or an HTTP date); 0 when absent."""
+    value = response.headers.get("Retry-After", "")
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def permanent_hint(status: int) -> str:
+    if status in (401, 403):
+        return "the receiver refused the credentials; check the connection's authorization or signing_secret"
+    if status in (404, 405, 410):
+        return "check the webhook url"
+    if status == 413:
+        return "the body is too large for the receiver; set batch_max_bytes or batch_max_events"
+    if 300 <= status < 400:
+        return "redirects are not followed; use the final url"
+    return "the receiver rejected the request; see its logs"
+
+
+def build(target: Target) -> Webhook:
+    return Webhook(target)

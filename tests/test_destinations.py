@@ -1,0 +1,369 @@
+"""Remote destinations end to end: exports through the API to real servers on 127.0.0.1 (moto S3,
+Azurite, the GCS emulator, an asyncssh SFTP server, a webhook receiver made here), read back with
+each service's official client and compared byte for byte with a download export of the same request."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import io
+import json
+import threading
+import time
+
+import asyncssh
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import with_demo_events
+from faults import Drop, FaultyProxy, Respond, when
+from helpers import decompress
+from servers import azurite, gcs_server, s3_server, sftp_server  # noqa: F401  (fixtures)
+from service import Service, cli, wait_for
+
+WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
+EVENTS = 20_000
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, gcs_server):
+    data = with_demo_events(tmp_path_factory.mktemp("dest"), EVENTS)
+    env = {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]', "STORAGE_EMULATOR_HOST": gcs_server.endpoint,
+           "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "2", "ANALYTICS_EXPORT_EXPORT__UPLOAD_BACKOFF_SECONDS": "0.05",
+           "ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "1", "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "50"}
+    svc = Service(data, 2, env)
+    svc.data = data
+    svc.key = cli(data, "keys", "create", "--project", "default")
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with service.client(service.key) as c:
+        yield c
+
+
+def connect(client, name: str, type: str, **secrets: str) -> str:
+    response = client.post("/api/connections", json={"name": name, "type": type, "secrets": secrets})
+    assert response.status_code in (201, 409), response.text
+    return name
+
+
+def run(client, destination: dict, status: str = "completed", **request) -> dict:
+    body = {**WINDOW, "format": "json_lines", **request, "destination": destination}
+    created = client.post("/api/exports", json=body)
+    assert created.status_code == 202, created.text
+    if status == "failed":
+        deadline = time.monotonic() + 60
+        while (view := client.get(f"/api/exports/{created.json()['request']['id']}").json())["status"] != "failed":
+            assert view["status"] != "completed" and time.monotonic() < deadline, view
+            time.sleep(0.05)
+        return view
+    return wait_for(client, created.json()["request"]["id"], status)
+
+
+def downloaded(client, **request) -> bytes:
+    view = run(client, {"type": "download"}, **request)
+    return client.get(view["result"]["download_url"]).content
+
+
+def s3_connection(client, s3) -> str:
+    return connect(client, "s3", "s3", access_key_id=s3.access_key, secret_access_key=s3.secret_key)
+
+
+def pending_uploads(s3, bucket: str) -> list:
+    return s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def keys(s3, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+# -- S3 -------------------------------------------------------------------------------------------
+
+def test_s3_object_matches_the_download(client, s3_server):
+    bucket = s3_server.make_bucket("exports-same")
+    request = {"format": "csv", "compression": "zstd", "properties": ["plan", "price"]}
+    destination = {"type": "s3", "bucket": bucket, "endpoint_url": s3_server.endpoint, "region": "us-east-1",
+                   "connection": s3_connection(client, s3_server), "prefix": "team/",
+                   "path_template": "year={year}/month={month}/day={day}", "server_side_encryption": "AES256"}
+    view = run(client, destination, **request)
+    key = f"team/year=2026/month=08/day=01/export_{view['request']['id']}_20260801_to_20261101.csv.zst"
+    assert view["result"]["destination_path"] == f"s3://{bucket}/{key}"
+    assert view["result"]["download_url"] is None and view["result"]["expires_at"] is None
+    got = s3_server.client().get_object(Bucket=bucket, Key=key)
+    assert got["ServerSideEncryption"] == "AES256"
+    body = got["Body"].read()
+    assert body == downloaded(client, **request)
+    assert decompress(body, "zstd").startswith(b"event,distinct_id,timestamp,plan,price\r\n")
+    assert keys(s3_server, bucket) == [key] and not pending_uploads(s3_server, bucket)
+
+
+def test_s3_split_parts_and_manifest(client, s3_server):
+    bucket = s3_server.make_bucket("exports-split")
+    destination = {"type": "s3", "bucket": bucket, "endpoint_url": s3_server.endpoint,
+                   "connection": s3_connection(client, s3_server), "max_events_per_file": 6_000}
+    view = run(client, destination, format="parquet")
+    manifest_key = view["result"]["destination_path"].removeprefix(f"s3://{bucket}/")
+    assert manifest_key.endswith(".manifest.json")
+    manifest = json.loads(s3_server.client().get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    total = view["result"]["total_events"]
+    assert manifest["total_events"] == total > 6_000
+    assert [f["events"] for f in manifest["files"]] == [6_000] * (total // 6_000) + ([total % 6_000] if total % 6_000 else [])
+    rows = 0
+    for n, entry in enumerate(manifest["files"], start=1):
+        assert entry["name"].endswith(f".part-{n:05d}.parquet")
+        data = s3_server.client().get_object(Bucket=bucket, Key=entry["uri"].removeprefix(f"s3://{bucket}/"))["Body"].read()
+        assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+        rows += pq.read_table(io.BytesIO(data)).num_rows  # every part is a whole Parquet file
+    assert rows == total and sorted(keys(s3_server, bucket)) == sorted(
+        [manifest_key] + [f["uri"].removeprefix(f"s3://{bucket}/") for f in manifest["files"]])
+
+
+def test_s3_split_by_size(client, s3_server):
+    bucket = s3_server.make_bucket("exports-size")
+    destination = {"type": "s3", "bucket": bucket, "endpoint_url": s3_server.endpoint,
+                   "connection": s3_connection(client, s3_server), "max_file_size_mb": 1}
+    view = run(client, destination)
+    manifest = json.loads(s3_server.client().get_object(
+        Bucket=bucket, Key=view["result"]["destination_path"].removeprefix(f"s3://{bucket}/"))["Body"].read())
+    sizes = [f["bytes"] for f in manifest["files"]]
+    assert len(sizes) > 3 and max(sizes) <= 1.1 * (1 << 20) and sum(sizes) == view["result"]["file_size"]
+
+
+def test_s3_retries_a_failed_part_and_a_dropped_connection(client, s3_server):
+    bucket = s3_server.make_bucket("exports-flaky")
+    # the part upload's connection is dropped once, and the completion (2nd POST) answers 500 once
+    faults = lambda m, p, n: Drop() if (m, n) == ("PUT", 1) else Respond(500) if (m, n) == ("POST", 2) else None  # noqa: E731
+    with FaultyProxy(s3_server.endpoint, faults) as proxy:
+        destination = {"type": "s3", "bucket": bucket, "endpoint_url": proxy.url,
+                       "connection": s3_connection(client, s3_server)}
+        view = run(client, destination, format="json")
+        statuses = [(m, status) for m, _, status in proxy.log]
+        assert ("PUT", None) in statuses and ("POST", 500) in statuses
+    key = view["result"]["destination_path"].removeprefix(f"s3://{bucket}/")
+    assert s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read() == downloaded(client, format="json")
+    assert not pending_uploads(s3_server, bucket)
+
+
+def test_s3_persistent_failure_leaves_nothing(client, s3_server):
+    bucket = s3_server.make_bucket("exports-broken")
+    # part 1 of the export completes; every upload of part 2 answers 503: part 1 must be taken back
+    with FaultyProxy(s3_server.endpoint, when("PUT", "part-00002", Respond(503), nth=range(1, 99))) as proxy:
+        destination = {"type": "s3", "bucket": bucket, "endpoint_url": proxy.url,
+                       "connection": s3_connection(client, s3_server), "max_events_per_file": 8_000}
+        view = run(client, destination, status="failed", format="json")
+    assert "failed after retries" in view["result"]["error"]
+    assert keys(s3_server, bucket) == [] and not pending_uploads(s3_server, bucket)
+
+
+def test_s3_permanent_errors_say_what_to_fix(client, s3_server):
+    destination = {"type": "s3", "bucket": "no-such-bucket", "endpoint_url": s3_server.endpoint,
+                   "connection": s3_connection(client, s3_server)}
+    view = run(client, destination, status="failed")
+    assert "does not exist" in view["result"]["error"]
+    bad = connect(client, "s3-bad", "s3", access_key_id="AKIAWRONG", secret_access_key="wrong-secret-value")
+    bucket = s3_server.make_bucket("exports-denied")
+    with FaultyProxy(s3_server.endpoint, when("PUT", "", Respond(403), nth=range(1, 99))) as proxy:
+        view = run(client, {"type": "s3", "bucket": bucket, "endpoint_url": proxy.url, "connection": bad},
+                   status="failed")
+    assert "check the connection's credentials" in view["result"]["error"]
+
+
+# -- Azure, GCS, SFTP -----------------------------------------------------------------------------
+
+def test_azure_blob_matches_the_download(client, azurite):
+    container = azurite.make_container("exports")
+    conn = connect(client, "az", "azure", account_name=azurite.account_name, account_key=azurite.account_key)
+    request = {"format": "json", "compression": "gzip", "events": ["$pageview"]}
+    view = run(client, {"type": "azure", "container": container, "account_url": azurite.account_url,
+                        "connection": conn, "prefix": "raw"}, **request)
+    name = f"raw/export_{view['request']['id']}_20260801_to_20261101.json.gz"
+    assert view["result"]["destination_path"] == f"az://{container}/{name}"
+    with azurite.client() as service:
+        blob = service.get_blob_client(container, name)
+        assert blob.download_blob().readall() == downloaded(client, **request)
+        assert [b.name for b in service.get_container_client(container).list_blobs()] == [name]
+
+
+def test_azure_failure_leaves_no_blob(client, azurite):
+    container = azurite.make_container("exports-broken")
+    conn = connect(client, "az", "azure", account_name=azurite.account_name, account_key=azurite.account_key)
+    url = azurite.account_url
+    with FaultyProxy(url.rsplit("/", 1)[0], when("PUT", "comp=blocklist", Respond(500), nth=range(1, 99))) as proxy:
+        view = run(client, {"type": "azure", "container": container, "connection": conn,
+                            "account_url": f"{proxy.url}/{azurite.account_name}"}, status="failed")
+    assert view["result"]["error"]
+    with azurite.client() as service:
+        assert list(service.get_container_client(container).list_blobs()) == []
+
+
+def test_gcs_object_matches_the_download(client, gcs_server):
+    bucket = gcs_server.make_bucket("exports-gcs")
+    request = {"format": "parquet", "compression": "zstd"}  # Avro is not comparable: its sync marker is random
+    view = run(client, {"type": "gcs", "bucket": bucket, "prefix": "pq"}, **request)
+    name = f"pq/export_{view['request']['id']}_20260801_to_20261101.parquet"
+    assert view["result"]["destination_path"] == f"gs://{bucket}/{name}"
+    assert gcs_server.client().bucket(bucket).blob(name).download_as_bytes() == downloaded(client, **request)
+
+
+def test_sftp_file_matches_the_download(client, sftp_server):
+    conn = connect(client, "sftp-key", "sftp", private_key=sftp_server.client_key_pem,
+                   known_hosts=sftp_server.known_hosts_line)
+    request = {"format": "json_lines", "compression": "lz4"}
+    view = run(client, {"type": "sftp", "host": sftp_server.host, "port": sftp_server.port, "connection": conn,
+                        "username": sftp_server.username, "path": "/drop", "path_template": "{format}"}, **request)
+    path = sftp_server.root / "drop" / "json_lines" / f"export_{view['request']['id']}_20260801_to_20261101.jsonl.lz4"
+    assert path.read_bytes() == downloaded(client, **request)
+    assert not list(sftp_server.root.rglob("*.partial"))
+
+
+def test_sftp_refuses_an_unknown_host_key_and_a_bad_password(client, sftp_server):
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().split()
+    wrong = connect(client, "sftp-wrong-host", "sftp", password=sftp_server.password,
+                    known_hosts=f"[{sftp_server.host}]:{sftp_server.port} {other[0]} {other[1]}")
+    destination = {"type": "sftp", "host": sftp_server.host, "port": sftp_server.port,
+                   "username": sftp_server.username, "path": "/refused"}
+    assert "host key" in run(client, {**destination, "connection": wrong}, status="failed")["result"]["error"]
+    bad = connect(client, "sftp-bad-password", "sftp", password="not-the-password",
+                  known_hosts=sftp_server.known_hosts_line)
+    error = run(client, {**destination, "connection": bad}, status="failed")["result"]["error"]
+    assert "refused the login" in error and "not-the-password" not in error
+    assert not (sftp_server.root / "refused").exists() or not list((sftp_server.root / "refused").iterdir())
+
+
+# -- webhook --------------------------------------------------------------------------------------
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """Records each POST (headers, body); fails the first `fail` requests with 503 + Retry-After."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.requests: list[tuple[dict, bytes]] = []
+        self.fail = fail
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if server.fail > 0:
+                    server.fail -= 1
+                    self.send_response(503)
+                    self.send_header("Retry-After", "0")
+                else:
+                    server.requests.append((dict(self.headers), body))
+                    self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+def verify(secret: bytes, headers: dict, body: bytes) -> bool:
+    """What a receiver does: HMAC-SHA256 over `timestamp.` + body, compared in constant time."""
+    expected = hmac.new(secret, headers["X-Signature-Timestamp"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(headers["X-Signature"], f"sha256={expected}")
+
+
+def test_webhook_batches_are_signed_valid_documents(client):
+    receiver = Receiver(fail=1)
+    conn = connect(client, "hook", "webhook", signing_secret="hook-secret", authorization="Bearer hook-token")
+    request = {"format": "json", "events": ["$pageview"]}
+    view = run(client, {"type": "webhook", "url": receiver.url, "connection": conn, "batch_max_events": 2_000,
+                        "headers": {"X-Team": "growth"}}, **request)
+    receiver.shutdown()
+    total = view["result"]["total_events"]
+    count = -(-total // 2_000)
+    assert len(receiver.requests) == count > 1 and view["result"]["destination_path"] == receiver.url
+    events = []
+    for index, (headers, body) in enumerate(receiver.requests, start=1):
+        assert headers["X-Batch-Index"] == str(index) and headers["X-Batch-Count"] == str(count)
+        assert headers["X-Export-Id"] == view["request"]["id"] and headers["X-Team"] == "growth"
+        assert headers["Authorization"] == "Bearer hook-token" and headers["Content-Type"] == "application/json"
+        assert verify(b"hook-secret", headers, body) and not verify(b"other", headers, body)
+        events += json.loads(body)  # each batch is a whole JSON document
+    assert json.dumps(events).encode() == json.dumps(json.loads(downloaded(client, **request))).encode()
+
+
+def test_webhook_compressed_body_carries_content_encoding(client):
+    receiver = Receiver()
+    view = run(client, {"type": "webhook", "url": receiver.url}, compression="gzip")
+    receiver.shutdown()
+    (headers, body), = receiver.requests
+    assert headers["Content-Encoding"] == "gzip" and headers["Content-Type"] == "application/x-ndjson"
+    assert "X-Signature" not in headers
+    assert len(decompress(body, "gzip").splitlines()) == view["result"]["total_events"]
+
+
+def test_webhook_permanent_error_fails_fast(client):
+    with FaultyProxy("http://127.0.0.1:9", when("POST", "/", Respond(404), nth=range(1, 99))) as proxy:
+        view = run(client, {"type": "webhook", "url": f"{proxy.url}/hook"}, status="failed")
+    assert "answered HTTP 404" in view["result"]["error"] and "check the webhook url" in view["result"]["error"]
+    assert len(proxy.log) == 1
+
+
+# -- security -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://10.1.2.3/hook",
+                                 "http://192.168.0.1/hook", "http://[::1]/hook", "http://0.0.0.0/hook"])
+def test_webhook_ssrf_targets_are_refused(client, url):
+    response = client.post("/api/exports", json={**WINDOW, "destination": {"type": "webhook", "url": url}})
+    assert response.status_code == 422 and "ANALYTICS_EXPORT_DESTINATION_ALLOW" in response.json()["detail"]
+
+
+def test_loopback_is_refused_without_an_allow_list(tmp_path):
+    svc = Service(tmp_path)
+    try:
+        with svc.client(cli(tmp_path, "keys", "create", "--project", "p")) as c:
+            for destination in ({"type": "webhook", "url": "http://127.0.0.1:8080/hook"},
+                                {"type": "webhook", "url": "http://localhost:8080/hook"},
+                                {"type": "s3", "bucket": "bkt", "endpoint_url": "http://localhost:9000"},
+                                {"type": "sftp", "host": "127.0.0.1", "username": "u"}):
+                response = c.post("/api/exports", json={**WINDOW, "destination": destination})
+                assert response.status_code == 422, (destination, response.text)
+                assert "loopback" in response.json()["detail"]
+    finally:
+        svc.close()
+
+
+def test_connections_never_show_secrets(client, service, s3_server):
+    secret = "very-secret-value-123"
+    created = client.post("/api/connections", json={"name": "shown", "type": "s3", "secrets": {
+        "access_key_id": "AKIASHOWN", "secret_access_key": secret}})
+    assert created.status_code == 201 and secret not in created.text
+    assert created.json()["fields"] == ["access_key_id", "secret_access_key"]
+    assert secret not in client.get("/api/connections").text
+    dup = client.post("/api/connections", json={"name": "shown", "type": "s3", "secrets": {
+        "access_key_id": "x", "secret_access_key": "y"}})
+    assert dup.status_code == 409
+    bad = client.post("/api/connections", json={"name": "x", "type": "s3", "secrets": {"password": "p"}})
+    assert bad.status_code == 422 and "not a s3 field" in bad.json()["detail"] and "p\"" not in bad.text
+    view = run(client, {"type": "s3", "bucket": "no-such-bucket", "endpoint_url": s3_server.endpoint,
+                        "connection": "shown"}, status="failed")
+    assert secret not in json.dumps(view) and secret not in client.get("/api/exports?limit=1000").text
+    missing = client.post("/api/exports", json={**WINDOW, "destination": {"type": "s3", "bucket": "bkt",
+                                                                         "connection": "nope"}})
+    assert missing.status_code == 422 and "POST /api/connections" in missing.json()["detail"]
+    wrong_type = client.post("/api/exports", json={**WINDOW, "destination": {"type": "gcs", "bucket": "bkt",
+                                                                            "connection": "shown"}})
+    assert wrong_type.status_code == 422 and "is a s3 connection" in wrong_type.json()["detail"]
+    assert client.delete("/api/connections/shown").status_code == 204
+    assert client.delete("/api/connections/shown").status_code == 404
+
+
+def test_no_secret_reaches_the_logs(client, service, s3_server, sftp_server, azurite):
+    """Runs last in this module: every secret any test above stored is absent from the service's log."""
+    logs = service.logs()
+    assert "claimed" in logs  # the log is the service's, and it is not empty
+    for secret in (s3_server.secret_key, azurite.account_key, sftp_server.client_key_pem.splitlines()[1],
+                   "hook-secret", "hook-token", "very-secret-value-123", "not-the-password", "wrong-secret-value"):
+        assert secret not in logs
