@@ -22,7 +22,9 @@ WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     data = with_demo_events(tmp_path_factory.mktemp("svc"), 30_000)
-    svc = Service(data)
+    svc = Service(data, 1, {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]',
+                            "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "0",
+                            "ANALYTICS_EXPORT_EXPORT__RETRY_BACKOFF_SECONDS": "0.1"})
     svc.data = data
     svc.key = cli(data, "keys", "create", "--project", "default")
     svc.other_key = cli(data, "keys", "create", "--project", "other")
@@ -107,9 +109,10 @@ def test_delete_and_retry(service):
         assert c.post(f"/api/exports/{export_id}/retry").status_code == 409
         assert c.delete(f"/api/exports/{export_id}").status_code == 204
         assert not path.exists() and c.get(f"/api/exports/{export_id}").status_code == 404
-        bad = c.post("/api/exports", json={**WINDOW, "format": "csv", "destination": {"type": "s3", "bucket": "b"}})
+        closed = {"type": "webhook", "url": "http://127.0.0.1:9/nobody-listens"}
+        bad = c.post("/api/exports", json={**WINDOW, "format": "csv", "destination": closed})
         failed = wait_for(c, bad.json()["request"]["id"], "failed")
-        assert "not available" in failed["result"]["error"]
+        assert "ConnectError" in failed["result"]["error"]
         assert c.post(f"/api/exports/{failed['request']['id']}/retry").status_code == 202
 
 

@@ -192,9 +192,9 @@ def test_azure_failure_leaves_no_blob(client, azurite):
     container = azurite.make_container("exports-broken")
     conn = connect(client, "az", "azure", account_name=azurite.account_name, account_key=azurite.account_key)
     url = azurite.account_url
-    with FaultyProxy(url.rsplit("/", 1)[0], when("PUT", "comp=blocklist", Respond(500), nth=range(1, 99))) as proxy:
+    with FaultyProxy(url, when("PUT", "comp=blocklist", Respond(500), nth=range(1, 99))) as proxy:
         view = run(client, {"type": "azure", "container": container, "connection": conn,
-                            "account_url": f"{proxy.url}/{azurite.account_name}"}, status="failed")
+                            "account_url": proxy.url}, status="failed")
     assert view["result"]["error"]
     with azurite.client() as service:
         assert list(service.get_container_client(container).list_blobs()) == []
@@ -207,6 +207,33 @@ def test_gcs_object_matches_the_download(client, gcs_server):
     name = f"pq/export_{view['request']['id']}_20260801_to_20261101.parquet"
     assert view["result"]["destination_path"] == f"gs://{bucket}/{name}"
     assert gcs_server.client().bucket(bucket).blob(name).download_as_bytes() == downloaded(client, **request)
+
+
+def test_gcs_retries_a_failed_chunk_and_leaves_nothing_when_it_keeps_failing(client, gcs_server):
+    bucket = gcs_server.make_bucket("exports-gcs-flaky")
+    # the 2nd request, the first chunk PUT of the resumable session, answers 503 once
+    with FaultyProxy(gcs_server.endpoint, when("PUT", "/upload/", Respond(503), nth={1})) as proxy:
+        view = run(client, {"type": "gcs", "bucket": bucket, "endpoint_url": proxy.url}, format="json")
+        assert ("PUT", 503) in [(m, status) for m, _, status in proxy.log]
+    name = view["result"]["destination_path"].removeprefix(f"gs://{bucket}/")
+    assert gcs_server.client().bucket(bucket).blob(name).download_as_bytes() == downloaded(client, format="json")
+    with FaultyProxy(gcs_server.endpoint, when("PUT", "/upload/", Respond(500), nth=range(1, 99))) as proxy:
+        view = run(client, {"type": "gcs", "bucket": bucket, "endpoint_url": proxy.url, "prefix": "broken"},
+                   status="failed", format="json")
+    assert "failed" in view["result"]["error"]
+    assert [b.name for b in gcs_server.client().list_blobs(bucket)] == [name]
+
+
+def test_azure_retries_a_failed_block(client, azurite):
+    container = azurite.make_container("exports-flaky")
+    conn = connect(client, "az", "azure", account_name=azurite.account_name, account_key=azurite.account_key)
+    with FaultyProxy(azurite.account_url, when("PUT", "comp=block", Respond(500), nth={1})) as proxy:
+        view = run(client, {"type": "azure", "container": container, "connection": conn,
+                            "account_url": proxy.url}, format="csv")
+        assert ("PUT", 500) in [(m, status) for m, _, status in proxy.log]
+    name = view["result"]["destination_path"].removeprefix(f"az://{container}/")
+    with azurite.client() as service:
+        assert service.get_blob_client(container, name).download_blob().readall() == downloaded(client, format="csv")
 
 
 def test_sftp_file_matches_the_download(client, sftp_server):

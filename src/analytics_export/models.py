@@ -237,6 +237,7 @@ class S3Destination(FileLayout):
 class GCSDestination(FileLayout):
     type: Literal["gcs"] = "gcs"
     bucket: str = Field(min_length=3, max_length=222)
+    endpoint_url: str | None = Field(None, description="API endpoint; default Google's, or STORAGE_EMULATOR_HOST")
 
 
 class AzureDestination(FileLayout):

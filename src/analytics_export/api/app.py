@@ -210,7 +210,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         if job.status in (ExportStatus.PENDING, ExportStatus.PROCESSING):
             jobs.request_cancel(project, export_id)
         else:
-            if job.destination_path:
+            if job.destination_path and job.request.destination.type == "download":  # remote files are the user's
                 Path(job.destination_path).unlink(missing_ok=True)
             jobs.delete(project, export_id)
         return Response(status_code=204)

@@ -47,19 +47,22 @@ class GCS(Destination):
         self.target = target
         self.spec: GCSSpec = target.request.destination
         config = target.settings.export
-        self.retry = DEFAULT_RETRY.with_delay(initial=max(config.upload_backoff_seconds, 0.01), multiplier=2,
-                                              maximum=30).with_timeout(config.upload_timeout_seconds * 4)
+        backoff = max(config.upload_backoff_seconds, 0.01)  # google's retries are bounded by time, not count:
+        deadline = backoff * 2 ** (config.upload_retries + 1) + 5  # about upload_retries doubling waits
+        self.retry = DEFAULT_RETRY.with_delay(initial=backoff, multiplier=2, maximum=30).with_timeout(deadline)
         self.client = self.guard(self._client)
         self.bucket = self.client.bucket(self.spec.bucket)
 
     def _client(self) -> storage.Client:
+        options = {"api_endpoint": self.spec.endpoint_url} if self.spec.endpoint_url else None
         if self.target.secrets.get("service_account_json"):
             info = json.loads(self.target.secrets["service_account_json"])
             credentials = service_account.Credentials.from_service_account_info(info)
-            return storage.Client(project=info.get("project_id"), credentials=credentials)
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
-            return storage.Client(project="analytics-export", credentials=AnonymousCredentials())
-        return storage.Client()  # application default credentials from the environment
+            return storage.Client(project=info.get("project_id"), credentials=credentials, client_options=options)
+        if os.environ.get("STORAGE_EMULATOR_HOST"):  # an emulator needs no credentials
+            return storage.Client(project="analytics-export", credentials=AnonymousCredentials(),
+                                  client_options=options)
+        return storage.Client(client_options=options)  # application default credentials from the environment
 
     def guard(self, call):
         """Run a client call; errors become Rejected (fix something) or Upload (retry the export)."""
