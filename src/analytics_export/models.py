@@ -21,7 +21,10 @@ def utc(value: datetime | date) -> datetime:
         value = datetime.combine(value, time.min)
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
 
 
 def describe_errors(errors: list[dict], skip: tuple[str, ...] = ()) -> str:

@@ -23,7 +23,7 @@ from ..connections import ConnectionCreate, ConnectionView, Sealer
 from ..destinations.guard import check_destination
 from ..errors import Invalid, Storage
 from ..ingest import ingest_file
-from ..jobs.store import Job, JobStore
+from ..jobs.store import Job, JobStore, aware
 from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
 
 bearer = HTTPBearer(auto_error=False)
@@ -127,7 +127,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                                      f"not {destination.type}")
 
     def connection_view(row: Any) -> ConnectionView:
-        return ConnectionView(name=row.name, type=row.type, fields=row.fields, created_at=row.created_at)
+        return ConnectionView(name=row.name, type=row.type, fields=row.fields, created_at=aware(row.created_at))
 
     @app.post("/api/connections", status_code=201, response_model=ConnectionView, responses=problems(409))
     def create_connection(body: ConnectionCreate, project: Project) -> ConnectionView:
