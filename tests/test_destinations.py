@@ -16,6 +16,7 @@ import asyncssh
 import pyarrow.parquet as pq
 import pytest
 
+from analytics_export import export
 from conftest import with_demo_events
 from faults import Drop, FaultyProxy, Respond, when
 from helpers import decompress
@@ -394,3 +395,23 @@ def test_no_secret_reaches_the_logs(client, service, s3_server, sftp_server, azu
     for secret in (s3_server.secret_key, azurite.account_key, sftp_server.client_key_pem.splitlines()[1],
                    "hook-secret", "hook-token", "very-secret-value-123", "not-the-password", "wrong-secret-value"):
         assert secret not in logs
+
+
+def test_cli_and_library_deliver_remotely(s3_server, sftp_server, demo_settings):
+    bucket = s3_server.make_bucket("exports-cli")
+    to = json.dumps({"type": "s3", "bucket": bucket, "endpoint_url": s3_server.endpoint, "prefix": "cli"})
+    env = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+           "AWS_REGION": s3_server.region}  # credentials from the environment, as the AWS tools take them
+    summary = json.loads(cli(demo_settings.data_dir, "export", "-f", "csv", "--start", "2026-10-01",
+                             "--end", "2026-11-01", "--to", to, env=env))
+    key = summary["path"].removeprefix(f"s3://{bucket}/")
+    assert key.startswith("cli/export_") and key.endswith(".csv")
+    body = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert body.count(b"\r\n") == summary["total_events"] + 1 > 1
+    result = export(settings=demo_settings, start_date="2026-10-01", end_date="2026-11-01", format="json_lines",
+                    destination={"type": "sftp", "host": sftp_server.host, "port": sftp_server.port,
+                                 "username": sftp_server.username, "path": "lib"},
+                    secrets={"password": sftp_server.password, "known_hosts": sftp_server.known_hosts_line})
+    assert result.destination_path.startswith(f"sftp://{sftp_server.host}:{sftp_server.port}/~/lib/")
+    lines = (sftp_server.root / "lib" / result.destination_path.rsplit("/", 1)[1]).read_bytes().splitlines()
+    assert len(lines) == result.total_events == summary["total_events"]

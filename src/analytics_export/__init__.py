@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Settings
+from .destinations import Target, destination_for
 from .destinations.local import LocalDestination
 from .models import Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus
 from .pipeline import Progress, run_export
@@ -33,23 +34,31 @@ def export(
     output: str | Path | None = None,
     output_dir: str | Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    secrets: dict[str, str] | None = None,
     **fields: Any,
 ) -> ExportResult:
     """Run one export in this process and return its result.
 
-    Pass an ExportRequest, or its fields as keyword arguments. The file goes to `output` exactly,
-    or to `output_dir` (default: the data dir's `exports/`) under the export's standard name.
+    Pass an ExportRequest, or its fields as keyword arguments. A download goes to `output` exactly,
+    or to `output_dir` (default: the data dir's `exports/`) under the export's standard name; any
+    other `destination` gets its credentials from `secrets` (a connection's fields) or the environment.
     """
     settings = settings or Settings()
     request = request or ExportRequest.model_validate(fields)
-    destination = LocalDestination(Path(output_dir) if output_dir else settings.export_dir,
-                                   Path(output) if output else None)
-    store = open_store(settings)
+    if request.destination.type == "download":
+        destination = LocalDestination(Path(output_dir) if output_dir else settings.export_dir,
+                                       Path(output) if output else None)
+    else:
+        destination = destination_for(Target(request, settings.project, settings, secrets or {}))
     try:
-        return run_export(request, store, destination, project=settings.project,
-                          batch_size=settings.export.batch_size, on_progress=on_progress)
+        store = open_store(settings)
+        try:
+            return run_export(request, store, destination, project=settings.project,
+                              batch_size=settings.export.batch_size, on_progress=on_progress)
+        finally:
+            store.close()
     finally:
-        store.close()
+        destination.close()
 
 
 __all__ = [

@@ -24,6 +24,7 @@ from . import demo as demo_data
 from . import logs
 from . import open_store
 from .config import Settings
+from .destinations import Target, destination_for
 from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid
 from .ingest import ingest_file
@@ -105,27 +106,37 @@ def export(
     filter: List[str] = typer.Option([], "--filter", help="'PROPERTY OPERATOR [VALUE]' (repeatable, all must match)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write exactly this file"),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write the standard file name here [default DATA_DIR/exports]"),
+    to: Optional[str] = typer.Option(None, "--to", help="""Remote destination as JSON, e.g. '{"type": "s3", "bucket": "lake"}'; credentials from the environment"""),
 ) -> None:
-    """Export events in [start, end) to one file; prints a JSON summary line when done."""
+    """Export events in [start, end) to a file or a remote destination; prints a JSON summary line when done."""
     settings: Settings = ctx.obj
     try:
         request = ExportRequest(
             format=ExportFormat.parse(format), start_date=start, end_date=end, compression=compression,
             events=event, properties=property or None, filters=[parse_filter(f) for f in filter],
+            destination=json.loads(to) if to else {"type": "download"},
         )
+    except json.JSONDecodeError as exc:
+        fail(f"--to is not JSON: {exc}")
     except (ValueError, Invalid) as exc:  # ValidationError is a ValueError
         fail(describe_errors(exc.errors()) if isinstance(exc, ValidationError) else str(exc))
-    if output and output_dir:
-        fail("give --output or --output-dir, not both")
-    destination = LocalDestination(output_dir or settings.export_dir, output)
+    if sum(x is not None for x in (output, output_dir, to)) > 1:
+        fail("give one of --output, --output-dir and --to")
     with exit_on_error():
-        store = open_store(settings)
+        if to:
+            destination = destination_for(Target(request, settings.project, settings))
+        else:
+            destination = LocalDestination(output_dir or settings.export_dir, output)
         try:
-            with ProgressDisplay(store, request, settings.project) as on_progress:
-                result = run_export(request, store, destination, project=settings.project,
-                                    batch_size=settings.export.batch_size, on_progress=on_progress)
+            store = open_store(settings)
+            try:
+                with ProgressDisplay(store, request, settings.project) as on_progress:
+                    result = run_export(request, store, destination, project=settings.project,
+                                        batch_size=settings.export.batch_size, on_progress=on_progress)
+            finally:
+                store.close()
         finally:
-            store.close()
+            destination.close()
     summary = {"id": result.export_id, "total_events": result.total_events, "file_size": result.file_size,
                "path": result.destination_path}
     typer.echo(json.dumps(summary))
