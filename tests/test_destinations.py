@@ -9,6 +9,7 @@ import hmac
 import http.server
 import io
 import json
+import socket
 import threading
 import time
 
@@ -225,6 +226,45 @@ def test_gcs_retries_a_failed_chunk_and_leaves_nothing_when_it_keeps_failing(cli
     assert [b.name for b in gcs_server.client().list_blobs(bucket)] == [name]
 
 
+def test_gcs_service_account_connection(client, gcs_server):
+    """The connection's service account signs a JWT, trades it for a token at its token_uri (a server
+    made here), and the upload carries that token."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    grants: list[bytes] = []
+
+    class TokenHandler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            grants.append(self.rfile.read(int(self.headers["Content-Length"])))
+            body = json.dumps({"access_token": "token-from-test", "expires_in": 3600, "token_type": "Bearer"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    tokens = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenHandler)
+    threading.Thread(target=tokens.serve_forever, daemon=True).start()
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    account = {"type": "service_account", "project_id": "test", "private_key_id": "k1", "private_key": pem,
+               "client_email": "exporter@test.iam.gserviceaccount.com", "client_id": "1",
+               "token_uri": f"http://127.0.0.1:{tokens.server_address[1]}/token"}
+    conn = connect(client, "gcs-sa", "gcs", service_account_json=json.dumps(account))
+    bucket = gcs_server.make_bucket("exports-sa")
+    with FaultyProxy(gcs_server.endpoint) as proxy:
+        view = run(client, {"type": "gcs", "bucket": bucket, "connection": conn, "endpoint_url": proxy.url})
+    tokens.shutdown()
+    assert grants and b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer" in grants[0]
+    name = view["result"]["destination_path"].removeprefix(f"gs://{bucket}/")
+    assert gcs_server.client().bucket(bucket).blob(name).download_as_bytes() == downloaded(client)
+    assert pem.splitlines()[1] not in json.dumps(client.get("/api/connections").json())
+
+
 def test_azure_retries_a_failed_block(client, azurite):
     container = azurite.make_container("exports-flaky")
     conn = connect(client, "az", "azure", account_name=azurite.account_name, account_key=azurite.account_key)
@@ -260,6 +300,60 @@ def test_sftp_refuses_an_unknown_host_key_and_a_bad_password(client, sftp_server
     error = run(client, {**destination, "connection": bad}, status="failed")["result"]["error"]
     assert "refused the login" in error and "not-the-password" not in error
     assert not (sftp_server.root / "refused").exists() or not list((sftp_server.root / "refused").iterdir())
+
+
+class CutProxy:
+    """A TCP relay that cuts every connection once `limit` bytes went from the client to the server."""
+
+    def __init__(self, port: int, limit: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target, self.limit, self.cuts = port, limit, 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pipe, args=(client, server, self.limit), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, None), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+                sent += len(data)
+                if limit is not None and sent > limit:
+                    self.cuts += 1
+                    break
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_sftp_dropped_connection_fails_without_a_final_file(client, sftp_server):
+    cut = CutProxy(sftp_server.port, 1 << 20)
+    conn = connect(client, "sftp-cut", "sftp", password=sftp_server.password,
+                   known_hosts=f"[127.0.0.1]:{cut.port} {sftp_server.known_hosts_line.split(' ', 1)[1]}")
+    try:
+        view = run(client, {"type": "sftp", "host": "127.0.0.1", "port": cut.port, "connection": conn,
+                            "username": sftp_server.username, "path": "/cut"}, status="failed")
+    finally:
+        cut.close()
+    assert cut.cuts and "connection" in view["result"]["error"]
+    assert not [p for p in (sftp_server.root / "cut").iterdir() if not p.name.endswith(".partial")]
 
 
 # -- webhook --------------------------------------------------------------------------------------

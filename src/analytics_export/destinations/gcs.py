@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+from urllib.parse import urlsplit
 
 from google.api_core import exceptions as api
 from google.auth.credentials import AnonymousCredentials
+from google.auth.exceptions import RefreshError
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
-from ..errors import Rejected, Upload
+from ..errors import ExportError, Rejected, Upload
 from ..models import GCSDestination as GCSSpec
 from . import Destination, Target, redact
+from .guard import check_host
 
 CHUNK = 8 << 20  # a multiple of 256 KiB, as resumable uploads require
 
@@ -57,6 +60,8 @@ class GCS(Destination):
         options = {"api_endpoint": self.spec.endpoint_url} if self.spec.endpoint_url else None
         if self.target.secrets.get("service_account_json"):
             info = json.loads(self.target.secrets["service_account_json"])
+            if info.get("token_uri"):  # the credentials POST a signed JWT there: no private addresses
+                check_host(urlsplit(info["token_uri"]).hostname or "", self.target.settings.destination_allow)
             credentials = service_account.Credentials.from_service_account_info(info)
             return storage.Client(project=info.get("project_id"), credentials=credentials, client_options=options)
         if os.environ.get("STORAGE_EMULATOR_HOST"):  # an emulator needs no credentials
@@ -73,8 +78,11 @@ class GCS(Destination):
                            "service account and its permission to create objects there") from None
         except api.NotFound:
             raise Rejected(f"gs://{self.spec.bucket} does not exist: create the bucket or fix its name") from None
+        except RefreshError:
+            raise Rejected(f"gs://{self.spec.bucket}: the service account's token request was refused; check "
+                           "the connection's service_account_json") from None
         except Exception as exc:
-            if isinstance(exc, Rejected):
+            if isinstance(exc, ExportError):
                 raise
             reason = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.target.secrets)
             raise Upload(f"upload to gs://{self.spec.bucket} failed: {reason}") from None
