@@ -63,7 +63,7 @@ def test_demo_ingest_export(tmp_path):
     (["--format", "csv", "--filter", "price gt"], "needs a single value"),
     (["--format", "csv", "--property", "x;drop"], "not a plain key"),
     (["--format", "csv", "--compression", "brotli"], "brotli"),
-    (["--format", "csv", "--output", "a", "--output-dir", "b"], "not both"),
+    (["--format", "csv", "--output", "a", "--output-dir", "b"], "give one of --output, --output-dir and --to"),
 ])
 def test_bad_input_exits_nonzero_with_one_line(tmp_path, args, message):
     base = {"--start": "2026-01-01", "--end": "2026-01-02"}
