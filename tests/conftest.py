@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import psycopg
 import pytest
+import uuid
 
 from analytics_export import Settings, open_store
 from analytics_export.demo import generate
@@ -14,6 +16,7 @@ from helpers import RFC3339
 
 DEMO_END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 DEMO_EVENTS = 20_000
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def with_demo_events(data: Path, events: int) -> Path:
@@ -78,3 +81,17 @@ def expected(rows: list[dict[str, Any]], fmt: str, properties: list[str] | None)
                 base[k] = "" if value is None and fmt == "csv" else value
         out.append(base)
     return out
+
+
+@pytest.fixture()
+def pg_url():
+    """A throwaway database on the machine's PostgreSQL (127.0.0.1:5432)."""
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable on 127.0.0.1:5432 ({exc}); scripts/test starts it")
+    name = f"ae_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()

@@ -86,20 +86,6 @@ def test_killed_worker_job_is_finished_by_another(big_store):
         svc.close()
 
 
-@pytest.fixture()
-def pg_url():
-    """A throwaway database on the machine's PostgreSQL (127.0.0.1:5432)."""
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable on 127.0.0.1:5432 ({exc}); scripts/test starts it")
-    name = f"ae_test_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
-
-
 def test_two_workers_on_postgresql_never_run_a_job_twice(tmp_path, pg_url):
     data = with_demo_events(tmp_path / "data", 20_000)
     env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "100"}

@@ -305,6 +305,9 @@ ExportDestination = Annotated[
 ]
 
 
+TimeField = Literal["timestamp", "inserted_at"]
+
+
 class ExportStatus(str, Enum):
     PENDING = "pending"
     PROCESSING = "processing"
@@ -331,6 +334,9 @@ class ExportRequest(BaseModel):
     filters: list[ExportFilter] = Field(default_factory=list)
     compression: Compression | None = None
     destination: ExportDestination = Field(default_factory=DownloadDestination)
+    time_field: TimeField = Field(
+        "timestamp", description="the window selects on the event's `timestamp`, or on `inserted_at` "
+        "(when it was stored: late events fall into a later window instead of being missed)")
     created_at: datetime = Field(default_factory=_now)
     status: ExportStatus = ExportStatus.PENDING
 
@@ -412,13 +418,23 @@ class DateRange(str, Enum):
 
 
 class ScheduledExport(BaseModel):
-    """A recurring export: `request` is the template, each run covers one `date_range` window."""
+    """A recurring export: at each cron time, the complete `date_range` windows not yet exported are."""
+
+    model_config = ConfigDict(extra="forbid")
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
-    name: str
-    schedule: str = Field(description="cron expression, e.g. `0 2 * * *`")
-    timezone: str = "UTC"
+    name: str = Field(min_length=1, max_length=200)
+    schedule: str = Field(description="cron expression, e.g. `0 2 * * *`, read in `timezone`")
+    timezone: str = Field("UTC", description="IANA time zone of the cron and of the calendar windows")
     date_range: DateRange = DateRange.LAST_DAY
+    time_field: TimeField = Field(
+        "inserted_at", description="windows select on `inserted_at` (late events go to the next window, "
+        "none is missed) or on the event's `timestamp` (late events after `delay_seconds` are missed)")
+    delay_seconds: float = Field(60, ge=0, le=31 * 86400,
+                                 description="wait after a window ends before exporting it")
+    catch_up: Literal["all", "latest"] = Field(
+        "all", description="after downtime, export every missed window, or only the latest one")
+    max_failures: int = Field(10, ge=1, description="pause after this many consecutive failed runs")
     events: list[str] = Field(default_factory=list)
     format: ExportFormat = ExportFormat.JSON_LINES
     properties: list[str] | None = None
@@ -428,6 +444,33 @@ class ScheduledExport(BaseModel):
     enabled: bool = True
     last_run: datetime | None = None
     next_run: datetime | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression: five fields, minute hour day month weekday, "
+                             "e.g. `0 2 * * *`")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone, e.g. `Europe/Berlin` or `UTC`") from None
+        return value
+
+    def request(self, export_id: str, start: datetime, end: datetime) -> ExportRequest:
+        """The export of one window."""
+        return ExportRequest(id=export_id, events=self.events, start_date=start, end_date=end, format=self.format,
+                             properties=self.properties, filters=self.filters, compression=self.compression,
+                             destination=self.destination, time_field=self.time_field)
 
 
 class ExportConfig(BaseModel):

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import open_store
 from ..config import Settings
 from ..connections import ConnectionCreate, ConnectionView, Sealer
+from .schedules import schedule_router
 from ..destinations.guard import check_destination
 from ..errors import Invalid, Storage
 from ..ingest import ingest_file
@@ -114,7 +115,12 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         return ExportView(request=request, status=job.status, result=job.result(url),
                           progress=ExportProgress(events=job.events_done, bytes=job.bytes_done, started_at=job.started_at))
 
-    def check_connection(project: str, destination: Any) -> None:
+    def check_target(project: str, destination: Any) -> None:
+        """422 unless the destination's host is allowed and its connection exists with the right type."""
+        try:
+            check_destination(destination, settings.destination_allow)
+        except Invalid as exc:
+            raise HTTPException(422, f"destination: {exc}") from None
         name = getattr(destination, "connection", None)
         if name is None:
             return
@@ -147,6 +153,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             raise HTTPException(404, f"no connection {name!r}")
         return Response(status_code=204)
 
+    app.include_router(schedule_router(jobs, Depends(project_of), problems, check_target))
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -158,11 +166,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         if span > timedelta(days=settings.export.max_range_days):
             raise HTTPException(422, f"end_date - start_date is {span.days} days; the most is "
                                      f"{settings.export.max_range_days}: split the range")
-        check_connection(project, request.destination)
-        try:
-            check_destination(request.destination, settings.destination_allow)
-        except Invalid as exc:
-            raise HTTPException(422, f"destination: {exc}") from None
+        check_target(project, request.destination)
         if jobs.active_count(project) >= settings.export.max_concurrent_exports:
             raise HTTPException(429, f"{settings.export.max_concurrent_exports} exports are already pending or "
                                      "running for this project; wait for one to finish")

@@ -20,7 +20,7 @@ from ..errors import Rejected, Upload
 from . import Destination, Target, redact
 
 PART_SIZE = 8 << 20
-QUEUED_CHUNKS = 4
+QUEUED_CHUNKS = 1  # writer chunks are a batch each (~5 MB): one waits while obstore fills a part
 
 
 class Aborted(Exception):

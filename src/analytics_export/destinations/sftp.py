@@ -31,13 +31,16 @@ class SFTPUpload:
 
     def write(self, data: bytes | memoryview) -> int:
         self.buffer += data
-        if len(self.buffer) >= WRITE_SIZE:
-            self._flush()
+        while len(self.buffer) >= WRITE_SIZE:  # in WRITE_SIZE slices: asyncssh sends a whole write at once
+            self._flush(WRITE_SIZE)
         return len(data)
 
-    def _flush(self) -> None:
-        data, self.buffer = bytes(self.buffer), bytearray()
-        self.sftp.call(self.file.write(data))
+    def _flush(self, size: int | None = None) -> None:
+        size = len(self.buffer) if size is None else size
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        if data:
+            self.sftp.call(self.file.write(data))
 
     def commit(self) -> str:
         self._flush()

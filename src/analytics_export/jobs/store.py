@@ -166,11 +166,16 @@ class JobStore:
 
     def create(self, project: str, request: ExportRequest) -> Job:
         with self.engine.begin() as c:
-            c.execute(exports.insert().values(
-                id=request.id, project=project, request=request.model_dump(mode="json"),
-                status=ExportStatus.PENDING.value, created_at=request.created_at,
-            ))
+            self.insert(c, project, request)
         return self.get(project, request.id)
+
+    @staticmethod
+    def insert(c: sa.Connection, project: str, request: ExportRequest) -> None:
+        """Queue `request` inside the caller's transaction."""
+        c.execute(exports.insert().values(
+            id=request.id, project=project, request=request.model_dump(mode="json"),
+            status=ExportStatus.PENDING.value, created_at=request.created_at,
+        ))
 
     def get(self, project: str, export_id: str) -> Job | None:
         with self.engine.connect() as c:

@@ -19,6 +19,7 @@ from ..destinations.guard import check_destination
 from ..errors import ExportError, Invalid, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
+from .scheduler import Scheduler
 from .store import Job, JobStore, now
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,16 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     def run(self, stop: threading.Event, poll: float = 0.5) -> None:
-        """Run jobs until `stop` is set; when the queue is empty, sweep expired downloads and wait."""
+        """Run jobs until `stop` is set; when the queue is empty, sweep expired downloads and wait.
+        A scheduler thread runs alongside (only the one holding the leader lease acts)."""
+        scheduler = threading.Thread(target=Scheduler(self.jobs, self.name).run, args=(stop,),
+                                     name="scheduler", daemon=True)
+        scheduler.start()
         while not stop.is_set():
             if not self.run_one():
                 self.sweep()
                 stop.wait(poll)
+        scheduler.join()
 
     def sweep(self) -> None:
         """Mark exports past their expiry as expired and delete their files."""

@@ -22,7 +22,8 @@ class EventQuery:
     `property_columns` selects the tabular shape (one string column per selected property,
     strings raw and other values as JSON text); otherwise `properties` is one JSON object column
     holding all properties, or only the selected ones. `text_timestamps` has the source format
-    `timestamp` as RFC 3339 text, inside its parallel scan, for the text formats.
+    `timestamp` as RFC 3339 text, inside its parallel scan, for the text formats. [start, end)
+    applies to `time_field`: the event's `timestamp`, or `inserted_at`, when it was stored.
     """
 
     project: str
@@ -33,6 +34,7 @@ class EventQuery:
     properties: tuple[str, ...] | None = None
     property_columns: bool = False
     text_timestamps: bool = False
+    time_field: str = "timestamp"
 
     @classmethod
     def from_request(
@@ -48,6 +50,7 @@ class EventQuery:
             properties=props,
             property_columns=property_columns and props is not None,
             text_timestamps=text_timestamps,
+            time_field=request.time_field,
         )
 
     @property

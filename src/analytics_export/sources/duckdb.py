@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS events (
 )
 """
 
+TIME_COLUMNS = {"timestamp": '"timestamp"', "inserted_at": "inserted_at"}
 NUMBER_TYPES = "('BIGINT', 'UBIGINT', 'DOUBLE')"
 COMPARISONS = {
     FilterOperator.EQ: "=",
@@ -112,8 +113,8 @@ class SqlBuilder:
         cols = columns if columns is not None else self.projection(query)
         where = [
             f"project_id = {self.bind(query.project)}",
-            f'"timestamp" >= {self.bind(query.start)}',
-            f'"timestamp" < {self.bind(query.end)}',
+            f'{TIME_COLUMNS[query.time_field]} >= {self.bind(query.start)}',
+            f'{TIME_COLUMNS[query.time_field]} < {self.bind(query.end)}',
         ]
         if query.events:
             where.append("event IN (" + ", ".join(self.bind(e) for e in query.events) + ")")

@@ -1,0 +1,262 @@
+"""Schedules: windows that tile time (DST included), exactly-once runs through restarts, kills and
+downtime, backfills, two schedulers on one PostgreSQL job store, auto-pause, and the API.
+Time is an injected clock: nothing here sleeps through a schedule."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from analytics_export import Settings, open_store
+from analytics_export.jobs.scheduler import Scheduler, Schedules, backfill, run_history
+from analytics_export.jobs.store import JobStore
+from analytics_export.jobs.tables import schedule_runs
+from analytics_export.jobs.windows import due, windows
+from analytics_export.jobs.worker import Worker
+from analytics_export.models import DateRange, ScheduledExport
+from service import Service, cli
+
+UTC = timezone.utc
+START = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def tiles(spans: list[tuple[datetime, datetime]]) -> bool:
+    return all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and all(s < e for s, e in spans)
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kolkata"])
+def test_windows_tile_through_dst(zone):
+    tz = ZoneInfo(zone)
+    lo, hi = datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
+    for unit in (DateRange.LAST_HOUR, DateRange.LAST_DAY, DateRange.LAST_WEEK, DateRange.LAST_MONTH):
+        spans = list(windows(unit, tz, lo, hi))
+        assert tiles(spans), (zone, unit)
+        for s, e in spans:  # every window starts on a local calendar boundary
+            local = s.astimezone(tz)
+            assert (local.minute, local.second) == (0, 0) or zone == "Australia/Lord_Howe"
+            if unit is not DateRange.LAST_HOUR:
+                assert local.hour == 0 or zone == "Australia/Lord_Howe"
+    days = {e - s for s, e in windows(DateRange.LAST_DAY, ZoneInfo("America/New_York"), lo, hi)}
+    assert days == {timedelta(hours=23), timedelta(hours=24), timedelta(hours=25)}
+    hours = list(windows(DateRange.LAST_HOUR, ZoneInfo("America/New_York"),
+                         datetime(2026, 11, 1, 4, tzinfo=UTC), datetime(2026, 11, 1, 8, tzinfo=UTC)))
+    assert len(hours) == 4 and all(e - s == timedelta(hours=1) for s, e in hours)  # 01:00 EDT and 01:00 EST apart
+
+
+def test_due_windows_after_downtime():
+    tz, delay = ZoneInfo("UTC"), timedelta(minutes=1)
+    fired = datetime(2026, 10, 5, 3, 0, tzinfo=UTC)
+    first = due(DateRange.LAST_DAY, tz, None, fired, fired - timedelta(days=1), delay, False)
+    assert first == [(datetime(2026, 10, 4, tzinfo=UTC), datetime(2026, 10, 5, tzinfo=UTC))]
+    missed = due(DateRange.LAST_DAY, tz, datetime(2026, 10, 2, tzinfo=UTC), fired, fired, delay, False)
+    assert [s.day for s, _ in missed] == [2, 3, 4]
+    latest = due(DateRange.LAST_DAY, tz, datetime(2026, 10, 2, tzinfo=UTC), fired, fired, delay, True)
+    assert [s.day for s, _ in latest] == [4]
+    assert due(DateRange.LAST_DAY, tz, datetime(2026, 10, 5, tzinfo=UTC), fired, fired, delay, False) == []
+    since = due(DateRange.SINCE_LAST_RUN, tz, datetime(2026, 10, 5, 1, tzinfo=UTC), fired, fired, delay, False)
+    assert since == [(datetime(2026, 10, 5, 1, tzinfo=UTC), fired - delay)]
+
+
+class Sim:
+    """An event store, a job store and a clock: events arrive as simulated time passes."""
+
+    def __init__(self, data: Path) -> None:
+        self.settings = Settings(data_dir=data)
+        self.jobs = JobStore.for_data_dir(data)
+        self.jobs.migrate()
+        self.t = START
+        self.count = 0
+        open_store(self.settings, read_only=False).close()
+
+    def ingest(self, n: int, late: bool = False) -> None:
+        """`n` events stored now; late ones carry timestamps from days ago."""
+        store = open_store(self.settings, read_only=False)
+        try:
+            lag = "INTERVAL 3 DAY" if late else "INTERVAL 5 SECOND"
+            store.insert(f"""SELECT uuid() AS uuid, 'default' AS project_id, 'tick' AS event,
+                                    'u' || (range + {self.count}) AS distinct_id, $1::TIMESTAMPTZ - {lag} AS "timestamp",
+                                    '{{}}'::JSON AS properties, $1::TIMESTAMPTZ AS inserted_at FROM range({n})""",
+                         [self.t])
+        finally:
+            store.close()
+        self.count += n
+
+    def clock(self) -> datetime:
+        return self.t
+
+    def exported(self) -> Counter:
+        """distinct_id -> times it appears across every completed run's file."""
+        seen: Counter = Counter()
+        for path in (self.settings.export_dir / "default").glob("export_*.jsonl"):
+            seen.update(json.loads(line)["distinct_id"] for line in path.read_text().splitlines())
+        return seen
+
+    def stored_before(self, end: datetime) -> set[str]:
+        import duckdb
+        con = duckdb.connect(str(self.settings.events_path), read_only=True)
+        try:
+            return {r[0] for r in con.execute("SELECT distinct_id FROM events WHERE inserted_at < ?", [end]).fetchall()}
+        finally:
+            con.close()
+
+
+def test_thirty_days_hourly_through_kills_and_downtime_export_each_event_once(tmp_path):
+    rng = random.Random(7)
+    sim = Sim(tmp_path)
+    spec = ScheduledExport(name="hourly", schedule="5 * * * *", date_range="last_hour", delay_seconds=60)
+    Schedules(sim.jobs).create("default", spec, sim.t)
+    scheduler = Scheduler(sim.jobs, "s0", clock=sim.clock)
+    workers = 0
+    end = START + timedelta(days=30)
+    while sim.t < end:
+        step = timedelta(minutes=rng.choice([7, 20, 45, 61, 90])) if rng.random() > 0.01 else timedelta(hours=30)
+        sim.t += step  # (a 30-hour step is downtime: the next tick catches up every missed window)
+        sim.ingest(rng.randint(1, 20), late=rng.random() < 0.2)
+        roll = rng.random()
+        if roll < 0.05:  # the scheduler dies; a new one takes over once the old lease expires
+            scheduler = Scheduler(sim.jobs, f"s{rng.randint(1, 10**6)}", clock=sim.clock)
+        scheduler.tick()
+        if roll < 0.2:  # a worker claims a job and dies mid-run; its lease lapses
+            sim.jobs.claim(f"dead-{workers}", timedelta(milliseconds=1))
+        workers += 1
+        worker = Worker(sim.settings, sim.jobs, name=f"w{workers}")
+        for _ in range(rng.randint(0, 3)):
+            worker.run_one()
+    while Worker(sim.settings, sim.jobs, name="final").run_one():
+        pass
+    with sim.jobs.engine.connect() as c:
+        spans = [(r.window_start, r.window_end) for r in c.execute(
+            sa.select(schedule_runs).order_by(schedule_runs.c.window_start)).all()]
+    assert len(spans) > 30 * 24 - 5 and tiles(spans)
+    assert {r["status"] for r in run_history(sim.jobs, spec.id, 1000, 0)} == {"completed"}
+    seen = sim.exported()
+    assert max(seen.values()) == 1, "an event was exported twice"
+    assert set(seen) == sim.stored_before(spans[-1][1].replace(tzinfo=UTC)), "an event was missed"
+
+
+def test_backfill_exports_only_missing_windows_and_force_replaces(tmp_path):
+    sim = Sim(tmp_path)
+    spec = ScheduledExport(name="daily", schedule="0 1 * * *", date_range="last_day", time_field="timestamp")
+    Schedules(sim.jobs).create("default", spec, sim.t)
+    for _ in range(3):  # three daily runs: windows Oct 1, 2, 3
+        sim.t += timedelta(days=1)
+        sim.ingest(5)
+        Scheduler(sim.jobs, "s", clock=sim.clock).tick()
+    worker = Worker(sim.settings, sim.jobs)
+    while worker.run_one():
+        pass
+    files = sorted((sim.settings.export_dir / "default").iterdir())
+    assert len(files) == 3
+    counts = backfill(sim.jobs, "default", spec.id, datetime(2026, 9, 28, tzinfo=UTC), datetime(2026, 10, 4, tzinfo=UTC))
+    assert counts == {"queued": 3, "skipped": 3}  # Sep 28-30 are new; Oct 1-3 completed already
+    while worker.run_one():
+        pass
+    assert len(list((sim.settings.export_dir / "default").iterdir())) == 6
+    before = {p.name: p.stat().st_mtime_ns for p in (sim.settings.export_dir / "default").iterdir()}
+    forced = backfill(sim.jobs, "default", spec.id, datetime(2026, 10, 2, tzinfo=UTC), datetime(2026, 10, 3, 12, tzinfo=UTC),
+                      force=True)
+    assert forced == {"queued": 2, "skipped": 0}
+    while worker.run_one():
+        pass
+    after = {p.name: p.stat().st_mtime_ns for p in (sim.settings.export_dir / "default").iterdir()}
+    assert set(after) == set(before), "re-exported windows keep their names: no second copy"
+    assert sum(after[n] != before[n] for n in after) == 2
+    history = run_history(sim.jobs, spec.id, 100, 0)
+    assert len(history) == 6 and all(r["status"] == "completed" for r in history)
+
+
+def test_a_failing_schedule_pauses_itself(tmp_path):
+    sim = Sim(tmp_path)
+    sim.settings = Settings(data_dir=tmp_path, destination_allow=["127.0.0.1"],
+                            export={"max_attempts": 1, "upload_retries": 0})
+    spec = ScheduledExport(name="broken", schedule="0 * * * *", date_range="last_hour", max_failures=3,
+                           destination={"type": "webhook", "url": "http://127.0.0.1:9/closed"})
+    Schedules(sim.jobs).create("default", spec, sim.t)
+    scheduler = Scheduler(sim.jobs, "s", clock=sim.clock)
+    for _ in range(4):
+        sim.t += timedelta(hours=1)
+        scheduler.tick()
+        while Worker(sim.settings, sim.jobs).run_one():
+            pass
+    view = Schedules(sim.jobs).get("default", spec.id)
+    assert view["status"] == "paused" and "3 consecutive failed runs" in view["paused_reason"]
+    assert "ConnectError" in view["paused_reason"] and view["schedule"]["next_run"] is None
+
+
+SCHEDULER_PROCESS = textwrap.dedent("""
+    import sys
+    from datetime import datetime, timedelta, timezone
+    from analytics_export.jobs.scheduler import Scheduler
+    from analytics_export.jobs.store import JobStore
+    jobs = JobStore(sys.argv[1])
+    t = [datetime(2026, 10, 1, tzinfo=timezone.utc)]
+    s = Scheduler(jobs, sys.argv[2], lease=timedelta(0), clock=lambda: t[0])  # no lease: both act, always
+    for _ in range(300):
+        t[0] += timedelta(minutes=10)
+        s.tick()
+""")
+
+
+def test_two_scheduler_processes_never_create_a_run_twice(pg_url):
+    jobs = JobStore(pg_url)
+    jobs.migrate()
+    spec = ScheduledExport(name="racy", schedule="*/10 * * * *", date_range="last_hour", delay_seconds=0)
+    Schedules(jobs).create("default", spec, START)
+    procs = [subprocess.Popen([sys.executable, "-c", SCHEDULER_PROCESS, pg_url, f"p{i}"]) for i in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    with jobs.engine.connect() as c:
+        spans = [(r.window_start, r.window_end) for r in c.execute(
+            sa.select(schedule_runs).order_by(schedule_runs.c.window_start)).all()]
+        exports = c.execute(sa.text("SELECT count(*) FROM exports")).scalar_one()
+    assert len(spans) == 50 * 24 // 24 * 1 or len(spans) >= 49  # 300 ticks of 10 min: 50 hours
+    assert tiles(spans) and exports == len(spans)
+
+
+def test_schedule_api(tmp_path):
+    svc = Service(tmp_path)
+    try:
+        with svc.client(cli(tmp_path, "keys", "create", "--project", "p")) as c:
+            bad = c.post("/api/schedules", json={"name": "x", "schedule": "every day"})
+            assert bad.status_code == 422 and "not a cron expression" in bad.json()["detail"]
+            bad = c.post("/api/schedules", json={"name": "x", "schedule": "0 2 * * *", "timezone": "Moon/Base"})
+            assert bad.status_code == 422 and "IANA time zone" in bad.json()["detail"]
+            created = c.post("/api/schedules", json={"name": "nightly", "schedule": "0 2 * * *",
+                                                     "timezone": "Europe/Berlin", "date_range": "last_day",
+                                                     "format": "csv", "id": "mine", "next_run": "2001-01-01"})
+            assert created.status_code == 201, created.text
+            view = created.json()
+            sid = view["schedule"]["id"]
+            assert sid != "mine" and view["status"] == "active"
+            next_run = datetime.fromisoformat(view["schedule"]["next_run"])
+            assert next_run.astimezone(ZoneInfo("Europe/Berlin")).hour == 2 and next_run > datetime.now(UTC)
+            assert c.get("/api/schedules").json()["total"] == 1
+            patched = c.patch(f"/api/schedules/{sid}", json={"schedule": "30 3 * * *", "format": "parquet"})
+            assert patched.status_code == 200 and patched.json()["schedule"]["format"] == "parquet"
+            fixed = c.patch(f"/api/schedules/{sid}", json={"date_range": "last_week"})
+            assert fixed.status_code == 422 and "create a new schedule" in fixed.json()["detail"]
+            paused = c.post(f"/api/schedules/{sid}/pause").json()
+            assert paused["status"] == "paused" and paused["schedule"]["next_run"] is None
+            assert c.post(f"/api/schedules/{sid}/resume").json()["status"] == "active"
+            filled = c.post(f"/api/schedules/{sid}/backfill", json={"start": "2026-10-01T00:00:00+02:00",
+                                                                      "end": "2026-10-04T00:00:00+02:00"})
+            assert filled.status_code == 202 and filled.json() == {"queued": 3, "skipped": 0}
+            runs = c.get(f"/api/schedules/{sid}/runs").json()
+            assert len(runs) == 3 and {r["status"] for r in runs} <= {"pending", "processing", "completed"}
+            other = svc.client(cli(tmp_path, "keys", "create", "--project", "q"))
+            assert other.get(f"/api/schedules/{sid}").status_code == 404
+            assert other.post(f"/api/schedules/{sid}/backfill", json={"start": "2026-10-01",
+                                                                       "end": "2026-10-02"}).status_code == 404
+            assert c.delete(f"/api/schedules/{sid}").status_code == 204
+            assert c.get(f"/api/schedules/{sid}").status_code == 404
+    finally:
+        svc.close()
