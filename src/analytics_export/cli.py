@@ -25,6 +25,7 @@ from . import logs
 from . import open_store
 from .config import Settings
 from .destinations import Target, destination_for
+from .schedules_cli import app as schedules_app
 from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid
 from .ingest import ingest_file
@@ -226,6 +227,7 @@ def demo(
 
 keys_app = typer.Typer(help="API keys: each belongs to one project.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(schedules_app, name="schedules")
 
 
 def job_store(settings: Settings) -> JobStore:
