@@ -25,6 +25,10 @@ from .tables import api_keys, connections, exports
 MIGRATIONS = Path(__file__).with_name("migrations")
 KEY_PREFIX = "aek_"
 KEY_CACHE_SECONDS = 60.0
+# Built once: status polls run it hundreds of times a second, and a reused statement skips
+# SQLAlchemy's expression building and cache-key walk.
+GET_EXPORT = sa.select(exports).where(exports.c.id == sa.bindparam("export_id"),
+                                      exports.c.project == sa.bindparam("project"))
 
 
 def now() -> datetime:
@@ -179,7 +183,7 @@ class JobStore:
 
     def get(self, project: str, export_id: str) -> Job | None:
         with self.engine.connect() as c:
-            row = c.execute(sa.select(exports).where(exports.c.id == export_id, exports.c.project == project)).first()
+            row = c.execute(GET_EXPORT, {"export_id": export_id, "project": project}).first()
         return Job.from_row(row) if row else None
 
     def get_any(self, export_id: str) -> Job | None:
