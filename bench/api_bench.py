@@ -116,7 +116,8 @@ def main() -> int:
         svc = Service(data, args.workers if args.in_process else 0, env, "--api-processes", str(args.api_processes))
         workers = [] if args.in_process else [
             subprocess.Popen([*CLI, "--data-dir", str(data), "worker"], env={**os.environ, **env},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(args.workers)]
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10))
+            for _ in range(args.workers)]  # as `serve` starts them: niced before their imports
         try:
             with svc.client(key) as c:
                 warm = c.post("/api/exports", json={"start_date": "2000-01-01", "end_date": "2000-01-02",

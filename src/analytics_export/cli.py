@@ -254,7 +254,7 @@ def worker(
 ) -> None:
     """Run export jobs from the job store until interrupted."""
     settings: Settings = ctx.obj
-    os.nice(nice)
+    os.nice(max(0, nice - os.nice(0)))  # at least `nice` (serve starts workers niced already)
     logs.configure()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -294,7 +294,8 @@ def serve(
     logs.configure()
     job_store(settings)  # migrated before any process uses it
     children = [subprocess.Popen([sys.executable, "-m", "analytics_export.cli", "--data-dir", str(settings.data_dir),
-                                  "worker", "--parent", str(os.getpid())]) for _ in range(workers)]
+                                  "worker", "--parent", str(os.getpid())], preexec_fn=lambda: os.nice(10))
+                for _ in range(workers)]  # niced from the start: even their imports yield to the API
     # API processes build the app from the environment: pass this command's settings on.
     os.environ.update({"ANALYTICS_EXPORT_DATA_DIR": str(settings.data_dir.absolute()),
                        "ANALYTICS_EXPORT_PROJECT": settings.project})
