@@ -148,26 +148,33 @@ def test_backfill_exports_only_missing_windows_and_force_replaces(tmp_path):
     sim = Sim(tmp_path)
     spec = ScheduledExport(name="daily", schedule="0 1 * * *", date_range="last_day", time_field="timestamp")
     Schedules(sim.jobs).create("default", spec, sim.t)
+    scheduler = Scheduler(sim.jobs, "s", clock=sim.clock)
+    worker = Worker(sim.settings, sim.jobs)
+
+    def drain() -> None:
+        while scheduler.tick() or worker.run_one() or any(r["status"] == "planned" for r in
+                                                          run_history(sim.jobs, spec.id, 100, 0)):
+            pass
+
     for _ in range(3):  # three daily runs: windows Oct 1, 2, 3
         sim.t += timedelta(days=1)
         sim.ingest(5)
-        Scheduler(sim.jobs, "s", clock=sim.clock).tick()
-    worker = Worker(sim.settings, sim.jobs)
-    while worker.run_one():
-        pass
+        scheduler.tick()
+    drain()
     files = sorted((sim.settings.export_dir / "default").iterdir())
     assert len(files) == 3
     counts = backfill(sim.jobs, "default", spec.id, datetime(2026, 9, 28, tzinfo=UTC), datetime(2026, 10, 4, tzinfo=UTC))
     assert counts == {"queued": 3, "skipped": 3}  # Sep 28-30 are new; Oct 1-3 completed already
-    while worker.run_one():
-        pass
+    scheduler.tick()  # releases backfilled windows `backfill_concurrency` (2) at a time
+    assert Counter(r["status"] for r in run_history(sim.jobs, spec.id, 100, 0)) == {
+        "completed": 3, "pending": 2, "planned": 1}
+    drain()
     assert len(list((sim.settings.export_dir / "default").iterdir())) == 6
     before = {p.name: p.stat().st_mtime_ns for p in (sim.settings.export_dir / "default").iterdir()}
     forced = backfill(sim.jobs, "default", spec.id, datetime(2026, 10, 2, tzinfo=UTC), datetime(2026, 10, 3, 12, tzinfo=UTC),
                       force=True)
     assert forced == {"queued": 2, "skipped": 0}
-    while worker.run_one():
-        pass
+    drain()
     after = {p.name: p.stat().st_mtime_ns for p in (sim.settings.export_dir / "default").iterdir()}
     assert set(after) == set(before), "re-exported windows keep their names: no second copy"
     assert sum(after[n] != before[n] for n in after) == 2
@@ -218,8 +225,9 @@ def test_two_scheduler_processes_never_create_a_run_twice(pg_url):
         spans = [(r.window_start, r.window_end) for r in c.execute(
             sa.select(schedule_runs).order_by(schedule_runs.c.window_start)).all()]
         exports = c.execute(sa.text("SELECT count(*) FROM exports")).scalar_one()
-    assert len(spans) == 50 * 24 // 24 * 1 or len(spans) >= 49  # 300 ticks of 10 min: 50 hours
-    assert tiles(spans) and exports == len(spans)
+    # 300 ticks of 10 minutes: the hours from the one before the first run (Sep 30 23:00) to 50:00
+    assert spans[0][0] == START - timedelta(hours=1) and spans[-1][1] == START + timedelta(hours=50)
+    assert len(spans) == 51 and tiles(spans) and exports == len(spans)
 
 
 def test_schedule_api(tmp_path):
@@ -251,7 +259,7 @@ def test_schedule_api(tmp_path):
                                                                       "end": "2026-10-04T00:00:00+02:00"})
             assert filled.status_code == 202 and filled.json() == {"queued": 3, "skipped": 0}
             runs = c.get(f"/api/schedules/{sid}/runs").json()
-            assert len(runs) == 3 and {r["status"] for r in runs} <= {"pending", "processing", "completed"}
+            assert len(runs) == 3 and {r["status"] for r in runs} <= {"planned", "pending", "processing", "completed"}
             other = svc.client(cli(tmp_path, "keys", "create", "--project", "q"))
             assert other.get(f"/api/schedules/{sid}").status_code == 404
             assert other.post(f"/api/schedules/{sid}/backfill", json={"start": "2026-10-01",

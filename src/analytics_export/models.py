@@ -435,6 +435,7 @@ class ScheduledExport(BaseModel):
     catch_up: Literal["all", "latest"] = Field(
         "all", description="after downtime, export every missed window, or only the latest one")
     max_failures: int = Field(10, ge=1, description="pause after this many consecutive failed runs")
+    backfill_concurrency: int = Field(2, ge=1, le=100, description="backfilled windows exported at once")
     events: list[str] = Field(default_factory=list)
     format: ExportFormat = ExportFormat.JSON_LINES
     properties: list[str] | None = None

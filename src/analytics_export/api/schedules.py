@@ -51,7 +51,7 @@ class Backfill(BaseModel):
 
 
 class BackfillResult(BaseModel):
-    queued: int = Field(description="windows queued for export")
+    queued: int = Field(description="windows planned for export, released `backfill_concurrency` at a time")
     skipped: int = Field(description="windows already exported or running")
 
 

@@ -67,6 +67,7 @@ class Scheduler:
                 schedules.c.enabled, schedules.c.next_run <= t)).scalars().all()
         for schedule_id in ids:
             queued += self.advance(schedule_id, t)
+        self.release_planned()
         self.pause_failing()
         return queued
 
@@ -120,17 +121,47 @@ class Scheduler:
         return queued
 
     @staticmethod
-    def queue(c: sa.Connection, project: str, spec: ScheduledExport, start: datetime, end: datetime) -> int:
-        """Insert the run of [start, end) and its export job; 0 if that window has a run already."""
+    def queue(c: sa.Connection, project: str, spec: ScheduledExport, start: datetime, end: datetime,
+              planned: bool = False) -> int:
+        """Insert the run of [start, end) and its export job (or, `planned`, the run only: its job is
+        created once the schedule has room); 0 if that window has a run already."""
         exists = c.execute(sa.select(schedule_runs.c.export_id).where(
             schedule_runs.c.schedule_id == spec.id, schedule_runs.c.window_start == start)).first()
         if exists is not None:
             return 0
         export_id = run_export_id(spec.id, start)
         c.execute(schedule_runs.insert().values(schedule_id=spec.id, window_start=start, window_end=end,
-                                                export_id=export_id, created_at=now()))
-        JobStore.insert(c, project, spec.request(export_id, start, end))
+                                                export_id=export_id, planned=planned, created_at=now()))
+        if not planned:
+            JobStore.insert(c, project, spec.request(export_id, start, end))
         return 1
+
+    def release_planned(self) -> None:
+        """Create the jobs of backfilled runs, oldest window first, keeping at most
+        `backfill_concurrency` of each schedule's runs pending or running."""
+        active = (ExportStatus.PENDING.value, ExportStatus.PROCESSING.value)
+        with self.jobs.engine.begin() as c:
+            ids = c.execute(sa.select(schedule_runs.c.schedule_id).where(schedule_runs.c.planned)
+                            .distinct()).scalars().all()
+            for schedule_id in ids:
+                row = c.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).first()
+                if row is None or not row.enabled:
+                    continue
+                spec = ScheduledExport.model_validate(row.spec)
+                running = c.execute(sa.select(sa.func.count()).select_from(
+                    schedule_runs.join(exports, exports.c.id == schedule_runs.c.export_id)).where(
+                    schedule_runs.c.schedule_id == schedule_id, exports.c.status.in_(active))).scalar_one()
+                room = spec.backfill_concurrency - running
+                if room <= 0:
+                    continue
+                for run in c.execute(sa.select(schedule_runs).where(
+                        schedule_runs.c.schedule_id == schedule_id, schedule_runs.c.planned)
+                        .order_by(schedule_runs.c.window_start).limit(room)).all():
+                    JobStore.insert(c, row.project, spec.request(run.export_id, aware(run.window_start),
+                                                                 aware(run.window_end)))
+                    c.execute(schedule_runs.update().where(
+                        schedule_runs.c.schedule_id == schedule_id,
+                        schedule_runs.c.window_start == run.window_start).values(planned=False))
 
     def pause_failing(self) -> None:
         """Pause each enabled schedule whose last `max_failures` finished runs all failed, saying why."""
@@ -151,8 +182,9 @@ class Scheduler:
 
 def backfill(jobs: JobStore, project: str, schedule_id: str, start: datetime, end: datetime,
              force: bool = False) -> dict[str, int]:
-    """Queue the schedule's windows in [start, end): new ones, failed or expired ones again, and with
-    `force` completed ones too (same export id, so their files are replaced, never duplicated)."""
+    """Plan the schedule's windows overlapping [start, end): new ones, failed or expired ones again,
+    and with `force` completed ones too (same export id, so their files are replaced, never
+    duplicated). The scheduler releases them `backfill_concurrency` at a time."""
     with jobs.engine.begin() as c:
         row = c.execute(sa.select(schedules).where(schedules.c.id == schedule_id,
                                                    schedules.c.project == project)).first()
@@ -167,18 +199,19 @@ def backfill(jobs: JobStore, project: str, schedule_id: str, start: datetime, en
             spans = list(windows(spec.date_range, tz, start, end if last == end else following(last, spec.date_range, tz)))
         counts = {"queued": 0, "skipped": 0}
         for s, e in spans:
-            run = c.execute(sa.select(schedule_runs.c.export_id, exports.c.status)
+            run = c.execute(sa.select(schedule_runs.c.export_id, schedule_runs.c.planned, exports.c.status)
                             .select_from(schedule_runs.outerjoin(exports, exports.c.id == schedule_runs.c.export_id))
                             .where(schedule_runs.c.schedule_id == spec.id, schedule_runs.c.window_start == s)).first()
             active = (ExportStatus.PENDING.value, ExportStatus.PROCESSING.value)
-            if run is not None and (run.status in active or (run.status == ExportStatus.COMPLETED.value and not force)):
+            if run is not None and (run.planned or run.status in active
+                                    or (run.status == ExportStatus.COMPLETED.value and not force)):
                 counts["skipped"] += 1
                 continue
             if run is not None:
                 c.execute(exports.delete().where(exports.c.id == run.export_id))
                 c.execute(schedule_runs.delete().where(schedule_runs.c.schedule_id == spec.id,
                                                        schedule_runs.c.window_start == s))
-            counts["queued"] += Scheduler.queue(c, project, spec, s, e)
+            counts["queued"] += Scheduler.queue(c, project, spec, s, e, planned=True)
     return counts
 
 
@@ -192,7 +225,8 @@ def run_history(jobs: JobStore, schedule_id: str, limit: int, offset: int) -> li
             .where(schedule_runs.c.schedule_id == schedule_id)
             .order_by(schedule_runs.c.window_start.desc()).limit(limit).offset(offset)).all()
     return [{"window_start": aware(r.window_start), "window_end": aware(r.window_end), "export_id": r.export_id,
-             "status": r.status or "deleted", "events": r.total_events if r.total_events is not None else r.events_done,
+             "status": "planned" if r.planned else r.status or "deleted",
+             "events": r.total_events if r.total_events is not None else r.events_done,
              "bytes": r.file_size if r.file_size is not None else r.bytes_done, "error": r.error,
              "created_at": aware(r.created_at)} for r in rows]
 

@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("window_start", sa.DateTime(timezone=True), primary_key=True),
         sa.Column("window_end", sa.DateTime(timezone=True), nullable=False),
         sa.Column("export_id", sa.String(36), nullable=False),
+        sa.Column("planned", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
