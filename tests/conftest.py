@@ -83,9 +83,8 @@ def expected(rows: list[dict[str, Any]], fmt: str, properties: list[str] | None)
     return out
 
 
-@pytest.fixture()
-def pg_url():
-    """A throwaway database on the machine's PostgreSQL (127.0.0.1:5432)."""
+def throwaway_database():
+    """A throwaway database on the machine's PostgreSQL (127.0.0.1:5432), dropped afterwards."""
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
@@ -95,3 +94,13 @@ def pg_url():
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     admin.close()
+
+
+@pytest.fixture()
+def pg_url():
+    yield from throwaway_database()
+
+
+@pytest.fixture(scope="module")
+def pg_url_module():
+    yield from throwaway_database()

@@ -14,17 +14,20 @@ from .destinations import Target, destination_for
 from .destinations.local import LocalDestination
 from .models import Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus
 from .pipeline import Progress, run_export
+from .sources import EventStore
 from .sources.duckdb import DuckDBEventStore
 
 
-def open_store(settings: Settings, *, read_only: bool = True) -> DuckDBEventStore:
-    """The configured event store."""
-    return DuckDBEventStore(
-        settings.events_path,
-        read_only=read_only,
-        memory_limit=settings.duckdb_write_memory_limit if not read_only else settings.duckdb_memory_limit,
-        threads=settings.duckdb_threads,
-    )
+def open_store(settings: Settings, *, read_only: bool = True) -> EventStore:
+    """The configured event store: `events_url` names PostgreSQL (postgresql://...) or a DuckDB
+    file; the default is `events.duckdb` in the data dir."""
+    memory_limit = settings.duckdb_write_memory_limit if not read_only else settings.duckdb_memory_limit
+    if settings.events_url and settings.events_url.startswith(("postgres://", "postgresql")):
+        from .sources.postgres import PostgresEventStore
+
+        return PostgresEventStore(settings.events_url, memory_limit=memory_limit, threads=settings.duckdb_threads)
+    return DuckDBEventStore(settings.events_path, read_only=read_only, memory_limit=memory_limit,
+                            threads=settings.duckdb_threads)
 
 
 def export(

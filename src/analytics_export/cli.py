@@ -211,7 +211,7 @@ def demo(
     with exit_on_error():
         store = open_store(settings, read_only=False)
         try:
-            if if_empty and store.execute("SELECT count(*) FROM events", []).fetchall()[0][0]:
+            if if_empty and not store.is_empty():
                 err.print("event store already has events; no demo data added")
                 added = 0
             else:
@@ -219,7 +219,7 @@ def demo(
                 with err.status(f"generating {events:,} events"):
                     added = demo_data.generate(store, events, settings.project)
                 err.print(f"generated {added:,} events in {time.monotonic() - started:.1f}s "
-                          f"into {settings.events_path}")
+                          f"into {'PostgreSQL' if settings.events_url and settings.events_url.startswith('postgres') else settings.events_path}")
         finally:
             store.close()
     typer.echo(json.dumps({"generated": added}))

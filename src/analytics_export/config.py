@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     duckdb_write_memory_limit: str = Field("1GB", description="DuckDB buffer pool cap for ingest and demo")
     duckdb_threads: int = Field(2, ge=1)
     database_url: str | None = Field(None, description="job store; default sqlite in the data dir")
+    events_url: str | None = Field(None, description="event store: postgresql://... or a DuckDB file path; "
+                                   "default DATA_DIR/events.duckdb")
     secret_key: str | None = Field(None, description="signs download links; default a random key kept in the data dir")
     max_body_bytes: int = Field(16 << 20, description="largest POST /api/events body")
     destination_allow: list[str] = Field(
@@ -28,6 +30,9 @@ class Settings(BaseSettings):
 
     @property
     def events_path(self) -> Path:
+        """The DuckDB event store file (unless `events_url` names PostgreSQL)."""
+        if self.events_url and not self.events_url.startswith(("postgres://", "postgresql")):
+            return Path(self.events_url)
         return self.data_dir / "events.duckdb"
 
     @property

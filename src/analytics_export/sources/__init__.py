@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -71,6 +71,20 @@ class EventSource(Protocol):
 
     def count(self, query: EventQuery) -> int:
         """How many events match (for progress display)."""
+
+
+class EventStore(EventSource, Protocol):
+    """A source that also stores events (ingest, demo); one module per engine."""
+
+    def insert(self, select_sql: str, params: list[Any] | dict[str, Any] | None = None) -> int:
+        """Store the rows of DuckDB SQL `select_sql` (the events columns), skipping known uuids."""
+
+    def execute(self, text: str, params: list[Any] | dict[str, Any]) -> Any:
+        """Run DuckDB SQL (reading an ingest file) where `insert` can read its result."""
+
+    def is_empty(self) -> bool: ...
+
+    def close(self) -> None: ...
 
     def close(self) -> None: ...
 

@@ -156,6 +156,9 @@ class DuckDBEventStore:
         text = sql.select(query, ["count(*)"])
         return int(self.execute(text, sql.params).fetchall()[0][0])
 
+    def is_empty(self) -> bool:
+        return not self.execute("SELECT count(*) FROM events", []).fetchall()[0][0]
+
     def insert(self, select_sql: str, params: list[Any] | dict[str, Any] | None = None) -> int:
         """Insert rows of `select_sql` (the events columns), skipping uuids already stored; returns rows added."""
         text = (
