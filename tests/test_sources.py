@@ -32,17 +32,20 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def stores(demo_settings, pg_url_module) -> dict[str, Settings]:
-    """The demo events in DuckDB and, copied row for row (uuids, timestamps, text), in PostgreSQL."""
-    postgres = Settings(data_dir=demo_settings.data_dir, events_url=pg_url_module)
-    store = open_store(postgres, read_only=False)
-    try:
-        store.execute(f"ATTACH '{demo_settings.events_path}' AS demo (READ_ONLY)", [])
-        copied = store.insert("SELECT * FROM demo.events")
-    finally:
-        store.close()
-    assert copied > 10_000
-    return {"duckdb": demo_settings, "postgres": postgres}
+def stores(demo_settings, pg_url_module, tmp_path_factory) -> dict[str, Settings]:
+    """The demo events in DuckDB and, copied row for row (uuids, timestamps, text), in PostgreSQL and
+    in ClickHouse (chDB, the in-process engine, through the same clickhouse-connect client)."""
+    out = {"duckdb": demo_settings}
+    for name, url in (("postgres", pg_url_module), ("clickhouse", f"chdb://{tmp_path_factory.mktemp('chdb')}")):
+        out[name] = Settings(data_dir=demo_settings.data_dir, events_url=url)
+        store = open_store(out[name], read_only=False)
+        try:
+            store.execute(f"ATTACH '{demo_settings.events_path}' AS demo (READ_ONLY)", [])
+            assert store.insert("SELECT * FROM demo.events") > 10_000
+            assert store.insert("SELECT * FROM demo.events LIMIT 100") == 0, "idempotent on uuid"
+        finally:
+            store.close()
+    return out
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -51,12 +54,12 @@ def stores(demo_settings, pg_url_module) -> dict[str, Settings]:
 def test_every_store_exports_the_same(stores, tmp_path, case, fmt, compression):
     request = {**WINDOW, "format": fmt, "compression": compression, **CASES[case]}
     out = {name: export(settings=s, output=tmp_path / name, **request) for name, s in stores.items()}
-    assert out["duckdb"].total_events == out["postgres"].total_events > 0
-    rows = {name: read_records(tmp_path / name, fmt, compression) for name in stores}
-    assert canonical(rows["duckdb"]) == canonical(rows["postgres"])
+    assert out["duckdb"].total_events == out["postgres"].total_events == out["clickhouse"].total_events > 0
+    rows = {name: canonical(read_records(tmp_path / name, fmt, compression)) for name in stores}
+    assert rows["duckdb"] == rows["postgres"] == rows["clickhouse"]
     if fmt in ("json_lines", "csv"):  # the text itself, properties included, is the same (order may differ)
         lines = {name: sorted(decompress((tmp_path / name).read_bytes(), compression).splitlines()) for name in stores}
-        assert lines["duckdb"] == lines["postgres"]
+        assert lines["duckdb"] == lines["postgres"] == lines["clickhouse"]
 
 
 def test_counts_and_ingest_into_postgres(stores, tmp_path):

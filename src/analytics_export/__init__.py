@@ -26,6 +26,10 @@ def open_store(settings: Settings, *, read_only: bool = True) -> EventStore:
         from .sources.postgres import PostgresEventStore
 
         return PostgresEventStore(settings.events_url, memory_limit=memory_limit, threads=settings.duckdb_threads)
+    if settings.events_url and settings.events_url.startswith(("clickhouse://", "chdb://")):
+        from .sources.clickhouse import ClickHouseEventStore
+
+        return ClickHouseEventStore(settings.events_url, memory_limit=memory_limit, threads=settings.duckdb_threads)
     return DuckDBEventStore(settings.events_path, read_only=read_only, memory_limit=memory_limit,
                             threads=settings.duckdb_threads)
 

@@ -219,7 +219,7 @@ def demo(
                 with err.status(f"generating {events:,} events"):
                     added = demo_data.generate(store, events, settings.project)
                 err.print(f"generated {added:,} events in {time.monotonic() - started:.1f}s "
-                          f"into {'PostgreSQL' if settings.events_url and settings.events_url.startswith('postgres') else settings.events_path}")
+                          f"into {settings.events_store_name}")
         finally:
             store.close()
     typer.echo(json.dumps({"generated": added}))

@@ -19,8 +19,8 @@ class Settings(BaseSettings):
     duckdb_write_memory_limit: str = Field("1GB", description="DuckDB buffer pool cap for ingest and demo")
     duckdb_threads: int = Field(2, ge=1)
     database_url: str | None = Field(None, description="job store; default sqlite in the data dir")
-    events_url: str | None = Field(None, description="event store: postgresql://... or a DuckDB file path; "
-                                   "default DATA_DIR/events.duckdb")
+    events_url: str | None = Field(None, description="event store: postgresql://..., clickhouse://..., "
+                                   "chdb:///path or a DuckDB file path; default DATA_DIR/events.duckdb")
     secret_key: str | None = Field(None, description="signs download links; default a random key kept in the data dir")
     max_body_bytes: int = Field(16 << 20, description="largest POST /api/events body")
     destination_allow: list[str] = Field(
@@ -31,9 +31,14 @@ class Settings(BaseSettings):
     @property
     def events_path(self) -> Path:
         """The DuckDB event store file (unless `events_url` names PostgreSQL)."""
-        if self.events_url and not self.events_url.startswith(("postgres://", "postgresql")):
+        if self.events_url and "://" not in self.events_url:
             return Path(self.events_url)
         return self.data_dir / "events.duckdb"
+
+    @property
+    def events_store_name(self) -> str:
+        """The event store for messages: the URL's scheme (never its credentials), or the file."""
+        return self.events_url.split("://")[0] if self.events_url and "://" in self.events_url else str(self.events_path)
 
     @property
     def export_dir(self) -> Path:

@@ -1,10 +1,8 @@
-"""PostgreSQL as the event store: events read as Arrow through ADBC (binary COPY, no Python row loop).
+"""PostgreSQL as the event store, read as Arrow through ADBC (binary COPY, no Python row loop).
 
-PostgreSQL selects the project and the time window on its indexes; the rows stream as Arrow into an
-in-process DuckDB that applies event names, property filters and the projection with the very SQL
-the embedded store uses, so every source answers every query identically. `properties` is a `json`
-column: PostgreSQL keeps its text as ingested (minified), so exports are byte-identical to the
-embedded store's; `jsonb` would reorder keys and re-space values.
+PostgreSQL selects the project and window on its indexes; see `scanned.py` for the rest.
+`properties` is a `json` column: PostgreSQL keeps its text as ingested (minified), so exports are
+byte-identical to the embedded store's, where `jsonb` would reorder keys and re-space values.
 """
 
 from __future__ import annotations
@@ -15,12 +13,12 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import adbc_driver_postgresql.dbapi as adbc
-import duckdb
 import pyarrow as pa
 
-from ..errors import Invalid, Storage
+from ..errors import Storage
 from . import EventQuery
-from .duckdb import TIME_COLUMNS, SqlBuilder, _renamed, translated_errors
+from .duckdb import TIME_COLUMNS
+from .scanned import ScannedStore
 
 SCHEMA_SQL = [
     """CREATE TABLE IF NOT EXISTS events (
@@ -43,17 +41,18 @@ def adbc_uri(url: str) -> str:
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
 
 
-class PostgresEventStore:
+def first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class PostgresEventStore(ScannedStore):
     def __init__(self, url: str, *, memory_limit: str = "64MB", threads: int = 2) -> None:
-        self.url = url
+        super().__init__(memory_limit, threads)
         try:
             self.pg = adbc.connect(adbc_uri(url))
         except adbc.Error as exc:
+            super().close()
             raise Storage(f"cannot connect to the PostgreSQL event store: {first_line(exc)}") from None
-        self.duck = duckdb.connect(":memory:", config={"memory_limit": memory_limit, "threads": threads,
-                                                       "preserve_insertion_order": False})
-        self.duck.execute("SET TimeZone = 'UTC'")
-        self.readers: list[pa.RecordBatchReader] = []
         self.open: list[tuple[Any, pa.RecordBatchReader]] = []
         with self.cursor() as cur:
             for statement in SCHEMA_SQL:
@@ -72,7 +71,6 @@ class PostgresEventStore:
             cur.close()
 
     def scan(self, query: EventQuery) -> pa.RecordBatchReader:
-        """The project's events in the window, every column, straight from PostgreSQL's indexes."""
         column = TIME_COLUMNS[query.time_field]
         cur = self.pg.cursor()
         try:
@@ -86,42 +84,16 @@ class PostgresEventStore:
         self.open.append((cur, reader))  # the cursor owns the stream: it stays open while DuckDB reads
         return reader
 
-    def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
-        sql = SqlBuilder()
-        text = sql.select(query)
-        self.duck.register("events", self.scan(query))
-        with translated_errors():
-            reader = self.duck.sql(text, params=sql.params).to_arrow_reader(batch_size)
-        self.readers.append(reader)
-        return _renamed(reader, query.schema)
-
-    def count(self, query: EventQuery) -> int:
-        sql = SqlBuilder()
-        text = sql.select(query, ["count(*)"])
-        self.duck.register("events", self.scan(query))
-        with translated_errors():
-            return int(self.duck.execute(text, sql.params).fetchall()[0][0])
-
     def is_empty(self) -> bool:
         with self.cursor() as cur:
             cur.execute("SELECT NOT EXISTS (SELECT 1 FROM events)")
             return bool(cur.fetchone()[0])
 
-    def execute(self, text: str, params: list[Any] | dict[str, Any]) -> duckdb.DuckDBPyConnection:
-        """Staging SQL (reading an ingest file) in the in-process DuckDB."""
-        with translated_errors():
-            return self.duck.execute(text, params)
-
-    def insert(self, select_sql: str, params: list[Any] | dict[str, Any] | None = None) -> int:
-        """Insert rows of `select_sql` (DuckDB SQL producing the events columns), skipping uuids
-        already stored: streamed into a temporary table by binary COPY, then merged in one statement."""
+    def load(self, rows: pa.RecordBatchReader) -> int:
+        """Binary COPY into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING."""
         staging = f"staging_{uuid.uuid4().hex[:12]}"
-        with translated_errors():
-            reader = self.duck.sql(f"SELECT uuid::VARCHAR AS uuid, project_id, event, distinct_id, \"timestamp\", "
-                                   f"properties::VARCHAR AS properties, inserted_at FROM ({select_sql})",
-                                   params=params or []).to_arrow_reader(65_536)
         with self.cursor() as cur:
-            cur.adbc_ingest(staging, reader, mode="create", temporary=True)
+            cur.adbc_ingest(staging, rows, mode="create", temporary=True)
             cur.execute(f"""INSERT INTO events ({COLUMNS})
                             SELECT DISTINCT ON (uuid) uuid::uuid, project_id, event, distinct_id, "timestamp",
                                    properties::json, inserted_at FROM {staging}
@@ -132,14 +104,8 @@ class PostgresEventStore:
         return int(added)
 
     def close(self) -> None:
-        for reader in self.readers:
-            reader.close()
+        super().close()
         for cur, reader in self.open:
             reader.close()
             cur.close()
-        self.duck.close()
         self.pg.close()
-
-
-def first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
