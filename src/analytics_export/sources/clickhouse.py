@@ -31,9 +31,6 @@ SCHEMA_SQL = """CREATE TABLE IF NOT EXISTS events (
     INDEX inserted inserted_at TYPE minmax GRANULARITY 4
 ) ENGINE = MergeTree ORDER BY (project_id, timestamp, uuid)"""
 COLUMNS = "uuid, project_id, event, distinct_id, timestamp, properties, inserted_at"
-TIME = pa.timestamp("us", tz="UTC")
-EMPTY = pa.schema([("uuid", pa.string()), ("project_id", pa.string()), ("event", pa.string()),
-                   ("distinct_id", pa.string()), ("timestamp", TIME), ("properties", pa.string()), ("inserted_at", TIME)])
 
 
 def client_for(url: str) -> Any:
@@ -52,24 +49,21 @@ class ClickHouseEventStore(ScannedStore):
         except (ClickHouseError, OSError) as exc:
             super().close()
             raise Storage(f"cannot open the ClickHouse event store: {str(exc).splitlines()[0]}") from None
-        self.streams: list[Any] = []
 
-    def scan(self, query: EventQuery) -> pa.RecordBatchReader:
+    def page(self, query: EventQuery, after: tuple[Any, str] | None) -> list[pa.RecordBatch]:
         column = "inserted_at" if query.time_field == "inserted_at" else "timestamp"
+        params = {"project": query.project, "start": query.start, "end": query.end}
+        resume = ""
+        if after is not None:
+            resume = f"AND ({column}, uuid) > ({{after:DateTime64(6, 'UTC')}}, toUUID({{uuid:String}}))"
+            params.update(after=after[0], uuid=after[1])
         try:
-            stream = self.ch.query_arrow_stream(
+            return self.ch.query_arrow(
                 f"SELECT {COLUMNS} FROM events WHERE project_id = {{project:String}} "
-                f"AND {column} >= {{start:DateTime64(6, 'UTC')}} AND {column} < {{end:DateTime64(6, 'UTC')}}",
-                parameters={"project": query.project, "start": query.start, "end": query.end})
-            stream.__enter__()
+                f"AND {column} >= {{start:DateTime64(6, 'UTC')}} AND {column} < {{end:DateTime64(6, 'UTC')}} "
+                f"{resume} ORDER BY {column}, uuid LIMIT {self.page_rows}", parameters=params).to_batches()
         except ClickHouseError as exc:
             raise Storage(f"ClickHouse event store query failed: {str(exc).splitlines()[0]}") from None
-        self.streams.append(stream)
-        batches = iter(stream)
-        first = next(batches, None)
-        if first is None:  # no rows, no batch to take the schema from
-            return pa.RecordBatchReader.from_batches(EMPTY, iter(()))
-        return pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
 
     def is_empty(self) -> bool:
         return not self.ch.command("SELECT count() FROM events")
@@ -96,11 +90,4 @@ class ClickHouseEventStore(ScannedStore):
 
     def close(self) -> None:
         super().close()
-        for stream in self.streams:
-            stream.__exit__(None, None, None)
         self.ch.close()
-
-
-def _chain(first: pa.RecordBatch, rest) -> Any:
-    yield first
-    yield from rest

@@ -30,8 +30,8 @@ SCHEMA_SQL = [
         properties JSON NOT NULL,
         inserted_at TIMESTAMPTZ NOT NULL DEFAULT now()
     )""",
-    'CREATE INDEX IF NOT EXISTS events_project_timestamp ON events (project_id, "timestamp")',
-    "CREATE INDEX IF NOT EXISTS events_project_inserted ON events (project_id, inserted_at)",
+    'CREATE INDEX IF NOT EXISTS events_project_timestamp ON events (project_id, "timestamp", uuid)',
+    "CREATE INDEX IF NOT EXISTS events_project_inserted ON events (project_id, inserted_at, uuid)",
 ]
 COLUMNS = 'uuid, project_id, event, distinct_id, "timestamp", properties, inserted_at'
 
@@ -53,7 +53,6 @@ class PostgresEventStore(ScannedStore):
         except adbc.Error as exc:
             super().close()
             raise Storage(f"cannot connect to the PostgreSQL event store: {first_line(exc)}") from None
-        self.open: list[tuple[Any, pa.RecordBatchReader]] = []
         with self.cursor() as cur:
             for statement in SCHEMA_SQL:
                 cur.execute(statement)
@@ -70,19 +69,17 @@ class PostgresEventStore(ScannedStore):
         finally:
             cur.close()
 
-    def scan(self, query: EventQuery) -> pa.RecordBatchReader:
+    def page(self, query: EventQuery, after: tuple[Any, str] | None) -> list[pa.RecordBatch]:
         column = TIME_COLUMNS[query.time_field]
-        cur = self.pg.cursor()
-        try:
-            cur.execute(f"SELECT {COLUMNS} FROM events WHERE project_id = $1 AND {column} >= $2 AND {column} < $3",
-                        (query.project, query.start, query.end))
-            reader = cur.fetch_record_batch()
-        except adbc.Error as exc:
-            cur.close()
-            self.pg.rollback()
-            raise Storage(f"PostgreSQL event store query failed: {first_line(exc)}") from None
-        self.open.append((cur, reader))  # the cursor owns the stream: it stays open while DuckDB reads
-        return reader
+        params: tuple = (query.project, query.start, query.end)
+        resume = ""
+        if after is not None:
+            resume = f"AND ({column}, uuid) > ($4, $5::uuid)"
+            params += after
+        with self.cursor() as cur:
+            cur.execute(f"SELECT {COLUMNS} FROM events WHERE project_id = $1 AND {column} >= $2 AND {column} < $3 "
+                        f"{resume} ORDER BY {column}, uuid LIMIT {self.page_rows}", params)
+            return list(cur.fetch_record_batch())
 
     def is_empty(self) -> bool:
         with self.cursor() as cur:
@@ -105,7 +102,4 @@ class PostgresEventStore(ScannedStore):
 
     def close(self) -> None:
         super().close()
-        for cur, reader in self.open:
-            reader.close()
-            cur.close()
         self.pg.close()
