@@ -509,3 +509,39 @@ def test_cli_and_library_deliver_remotely(s3_server, sftp_server, demo_settings)
     assert result.destination_path.startswith(f"sftp://{sftp_server.host}:{sftp_server.port}/~/lib/")
     lines = (sftp_server.root / "lib" / result.destination_path.rsplit("/", 1)[1]).read_bytes().splitlines()
     assert len(lines) == result.total_events == summary["total_events"]
+
+
+def test_tenants_cannot_borrow_server_credentials_or_smuggle_hosts(client, azurite):
+    for destination, expected in (
+            ({"type": "s3", "bucket": "lake"}, "needs a connection"),
+            ({"type": "azure", "container": "lake", "account_url": azurite.account_url}, "needs a connection"),
+            ({"type": "s3", "bucket": "127.0.0.1:9/x?", "connection": "s3"}, "destination.s3.bucket"),
+            ({"type": "s3", "bucket": "lake", "region": "x@127.0.0.1:9/", "connection": "s3"}, "destination.s3.region")):
+        response = client.post("/api/exports", json={**WINDOW, "destination": destination})
+        assert response.status_code == 422 and expected in response.json()["detail"], (destination, response.text)
+    smuggled = client.post("/api/connections", json={"name": "az-bad", "type": "azure", "secrets": {
+        "account_name": "127.0.0.1:9/x?", "account_key": "a2V5"}})
+    assert smuggled.status_code == 422 and "account_name" in smuggled.json()["detail"]
+
+
+def test_a_failed_rerun_of_a_split_export_leaves_no_stale_manifest(s3_server, demo_settings):
+    """Re-running a split export (a forced backfill, a lost lease) first removes its manifest: no
+    manifest ever vouches for parts being rewritten, and a failed re-run leaves no half export."""
+    from analytics_export import Settings
+    from analytics_export.errors import Upload
+    from analytics_export.models import ExportRequest
+
+    bucket = s3_server.make_bucket("exports-rerun")
+    secrets = {"access_key_id": s3_server.access_key, "secret_access_key": s3_server.secret_key}
+    destination = {"type": "s3", "bucket": bucket, "endpoint_url": s3_server.endpoint, "max_events_per_file": 4_000}
+    request = ExportRequest(start_date="2026-10-01", end_date="2026-11-01", destination=destination)
+    settings = Settings(data_dir=demo_settings.data_dir, export={"upload_retries": 0})
+    export(request, settings=settings, secrets=secrets)
+    assert any(k.endswith(".manifest.json") for k in keys(s3_server, bucket))
+    with FaultyProxy(s3_server.endpoint, when("PUT", "part-00002", Respond(503), nth=range(1, 99))) as proxy:
+        again = request.model_copy(update={"destination": request.destination.model_copy(
+            update={"endpoint_url": proxy.url})})
+        with pytest.raises(Upload):
+            export(again, settings=settings, secrets=secrets)
+    assert not any(k.endswith(".manifest.json") for k in keys(s3_server, bucket))
+    assert not pending_uploads(s3_server, bucket)

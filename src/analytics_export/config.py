@@ -23,6 +23,9 @@ class Settings(BaseSettings):
                                    "chdb:///path or a DuckDB file path; default DATA_DIR/events.duckdb")
     secret_key: str | None = Field(None, description="signs download links; default a random key kept in the data dir")
     max_body_bytes: int = Field(16 << 20, description="largest POST /api/events body")
+    server_credentials: bool = Field(
+        False, description="let exports without a connection use this server's own cloud credentials "
+        "(AWS_*, AZURE_STORAGE_*, Google default): only for a single-tenant deployment")
     destination_allow: list[str] = Field(
         default_factory=list, description="hosts or CIDRs destinations may reach although not public, "
         'e.g. ["127.0.0.1", "10.1.0.0/16"]; everything else must resolve to public addresses')
@@ -43,6 +46,17 @@ class Settings(BaseSettings):
     @property
     def export_dir(self) -> Path:
         return self.data_dir / "exports"
+
+    def check_credentials(self, destination: object) -> None:
+        """Raise ValueError unless `destination` names a connection or may use the server's credentials
+        (the GCS emulator needs none)."""
+        kind = getattr(destination, "type", None)
+        if kind not in ("s3", "gcs", "azure") or getattr(destination, "connection", None) or self.server_credentials:
+            return
+        if kind == "gcs" and os.environ.get("STORAGE_EMULATOR_HOST"):
+            return
+        raise ValueError(f"a {kind} destination needs a connection (POST /api/connections): this server does "
+                         "not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
 
     def project_export_dir(self, project: str) -> Path:
         """Each project's downloads live in their own folder under the export dir."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -54,6 +55,8 @@ class ConnectionCreate(BaseModel):
         missing = [f for f in required if not self.secrets.get(f)]
         if missing:
             raise ValueError(f"secrets.{missing[0]} is required for a {self.type} connection")
+        if self.type == "azure" and not re.fullmatch(r"[a-z0-9]{3,24}", self.secrets["account_name"]):
+            raise ValueError("secrets.account_name must be 3-24 lowercase letters or digits")
         if self.type == "azure" and not (self.secrets.get("account_key") or self.secrets.get("sas_token")):
             raise ValueError("an azure connection needs secrets.account_key or secrets.sas_token")
         if self.type == "sftp" and not (self.secrets.get("password") or self.secrets.get("private_key")):

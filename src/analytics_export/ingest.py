@@ -65,7 +65,8 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
             params[f"k{i}"] = name
             pairs.append(f'$k{i}, "{_identifier(name)}"')
         props = f"json_merge_patch(coalesce({props}, '{{}}'), json_object({', '.join(pairs)}))"
-    content = "md5(concat_ws(chr(31), event, distinct_id, CAST(ts AS VARCHAR), CAST(props AS VARCHAR)))"
+    # the project is part of a derived uuid: two projects' identical events are two events
+    content = "md5(concat_ws(chr(31), $project, event, distinct_id, CAST(ts AS VARCHAR), CAST(props AS VARCHAR)))"
     uuid = f"coalesce(CAST(uuid AS UUID), CAST({content} AS UUID))" if "uuid" in columns else f"CAST({content} AS UUID)"
     select = f"""
         WITH raw AS (

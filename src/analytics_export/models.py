@@ -223,8 +223,9 @@ class FileLayout(BaseModel):
 
 class S3Destination(FileLayout):
     type: Literal["s3"] = "s3"
-    bucket: str = Field(min_length=3, max_length=63)
-    region: str | None = None
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+                        description="3-63 lowercase letters, digits, `.` or `-` (the bucket becomes part of a host name)")
+    region: str | None = Field(None, pattern=r"^[a-z0-9-]{1,32}$")
     endpoint_url: str | None = Field(None, description="any S3-compatible endpoint, e.g. http://127.0.0.1:9000")
     path_style: bool | None = Field(None, description="path-style addressing; default: on with endpoint_url")
     server_side_encryption: Literal["AES256", "aws:kms"] | None = None
@@ -239,13 +240,13 @@ class S3Destination(FileLayout):
 
 class GCSDestination(FileLayout):
     type: Literal["gcs"] = "gcs"
-    bucket: str = Field(min_length=3, max_length=222)
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
     endpoint_url: str | None = Field(None, description="API endpoint; default Google's, or STORAGE_EMULATOR_HOST")
 
 
 class AzureDestination(FileLayout):
     type: Literal["azure"] = "azure"
-    container: str = Field(min_length=3, max_length=63)
+    container: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
     account_url: str | None = Field(None, description="default https://{account}.blob.core.windows.net")
 
 

@@ -140,6 +140,8 @@ def run_export(
         done.append(part.commit())
         progress.bytes += done[-1]["bytes"] - before  # trailers and flushed buffers
 
+    if digest:  # a re-run: the old manifest must not vouch for parts about to be rewritten
+        destination.remove(request.manifest_name)
     batches = read_ahead(source.batches(query, batch_size), PREFETCH)
     try:
         for batch in batches:
@@ -172,7 +174,7 @@ def run_export(
         if part is not None:
             part.abort()
         for entry in done:
-            destination.remove(entry["uri"])
+            destination.remove(entry["name"])
         raise
     finally:
         batches.close()  # stops the source thread now, not whenever a traceback holding it is freed

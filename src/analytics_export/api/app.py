@@ -130,7 +130,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         """422 unless the destination's host is allowed and its connection exists with the right type."""
         try:
             check_destination(destination, settings.destination_allow)
-        except Invalid as exc:
+            settings.check_credentials(destination)
+        except (Invalid, ValueError) as exc:
             raise HTTPException(422, f"destination: {exc}") from None
         name = getattr(destination, "connection", None)
         if name is None:

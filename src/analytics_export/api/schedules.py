@@ -5,12 +5,12 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import Invalid
 from ..jobs.scheduler import Schedules, backfill, run_history
 from ..jobs.store import JobStore, now
-from ..models import ScheduledExport, utc
+from ..models import ScheduledExport, describe_errors, utc
 
 
 class ScheduleCreate(ScheduledExport):
@@ -94,13 +94,16 @@ def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, chec
 
     @router.patch("/{schedule_id}", response_model=ScheduleView, responses=problems(404))
     def update(schedule_id: str, changes: dict[str, Any], project: Project) -> ScheduleView:
+        current = found(store.get(project, schedule_id), schedule_id)
         try:
-            item = store.update(project, schedule_id, changes, now())
+            merged = ScheduledExport.model_validate({**current.schedule.model_dump(mode="json"), **changes})
+        except ValidationError as exc:
+            raise HTTPException(422, describe_errors(exc.errors())) from None
+        check_destination(project, merged.destination)  # before anything is saved
+        try:
+            return found(store.update(project, schedule_id, changes, now()), schedule_id)
         except Invalid as exc:
             raise HTTPException(422, str(exc)) from None
-        view = found(item, schedule_id)
-        check_destination(project, view.schedule.destination)
-        return view
 
     @router.delete("/{schedule_id}", status_code=204, responses=problems(404))
     def delete(schedule_id: str, project: Project) -> None:

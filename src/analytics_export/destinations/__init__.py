@@ -46,8 +46,8 @@ class Destination:
     def open(self, name: str) -> Upload:
         raise NotImplementedError
 
-    def remove(self, uri: str) -> None:
-        """Delete a committed file (rollback of a failed split export); missing is fine."""
+    def remove(self, name: str) -> None:
+        """Delete the file `name` (a failed split export's parts, a re-run's stale manifest); missing is fine."""
 
     def finish(self, uris: list[str]) -> str:
         """Called once every file is committed; returns what `ExportResult.destination_path` shows."""

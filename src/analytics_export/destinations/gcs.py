@@ -90,9 +90,9 @@ class GCS(Destination):
     def open(self, name: str) -> GCSUpload:
         return GCSUpload(self, self.target.key(name))
 
-    def remove(self, uri: str) -> None:
+    def remove(self, name: str) -> None:
         try:
-            self.bucket.blob(uri.removeprefix(f"gs://{self.spec.bucket}/")).delete()
+            self.bucket.blob(self.target.key(name)).delete()
         except Exception:  # best effort after a failed export
             pass
 

@@ -54,8 +54,8 @@ class LocalDestination(Destination):
     def open(self, name: str) -> LocalUpload:
         return LocalUpload((self.path or self.directory / name).absolute())
 
-    def remove(self, uri: str) -> None:
-        Path(uri).unlink(missing_ok=True)
+    def remove(self, name: str) -> None:
+        (self.path or self.directory / name).unlink(missing_ok=True)
 
 
 def build(target: Target) -> LocalDestination:

@@ -109,9 +109,9 @@ class ObjectStoreDestination(Destination):
         key = self.target.key(name)
         return ObjectUpload(self.store, key, f"{self.uri_root}/{key}", self.explain, self.attributes)
 
-    def remove(self, uri: str) -> None:
+    def remove(self, name: str) -> None:
         try:
-            obstore.delete(self.store, uri.removeprefix(self.uri_root + "/"))
+            obstore.delete(self.store, self.target.key(name))
         except Exception:  # best effort: the export failed already, and that error is the one to report
             pass
 

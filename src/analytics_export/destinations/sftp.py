@@ -64,7 +64,6 @@ class SFTP(Destination):
         self.thread = threading.Thread(target=self.loop.run_forever, name="sftp-loop", daemon=True)
         self.thread.start()
         self.connection: asyncssh.SSHClientConnection | None = None
-        self.paths: dict[str, str] = {}
         try:
             self.client: asyncssh.SFTPClient = self.call(self._connect())
         except BaseException:
@@ -74,7 +73,8 @@ class SFTP(Destination):
     def call(self, awaitable: Awaitable[Any]) -> Any:
         """Await `awaitable` on the destination's loop; errors become Upload (retry) or Rejected (fix)."""
         try:
-            return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop).result()
+            timeout = self.target.settings.export.upload_timeout_seconds
+            return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop).result(timeout)
         except asyncssh.PermissionDenied:
             raise Rejected(f"{self.where} refused the login for {self.spec.username!r}: check the "
                            "connection's password or private_key") from None
@@ -85,7 +85,7 @@ class SFTP(Destination):
             raise Rejected(f"{self.where}: permission denied writing under {self.folder!r}") from None
         except asyncssh.SFTPError as exc:
             raise Rejected(f"{self.where}: {exc.reason}") from None
-        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        except (OSError, asyncssh.Error, asyncio.TimeoutError, TimeoutError) as exc:
             reason = redact(str(exc) or type(exc).__name__, self.target.secrets)
             raise Upload(f"{self.where}: connection failed ({reason})") from None
 
@@ -108,6 +108,7 @@ class SFTP(Destination):
                            "(e.g. from `ssh-keyscan -p PORT HOST`) or set allow_unknown_host_key")
         options: dict[str, Any] = {"known_hosts": known_hosts, "username": self.spec.username,
                                    "connect_timeout": self.target.settings.export.upload_timeout_seconds,
+                                   "keepalive_interval": 15, "keepalive_count_max": 3, "config": [],
                                    "agent_path": None, "client_keys": None, "password": secrets.get("password")}
         if secrets.get("private_key"):
             options["client_keys"] = [asyncssh.import_private_key(secrets["private_key"], secrets.get("passphrase"))]
@@ -127,16 +128,14 @@ class SFTP(Destination):
 
     def uri(self, path: str) -> str:
         """`sftp://host:port/abs/path`, or `.../~/rel/path` for a path relative to the login folder."""
-        uri = f"{self.where}{path}" if path.startswith("/") else f"{self.where}/~/{path}"
-        self.paths[uri] = path
-        return uri
+        return f"{self.where}{path}" if path.startswith("/") else f"{self.where}/~/{path}"
 
     def open(self, name: str) -> SFTPUpload:
         return SFTPUpload(self, posixpath.join(self.folder, name))
 
-    def remove(self, uri: str) -> None:
+    def remove(self, name: str) -> None:
         try:
-            self.call(self.client.remove(self.paths[uri]))
+            self.call(self.client.remove(posixpath.join(self.folder, name)))
         except (Upload, Rejected):
             pass
 

@@ -29,23 +29,28 @@ RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
 
 class SpooledBody:
-    """One request body written to a temporary file; its size and signature are known at commit."""
+    """One request body written to a temporary file."""
 
-    def __init__(self, folder: str, secret: bytes | None) -> None:
+    def __init__(self, folder: str, name: str) -> None:
+        self.name = name
         self.file: BinaryIO = tempfile.TemporaryFile(dir=folder)
         self.size = 0
-        self.timestamp = str(int(time.time()))
-        self.mac = hmac.new(secret, f"{self.timestamp}.".encode(), hashlib.sha256) if secret else None
 
     def write(self, data: bytes | memoryview) -> int:
         self.size += len(data)
-        if self.mac is not None:
-            self.mac.update(data)
         return self.file.write(data)
+
+    def signature(self, secret: bytes) -> tuple[str, str]:
+        """(timestamp, `sha256=HEX`) signed now: each attempt carries a fresh timestamp."""
+        timestamp = str(int(time.time()))
+        mac = hmac.new(secret, f"{timestamp}.".encode(), hashlib.sha256)
+        for chunk in self.chunks():
+            mac.update(chunk)
+        return timestamp, f"sha256={mac.hexdigest()}"
 
     def commit(self) -> str:
         self.file.flush()
-        return f"spool:{id(self)}"
+        return self.name
 
     def abort(self) -> None:
         self.file.close()
@@ -69,12 +74,11 @@ class Webhook(Destination):
         self.bodies: dict[str, SpooledBody] = {}
 
     def open(self, name: str) -> SpooledBody:
-        body = SpooledBody(self.folder, self.secret)
-        self.bodies[f"spool:{id(body)}"] = body
+        body = self.bodies[name] = SpooledBody(self.folder, name)
         return body
 
-    def remove(self, uri: str) -> None:
-        body = self.bodies.pop(uri, None)
+    def remove(self, name: str) -> None:
+        body = self.bodies.pop(name, None)
         if body is not None:
             body.abort()
 
@@ -92,9 +96,6 @@ class Webhook(Destination):
             for index, uri in enumerate(uris, start=1):
                 body = self.bodies[uri]
                 batch = {**headers, "X-Batch-Index": str(index), "Content-Length": str(body.size)}
-                if body.mac is not None:
-                    batch["X-Signature-Timestamp"] = body.timestamp
-                    batch["X-Signature"] = f"sha256={body.mac.hexdigest()}"
                 self.send(client, body, batch, index, len(uris))
         return self.spec.url
 
@@ -104,6 +105,8 @@ class Webhook(Destination):
         where = f"webhook {redact(self.spec.url, self.target.secrets)} (batch {index} of {count})"
         for attempt in range(config.upload_retries + 1):
             wait = config.upload_backoff_seconds * 2 ** attempt * random.uniform(0.5, 1.5)
+            if self.secret is not None:
+                headers["X-Signature-Timestamp"], headers["X-Signature"] = body.signature(self.secret)
             try:
                 response = client.post(self.spec.url, content=body.chunks(), headers=headers)
             except httpx.TransportError as exc:

@@ -105,6 +105,10 @@ class Worker:
         (a name may resolve elsewhere now than when the export was created)."""
         spec = job.request.destination
         check_destination(spec, self.settings.destination_allow)
+        try:
+            self.settings.check_credentials(spec)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
         secrets: dict[str, str] = {}
         name = getattr(spec, "connection", None)
         if name is not None:

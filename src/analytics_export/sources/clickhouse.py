@@ -80,8 +80,10 @@ class ClickHouseEventStore(ScannedStore):
             before = self.ch.command("SELECT count() FROM events")
             self.ch.command(f"""INSERT INTO events ({COLUMNS})
                 SELECT toUUID(uuid), project_id, event, distinct_id, timestamp, properties, inserted_at
-                FROM {staging} WHERE toUUID(uuid) NOT IN (SELECT uuid FROM events)
-                LIMIT 1 BY uuid""")
+                FROM {staging}
+                WHERE (project_id, toUUID(uuid)) NOT IN (
+                    SELECT project_id, uuid FROM events WHERE project_id IN (SELECT project_id FROM {staging}))
+                LIMIT 1 BY project_id, uuid""")
             return int(self.ch.command("SELECT count() FROM events")) - int(before)
         except ClickHouseError as exc:
             raise Storage(f"ClickHouse event store insert failed: {str(exc).splitlines()[0]}") from None

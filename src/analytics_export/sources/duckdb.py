@@ -163,7 +163,7 @@ class DuckDBEventStore:
         """Insert rows of `select_sql` (the events columns), skipping uuids already stored; returns rows added."""
         text = (
             f"INSERT INTO events SELECT * FROM (SELECT DISTINCT ON (uuid) * FROM ({select_sql})) AS s "
-            "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.uuid = s.uuid)"
+            "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.uuid = s.uuid AND e.project_id = s.project_id)"
         )
         return int(self.execute(text, params or []).fetchall()[0][0])
 

@@ -22,13 +22,14 @@ from .scanned import ScannedStore
 
 SCHEMA_SQL = [
     """CREATE TABLE IF NOT EXISTS events (
-        uuid UUID PRIMARY KEY,
+        uuid UUID NOT NULL,
         project_id TEXT NOT NULL,
         event TEXT NOT NULL,
         distinct_id TEXT NOT NULL,
         "timestamp" TIMESTAMPTZ NOT NULL,
         properties JSON NOT NULL,
-        inserted_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        inserted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (project_id, uuid)
     )""",
     'CREATE INDEX IF NOT EXISTS events_project_timestamp ON events (project_id, "timestamp", uuid)',
     "CREATE INDEX IF NOT EXISTS events_project_inserted ON events (project_id, inserted_at, uuid)",
@@ -92,9 +93,9 @@ class PostgresEventStore(ScannedStore):
         with self.cursor() as cur:
             cur.adbc_ingest(staging, rows, mode="create", temporary=True)
             cur.execute(f"""INSERT INTO events ({COLUMNS})
-                            SELECT DISTINCT ON (uuid) uuid::uuid, project_id, event, distinct_id, "timestamp",
-                                   properties::json, inserted_at FROM {staging}
-                            ON CONFLICT (uuid) DO NOTHING""")
+                            SELECT DISTINCT ON (project_id, uuid) uuid::uuid, project_id, event, distinct_id,
+                                   "timestamp", properties::json, inserted_at FROM {staging}
+                            ON CONFLICT (project_id, uuid) DO NOTHING""")
             added = cur.rowcount
             cur.execute(f"DROP TABLE {staging}")
         self.pg.commit()
