@@ -99,8 +99,8 @@ def test_the_service_on_a_postgresql_event_store(stores, tmp_path):
 
 
 def test_scans_page_through_the_window(stores, tmp_path):
-    """Engines are read in keyset pages of (time, uuid); with pages of 997 rows every event still
-    arrives exactly once, in both time fields."""
+    """Engines are read in time slices sized to about `page_rows`; with 997 (so slices are resized and
+    re-read all the time) every event still arrives exactly once, in both time fields."""
     from analytics_export.destinations.local import LocalDestination
     from analytics_export.models import ExportRequest
     from analytics_export.pipeline import run_export

@@ -9,6 +9,7 @@ client code on chDB, ClickHouse's in-process engine (the tests use it: no server
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -50,20 +51,24 @@ class ClickHouseEventStore(ScannedStore):
             super().close()
             raise Storage(f"cannot open the ClickHouse event store: {str(exc).splitlines()[0]}") from None
 
-    def page(self, query: EventQuery, after: tuple[Any, str] | None) -> list[pa.RecordBatch]:
+    def page(self, query: EventQuery, lo: datetime, hi: datetime, limit: int) -> list[pa.RecordBatch]:
         column = "inserted_at" if query.time_field == "inserted_at" else "timestamp"
-        params = {"project": query.project, "start": query.start, "end": query.end}
-        resume = ""
-        if after is not None:
-            resume = f"AND ({column}, uuid) > ({{after:DateTime64(6, 'UTC')}}, toUUID({{uuid:String}}))"
-            params.update(after=after[0], uuid=after[1])
         try:
             return self.ch.query_arrow(
                 f"SELECT {COLUMNS} FROM events WHERE project_id = {{project:String}} "
-                f"AND {column} >= {{start:DateTime64(6, 'UTC')}} AND {column} < {{end:DateTime64(6, 'UTC')}} "
-                f"{resume} ORDER BY {column}, uuid LIMIT {self.page_rows}", parameters=params).to_batches()
+                f"AND {column} >= {{lo:DateTime64(6, 'UTC')}} AND {column} < {{hi:DateTime64(6, 'UTC')}} "
+                f"LIMIT {int(limit)}", parameters={"project": query.project, "lo": lo, "hi": hi}).to_batches()
         except ClickHouseError as exc:
             raise Storage(f"ClickHouse event store query failed: {str(exc).splitlines()[0]}") from None
+
+    def first_after(self, query: EventQuery, lo: datetime) -> datetime | None:
+        column = "inserted_at" if query.time_field == "inserted_at" else "timestamp"
+        rows = self.ch.query(
+            f"SELECT minOrNull({column}) FROM events WHERE project_id = {{project:String}} "
+            f"AND {column} >= {{lo:DateTime64(6, 'UTC')}} AND {column} < {{end:DateTime64(6, 'UTC')}}",
+            parameters={"project": query.project, "lo": lo, "end": query.end}).result_rows
+        first = rows[0][0] if rows else None
+        return first.replace(tzinfo=timezone.utc) if first is not None and first.tzinfo is None else first
 
     def is_empty(self) -> bool:
         return not self.ch.command("SELECT count() FROM events")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, Iterator
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -31,8 +32,8 @@ SCHEMA_SQL = [
         inserted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (project_id, uuid)
     )""",
-    'CREATE INDEX IF NOT EXISTS events_project_timestamp ON events (project_id, "timestamp", uuid)',
-    "CREATE INDEX IF NOT EXISTS events_project_inserted ON events (project_id, inserted_at, uuid)",
+    'CREATE INDEX IF NOT EXISTS events_project_timestamp ON events (project_id, "timestamp")',
+    "CREATE INDEX IF NOT EXISTS events_project_inserted ON events (project_id, inserted_at)",
 ]
 COLUMNS = 'uuid, project_id, event, distinct_id, "timestamp", properties, inserted_at'
 
@@ -70,17 +71,19 @@ class PostgresEventStore(ScannedStore):
         finally:
             cur.close()
 
-    def page(self, query: EventQuery, after: tuple[Any, str] | None) -> list[pa.RecordBatch]:
+    def page(self, query: EventQuery, lo: datetime, hi: datetime, limit: int) -> list[pa.RecordBatch]:
         column = TIME_COLUMNS[query.time_field]
-        params: tuple = (query.project, query.start, query.end)
-        resume = ""
-        if after is not None:
-            resume = f"AND ({column}, uuid) > ($4, $5::uuid)"
-            params += after
         with self.cursor() as cur:
             cur.execute(f"SELECT {COLUMNS} FROM events WHERE project_id = $1 AND {column} >= $2 AND {column} < $3 "
-                        f"{resume} ORDER BY {column}, uuid LIMIT {self.page_rows}", params)
+                        f"LIMIT {int(limit)}", (query.project, lo, hi))
             return list(cur.fetch_record_batch())
+
+    def first_after(self, query: EventQuery, lo: datetime) -> datetime | None:
+        column = TIME_COLUMNS[query.time_field]
+        with self.cursor() as cur:
+            cur.execute(f"SELECT min({column}) FROM events WHERE project_id = $1 AND {column} >= $2 AND {column} < $3",
+                        (query.project, lo, query.end))
+            return cur.fetchone()[0]
 
     def is_empty(self) -> bool:
         with self.cursor() as cur:

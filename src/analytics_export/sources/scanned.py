@@ -5,6 +5,7 @@ identically, with no Python row loop. Ingest stages rows in that DuckDB and bulk
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any, Iterator
 
 import duckdb
@@ -13,9 +14,11 @@ import pyarrow as pa
 from . import EventQuery
 from .duckdb import SqlBuilder, translated_errors
 
-PAGE_ROWS = 50_000
-"""Rows per page of a scan: engines' clients buffer a whole result (ADBC's COPY reader and chDB held
-1M events as 700 MB), so scans read the window in keyset pages of bounded size instead."""
+PAGE_ROWS = 100_000
+"""Rows per page of a scan, about: engines' clients buffer a whole result (ADBC's COPY reader and
+chDB held 1M events as 700 MB), so scans read the window in time slices of bounded size instead."""
+
+MIN_SLICE = timedelta(milliseconds=1)
 
 STAGED = ('SELECT uuid::VARCHAR AS uuid, project_id, event, distinct_id, "timestamp", '
           "properties::VARCHAR AS properties, inserted_at FROM ({select})")
@@ -30,26 +33,30 @@ class ScannedStore:
         self.duck.execute("SET TimeZone = 'UTC'")
         self.duck.execute("SET enable_progress_bar = false")
 
-    def page(self, query: EventQuery, after: tuple[Any, str] | None) -> list[pa.RecordBatch]:
-        """Up to `page_rows` of the project's events with `query.time_field` in [start, end), every
-        column, ordered by (time_field, uuid) and after that key when given."""
+    def page(self, query: EventQuery, lo: datetime, hi: datetime, limit: int) -> list[pa.RecordBatch]:
+        """At most `limit` of the project's events with `query.time_field` in [lo, hi), every column."""
+        raise NotImplementedError
+
+    def first_after(self, query: EventQuery, lo: datetime) -> datetime | None:
+        """The earliest `query.time_field` at or after `lo` and before `query.end`; None if there is none."""
         raise NotImplementedError
 
     def scan(self, query: EventQuery) -> Iterator[pa.RecordBatch]:
-        """The whole window, page after page; each page resumes after the last row's key."""
-        after = None
-        while True:
-            batches = [b for b in self.page(query, after) if b.num_rows]
-            yield from batches
+        """The window as consecutive half-open time slices, each sized from the rows per second seen so
+        far to hold about `page_rows`: every row exactly once, with no ORDER BY. A slice that reaches
+        2 x `page_rows` is dropped and read again 4 times narrower, so memory stays bounded by a page."""
+        cap = 2 * self.page_rows
+        lo, span = self.first_after(query, query.start), timedelta(hours=1)
+        while lo is not None and lo < query.end:
+            hi = min(lo + span, query.end)
+            batches = [b for b in self.page(query, lo, hi, cap + 1) if b.num_rows]
             rows = sum(b.num_rows for b in batches)
-            if rows < self.page_rows:
-                return
-            last = batches[-1]
-            after = (last.column(query.time_field)[-1].as_py(), str(last.column("uuid")[-1].as_py()))
-
-    def load(self, rows: pa.RecordBatchReader) -> int:
-        """Store `rows` (the STAGED columns), skipping uuids already stored; returns rows added."""
-        raise NotImplementedError
+            if rows > cap and span > MIN_SLICE:
+                span /= 4
+                continue
+            yield from batches
+            span = span * min(16.0, max(0.25, self.page_rows / rows)) if rows else span
+            lo = hi if rows else self.first_after(query, hi)
 
     def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
         """The engine's batches, each filtered and projected on its own: memory holds one batch (a
