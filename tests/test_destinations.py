@@ -545,3 +545,26 @@ def test_a_failed_rerun_of_a_split_export_leaves_no_stale_manifest(s3_server, de
             export(again, settings=settings, secrets=secrets)
     assert not any(k.endswith(".manifest.json") for k in keys(s3_server, bucket))
     assert not pending_uploads(s3_server, bucket)
+
+
+def test_webhooks_connect_to_the_address_the_guard_checked(tmp_path):
+    """The request goes to an address resolved and checked once (no second DNS answer can redirect
+    it), with the original name as Host header and TLS server name."""
+    import socket
+
+    from analytics_export import Settings
+    from analytics_export.destinations import Target
+    from analytics_export.destinations.webhook import Webhook
+    from analytics_export.models import ExportRequest
+
+    resolved = {info[4][0] for info in socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)}
+    for scheme in ("http", "https"):
+        request = ExportRequest(**WINDOW, destination={"type": "webhook", "url": f"{scheme}://localhost:8443/in?x=1"})
+        hook = Webhook(Target(request, "p", Settings(data_dir=tmp_path, destination_allow=["localhost"])))
+        headers: dict = {}
+        url, extensions = hook.pinned(headers)
+        host = url.split("://")[1].rsplit(":", 1)[0].strip("[]")
+        assert host in resolved and url.endswith(":8443/in?x=1") and headers["Host"] == "localhost:8443"
+        assert extensions == ({"sni_hostname": "localhost"} if scheme == "https" else {})
+    with pytest.raises(Exception, match="loopback"):
+        Webhook(Target(request, "p", Settings(data_dir=tmp_path))).pinned({})

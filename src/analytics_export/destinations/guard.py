@@ -31,23 +31,26 @@ def check_destination(spec: object, allow: list[str]) -> None:
         check_host(host, allow)
 
 
-def check_host(host: str, allow: list[str]) -> None:
-    if host.lower() in (a.lower() for a in allow):
-        return
+def check_host(host: str, allow: list[str]) -> list[str]:
+    """The addresses `host` resolves to, once each is known to be public or allowed (else Invalid).
+    A caller that connects to one of these, not to the name, cannot be steered by DNS rebinding."""
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise Invalid(f"destination host {host!r} does not resolve; check the name") from None
+    named = host.lower() in (a.lower() for a in allow)
     networks = [ipaddress.ip_network(a, strict=False) for a in allow if _is_network(a)]
+    addresses = []
     for *_, sockaddr in infos:
         address = ipaddress.ip_address(sockaddr[0].split("%")[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
-        if address.is_global or any(address in n for n in networks):
-            continue
-        raise Invalid(f"destination host {host!r} resolves to {address}, a loopback, private, link-local or "
-                      "reserved address; only public hosts are allowed unless the server's "
-                      "ANALYTICS_EXPORT_DESTINATION_ALLOW lists it")
+        if not (named or address.is_global or any(address in n for n in networks)):
+            raise Invalid(f"destination host {host!r} resolves to {address}, a loopback, private, link-local or "
+                          "reserved address; only public hosts are allowed unless the server's "
+                          "ANALYTICS_EXPORT_DESTINATION_ALLOW lists it")
+        addresses.append(str(address))
+    return addresses
 
 
 def _is_network(text: str) -> bool:
