@@ -19,6 +19,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from ..errors import Storage
 from . import EventQuery
+from .duckdb import TIME_COLUMNS
 from .scanned import ScannedStore
 
 SCHEMA_SQL = """CREATE TABLE IF NOT EXISTS events (
@@ -52,7 +53,7 @@ class ClickHouseEventStore(ScannedStore):
             raise Storage(f"cannot open the ClickHouse event store: {str(exc).splitlines()[0]}") from None
 
     def page(self, query: EventQuery, lo: datetime, hi: datetime, limit: int) -> list[pa.RecordBatch]:
-        column = "inserted_at" if query.time_field == "inserted_at" else "timestamp"
+        column = TIME_COLUMNS[query.time_field]
         try:
             return self.ch.query_arrow(
                 f"SELECT {COLUMNS} FROM events WHERE project_id = {{project:String}} "
@@ -62,7 +63,7 @@ class ClickHouseEventStore(ScannedStore):
             raise Storage(f"ClickHouse event store query failed: {str(exc).splitlines()[0]}") from None
 
     def first_after(self, query: EventQuery, lo: datetime) -> datetime | None:
-        column = "inserted_at" if query.time_field == "inserted_at" else "timestamp"
+        column = TIME_COLUMNS[query.time_field]
         rows = self.ch.query(
             f"SELECT minOrNull({column}) FROM events WHERE project_id = {{project:String}} "
             f"AND {column} >= {{lo:DateTime64(6, 'UTC')}} AND {column} < {{end:DateTime64(6, 'UTC')}}",
