@@ -5,7 +5,6 @@ filter, must give the same rows, and for the text formats the same lines byte fo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -8,12 +8,10 @@ import re
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from analytics_export import Settings, open_store
 from analytics_export.sources import EventQuery

@@ -19,14 +19,14 @@ from .sources.duckdb import DuckDBEventStore
 
 
 def open_store(settings: Settings, *, read_only: bool = True) -> EventStore:
-    """The configured event store: `events_url` names PostgreSQL (postgresql://...) or a DuckDB
-    file; the default is `events.duckdb` in the data dir."""
+    """The configured event store: `events_url` names PostgreSQL, ClickHouse or a DuckDB file; the
+    default is `events.duckdb` in the data dir."""
     memory_limit = settings.duckdb_write_memory_limit if not read_only else settings.duckdb_memory_limit
-    if settings.events_url and settings.events_url.startswith(("postgres://", "postgresql")):
+    if settings.events_engine == "postgresql":
         from .sources.postgres import PostgresEventStore
 
         return PostgresEventStore(settings.events_url, memory_limit=memory_limit, threads=settings.duckdb_threads)
-    if settings.events_url and settings.events_url.startswith(("clickhouse://", "chdb://")):
+    if settings.events_engine == "clickhouse":
         from .sources.clickhouse import ClickHouseEventStore
 
         return ClickHouseEventStore(settings.events_url, memory_limit=memory_limit, threads=settings.duckdb_threads)

@@ -4,10 +4,15 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .errors import Invalid
 from .models import ExportConfig
+
+
+ENGINES = {"postgres": "postgresql", "postgresql": "postgresql", "clickhouse": "clickhouse", "chdb": "clickhouse"}
+"""events_url schemes and the engine each names."""
 
 
 class Settings(BaseSettings):
@@ -31,31 +36,44 @@ class Settings(BaseSettings):
         'e.g. ["127.0.0.1", "10.1.0.0/16"]; everything else must resolve to public addresses')
     export: ExportConfig = Field(default_factory=ExportConfig)
 
+    @field_validator("events_url")
+    @classmethod
+    def _events_scheme(cls, value: str | None) -> str | None:
+        if value and "://" in value and value.split("://")[0].split("+")[0] not in ENGINES:
+            raise ValueError(f"events_url must be a DuckDB file path or start with one of "
+                             f"{', '.join(s + '://' for s in ENGINES)}")
+        return value
+
+    @property
+    def events_engine(self) -> str:
+        """`duckdb`, `postgresql` or `clickhouse`: the engine `events_url` names."""
+        if not self.events_url or "://" not in self.events_url:
+            return "duckdb"
+        return ENGINES[self.events_url.split("://")[0].split("+")[0]]
+
     @property
     def events_path(self) -> Path:
-        """The DuckDB event store file (unless `events_url` names PostgreSQL)."""
-        if self.events_url and "://" not in self.events_url:
-            return Path(self.events_url)
-        return self.data_dir / "events.duckdb"
+        """The DuckDB event store file (when the engine is DuckDB)."""
+        return Path(self.events_url) if self.events_url and self.events_engine == "duckdb" else self.data_dir / "events.duckdb"
 
     @property
     def events_store_name(self) -> str:
-        """The event store for messages: the URL's scheme (never its credentials), or the file."""
-        return self.events_url.split("://")[0] if self.events_url and "://" in self.events_url else str(self.events_path)
+        """The event store for messages: the engine (never the URL's credentials), or the file."""
+        return str(self.events_path) if self.events_engine == "duckdb" else self.events_engine
 
     @property
     def export_dir(self) -> Path:
         return self.data_dir / "exports"
 
     def check_credentials(self, destination: object) -> None:
-        """Raise ValueError unless `destination` names a connection or may use the server's credentials
+        """Raise Invalid unless `destination` names a connection or may use the server's credentials
         (the GCS emulator needs none)."""
         kind = getattr(destination, "type", None)
         if kind not in ("s3", "gcs", "azure") or getattr(destination, "connection", None) or self.server_credentials:
             return
         if kind == "gcs" and os.environ.get("STORAGE_EMULATOR_HOST"):
             return
-        raise ValueError(f"a {kind} destination needs a connection (POST /api/connections): this server does "
+        raise Invalid(f"a {kind} destination needs a connection (POST /api/connections): this server does "
                          "not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
 
     def project_export_dir(self, project: str) -> Path:

@@ -8,13 +8,18 @@ import hashlib
 import json
 import re
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .destinations.guard import check_destination
 from .errors import Invalid
 from .models import CONNECTION_NAME
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .jobs.store import JobStore
 
 ConnectionType = Literal["s3", "gcs", "azure", "sftp", "webhook"]
 
@@ -78,6 +83,23 @@ class ConnectionView(BaseModel):
     type: ConnectionType
     fields: list[str]
     created_at: datetime
+
+
+def checked_secrets(settings: Settings, jobs: JobStore, project: str, destination: Any) -> dict[str, str]:
+    """The secrets of `destination`'s connection, once its host, its credentials and its connection
+    are allowed (Invalid otherwise). The API checks with it when an export or schedule is created,
+    the worker again when the export runs (a name may resolve elsewhere by then)."""
+    check_destination(destination, settings.destination_allow)
+    settings.check_credentials(destination)
+    name = getattr(destination, "connection", None)
+    if name is None:
+        return {}
+    row = jobs.connection(project, name)
+    if row is None:
+        raise Invalid(f"no connection {name!r} in this project; create it with POST /api/connections")
+    if row.type != destination.type:
+        raise Invalid(f"connection {name!r} is a {row.type} connection, not {destination.type}")
+    return Sealer(settings.signing_key()).open(row.sealed)
 
 
 class Sealer:

@@ -19,9 +19,8 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import open_store
 from ..config import Settings
-from ..connections import ConnectionCreate, ConnectionView, Sealer
+from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secrets
 from .schedules import schedule_router
-from ..destinations.guard import check_destination
 from ..errors import Invalid, Storage
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
@@ -127,22 +126,11 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                           progress=ExportProgress(events=job.events_done, bytes=job.bytes_done, started_at=job.started_at))
 
     def check_target(project: str, destination: Any) -> None:
-        """422 unless the destination's host is allowed and its connection exists with the right type."""
+        """422 unless the destination's host, credentials and connection are allowed."""
         try:
-            check_destination(destination, settings.destination_allow)
-            settings.check_credentials(destination)
-        except (Invalid, ValueError) as exc:
+            checked_secrets(settings, jobs, project, destination)
+        except Invalid as exc:
             raise HTTPException(422, f"destination: {exc}") from None
-        name = getattr(destination, "connection", None)
-        if name is None:
-            return
-        row = jobs.connection(project, name)
-        if row is None:
-            raise HTTPException(422, f"destination.connection: no connection {name!r}; create it with "
-                                     "POST /api/connections")
-        if row.type != destination.type:
-            raise HTTPException(422, f"destination.connection: {name!r} is a {row.type} connection, "
-                                     f"not {destination.type}")
 
     def connection_view(row: Any) -> ConnectionView:
         return ConnectionView(name=row.name, type=row.type, fields=row.fields, created_at=aware(row.created_at))

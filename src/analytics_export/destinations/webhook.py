@@ -84,7 +84,7 @@ class Webhook(Destination):
         if body is not None:
             body.abort()
 
-    def finish(self, uris: list[str]) -> str:
+    def finish(self, uris: list[str]) -> str:  # the "URIs" of spooled bodies are their part names
         """Send every body, in order; a receiver may see a retried batch twice (same X-Batch-Index)."""
         request = self.target.request
         headers = {**self.spec.headers, "Content-Type": request.format.content_type, "X-Export-Id": request.id,
@@ -96,8 +96,8 @@ class Webhook(Destination):
         timeout = self.target.settings.export.upload_timeout_seconds
         url, extensions = self.pinned(headers)
         with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            for index, uri in enumerate(uris, start=1):
-                body = self.bodies[uri]
+            for index, name in enumerate(uris, start=1):
+                body = self.bodies[name]
                 batch = {**headers, "X-Batch-Index": str(index), "Content-Length": str(body.size)}
                 self.send(client, url, extensions, body, batch, index, len(uris))
         return self.spec.url

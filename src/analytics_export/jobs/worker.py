@@ -13,10 +13,9 @@ from pathlib import Path
 
 from .. import open_store
 from ..config import Settings
-from ..connections import Sealer
+from ..connections import checked_secrets
 from ..destinations import Target, destination_for
-from ..destinations.guard import check_destination
-from ..errors import ExportError, Invalid, Storage, Upload
+from ..errors import ExportError, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
 from .scheduler import Scheduler
@@ -103,19 +102,7 @@ class Worker:
     def target(self, job: Job) -> Target:
         """The job's destination with its connection's secrets, checked against the allow-list again
         (a name may resolve elsewhere now than when the export was created)."""
-        spec = job.request.destination
-        check_destination(spec, self.settings.destination_allow)
-        try:
-            self.settings.check_credentials(spec)
-        except ValueError as exc:
-            raise Invalid(str(exc)) from None
-        secrets: dict[str, str] = {}
-        name = getattr(spec, "connection", None)
-        if name is not None:
-            row = self.jobs.connection(job.project, name)
-            if row is None or row.type != spec.type:
-                raise Invalid(f"connection {name!r} ({spec.type}) no longer exists; create it and retry the export")
-            secrets = Sealer(self.settings.signing_key()).open(row.sealed)
+        secrets = checked_secrets(self.settings, self.jobs, job.project, job.request.destination)
         return Target(job.request, job.project, self.settings, secrets)
 
     def _export(self, job: Job, track, lost: threading.Event) -> tuple[ExportResult, bool]:

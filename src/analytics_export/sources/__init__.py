@@ -86,7 +86,5 @@ class EventStore(EventSource, Protocol):
 
     def close(self) -> None: ...
 
-    def close(self) -> None: ...
-
 
 __all__ = ["EventQuery", "EventSource", "RFC3339", "TIMESTAMP"]
