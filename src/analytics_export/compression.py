@@ -78,6 +78,12 @@ CODECS: dict[Compression, Callable[[], Codec]] = {
 }
 
 
+def compressed(data: bytes, compression: Compression) -> bytes:
+    """`data` as one complete stream (member, frame) of `compression`."""
+    codec = CODECS[compression]()
+    return codec.compress(data) + codec.finish()
+
+
 class CompressedSink(ForwardingSink):
     """Compresses what it is given and passes it on; `finish` ends the compressed stream."""
 

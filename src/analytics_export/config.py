@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     def export_dir(self) -> Path:
         return self.data_dir / "exports"
 
+    @property
+    def staging_dir(self) -> Path:
+        """Where a partitioned export's fragments wait to be joined; workers on several machines
+        share it (like the export dir), or deliver split exports, which need no staging."""
+        return self.data_dir / "staging"
+
     def check_credentials(self, destination: object) -> None:
         """Raise Invalid unless `destination` names a connection or may use the server's credentials
         (the GCS emulator needs none)."""

@@ -387,9 +387,11 @@ class ExportRequest(BaseModel):
         """`export_{id}_{start:%Y%m%d}_to_{end:%Y%m%d}.{ext}{compression_ext}`."""
         return self.file_stem + self.file_extension
 
-    def part_name(self, number: int) -> str:
-        """The name of part `number` (from 1) of an export split into several files."""
-        return f"{self.file_stem}.part-{number:05d}{self.file_extension}"
+    def part_name(self, number: int, partition: int | None = None) -> str:
+        """The name of part `number` (from 1) of an export split into several files; a partitioned
+        export's parts are numbered within their partition."""
+        within = f"{partition:04d}-" if partition is not None else ""
+        return f"{self.file_stem}.part-{within}{number:05d}{self.file_extension}"
 
     @property
     def manifest_name(self) -> str:
@@ -487,3 +489,6 @@ class ExportConfig(BaseModel):
     upload_retries: int = Field(5, ge=0, description="retries of a destination request that failed transiently")
     upload_backoff_seconds: float = Field(0.5, ge=0, description="wait before an upload retry; doubles, with jitter")
     upload_timeout_seconds: float = Field(60, gt=0, description="a destination request that takes longer fails")
+    partition_hours: float = Field(24, ge=0, description="a queued export spanning more than this is run as "
+                                   "partitions of this length, by any free workers at once; 0: never")
+    max_partitions: int = Field(64, ge=2, description="partitions are made longer so there are at most this many")

@@ -49,14 +49,14 @@ class Part:
 
     @classmethod
     def open(cls, request: ExportRequest, destination: Destination, name: str, schema: pa.Schema,
-             digest: bool) -> Part:
+             digest: bool, fragment: bool = False) -> Part:
         writer_cls = writer_class(request.format)
         upload = BackgroundUpload(destination.open(name))
         counted = HashingSink(upload) if digest else ForwardingSink(upload)
         try:
             wraps_stream = request.compression is not None and not writer_cls.internal_compression
             sink = CompressedSink(counted, request.compression) if wraps_stream else counted
-            writer = writer_cls(sink, schema, request.compression)
+            writer = writer_cls(sink, schema, request.compression, fragment)
         except BaseException:
             upload.abort()
             raise
@@ -121,27 +121,70 @@ def run_export(
     that many events and about that many bytes, and a manifest listing them is written last.
     """
     started = datetime.now(timezone.utc)
+    split = request.destination.split_limits() != (None, None)
+    digest = split and destination.manifest
+    if digest:  # a re-run: the old manifest must not vouch for parts about to be rewritten
+        destination.remove(request.manifest_name)
+    files, progress = write_files(request, source, destination, project=project,
+                                  name=request.part_name if split else lambda _: request.file_name,
+                                  split=split, digest=digest, batch_size=batch_size, on_progress=on_progress,
+                                  should_stop=should_stop)
+    try:
+        uris = [entry["uri"] for entry in files]
+        if digest:
+            uris.append(write_manifest(request, project, destination, files))
+        path = destination.finish(uris)
+    except BaseException:
+        for entry in files:
+            destination.remove(entry["name"])
+        raise
+    return completed(request, files, path, started)
+
+
+def completed(request: ExportRequest, files: list[dict], path: str, started: datetime) -> ExportResult:
+    return ExportResult(
+        export_id=request.id,
+        status=ExportStatus.COMPLETED,
+        total_events=sum(entry["events"] for entry in files),
+        file_size=sum(entry["bytes"] for entry in files),
+        destination_path=path,
+        started_at=started,
+        completed_at=datetime.now(timezone.utc),
+    )
+
+
+def write_files(
+    request: ExportRequest,
+    source: EventSource,
+    destination: Destination,
+    *,
+    project: str,
+    name: Callable[[int], str],
+    split: bool = False,
+    fragment: bool = False,
+    digest: bool = False,
+    batch_size: int = 16_384,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[dict], Progress]:
+    """Write the events of `request` as committed files `name(1)`, `name(2)`, ... (one unless `split`);
+    returns their manifest entries. If anything fails, the files already committed are removed."""
     writer_cls = writer_class(request.format)
     query = EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties,
                                     text_timestamps=writer_cls.text_timestamps)
-    max_events, max_bytes = request.destination.split_limits()
-    split = max_events is not None or max_bytes is not None
-    digest = split and destination.manifest
+    max_events, max_bytes = request.destination.split_limits() if split else (None, None)
     done: list[dict] = []
     part: Part | None = None
     progress = Progress()
 
     def next_part() -> Part:
-        name = request.part_name(len(done) + 1) if split else request.file_name
-        return Part.open(request, destination, name, query.schema, digest)
+        return Part.open(request, destination, name(len(done) + 1), query.schema, digest, fragment)
 
     def commit(part: Part) -> None:
         before = part.bytes
         done.append(part.commit())
         progress.bytes += done[-1]["bytes"] - before  # trailers and flushed buffers
 
-    if digest:  # a re-run: the old manifest must not vouch for parts about to be rewritten
-        destination.remove(request.manifest_name)
     batches = read_ahead(source.batches(query, batch_size), PREFETCH)
     try:
         for batch in batches:
@@ -166,10 +209,6 @@ def run_export(
         if part is not None:
             part, last = None, part
             commit(last)
-        uris = [entry["uri"] for entry in done]
-        if digest:
-            uris.append(write_manifest(request, project, destination, done))
-        path = destination.finish(uris)
     except BaseException:
         if part is not None:
             part.abort()
@@ -180,15 +219,7 @@ def run_export(
         batches.close()  # stops the source thread now, not whenever a traceback holding it is freed
     if on_progress is not None:
         on_progress(progress)
-    return ExportResult(
-        export_id=request.id,
-        status=ExportStatus.COMPLETED,
-        total_events=progress.events,
-        file_size=sum(entry["bytes"] for entry in done),
-        destination_path=path,
-        started_at=started,
-        completed_at=datetime.now(timezone.utc),
-    )
+    return done, progress
 
 
 def fit(rows: int, part: Part, progress: Progress, max_events: int | None, max_bytes: int | None) -> int:

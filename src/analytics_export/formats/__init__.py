@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import importlib
-from typing import ClassVar
+from pathlib import Path
+from typing import BinaryIO, ClassVar
 
 import duckdb
 import pyarrow as pa
 
+from ..compression import compressed
 from ..models import Compression, ExportFormat
-from ..streams import ForwardingSink
+from ..streams import ForwardingSink, Sink
 
+COPY_CHUNK = 1 << 20
 
 
 class Writer:
@@ -25,16 +28,22 @@ class Writer:
     `internal_compression`: the format compresses inside the file (Parquet, Avro) rather than being
     wrapped in a compressed stream. `text_timestamps`: batches arrive with `timestamp` already as
     RFC 3339 text (text formats) rather than as timestamp[us, UTC].
+
+    A `fragment` is one partition of an export: a text writer leaves out what opens and closes the
+    file (CSV header, JSON brackets), so `merge` can join the fragments into the file one run
+    would have written, without reading the source again.
     """
 
     nested_properties: ClassVar[bool] = False
     internal_compression: ClassVar[bool] = False
     text_timestamps: ClassVar[bool] = False
 
-    def __init__(self, sink: ForwardingSink, schema: pa.Schema, compression: Compression | None = None):
+    def __init__(self, sink: ForwardingSink, schema: pa.Schema, compression: Compression | None = None,
+                 fragment: bool = False):
         self.sink = sink
         self.schema = schema
         self.compression = compression
+        self.fragment = fragment
 
     def encode(self, batch: pa.RecordBatch) -> object:
         """The CPU-heavy part of writing `batch` (thread-safe); its result goes to `write`."""
@@ -48,6 +57,39 @@ class Writer:
 
     def release(self) -> None:
         """Free what the writer holds, finished or not (called after `close`, or instead of it)."""
+
+    @classmethod
+    def head(cls, schema: pa.Schema) -> bytes:
+        """What a text file starts with before its first row (left out of fragments)."""
+        return b""
+
+    @classmethod
+    def tail(cls, events: int) -> bytes:
+        """What a text file of `events` rows ends with (left out of fragments)."""
+        return b""
+
+    separator: ClassVar[bytes] = b""
+    """Put between two non-empty fragments."""
+
+    @classmethod
+    def merge(cls, fragments: list[tuple[Path, int]], sink: Sink, schema: pa.Schema,
+              compression: Compression | None) -> None:
+        """Write to `sink` one file from `fragments` (path, events), in order. Text is concatenated: a
+        compressed fragment is a whole gzip member / zstd or lz4 frame / snappy stream, and so are the
+        head, separators and tail, which standard decoders read on as one stream."""
+        def put(data: bytes) -> None:
+            if data:
+                sink.write(compressed(data, compression) if compression else data)
+
+        put(cls.head(schema))
+        events = 0
+        for path, count in fragments:
+            if count:  # an empty fragment holds no rows; skipping it keeps separators right
+                put(cls.separator if events else b"")
+                with open(path, "rb") as file:
+                    copy(file, sink)
+                events += count
+        put(cls.tail(events))
 
 
 class BatchSQL:
@@ -72,6 +114,19 @@ class BatchSQL:
 
     def close(self) -> None:
         self.con.close()
+
+
+def copy(file: BinaryIO, sink: Sink, size: int | None = None) -> None:
+    """Copy `size` bytes (or the rest) of `file` to `sink` in bounded chunks."""
+    while size is None or size > 0:
+        chunk = file.read(COPY_CHUNK if size is None else min(COPY_CHUNK, size))
+        if not chunk:
+            if size:
+                raise EOFError(f"{getattr(file, 'name', 'a fragment')} ended {size} bytes early")
+            return
+        sink.write(chunk)
+        if size is not None:
+            size -= len(chunk)
 
 
 def string_bytes(array: pa.Array) -> memoryview:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
+from typing import BinaryIO
 
 import fastavro
 import polars as pl
 import pyarrow as pa
 
+from ..errors import Format
 from ..models import Compression
-from . import Writer
+from ..streams import Sink
+from . import Writer, copy
 
 CODECS = {None: "null", Compression.GZIP: "deflate", Compression.ZSTD: "zstandard",
           Compression.SNAPPY: "snappy", Compression.LZ4: "lz4"}
@@ -73,3 +77,66 @@ class AvroWriter(Writer):
 
     def close(self) -> None:
         self.writer.flush()
+
+    @classmethod
+    def merge(cls, fragments: list[tuple[Path, int]], sink: Sink, schema: pa.Schema,
+              compression: Compression | None) -> None:
+        """One container file: the first fragment's header, then every fragment's blocks copied as
+        they are (still compressed), each followed by that header's sync marker."""
+        marker = None
+        for path, _ in fragments:
+            with open(path, "rb") as file:
+                header, sync = read_header(file)
+                if marker is None:
+                    sink.write(header)
+                    marker = sync
+                while head := block_head(file):
+                    sink.write(head[0])
+                    copy(file, sink, head[1])
+                    if file.read(SYNC_SIZE) != sync:
+                        raise Format(f"{path.name}: an Avro block does not end with the file's sync marker")
+                    sink.write(marker)
+
+
+SYNC_SIZE = 16
+
+
+def read_long(file: BinaryIO, raw: bytearray) -> int | None:
+    """An Avro long (zigzag varint) from `file`, its bytes appended to `raw`; None at end of file."""
+    shift = n = 0
+    while byte := file.read(1):
+        raw += byte
+        n |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return (n >> 1) ^ -(n & 1)
+        shift += 7
+    if raw:
+        raise Format("an Avro file ends inside a number")
+    return None
+
+
+def read_header(file: BinaryIO) -> tuple[bytes, bytes]:
+    """The raw header of the container file (magic, metadata map, sync marker) and its sync marker."""
+    raw = bytearray(file.read(4))
+    if raw != b"Obj\x01":
+        raise Format("not an Avro container file")
+    while count := read_long(file, raw):
+        if count < 0:
+            count = -count
+            read_long(file, raw)  # the block's size in bytes
+        for _ in range(2 * count):  # key and value, each a length-prefixed byte string
+            length = read_long(file, raw)
+            raw += file.read(length or 0)
+    sync = file.read(SYNC_SIZE)
+    return bytes(raw + sync), sync
+
+
+def block_head(file: BinaryIO) -> tuple[bytes, int] | None:
+    """The raw (count, size) that start the next block, and its size; None after the last block."""
+    raw = bytearray()
+    if read_long(file, raw) is None:
+        return None
+    size = read_long(file, raw)
+    if size is None:
+        raise Format("an Avro file ends inside a block header")
+    return bytes(raw), size

@@ -15,12 +15,21 @@ class CsvWriter(Writer):
         super().__init__(*args, **kwargs)
         # Header names are plain keys (no comma, quote or newline), so they need no quotes; every
         # string value is quoted, which keeps an empty string apart from a missing value.
-        options = pacsv.WriteOptions(include_header=True, eol="\r\n", quoting_style="needed",
-                                     quoting_header="none", batch_size=8192)
-        self.writer = pacsv.CSVWriter(self.sink, self.schema, write_options=options)
+        self.writer = pacsv.CSVWriter(self.sink, self.schema, write_options=options(not self.fragment))
 
     def write(self, batch: pa.RecordBatch) -> None:  # type: ignore[override]
         self.writer.write_batch(batch)
 
     def close(self) -> None:
         self.writer.close()
+
+    @classmethod
+    def head(cls, schema: pa.Schema) -> bytes:
+        out = pa.BufferOutputStream()
+        pacsv.write_csv(schema.empty_table(), out, write_options=options(True))
+        return out.getvalue().to_pybytes()
+
+
+def options(header: bool) -> pacsv.WriteOptions:
+    return pacsv.WriteOptions(include_header=header, eol="\r\n", quoting_style="needed",
+                              quoting_header="none", batch_size=8192)

@@ -11,7 +11,8 @@ class JsonWriter(JsonLinesWriter):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.sink.write(b"[")
+        if not self.fragment:
+            self.sink.write(self.head(self.schema))
         self.first = True
 
     def write(self, lines: memoryview) -> None:
@@ -22,4 +23,15 @@ class JsonWriter(JsonLinesWriter):
         self.sink.write(lines)
 
     def close(self) -> None:
-        self.sink.write(b"]\n" if self.first else b"\n]\n")
+        if not self.fragment:
+            self.sink.write(self.tail(0 if self.first else 1))
+
+    separator = b","  # a fragment's rows start with a newline, not a comma
+
+    @classmethod
+    def head(cls, schema) -> bytes:
+        return b"["
+
+    @classmethod
+    def tail(cls, events: int) -> bytes:
+        return b"\n]\n" if events else b"]\n"

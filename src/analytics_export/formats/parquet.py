@@ -5,11 +5,19 @@ Row groups are one 16k-row batch each: gathering 64k-row groups measured no fast
 
 from __future__ import annotations
 
+import os
+import struct
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import Format
 from ..models import Compression
-from . import Writer
+from ..streams import Sink
+from . import Writer, copy, thrift
+
+MAGIC = b"PAR1"
 
 CODECS = {None: "none", Compression.GZIP: "gzip", Compression.ZSTD: "zstd",
           Compression.SNAPPY: "snappy", Compression.LZ4: "lz4"}
@@ -28,3 +36,63 @@ class ParquetWriter(Writer):
 
     def close(self) -> None:
         self.writer.close()
+
+    @classmethod
+    def merge(cls, fragments: list[tuple[Path, int]], sink: Sink, schema: pa.Schema,
+              compression: Compression | None) -> None:
+        """One file whose row groups are the fragments' row groups, copied as bytes: their column
+        chunks follow each other and the footer lists them all, offsets moved to their new place."""
+        sink.write(MAGIC)
+        position, footer, groups, rows = len(MAGIC), None, [], 0
+        for path, _ in fragments:
+            with open(path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                file.seek(size - 8)
+                length, magic = struct.unpack("<I4s", file.read(8))
+                data_end = size - 8 - length
+                if magic != MAGIC or data_end < len(MAGIC):
+                    raise Format(f"{path.name} is not a Parquet file")
+                file.seek(data_end)
+                meta = thrift.decode(file.read(length))
+                for group in thrift.get(meta, ROW_GROUPS).value.values:
+                    groups.append(moved(group, position - len(MAGIC)))
+                rows += thrift.get(meta, NUM_ROWS).value
+                footer = footer or meta
+                file.seek(len(MAGIC))
+                copy(file, sink, data_end - len(MAGIC))
+                position += data_end - len(MAGIC)
+        for ordinal, group in enumerate(groups):
+            if (field := thrift.get(group, RG_ORDINAL)) is not None:
+                field.value = ordinal
+        thrift.get(footer, ROW_GROUPS).value.values = groups
+        thrift.get(footer, NUM_ROWS).value = rows
+        blob = thrift.encode(footer)
+        sink.write(blob + struct.pack("<I", len(blob)) + MAGIC)
+
+
+# Field ids in parquet.thrift: FileMetaData, RowGroup, ColumnChunk, ColumnMetaData.
+NUM_ROWS, ROW_GROUPS = 3, 4
+RG_COLUMNS, RG_FILE_OFFSET, RG_ORDINAL = 1, 5, 7
+CC_FILE_OFFSET, CC_META, CC_OFFSET_INDEX, CC_COLUMN_INDEX = 2, 3, 4, 6
+CM_OFFSETS = (9, 10, 11)  # data, index and dictionary page offsets
+CM_BLOOM_FILTER = 14
+
+
+def moved(group: list[thrift.Field], shift: int) -> list[thrift.Field]:
+    """`group` (a RowGroup) with every file offset moved by `shift` bytes."""
+    shift_field(group, RG_FILE_OFFSET, shift)
+    for chunk in thrift.get(group, RG_COLUMNS).value.values:
+        if any(thrift.get(chunk, i) for i in (CC_OFFSET_INDEX, CC_COLUMN_INDEX)):
+            raise Format("cannot merge Parquet fragments with page indexes")
+        shift_field(chunk, CC_FILE_OFFSET, shift)
+        meta = thrift.get(chunk, CC_META).value
+        if thrift.get(meta, CM_BLOOM_FILTER):
+            raise Format("cannot merge Parquet fragments with bloom filters")
+        for field_id in CM_OFFSETS:
+            shift_field(meta, field_id, shift)
+    return group
+
+
+def shift_field(fields: list[thrift.Field], field_id: int, shift: int) -> None:
+    if (field := thrift.get(fields, field_id)) is not None:
+        field.value += shift

@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
 from ..models import ExportRequest, ExportResult, ExportStatus
-from .tables import api_keys, connections, exports
+from .tables import api_keys, connections, export_parts, exports
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 KEY_PREFIX = "aek_"
@@ -45,6 +45,16 @@ def aware(value: datetime | None) -> datetime | None:
 
 
 @dataclass
+class Partition:
+    """One time window of a partitioned export, run by whichever worker claims it."""
+
+    number: int
+    start: datetime
+    end: datetime
+    attempts: int
+
+
+@dataclass
 class Job:
     """One export as stored: the request, where it stands, and its result once finished."""
 
@@ -64,6 +74,8 @@ class Job:
     error: str | None
     attempts: int
     cancel_requested: bool
+    parts: int | None = None
+    partition: Partition | None = None  # set when this claim is for one partition of the export
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -74,7 +86,7 @@ class Job:
             completed_at=aware(m["completed_at"]), expires_at=aware(m["expires_at"]),
             events_done=m["events_done"], bytes_done=m["bytes_done"], total_events=m["total_events"],
             file_size=m["file_size"], destination_path=m["destination_path"], error=m["error"],
-            attempts=m["attempts"], cancel_requested=m["cancel_requested"],
+            attempts=m["attempts"], cancel_requested=m["cancel_requested"], parts=m["parts"],
         )
 
     def result(self, download_url: str | None = None) -> ExportResult | None:
@@ -206,8 +218,13 @@ class JobStore:
                 exports.c.project == project,
                 exports.c.status.in_([ExportStatus.PENDING.value, ExportStatus.PROCESSING.value]))).scalar_one()
 
-    def claim(self, worker: str, lease: timedelta) -> Job | None:
-        """Take the oldest runnable job (pending, or processing under an expired lease) for `worker`."""
+    def claim(self, worker: str, lease: timedelta,
+              plan: Callable[[ExportRequest], list[tuple[datetime, datetime]]] | None = None) -> Job | None:
+        """Take work for `worker`: first a runnable partition of a running export, else the oldest
+        runnable export (pending, or processing under an expired lease). An export that `plan` cuts
+        into windows gets one partition row each, and the first of them is claimed."""
+        if (job := self._claim_partition(worker, lease)) is not None:
+            return job
         t = now()
         runnable = sa.or_(
             sa.and_(exports.c.status == ExportStatus.PENDING.value,
@@ -215,22 +232,175 @@ class JobStore:
             sa.and_(exports.c.status == ExportStatus.PROCESSING.value, exports.c.lease_expires < t),
         )
         with self.engine.begin() as c:
-            pick = sa.select(exports.c.id).where(runnable, exports.c.cancel_requested.is_(False)) \
+            pick = sa.select(exports).where(runnable, exports.c.cancel_requested.is_(False)) \
                 .order_by(exports.c.created_at).limit(1)
             if c.dialect.name == "postgresql":
                 pick = pick.with_for_update(skip_locked=True)
-            export_id = c.execute(pick).scalar()
-            if export_id is None:
+            row = c.execute(pick).first()
+            if row is None:
                 return None
-            taken = c.execute(exports.update().where(exports.c.id == export_id, runnable).values(
-                status=ExportStatus.PROCESSING.value, lease_owner=worker, lease_expires=t + lease,
-                attempts=exports.c.attempts + 1, started_at=sa.func.coalesce(exports.c.started_at, t),
-                events_done=0, bytes_done=0,
-            )).rowcount
-            if not taken:
+            windows = plan(ExportRequest.model_validate(row.request)) if plan and row.parts is None else []
+            if len(windows) > 1:
+                self._partition(c, row.id, windows, t)
+            else:
+                taken = c.execute(exports.update().where(exports.c.id == row.id, runnable).values(
+                    status=ExportStatus.PROCESSING.value, lease_owner=worker, lease_expires=t + lease,
+                    attempts=exports.c.attempts + 1, started_at=sa.func.coalesce(exports.c.started_at, t),
+                    **({} if row.parts else {"events_done": 0, "bytes_done": 0}),
+                )).rowcount
+                if not taken:
+                    return None
+                return Job.from_row(c.execute(sa.select(exports).where(exports.c.id == row.id)).first())
+        return self._claim_partition(worker, lease)
+
+    @staticmethod
+    def _partition(c: sa.Connection, export_id: str, windows: list[tuple[datetime, datetime]], t: datetime) -> None:
+        """Turn a pending export into partitions: it runs, leased by none, while its parts are claimed."""
+        c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
+        c.execute(export_parts.insert(), [
+            {"export_id": export_id, "number": n, "window_start": start, "window_end": end,
+             "status": ExportStatus.PENDING.value}
+            for n, (start, end) in enumerate(windows, 1)])
+        c.execute(exports.update().where(exports.c.id == export_id).values(
+            status=ExportStatus.PROCESSING.value, parts=len(windows), lease_owner=None, lease_expires=None,
+            attempts=exports.c.attempts + 1, started_at=sa.func.coalesce(exports.c.started_at, t),
+            events_done=0, bytes_done=0))
+
+    def _claim_partition(self, worker: str, lease: timedelta) -> Job | None:
+        t = now()
+        p = export_parts.c
+        runnable = sa.or_(
+            sa.and_(p.status == ExportStatus.PENDING.value, sa.or_(p.retry_at.is_(None), p.retry_at <= t)),
+            sa.and_(p.status == ExportStatus.PROCESSING.value, p.lease_expires < t),
+        )
+        with self.engine.begin() as c:
+            pick = sa.select(p.export_id, p.number).join(exports, exports.c.id == p.export_id).where(
+                runnable, exports.c.status == ExportStatus.PROCESSING.value,
+                exports.c.cancel_requested.is_(False)).order_by(exports.c.created_at, p.number).limit(1)
+            if c.dialect.name == "postgresql":
+                pick = pick.with_for_update(of=export_parts, skip_locked=True)
+            key = c.execute(pick).first()
+            if key is None:
                 return None
-            row = c.execute(sa.select(exports).where(exports.c.id == export_id)).first()
-        return Job.from_row(row)
+            mine = (p.export_id == key.export_id) & (p.number == key.number)
+            if not c.execute(export_parts.update().where(mine, runnable).values(
+                    status=ExportStatus.PROCESSING.value, lease_owner=worker, lease_expires=t + lease,
+                    attempts=p.attempts + 1, events_done=0, bytes_done=0)).rowcount:
+                return None
+            part = c.execute(sa.select(export_parts).where(mine)).first()
+            job = Job.from_row(c.execute(sa.select(exports).where(exports.c.id == key.export_id)).first())
+        job.partition = Partition(part.number, aware(part.window_start), aware(part.window_end), part.attempts)
+        return job
+
+    def partition_heartbeat(self, job: Job, worker: str, lease: timedelta, events: int, size: int) -> bool:
+        """Extend the partition's lease, record its progress and the export's; False when it is no
+        longer this worker's to run (the export was cancelled or failed, or the lease was lost)."""
+        p = export_parts.c
+        running = sa.exists().where(exports.c.id == job.id, exports.c.status == ExportStatus.PROCESSING.value,
+                                    exports.c.cancel_requested.is_(False))
+        with self.engine.begin() as c:
+            if not c.execute(export_parts.update().where(
+                    p.export_id == job.id, p.number == job.partition.number, p.lease_owner == worker,
+                    p.status == ExportStatus.PROCESSING.value, running,
+            ).values(lease_expires=now() + lease, events_done=events, bytes_done=size)).rowcount:
+                return False
+            self._sum_progress(c, job.id)
+        return True
+
+    @staticmethod
+    def _sum_progress(c: sa.Connection, export_id: str) -> None:
+        p = export_parts.c
+        c.execute(exports.update().where(exports.c.id == export_id).values(
+            events_done=sa.select(sa.func.coalesce(sa.func.sum(p.events_done), 0))
+            .where(p.export_id == export_id).scalar_subquery(),
+            bytes_done=sa.select(sa.func.coalesce(sa.func.sum(p.bytes_done), 0))
+            .where(p.export_id == export_id).scalar_subquery()))
+
+    def partition_done(self, job: Job, worker: str, lease: timedelta, files: list[dict]) -> bool | None:
+        """Record a partition's files. True: it was the last, and `worker` now holds the export's
+        lease to assemble it; False: others remain; None: the partition was no longer this worker's."""
+        p = export_parts.c
+        t = now()
+        with self.engine.begin() as c:
+            if not c.execute(export_parts.update().where(
+                    p.export_id == job.id, p.number == job.partition.number, p.lease_owner == worker,
+                    p.status == ExportStatus.PROCESSING.value,
+            ).values(status=ExportStatus.COMPLETED.value, files=files, lease_owner=None, lease_expires=None,
+                     events_done=sum(f["events"] for f in files), bytes_done=sum(f["bytes"] for f in files),
+                     error=None)).rowcount:
+                return None
+            self._sum_progress(c, job.id)
+            if c.execute(sa.select(sa.func.count()).where(
+                    p.export_id == job.id, p.status != ExportStatus.COMPLETED.value)).scalar_one():
+                return False
+            return bool(c.execute(exports.update().where(
+                exports.c.id == job.id, exports.c.status == ExportStatus.PROCESSING.value,
+                exports.c.cancel_requested.is_(False), exports.c.lease_owner.is_(None),
+            ).values(lease_owner=worker, lease_expires=t + lease)).rowcount)
+
+    def partition_failed(self, job: Job, worker: str, error: str, retry_at: datetime | None) -> None:
+        """Put the partition back to run again at `retry_at`; without one, fail the whole export."""
+        p = export_parts.c
+        mine = (p.export_id == job.id) & (p.number == job.partition.number) & (p.lease_owner == worker)
+        with self.engine.begin() as c:
+            if retry_at is not None:
+                c.execute(export_parts.update().where(mine).values(
+                    status=ExportStatus.PENDING.value, error=error, retry_at=retry_at, lease_owner=None,
+                    lease_expires=None))
+                return
+            if c.execute(export_parts.update().where(mine).values(
+                    status=ExportStatus.FAILED.value, error=error, lease_owner=None, lease_expires=None)).rowcount:
+                part = job.partition
+                c.execute(exports.update().where(
+                    exports.c.id == job.id, exports.c.status == ExportStatus.PROCESSING.value,
+                ).values(status=ExportStatus.FAILED.value, completed_at=now(),
+                         error=f"partition {part.number} of {job.parts} ({part.start:%Y-%m-%dT%H:%M:%SZ} to "
+                               f"{part.end:%Y-%m-%dT%H:%M:%SZ}) failed: {error}"))
+
+    def partition_released(self, job: Job, worker: str) -> None:
+        """Give a stopped partition up (its export was cancelled or failed, or its lease was lost)."""
+        p = export_parts.c
+        with self.engine.begin() as c:
+            c.execute(export_parts.update().where(
+                p.export_id == job.id, p.number == job.partition.number, p.lease_owner == worker,
+                p.status == ExportStatus.PROCESSING.value,
+            ).values(status=ExportStatus.PENDING.value, lease_owner=None, lease_expires=None))
+
+    def partitions(self, export_id: str) -> list[Any]:
+        """The export's partition rows, in order."""
+        with self.engine.connect() as c:
+            return c.execute(sa.select(export_parts).where(export_parts.c.export_id == export_id)
+                             .order_by(export_parts.c.number)).all()
+
+    def reap(self, export_id: str | None = None) -> list[tuple[Job, list[Any]]]:
+        """Close partitioned exports that failed or were cancelled once none of their partitions runs
+        any more: mark them failed, forget their partitions and return the rows whose files are to be
+        removed. A partition still running (unexpired lease) stops at its next heartbeat."""
+        t = now()
+        p = export_parts.c
+        live = sa.exists().where(p.export_id == exports.c.id, p.status == ExportStatus.PROCESSING.value,
+                                 p.lease_expires >= t)
+        stopped = sa.or_(exports.c.status == ExportStatus.FAILED.value,
+                         sa.and_(exports.c.status == ExportStatus.PROCESSING.value,
+                                 exports.c.cancel_requested.is_(True),
+                                 sa.or_(exports.c.lease_expires.is_(None), exports.c.lease_expires < t)))
+        reaped = []
+        with self.engine.begin() as c:
+            query = sa.select(exports).where(
+                stopped, ~live, sa.exists().where(p.export_id == exports.c.id))
+            if export_id is not None:
+                query = query.where(exports.c.id == export_id)
+            if c.dialect.name == "postgresql":
+                query = query.with_for_update(of=exports, skip_locked=True)
+            for row in c.execute(query).all():
+                c.execute(exports.update().where(
+                    exports.c.id == row.id, exports.c.status == ExportStatus.PROCESSING.value,
+                ).values(status=ExportStatus.FAILED.value, error="cancelled", completed_at=t, lease_owner=None,
+                         lease_expires=None))
+                rows = c.execute(sa.select(export_parts).where(p.export_id == row.id)).all()
+                c.execute(export_parts.delete().where(p.export_id == row.id))
+                reaped.append((Job.from_row(row), rows))
+        return reaped
 
     def heartbeat(self, export_id: str, worker: str, lease: timedelta, events: int, size: int) -> bool:
         """Extend the lease and record progress; False when the job is no longer this worker's to run
@@ -265,6 +435,8 @@ class JobStore:
                 duration_seconds=(result.completed_at - result.started_at).total_seconds()
                 if result.completed_at and result.started_at else None,
             )).rowcount
+            if done and result.status is ExportStatus.COMPLETED:
+                c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
         return bool(done)
 
     def request_cancel(self, project: str, export_id: str) -> bool:
@@ -286,7 +458,8 @@ class JobStore:
 
     def delete(self, project: str, export_id: str) -> None:
         with self.engine.begin() as c:
-            c.execute(exports.delete().where(exports.c.id == export_id, exports.c.project == project))
+            if c.execute(exports.delete().where(exports.c.id == export_id, exports.c.project == project)).rowcount:
+                c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
 
     def retry(self, project: str, export_id: str) -> bool:
         """Put a failed export back in the queue; False if it is not failed."""
@@ -295,7 +468,7 @@ class JobStore:
                 exports.c.id == export_id, exports.c.project == project,
                 exports.c.status == ExportStatus.FAILED.value,
             ).values(status=ExportStatus.PENDING.value, error=None, cancel_requested=False, completed_at=None,
-                     events_done=0, bytes_done=0, attempts=0, retry_at=None)).rowcount)
+                     events_done=0, bytes_done=0, attempts=0, retry_at=None, parts=None)).rowcount)
 
     def expire(self, at: datetime) -> list[Job]:
         """Mark completed exports whose files expired before `at` as expired; returns them."""

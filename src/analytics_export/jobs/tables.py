@@ -29,8 +29,28 @@ exports = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("duration_seconds", sa.Float),
     sa.Column("retry_at", sa.DateTime(timezone=True)),
+    sa.Column("parts", sa.Integer),
     sa.Index("ix_exports_project_created", "project", "created_at"),
     sa.Index("ix_exports_status_lease", "status", "lease_expires"),
+)
+
+export_parts = sa.Table(
+    "export_parts",
+    metadata,
+    sa.Column("export_id", sa.String(36), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("window_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("lease_owner", sa.String(100)),
+    sa.Column("lease_expires", sa.DateTime(timezone=True)),
+    sa.Column("retry_at", sa.DateTime(timezone=True)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("events_done", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_done", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("files", sa.JSON),
+    sa.Column("error", sa.Text),
+    sa.Index("ix_export_parts_status", "status", "lease_expires"),
 )
 
 api_keys = sa.Table(

@@ -5,21 +5,27 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import socket
 import threading
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 
 from .. import open_store
 from ..config import Settings
 from ..connections import checked_secrets
-from ..destinations import Target, destination_for
+from ..destinations import Destination, Target, destination_for
 from ..errors import ExportError, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
+from .partitions import assemble, discard, plan, run_partition
 from .scheduler import Scheduler
 from .store import Job, JobStore, now
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -45,59 +51,152 @@ class Worker:
         scheduler.join()
 
     def sweep(self) -> None:
-        """Mark exports past their expiry as expired and delete their files."""
+        """Mark exports past their expiry as expired and delete their files; close stopped partitioned
+        exports and remove staging folders that no running export owns."""
         for job in self.jobs.expire(now()):
             if job.destination_path:
                 Path(job.destination_path).unlink(missing_ok=True)
             log.info("export %s expired; its file was deleted", job.id)
+        self.reap()
+        for folder in self.settings.staging_dir.glob("*"):
+            job = self.jobs.get_any(folder.name)
+            if job is None or job.status not in (ExportStatus.PENDING, ExportStatus.PROCESSING):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def reap(self, export_id: str | None = None) -> None:
+        """Close partitioned exports that failed or were cancelled, removing their partitions' output."""
+        for job, rows in self.jobs.reap(export_id):
+            try:
+                discard(job, rows, self.settings, lambda: destination_for(self.target(job)))
+            except Exception as exc:  # the export has failed either way; say what may be left behind
+                log.warning("export %s: could not remove its partitions' files (%s)", job.id, exc)
+            log.info("export %s: closed after failure or cancellation", job.id)
 
     def run_one(self) -> bool:
-        """Claim and run one job; False when there was none."""
-        job = self.jobs.claim(self.name, self.lease)
+        """Claim and run one job or partition; False when there was none."""
+        job = self.jobs.claim(self.name, self.lease, lambda request: plan(request, self.settings.export))
         if job is None:
             return False
-        log.info("export %s claimed by %s (attempt %d)", job.id, self.name, job.attempts)
-        self._run(job)
+        if job.partition is not None:
+            log.info("export %s partition %d/%d claimed by %s (attempt %d)", job.id, job.partition.number,
+                     job.parts, self.name, job.partition.attempts)
+            self._run_partition(job)
+        else:
+            log.info("export %s claimed by %s (attempt %d)", job.id, self.name, job.attempts)
+            self._run(job)
         return True
 
-    def _run(self, job: Job) -> None:
-        progress = Progress()
+    @contextmanager
+    def _beating(self, beat: Callable[[], bool]) -> Iterator[threading.Event]:
+        """Call `beat` (extend the lease, record progress) a few times a lease until it returns False,
+        which sets the yielded event: the run is no longer this worker's and must stop."""
         lost = threading.Event()
-        beating = threading.Event()
+        stopped = threading.Event()
 
-        def heartbeat() -> None:
-            while not beating.wait(min(self.lease.total_seconds() / 3, 0.5)):  # cancels land within 0.5 s
-                if not self.jobs.heartbeat(job.id, self.name, self.lease, progress.events, progress.bytes):
+        def loop() -> None:
+            while not stopped.wait(min(self.lease.total_seconds() / 3, 0.5)):  # cancels land within 0.5 s
+                if not beat():
                     lost.set()
                     return
+
+        thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield lost
+        finally:
+            stopped.set()
+            thread.join()
+
+    def _run(self, job: Job) -> None:
+        """Run a whole export, or assemble a partitioned one whose partitions are done."""
+        progress = Progress(job.events_done, job.bytes_done)
 
         def track(p: Progress) -> None:
             progress.events, progress.bytes = p.events, p.bytes
 
-        beat = threading.Thread(target=heartbeat, name=f"heartbeat-{job.id[:8]}", daemon=True)
-        beat.start()
-        try:
-            result, retryable = self._export(job, track, lost)
-        except Cancelled:
-            current = self.jobs.get(job.project, job.id)
-            if lost.is_set() and current is not None and not current.cancel_requested:
-                log.warning("export %s: lease lost, leaving it to its new owner", job.id)
-            else:
-                self.jobs.cancel_acknowledged(job.id, self.name)
-            return
-        finally:
-            beating.set()
-            beat.join()
+        def work(destination: Destination) -> ExportResult:
+            if job.parts:
+                return assemble(job, destination, self.settings, self.jobs.partitions(job.id))
+            store = open_store(self.settings)
+            try:
+                return run_export(job.request, store, destination, project=job.project,
+                                  batch_size=self.settings.export.batch_size, on_progress=track,
+                                  should_stop=lost.is_set)
+            finally:
+                store.close()
+
+        with self._beating(lambda: self.jobs.heartbeat(job.id, self.name, self.lease, progress.events,
+                                                       progress.bytes)) as lost:
+            try:
+                result, error, retryable = self._attempt(job, work)
+            except Cancelled:
+                current = self.jobs.get(job.project, job.id)
+                if lost.is_set() and current is not None and not current.cancel_requested:
+                    log.warning("export %s: lease lost, leaving it to its new owner", job.id)
+                else:
+                    self.jobs.cancel_acknowledged(job.id, self.name)
+                    self.reap(job.id)
+                return
         config = self.settings.export
-        if retryable and job.attempts < config.max_attempts:
-            wait = config.retry_backoff_seconds * 2 ** (job.attempts - 1) * random.uniform(0.8, 1.2)
-            log.warning("export %s attempt %d failed (%s); retrying in %.1fs", job.id, job.attempts, result.error, wait)
-            self.jobs.retry_later(job.id, self.name, result.error or "", now() + timedelta(seconds=wait))
-            return
+        if result is None:
+            if retryable and job.attempts < config.max_attempts:
+                wait = config.retry_backoff_seconds * 2 ** (job.attempts - 1) * random.uniform(0.8, 1.2)
+                log.warning("export %s attempt %d failed (%s); retrying in %.1fs", job.id, job.attempts, error, wait)
+                self.jobs.retry_later(job.id, self.name, error or "", now() + timedelta(seconds=wait))
+                return
+            result = ExportResult(export_id=job.id, status=ExportStatus.FAILED, error=error, completed_at=now())
         downloadable = result.status is ExportStatus.COMPLETED and job.request.destination.type == "download"
         expires = now() + timedelta(hours=config.file_expiry_hours) if downloadable else None
         if not self.jobs.finish(job.id, self.name, result, expires):
             log.warning("export %s finished after its lease was lost; the result is discarded", job.id)
+        elif result.status is ExportStatus.FAILED and job.parts:
+            self.reap(job.id)
+
+    def _run_partition(self, job: Job) -> None:
+        """Run one partition; a failure retries that partition alone, up to `max_attempts` times."""
+        part = job.partition
+        progress = Progress()
+
+        def track(p: Progress) -> None:
+            progress.events, progress.bytes = p.events, p.bytes
+
+        def work(destination: Destination) -> list[dict]:
+            store = open_store(self.settings)
+            try:
+                return run_partition(job, store, destination, self.settings, on_progress=track,
+                                     should_stop=lost.is_set)
+            finally:
+                store.close()
+
+        with self._beating(lambda: self.jobs.partition_heartbeat(job, self.name, self.lease, progress.events,
+                                                                 progress.bytes)) as lost:
+            try:
+                files, error, retryable = self._attempt(job, work)
+            except Cancelled:
+                log.info("export %s partition %d stopped", job.id, part.number)
+                self.jobs.partition_released(job, self.name)
+                self.reap(job.id)
+                return
+        if files is not None:
+            last = self.jobs.partition_done(job, self.name, self.lease, files)
+            if last:
+                log.info("export %s: all %d partitions done, assembling", job.id, job.parts)
+                self._run(self.jobs.get(job.project, job.id))
+            elif last is None:
+                log.warning("export %s partition %d finished after its lease was lost", job.id, part.number)
+            else:
+                self.reap(job.id)  # closes the export if it was cancelled meanwhile
+            return
+        config = self.settings.export
+        retry_at = None
+        if retryable and part.attempts < config.max_attempts:
+            wait = config.retry_backoff_seconds * 2 ** (part.attempts - 1) * random.uniform(0.8, 1.2)
+            retry_at = now() + timedelta(seconds=wait)
+            log.warning("export %s partition %d attempt %d failed (%s); retrying it in %.1fs", job.id,
+                        part.number, part.attempts, error, wait)
+        self.jobs.partition_failed(job, self.name, error or "", retry_at)
+        if retry_at is None:
+            self.reap(job.id)
 
     def target(self, job: Job) -> Target:
         """The job's destination with its connection's secrets, checked against the allow-list again
@@ -105,28 +204,19 @@ class Worker:
         secrets = checked_secrets(self.settings, self.jobs, job.project, job.request.destination)
         return Target(job.request, job.project, self.settings, secrets)
 
-    def _export(self, job: Job, track, lost: threading.Event) -> tuple[ExportResult, bool]:
-        """The run's result, and whether a failure is worth another attempt (a store or upload
-        failure may pass; bad input or an encoding error will not)."""
-        request = job.request
+    def _attempt(self, job: Job, work: Callable[[Destination], T]) -> tuple[T | None, str | None, bool]:
+        """`work` done on the job's destination: its value, or the error and whether it is worth
+        another attempt (a store or upload failure may pass; bad input or an encoding error will not)."""
         try:
             destination = destination_for(self.target(job))
             try:
-                store = open_store(self.settings)
-                try:
-                    return run_export(request, store, destination, project=job.project,
-                                      batch_size=self.settings.export.batch_size,
-                                      on_progress=track, should_stop=lost.is_set), False
-                finally:
-                    store.close()
+                return work(destination), None, False
             finally:
                 destination.close()
         except Cancelled:
             raise
         except ExportError as exc:
-            failed = ExportResult(export_id=job.id, status=ExportStatus.FAILED, error=str(exc), completed_at=now())
-            return failed, isinstance(exc, (Storage, Upload))
+            return None, str(exc), isinstance(exc, (Storage, Upload))
         except Exception as exc:  # a bug: keep the worker alive, record it, log the traceback
             log.exception("export %s failed unexpectedly", job.id)
-            return ExportResult(export_id=job.id, status=ExportStatus.FAILED, completed_at=now(),
-                                error=f"internal error ({type(exc).__name__}); see the worker log"), False
+            return None, f"internal error ({type(exc).__name__}); see the worker log", False

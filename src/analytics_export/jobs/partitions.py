@@ -1,0 +1,113 @@
+"""Partitioned exports: a long range cut into time windows that any free workers run at once.
+
+Each partition writes its own output. An export asked as one file stages each partition's
+fragment (a text writer leaves out the header and brackets), and the worker that finishes the last
+partition joins them in order with the format's `merge`, without reading the source again. A
+split export delivers each partition's numbered parts straight to the destination, and the last
+worker writes the manifest that lists them all.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import Settings
+from ..destinations import BackgroundUpload, Destination
+from ..destinations.local import LocalDestination
+from ..formats import writer_class
+from ..models import ExportConfig, ExportRequest, ExportResult
+from ..pipeline import Progress, completed, write_files, write_manifest
+from ..sources import EventQuery, EventSource
+from ..streams import ForwardingSink
+from .store import Job
+
+
+def plan(request: ExportRequest, config: ExportConfig) -> list[tuple[datetime, datetime]]:
+    """The windows of `request` when it spans more than one partition, else none. Webhook exports are
+    never partitioned: their batches are numbered in one sequence as they are sent."""
+    if not config.partition_hours or request.destination.type == "webhook":
+        return []
+    span = request.end_date - request.start_date
+    width = max(timedelta(hours=config.partition_hours), span / config.max_partitions)
+    if span <= width:
+        return []
+    windows, start = [], request.start_date
+    while start < request.end_date:
+        windows.append((start, min(start + width, request.end_date)))
+        start += width
+    return windows
+
+
+def staged(request: ExportRequest) -> bool:
+    """Whether partitions are staged and joined (one file asked), not delivered as split parts."""
+    return request.destination.split_limits() == (None, None)
+
+
+def staging(settings: Settings, export_id: str) -> Path:
+    return settings.staging_dir / export_id
+
+
+def run_partition(job: Job, source: EventSource, destination: Destination, settings: Settings, *,
+                  on_progress: Callable[[Progress], None], should_stop: Callable[[], bool]) -> list[dict]:
+    """Write the claimed partition of `job`; returns its files' manifest entries."""
+    request, part = job.request, job.partition
+    window = request.model_copy(update={"start_date": part.start, "end_date": part.end})
+    options: dict[str, Any] = {"project": job.project, "batch_size": settings.export.batch_size,
+                               "on_progress": on_progress, "should_stop": should_stop}
+    if staged(request):
+        # The attempt is in the name, so a run that lost its lease cannot delete its successor's file.
+        name = f"part-{part.number:05d}-{part.attempts}"
+        files, _ = write_files(window, source, LocalDestination(staging(settings, job.id)),
+                               name=lambda _: name, fragment=True, **options)
+        return files
+    if destination.manifest:  # a re-run: the old manifest must not vouch for parts being rewritten
+        destination.remove(request.manifest_name)
+    files, _ = write_files(window, source, destination, name=lambda n: request.part_name(n, part.number),
+                           split=True, digest=destination.manifest, **options)
+    return files
+
+
+def assemble(job: Job, destination: Destination, settings: Settings, rows: list[Any]) -> ExportResult:
+    """Deliver a partitioned export whose partitions (`rows`, in order) have all completed."""
+    request = job.request
+    files = [entry for row in rows for entry in row.files]
+    if not staged(request):
+        uris = [entry["uri"] for entry in files]
+        if destination.manifest:
+            uris.append(write_manifest(request, job.project, destination, files))
+        return completed(request, files, destination.finish(uris), job.started_at)
+    folder = staging(settings, job.id)
+    writer_cls = writer_class(request.format)
+    schema = EventQuery.from_request(request, job.project, property_columns=not writer_cls.nested_properties,
+                                     text_timestamps=writer_cls.text_timestamps).schema
+    upload = BackgroundUpload(destination.open(request.file_name))
+    counted = ForwardingSink(upload)
+    try:
+        writer_cls.merge([(folder / entry["name"], entry["events"]) for entry in files], counted, schema,
+                         request.compression)
+        uri = upload.commit()
+    except BaseException:
+        upload.abort()
+        raise
+    result = completed(request, [{"events": sum(e["events"] for e in files), "bytes": counted.position}],
+                       destination.finish([uri]), job.started_at)
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def discard(job: Job, rows: list[Any], settings: Settings, destination: Callable[[], Destination]) -> None:
+    """Remove what the partitions of a failed or cancelled export delivered or staged."""
+    if staged(job.request):
+        shutil.rmtree(staging(settings, job.id), ignore_errors=True)
+        return
+    names = [entry["name"] for row in rows for entry in row.files or ()]
+    if names:
+        target = destination()
+        try:
+            for name in names:
+                target.remove(name)
+        finally:
+            target.close()

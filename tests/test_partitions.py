@@ -1,0 +1,320 @@
+"""Partitioned exports: windows run by any workers, joined into the file one run would have written
+(or delivered as split parts + manifest); a failing partition retries alone; cancel stops them all."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import duckdb
+import fastavro
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import analytics_export.jobs.worker as worker_module
+from analytics_export import Settings, export, open_store
+from analytics_export.errors import Invalid, Storage
+from analytics_export.formats import thrift
+from analytics_export.jobs.partitions import plan
+from analytics_export.jobs.store import JobStore
+from analytics_export.jobs.worker import Worker
+from analytics_export.models import ExportConfig, ExportRequest, ExportStatus
+from helpers import canonical, read_records
+from servers import s3_server  # noqa: F401  (fixture)
+from service import CLI, Service, cli, wait_for
+
+FORMATS = ["json_lines", "json", "csv", "parquet", "avro"]
+COMPRESSIONS = [None, "gzip", "zstd", "lz4", "snappy"]
+WEEKS = ExportConfig(partition_hours=24 * 7)
+TEXT = ("json_lines", "json", "csv")
+TOOLS = {"gzip": ["gzip", "-dc"], "zstd": ["zstd", "-dc"], "lz4": ["lz4", "-dc"]}
+
+
+def run_queue(settings: Settings, jobs: JobStore) -> None:
+    worker = Worker(settings, jobs)
+    while worker.run_one():
+        pass
+
+
+@pytest.fixture()
+def job_store(tmp_path) -> JobStore:
+    jobs = JobStore.for_data_dir(tmp_path / "jobs")
+    jobs.migrate()
+    return jobs
+
+
+def test_plan_cuts_long_ranges_into_windows():
+    request = ExportRequest(start_date="2026-01-01", end_date="2026-01-04T12:00:00Z", format="csv")
+    windows = plan(request, ExportConfig(partition_hours=24))
+    assert [(a.day, b.day, b.hour) for a, b in windows] == [(1, 2, 0), (2, 3, 0), (3, 4, 0), (4, 4, 12)]
+    assert plan(request, ExportConfig(partition_hours=0)) == []
+    assert plan(request, ExportConfig(partition_hours=24 * 4)) == []
+    year = ExportRequest(start_date="2025-01-01", end_date="2026-01-01", format="csv")
+    assert len(plan(year, ExportConfig(partition_hours=1, max_partitions=10))) == 10
+    webhook = ExportRequest(start_date="2026-01-01", end_date="2026-01-04", format="csv",
+                            destination={"type": "webhook", "url": "https://example.com/hook"})
+    assert plan(webhook, ExportConfig(partition_hours=24)) == []
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_partitions_join_into_the_file_one_run_writes(demo_settings, job_store, tmp_path, fmt, compression):
+    properties = ["plan", "$browser", "experiment"] if fmt in ("csv", "parquet", "avro") else None
+    request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format=fmt, compression=compression,
+                            properties=properties)
+    single = tmp_path / f"single.{fmt}"
+    export(request.model_copy(update={"id": "one-run"}), settings=demo_settings, output=single)
+    settings = demo_settings.model_copy(update={"export": WEEKS})
+    job_store.create("default", request)
+    run_queue(settings, job_store)
+    job = job_store.get("default", request.id)
+    assert job.status is ExportStatus.COMPLETED, job.error
+    assert job.parts == 9
+    joined = Path(job.destination_path)
+    assert joined.name == request.file_name
+    rows = read_records(joined, fmt, compression)
+    assert canonical(rows) == canonical(read_records(single, fmt, compression))
+    assert job.total_events == len(rows) > 1000 and job.file_size == joined.stat().st_size
+    if fmt == "parquet":  # a second independent reader of the merged row groups
+        con = duckdb.connect()
+        assert con.execute("SELECT count(*) FROM read_parquet(?)", [str(joined)]).fetchone()[0] == len(rows)
+        assert pq.ParquetFile(joined).metadata.num_row_groups >= 9
+    if fmt == "avro":
+        with open(joined, "rb") as f:
+            assert sum(1 for _ in fastavro.reader(f)) == len(rows)
+    if fmt in TEXT and compression in TOOLS and shutil.which(TOOLS[compression][0]):
+        text = subprocess.run([*TOOLS[compression], str(joined)], capture_output=True, check=True).stdout
+        assert text == read_decompressed(joined, compression)
+    assert not (settings.staging_dir / request.id).exists(), "fragments are removed once joined"
+    assert job_store.partitions(request.id) == []
+
+
+def read_decompressed(path: Path, compression: str) -> bytes:
+    from helpers import decompress
+    return decompress(path.read_bytes(), compression)
+
+
+def test_text_fragments_join_byte_for_byte(demo_settings, job_store, tmp_path):
+    """Partitions of a store scanned in a fixed order give exactly the bytes of one run over it."""
+    settings = demo_settings.model_copy(update={"export": WEEKS, "duckdb_threads": 1})
+    for fmt in ("json_lines", "json", "csv"):
+        request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format=fmt,
+                                properties=["plan"] if fmt == "csv" else None)
+        pieces = [export(request.model_copy(update={"id": f"w{n}", "start_date": a, "end_date": b}),
+                         settings=settings, output=tmp_path / f"w{n}.{fmt}")
+                  for n, (a, b) in enumerate(plan(request, WEEKS))]
+        job_store.create("default", request)
+        run_queue(settings, job_store)
+        joined = Path(job_store.get("default", request.id).destination_path).read_bytes()
+        assert joined == expected_join(fmt, [Path(p.destination_path).read_bytes() for p in pieces])
+
+
+def expected_join(fmt: str, files: list[bytes]) -> bytes:
+    """What one run writes, from whole files of each window (strip their heads, tails)."""
+    if fmt == "json_lines":
+        return b"".join(files)
+    if fmt == "csv":
+        header = files[0].split(b"\r\n", 1)[0] + b"\r\n"
+        return header + b"".join(f[len(header):] for f in files)
+    bodies = [f[1:-3] for f in files if f != b"[]\n"]  # "[" body "\n]\n"
+    return b"[" + b",".join(bodies) + b"\n]\n"
+
+
+def s3_settings(settings: Settings, s3, monkeypatch, **export) -> Settings:
+    """`settings` that may write to the test's S3 server with the server's own (test) credentials."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    return settings.model_copy(update={"export": ExportConfig(**export), "server_credentials": True,
+                                       "destination_allow": ["127.0.0.1"]})
+
+
+def s3_split(s3, bucket: str, events: int) -> dict:
+    return {"type": "s3", "bucket": bucket, "endpoint_url": s3.endpoint, "region": s3.region,
+            "prefix": "out", "max_events_per_file": events}
+
+
+def s3_keys(s3, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_split_partitioned_export_delivers_parts_and_one_manifest(demo_settings, job_store, tmp_path, s3_server,
+                                                                  monkeypatch):
+    settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24 * 7)
+    bucket = s3_server.make_bucket("split-partitions")
+    request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format="json_lines",
+                            compression="gzip", destination=s3_split(s3_server, bucket, 1000))
+    job_store.create("default", request)
+    run_queue(settings, job_store)
+    job = job_store.get("default", request.id)
+    assert job.status is ExportStatus.COMPLETED, job.error
+    client = s3_server.client()
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=f"out/{request.manifest_name}")["Body"].read())
+    names = [f["name"] for f in manifest["files"]]
+    assert names == sorted(names) and len(set(names)) == len(names)
+    assert {n.split(".part-")[1][:4] for n in names} == {f"{k:04d}" for k in range(1, 10)}, "every partition"
+    assert sorted(s3_keys(s3_server, bucket)) == sorted(f"out/{n}" for n in [*names, request.manifest_name])
+    rows = []
+    for entry in manifest["files"]:
+        body = client.get_object(Bucket=bucket, Key=f"out/{entry['name']}")["Body"].read()
+        part = tmp_path / entry["name"]
+        part.write_bytes(body)
+        assert entry["bytes"] == len(body) and entry["events"] <= 1000
+        rows += read_records(part, "json_lines", "gzip")
+    assert manifest["total_events"] == len(rows) == job.total_events
+    assert job.destination_path.endswith(request.manifest_name)
+    single = tmp_path / "single.jsonl"
+    export(ExportRequest.model_validate({**request.model_dump(), "id": "one", "destination": {"type": "download"},
+                                         "compression": None}), settings=demo_settings, output=single)
+    assert canonical(rows) == canonical(read_records(single, "json_lines", None))
+
+
+class FlakySource:
+    """The real store, except that reading chosen windows fails (`failures` times, or always)."""
+
+    def __init__(self, store, fail: dict[int, tuple[type, int]], calls: list) -> None:
+        self.store, self.fail, self.calls = store, fail, calls
+
+    def batches(self, query, batch_size):
+        day = query.start.day
+        self.calls.append(day)
+        if day in self.fail:
+            error, left = self.fail[day]
+            if left:
+                self.fail[day] = (error, left - 1)
+                raise error(f"injected failure reading from {query.start:%b %d}")
+        return self.store.batches(query, batch_size)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def flaky_stores(monkeypatch, fail: dict[int, tuple[type, int]]) -> list[int]:
+    calls: list[int] = []
+    monkeypatch.setattr(worker_module, "open_store", lambda settings: FlakySource(open_store(settings), fail, calls))
+    return calls
+
+
+def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypatch, caplog):
+    settings = demo_settings.model_copy(update={"export": ExportConfig(partition_hours=24, retry_backoff_seconds=0)})
+    calls = flaky_stores(monkeypatch, {2: (Storage, 2)})
+    request = ExportRequest(start_date="2026-09-01", end_date="2026-09-05", format="parquet")
+    job_store.create("default", request)
+    with caplog.at_level(logging.WARNING):
+        run_queue(settings, job_store)
+    job = job_store.get("default", request.id)
+    assert job.status is ExportStatus.COMPLETED, job.error
+    assert sorted(calls) == [1, 2, 2, 2, 3, 4], "only the failing window was read again"
+    assert "partition 2 attempt 1 failed" in caplog.text and "partition 2 attempt 2 failed" in caplog.text
+    single = export(request.model_copy(update={"id": "one"}), settings=demo_settings,
+                    output=Path(job.destination_path).with_name("single.parquet"))
+    assert job.total_events == single.total_events
+
+
+def test_a_partition_that_keeps_failing_fails_the_export_and_leaves_nothing(demo_settings, job_store, monkeypatch,
+                                                                            s3_server):
+    settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24, retry_backoff_seconds=0)
+    bucket = s3_server.make_bucket("failing-partitions")
+    for fail, destination in (((Invalid, 1), {"type": "download"}),
+                              ((Storage, 99), s3_split(s3_server, bucket, 50))):
+        flaky_stores(monkeypatch, {3: fail})
+        request = ExportRequest(start_date="2026-09-01", end_date="2026-09-05", format="csv",
+                                destination=destination)
+        job_store.create("default", request)
+        run_queue(settings, job_store)
+        job = job_store.get("default", request.id)
+        assert job.status is ExportStatus.FAILED
+        assert "partition 3 of 4 (2026-09-03T00:00:00Z to 2026-09-04T00:00:00Z) failed: injected" in job.error
+        assert not list(settings.project_export_dir("default").glob(f"export_{request.id}*"))
+        assert not (settings.staging_dir / request.id).exists()
+        assert job_store.partitions(request.id) == []
+    assert s3_keys(s3_server, bucket) == [], "the parts of partitions 1, 2 and 4 were removed"
+
+
+def test_thrift_codec_round_trips_parquet_footers(tmp_path):
+    table = pa.table({"a": pa.array(range(100_000)), "b": pa.array([str(i % 7) for i in range(100_000)]),
+                      "c": pa.array([None, 1.5] * 50_000)})
+    for options in ({}, {"compression": "zstd", "write_statistics": False}, {"use_dictionary": False}):
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, row_group_size=30_000, **options)
+        data = buffer.getvalue()
+        length = int.from_bytes(data[-8:-4], "little")
+        footer = data[-8 - length:-8]
+        assert thrift.encode(thrift.decode(footer)) == footer
+
+
+def start_worker(data: Path, env: dict, log: Path) -> subprocess.Popen:
+    import os
+    with open(log, "wb") as out:
+        return subprocess.Popen([*CLI, "--data-dir", str(data), "worker", "--lease", "2"],
+                                env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=out)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, tmp_path, pg_url):
+    """A 4-partition export on a PostgreSQL job store: two worker processes run its partitions
+    between them, and the file is byte for byte the one a single worker writes."""
+    env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": str(24 * 23),
+           "ANALYTICS_EXPORT_DUCKDB_THREADS": "1", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "4096"}
+    key = cli(big_store, "keys", "create", "--project", "default", env=env)
+    svc = Service(big_store, 0, env)
+    outputs, logs = {}, {}
+    try:
+        with svc.client(key) as c:
+            for workers in (1, 2):
+                procs = [start_worker(big_store, env, tmp_path / f"w{workers}-{n}.log") for n in range(workers)]
+                try:
+                    time.sleep(3)  # both are polling before the export arrives
+                    body = {"start_date": "2026-08-03", "end_date": "2026-11-01", "format": "json_lines"}
+                    export_id = c.post("/api/exports", json=body).json()["request"]["id"]
+                    done = wait_for(c, export_id, timeout=180)
+                    outputs[workers] = c.get(f"/api/exports/{export_id}/download").content
+                    assert done["result"]["total_events"] == outputs[workers].count(b"\n")
+                finally:
+                    for proc in procs:
+                        stop(proc)
+                logs[workers] = [(tmp_path / f"w{workers}-{n}.log").read_text() for n in range(workers)]
+    finally:
+        svc.close()
+    claims = [log.count("partition ") for log in logs[2]]
+    assert all("/4 claimed" in log for log in logs[2]), f"both workers ran partitions: {claims}"
+    assert outputs[1] == outputs[2]
+    assert len(outputs[1]) > 1 << 20
+
+
+def test_cancel_stops_every_partition_and_removes_their_fragments(big_store, tmp_path):
+    env = {"ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "48", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "2048"}
+    key = cli(big_store, "keys", "create", "--project", "default", env=env)
+    svc = Service(big_store, 0, env)
+    procs = [start_worker(big_store, env, tmp_path / f"c{n}.log") for n in range(2)]
+    try:
+        with svc.client(key) as c:
+            body = {"start_date": "2026-08-03", "end_date": "2026-11-01", "format": "csv", "compression": "zstd"}
+            export_id = c.post("/api/exports", json=body).json()["request"]["id"]
+            deadline = time.monotonic() + 60
+            while c.get(f"/api/exports/{export_id}").json()["progress"]["events"] < 50_000:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert c.delete(f"/api/exports/{export_id}").status_code == 204
+            done = wait_for(c, export_id, "failed", timeout=30)
+            assert done["result"]["error"] == "cancelled"
+            time.sleep(1)
+            assert not (big_store / "staging" / export_id).exists()
+            assert not list((big_store / "exports").glob(f"*/export_{export_id}*"))
+    finally:
+        for proc in procs:
+            stop(proc)
+        svc.close()
