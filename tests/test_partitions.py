@@ -32,7 +32,7 @@ from service import CLI, Service, cli, wait_for
 
 FORMATS = ["json_lines", "json", "csv", "parquet", "avro"]
 COMPRESSIONS = [None, "gzip", "zstd", "lz4", "snappy"]
-WEEKS = ExportConfig(partition_hours=24 * 7)
+WEEKS = ExportConfig(partition_hours=24 * 7, min_partition_events=1)
 TEXT = ("json_lines", "json", "csv")
 TOOLS = {"gzip": ["gzip", "-dc"], "zstd": ["zstd", "-dc"], "lz4": ["lz4", "-dc"]}
 
@@ -58,6 +58,12 @@ def test_plan_cuts_long_ranges_into_windows():
     assert plan(request, ExportConfig(partition_hours=24 * 4)) == []
     year = ExportRequest(start_date="2025-01-01", end_date="2026-01-01", format="csv")
     assert len(plan(year, ExportConfig(partition_hours=1, max_partitions=10))) == 10
+    config = ExportConfig(partition_hours=24, min_partition_events=1_000_000)
+    assert len(plan(year, config, events=3_000_000)) == 3, "about min_partition_events each"
+    assert plan(year, config, events=999_999) == [], "too few events to be worth cutting up"
+    windows = plan(year, config, events=10**12)
+    assert len(windows) == 32 and windows[-1][1] == year.end_date
+    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:])), "no gap, no overlap"
     webhook = ExportRequest(start_date="2026-01-01", end_date="2026-01-04", format="csv",
                             destination={"type": "webhook", "url": "https://example.com/hook"})
     assert plan(webhook, ExportConfig(partition_hours=24)) == []
@@ -146,7 +152,7 @@ def s3_keys(s3, bucket: str) -> list[str]:
 
 def test_split_partitioned_export_delivers_parts_and_one_manifest(demo_settings, job_store, tmp_path, s3_server,
                                                                   monkeypatch):
-    settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24 * 7)
+    settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24 * 7, min_partition_events=1)
     bucket = s3_server.make_bucket("split-partitions")
     request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format="json_lines",
                             compression="gzip", destination=s3_split(s3_server, bucket, 1000))
@@ -191,8 +197,8 @@ class FlakySource:
                 raise error(f"injected failure reading from {query.start:%b %d}")
         return self.store.batches(query, batch_size)
 
-    def close(self) -> None:
-        self.store.close()
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
 
 
 def flaky_stores(monkeypatch, fail: dict[int, tuple[type, int]]) -> list[int]:
@@ -202,7 +208,8 @@ def flaky_stores(monkeypatch, fail: dict[int, tuple[type, int]]) -> list[int]:
 
 
 def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypatch, caplog):
-    settings = demo_settings.model_copy(update={"export": ExportConfig(partition_hours=24, retry_backoff_seconds=0)})
+    settings = demo_settings.model_copy(update={"export": ExportConfig(partition_hours=24, retry_backoff_seconds=0,
+                                                                       min_partition_events=1)})
     calls = flaky_stores(monkeypatch, {2: (Storage, 2)})
     request = ExportRequest(start_date="2026-09-01", end_date="2026-09-05", format="parquet")
     job_store.create("default", request)
@@ -219,7 +226,8 @@ def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypa
 
 def test_a_partition_that_keeps_failing_fails_the_export_and_leaves_nothing(demo_settings, job_store, monkeypatch,
                                                                             s3_server):
-    settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24, retry_backoff_seconds=0)
+    settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24, retry_backoff_seconds=0,
+                            min_partition_events=1)
     bucket = s3_server.make_bucket("failing-partitions")
     for fail, destination in (((Invalid, 1), {"type": "download"}),
                               ((Storage, 99), s3_split(s3_server, bucket, 50))):
@@ -268,6 +276,7 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
     """A 4-partition export on a PostgreSQL job store: two worker processes run its partitions
     between them, and the file is byte for byte the one a single worker writes."""
     env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": str(24 * 23),
+           "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "1",
            "ANALYTICS_EXPORT_DUCKDB_THREADS": "1", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "4096"}
     key = cli(big_store, "keys", "create", "--project", "default", env=env)
     svc = Service(big_store, 0, env)
@@ -296,7 +305,8 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
 
 
 def test_cancel_stops_every_partition_and_removes_their_fragments(big_store, tmp_path):
-    env = {"ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "48", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "2048"}
+    env = {"ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "48", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "2048",
+           "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "100000"}
     key = cli(big_store, "keys", "create", "--project", "default", env=env)
     svc = Service(big_store, 0, env)
     procs = [start_worker(big_store, env, tmp_path / f"c{n}.log") for n in range(2)]

@@ -86,21 +86,24 @@ def test_killed_worker_job_is_finished_by_another(big_store):
 
 def test_two_workers_on_postgresql_never_run_a_job_twice(tmp_path, pg_url):
     data = with_demo_events(tmp_path / "data", 20_000)
-    env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "100"}
+    env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "100",
+           "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": str(24 * 30), "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "1"}  # half the exports run as 5 partitions
     key = cli(data, "keys", "create", "--project", "default", env=env)
     svc = Service(data, workers=0, env=env)
     workers = [start_worker(data, lease=10, env=env) for _ in range(2)]
     try:
         with svc.client(key) as c:
-            ids = [c.post("/api/exports", json={**ALL, "format": f}).json()["request"]["id"]
-                   for f in ["csv", "json", "parquet", "avro", "json_lines"] * 6]
+            ids = [c.post("/api/exports", json={**ALL, "format": f, **({"end_date": "2026-07-31"} if n % 2 else {})})
+                   .json()["request"]["id"] for n, f in enumerate(["csv", "json", "parquet", "avro", "json_lines"] * 6)]
             results = [wait_for(c, i, timeout=120) for i in ids]
     finally:
         logs = [stop(w) for w in workers]
         svc.close()
-    assert all(r["result"]["total_events"] == 20_000 for r in results)
-    runs = Counter(m for log in logs for m in re.findall(r"export (\S+) claimed by", log))
-    assert set(runs) == set(ids) and set(runs.values()) == {1}, "every job ran exactly once"
+    assert all(r["result"]["total_events"] == 20_000 for r in results[::2])
+    assert len({r["result"]["total_events"] for r in results[1::2]}) == 1
+    runs = Counter(m for log in logs for m in re.findall(r"export (\S+(?: partition \d+)?)(?:/\d+)? claimed by", log))
+    partitions = {f"{i} partition {n}" for i in ids[::2] for n in range(1, 6)}
+    assert set(runs) == partitions | set(ids[1::2]) and set(runs.values()) == {1}, "every job or partition ran once"
     assert all(re.search(r"claimed by", log) for log in logs), "both workers took jobs"
     with psycopg.connect(pg_url.replace("+psycopg", "")) as pg:
         attempts = pg.execute("SELECT attempts, count(*) FROM exports GROUP BY attempts").fetchall()
@@ -134,7 +137,8 @@ def test_transient_failures_retry_with_backoff_then_fail(tmp_path):
     events = data / "events.duckdb"
     good = events.read_bytes()
     events.write_bytes(b"not a duckdb file" * 100)  # every attempt fails to open the store
-    env = {"ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "3", "ANALYTICS_EXPORT_EXPORT__RETRY_BACKOFF_SECONDS": "0.3"}
+    env = {"ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "3", "ANALYTICS_EXPORT_EXPORT__RETRY_BACKOFF_SECONDS": "0.3",
+           "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "0"}  # whole-export attempts (partitions: test_partitions)
     key = cli(data, "keys", "create", "--project", "default", env=env)
     svc = Service(data, workers=1, env=env)
     try:

@@ -491,4 +491,6 @@ class ExportConfig(BaseModel):
     upload_timeout_seconds: float = Field(60, gt=0, description="a destination request that takes longer fails")
     partition_hours: float = Field(24, ge=0, description="a queued export spanning more than this is run as "
                                    "partitions of this length, by any free workers at once; 0: never")
-    max_partitions: int = Field(64, ge=2, description="partitions are made longer so there are at most this many")
+    max_partitions: int = Field(32, ge=2, description="partitions are made longer so there are at most this many")
+    min_partition_events: int = Field(500_000, ge=1, description="and so that each holds about this many events "
+                                      "or more (counted before filters): small exports are not worth cutting up")

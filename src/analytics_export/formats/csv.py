@@ -26,7 +26,7 @@ class CsvWriter(Writer):
     @classmethod
     def head(cls, schema: pa.Schema) -> bytes:
         out = pa.BufferOutputStream()
-        pacsv.write_csv(schema.empty_table(), out, write_options=options(True))
+        pacsv.CSVWriter(out, schema, write_options=options(True)).close()  # (write_csv would import pandas)
         return out.getvalue().to_pybytes()
 
 

@@ -24,16 +24,22 @@ from ..sources import EventQuery, EventSource
 from ..streams import ForwardingSink
 from .store import Job
 
+MICROSECOND = timedelta(microseconds=1)
 
-def plan(request: ExportRequest, config: ExportConfig) -> list[tuple[datetime, datetime]]:
-    """The windows of `request` when it spans more than one partition, else none. Webhook exports are
+
+def plan(request: ExportRequest, config: ExportConfig, events: int | None = None) -> list[tuple[datetime, datetime]]:
+    """The windows of `request` when it spans more than one partition, else none; given the `events`
+    in its range, windows are widened to hold about `min_partition_events` each. Webhook exports are
     never partitioned: their batches are numbered in one sequence as they are sent."""
     if not config.partition_hours or request.destination.type == "webhook":
         return []
-    span = request.end_date - request.start_date
-    width = max(timedelta(hours=config.partition_hours), span / config.max_partitions)
+    span = (request.end_date - request.start_date) // MICROSECOND
+    pieces = config.max_partitions if events is None else min(config.max_partitions,
+                                                              -(-events // config.min_partition_events))
+    width = max(int(config.partition_hours * 3600e6), -(-span // max(pieces, 1)))  # ceil: at most `pieces`
     if span <= width:
         return []
+    width = timedelta(microseconds=width)
     windows, start = [], request.start_date
     while start < request.end_date:
         windows.append((start, min(start + width, request.end_date)))

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -218,11 +218,9 @@ class JobStore:
                 exports.c.project == project,
                 exports.c.status.in_([ExportStatus.PENDING.value, ExportStatus.PROCESSING.value]))).scalar_one()
 
-    def claim(self, worker: str, lease: timedelta,
-              plan: Callable[[ExportRequest], list[tuple[datetime, datetime]]] | None = None) -> Job | None:
+    def claim(self, worker: str, lease: timedelta) -> Job | None:
         """Take work for `worker`: first a runnable partition of a running export, else the oldest
-        runnable export (pending, or processing under an expired lease). An export that `plan` cuts
-        into windows gets one partition row each, and the first of them is claimed."""
+        runnable export (pending, or processing under an expired lease)."""
         if (job := self._claim_partition(worker, lease)) is not None:
             return job
         t = now()
@@ -232,39 +230,36 @@ class JobStore:
             sa.and_(exports.c.status == ExportStatus.PROCESSING.value, exports.c.lease_expires < t),
         )
         with self.engine.begin() as c:
-            pick = sa.select(exports).where(runnable, exports.c.cancel_requested.is_(False)) \
+            pick = sa.select(exports.c.id, exports.c.parts).where(runnable, exports.c.cancel_requested.is_(False)) \
                 .order_by(exports.c.created_at).limit(1)
             if c.dialect.name == "postgresql":
                 pick = pick.with_for_update(skip_locked=True)
             row = c.execute(pick).first()
             if row is None:
                 return None
-            windows = plan(ExportRequest.model_validate(row.request)) if plan and row.parts is None else []
-            if len(windows) > 1:
-                self._partition(c, row.id, windows, t)
-            else:
-                taken = c.execute(exports.update().where(exports.c.id == row.id, runnable).values(
+            if not c.execute(exports.update().where(exports.c.id == row.id, runnable).values(
                     status=ExportStatus.PROCESSING.value, lease_owner=worker, lease_expires=t + lease,
                     attempts=exports.c.attempts + 1, started_at=sa.func.coalesce(exports.c.started_at, t),
                     **({} if row.parts else {"events_done": 0, "bytes_done": 0}),
-                )).rowcount
-                if not taken:
-                    return None
-                return Job.from_row(c.execute(sa.select(exports).where(exports.c.id == row.id)).first())
-        return self._claim_partition(worker, lease)
+            )).rowcount:
+                return None
+            return Job.from_row(c.execute(sa.select(exports).where(exports.c.id == row.id)).first())
 
-    @staticmethod
-    def _partition(c: sa.Connection, export_id: str, windows: list[tuple[datetime, datetime]], t: datetime) -> None:
-        """Turn a pending export into partitions: it runs, leased by none, while its parts are claimed."""
-        c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
-        c.execute(export_parts.insert(), [
-            {"export_id": export_id, "number": n, "window_start": start, "window_end": end,
-             "status": ExportStatus.PENDING.value}
-            for n, (start, end) in enumerate(windows, 1)])
-        c.execute(exports.update().where(exports.c.id == export_id).values(
-            status=ExportStatus.PROCESSING.value, parts=len(windows), lease_owner=None, lease_expires=None,
-            attempts=exports.c.attempts + 1, started_at=sa.func.coalesce(exports.c.started_at, t),
-            events_done=0, bytes_done=0))
+    def partition(self, export_id: str, worker: str, windows: list[tuple[datetime, datetime]]) -> bool:
+        """Turn an export `worker` holds into partitions, one per window; the export then runs, leased
+        by none, while workers claim its partitions. False if the lease was lost meanwhile."""
+        with self.engine.begin() as c:
+            if not c.execute(exports.update().where(
+                    exports.c.id == export_id, exports.c.lease_owner == worker,
+                    exports.c.status == ExportStatus.PROCESSING.value,
+            ).values(parts=len(windows), lease_owner=None, lease_expires=None)).rowcount:
+                return False
+            c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
+            c.execute(export_parts.insert(), [
+                {"export_id": export_id, "number": n, "window_start": start, "window_end": end,
+                 "status": ExportStatus.PENDING.value}
+                for n, (start, end) in enumerate(windows, 1)])
+        return True
 
     def _claim_partition(self, worker: str, lease: timedelta) -> Job | None:
         t = now()

@@ -21,6 +21,7 @@ from ..destinations import Destination, Target, destination_for
 from ..errors import ExportError, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
+from ..sources import EventQuery
 from .partitions import assemble, discard, plan, run_partition
 from .scheduler import Scheduler
 from .store import Job, JobStore, now
@@ -74,10 +75,12 @@ class Worker:
 
     def run_one(self) -> bool:
         """Claim and run one job or partition; False when there was none."""
-        job = self.jobs.claim(self.name, self.lease, lambda request: plan(request, self.settings.export))
+        job = self.jobs.claim(self.name, self.lease)
         if job is None:
             return False
-        if job.partition is not None:
+        if job.parts is None and self.partition(job):
+            log.info("export %s: run as partitions", job.id)
+        elif job.partition is not None:
             log.info("export %s partition %d/%d claimed by %s (attempt %d)", job.id, job.partition.number,
                      job.parts, self.name, job.partition.attempts)
             self._run_partition(job)
@@ -85,6 +88,24 @@ class Worker:
             log.info("export %s claimed by %s (attempt %d)", job.id, self.name, job.attempts)
             self._run(job)
         return True
+
+    def partition(self, job: Job) -> bool:
+        """Cut a claimed export into partitions if its range is long and holds enough events (an
+        estimate from the store's index); True when it was."""
+        config = self.settings.export
+        if not plan(job.request, config):
+            return False
+        try:
+            store = open_store(self.settings)
+            try:
+                events = store.estimate(EventQuery.from_request(job.request, job.project))
+            finally:
+                store.close()
+        except Exception as exc:  # the export's own run meets and reports the same problem
+            log.warning("export %s: not partitioned, the event store could not estimate it (%s)", job.id, exc)
+            return False
+        windows = plan(job.request, config, events)
+        return len(windows) > 1 and self.jobs.partition(job.id, self.name, windows)
 
     @contextmanager
     def _beating(self, beat: Callable[[], bool]) -> Iterator[threading.Event]:

@@ -72,6 +72,10 @@ class EventSource(Protocol):
     def count(self, query: EventQuery) -> int:
         """How many events match (for progress display)."""
 
+    def estimate(self, query: EventQuery) -> int:
+        """Events of the query's project and window before event and property filters: an upper
+        bound read from an index or sort key, cheap enough to plan partitions with."""
+
 
 class EventStore(EventSource, Protocol):
     """A source that also stores events (ingest, demo); one module per engine."""

@@ -71,6 +71,13 @@ class ClickHouseEventStore(ScannedStore):
         first = rows[0][0] if rows else None
         return first.replace(tzinfo=timezone.utc) if first is not None and first.tzinfo is None else first
 
+    def estimate(self, query: EventQuery) -> int:
+        column = TIME_COLUMNS[query.time_field]
+        return int(self.ch.command(
+            f"SELECT count() FROM events WHERE project_id = {{project:String}} "
+            f"AND {column} >= {{lo:DateTime64(6, 'UTC')}} AND {column} < {{hi:DateTime64(6, 'UTC')}}",
+            parameters={"project": query.project, "lo": query.start, "hi": query.end}))
+
     def is_empty(self) -> bool:
         return not self.ch.command("SELECT count() FROM events")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -155,6 +156,9 @@ class DuckDBEventStore:
         sql = SqlBuilder()
         text = sql.select(query, ["count(*)"])
         return int(self.execute(text, sql.params).fetchall()[0][0])
+
+    def estimate(self, query: EventQuery) -> int:
+        return self.count(replace(query, events=(), filters=()))
 
     def is_empty(self) -> bool:
         return not self.execute("SELECT count(*) FROM events", []).fetchall()[0][0]

@@ -85,6 +85,13 @@ class PostgresEventStore(ScannedStore):
                         (query.project, lo, query.end))
             return cur.fetchone()[0]
 
+    def estimate(self, query: EventQuery) -> int:
+        column = TIME_COLUMNS[query.time_field]
+        with self.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM events WHERE project_id = $1 AND {column} >= $2 AND {column} < $3",
+                        (query.project, query.start, query.end))
+            return int(cur.fetchone()[0])
+
     def is_empty(self) -> bool:
         with self.cursor() as cur:
             cur.execute("SELECT NOT EXISTS (SELECT 1 FROM events)")
