@@ -292,6 +292,7 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
                     done = wait_for(c, export_id, timeout=180)
                     outputs[workers] = c.get(f"/api/exports/{export_id}/download").content
                     assert done["result"]["total_events"] == outputs[workers].count(b"\n")
+                    assert done["progress"]["partitions"] == done["progress"]["partitions_done"] == 4
                 finally:
                     for proc in procs:
                         stop(proc)

@@ -61,7 +61,7 @@ def test_killed_worker_job_is_finished_by_another(big_store):
             killed_at = c.get(f"/api/exports/{export_id}").json()
             assert killed_at["status"] == "processing", "killed mid-export"
             folder = big_store / "exports" / "default"
-            assert not list(folder.glob("export_*")), "nothing final from the dead run"
+            assert not list(folder.glob(f"export_{export_id}*")), "nothing final from the dead run"
             second = start_worker(big_store)
             done = wait_for(c, export_id, timeout=120)
             got = c.get(f"/api/exports/{export_id}/download")

@@ -47,6 +47,8 @@ class ExportProgress(BaseModel):
     events: int
     bytes: int
     started_at: datetime | None
+    partitions: int | None = Field(None, description="time-window partitions the export runs as (null: one run)")
+    partitions_done: int | None = None
 
 
 class ExportView(BaseModel):
@@ -123,7 +125,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             url = f"/api/exports/{job.id}/download?expires={expires}&signature={signature(job.id, expires)}"
         request = job.request.model_copy(update={"status": job.status})
         return ExportView(request=request, status=job.status, result=job.result(url),
-                          progress=ExportProgress(events=job.events_done, bytes=job.bytes_done, started_at=job.started_at))
+                          progress=ExportProgress(events=job.events_done, bytes=job.bytes_done, started_at=job.started_at,
+                                                  partitions=job.parts, partitions_done=job.parts_done))
 
     def check_target(project: str, destination: Any) -> None:
         """422 unless the destination's host, credentials and connection are allowed."""

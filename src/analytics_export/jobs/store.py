@@ -75,6 +75,7 @@ class Job:
     attempts: int
     cancel_requested: bool
     parts: int | None = None
+    parts_done: int | None = None
     partition: Partition | None = None  # set when this claim is for one partition of the export
 
     @classmethod
@@ -87,6 +88,7 @@ class Job:
             events_done=m["events_done"], bytes_done=m["bytes_done"], total_events=m["total_events"],
             file_size=m["file_size"], destination_path=m["destination_path"], error=m["error"],
             attempts=m["attempts"], cancel_requested=m["cancel_requested"], parts=m["parts"],
+            parts_done=m["parts_done"],
         )
 
     def result(self, download_url: str | None = None) -> ExportResult | None:
@@ -252,7 +254,7 @@ class JobStore:
             if not c.execute(exports.update().where(
                     exports.c.id == export_id, exports.c.lease_owner == worker,
                     exports.c.status == ExportStatus.PROCESSING.value,
-            ).values(parts=len(windows), lease_owner=None, lease_expires=None)).rowcount:
+            ).values(parts=len(windows), parts_done=0, lease_owner=None, lease_expires=None)).rowcount:
                 return False
             c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
             c.execute(export_parts.insert(), [
@@ -325,8 +327,10 @@ class JobStore:
                      error=None)).rowcount:
                 return None
             self._sum_progress(c, job.id)
-            if c.execute(sa.select(sa.func.count()).where(
-                    p.export_id == job.id, p.status != ExportStatus.COMPLETED.value)).scalar_one():
+            done = c.execute(sa.select(sa.func.count()).where(
+                p.export_id == job.id, p.status == ExportStatus.COMPLETED.value)).scalar_one()
+            c.execute(exports.update().where(exports.c.id == job.id).values(parts_done=done))
+            if done < job.parts:
                 return False
             return bool(c.execute(exports.update().where(
                 exports.c.id == job.id, exports.c.status == ExportStatus.PROCESSING.value,
@@ -463,7 +467,8 @@ class JobStore:
                 exports.c.id == export_id, exports.c.project == project,
                 exports.c.status == ExportStatus.FAILED.value,
             ).values(status=ExportStatus.PENDING.value, error=None, cancel_requested=False, completed_at=None,
-                     events_done=0, bytes_done=0, attempts=0, retry_at=None, parts=None)).rowcount)
+                     events_done=0, bytes_done=0, attempts=0, retry_at=None, parts=None,
+                     parts_done=None)).rowcount)
 
     def expire(self, at: datetime) -> list[Job]:
         """Mark completed exports whose files expired before `at` as expired; returns them."""

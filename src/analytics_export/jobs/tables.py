@@ -30,6 +30,7 @@ exports = sa.Table(
     sa.Column("duration_seconds", sa.Float),
     sa.Column("retry_at", sa.DateTime(timezone=True)),
     sa.Column("parts", sa.Integer),
+    sa.Column("parts_done", sa.Integer),
     sa.Index("ix_exports_project_created", "project", "created_at"),
     sa.Index("ix_exports_status_lease", "status", "lease_expires"),
 )

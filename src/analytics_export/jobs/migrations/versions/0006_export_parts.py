@@ -1,4 +1,4 @@
-"""partitioned exports: exports.parts and one row per partition
+"""partitioned exports: exports.parts (and how many are done) and one row per partition
 
 Revision ID: 0006
 Revises: 0005
@@ -16,6 +16,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("exports") as batch:
         batch.add_column(sa.Column("parts", sa.Integer))
+        batch.add_column(sa.Column("parts_done", sa.Integer))
     op.create_table(
         "export_parts",
         sa.Column("export_id", sa.String(36), primary_key=True),
@@ -39,3 +40,4 @@ def downgrade() -> None:
     op.drop_table("export_parts")
     with op.batch_alter_table("exports") as batch:
         batch.drop_column("parts")
+        batch.drop_column("parts_done")
