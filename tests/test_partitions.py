@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -25,7 +26,7 @@ from analytics_export.formats import thrift
 from analytics_export.jobs.partitions import plan
 from analytics_export.jobs.store import JobStore
 from analytics_export.jobs.worker import Worker
-from analytics_export.models import ExportConfig, ExportRequest, ExportStatus
+from analytics_export.models import ExportConfig, ExportRequest, ExportResult, ExportStatus
 from helpers import canonical, read_records
 from servers import s3_server  # noqa: F401  (fixture)
 from service import CLI, Service, cli, wait_for
@@ -329,3 +330,34 @@ def test_cancel_stops_every_partition_and_removes_their_fragments(big_store, tmp
         for proc in procs:
             stop(proc)
         svc.close()
+
+
+def test_partition_leases_in_the_job_store(job_store):
+    """Each partition is one worker's at a time; an expired lease passes to another and the old
+    owner can no longer record anything; only the last finisher assembles; a failed export is
+    retried only once its partitions are closed."""
+    request = ExportRequest(start_date="2026-09-01", end_date="2026-09-03", format="csv")
+    job_store.create("default", request)
+    first = job_store.claim("w1", timedelta(seconds=30))
+    assert job_store.partition(request.id, "w1", plan(request, ExportConfig(partition_hours=24)))
+    assert not job_store.partition(request.id, "w1", []), "the export's own lease was handed over"
+    one = job_store.claim("w1", timedelta(milliseconds=500))
+    two = job_store.claim("w2", timedelta(seconds=30))
+    assert (first.partition, one.partition.number, two.partition.number) == (None, 1, 2)
+    assert job_store.claim("w3", timedelta(seconds=30)) is None, "nothing else to run"
+    time.sleep(0.6)
+    again = job_store.claim("w3", timedelta(seconds=30))
+    assert (again.partition.number, again.partition.attempts) == (1, 2), "the expired lease passed on"
+    assert not job_store.partition_heartbeat(one, "w1", timedelta(seconds=30), 5, 5)
+    assert job_store.partition_done(one, "w1", timedelta(seconds=30), []) is None, "w1 lost it"
+    entry = [{"name": "x", "uri": "x", "events": 3, "bytes": 7}]
+    assert job_store.partition_done(two, "w2", timedelta(seconds=30), entry) is False
+    assert job_store.partition_done(again, "w3", timedelta(seconds=30), entry) is True, "the last one assembles"
+    job = job_store.get("default", request.id)
+    assert (job.parts, job.parts_done, job.events_done, job.bytes_done) == (2, 2, 6, 14)
+    failed = ExportResult(export_id=request.id, status=ExportStatus.FAILED, error="boom")
+    assert job_store.finish(request.id, "w3", failed, None)
+    assert not job_store.retry("default", request.id), "its partitions are not closed yet"
+    assert [row.number for _, rows in job_store.reap(request.id) for row in rows] == [1, 2]
+    assert job_store.retry("default", request.id)
+    assert job_store.get("default", request.id).parts is None

@@ -61,6 +61,28 @@ def test_every_store_exports_the_same(stores, tmp_path, case, fmt, compression):
         assert lines["duckdb"] == lines["postgres"] == lines["clickhouse"]
 
 
+def test_estimates_bound_a_window_before_filters(stores):
+    """The estimate partitions are planned with: exact in DuckDB and ClickHouse, the planner's
+    statistics in PostgreSQL (close once ANALYZE has run, as autovacuum does)."""
+    query = EventQuery(project="default", start=DEMO_END.replace(month=8), end=DEMO_END.replace(month=10),
+                       events=("signup",))
+    unfiltered = EventQuery(project="default", start=query.start, end=query.end)
+    exact = {}
+    for name, settings in stores.items():
+        store = open_store(settings, read_only=name != "duckdb")
+        try:
+            if name == "postgres":
+                with store.cursor() as cur:
+                    cur.execute("ANALYZE events")
+            exact[name] = store.count(unfiltered)
+            assert store.estimate(query) == store.estimate(unfiltered), "filters are not counted"
+            estimate = store.estimate(unfiltered)
+        finally:
+            store.close()
+        assert 0.8 * exact[name] <= estimate <= 1.25 * exact[name] if name == "postgres" else estimate == exact[name]
+    assert len(set(exact.values())) == 1
+
+
 def test_counts_and_ingest_into_postgres(stores, tmp_path):
     settings = stores["postgres"]
     events = [{"uuid": f"00000000-0000-4000-8000-{n:012d}", "event": "signup", "distinct_id": f"pg-{n}",

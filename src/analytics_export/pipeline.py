@@ -163,12 +163,14 @@ def write_files(
     split: bool = False,
     fragment: bool = False,
     digest: bool = False,
+    empty_file: bool = True,
     batch_size: int = 16_384,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[dict], Progress]:
-    """Write the events of `request` as committed files `name(1)`, `name(2)`, ... (one unless `split`);
-    returns their manifest entries. If anything fails, the files already committed are removed."""
+    """Write the events of `request` as committed files `name(1)`, `name(2)`, ... (one unless `split`;
+    without events, one empty file if `empty_file`, else none); returns their manifest entries. If
+    anything fails, the files already committed are removed."""
     writer_cls = writer_class(request.format)
     query = EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties,
                                     text_timestamps=writer_cls.text_timestamps)
@@ -205,7 +207,7 @@ def write_files(
                     commit(full)
             if on_progress is not None:
                 on_progress(progress)
-        part = part or (None if done else next_part())  # an empty export is still one valid file
+        part = part or (None if done or not empty_file else next_part())  # an empty export is still a valid file
         if part is not None:
             part, last = None, part
             commit(last)

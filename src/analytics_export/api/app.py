@@ -227,6 +227,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     def retry_export(export_id: str, project: Project) -> ExportView:
         job = job_or_404(project, export_id)
         if not jobs.retry(project, export_id):
+            if job.status is ExportStatus.FAILED:
+                raise HTTPException(409, f"export {export_id} is still stopping its partitions; retry in a few seconds")
             raise HTTPException(409, f"export {export_id} is {job.status.value}; only a failed export can be retried")
         return view(job_or_404(project, export_id))
 

@@ -54,16 +54,13 @@ class ParquetWriter(Writer):
                     raise Format(f"{path.name} is not a Parquet file")
                 file.seek(data_end)
                 meta = thrift.decode(file.read(length))
-                for group in thrift.get(meta, ROW_GROUPS).value.values:
-                    groups.append(moved(group, position - len(MAGIC)))
+                for group in thrift.get(meta, ROW_GROUPS).value.values:  # kept encoded: ~10x smaller
+                    groups.append(thrift.encode(moved(group, position - len(MAGIC), len(groups))))
                 rows += thrift.get(meta, NUM_ROWS).value
                 footer = footer or meta
                 file.seek(len(MAGIC))
                 copy(file, sink, data_end - len(MAGIC))
                 position += data_end - len(MAGIC)
-        for ordinal, group in enumerate(groups):
-            if (field := thrift.get(group, RG_ORDINAL)) is not None:
-                field.value = ordinal
         thrift.get(footer, ROW_GROUPS).value.values = groups
         thrift.get(footer, NUM_ROWS).value = rows
         blob = thrift.encode(footer)
@@ -78,13 +75,19 @@ CM_OFFSETS = (9, 10, 11)  # data, index and dictionary page offsets
 CM_BLOOM_FILTER = 14
 
 
-def moved(group: list[thrift.Field], shift: int) -> list[thrift.Field]:
-    """`group` (a RowGroup) with every file offset moved by `shift` bytes."""
+def moved(group: list[thrift.Field], shift: int, ordinal: int) -> list[thrift.Field]:
+    """`group` (a RowGroup) with every file offset moved by `shift` bytes, numbered `ordinal`."""
     shift_field(group, RG_FILE_OFFSET, shift)
+    if (field := thrift.get(group, RG_ORDINAL)) is not None:  # an i16: optional, dropped past its range
+        if ordinal < 1 << 15:
+            field.value = ordinal
+        else:
+            group.remove(field)
     for chunk in thrift.get(group, RG_COLUMNS).value.values:
         if any(thrift.get(chunk, i) for i in (CC_OFFSET_INDEX, CC_COLUMN_INDEX)):
             raise Format("cannot merge Parquet fragments with page indexes")
-        shift_field(chunk, CC_FILE_OFFSET, shift)
+        if (field := thrift.get(chunk, CC_FILE_OFFSET)) is not None and field.value:  # 0: unset (deprecated)
+            field.value += shift
         meta = thrift.get(chunk, CC_META).value
         if thrift.get(meta, CM_BLOOM_FILTER):
             raise Format("cannot merge Parquet fragments with bloom filters")

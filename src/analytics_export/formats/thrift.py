@@ -1,7 +1,8 @@
 """Thrift compact protocol, generic: enough to read a Parquet footer, change offsets and write it back.
 
 A struct decodes to a list of `Field`s in file order (field id, compact type, value); lists keep
-their element type. Encoding that again gives the same bytes, so only what is changed changes.
+their element type. Encoding that again gives the same bytes, so only what is changed changes. A
+struct value may also be given as the bytes `encode` made of it.
 """
 
 from __future__ import annotations
@@ -128,7 +129,10 @@ class Writer:
                 self.value(types >> 4, k)
                 self.value(types & 0x0F, v)
         elif kind == STRUCT:
-            self.struct(value)
+            if isinstance(value, bytes):  # a struct already encoded
+                self.out += value
+            else:
+                self.struct(value)
         else:
             raise ValueError(f"unknown thrift compact type {kind}")
 

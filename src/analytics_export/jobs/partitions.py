@@ -19,7 +19,7 @@ from ..destinations import BackgroundUpload, Destination
 from ..destinations.local import LocalDestination
 from ..formats import writer_class
 from ..models import ExportConfig, ExportRequest, ExportResult
-from ..pipeline import Progress, completed, write_files, write_manifest
+from ..pipeline import Cancelled, Progress, completed, write_files, write_manifest
 from ..sources import EventQuery, EventSource
 from ..streams import ForwardingSink
 from .store import Job
@@ -29,13 +29,13 @@ MICROSECOND = timedelta(microseconds=1)
 
 def plan(request: ExportRequest, config: ExportConfig, events: int | None = None) -> list[tuple[datetime, datetime]]:
     """The windows of `request` when it spans more than one partition, else none; given the `events`
-    in its range, windows are widened to hold about `min_partition_events` each. Webhook exports are
+    in its range, windows are widened to hold `min_partition_events` or more each (on average). Webhook exports are
     never partitioned: their batches are numbered in one sequence as they are sent."""
     if not config.partition_hours or request.destination.type == "webhook":
         return []
     span = (request.end_date - request.start_date) // MICROSECOND
     pieces = config.max_partitions if events is None else min(config.max_partitions,
-                                                              -(-events // config.min_partition_events))
+                                                              events // config.min_partition_events)
     width = max(int(config.partition_hours * 3600e6), -(-span // max(pieces, 1)))  # ceil: at most `pieces`
     if span <= width:
         return []
@@ -72,12 +72,14 @@ def run_partition(job: Job, source: EventSource, destination: Destination, setti
     if destination.manifest:  # a re-run: the old manifest must not vouch for parts being rewritten
         destination.remove(request.manifest_name)
     files, _ = write_files(window, source, destination, name=lambda n: request.part_name(n, part.number),
-                           split=True, digest=destination.manifest, **options)
+                           split=True, digest=destination.manifest, empty_file=False, **options)
     return files
 
 
-def assemble(job: Job, destination: Destination, settings: Settings, rows: list[Any]) -> ExportResult:
-    """Deliver a partitioned export whose partitions (`rows`, in order) have all completed."""
+def assemble(job: Job, destination: Destination, settings: Settings, rows: list[Any],
+             should_stop: Callable[[], bool]) -> ExportResult:
+    """Deliver a partitioned export whose partitions (`rows`, in order) have all completed. Its
+    staged fragments stay until the result is recorded (a lost lease means another assembles)."""
     request = job.request
     files = [entry for row in rows for entry in row.files]
     if not staged(request):
@@ -90,7 +92,7 @@ def assemble(job: Job, destination: Destination, settings: Settings, rows: list[
     schema = EventQuery.from_request(request, job.project, property_columns=not writer_cls.nested_properties,
                                      text_timestamps=writer_cls.text_timestamps).schema
     upload = BackgroundUpload(destination.open(request.file_name))
-    counted = ForwardingSink(upload)
+    counted = StoppableSink(upload, should_stop, job.id)
     try:
         writer_cls.merge([(folder / entry["name"], entry["events"]) for entry in files], counted, schema,
                          request.compression)
@@ -98,10 +100,22 @@ def assemble(job: Job, destination: Destination, settings: Settings, rows: list[
     except BaseException:
         upload.abort()
         raise
-    result = completed(request, [{"events": sum(e["events"] for e in files), "bytes": counted.position}],
-                       destination.finish([uri]), job.started_at)
-    shutil.rmtree(folder, ignore_errors=True)
-    return result
+    return completed(request, [{"events": sum(e["events"] for e in files), "bytes": counted.position}],
+                     destination.finish([uri]), job.started_at)
+
+
+class StoppableSink(ForwardingSink):
+    """Counts what it forwards, and stops a merge whose export was cancelled (or lease lost)."""
+
+    def __init__(self, target, should_stop: Callable[[], bool], export_id: str) -> None:
+        super().__init__(target)
+        self.should_stop = should_stop
+        self.export_id = export_id
+
+    def forward(self, data: bytes | memoryview) -> None:
+        if self.should_stop():
+            raise Cancelled(f"export {self.export_id} was cancelled")
+        self.target.write(data)
 
 
 def discard(job: Job, rows: list[Any], settings: Settings, destination: Callable[[], Destination]) -> None:

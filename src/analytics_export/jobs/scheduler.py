@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from ..errors import Invalid
 from ..models import DateRange, ExportStatus, ScheduledExport
 from .store import JobStore, aware, now
-from .tables import exports, leases, schedule_runs, schedules
+from .tables import export_parts, exports, leases, schedule_runs, schedules
 from .windows import due, fires, floor, following, last_fire, windows
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,7 @@ def backfill(jobs: JobStore, project: str, schedule_id: str, start: datetime, en
                 continue
             if run is not None:
                 c.execute(exports.delete().where(exports.c.id == run.export_id))
+                c.execute(export_parts.delete().where(export_parts.c.export_id == run.export_id))
                 c.execute(schedule_runs.delete().where(schedule_runs.c.schedule_id == spec.id,
                                                        schedule_runs.c.window_start == s))
             counts["queued"] += Scheduler.queue(c, project, spec, s, e, planned=True)

@@ -289,6 +289,13 @@ class JobStore:
         job.partition = Partition(part.number, aware(part.window_start), aware(part.window_end), part.attempts)
         return job
 
+    @staticmethod
+    def _lock_export(c: sa.Connection, export_id: str) -> None:
+        """On PostgreSQL, lock the export's row first: every transaction that touches an export and
+        its partitions takes the locks in that order, so none can deadlock."""
+        if c.dialect.name == "postgresql":
+            c.execute(sa.select(exports.c.id).where(exports.c.id == export_id).with_for_update())
+
     def partition_heartbeat(self, job: Job, worker: str, lease: timedelta, events: int, size: int) -> bool:
         """Extend the partition's lease, record its progress and the export's; False when it is no
         longer this worker's to run (the export was cancelled or failed, or the lease was lost)."""
@@ -296,6 +303,7 @@ class JobStore:
         running = sa.exists().where(exports.c.id == job.id, exports.c.status == ExportStatus.PROCESSING.value,
                                     exports.c.cancel_requested.is_(False))
         with self.engine.begin() as c:
+            self._lock_export(c, job.id)
             if not c.execute(export_parts.update().where(
                     p.export_id == job.id, p.number == job.partition.number, p.lease_owner == worker,
                     p.status == ExportStatus.PROCESSING.value, running,
@@ -319,6 +327,7 @@ class JobStore:
         p = export_parts.c
         t = now()
         with self.engine.begin() as c:
+            self._lock_export(c, job.id)
             if not c.execute(export_parts.update().where(
                     p.export_id == job.id, p.number == job.partition.number, p.lease_owner == worker,
                     p.status == ExportStatus.PROCESSING.value,
@@ -342,6 +351,7 @@ class JobStore:
         p = export_parts.c
         mine = (p.export_id == job.id) & (p.number == job.partition.number) & (p.lease_owner == worker)
         with self.engine.begin() as c:
+            self._lock_export(c, job.id)
             if retry_at is not None:
                 c.execute(export_parts.update().where(mine).values(
                     status=ExportStatus.PENDING.value, error=error, retry_at=retry_at, lease_owner=None,
@@ -360,6 +370,7 @@ class JobStore:
         """Give a stopped partition up (its export was cancelled or failed, or its lease was lost)."""
         p = export_parts.c
         with self.engine.begin() as c:
+            self._lock_export(c, job.id)
             c.execute(export_parts.update().where(
                 p.export_id == job.id, p.number == job.partition.number, p.lease_owner == worker,
                 p.status == ExportStatus.PROCESSING.value,
@@ -461,11 +472,13 @@ class JobStore:
                 c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
 
     def retry(self, project: str, export_id: str) -> bool:
-        """Put a failed export back in the queue; False if it is not failed."""
+        """Put a failed export back in the queue; False if it is not failed, or if its partitions
+        are still being closed (see `reap`)."""
         with self.engine.begin() as c:
             return bool(c.execute(exports.update().where(
                 exports.c.id == export_id, exports.c.project == project,
                 exports.c.status == ExportStatus.FAILED.value,
+                ~sa.exists().where(export_parts.c.export_id == export_id),
             ).values(status=ExportStatus.PENDING.value, error=None, cancel_requested=False, completed_at=None,
                      events_done=0, bytes_done=0, attempts=0, retry_at=None, parts=None,
                      parts_done=None)).rowcount)

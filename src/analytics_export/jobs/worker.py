@@ -8,9 +8,10 @@ import random
 import shutil
 import socket
 import threading
+import time
 import uuid
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -22,11 +23,12 @@ from ..errors import ExportError, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
 from ..sources import EventQuery
-from .partitions import assemble, discard, plan, run_partition
+from .partitions import assemble, discard, plan, run_partition, staging
 from .scheduler import Scheduler
 from .store import Job, JobStore, now
 
 T = TypeVar("T")
+REAP_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class Worker:
         self.jobs = jobs
         self.lease = lease
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.reaped = 0.0
 
     def run(self, stop: threading.Event, poll: float = 0.5) -> None:
         """Run jobs until `stop` is set; when the queue is empty, sweep expired downloads and wait.
@@ -46,9 +49,13 @@ class Worker:
                                      name="scheduler", daemon=True)
         scheduler.start()
         while not stop.is_set():
-            if not self.run_one():
+            try:
+                if self.run_one():
+                    continue
                 self.sweep()
-                stop.wait(poll)
+            except Exception:  # the job store is unreachable, say: keep the worker alive, try again
+                log.exception("worker %s: job store error", self.name)
+            stop.wait(poll)
         scheduler.join()
 
     def sweep(self) -> None:
@@ -66,6 +73,8 @@ class Worker:
 
     def reap(self, export_id: str | None = None) -> None:
         """Close partitioned exports that failed or were cancelled, removing their partitions' output."""
+        if export_id is None:
+            self.reaped = time.monotonic()
         for job, rows in self.jobs.reap(export_id):
             try:
                 discard(job, rows, self.settings, lambda: destination_for(self.target(job)))
@@ -75,12 +84,21 @@ class Worker:
 
     def run_one(self) -> bool:
         """Claim and run one job or partition; False when there was none."""
+        if time.monotonic() - self.reaped > REAP_SECONDS:  # a cancelled export none of whose partitions runs
+            self.reap()
         job = self.jobs.claim(self.name, self.lease)
         if job is None:
             return False
-        if job.parts is None and self.partition(job):
-            log.info("export %s: run as partitions", job.id)
-        elif job.partition is not None:
+        if job.parts is None and job.partition is None:
+            with self._beating(lambda: self.jobs.heartbeat(job.id, self.name, self.lease, 0, 0)) as lost:
+                windows = self.windows(job)
+            if lost.is_set():
+                log.warning("export %s: lease lost while planning it, leaving it to its new owner", job.id)
+                return True
+            if windows and self.jobs.partition(job.id, self.name, windows):
+                log.info("export %s: run as %d partitions", job.id, len(windows))
+                return True
+        if job.partition is not None:
             log.info("export %s partition %d/%d claimed by %s (attempt %d)", job.id, job.partition.number,
                      job.parts, self.name, job.partition.attempts)
             self._run_partition(job)
@@ -89,12 +107,12 @@ class Worker:
             self._run(job)
         return True
 
-    def partition(self, job: Job) -> bool:
-        """Cut a claimed export into partitions if its range is long and holds enough events (an
-        estimate from the store's index); True when it was."""
+    def windows(self, job: Job) -> list[tuple[datetime, datetime]]:
+        """The partitions of a claimed export if its range is long and holds enough events (an
+        estimate from the store's index or statistics), else none."""
         config = self.settings.export
         if not plan(job.request, config):
-            return False
+            return []
         try:
             store = open_store(self.settings)
             try:
@@ -103,9 +121,8 @@ class Worker:
                 store.close()
         except Exception as exc:  # the export's own run meets and reports the same problem
             log.warning("export %s: not partitioned, the event store could not estimate it (%s)", job.id, exc)
-            return False
-        windows = plan(job.request, config, events)
-        return len(windows) > 1 and self.jobs.partition(job.id, self.name, windows)
+            return []
+        return plan(job.request, config, events)
 
     @contextmanager
     def _beating(self, beat: Callable[[], bool]) -> Iterator[threading.Event]:
@@ -115,10 +132,18 @@ class Worker:
         stopped = threading.Event()
 
         def loop() -> None:
+            renewed = time.monotonic()
             while not stopped.wait(min(self.lease.total_seconds() / 3, 0.5)):  # cancels land within 0.5 s
-                if not beat():
-                    lost.set()
-                    return
+                try:
+                    if beat():
+                        renewed = time.monotonic()
+                        continue
+                except Exception as exc:  # the job store may come back before the lease runs out
+                    log.warning("heartbeat failed (%s)", exc)
+                    if time.monotonic() - renewed < self.lease.total_seconds() / 2:
+                        continue  # else stop before another worker may take the lease over
+                lost.set()
+                return
 
         thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
         thread.start()
@@ -137,7 +162,8 @@ class Worker:
 
         def work(destination: Destination) -> ExportResult:
             if job.parts:
-                return assemble(job, destination, self.settings, self.jobs.partitions(job.id))
+                return assemble(job, destination, self.settings, self.jobs.partitions(job.id),
+                                should_stop=lost.is_set)
             store = open_store(self.settings)
             try:
                 return run_export(job.request, store, destination, project=job.project,
@@ -170,8 +196,10 @@ class Worker:
         expires = now() + timedelta(hours=config.file_expiry_hours) if downloadable else None
         if not self.jobs.finish(job.id, self.name, result, expires):
             log.warning("export %s finished after its lease was lost; the result is discarded", job.id)
-        elif result.status is ExportStatus.FAILED and job.parts:
+        elif job.parts and result.status is ExportStatus.FAILED:
             self.reap(job.id)
+        elif job.parts:
+            shutil.rmtree(staging(self.settings, job.id), ignore_errors=True)
 
     def _run_partition(self, job: Job) -> None:
         """Run one partition; a failure retries that partition alone, up to `max_attempts` times."""

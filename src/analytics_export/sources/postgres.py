@@ -7,6 +7,7 @@ byte-identical to the embedded store's, where `jsonb` would reorder keys and re-
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from contextlib import contextmanager
@@ -86,11 +87,13 @@ class PostgresEventStore(ScannedStore):
             return cur.fetchone()[0]
 
     def estimate(self, query: EventQuery) -> int:
+        """The planner's row estimate from its statistics: instant, where count(*) over a year of a
+        busy project would read the whole index range."""
         column = TIME_COLUMNS[query.time_field]
         with self.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM events WHERE project_id = $1 AND {column} >= $2 AND {column} < $3",
-                        (query.project, query.start, query.end))
-            return int(cur.fetchone()[0])
+            cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE project_id = $1 AND {column} >= $2 "
+                        f"AND {column} < $3", (query.project, query.start, query.end))
+            return int(json.loads(cur.fetchone()[0])[0]["Plan"]["Plan Rows"])
 
     def is_empty(self) -> bool:
         with self.cursor() as cur:
