@@ -167,7 +167,8 @@ class DuckDBEventStore:
         """Insert rows of `select_sql` (the events columns), skipping uuids already stored; returns rows added."""
         text = (
             f"INSERT INTO events SELECT * FROM (SELECT DISTINCT ON (uuid) * FROM ({select_sql})) AS s "
-            "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.uuid = s.uuid AND e.project_id = s.project_id)"
+            "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.uuid = s.uuid AND e.project_id = s.project_id) "
+            'ORDER BY "timestamp"'  # rows stored in time order: a window's scan skips other row groups
         )
         return int(self.execute(text, params or []).fetchall()[0][0])
 
