@@ -27,7 +27,7 @@ from analytics_export.jobs.partitions import plan
 from analytics_export.jobs.store import JobStore
 from analytics_export.jobs.worker import Worker
 from analytics_export.models import ExportConfig, ExportRequest, ExportResult, ExportStatus
-from helpers import canonical, read_records
+from helpers import canonical, decompress, read_records
 from servers import s3_server  # noqa: F401  (fixture)
 from service import CLI, Service, cli, wait_for
 
@@ -104,7 +104,6 @@ def test_partitions_join_into_the_file_one_run_writes(demo_settings, job_store, 
 
 
 def read_decompressed(path: Path, compression: str) -> bytes:
-    from helpers import decompress
     return decompress(path.read_bytes(), compression)
 
 
