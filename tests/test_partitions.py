@@ -360,3 +360,15 @@ def test_partition_leases_in_the_job_store(job_store):
     assert [row.number for _, rows in job_store.reap(request.id) for row in rows] == [1, 2]
     assert job_store.retry("default", request.id)
     assert job_store.get("default", request.id).parts is None
+
+
+def test_a_cancelled_export_whose_worker_died_is_closed(job_store):
+    request = ExportRequest(start_date="2026-09-01", end_date="2026-09-02", format="csv")
+    job_store.create("default", request)
+    assert job_store.claim("dead", timedelta(milliseconds=200)) is not None
+    assert job_store.request_cancel("default", request.id)
+    assert job_store.reap(request.id) == [], "its lease still runs: its worker may yet stop it"
+    time.sleep(0.3)
+    assert [job.id for job, _ in job_store.reap(request.id)] == [request.id]
+    job = job_store.get("default", request.id)
+    assert (job.status, job.error) == (ExportStatus.FAILED, "cancelled")

@@ -385,7 +385,8 @@ class JobStore:
     def reap(self, export_id: str | None = None) -> list[tuple[Job, list[Any]]]:
         """Close partitioned exports that failed or were cancelled once none of their partitions runs
         any more: mark them failed, forget their partitions and return the rows whose files are to be
-        removed. A partition still running (unexpired lease) stops at its next heartbeat."""
+        removed. A partition still running (unexpired lease) stops at its next heartbeat. A cancelled
+        export whose worker died (its lease expired) is closed too."""
         t = now()
         p = export_parts.c
         live = sa.exists().where(p.export_id == exports.c.id, p.status == ExportStatus.PROCESSING.value,
@@ -396,8 +397,8 @@ class JobStore:
                                  sa.or_(exports.c.lease_expires.is_(None), exports.c.lease_expires < t)))
         reaped = []
         with self.engine.begin() as c:
-            query = sa.select(exports).where(
-                stopped, ~live, sa.exists().where(p.export_id == exports.c.id))
+            query = sa.select(exports).where(stopped, ~live, sa.or_(
+                sa.exists().where(p.export_id == exports.c.id), exports.c.status == ExportStatus.PROCESSING.value))
             if export_id is not None:
                 query = query.where(exports.c.id == export_id)
             if c.dialect.name == "postgresql":

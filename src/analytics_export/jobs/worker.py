@@ -93,7 +93,11 @@ class Worker:
             with self._beating(lambda: self.jobs.heartbeat(job.id, self.name, self.lease, 0, 0)) as lost:
                 windows = self.windows(job)
             if lost.is_set():
-                log.warning("export %s: lease lost while planning it, leaving it to its new owner", job.id)
+                current = self.jobs.get(job.project, job.id)
+                if current is not None and current.cancel_requested:
+                    self.jobs.cancel_acknowledged(job.id, self.name)
+                else:
+                    log.warning("export %s: lease lost while planning it, leaving it to its new owner", job.id)
                 return True
             if windows and self.jobs.partition(job.id, self.name, windows):
                 log.info("export %s: run as %d partitions", job.id, len(windows))
