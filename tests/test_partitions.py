@@ -372,3 +372,20 @@ def test_a_cancelled_export_whose_worker_died_is_closed(job_store):
     assert [job.id for job, _ in job_store.reap(request.id)] == [request.id]
     job = job_store.get("default", request.id)
     assert (job.status, job.error) == (ExportStatus.FAILED, "cancelled")
+
+
+def test_local_upload_appends_a_file_range_inside_the_kernel(tmp_path):
+    from analytics_export.destinations import BackgroundUpload
+    from analytics_export.destinations.local import LocalDestination
+
+    source = tmp_path / "fragment"
+    source.write_bytes(bytes(range(256)) * 4096)
+    upload = BackgroundUpload(LocalDestination(tmp_path / "out").open("joined"))
+    upload.write(b"head")
+    with open(source, "rb") as file:
+        file.seek(10)
+        assert upload.copy_from(file, 1000) == 1000 and file.tell() == 1010
+        assert upload.copy_from(file, None) == len(source.read_bytes()) - 1010
+    upload.write(b"tail")
+    joined = Path(upload.commit()).read_bytes()
+    assert joined == b"head" + source.read_bytes()[10:] + b"tail"

@@ -8,7 +8,7 @@ import queue
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, BinaryIO, ClassVar, Protocol
 
 from ..models import FileLayout
 
@@ -142,6 +142,17 @@ class BackgroundUpload:
         if self.thread.is_alive():
             self.chunks.put(None)
             self.thread.join()
+
+    def copy_from(self, file: BinaryIO, size: int | None) -> int | None:
+        """Once every queued write is done, let the upload copy from `file` itself if it can."""
+        fast = getattr(self.upload, "copy_from", None)
+        if fast is None:
+            return None
+        with self.room:
+            self.room.wait_for(lambda: self.pending == 0)
+        if self.error is not None:
+            raise self.error
+        return fast(file, size)
 
     def commit(self) -> str:
         self._stop()

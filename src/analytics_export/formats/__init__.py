@@ -117,7 +117,11 @@ class BatchSQL:
 
 
 def copy(file: BinaryIO, sink: Sink, size: int | None = None) -> None:
-    """Copy `size` bytes (or the rest) of `file` to `sink` in bounded chunks."""
+    """Copy `size` bytes (or the rest) of `file` to `sink`: inside the kernel when the sink ends in a
+    local file (`copy_from`), else in bounded chunks."""
+    fast = getattr(sink, "copy_from", None)
+    if fast is not None and fast(file, size) is not None:
+        return
     while size is None or size > 0:
         chunk = file.read(COPY_CHUNK if size is None else min(COPY_CHUNK, size))
         if not chunk:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from ..config import Settings
 from ..destinations import BackgroundUpload, Destination
@@ -113,9 +113,19 @@ class StoppableSink(ForwardingSink):
         self.export_id = export_id
 
     def forward(self, data: bytes | memoryview) -> None:
+        self.check()
+        self.target.write(data)
+
+    def copy_from(self, file: BinaryIO, size: int | None) -> int | None:
+        """Copy from `file` in the kernel if the target can (see `LocalUpload.copy_from`)."""
+        self.check()
+        copied = self.target.copy_from(file, size) if hasattr(self.target, "copy_from") else None
+        self.position += copied or 0
+        return copied
+
+    def check(self) -> None:
         if self.should_stop():
             raise Cancelled(f"export {self.export_id} was cancelled")
-        self.target.write(data)
 
 
 def discard(job: Job, rows: list[Any], settings: Settings, destination: Callable[[], Destination]) -> None:
