@@ -29,8 +29,8 @@ MICROSECOND = timedelta(microseconds=1)
 
 def plan(request: ExportRequest, config: ExportConfig, events: int | None = None) -> list[tuple[datetime, datetime]]:
     """The windows of `request` when it spans more than one partition, else none; given the `events`
-    in its range, windows are widened to hold `min_partition_events` or more each (on average). Webhook exports are
-    never partitioned: their batches are numbered in one sequence as they are sent."""
+    in its range, windows are widened to hold `min_partition_events` or more each (on average).
+    Webhook exports are never partitioned: their batches are numbered in one sequence as sent."""
     if not config.partition_hours or request.destination.type == "webhook":
         return []
     span = (request.end_date - request.start_date) // MICROSECOND
