@@ -30,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
+from stores import copy_demo, generate_demo, store_urls
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -90,8 +91,6 @@ def main() -> None:
     parser.add_argument("--pin", default="no,yes", help="runs unpinned and/or with each worker on its own core")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from analytics_export import Settings, open_store
-    from analytics_export.demo import generate
     from analytics_export.jobs.store import JobStore
 
     admin = psycopg.connect(PG_ADMIN, autocommit=True)
@@ -102,23 +101,12 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").exists() else None) as tmp:
             data = Path(tmp)
-            started = time.perf_counter()
-            store = open_store(Settings(data_dir=data), read_only=False)
-            generate(store, args.events, "default", end=END)
-            store.close()
-            print(f"generated {args.events:,} events in {time.perf_counter() - started:.1f}s")
-            urls = {"duckdb": "", "postgres": f"postgresql://postgres@127.0.0.1:5432/{databases[0]}",
-                    "clickhouse": f"chdb://{data / 'chdb'}"}
+            print(f"generated {args.events:,} events in {generate_demo(data, args.events, END):.1f}s")
+            urls = store_urls(data, databases[0])
             sources = args.sources.split(",")
             for name in sources:
-                if name == "duckdb":
-                    continue
-                started = time.perf_counter()
-                store = open_store(Settings(data_dir=data, events_url=urls[name]), read_only=False)
-                store.execute(f"ATTACH '{data / 'events.duckdb'}' AS demo (READ_ONLY)", [])
-                store.insert("SELECT * FROM demo.events")
-                store.close()
-                print(f"loaded them into {name} in {time.perf_counter() - started:.1f}s")
+                if name != "duckdb":
+                    print(f"loaded them into {name} in {copy_demo(data, urls[name]):.1f}s")
             jobs_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{databases[1]}"
             JobStore(jobs_url).migrate()
             hours = DAYS * 24 / args.partitions

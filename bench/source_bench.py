@@ -17,11 +17,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import psycopg
+from stores import copy_demo, generate_demo, store_urls
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -51,8 +51,6 @@ def main() -> None:
     parser.add_argument("--formats", default="json_lines,parquet")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from analytics_export import Settings, open_store
-    from analytics_export.demo import generate
 
     admin = psycopg.connect(PG_ADMIN, autocommit=True)
     database = f"ae_bench_{uuid.uuid4().hex[:8]}"
@@ -60,18 +58,10 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").exists() else None) as tmp:
             data = Path(tmp)
-            store = open_store(Settings(data_dir=data), read_only=False)
-            generate(store, args.events, "default")
-            store.close()
-            urls = {"duckdb": "", "postgres": f"postgresql://postgres@127.0.0.1:5432/{database}",
-                    "clickhouse": f"chdb://{data / 'chdb'}"}
+            generate_demo(data, args.events)
+            urls = store_urls(data, database)
             for name in ("postgres", "clickhouse"):
-                started = time.perf_counter()
-                store = open_store(Settings(data_dir=data, events_url=urls[name]), read_only=False)
-                store.execute(f"ATTACH '{data / 'events.duckdb'}' AS demo (READ_ONLY)", [])
-                store.insert("SELECT * FROM demo.events")
-                store.close()
-                print(f"loaded {args.events:,} events into {name} in {time.perf_counter() - started:.1f}s")
+                print(f"loaded {args.events:,} events into {name} in {copy_demo(data, urls[name]):.1f}s")
             print(f"\n{'store':<11} {'format':<11} {'seconds':>8} {'events/s':>10} {'peak MB':>8} "
                   f"{'time x duckdb':>14} {'memory x duckdb':>16}")
             for fmt in args.formats.split(","):
