@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -93,11 +93,7 @@ class Worker:
             with self._beating(lambda: self.jobs.heartbeat(job.id, self.name, self.lease, 0, 0)) as lost:
                 windows = self.windows(job)
             if lost.is_set():
-                current = self.jobs.get(job.project, job.id)
-                if current is not None and current.cancel_requested:
-                    self.jobs.cancel_acknowledged(job.id, self.name)
-                else:
-                    log.warning("export %s: lease lost while planning it, leaving it to its new owner", job.id)
+                self._stopped(job)
                 return True
             if windows and self.jobs.partition(job.id, self.name, windows):
                 log.info("export %s: run as %d partitions", job.id, len(windows))
@@ -118,11 +114,8 @@ class Worker:
         if not plan(job.request, config):
             return []
         try:
-            store = open_store(self.settings)
-            try:
+            with closing(open_store(self.settings)) as store:
                 events = store.estimate(EventQuery.from_request(job.request, job.project))
-            finally:
-                store.close()
         except Exception as exc:  # the export's own run meets and reports the same problem
             log.warning("export %s: not partitioned, the event store could not estimate it (%s)", job.id, exc)
             return []
@@ -168,30 +161,22 @@ class Worker:
             if job.parts:
                 return assemble(job, destination, self.settings, self.jobs.partitions(job.id),
                                 should_stop=lost.is_set)
-            store = open_store(self.settings)
-            try:
+            with closing(open_store(self.settings)) as store:
                 return run_export(job.request, store, destination, project=job.project,
                                   batch_size=self.settings.export.batch_size, on_progress=track,
                                   should_stop=lost.is_set)
-            finally:
-                store.close()
 
         with self._beating(lambda: self.jobs.heartbeat(job.id, self.name, self.lease, progress.events,
                                                        progress.bytes)) as lost:
             try:
                 result, error, retryable = self._attempt(job, work)
             except Cancelled:
-                current = self.jobs.get(job.project, job.id)
-                if lost.is_set() and current is not None and not current.cancel_requested:
-                    log.warning("export %s: lease lost, leaving it to its new owner", job.id)
-                else:
-                    self.jobs.cancel_acknowledged(job.id, self.name)
-                    self.reap(job.id)
+                self._stopped(job)
                 return
         config = self.settings.export
         if result is None:
             if retryable and job.attempts < config.max_attempts:
-                wait = config.retry_backoff_seconds * 2 ** (job.attempts - 1) * random.uniform(0.8, 1.2)
+                wait = self.backoff(job.attempts)
                 log.warning("export %s attempt %d failed (%s); retrying in %.1fs", job.id, job.attempts, error, wait)
                 self.jobs.retry_later(job.id, self.name, error or "", now() + timedelta(seconds=wait))
                 return
@@ -205,6 +190,20 @@ class Worker:
         elif job.parts:
             shutil.rmtree(staging(self.settings, job.id), ignore_errors=True)
 
+    def _stopped(self, job: Job) -> None:
+        """A run of `job` stopped because its heartbeat was refused: acknowledge a cancel, or leave
+        the export to whoever took its lease over."""
+        current = self.jobs.get(job.project, job.id)
+        if current is not None and not current.cancel_requested:
+            log.warning("export %s: lease lost, leaving it to its new owner", job.id)
+        else:
+            self.jobs.cancel_acknowledged(job.id, self.name)
+            self.reap(job.id)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after failed attempt number `attempts`: doubling, with jitter."""
+        return self.settings.export.retry_backoff_seconds * 2 ** (attempts - 1) * random.uniform(0.8, 1.2)
+
     def _run_partition(self, job: Job) -> None:
         """Run one partition; a failure retries that partition alone, up to `max_attempts` times."""
         part = job.partition
@@ -214,12 +213,9 @@ class Worker:
             progress.events, progress.bytes = p.events, p.bytes
 
         def work(destination: Destination) -> list[dict]:
-            store = open_store(self.settings)
-            try:
+            with closing(open_store(self.settings)) as store:
                 return run_partition(job, store, destination, self.settings, on_progress=track,
                                      should_stop=lost.is_set)
-            finally:
-                store.close()
 
         with self._beating(lambda: self.jobs.partition_heartbeat(job, self.name, self.lease, progress.events,
                                                                  progress.bytes)) as lost:
@@ -243,7 +239,7 @@ class Worker:
         config = self.settings.export
         retry_at = None
         if retryable and part.attempts < config.max_attempts:
-            wait = config.retry_backoff_seconds * 2 ** (part.attempts - 1) * random.uniform(0.8, 1.2)
+            wait = self.backoff(part.attempts)
             retry_at = now() + timedelta(seconds=wait)
             log.warning("export %s partition %d attempt %d failed (%s); retrying it in %.1fs", job.id,
                         part.number, part.attempts, error, wait)
