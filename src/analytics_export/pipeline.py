@@ -130,15 +130,29 @@ def run_export(
                                   split=split, digest=digest, batch_size=batch_size, on_progress=on_progress,
                                   should_stop=should_stop)
     try:
-        uris = [entry["uri"] for entry in files]
-        if digest:
-            uris.append(write_manifest(request, project, destination, files))
-        path = destination.finish(uris)
+        path = deliver(request, project, destination, files, manifest=digest)
     except BaseException:
         for entry in files:
             destination.remove(entry["name"])
         raise
     return completed(request, files, path, started)
+
+
+def deliver(request: ExportRequest, project: str, destination: Destination, files: list[dict], *,
+            manifest: bool) -> str:
+    """Finish an export whose `files` are committed, writing the manifest last if `manifest`; returns
+    what `ExportResult.destination_path` shows."""
+    uris = [entry["uri"] for entry in files]
+    if manifest:
+        uris.append(write_manifest(request, project, destination, files))
+    return destination.finish(uris)
+
+
+def export_query(request: ExportRequest, project: str) -> EventQuery:
+    """The query whose batches `request`'s writer takes (property columns, timestamp type)."""
+    writer_cls = writer_class(request.format)
+    return EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties,
+                                   text_timestamps=writer_cls.text_timestamps)
 
 
 def completed(request: ExportRequest, files: list[dict], path: str, started: datetime) -> ExportResult:
@@ -171,9 +185,7 @@ def write_files(
     """Write the events of `request` as committed files `name(1)`, `name(2)`, ... (one unless `split`;
     without events, one empty file if `empty_file`, else none); returns their manifest entries. If
     anything fails, the files already committed are removed."""
-    writer_cls = writer_class(request.format)
-    query = EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties,
-                                    text_timestamps=writer_cls.text_timestamps)
+    query = export_query(request, project)
     max_events, max_bytes = request.destination.split_limits() if split else (None, None)
     done: list[dict] = []
     part: Part | None = None

@@ -19,8 +19,8 @@ from ..destinations import BackgroundUpload, Destination
 from ..destinations.local import LocalDestination
 from ..formats import writer_class
 from ..models import ExportConfig, ExportRequest, ExportResult
-from ..pipeline import Cancelled, Progress, completed, write_files, write_manifest
-from ..sources import EventQuery, EventSource
+from ..pipeline import Cancelled, Progress, completed, deliver, export_query, write_files
+from ..sources import EventSource
 from ..streams import ForwardingSink
 from .store import Job
 
@@ -83,14 +83,11 @@ def assemble(job: Job, destination: Destination, settings: Settings, rows: list[
     request = job.request
     files = [entry for row in rows for entry in row.files]
     if not staged(request):
-        uris = [entry["uri"] for entry in files]
-        if destination.manifest:
-            uris.append(write_manifest(request, job.project, destination, files))
-        return completed(request, files, destination.finish(uris), job.started_at)
+        path = deliver(request, job.project, destination, files, manifest=destination.manifest)
+        return completed(request, files, path, job.started_at)
     folder = staging(settings, job.id)
     writer_cls = writer_class(request.format)
-    schema = EventQuery.from_request(request, job.project, property_columns=not writer_cls.nested_properties,
-                                     text_timestamps=writer_cls.text_timestamps).schema
+    schema = export_query(request, job.project).schema
     upload = BackgroundUpload(destination.open(request.file_name))
     counted = StoppableSink(upload, should_stop, job.id)
     try:
