@@ -14,6 +14,7 @@ from .destinations import Target, destination_for
 from .destinations.local import LocalDestination
 from .models import Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus
 from .pipeline import Progress, run_export
+from .privacy import Privacy
 from .sources import EventStore
 from .sources.duckdb import DuckDBEventStore
 
@@ -34,6 +35,21 @@ def open_store(settings: Settings, *, read_only: bool = True) -> EventStore:
                             threads=settings.duckdb_threads)
 
 
+def project_privacy(settings: Settings, request: ExportRequest) -> Privacy:
+    """The privacy rules an export in this process enforces: the project's policy from the job store
+    (created if missing) plus the request's own."""
+    from .connections import Sealer
+    from .jobs.policies import PrivacyStore
+    from .jobs.store import JobStore
+
+    jobs = JobStore.for_data_dir(settings.data_dir, settings.database_url)
+    try:
+        jobs.migrate()
+        return PrivacyStore(jobs, Sealer(settings.signing_key())).for_export(settings.project, request)
+    finally:
+        jobs.engine.dispose()
+
+
 def export(
     request: ExportRequest | None = None,
     *,
@@ -49,9 +65,11 @@ def export(
     Pass an ExportRequest, or its fields as keyword arguments. A download goes to `output` exactly,
     or to `output_dir` (default: the data dir's `exports/`) under the export's standard name; any
     other `destination` gets its credentials from `secrets` (a connection's fields) or the environment.
+    The project's privacy policy applies, as in every export.
     """
     settings = settings or Settings()
     request = request or ExportRequest.model_validate(fields)
+    privacy = project_privacy(settings, request)
     if request.destination.type == "download":
         destination = LocalDestination(Path(output_dir) if output_dir else settings.export_dir,
                                        Path(output) if output else None)
@@ -61,7 +79,7 @@ def export(
         store = open_store(settings)
         try:
             return run_export(request, store, destination, project=settings.project,
-                              batch_size=settings.export.batch_size, on_progress=on_progress)
+                              batch_size=settings.export.batch_size, on_progress=on_progress, privacy=privacy)
         finally:
             store.close()
     finally:

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from . import demo as demo_data
 from . import logs
-from . import open_store
+from . import open_store, project_privacy
 from .config import Settings
 from .destinations import Target, destination_for
 from .schedules_cli import app as schedules_app
@@ -124,6 +124,7 @@ def export(
     if sum(x is not None for x in (output, output_dir, to)) > 1:
         fail("give one of --output, --output-dir and --to")
     with exit_on_error():
+        privacy = project_privacy(settings, request)
         if to:
             destination = destination_for(Target(request, settings.project, settings))
         else:
@@ -133,13 +134,16 @@ def export(
             try:
                 with ProgressDisplay(store, request, settings.project) as on_progress:
                     result = run_export(request, store, destination, project=settings.project,
-                                        batch_size=settings.export.batch_size, on_progress=on_progress)
+                                        batch_size=settings.export.batch_size, on_progress=on_progress,
+                                        privacy=privacy)
             finally:
                 store.close()
         finally:
             destination.close()
     summary = {"id": result.export_id, "total_events": result.total_events, "file_size": result.file_size,
-               "path": result.destination_path}
+               "path": result.destination_path, "privacy_policy_version": result.privacy_policy_version}
+    if result.dropped_properties:
+        summary["dropped_properties"] = result.dropped_properties
     typer.echo(json.dumps(summary))
 
 

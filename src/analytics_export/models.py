@@ -317,6 +317,100 @@ class ExportStatus(str, Enum):
     EXPIRED = "expired"
 
 
+class Detector(str, Enum):
+    """Built-in detectors of personal data inside string values."""
+
+    EMAIL = "email"
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+    PHONE = "phone"
+    CREDIT_CARD = "credit_card"
+
+
+LITERAL_CHARS = set("0123456789+-.eEtrufalsn[]{},: \t\r\n")
+
+
+class RedactionRule(BaseModel):
+    """Mask or drop values: of the named `properties` (whole values), or, anywhere in the properties
+    (nested objects, arrays, keys), of every string matching a built-in `detector` or a `pattern`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    properties: list[str] = Field(default_factory=list, description="top-level properties whose values are redacted")
+    detector: Detector | None = None
+    pattern: str | None = Field(None, max_length=1000,
+                                description="a regular expression (Rust `regex` syntax, no look-around)")
+    action: Literal["mask", "drop"] = Field(
+        "mask", description="`mask` replaces the match (the whole value for `properties`) with `mask`; "
+        "`drop` removes the value: the property, or the string that matched (null in its place)")
+    mask: str = Field("[REDACTED]", min_length=1, max_length=100)
+
+    @field_validator("properties")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(check_property_name(p) for p in value))
+
+    @field_validator("mask")
+    @classmethod
+    def _mask(cls, value: str) -> str:
+        if any(c in '"\\' or ord(c) < 0x20 for c in value) or set(value) <= LITERAL_CHARS:
+            raise ValueError("mask must not contain quotes, backslashes or control characters, and must hold a "
+                             "character that cannot be part of a JSON number or literal, e.g. [REDACTED] or ***")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RedactionRule:
+        if sum(bool(x) for x in (self.properties, self.detector, self.pattern)) != 1:
+            raise ValueError("a redaction rule names exactly one of `properties`, `detector` or `pattern`")
+        if self.pattern is not None:
+            from .redaction import check_pattern  # the regex engine's own parser says what is wrong
+            check_pattern(self.pattern)
+        return self
+
+
+class PrivacyRules(BaseModel):
+    """What a project's privacy policy enforces; an export request may add rules, never remove them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deny_properties: list[str] = Field(default_factory=list,
+                                       description="properties that never leave, even when selected")
+    allow_properties: list[str] | None = Field(None, description="if set, only these properties leave")
+    redact: list[RedactionRule] = Field(default_factory=list, max_length=16)
+    pseudonymize_distinct_id: bool = Field(
+        False, description="replace distinct_id by HMAC-SHA256(project secret, distinct_id), hex")
+    pseudonymize_properties: list[str] = Field(
+        default_factory=list, description="top-level properties whose values are replaced the same way")
+
+    @field_validator("deny_properties", "allow_properties", "pseudonymize_properties")
+    @classmethod
+    def _names(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else list(dict.fromkeys(check_property_name(p) for p in value))
+
+    def stricter(self, extra: PrivacyRules | None) -> PrivacyRules:
+        """These rules plus `extra`'s: denials and redactions add up, allow-lists intersect."""
+        if extra is None:
+            return self
+        allow = self.allow_properties
+        if extra.allow_properties is not None:
+            allow = [p for p in extra.allow_properties if allow is None or p in allow]
+        return PrivacyRules(
+            deny_properties=list(dict.fromkeys(self.deny_properties + extra.deny_properties)),
+            allow_properties=allow,
+            redact=self.redact + extra.redact,
+            pseudonymize_distinct_id=self.pseudonymize_distinct_id or extra.pseudonymize_distinct_id,
+            pseudonymize_properties=list(dict.fromkeys(self.pseudonymize_properties + extra.pseudonymize_properties)),
+        )
+
+    def hides(self, name: str) -> bool:
+        """True when property `name` may not leave (denied, or outside the allow-list)."""
+        return name in self.deny_properties or (self.allow_properties is not None and name not in self.allow_properties)
+
+    @property
+    def empty(self) -> bool:
+        return self == PrivacyRules()
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -338,6 +432,8 @@ class ExportRequest(BaseModel):
     time_field: TimeField = Field(
         "timestamp", description="the window selects on the event's `timestamp`, or on `inserted_at` "
         "(when it was stored: late events fall into a later window instead of being missed)")
+    privacy: PrivacyRules | None = Field(
+        None, description="rules added to the project's privacy policy for this export (they can only add protection)")
     created_at: datetime = Field(default_factory=_now)
     status: ExportStatus = ExportStatus.PENDING
 
@@ -410,6 +506,10 @@ class ExportResult(BaseModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     expires_at: datetime | None = None
+    privacy_policy_version: int | None = Field(
+        None, description="the project privacy policy version the export applied (null: the project had none)")
+    dropped_properties: list[str] = Field(
+        default_factory=list, description="selected properties the privacy policy kept out of the export")
 
 
 class DateRange(str, Enum):

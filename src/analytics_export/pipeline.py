@@ -1,4 +1,4 @@
-"""Runs one export: source -> writer -> compressor -> destination, one bounded batch at a time."""
+"""Runs one export: source -> privacy -> writer -> compressor -> destination, one bounded batch at a time."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .destinations import BackgroundUpload, Destination
 from .errors import ExportError
 from .formats import Writer, writer_class
 from .models import ExportRequest, ExportResult, ExportStatus
+from .privacy import Privacy
 from .sources import EventQuery, EventSource
 from .streams import ForwardingSink
 
@@ -114,11 +115,13 @@ def run_export(
     batch_size: int = 16_384,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    privacy: Privacy | None = None,
 ) -> ExportResult:
     """Export `request` from `source` to `destination`; nothing is visible there unless it completes.
 
     When the destination splits exports (`split_limits`), each part is a complete file of at most
     that many events and about that many bytes, and a manifest listing them is written last.
+    `privacy` (the project's policy and the request's additions) applies to every batch.
     """
     started = datetime.now(timezone.utc)
     split = request.destination.split_limits() != (None, None)
@@ -128,34 +131,37 @@ def run_export(
     files, progress = write_files(request, source, destination, project=project,
                                   name=request.part_name if split else lambda _: request.file_name,
                                   split=split, digest=digest, batch_size=batch_size, on_progress=on_progress,
-                                  should_stop=should_stop)
+                                  should_stop=should_stop, privacy=privacy)
     try:
-        path = deliver(request, project, destination, files, manifest=digest)
+        path = deliver(request, project, destination, files, manifest=digest, privacy=privacy)
     except BaseException:
         for entry in files:
             destination.remove(entry["name"])
         raise
-    return completed(request, files, path, started)
+    return completed(request, files, path, started, privacy)
 
 
 def deliver(request: ExportRequest, project: str, destination: Destination, files: list[dict], *,
-            manifest: bool) -> str:
+            manifest: bool, privacy: Privacy | None = None) -> str:
     """Finish an export whose `files` are committed, writing the manifest last if `manifest`; returns
     what `ExportResult.destination_path` shows."""
     uris = [entry["uri"] for entry in files]
     if manifest:
-        uris.append(write_manifest(request, project, destination, files))
+        uris.append(write_manifest(request, project, destination, files, privacy))
     return destination.finish(uris)
 
 
-def export_query(request: ExportRequest, project: str) -> EventQuery:
-    """The query whose batches `request`'s writer takes (property columns, timestamp type)."""
+def export_query(request: ExportRequest, project: str, privacy: Privacy | None = None) -> EventQuery:
+    """The query whose batches `request`'s writer takes (property columns, timestamp type), without
+    the properties `privacy` keeps out."""
     writer_cls = writer_class(request.format)
-    return EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties,
-                                   text_timestamps=writer_cls.text_timestamps)
+    query = EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties,
+                                    text_timestamps=writer_cls.text_timestamps)
+    return privacy.query(query) if privacy is not None else query
 
 
-def completed(request: ExportRequest, files: list[dict], path: str, started: datetime) -> ExportResult:
+def completed(request: ExportRequest, files: list[dict], path: str, started: datetime,
+              privacy: Privacy | None = None) -> ExportResult:
     return ExportResult(
         export_id=request.id,
         status=ExportStatus.COMPLETED,
@@ -164,7 +170,15 @@ def completed(request: ExportRequest, files: list[dict], path: str, started: dat
         destination_path=path,
         started_at=started,
         completed_at=datetime.now(timezone.utc),
+        **privacy_fields(privacy),
     )
+
+
+def privacy_fields(privacy: Privacy | None) -> dict:
+    """What an export records of the privacy it applied: the policy version and dropped properties."""
+    if privacy is None:
+        return {"privacy_policy_version": None, "dropped_properties": []}
+    return {"privacy_policy_version": privacy.version, "dropped_properties": privacy.dropped}
 
 
 def write_files(
@@ -181,11 +195,12 @@ def write_files(
     batch_size: int = 16_384,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    privacy: Privacy | None = None,
 ) -> tuple[list[dict], Progress]:
     """Write the events of `request` as committed files `name(1)`, `name(2)`, ... (one unless `split`;
     without events, one empty file if `empty_file`, else none); returns their manifest entries. If
     anything fails, the files already committed are removed."""
-    query = export_query(request, project)
+    query = export_query(request, project, privacy)
     max_events, max_bytes = request.destination.split_limits() if split else (None, None)
     done: list[dict] = []
     part: Part | None = None
@@ -199,7 +214,10 @@ def write_files(
         done.append(part.commit())
         progress.bytes += done[-1]["bytes"] - before  # trailers and flushed buffers
 
-    batches = read_ahead(source.batches(query, batch_size), PREFETCH)
+    source_batches = source.batches(query, batch_size)
+    if privacy is not None:  # applied in the read-ahead thread, beside the writer's encoding
+        source_batches = privacy.apply(source_batches, query)
+    batches = read_ahead(source_batches, PREFETCH)
     try:
         for batch in batches:
             if should_stop is not None and should_stop():
@@ -249,7 +267,8 @@ def fit(rows: int, part: Part, progress: Progress, max_events: int | None, max_b
     return rows
 
 
-def write_manifest(request: ExportRequest, project: str, destination: Destination, files: list[dict]) -> str:
+def write_manifest(request: ExportRequest, project: str, destination: Destination, files: list[dict],
+                   privacy: Privacy | None = None) -> str:
     """The manifest of a split export, committed after every part: a reader trusts only what it lists."""
     body = {
         "export_id": request.id,
@@ -261,6 +280,7 @@ def write_manifest(request: ExportRequest, project: str, destination: Destinatio
         "total_events": sum(f["events"] for f in files),
         "total_bytes": sum(f["bytes"] for f in files),
         "files": files,
+        "privacy": privacy_fields(privacy),
         "completed_at": datetime.now(timezone.utc).isoformat(),
     }
     upload = destination.open(request.manifest_name)

@@ -20,7 +20,11 @@ from starlette.concurrency import run_in_threadpool
 from .. import open_store
 from ..config import Settings
 from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secrets
+from .privacy import privacy_router
 from .schedules import schedule_router
+from ..jobs.policies import PrivacyStore
+from ..privacy import Privacy
+from ..sources import EventQuery
 from ..errors import Invalid, Storage
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
@@ -157,6 +161,17 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         return Response(status_code=204)
 
     app.include_router(schedule_router(jobs, Depends(project_of), problems, check_target))
+    policies = PrivacyStore(jobs, sealer)
+    app.include_router(privacy_router(policies, Depends(project_of), problems))
+
+    def check_privacy(project: str, request: ExportRequest) -> None:
+        """422 if the project's privacy policy refuses the request (a filter on a denied property)."""
+        version, rules, _ = policies.policy(project)
+        try:
+            Privacy(rules.stricter(request.privacy), version=version or None).query(
+                EventQuery.from_request(request, project))
+        except Invalid as exc:
+            raise HTTPException(422, str(exc)) from None
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -170,6 +185,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             raise HTTPException(422, f"end_date - start_date is {span.days} days; the most is "
                                      f"{settings.export.max_range_days}: split the range")
         check_target(project, request.destination)
+        check_privacy(project, request)
         if jobs.active_count(project) >= settings.export.max_concurrent_exports:
             raise HTTPException(429, f"{settings.export.max_concurrent_exports} exports are already pending or "
                                      "running for this project; wait for one to finish")

@@ -19,6 +19,7 @@ from ..destinations import BackgroundUpload, Destination
 from ..destinations.local import LocalDestination
 from ..formats import writer_class
 from ..models import ExportConfig, ExportRequest, ExportResult
+from ..privacy import Privacy
 from ..pipeline import Cancelled, Progress, completed, deliver, export_query, write_files
 from ..sources import EventSource
 from ..streams import ForwardingSink
@@ -56,13 +57,13 @@ def staging(settings: Settings, export_id: str) -> Path:
     return settings.staging_dir / export_id
 
 
-def run_partition(job: Job, source: EventSource, destination: Destination, settings: Settings, *,
+def run_partition(job: Job, source: EventSource, destination: Destination, settings: Settings, privacy: Privacy, *,
                   on_progress: Callable[[Progress], None], should_stop: Callable[[], bool]) -> list[dict]:
     """Write the claimed partition of `job`; returns its files' manifest entries."""
     request, part = job.request, job.partition
     window = request.model_copy(update={"start_date": part.start, "end_date": part.end})
     options: dict[str, Any] = {"project": job.project, "batch_size": settings.export.batch_size,
-                               "on_progress": on_progress, "should_stop": should_stop}
+                               "on_progress": on_progress, "should_stop": should_stop, "privacy": privacy}
     if staged(request):
         # The attempt is in the name, so a run that lost its lease cannot delete its successor's file.
         name = f"part-{part.number:05d}-{part.attempts}"
@@ -76,18 +77,18 @@ def run_partition(job: Job, source: EventSource, destination: Destination, setti
     return files
 
 
-def assemble(job: Job, destination: Destination, settings: Settings, rows: list[Any],
+def assemble(job: Job, destination: Destination, settings: Settings, rows: list[Any], privacy: Privacy,
              should_stop: Callable[[], bool]) -> ExportResult:
     """Deliver a partitioned export whose partitions (`rows`, in order) have all completed. Its
     staged fragments stay until the result is recorded (a lost lease means another assembles)."""
     request = job.request
     files = [entry for row in rows for entry in row.files]
     if not staged(request):
-        path = deliver(request, job.project, destination, files, manifest=destination.manifest)
-        return completed(request, files, path, job.started_at)
+        path = deliver(request, job.project, destination, files, manifest=destination.manifest, privacy=privacy)
+        return completed(request, files, path, job.started_at, privacy)
     folder = staging(settings, job.id)
     writer_cls = writer_class(request.format)
-    schema = export_query(request, job.project).schema
+    schema = export_query(request, job.project, privacy).schema
     upload = BackgroundUpload(destination.open(request.file_name))
     counted = StoppableSink(upload, should_stop, job.id)
     try:
@@ -98,7 +99,7 @@ def assemble(job: Job, destination: Destination, settings: Settings, rows: list[
         upload.abort()
         raise
     return completed(request, [{"events": sum(e["events"] for e in files), "bytes": counted.position}],
-                     destination.finish([uri]), job.started_at)
+                     destination.finish([uri]), job.started_at, privacy)
 
 
 class StoppableSink(ForwardingSink):

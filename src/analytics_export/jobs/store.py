@@ -76,6 +76,8 @@ class Job:
     cancel_requested: bool
     parts: int | None = None
     parts_done: int | None = None
+    privacy_version: int | None = None
+    dropped_properties: list[str] | None = None
     partition: Partition | None = None  # set when this claim is for one partition of the export
 
     @classmethod
@@ -88,7 +90,8 @@ class Job:
             events_done=m["events_done"], bytes_done=m["bytes_done"], total_events=m["total_events"],
             file_size=m["file_size"], destination_path=m["destination_path"], error=m["error"],
             attempts=m["attempts"], cancel_requested=m["cancel_requested"], parts=m["parts"],
-            parts_done=m["parts_done"],
+            parts_done=m["parts_done"], privacy_version=m["privacy_version"],
+            dropped_properties=m["dropped_properties"],
         )
 
     def result(self, download_url: str | None = None) -> ExportResult | None:
@@ -98,6 +101,7 @@ class Job:
             export_id=self.id, status=self.status, total_events=self.total_events or 0,
             file_size=self.file_size or 0, download_url=download_url, destination_path=self.destination_path,
             error=self.error, started_at=self.started_at, completed_at=self.completed_at, expires_at=self.expires_at,
+            privacy_policy_version=self.privacy_version or None, dropped_properties=self.dropped_properties or [],
         )
 
 
@@ -442,7 +446,7 @@ class JobStore:
                 status=result.status.value, completed_at=result.completed_at or now(), expires_at=expires_at,
                 total_events=result.total_events, file_size=result.file_size, events_done=result.total_events,
                 bytes_done=result.file_size, destination_path=result.destination_path, error=result.error,
-                lease_owner=None, lease_expires=None,
+                lease_owner=None, lease_expires=None, dropped_properties=result.dropped_properties or None,
                 duration_seconds=(result.completed_at - result.started_at).total_seconds()
                 if result.completed_at and result.started_at else None,
             )).rowcount
@@ -482,7 +486,7 @@ class JobStore:
                 ~sa.exists().where(export_parts.c.export_id == export_id),
             ).values(status=ExportStatus.PENDING.value, error=None, cancel_requested=False, completed_at=None,
                      events_done=0, bytes_done=0, attempts=0, retry_at=None, parts=None,
-                     parts_done=None)).rowcount)
+                     parts_done=None, privacy_version=None, dropped_properties=None)).rowcount)
 
     def expire(self, at: datetime) -> list[Job]:
         """Mark completed exports whose files expired before `at` as expired; returns them."""

@@ -31,6 +31,8 @@ exports = sa.Table(
     sa.Column("retry_at", sa.DateTime(timezone=True)),
     sa.Column("parts", sa.Integer),
     sa.Column("parts_done", sa.Integer),
+    sa.Column("privacy_version", sa.Integer),
+    sa.Column("dropped_properties", sa.JSON),
     sa.Index("ix_exports_project_created", "project", "created_at"),
     sa.Index("ix_exports_status_lease", "status", "lease_expires"),
 )
@@ -105,4 +107,29 @@ leases = sa.Table(
     sa.Column("name", sa.String(100), primary_key=True),
     sa.Column("owner", sa.String(100), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+privacy_policies = sa.Table(
+    "privacy_policies",
+    metadata,
+    sa.Column("project", sa.String(200), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("rules", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+privacy_secrets = sa.Table(
+    "privacy_secrets",
+    metadata,
+    sa.Column("project", sa.String(200), primary_key=True),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("project", sa.String(200), primary_key=True),
+    sa.Column("distinct_id", sa.Text, primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -17,14 +17,16 @@ from typing import Callable, Iterator, TypeVar
 
 from .. import open_store
 from ..config import Settings
-from ..connections import checked_secrets
+from ..connections import Sealer, checked_secrets
 from ..destinations import Destination, Target, destination_for
 from ..errors import ExportError, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
 from ..sources import EventQuery
+from ..privacy import Privacy
 from .partitions import assemble, discard, plan, run_partition, staging
 from .scheduler import Scheduler
+from .policies import PrivacyStore
 from .store import Job, JobStore, now
 
 T = TypeVar("T")
@@ -41,6 +43,7 @@ class Worker:
         self.lease = lease
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.reaped = 0.0
+        self.policies = PrivacyStore(jobs, Sealer(settings.signing_key()))
 
     def run(self, stop: threading.Event, poll: float = 0.5) -> None:
         """Run jobs until `stop` is set; when the queue is empty, sweep expired downloads and wait.
@@ -158,13 +161,14 @@ class Worker:
             progress.events, progress.bytes = p.events, p.bytes
 
         def work(destination: Destination) -> ExportResult:
+            privacy = self.privacy(job)
             if job.parts:
-                return assemble(job, destination, self.settings, self.jobs.partitions(job.id),
+                return assemble(job, destination, self.settings, self.jobs.partitions(job.id), privacy,
                                 should_stop=lost.is_set)
             with closing(open_store(self.settings)) as store:
                 return run_export(job.request, store, destination, project=job.project,
                                   batch_size=self.settings.export.batch_size, on_progress=track,
-                                  should_stop=lost.is_set)
+                                  should_stop=lost.is_set, privacy=privacy)
 
         with self._beating(lambda: self.jobs.heartbeat(job.id, self.name, self.lease, progress.events,
                                                        progress.bytes)) as lost:
@@ -213,8 +217,9 @@ class Worker:
             progress.events, progress.bytes = p.events, p.bytes
 
         def work(destination: Destination) -> list[dict]:
+            privacy = self.privacy(job)
             with closing(open_store(self.settings)) as store:
-                return run_partition(job, store, destination, self.settings, on_progress=track,
+                return run_partition(job, store, destination, self.settings, privacy, on_progress=track,
                                      should_stop=lost.is_set)
 
         with self._beating(lambda: self.jobs.partition_heartbeat(job, self.name, self.lease, progress.events,
@@ -246,6 +251,11 @@ class Worker:
         self.jobs.partition_failed(job, self.name, error or "", retry_at)
         if retry_at is None:
             self.reap(job.id)
+
+    def privacy(self, job: Job) -> Privacy:
+        """The rules `job` runs under: the policy version current when it first started (so all its
+        partitions agree), plus the request's own, with the suppression list as it is now."""
+        return self.policies.for_export(job.project, job.request, self.policies.pin(job.id, job.project))
 
     def target(self, job: Job) -> Target:
         """The job's destination with its connection's secrets, checked against the allow-list again

@@ -1,0 +1,128 @@
+"""Privacy routes: the project's policy (versioned) and its suppression list."""
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..jobs.policies import PrivacyStore
+from ..models import PrivacyRules
+
+MAX_SUPPRESSIONS_PER_CALL = 100_000
+
+
+class PolicyView(BaseModel):
+    project: str
+    version: int = Field(description="0 while the project has no policy; each change adds one")
+    updated_at: datetime | None
+    rules: PrivacyRules
+    suppressed_users: int = Field(description="distinct_ids on the suppression list")
+
+
+class SuppressionsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    distinct_ids: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+        min_length=1, max_length=MAX_SUPPRESSIONS_PER_CALL)
+
+
+class SuppressionsAdded(BaseModel):
+    added: int = Field(description="distinct_ids new to the list (the others were on it)")
+    total: int
+
+
+class SuppressionList(BaseModel):
+    items: list[str]
+    total: int
+    limit: int
+    offset: int
+
+
+def privacy_router(policies: PrivacyStore, project_dependency: Any, problems: Any) -> APIRouter:
+    router = APIRouter(prefix="/api/projects/{project}", tags=["privacy"])
+    Caller = Annotated[str, project_dependency]
+
+    def own(project: str, caller: str) -> str:
+        if project != caller:
+            raise HTTPException(403, f"this API key belongs to project {caller!r}, not {project!r}")
+        return project
+
+    def view(project: str, version: int | None = None) -> PolicyView:
+        number, rules, updated = policies.policy(project, version)
+        if version is not None and number != version:
+            raise HTTPException(404, f"project {project!r} has no privacy policy version {version}")
+        return PolicyView(project=project, version=number, updated_at=updated, rules=rules,
+                          suppressed_users=policies.suppressed_count(project))
+
+    @router.get("/privacy", response_model=PolicyView, responses=problems(403, 404))
+    def get_policy(project: str, caller: Caller,
+                   version: Annotated[int | None, Query(ge=1, description="an earlier version")] = None) -> PolicyView:
+        """The policy every export of the project applies (or an earlier version, for audit)."""
+        return view(own(project, caller), version)
+
+    @router.put("/privacy", response_model=PolicyView, responses=problems(403))
+    def put_policy(project: str, body: PrivacyRules, caller: Caller) -> PolicyView:
+        """Replace the policy: a new version, applied by exports that start from now on."""
+        policies.set_policy(own(project, caller), body)
+        return view(project)
+
+    @router.delete("/privacy", response_model=PolicyView, responses=problems(403))
+    def delete_policy(project: str, caller: Caller) -> PolicyView:
+        """Clear the policy: a new, empty version (earlier ones stay for audit)."""
+        policies.set_policy(own(project, caller), PrivacyRules())
+        return view(project)
+
+    @router.get("/suppressions", response_model=SuppressionList, responses=problems(403))
+    def list_suppressions(project: str, caller: Caller, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+                          offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> SuppressionList:
+        own(project, caller)
+        return SuppressionList(items=policies.suppressed(project, limit, offset),
+                               total=policies.suppressed_count(project), limit=limit, offset=offset)
+
+    @router.post("/suppressions", response_model=SuppressionsAdded, responses=problems(403, 413, 415),
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": SuppressionsBody.model_json_schema()},
+                     "text/plain": {"schema": {"type": "string", "description": "one distinct_id a line"}}}}})
+    async def add_suppressions(project: str, request: Request, caller: Caller) -> SuppressionsAdded:
+        """Exclude users from every export and stream: JSON `{"distinct_ids": [...]}`, or a text
+        body with one distinct_id a line (a bulk upload)."""
+        own(project, caller)
+        ids = await suppression_ids(request)
+        added = policies.suppress(project, ids)
+        return SuppressionsAdded(added=added, total=policies.suppressed_count(project))
+
+    @router.delete("/suppressions/{distinct_id}", status_code=204, responses=problems(403, 404))
+    def remove_suppression(project: str, distinct_id: str, caller: Caller) -> None:
+        if not policies.unsuppress(own(project, caller), [distinct_id]):
+            raise HTTPException(404, f"{distinct_id!r} is not on the suppression list")
+
+    return router
+
+
+async def suppression_ids(request: Request) -> list[str]:
+    """The distinct_ids of a suppression upload, JSON or plain text; 4xx saying what is wrong."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    body = await request.body()
+    if kind == "application/json":
+        try:
+            return SuppressionsBody.model_validate_json(body).distinct_ids
+        except ValueError as exc:
+            from ..models import describe_errors
+
+            errors = getattr(exc, "errors", None)
+            raise HTTPException(422, describe_errors(errors()) if errors else str(exc)) from None
+    if kind in ("text/plain", "text/csv"):
+        try:
+            lines = [line.strip() for line in body.decode().splitlines()]
+        except UnicodeDecodeError:
+            raise HTTPException(422, "the body is not UTF-8 text") from None
+        ids = [line for line in lines if line]
+        if not ids:
+            raise HTTPException(422, "the body lists no distinct_id; send one a line")
+        if len(ids) > MAX_SUPPRESSIONS_PER_CALL:
+            raise HTTPException(413, f"{len(ids):,} distinct_ids; send at most {MAX_SUPPRESSIONS_PER_CALL:,} a call")
+        if any(len(i) > 1000 for i in ids):
+            raise HTTPException(422, "a distinct_id is longer than 1000 characters")
+        return ids
+    raise HTTPException(415, "send application/json ({\"distinct_ids\": [...]}) or text/plain (one a line)")

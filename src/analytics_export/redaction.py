@@ -1,0 +1,243 @@
+"""Detector and pattern redaction over whole columns of strings (polars' Rust regex, no row loops).
+
+A column is either raw strings (a property column) or JSON text (the `properties` object). In
+JSON text only strings are scanned, keys and values at any depth, and the structure is kept:
+
+1. escapes are decoded (`\\n`, `\\u00e9`, surrogate pairs) into the characters they stand for, and the
+   ones JSON must keep escaped (quote, backslash, controls) into private sentinel characters, so no
+   backslash is left for a match to cut in two and `\\u0040` hides no `@`;
+2. every match becomes its rule's private marker character;
+3. a row whose text outside strings changed (a pattern matched across a quote, or inside a bare
+   number) takes the exact path instead: parsed, its strings redacted one by one, re-serialised;
+4. `drop` turns a value holding its marker into `null`, `mask` puts the mask text in the marker's
+   place, and the sentinels become escapes again.
+
+Rows the fast path cannot decode (a lone surrogate escape, or private characters of the range used
+here) also take the exact path; it loops in Python, but only over those rare rows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import polars as pl
+
+from .models import Detector, RedactionRule
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_HEX = "[0-9a-fA-F]{1,4}"
+PATTERNS: dict[Detector, str] = {
+    Detector.EMAIL: r"[\p{L}\p{N}._%+-]+@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.\p{L}{2,}",
+    Detector.IPV4: rf"(?-u:\b){_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?-u:\b)",
+    Detector.IPV6: (rf"(?:(?-u:\b)(?:(?:{_HEX}:){{7}}{_HEX}|(?:{_HEX}:){{1,7}}:(?:{_HEX}(?::{_HEX}){{0,6}})?)"
+                    rf"|::{_HEX}(?::{_HEX}){{0,6}})(?-u:\b)"),
+    Detector.PHONE: (r"\+[1-9]\d{0,2}(?:[ .-]?\(?\d{1,4}\)?){2,5}\d"
+                     r"|(?:\(\d{3}\) ?|(?-u:\b)\d{3}[ .-])\d{3}[ .-]\d{4}(?-u:\b)"),
+    Detector.CREDIT_CARD: r"(?-u:\b)\d(?:[ -]?\d){12,18}(?-u:\b)",  # candidates; Luhn decides
+}
+
+SENTINEL = 0xF0000
+"""Sentinel for a character JSON keeps escaped: chr(SENTINEL + code) for quote, backslash, controls."""
+MARKER = 0xF0100
+"""Marker of rule i's matches: chr(MARKER + i)."""
+PRIVATE = "[\U000F0000-\U000F01FF]"
+MUST_ESCAPE = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+SHORT_ESCAPES = {'\\"': '"', "\\/": "/", "\\b": "\b", "\\f": "\f", "\\n": "\n", "\\r": "\r", "\\t": "\t"}
+SENTINELS = [chr(SENTINEL + c) for c in [*range(0x20), 0x22, 0x5C]]
+ESCAPED = [MUST_ESCAPE.get(chr(c), f"\\u{c:04x}") for c in [*range(0x20), 0x22, 0x5C]]
+
+
+def check_pattern(pattern: str) -> None:
+    """Raise ValueError, with the regex engine's message, if polars cannot compile `pattern`."""
+    try:
+        pl.Series([""], dtype=pl.String).str.contains(pattern)
+    except pl.exceptions.PolarsError as exc:
+        raise ValueError(f"pattern {pattern!r} is not a valid regular expression: "
+                         f"{str(exc).splitlines()[-1].strip()}") from None
+
+
+def hidden(ch: str) -> str:
+    """`ch` as it travels through the fast path: itself, or its sentinel if JSON keeps it escaped."""
+    return chr(SENTINEL + ord(ch)) if ch in '"\\' or ord(ch) < 0x20 else ch
+
+
+def luhn(candidates: pl.Series) -> pl.Series:
+    """True where a candidate's digits (separators ignored) pass the Luhn check."""
+    digits = candidates.str.replace_all(r"[ -]", "").str.reverse()
+    total = pl.Series(values=[0] * len(candidates), dtype=pl.Int32)
+    for i in range(19):
+        d = digits.str.slice(i, 1).cast(pl.Int32, strict=False).fill_null(0)
+        if i % 2:
+            d = d * 2
+            d = d - (d > 9).cast(pl.Int32) * 9
+        total = total + d
+    length = digits.str.len_chars()
+    return (total % 10 == 0) & (length >= 13) & (length <= 19)
+
+
+class Redactor:
+    """The detector and pattern rules of a policy, applied to string columns."""
+
+    def __init__(self, rules: list[RedactionRule]) -> None:
+        self.rules = [r for r in rules if not r.properties]
+        self.patterns = [PATTERNS[r.detector] if r.detector else r.pattern for r in self.rules]
+        self.markers = [chr(MARKER + i) for i in range(len(self.rules))]
+        self.drops = "".join(m for m, r in zip(self.markers, self.rules) if r.action == "drop")
+        self.any = "|".join(f"(?:{p})" for p in self.patterns)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def mark(self, s: pl.Series) -> pl.Series:
+        """Each rule's matches replaced by its marker (credit cards only where Luhn-valid)."""
+        for rule, pattern, marker in zip(self.rules, self.patterns, self.markers):
+            if rule.detector is Detector.CREDIT_CARD:
+                found = s.str.extract_all(pattern).explode().drop_nulls().unique()
+                valid = found.filter(luhn(found))
+                if len(valid):
+                    s = s.str.replace_many(valid.sort(descending=True).to_list(), [marker] * len(valid))
+            else:
+                s = s.str.replace_all(pattern, marker)
+        return s
+
+    def text(self, s: pl.Series) -> pl.Series:
+        """Raw strings redacted: a `drop` match empties the value (null), a `mask` match is masked."""
+        if not self:
+            return s
+        hit = s.str.contains(self.any).fill_null(False)
+        if not hit.any():
+            return s
+        rows = hit.arg_true()
+        return s.scatter(rows, self._finish_text(self.mark(s.gather(rows))))
+
+    def _finish_text(self, marked: pl.Series) -> pl.Series:
+        if self.drops:
+            marked = pl.select(pl.when(pl.lit(marked).str.contains(f"[{self.drops}]"))
+                               .then(None).otherwise(pl.lit(marked))).to_series()
+        return self._masked(marked)
+
+    def _masked(self, marked: pl.Series) -> pl.Series:
+        masks = [(m, r.mask) for m, r in zip(self.markers, self.rules) if r.action == "mask"]
+        return marked.str.replace_many([m for m, _ in masks], [t for _, t in masks]) if masks else marked
+
+    def json(self, s: pl.Series) -> pl.Series:
+        """JSON texts redacted in their strings (keys and values, any depth), structure kept."""
+        if not self:
+            return s
+        todo = (s.str.contains(self.any) | s.str.contains("\\", literal=True)).fill_null(False)
+        if not todo.any():
+            return s
+        rows = todo.arg_true()
+        original = s.gather(rows)
+        decoded, exact = decode(original)
+        marked = self.mark(decoded)
+        skeleton = r'"[^"]*"'
+        exact = exact | (marked.str.replace_all(skeleton, '""') != decoded.str.replace_all(skeleton, '""'))
+        if self.drops:  # a key that matched a drop rule takes its member away: the exact path does that
+            exact = exact | marked.str.contains(f'"[^"]*[{self.drops}][^"]*"\\s*:')
+        out = marked
+        if self.drops:
+            out = out.str.replace_all(f'"[^"]*[{self.drops}][^"]*"', "null")
+        out = self._masked(out).str.replace_many(SENTINELS, ESCAPED)
+        out = pl.select(pl.when(pl.lit(marked) == pl.lit(decoded)).then(pl.lit(original))
+                        .otherwise(pl.lit(out))).to_series()
+        exact = exact.fill_null(False)
+        if exact.any():
+            slow = exact.arg_true()
+            out = out.scatter(slow, pl.Series(self._exact(original.gather(slow).to_list()), dtype=pl.String))
+        return s.scatter(rows, out)
+
+    def _exact(self, texts: list[str | None]) -> list[str | None]:
+        """Parse, redact every string (keys and values) in one vectorised pass, re-serialise."""
+        values: list[Any] = []
+        for text in texts:
+            try:
+                values.append(json.loads(text, parse_int=Raw, parse_float=Raw, parse_constant=Raw)
+                              if text is not None else None)
+            except ValueError:
+                values.append(None)  # not JSON: nothing of it may leave unchecked
+        strings: list[str] = []
+        for v in values:
+            _collect(v, strings)
+        marked = iter(self.mark(pl.Series(strings, dtype=pl.String)).to_list())
+        return [None if v is None else _dump(self._rebuild(v, marked)) for v in values]
+
+    def _rebuild(self, value: Any, marked: Any) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                key, v = next(marked), self._rebuild(v, marked)
+                if not (self.drops and any(m in key for m in self.drops)):
+                    out[self._finish_one(key)] = v
+            return out
+        if isinstance(value, list):
+            return [self._rebuild(v, marked) for v in value]
+        if isinstance(value, str) and not isinstance(value, Raw):
+            text = next(marked)
+            return None if self.drops and any(m in text for m in self.drops) else self._finish_one(text)
+        return value
+
+    def _finish_one(self, text: str) -> str:
+        for marker, rule in zip(self.markers, self.rules):
+            text = text.replace(marker, rule.mask)
+        return text
+
+
+class Raw(str):
+    """A JSON number kept as its text: parsed to a float, 1e999 would come back as Infinity."""
+
+
+def _dump(value: Any) -> str:
+    """Compact JSON, numbers written as they were read."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_dump(k)}:{_dump(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_dump(v) for v in value) + "]"
+    if isinstance(value, Raw):
+        return str.__str__(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _valid(text: str) -> str:
+    """`text` with any lone surrogate (an escape JSON allows, UTF-8 cannot carry) as U+FFFD."""
+    return re.sub("[\ud800-\udfff]", "\ufffd", text)
+
+
+def _collect(value: Any, strings: list[str]) -> None:
+    """Every key and string value of `value`, depth first, in the order `_rebuild` consumes them."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            strings.append(_valid(k))
+            _collect(v, strings)
+    elif isinstance(value, list):
+        for v in value:
+            _collect(v, strings)
+    elif isinstance(value, str) and not isinstance(value, Raw):
+        strings.append(_valid(value))
+
+
+def decode(s: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """JSON texts with their escapes decoded (the ones JSON keeps escaped as sentinels), and which rows
+    cannot be decoded that way (a lone surrogate, or private characters of our range)."""
+    exact = s.str.contains(PRIVATE).fill_null(False)
+    if not s.str.contains("\\", literal=True).fill_null(False).any():
+        return s, exact
+    s = s.str.replace_many(["\\\\"], [hidden("\\")])  # first, so every backslash left starts an escape
+    pairs = s.str.extract_all(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}").explode().drop_nulls().unique()
+    if len(pairs):
+        s = s.str.replace_many(pairs.to_list(), [_pair(p) for p in pairs.to_list()])
+    units = s.str.extract_all(r"\\u[0-9a-fA-F]{4}").explode().drop_nulls().unique().to_list()
+    lone = [u for u in units if 0xD800 <= int(u[2:], 16) <= 0xDFFF]
+    if lone:
+        exact = exact | s.str.contains("|".join(u.replace("\\", "\\\\") for u in lone))
+    units = [u for u in units if u not in lone]
+    keys = list(SHORT_ESCAPES) + units
+    values = [hidden(c) for c in SHORT_ESCAPES.values()] + [hidden(chr(int(u[2:], 16))) for u in units]
+    return s.str.replace_many(keys, values), exact
+
+
+def _pair(escape: str) -> str:
+    high, low = int(escape[2:6], 16), int(escape[8:12], 16)
+    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
