@@ -594,3 +594,37 @@ class ExportConfig(BaseModel):
     max_partitions: int = Field(32, ge=2, description="partitions are made longer so there are at most this many")
     min_partition_events: int = Field(500_000, ge=1, description="and so that each holds about this many events "
                                       "or more (counted before filters): small exports are not worth cutting up")
+
+
+class RetentionPolicy(BaseModel):
+    """Export before deletion: each whole UTC day older than `days` is archived to `destination`
+    (Hive-style `date=YYYY-MM-DD/` folders), verified by reading it back, then deleted from the store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    days: int = Field(ge=1, le=36_500, description="events older than this many days are archived, then deleted")
+    destination: ExportDestination = Field(
+        default_factory=DownloadDestination,
+        description="where archives go; `download` keeps them in the data dir's `archive/` folder")
+    compression: Compression | None = Field(Compression.ZSTD, description="the Parquet codec")
+    schedule: str = Field("0 3 * * *", description="cron expression (UTC) of the runs")
+    enabled: bool = True
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression: five fields, minute hour day month weekday")
+        return value
+
+    @field_validator("destination")
+    @classmethod
+    def _readable(cls, value: ExportDestination) -> ExportDestination:
+        if value.type == "webhook":
+            raise ValueError("archives must be read back before events are deleted: choose download, s3, gcs, "
+                             "azure or sftp, not webhook")
+        if isinstance(value, FileLayout) and value.split_limits() != (None, None):
+            raise ValueError("an archive is one file a day: remove max_events_per_file / max_file_size_mb")
+        return value

@@ -8,8 +8,9 @@ import queue
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, ClassVar, Protocol
+from typing import TYPE_CHECKING, BinaryIO, ClassVar, Iterator, Protocol
 
+from ..errors import Invalid
 from ..models import FileLayout
 
 if TYPE_CHECKING:
@@ -48,6 +49,11 @@ class Destination:
 
     def remove(self, name: str) -> None:
         """Delete the file `name` (a failed split export's parts, a re-run's stale manifest); missing is fine."""
+
+    def read(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The committed file `name` (as given to `open`), streamed back in chunks; raises
+        `NotFound` (from ..errors) if there is none. Destinations that cannot read back raise Invalid."""
+        raise Invalid(f"a {type(self).__name__} destination cannot read files back")
 
     def finish(self, uris: list[str]) -> str:
         """Called once every file is committed; returns what `ExportResult.destination_path` shows."""

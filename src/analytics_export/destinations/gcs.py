@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Iterator
 from urllib.parse import urlsplit
 
 from google.api_core import exceptions as api
@@ -15,7 +16,7 @@ from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
-from ..errors import ExportError, Rejected, Upload
+from ..errors import ExportError, NotFound, Rejected, Upload
 from ..models import GCSDestination as GCSSpec
 from . import Destination, Target, redact
 from .guard import check_host
@@ -95,6 +96,23 @@ class GCS(Destination):
             self.bucket.blob(self.target.key(name)).delete()
         except Exception:  # best effort after a failed export
             pass
+
+    def read(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Ranged downloads of the generation found first: a rewrite during the read fails it."""
+        key = self.target.key(name)
+        blob = self.bucket.blob(key)
+
+        def found(call):
+            try:
+                return call()
+            except api.NotFound:
+                raise NotFound(f"gs://{self.spec.bucket}/{key} does not exist") from None
+
+        self.guard(lambda: found(lambda: blob.reload(retry=self.retry)))
+        for start in range(0, blob.size, chunk_size):
+            end = min(start + chunk_size, blob.size) - 1  # inclusive
+            yield self.guard(lambda: found(lambda: blob.download_as_bytes(
+                start=start, end=end, checksum=None, retry=self.retry, if_generation_match=blob.generation)))
 
     def close(self) -> None:
         self.client.close()

@@ -6,9 +6,9 @@ import errno
 import os
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
-from ..errors import Storage
+from ..errors import NotFound, Storage
 from . import Destination, Target
 
 BUFFER = 1 << 20
@@ -79,6 +79,17 @@ class LocalDestination(Destination):
 
     def remove(self, name: str) -> None:
         (self.path or self.directory / name).unlink(missing_ok=True)
+
+    def read(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        path = (self.path or self.directory / name).absolute()
+        try:
+            with open(path, "rb") as file:
+                while chunk := file.read(chunk_size):
+                    yield chunk
+        except FileNotFoundError:
+            raise NotFound(f"{path} does not exist") from None
+        except OSError as exc:
+            raise Storage(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def build(target: Target) -> LocalDestination:

@@ -16,11 +16,12 @@ from typing import Callable, Iterator
 import obstore
 from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
 
-from ..errors import Rejected, Upload
+from ..errors import NotFound, Rejected, Upload
 from . import Destination, Target, redact
 
 PART_SIZE = 8 << 20
 QUEUED_CHUNKS = 1  # writer chunks are a batch each (~5 MB): one waits while obstore fills a part
+READ_WINDOW = 64 << 20  # bytes per ranged GET of `read`: the request timeout bounds each, not the object
 
 
 class Aborted(Exception):
@@ -114,6 +115,20 @@ class ObjectStoreDestination(Destination):
             obstore.delete(self.store, self.target.key(name))
         except Exception:  # best effort: the export failed already, and that error is the one to report
             pass
+
+    def read(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Ranged GETs of READ_WINDOW bytes, each streamed in chunks; `if_match` fails the read if
+        the object is replaced between two of them."""
+        key = self.target.key(name)
+        try:
+            meta = obstore.head(self.store, key)
+            for start in range(0, meta["size"], READ_WINDOW):
+                options = {"range": (start, min(start + READ_WINDOW, meta["size"])), "if_match": meta["e_tag"]}
+                yield from obstore.get(self.store, key, options=options).stream(min_chunk_size=chunk_size)
+        except Exception as exc:
+            if isinstance(exc, NotFoundError) or "status code: 404" in str(exc):
+                raise NotFound(f"{self.uri_root}/{key} does not exist") from None
+            raise self.explain(exc) from None
 
     def explain(self, exc: Exception) -> Exception:
         """A message that says what to fix, without the request URL (it may carry a SAS token)."""

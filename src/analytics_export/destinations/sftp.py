@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import posixpath
 import threading
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Iterator
 
 import asyncssh
 
-from ..errors import Rejected, Upload
+from ..errors import NotFound, Rejected, Upload
 from ..models import SFTPDestination as SFTPSpec
 from . import Destination, Target, redact
 
@@ -138,6 +138,24 @@ class SFTP(Destination):
             self.call(self.client.remove(posixpath.join(self.folder, name)))
         except (Upload, Rejected):
             pass
+
+    def read(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        path = posixpath.join(self.folder, name)
+        file = self.call(self._open_for_reading(path))
+        try:
+            while chunk := self.call(file.read(chunk_size)):
+                yield chunk
+        finally:
+            try:
+                self.call(file.close())
+            except (Upload, Rejected):
+                pass  # the read itself failed or finished; a lost handle goes with the connection
+
+    async def _open_for_reading(self, path: str) -> asyncssh.SFTPClientFile:
+        try:
+            return await self.client.open(path, "rb")
+        except asyncssh.SFTPNoSuchFile:
+            raise NotFound(f"{self.uri(path)} does not exist") from None
 
     def close(self) -> None:
         if self.connection is not None:

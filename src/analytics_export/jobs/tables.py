@@ -133,3 +133,32 @@ suppressions = sa.Table(
     sa.Column("distinct_id", sa.Text, primary_key=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+retention_policies = sa.Table(
+    "retention_policies",
+    metadata,
+    sa.Column("project", sa.String(200), primary_key=True),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("next_run", sa.DateTime(timezone=True)),
+    sa.Column("last_run", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+retention_windows = sa.Table(
+    "retention_windows",
+    metadata,
+    sa.Column("project", sa.String(200), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("generation", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("watermark", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("events", sa.BigInteger),
+    sa.Column("read", sa.BigInteger),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("uri", sa.Text),
+    sa.Column("privacy_version", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

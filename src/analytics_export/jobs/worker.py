@@ -24,6 +24,7 @@ from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
 from ..sources import EventQuery
 from ..privacy import Privacy
+from ..retention import run_due
 from .partitions import assemble, discard, plan, run_partition, staging
 from .scheduler import Scheduler
 from .policies import PrivacyStore
@@ -63,7 +64,7 @@ class Worker:
 
     def sweep(self) -> None:
         """Mark exports past their expiry as expired and delete their files; close stopped partitioned
-        exports and remove staging folders that no running export owns."""
+        exports, remove staging folders that no running export owns, and run due retention policies."""
         for job in self.jobs.expire(now()):
             if job.destination_path:
                 Path(job.destination_path).unlink(missing_ok=True)
@@ -73,6 +74,8 @@ class Worker:
             job = self.jobs.get_any(folder.name)
             if job is None or job.status not in (ExportStatus.PENDING, ExportStatus.PROCESSING):
                 shutil.rmtree(folder, ignore_errors=True)
+        if run_due(self.settings, self.jobs):
+            log.info("retention policies ran")
 
     def reap(self, export_id: str | None = None) -> None:
         """Close partitioned exports that failed or were cancelled, removing their partitions' output."""

@@ -35,6 +35,8 @@ class EventQuery:
     property_columns: bool = False
     text_timestamps: bool = False
     time_field: str = "timestamp"
+    inserted_before: datetime | None = None
+    """Only events stored before this instant (retention archives a window as of a watermark)."""
 
     @classmethod
     def from_request(

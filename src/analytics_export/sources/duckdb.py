@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -117,6 +118,8 @@ class SqlBuilder:
             f'{TIME_COLUMNS[query.time_field]} >= {self.bind(query.start)}',
             f'{TIME_COLUMNS[query.time_field]} < {self.bind(query.end)}',
         ]
+        if query.inserted_before is not None:
+            where.append(f"inserted_at < {self.bind(query.inserted_before)}")
         if query.events:
             where.append("event IN (" + ", ".join(self.bind(e) for e in query.events) + ")")
         where += [self.condition(f) for f in query.filters]
@@ -162,6 +165,27 @@ class DuckDBEventStore:
 
     def is_empty(self) -> bool:
         return not self.execute("SELECT count(*) FROM events", []).fetchall()[0][0]
+
+    def day_counts(self, project: str, before: datetime) -> list[tuple[date, int]]:
+        """Events per UTC day of `project` with a timestamp before `before`, oldest first."""
+        rows = self.execute('SELECT CAST("timestamp" AS DATE) AS d, count(*) FROM events WHERE project_id = $1 '
+                            'AND "timestamp" < $2 GROUP BY d ORDER BY d', [project, before]).fetchall()
+        return [(d, int(n)) for d, n in rows]
+
+    def delete_window(self, project: str, start: datetime, end: datetime, inserted_before: datetime,
+                      expected: int) -> int:
+        """Delete the project's events with a timestamp in [start, end) stored before `inserted_before`,
+        in one transaction that commits only if there were exactly `expected`; returns how many there were."""
+        self.execute("BEGIN TRANSACTION", [])
+        try:
+            found = int(self.execute('DELETE FROM events WHERE project_id = $1 AND "timestamp" >= $2 AND '
+                                     '"timestamp" < $3 AND inserted_at < $4',
+                                     [project, start, end, inserted_before]).fetchall()[0][0])
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT" if found == expected else "ROLLBACK")
+        return found
 
     def insert(self, select_sql: str, params: list[Any] | dict[str, Any] | None = None) -> int:
         """Insert rows of `select_sql` (the events columns), skipping uuids already stored; returns rows added."""

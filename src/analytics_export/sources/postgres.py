@@ -11,7 +11,7 @@ import json
 import re
 import uuid
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Iterator
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -94,6 +94,27 @@ class PostgresEventStore(ScannedStore):
             cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE project_id = $1 AND {column} >= $2 "
                         f"AND {column} < $3", (query.project, query.start, query.end))
             return int(json.loads(cur.fetchone()[0])[0]["Plan"]["Plan Rows"])
+
+    def day_counts(self, project: str, before: datetime) -> list[tuple[date, int]]:
+        """Events per UTC day of `project` with a timestamp before `before`, oldest first."""
+        with self.cursor() as cur:
+            cur.execute("""SELECT (("timestamp" AT TIME ZONE 'UTC')::date)::text AS d, count(*) FROM events
+                           WHERE project_id = $1 AND "timestamp" < $2 GROUP BY d ORDER BY d""", (project, before))
+            return [(date.fromisoformat(d), int(n)) for d, n in cur.fetchall()]
+
+    def delete_window(self, project: str, start: datetime, end: datetime, inserted_before: datetime,
+                      expected: int) -> int:
+        """Delete the project's events with a timestamp in [start, end) stored before `inserted_before`,
+        in one transaction that commits only if there were exactly `expected`; returns how many there were."""
+        with self.cursor() as cur:
+            cur.execute('DELETE FROM events WHERE project_id = $1 AND "timestamp" >= $2 AND "timestamp" < $3 '
+                        "AND inserted_at < $4", (project, start, end, inserted_before))
+            found = int(cur.rowcount)
+        if found == expected:
+            self.pg.commit()
+        else:
+            self.pg.rollback()
+        return found
 
     def is_empty(self) -> bool:
         with self.cursor() as cur:

@@ -1,0 +1,281 @@
+"""Export before deletion: each whole UTC day older than a project's retention is archived (Parquet,
+`date=YYYY-MM-DD/` folders), read back and checked (bytes, sha256, row count in the footer), and only
+then deleted from the event store, in a transaction that commits only if it deletes exactly the
+events the archive read.
+
+Every step is recorded in `retention_windows`, so a run killed anywhere resumes without loss or a
+second archive: an archive is written under a name fixed by its day and generation (a rerun
+overwrites it), and a window's events are those stored before its watermark, so events that arrive
+later for the same day wait for the next generation instead of being deleted unarchived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, replace
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from croniter import croniter
+
+from . import open_store
+from .config import Settings
+from .connections import Sealer, checked_secrets
+from .destinations import Destination, Target, destination_for
+from .destinations.local import LocalDestination
+from .errors import ExportError, Invalid, Storage
+from .jobs.policies import PrivacyStore
+from .jobs.store import JobStore, aware, now
+from .jobs.tables import retention_policies, retention_windows
+from .models import ExportFormat, ExportRequest, FileLayout, RetentionPolicy
+from .pipeline import write_files
+from .sources import EventQuery
+
+NAMESPACE = uuid.UUID("6f1b8a52-3f3c-4d8e-9a57-2f5d7d0c9e11")
+TAIL = 16 << 20
+"""The most of an archive's end kept while it is read back: enough for its Parquet footer."""
+
+
+class Interrupted(BaseException):
+    """Raised by a test's checkpoint to stop a run between two steps, as a kill would."""
+
+
+@dataclass
+class Before:
+    """A source that only yields events stored before `watermark`."""
+
+    source: Any
+    watermark: datetime
+
+    def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
+        return self.source.batches(replace(query, inserted_before=self.watermark), batch_size)
+
+
+def cutoff(policy: RetentionPolicy, at: datetime) -> datetime:
+    """Midnight UTC `policy.days` days before `at`'s day: days before it are archived and deleted."""
+    return datetime.combine(at.astimezone(timezone.utc).date(), time.min, timezone.utc) - timedelta(days=policy.days)
+
+
+class Retention:
+    """Runs one project's retention policy over its event store."""
+
+    def __init__(self, settings: Settings, jobs: JobStore, project: str,
+                 checkpoint: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.project = project
+        self.checkpoint = checkpoint or (lambda step: None)
+        self.policies = PrivacyStore(jobs, Sealer(settings.signing_key()))
+
+    def run(self, policy: RetentionPolicy, *, dry_run: bool = False, at: datetime | None = None) -> list[dict]:
+        """Archive and delete every day before the cutoff; one report per day. A dry run only reads."""
+        at = at or now()
+        limit = cutoff(policy, at)
+        store = open_store(self.settings, read_only=dry_run)
+        try:
+            if not hasattr(store, "delete_window"):
+                raise Invalid("retention deletes events from DuckDB or PostgreSQL stores; on ClickHouse use a "
+                              "table TTL")
+            counts = dict(store.day_counts(self.project, limit))
+            unfinished = {row.day: row for row in self._rows(status=("archiving", "archived"))}
+            reports = []
+            for day in sorted(set(counts) | set(unfinished)):
+                row = unfinished.get(day)
+                if dry_run:
+                    reports.append({"day": day.isoformat(), "events": counts.get(day, 0),
+                                    "action": "delete the verified archive's events" if row is not None and
+                                    row.status == "archived" else "archive, verify, delete"})
+                    continue
+                reports.append(self._window(policy, store, day, row, counts.get(day, 0)))
+            return reports
+        finally:
+            store.close()
+
+    def _window(self, policy: RetentionPolicy, store: Any, day: date, row: Any, events: int) -> dict:
+        """Take one day through archive -> verify -> delete, from wherever an earlier run stopped."""
+        report = {"day": day.isoformat(), "events": events}
+        try:
+            if row is None:
+                if not events:
+                    return {**report, "action": "nothing stored"}
+                row = self._start(day)
+            for _ in range(2):
+                if row.status == "archiving":
+                    row = self._archive(policy, store, row)
+                    self.checkpoint("archived")
+                self._verify(policy, row)
+                self.checkpoint("verified")
+                found = store.delete_window(self.project, *window(day), aware(row.watermark), row.read)
+                if found in (row.read, 0):  # 0: deleted by a run killed before it could record so
+                    self._update(row, status="deleted", error=None)
+                    self.checkpoint("deleted")
+                    return {**report, "action": "archived and deleted", "archived": row.events, "uri": row.uri}
+                # Someone changed the window's events since it was archived: archive it again.
+                row = self._update(row, status="archiving",
+                                   error=f"{found} events in the window, {row.read} archived; archived again")
+            raise Storage(f"the events of {day} keep changing; left in place")
+        except ExportError as exc:
+            if row is not None:
+                self._update(row, error=str(exc))
+            return {**report, "action": "failed, events left in place", "error": str(exc)}
+
+    def _start(self, day: date) -> Any:
+        last = self._rows(day=day)
+        generation = (last[-1].generation + 1) if last else 1
+        with self.jobs.engine.begin() as c:
+            c.execute(retention_windows.insert().values(
+                project=self.project, day=day, generation=generation, status="archiving", watermark=now(),
+                updated_at=now()))
+        return self._rows(day=day)[-1]
+
+    def request(self, policy: RetentionPolicy, row: Any) -> ExportRequest:
+        start, end = window(row.day)
+        destination = policy.destination
+        if isinstance(destination, FileLayout):
+            destination = destination.model_copy(update={"path_template": "date={year}-{month}-{day}"})
+        return ExportRequest(id=str(uuid.uuid5(NAMESPACE, f"{self.project}/{row.day}/{row.generation}")),
+                             start_date=start, end_date=end, format=ExportFormat.PARQUET,
+                             compression=policy.compression, destination=destination)
+
+    def destination(self, request: ExportRequest) -> Destination:
+        if request.destination.type == "download":
+            return LocalDestination(self.settings.data_dir / "archive" / self.project / f"date={request.start_date:%Y-%m-%d}")
+        secrets = checked_secrets(self.settings, self.jobs, self.project, request.destination)
+        return destination_for(Target(request, self.project, self.settings, secrets))
+
+    @staticmethod
+    def name(row: Any) -> str:
+        return f"events-g{row.generation:03d}.parquet"
+
+    def _archive(self, policy: RetentionPolicy, store: Any, row: Any) -> Any:
+        """Write the day's events stored before the watermark as one Parquet file (privacy applied)."""
+        request = self.request(policy, row)
+        privacy = self.policies.for_export(self.project, request)
+        destination = self.destination(request)
+        try:
+            files, _ = write_files(request, Before(store, aware(row.watermark)), destination, project=self.project,
+                                   name=lambda _: self.name(row), digest=True, privacy=privacy,
+                                   batch_size=self.settings.export.batch_size)
+            uri = destination.finish([files[0]["uri"]])
+        finally:
+            destination.close()
+        entry = files[0]
+        return self._update(row, events=entry["events"], read=entry["events"] + privacy.suppressed_events,
+                            bytes=entry["bytes"], sha256=entry["sha256"], uri=uri, status="archived",
+                            privacy_version=privacy.version, error=None)
+
+    def _verify(self, policy: RetentionPolicy, row: Any) -> None:
+        """Read the archive back: the same bytes (size, sha256) and as many rows as were written."""
+        request = self.request(policy, row)
+        destination = self.destination(request)
+        try:
+            digest, size, tail = hashlib.sha256(), 0, bytearray()
+            for chunk in destination.read(self.name(row)):
+                digest.update(chunk)
+                size += len(chunk)
+                tail = (tail + chunk)[-TAIL:]
+        finally:
+            destination.close()
+        if size != row.bytes or digest.hexdigest() != row.sha256:
+            raise Storage(f"the archive {row.uri} reads back as {size} bytes with another checksum than written")
+        rows = footer_rows(bytes(tail))
+        if rows != row.events:
+            raise Storage(f"the archive {row.uri} holds {rows} rows; {row.events} were written")
+
+    def _rows(self, *, day: date | None = None, status: tuple[str, ...] | None = None) -> list[Any]:
+        query = sa.select(retention_windows).where(retention_windows.c.project == self.project)
+        if day is not None:
+            query = query.where(retention_windows.c.day == day)
+        if status is not None:
+            query = query.where(retention_windows.c.status.in_(status))
+        with self.jobs.engine.connect() as c:
+            return list(c.execute(query.order_by(retention_windows.c.day, retention_windows.c.generation)))
+
+    def _update(self, row: Any, **values: Any) -> Any:
+        with self.jobs.engine.begin() as c:
+            c.execute(retention_windows.update().where(
+                retention_windows.c.project == row.project, retention_windows.c.day == row.day,
+                retention_windows.c.generation == row.generation).values(updated_at=now(), **values))
+        return next(r for r in self._rows(day=row.day) if r.generation == row.generation)
+
+    def history(self, limit: int = 100) -> list[dict]:
+        with self.jobs.engine.connect() as c:
+            rows = c.execute(sa.select(retention_windows).where(retention_windows.c.project == self.project)
+                             .order_by(retention_windows.c.day.desc(), retention_windows.c.generation.desc())
+                             .limit(limit))
+            return [{**row._mapping, "day": row.day.isoformat()} for row in rows]
+
+
+def window(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time.min, timezone.utc)
+    return start, start + timedelta(days=1)
+
+
+def footer_rows(tail: bytes) -> int:
+    """Row count in the footer of the Parquet file that `tail` ends."""
+    if len(tail) < 12 or tail[-4:] != b"PAR1":
+        raise Storage("the archive is not a complete Parquet file")
+    length = int.from_bytes(tail[-8:-4], "little")
+    if length + 8 > len(tail):
+        raise Storage("the archive's Parquet footer is larger than expected")
+    return pq.read_metadata(pa.BufferReader(tail[-(length + 8):])).num_rows
+
+
+# --- policies in the job store, and the runs they schedule ----------------------------------------
+
+def set_policy(jobs: JobStore, project: str, policy: RetentionPolicy | None) -> None:
+    """Store (or with None, remove) the project's retention policy; its next run follows its cron."""
+    with jobs.engine.begin() as c:
+        c.execute(retention_policies.delete().where(retention_policies.c.project == project))
+        if policy is not None:
+            c.execute(retention_policies.insert().values(
+                project=project, spec=policy.model_dump(mode="json"), next_run=next_run(policy, now()),
+                created_at=now()))
+
+
+def get_policy(jobs: JobStore, project: str) -> tuple[RetentionPolicy, Any] | None:
+    with jobs.engine.connect() as c:
+        row = c.execute(sa.select(retention_policies).where(retention_policies.c.project == project)).first()
+    return None if row is None else (RetentionPolicy.model_validate(row.spec), row)
+
+
+def next_run(policy: RetentionPolicy, after: datetime) -> datetime:
+    return croniter(policy.schedule, after).get_next(datetime).astimezone(timezone.utc)
+
+
+def run_now(jobs: JobStore, project: str) -> bool:
+    """Make the project's policy due at once (a worker runs it); False if it has none."""
+    with jobs.engine.begin() as c:
+        return bool(c.execute(retention_policies.update().where(retention_policies.c.project == project)
+                              .values(next_run=now())).rowcount)
+
+
+def due(jobs: JobStore, at: datetime) -> Iterator[tuple[str, RetentionPolicy]]:
+    """Claim each due policy (one conditional update: one worker wins) and yield it."""
+    with jobs.engine.connect() as c:
+        rows = list(c.execute(sa.select(retention_policies).where(retention_policies.c.next_run <= at)))
+    for row in rows:
+        policy = RetentionPolicy.model_validate(row.spec)
+        with jobs.engine.begin() as c:
+            won = c.execute(retention_policies.update().where(
+                retention_policies.c.project == row.project, retention_policies.c.next_run == row.next_run,
+            ).values(next_run=next_run(policy, at), last_run=at)).rowcount
+        if won and policy.enabled:
+            yield row.project, policy
+
+
+def run_due(settings: Settings, jobs: JobStore, at: datetime | None = None) -> int:
+    """Run every due retention policy; returns how many ran. Failures are recorded on the policy."""
+    ran = 0
+    for project, policy in due(jobs, at or now()):
+        reports = Retention(settings, jobs, project).run(policy)
+        errors = [f"{r['day']}: {r['error']}" for r in reports if "error" in r]
+        with jobs.engine.begin() as c:
+            c.execute(retention_policies.update().where(retention_policies.c.project == project)
+                      .values(last_error="; ".join(errors)[:2000] or None))
+        ran += 1
+    return ran
