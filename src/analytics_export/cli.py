@@ -26,6 +26,7 @@ from . import open_store, project_privacy
 from .config import Settings
 from .destinations import Target, destination_for
 from .schedules_cli import app as schedules_app
+from .privacy_cli import privacy_app, retention_app
 from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid
 from .ingest import ingest_file
@@ -232,6 +233,8 @@ def demo(
 keys_app = typer.Typer(help="API keys: each belongs to one project.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(privacy_app, name="privacy")
+app.add_typer(retention_app, name="retention")
 
 
 def job_store(settings: Settings) -> JobStore:

@@ -50,12 +50,18 @@ ESCAPED = [MUST_ESCAPE.get(chr(c), f"\\u{c:04x}") for c in [*range(0x20), 0x22, 
 
 
 def check_pattern(pattern: str) -> None:
-    """Raise ValueError, with the regex engine's message, if polars cannot compile `pattern`."""
+    """Raise ValueError saying what is wrong if polars cannot compile `pattern`, or if it matches the
+    empty string (it would mask between every character)."""
     try:
-        pl.Series([""], dtype=pl.String).str.contains(pattern)
+        empty = pl.Series([""], dtype=pl.String).str.contains(pattern)[0]
     except pl.exceptions.PolarsError as exc:
-        raise ValueError(f"pattern {pattern!r} is not a valid regular expression: "
-                         f"{str(exc).splitlines()[-1].strip()}") from None
+        text = str(exc).split("This error occurred in the following expression")[0]
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        reason = next((line.removeprefix("error: ") for line in lines if line.startswith("error:")),
+                      lines[-1] if lines else str(exc))
+        raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {reason}") from None
+    if empty:
+        raise ValueError(f"pattern {pattern!r} matches the empty string; make it match at least one character")
 
 
 def hidden(ch: str) -> str:

@@ -92,7 +92,7 @@ def privacy_router(policies: PrivacyStore, project_dependency: Any, problems: An
         added = policies.suppress(project, ids)
         return SuppressionsAdded(added=added, total=policies.suppressed_count(project))
 
-    @router.delete("/suppressions/{distinct_id}", status_code=204, responses=problems(403, 404))
+    @router.delete("/suppressions/{distinct_id:path}", status_code=204, responses=problems(403, 404))
     def remove_suppression(project: str, distinct_id: str, caller: Caller) -> None:
         if not policies.unsuppress(own(project, caller), [distinct_id]):
             raise HTTPException(404, f"{distinct_id!r} is not on the suppression list")
