@@ -162,7 +162,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
 
     app.include_router(schedule_router(jobs, Depends(project_of), problems, check_target))
     policies = PrivacyStore(jobs, sealer)
-    app.include_router(privacy_router(policies, Depends(project_of), problems))
+    app.include_router(privacy_router(policies, settings, Depends(project_of), problems, check_target))
 
     def check_privacy(project: str, request: ExportRequest) -> None:
         """422 if the project's privacy policy refuses the request (a filter on a denied property)."""

@@ -1,4 +1,5 @@
-"""Privacy routes: the project's policy (versioned) and its suppression list."""
+"""Data-protection routes: the project's privacy policy (versioned), its suppression list, and its
+retention policy (export before deletion) with its runs."""
 
 from datetime import datetime
 from typing import Annotated, Any
@@ -6,8 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..jobs.store import aware
+
+from ..config import Settings
+from ..errors import ExportError
 from ..jobs.policies import PrivacyStore
-from ..models import PrivacyRules
+from ..models import PrivacyRules, RetentionPolicy
+from .. import retention
 
 MAX_SUPPRESSIONS_PER_CALL = 100_000
 
@@ -39,7 +45,31 @@ class SuppressionList(BaseModel):
     offset: int
 
 
-def privacy_router(policies: PrivacyStore, project_dependency: Any, problems: Any) -> APIRouter:
+class RetentionView(BaseModel):
+    project: str
+    policy: RetentionPolicy
+    next_run: datetime | None = Field(description="when a worker runs it next (UTC)")
+    last_run: datetime | None
+    last_error: str | None = Field(description="days the last run left in place, and why")
+
+
+class RetentionWindow(BaseModel):
+    day: str
+    generation: int = Field(description="1, then 2... for events of that day stored after it was archived")
+    status: str = Field(description="archiving, archived (verified, not yet deleted) or deleted")
+    watermark: datetime = Field(description="the window holds the day's events stored before this instant")
+    events: int | None
+    read: int | None = Field(description="events read from the store (archived + suppressed)")
+    bytes: int | None
+    sha256: str | None
+    uri: str | None
+    privacy_version: int | None
+    error: str | None
+    updated_at: datetime
+
+
+def privacy_router(policies: PrivacyStore, settings: Settings, project_dependency: Any, problems: Any,
+                   check_target: Any) -> APIRouter:
     router = APIRouter(prefix="/api/projects/{project}", tags=["privacy"])
     Caller = Annotated[str, project_dependency]
 
@@ -96,6 +126,53 @@ def privacy_router(policies: PrivacyStore, project_dependency: Any, problems: An
     def remove_suppression(project: str, distinct_id: str, caller: Caller) -> None:
         if not policies.unsuppress(own(project, caller), [distinct_id]):
             raise HTTPException(404, f"{distinct_id!r} is not on the suppression list")
+
+    def retention_view(project: str) -> RetentionView:
+        found = retention.get_policy(policies.jobs, project)
+        if found is None:
+            raise HTTPException(404, f"project {project!r} has no retention policy; PUT one")
+        policy, row = found
+        return RetentionView(project=project, policy=policy, next_run=aware(row.next_run),
+                             last_run=aware(row.last_run), last_error=row.last_error)
+
+    @router.get("/retention", response_model=RetentionView, responses=problems(403, 404))
+    def get_retention(project: str, caller: Caller) -> RetentionView:
+        return retention_view(own(project, caller))
+
+    @router.put("/retention", response_model=RetentionView, responses=problems(403))
+    def put_retention(project: str, body: RetentionPolicy, caller: Caller) -> RetentionView:
+        """Archive, verify, then delete events older than `days`, on the policy's cron."""
+        check_target(own(project, caller), body.destination)
+        retention.set_policy(policies.jobs, project, body)
+        return retention_view(project)
+
+    @router.delete("/retention", status_code=204, responses=problems(403, 404))
+    def delete_retention(project: str, caller: Caller) -> None:
+        retention_view(own(project, caller))
+        retention.set_policy(policies.jobs, project, None)
+
+    @router.post("/retention/run", responses={**problems(403, 404), 202: {"description": "queued"}})
+    def run_retention(project: str, caller: Caller,
+                      dry_run: Annotated[bool, Query(description="list what would be archived and deleted")] = False
+                      ) -> Any:
+        """A dry run answers with each day it would archive; a real run is queued for a worker (202)."""
+        policy = retention_view(own(project, caller)).policy
+        if not dry_run:
+            retention.run_now(policies.jobs, project)
+            from fastapi.responses import JSONResponse
+
+            return JSONResponse({"queued": True}, status_code=202)
+        try:
+            return retention.Retention(settings, policies.jobs, project).run(policy, dry_run=True)
+        except ExportError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @router.get("/retention/windows", response_model=list[RetentionWindow], responses=problems(403))
+    def retention_windows(project: str, caller: Caller,
+                          limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[RetentionWindow]:
+        """Each day's archive and deletion, newest first: what was archived where, and when deleted."""
+        rows = retention.Retention(settings, policies.jobs, own(project, caller)).history(limit)
+        return [RetentionWindow(**row) for row in rows]
 
     return router
 

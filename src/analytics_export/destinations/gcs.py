@@ -98,21 +98,24 @@ class GCS(Destination):
             pass
 
     def read(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """Ranged downloads of the generation found first: a rewrite during the read fails it."""
+        """Ranged downloads of the generation found first (the reloaded blob names it in each): a
+        replacement during the read fails it instead of splicing two versions."""
         key = self.target.key(name)
         blob = self.bucket.blob(key)
 
-        def found(call):
+        def unless_missing(call, error: ExportError):
             try:
                 return call()
             except api.NotFound:
-                raise NotFound(f"gs://{self.spec.bucket}/{key} does not exist") from None
+                raise error from None
 
-        self.guard(lambda: found(lambda: blob.reload(retry=self.retry)))
+        missing = NotFound(f"gs://{self.spec.bucket}/{key} does not exist")
+        self.guard(lambda: unless_missing(lambda: blob.reload(retry=self.retry), missing))
+        changed = Upload(f"gs://{self.spec.bucket}/{key} was replaced or deleted during the read")
         for start in range(0, blob.size, chunk_size):
             end = min(start + chunk_size, blob.size) - 1  # inclusive
-            yield self.guard(lambda: found(lambda: blob.download_as_bytes(
-                start=start, end=end, checksum=None, retry=self.retry, if_generation_match=blob.generation)))
+            yield self.guard(lambda: unless_missing(lambda: blob.download_as_bytes(
+                start=start, end=end, checksum=None, retry=self.retry), changed))
 
     def close(self) -> None:
         self.client.close()

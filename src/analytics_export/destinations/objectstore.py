@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Callable, Iterator
 
 import obstore
-from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
+from obstore.exceptions import NotFoundError, PermissionDeniedError, PreconditionError, UnauthenticatedError
 
 from ..errors import NotFound, Rejected, Upload
 from . import Destination, Target, redact
@@ -128,6 +128,8 @@ class ObjectStoreDestination(Destination):
         except Exception as exc:
             if isinstance(exc, NotFoundError) or "status code: 404" in str(exc):
                 raise NotFound(f"{self.uri_root}/{key} does not exist") from None
+            if isinstance(exc, PreconditionError):
+                raise Upload(f"{self.uri_root}/{key} was replaced during the read") from None
             raise self.explain(exc) from None
 
     def explain(self, exc: Exception) -> Exception:

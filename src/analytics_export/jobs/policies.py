@@ -22,6 +22,7 @@ class PrivacyStore:
     that was current when it started, recorded on the export."""
 
     def __init__(self, jobs: JobStore, sealer: Sealer) -> None:
+        self.jobs = jobs
         self.engine = jobs.engine
         self.sealer = sealer
 
