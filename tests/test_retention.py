@@ -4,6 +4,8 @@ any step and run again loses nothing and archives nothing twice."""
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,8 +20,10 @@ from analytics_export.jobs.policies import PrivacyStore
 from analytics_export.connections import Sealer
 from analytics_export.jobs.store import JobStore
 from analytics_export.models import PrivacyRules, RetentionPolicy
-from analytics_export.retention import Interrupted, Retention, cutoff
+from analytics_export.retention import Interrupted, Retention, cutoff, set_policy
+from analytics_export.sources import EventQuery
 from helpers import write_jsonl
+from service import CLI
 
 END = datetime(2026, 6, 1, tzinfo=timezone.utc)
 POLICY = RetentionPolicy(days=30)
@@ -32,11 +36,11 @@ def key(event: str, distinct_id: str, ts: datetime, properties: str) -> tuple:
 def stored(settings: Settings, project: str = "default") -> Counter:
     store = open_store(settings)
     try:
-        rows = store.execute('SELECT event, distinct_id, "timestamp", CAST(properties AS VARCHAR) FROM events '
-                             "WHERE project_id = $1", [project]).fetchall()
+        query = EventQuery(project=project, start=datetime(2000, 1, 1, tzinfo=timezone.utc), end=END)
+        rows = [r for b in store.batches(query, 10_000) for r in b.to_pylist()]
     finally:
         store.close()
-    return Counter(key(*r) for r in rows)
+    return Counter(key(r["event"], r["distinct_id"], r["timestamp"], r["properties"]) for r in rows)
 
 
 def archived(settings: Settings) -> Counter:
@@ -146,3 +150,41 @@ def test_archives_apply_the_privacy_policy_and_count_suppressed_events(ninety_da
     assert all(r["action"] == "archived and deleted" for r in reports)
     assert sum(r["archived"] for r in reports) + suppressed == sum(r["events"] for r in reports)
     assert not any("plan" in json.loads(k[3]) for k in archived(settings))
+
+
+def test_a_killed_run_resumes_without_loss_or_a_second_archive(ninety_days):
+    """SIGKILL the CLI's run at two moments, then run it to the end (the cutoff is 30 days before
+    today: every demo event, from March to May, is past it)."""
+    settings, jobs = ninety_days
+    set_policy(jobs, "default", POLICY)
+    original = stored(settings)
+    for delay in (1.0, 2.5):
+        proc = subprocess.Popen([*CLI, "--data-dir", str(settings.data_dir), "retention", "run"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        assert archived(settings) + stored(settings) >= original
+    done = subprocess.run([*CLI, "--data-dir", str(settings.data_dir), "retention", "run"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert archived(settings) == original and stored(settings) == Counter()
+
+
+def test_retention_on_a_postgresql_store(tmp_path, pg_url):
+    settings = Settings(data_dir=tmp_path / "data", events_url=pg_url)
+    store = open_store(settings, read_only=False)
+    try:
+        generate(store, 3_000, "default", end=END)
+    finally:
+        store.close()
+    jobs = JobStore.for_data_dir(settings.data_dir)
+    jobs.migrate()
+    original = stored(settings)
+    with pytest.raises(Interrupted):
+        run(settings, jobs, ("verified", 3))
+    assert archived(settings) + stored(settings) >= original
+    reports = run(settings, jobs)
+    assert reports and all(r["action"] == "archived and deleted" for r in reports)
+    assert archived(settings) + stored(settings) == original and max(archived(settings).values()) == 1
+    assert all(k[2] >= cutoff(POLICY, END).isoformat() for k in stored(settings))

@@ -107,9 +107,10 @@ class PostgresEventStore(ScannedStore):
         """Delete the project's events with a timestamp in [start, end) stored before `inserted_before`,
         in one transaction that commits only if there were exactly `expected`; returns how many there were."""
         with self.cursor() as cur:
-            cur.execute('DELETE FROM events WHERE project_id = $1 AND "timestamp" >= $2 AND "timestamp" < $3 '
-                        "AND inserted_at < $4", (project, start, end, inserted_before))
-            found = int(cur.rowcount)
+            cur.execute('WITH gone AS (DELETE FROM events WHERE project_id = $1 AND "timestamp" >= $2 AND '
+                        '"timestamp" < $3 AND inserted_at < $4 RETURNING 1) SELECT count(*) FROM gone',
+                        (project, start, end, inserted_before))
+            found = int(cur.fetchone()[0])
         if found == expected:
             self.pg.commit()
         else:
