@@ -389,3 +389,28 @@ def test_local_upload_appends_a_file_range_inside_the_kernel(tmp_path):
     upload.write(b"tail")
     joined = Path(upload.commit()).read_bytes()
     assert joined == b"head" + source.read_bytes()[10:] + b"tail"
+
+
+def test_every_partition_applies_the_policy_version_the_export_started_with(demo_settings, job_store, tmp_path):
+    from analytics_export.connections import Sealer
+    from analytics_export.jobs.policies import PrivacyStore
+    from analytics_export.models import PrivacyRules
+
+    settings = demo_settings.model_copy(update={"export": WEEKS})
+    policies = PrivacyStore(job_store, Sealer(settings.signing_key()))
+    first = policies.set_policy("default", PrivacyRules(deny_properties=["plan"], pseudonymize_distinct_id=True))
+    request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format="parquet",
+                            properties=["plan", "$browser"])
+    job_store.create("default", request)
+    worker = Worker(settings, job_store)
+    assert worker.run_one() and worker.run_one(), "planned, then one partition ran"
+    policies.set_policy("default", PrivacyRules())  # loosened while the export runs: it must not apply
+    run_queue(settings, job_store)
+    job = job_store.get("default", request.id)
+    assert job.status is ExportStatus.COMPLETED and job.parts == 9, job.error
+    result = job.result()
+    assert result.privacy_policy_version == first and result.dropped_properties == ["plan"]
+    rows = read_records(Path(job.destination_path), "parquet", None)
+    assert len(rows) == job.total_events > 1000
+    assert all(set(r) == {"event", "distinct_id", "timestamp", "$browser"} for r in rows)
+    assert all(len(r["distinct_id"]) == 64 and not r["distinct_id"].startswith("user_") for r in rows)
