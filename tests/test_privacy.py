@@ -227,12 +227,18 @@ def test_request_rules_add_protection_and_cannot_remove_it(project_data, tmp_pat
     assert result.privacy_policy_version == 1
 
 
-def test_a_filter_on_a_denied_property_is_refused(project_data, tmp_path):
+@pytest.mark.parametrize("rules", [PrivacyRules(deny_properties=["ssn"]), PrivacyRules(allow_properties=["plan"]),
+                                   PrivacyRules(pseudonymize_properties=["ssn"]),
+                                   PrivacyRules(redact=[RedactionRule(properties=["ssn"])])])
+def test_a_filter_on_a_protected_property_is_refused(project_data, tmp_path, rules):
     from analytics_export.errors import Invalid
 
     settings_ = project_data()
-    policies(settings_).set_policy("default", PrivacyRules(deny_properties=["ssn"]))
+    policies(settings_).set_policy("default", rules)
     with pytest.raises(Invalid, match="filter on property 'ssn'.*remove the filter"):
         export(settings=settings_, output=tmp_path / "x.jsonl", format="json_lines", start_date="2026-03-01",
                end_date="2026-03-02", filters=[{"property": "ssn", "operator": "is_set"}])
     assert not (tmp_path / "x.jsonl").exists()
+    result = export(settings=settings_, output=tmp_path / "y.jsonl", format="json_lines", start_date="2026-03-01",
+                    end_date="2026-03-02", filters=[{"property": "plan", "operator": "eq", "value": "PLANVALUE"}])
+    assert result.total_events == 30, "a filter on an unprotected property works"

@@ -406,6 +406,12 @@ class PrivacyRules(BaseModel):
         """True when property `name` may not leave (denied, or outside the allow-list)."""
         return name in self.deny_properties or (self.allow_properties is not None and name not in self.allow_properties)
 
+    def protects(self, name: str) -> bool:
+        """True when property `name` leaves only hidden, pseudonymised or redacted by name: a filter on
+        it would reveal what it holds (which events match `ssn = ...`, whose pseudonym is whose)."""
+        return (self.hides(name) or name in self.pseudonymize_properties
+                or any(name in rule.properties for rule in self.redact))
+
     @property
     def empty(self) -> bool:
         return self == PrivacyRules()

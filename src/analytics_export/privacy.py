@@ -60,12 +60,12 @@ class Privacy:
         return not self.rules.empty or len(self.suppressed) > 0
 
     def query(self, query: EventQuery) -> EventQuery:
-        """`query` without the properties the policy hides; a filter on one is refused, as its
-        matches would tell what the property holds."""
+        """`query` without the properties the policy hides; a filter on a property it protects is
+        refused, as its matches would tell what the property holds."""
         for f in query.filters:
-            if self.rules.hides(f.property):
-                raise Invalid(f"filter on property {f.property!r}: {self.source} does not let it leave; "
-                              "remove the filter")
+            if self.rules.protects(f.property):
+                raise Invalid(f"filter on property {f.property!r}: {self.source} hides, pseudonymises or redacts "
+                              "it, and the filter's matches would reveal its values; remove the filter")
         if query.properties is None:
             return query
         kept = tuple(p for p in query.properties if not self.rules.hides(p))
