@@ -29,25 +29,27 @@ END = datetime(2026, 6, 1, tzinfo=timezone.utc)
 POLICY = RetentionPolicy(days=30)
 
 
-def key(event: str, distinct_id: str, ts: datetime, properties: str) -> tuple:
-    return event, distinct_id, ts.astimezone(timezone.utc).isoformat(), json.dumps(json.loads(properties), sort_keys=True)
+def key(event: str, distinct_id: str, ts: datetime, properties: str, uuid: str) -> tuple:
+    """An event as compared between store and archive: its uuid too, as the archive keeps it."""
+    return (event, distinct_id, ts.astimezone(timezone.utc).isoformat(),
+            json.dumps(json.loads(properties), sort_keys=True), uuid)
 
 
 def stored(settings: Settings, project: str = "default") -> Counter:
     store = open_store(settings)
     try:
-        query = EventQuery(project=project, start=datetime(2000, 1, 1, tzinfo=timezone.utc), end=END)
+        query = EventQuery(project=project, start=datetime(2000, 1, 1, tzinfo=timezone.utc), end=END, with_ids=True)
         rows = [r for b in store.batches(query, 10_000) for r in b.to_pylist()]
     finally:
         store.close()
-    return Counter(key(r["event"], r["distinct_id"], r["timestamp"], r["properties"]) for r in rows)
+    return Counter(key(r["event"], r["distinct_id"], r["timestamp"], r["properties"], r["uuid"]) for r in rows)
 
 
 def archived(settings: Settings) -> Counter:
     found: Counter = Counter()
     for path in sorted((settings.data_dir / "archive" / "default").glob("date=*/*.parquet")):
         for r in pq.read_table(path).to_pylist():
-            found[key(r["event"], r["distinct_id"], r["timestamp"], r["properties"])] += 1
+            found[key(r["event"], r["distinct_id"], r["timestamp"], r["properties"], r["uuid"])] += 1
     return found
 
 
@@ -93,6 +95,13 @@ def test_dry_run_then_archive_and_delete_past_the_cutoff(ninety_days):
     folders = sorted(p.name for p in (settings.data_dir / "archive" / "default").iterdir())
     assert folders[0].startswith("date=2026-03-0") and len(folders) == len(plan), "Hive-style day folders"
     assert run(settings, jobs) == [], "a second run has nothing to do"
+    store = open_store(settings, read_only=False)
+    try:
+        for path in sorted((settings.data_dir / "archive" / "default").glob("date=*/*.parquet")):
+            ingest_file(store, path, "default")
+    finally:
+        store.close()
+    assert stored(settings) == original, "the archives ingest back as the very events deleted (uuids kept)"
 
 
 @pytest.mark.parametrize("step", ["archived", "verified", "deleted"])

@@ -7,12 +7,12 @@ from pathlib import Path
 from .errors import Invalid
 from .sources.duckdb import DuckDBEventStore
 
-READERS = {
-    ".jsonl": "read_json($path, format = 'newline_delimited', maximum_depth = 1)",
-    ".ndjson": "read_json($path, format = 'newline_delimited', maximum_depth = 1)",
-    ".json": "read_json($path, format = 'auto', maximum_depth = 1)",
-    ".csv": "read_csv($path, header = true)",
-    ".parquet": "read_parquet($path)",
+READERS = {  # no hive partitioning: a file under date=2026-03-01/ (an archive) gains no `date` column
+    ".jsonl": "read_json($path, format = 'newline_delimited', maximum_depth = 1, hive_partitioning = false)",
+    ".ndjson": "read_json($path, format = 'newline_delimited', maximum_depth = 1, hive_partitioning = false)",
+    ".json": "read_json($path, format = 'auto', maximum_depth = 1, hive_partitioning = false)",
+    ".csv": "read_csv($path, header = true, hive_partitioning = false)",
+    ".parquet": "read_parquet($path, hive_partitioning = false)",
 }
 REQUIRED = ("event", "distinct_id", "timestamp")
 KNOWN = {"uuid", "project_id", "properties", "inserted_at", *REQUIRED}
@@ -33,8 +33,9 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
     """Insert every event of `path` into `project`; returns how many were new.
 
     Required columns: event, distinct_id, timestamp (ISO 8601; naive means UTC). Optional: uuid
-    (a missing one is derived from the event's content, so re-ingesting a file never duplicates)
-    and properties (a JSON object). Any other column becomes a property. A `project_id` column is
+    (a missing one is derived from the event's content, so re-ingesting a file never duplicates),
+    properties (a JSON object) and inserted_at (when it was first stored: a retention archive
+    ingested back keeps it; default now). Any other column becomes a property. A `project_id` column is
     ignored: events always go to the project named by the caller.
     """
     path = Path(path)
@@ -73,12 +74,13 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
             SELECT {text("event")} AS event, {text("distinct_id")} AS distinct_id,
                    CAST({text("timestamp")} AS TIMESTAMPTZ) AS ts, coalesce(json({props}), '{{}}'::JSON) AS props
                    {f", {text('uuid')} AS uuid" if "uuid" in columns else ""}
+                   {', CAST(inserted_at AS TIMESTAMPTZ) AS stored' if "inserted_at" in columns else ""}
             FROM {reader}
         )
         SELECT {uuid} AS uuid, $project AS project_id, event, distinct_id, ts AS "timestamp",
                CASE WHEN json_type(props) = 'OBJECT' THEN props
                     ELSE error('properties must be a JSON object, got ' || CAST(props AS VARCHAR)) END AS properties,
-               now() AS inserted_at
+               {"coalesce(stored, now())" if "inserted_at" in columns else "now()"} AS inserted_at
         FROM raw
     """
     try:

@@ -196,11 +196,15 @@ def write_files(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     privacy: Privacy | None = None,
+    scope: Callable[[EventQuery], EventQuery] | None = None,
 ) -> tuple[list[dict], Progress]:
     """Write the events of `request` as committed files `name(1)`, `name(2)`, ... (one unless `split`;
     without events, one empty file if `empty_file`, else none); returns their manifest entries. If
-    anything fails, the files already committed are removed."""
+    anything fails, the files already committed are removed. `scope` adjusts the query (retention
+    reads as of a watermark, with ids)."""
     query = export_query(request, project, privacy)
+    if scope is not None:
+        query = scope(query)
     max_events, max_bytes = request.destination.split_limits() if split else (None, None)
     done: list[dict] = []
     part: Part | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Callable, Iterator
 
@@ -33,7 +33,6 @@ from .jobs.store import JobStore, aware, now
 from .jobs.tables import retention_policies, retention_windows
 from .models import ExportFormat, ExportRequest, FileLayout, RetentionPolicy
 from .pipeline import write_files
-from .sources import EventQuery
 
 NAMESPACE = uuid.UUID("6f1b8a52-3f3c-4d8e-9a57-2f5d7d0c9e11")
 TAIL = 16 << 20
@@ -42,17 +41,6 @@ TAIL = 16 << 20
 
 class Interrupted(BaseException):
     """Raised by a test's checkpoint to stop a run between two steps, as a kill would."""
-
-
-@dataclass
-class Before:
-    """A source that only yields events stored before `watermark`."""
-
-    source: Any
-    watermark: datetime
-
-    def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
-        return self.source.batches(replace(query, inserted_before=self.watermark), batch_size)
 
 
 def cutoff(policy: RetentionPolicy, at: datetime) -> datetime:
@@ -152,14 +140,16 @@ class Retention:
         return f"events-g{row.generation:03d}.parquet"
 
     def _archive(self, policy: RetentionPolicy, store: Any, row: Any) -> Any:
-        """Write the day's events stored before the watermark as one Parquet file (privacy applied)."""
+        """Write the day's events stored before the watermark as one Parquet file, with their uuid and
+    inserted_at so the archive can be ingested back exactly (privacy applied)."""
         request = self.request(policy, row)
         privacy = self.policies.for_export(self.project, request)
         destination = self.destination(request)
         try:
-            files, _ = write_files(request, Before(store, aware(row.watermark)), destination, project=self.project,
-                                   name=lambda _: self.name(row), digest=True, privacy=privacy,
-                                   batch_size=self.settings.export.batch_size)
+            watermark = aware(row.watermark)
+            files, _ = write_files(request, store, destination, project=self.project, name=lambda _: self.name(row),
+                                   digest=True, privacy=privacy, batch_size=self.settings.export.batch_size,
+                                   scope=lambda q: replace(q, inserted_before=watermark, with_ids=True))
             uri = destination.finish([files[0]["uri"]])
         finally:
             destination.close()

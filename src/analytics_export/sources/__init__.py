@@ -37,6 +37,8 @@ class EventQuery:
     time_field: str = "timestamp"
     inserted_before: datetime | None = None
     """Only events stored before this instant (retention archives a window as of a watermark)."""
+    with_ids: bool = False
+    """Also `uuid` and `inserted_at`, last (a retention archive can be ingested back, exactly)."""
 
     @classmethod
     def from_request(
@@ -64,6 +66,8 @@ class EventQuery:
             fields += [pa.field(name, pa.string()) for name in self.properties or ()]
         else:
             fields.append(pa.field("properties", pa.string()))
+        if self.with_ids:
+            fields += [pa.field("uuid", pa.string()), pa.field("inserted_at", TIMESTAMP)]
         return pa.schema(fields)
 
 

@@ -109,6 +109,8 @@ class SqlBuilder:
         else:
             pairs = ", ".join(f"{self.bind(name)}, {self.prop(name)}" for name in query.properties)
             cols.append(f"CAST(json_object({pairs}) AS VARCHAR) AS properties")
+        if query.with_ids:
+            cols += ["CAST(uuid AS VARCHAR) AS uuid", "inserted_at"]
         return cols
 
     def select(self, query: EventQuery, columns: list[str] | None = None) -> str:
