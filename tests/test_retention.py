@@ -197,3 +197,16 @@ def test_retention_on_a_postgresql_store(tmp_path, pg_url):
     assert reports and all(r["action"] == "archived and deleted" for r in reports)
     assert archived(settings) + stored(settings) == original and max(archived(settings).values()) == 1
     assert all(k[2] >= cutoff(POLICY, END).isoformat() for k in stored(settings))
+
+
+def test_a_run_that_cannot_start_says_why_on_its_policy(tmp_path):
+    from analytics_export.retention import get_policy, run_due, run_now
+
+    settings = Settings(data_dir=tmp_path / "data", events_url=f"chdb://{tmp_path / 'chdb'}")
+    jobs = JobStore.for_data_dir(settings.data_dir)
+    jobs.migrate()
+    set_policy(jobs, "default", POLICY)
+    assert run_now(jobs, "default")
+    assert run_due(settings, jobs) == 1
+    _, row = get_policy(jobs, "default")
+    assert "ClickHouse use a table TTL" in row.last_error and row.last_run is not None

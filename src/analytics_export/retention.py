@@ -12,6 +12,7 @@ later for the same day wait for the next generation instead of being deleted una
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone
@@ -34,6 +35,8 @@ from .jobs.tables import retention_policies, retention_windows
 from .models import ExportFormat, ExportRequest, FileLayout, RetentionPolicy
 from .pipeline import write_files
 
+log = logging.getLogger(__name__)
+RETRY_BUSY = timedelta(minutes=5)
 NAMESPACE = uuid.UUID("6f1b8a52-3f3c-4d8e-9a57-2f5d7d0c9e11")
 TAIL = 16 << 20
 """The most of an archive's end kept while it is read back: enough for its Parquet footer."""
@@ -197,7 +200,8 @@ class Retention:
             rows = c.execute(sa.select(retention_windows).where(retention_windows.c.project == self.project)
                              .order_by(retention_windows.c.day.desc(), retention_windows.c.generation.desc())
                              .limit(limit))
-            return [{**row._mapping, "day": row.day.isoformat()} for row in rows]
+            return [{**row._mapping, "day": row.day.isoformat(), "watermark": aware(row.watermark),
+                     "updated_at": aware(row.updated_at)} for row in rows]
 
 
 def window(day: date) -> tuple[datetime, datetime]:
@@ -245,7 +249,7 @@ def run_now(jobs: JobStore, project: str) -> bool:
 
 
 def due(jobs: JobStore, at: datetime) -> Iterator[tuple[str, RetentionPolicy]]:
-    """Claim each due policy (one conditional update: one worker wins) and yield it."""
+    """Claim each due, enabled policy (one conditional update: one worker wins) and yield it."""
     with jobs.engine.connect() as c:
         rows = list(c.execute(sa.select(retention_policies).where(retention_policies.c.next_run <= at)))
     for row in rows:
@@ -253,19 +257,29 @@ def due(jobs: JobStore, at: datetime) -> Iterator[tuple[str, RetentionPolicy]]:
         with jobs.engine.begin() as c:
             won = c.execute(retention_policies.update().where(
                 retention_policies.c.project == row.project, retention_policies.c.next_run == row.next_run,
-            ).values(next_run=next_run(policy, at), last_run=at)).rowcount
+            ).values(next_run=next_run(policy, at))).rowcount
         if won and policy.enabled:
             yield row.project, policy
 
 
 def run_due(settings: Settings, jobs: JobStore, at: datetime | None = None) -> int:
-    """Run every due retention policy; returns how many ran. Failures are recorded on the policy."""
+    """Run every due retention policy; returns how many ran. What a run could not do is recorded on
+    its policy (`last_error`); a store busy with other work is tried again in a few minutes."""
     ran = 0
-    for project, policy in due(jobs, at or now()):
-        reports = Retention(settings, jobs, project).run(policy)
-        errors = [f"{r['day']}: {r['error']}" for r in reports if "error" in r]
+    at = at or now()
+    for project, policy in due(jobs, at):
+        values: dict[str, Any] = {"last_run": at}
+        try:
+            reports = Retention(settings, jobs, project).run(policy)
+            values["last_error"] = "; ".join(f"{r['day']}: {r['error']}" for r in reports if "error" in r)[:2000] or None
+        except ExportError as exc:
+            values["last_error"] = str(exc)[:2000]
+            if isinstance(exc, Storage):
+                values["next_run"] = now() + RETRY_BUSY
+        except Exception as exc:  # a bug: record it, keep the worker alive
+            log.exception("retention of project %s failed", project)
+            values["last_error"] = f"internal error ({type(exc).__name__}); see the worker log"
         with jobs.engine.begin() as c:
-            c.execute(retention_policies.update().where(retention_policies.c.project == project)
-                      .values(last_error="; ".join(errors)[:2000] or None))
+            c.execute(retention_policies.update().where(retention_policies.c.project == project).values(**values))
         ran += 1
     return ran

@@ -143,6 +143,9 @@ def privacy_router(policies: PrivacyStore, settings: Settings, project_dependenc
     def put_retention(project: str, body: RetentionPolicy, caller: Caller) -> RetentionView:
         """Archive, verify, then delete events older than `days`, on the policy's cron."""
         check_target(own(project, caller), body.destination)
+        if settings.events_engine == "clickhouse":
+            raise HTTPException(422, "retention deletes events from DuckDB or PostgreSQL stores; this server's "
+                                     "store is ClickHouse: use a table TTL there")
         retention.set_policy(policies.jobs, project, body)
         return retention_view(project)
 
@@ -157,6 +160,8 @@ def privacy_router(policies: PrivacyStore, settings: Settings, project_dependenc
                       ) -> Any:
         """A dry run answers with each day it would archive; a real run is queued for a worker (202)."""
         policy = retention_view(own(project, caller)).policy
+        if not dry_run and not policy.enabled:
+            raise HTTPException(409, "the retention policy is disabled; PUT it with \"enabled\": true to run it")
         if not dry_run:
             retention.run_now(policies.jobs, project)
             from fastapi.responses import JSONResponse
