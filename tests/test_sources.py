@@ -141,3 +141,33 @@ def test_scans_page_through_the_window(stores, tmp_path):
             assert result.total_events == expected.total_events > 5 * 997
             assert sorted((tmp_path / f"{name}.jsonl").read_bytes().splitlines()) == sorted(
                 (tmp_path / "duckdb.jsonl").read_bytes().splitlines())
+
+
+@pytest.mark.parametrize("fmt", ["json_lines", "csv"])
+def test_every_store_applies_the_same_privacy_in_its_scan(stores, tmp_path, fmt):
+    from analytics_export.destinations.local import LocalDestination
+    from analytics_export.models import ExportRequest, PrivacyRules, RedactionRule
+    from analytics_export.pipeline import run_export
+    from analytics_export.privacy import Privacy
+
+    rules = PrivacyRules(deny_properties=["plan"], pseudonymize_distinct_id=True, pseudonymize_properties=["$os"],
+                         redact=[RedactionRule(properties=["$browser"]), RedactionRule(properties=["tags"], action="drop"),
+                                 RedactionRule(pattern="(?i)shoes")])
+    request = ExportRequest(**WINDOW, format=fmt,
+                            properties=["plan", "$os", "$browser", "tags", "search_query"] if fmt == "csv" else None)
+    lines, totals = {}, {}
+    for name, settings in stores.items():
+        privacy = Privacy(rules, version=7, secret=b"k" * 32, suppressed=["user_1", "user_2", "user_3"])
+        store = open_store(settings)
+        try:
+            result = run_export(request, store, LocalDestination(tmp_path, tmp_path / f"{name}.{fmt}"),
+                                project="default", privacy=privacy)
+        finally:
+            store.close()
+        assert result.privacy_policy_version == 7 and result.dropped_properties == (["plan"] if fmt == "csv" else [])
+        text = (tmp_path / f"{name}.{fmt}").read_text()
+        lines[name], totals[name] = sorted(text.splitlines()), result.total_events
+        for leaked in ('"plan"', "user_1,", '"user_1"', "Chrome", "Firefox", "shoes", '"tags"'):
+            assert leaked not in text, (name, leaked)
+    assert lines["duckdb"] == lines["postgres"] == lines["clickhouse"]
+    assert totals["duckdb"] == totals["postgres"] == totals["clickhouse"] > 1000

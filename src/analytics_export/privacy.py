@@ -1,26 +1,25 @@
 """Privacy: a project's policy applied to every export between source and writer, batch by batch.
 
-Per batch, vectorised: suppressed users' events are filtered out (Arrow `is_in`); distinct_id and
-named properties are pseudonymised, masked, dropped or denied in one DuckDB statement over the
-batch; detector and pattern rules run over the strings in polars (`redaction.py`).
+What SQL can do runs inside the source's scan, in parallel with it (`sources/protect.py`):
+suppressed users left out, distinct_id and named properties pseudonymised (HMAC-SHA256), masked,
+dropped or denied. Detector and pattern rules then run over each batch's strings in polars
+(`redaction.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator
 
-import duckdb
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .errors import Invalid
-from .models import PrivacyRules, RedactionRule
+from .models import PrivacyRules
 from .redaction import Redactor
 from .sources import EventQuery
+from .sources.protect import Protection
 
 __all__ = ["Privacy", "hmac_keys"]
 
@@ -32,18 +31,6 @@ def hmac_keys(secret: bytes) -> tuple[bytes, bytes]:
     return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
 
 
-HMAC_SQL = "sha256($outer || unhex(sha256($inner || CAST({} AS BLOB))))"
-
-
-def json_key(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
-def key_path(name: str) -> str:
-    """DuckDB JSON path of a top-level key (property names are plain keys: no quotes)."""
-    return f'$."{name}"'
-
-
 @dataclass
 class Privacy:
     """The rules an export enforces: the project's policy (`version`) plus the request's additions."""
@@ -51,149 +38,65 @@ class Privacy:
     rules: PrivacyRules
     version: int | None = None
     secret: bytes | None = None
-    suppressed: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
-    suppressed_events: int = 0
+    suppressed: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
 
-    @property
-    def active(self) -> bool:
-        return not self.rules.empty or len(self.suppressed) > 0
-
     def query(self, query: EventQuery) -> EventQuery:
+        """`query` without the properties the policy hides, and with its SQL rules."""
+        return replace(self.narrowed(query), protection=self.protection())
+
+    def narrowed(self, query: EventQuery) -> EventQuery:
         """`query` without the properties the policy hides; a filter on a property it protects is
         refused, as its matches would tell what the property holds."""
         for f in query.filters:
             if self.rules.protects(f.property):
                 raise Invalid(f"filter on property {f.property!r}: {self.source} hides, pseudonymises or redacts "
                               "it, and the filter's matches would reveal its values; remove the filter")
-        if query.properties is None:
-            return query
-        kept = tuple(p for p in query.properties if not self.rules.hides(p))
-        self.dropped = [p for p in query.properties if p not in kept]
-        if not kept:
-            raise Invalid(f"every selected property ({', '.join(self.dropped)}) is kept out by {self.source}; "
-                          "select others, or none for all that may leave")
-        return replace(query, properties=kept)
+        if query.properties is not None:
+            kept = tuple(p for p in query.properties if not self.rules.hides(p))
+            self.dropped = [p for p in query.properties if p not in kept]
+            if not kept:
+                raise Invalid(f"every selected property ({', '.join(self.dropped)}) is kept out by {self.source}; "
+                              "select others, or none for all that may leave")
+            query = replace(query, properties=kept)
+        return query
+
+    def protection(self) -> Protection | None:
+        rules = self.rules
+        if rules.empty and not self.suppressed:
+            return None
+        inner = outer = None
+        if rules.pseudonymize_distinct_id or rules.pseudonymize_properties:
+            if self.secret is None:
+                raise Invalid("pseudonymisation needs the project's secret")
+            inner, outer = hmac_keys(self.secret)
+        named = [r for r in rules.redact if r.properties]
+        return Protection(
+            inner=inner, outer=outer, pseudonymize_distinct_id=rules.pseudonymize_distinct_id,
+            pseudonymize=tuple(rules.pseudonymize_properties), deny=tuple(rules.deny_properties),
+            allow=tuple(rules.allow_properties) if rules.allow_properties is not None else None,
+            drop=tuple(n for r in named if r.action == "drop" for n in r.properties),
+            mask={n: r.mask for r in named if r.action == "mask" for n in r.properties},
+            suppressed=tuple(self.suppressed))
 
     @property
     def source(self) -> str:
         return f"the project's privacy policy (version {self.version})" if self.version else "the privacy rules"
 
     def apply(self, batches: Iterable[pa.RecordBatch], query: EventQuery) -> Iterator[pa.RecordBatch]:
-        """`batches` of `query` with the rules applied, in the same schema."""
-        if not self.active:
+        """`batches` of `query` with the detector and pattern rules applied to their strings."""
+        redactor = Redactor(self.rules.redact)
+        if not redactor:
             yield from batches
             return
-        transform = _Transform(self, query)
-        try:
-            for batch in batches:
-                if len(self.suppressed):
-                    keep = pc.invert(pc.is_in(batch.column("distinct_id"), value_set=self.suppressed))
-                    before = batch.num_rows
-                    batch = batch.filter(keep)
-                    self.suppressed_events += before - batch.num_rows
-                if batch.num_rows:
-                    yield transform(batch)
-        finally:
-            transform.close()
-
-
-class _Transform:
-    """One export's compiled rules: a DuckDB statement for names and pseudonyms, a Redactor for values."""
-
-    def __init__(self, privacy: Privacy, query: EventQuery) -> None:
-        rules = privacy.rules
-        self.schema = query.schema
-        self.redactor = Redactor(rules.redact)
-        self.params: dict[str, object] = {}
-        if rules.pseudonymize_distinct_id or rules.pseudonymize_properties:
-            if privacy.secret is None:
-                raise Invalid("pseudonymisation needs the project's secret")
-            self.params["inner"], self.params["outer"] = hmac_keys(privacy.secret)
-        named = [r for r in rules.redact if r.properties]
-        columns = {"distinct_id": self._hmac("distinct_id") if rules.pseudonymize_distinct_id else None}
-        if query.property_columns:
-            for name in query.properties or ():
-                columns[name] = self._column(name, rules, named)
-            self.json_columns: list[str] = []
-            self.text_columns = list(query.properties or ())
-        else:
-            columns["properties"] = self._object(rules, named)
-            self.json_columns, self.text_columns = ["properties"], []
-        self.sql = {name: expr for name, expr in columns.items() if expr is not None}
-        self.select = "SELECT " + ", ".join(f'{expr} AS "{name}"' for name, expr in self.sql.items()) + " FROM batch"
-        self.con = duckdb.connect(config={"threads": 1}) if self.sql else None
-
-    def _bind(self, value: object) -> str:
-        key = f"p{len(self.params)}"
-        self.params[key] = value
-        return f"${key}"
-
-    def _hmac(self, column: str) -> str:
-        return HMAC_SQL.format(f'"{column}"')
-
-    def _column(self, name: str, rules: PrivacyRules, named: list[RedactionRule]) -> str | None:
-        """A property column (raw string, or JSON text of any other value) under the named rules."""
-        expr = None
-        col = f'"{name}"'
-        if name in rules.pseudonymize_properties:
-            expr = HMAC_SQL.format(col)
-        for rule in named:
-            if name in rule.properties:
-                expr = "NULL" if rule.action == "drop" else f"CASE WHEN {col} IS NOT NULL THEN {self._bind(rule.mask)} END"
-        return expr
-
-    def _object(self, rules: PrivacyRules, named: list[RedactionRule]) -> str | None:
-        """The properties object under deny/allow lists and the named rules: one JSON merge patch."""
-        p = "CAST(properties AS JSON)"
-        expr = p
-        if rules.allow_properties is not None:
-            allow = self._bind(rules.allow_properties)
-            expr = (f"json_merge_patch({expr}, to_json(map_from_entries(list_transform(list_filter("
-                    f"json_keys({p}), lambda k: NOT list_contains({allow}, k)), lambda k: {{'key': k, 'value': NULL::JSON}}))))")
-        removed = set(rules.deny_properties) | {n for r in named if r.action == "drop" for n in r.properties}
-        pieces = [f"{json_key(name)}:null" for name in sorted(removed)]
-        present: dict[str, str] = {}
-        for name in rules.pseudonymize_properties:
-            v = f"json_extract({p}, {self._bind(key_path(name))})"
-            text = f"CASE WHEN json_type({v}) = 'VARCHAR' THEN {v} ->> '$' ELSE CAST({v} AS VARCHAR) END"
-            present[name] = f"{self._bind(f'{json_key(name)}:')} || to_json({HMAC_SQL.format(text)})"
-        for rule in named:
-            if rule.action == "mask":
-                for name in rule.properties:
-                    present[name] = self._bind(f"{json_key(name)}:{json_key(rule.mask)}")
-        present = {k: v for k, v in present.items() if k not in removed}
-        if not pieces and not present and rules.allow_properties is None:
-            return None
-        parts = [self._bind(",".join(pieces))] if pieces else []
-        parts += [f"CASE WHEN json_exists({p}, {self._bind(key_path(name))}) THEN {piece} END"
-                  for name, piece in present.items()]
-        if parts:
-            expr = f"json_merge_patch({expr}, CAST('{{' || concat_ws(',', {', '.join(parts)}) || '}}' AS JSON))"
-        return f"CAST({expr} AS VARCHAR)"
-
-    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        arrays = dict(zip(batch.schema.names, batch.columns))
-        if self.con is not None:
-            self.con.register("batch", pa.Table.from_batches([batch]))
-            done = self.con.sql(self.select, params=self.params).to_arrow_table()
-            for name in self.sql:
-                arrays[name] = done.column(name).combine_chunks().cast(pa.string())
-        if self.redactor:
-            for name in self.json_columns + self.text_columns:
+        names = list(query.properties or ()) if query.property_columns else ["properties"]
+        for batch in batches:
+            arrays = dict(zip(batch.schema.names, batch.columns))
+            for name in names:
                 series = pl.Series(arrays[name])
-                looks_json = series.str.contains(r"^\s*[\[{]").fill_null(False) if name in self.text_columns else None
-                if looks_json is None:
-                    series = self.redactor.json(series)
+                if query.property_columns:
+                    series = redactor.values(series)
                 else:
-                    json_rows = looks_json.arg_true()
-                    text = self.redactor.text(series)
-                    if len(json_rows):
-                        text = text.scatter(json_rows, self.redactor.json(series.gather(json_rows)))
-                    series = text
+                    series = redactor.json(series)
                 arrays[name] = series.to_arrow().cast(pa.string())
-        return pa.RecordBatch.from_arrays([arrays[n] for n in self.schema.names], schema=self.schema)
-
-    def close(self) -> None:
-        if self.con is not None:
-            self.con.close()
+            yield pa.RecordBatch.from_arrays([arrays[n] for n in batch.schema.names], schema=batch.schema)

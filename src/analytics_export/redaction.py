@@ -118,6 +118,14 @@ class Redactor:
         rows = hit.arg_true()
         return s.scatter(rows, self._finish_text(self.mark(s.gather(rows))))
 
+    def values(self, s: pl.Series) -> pl.Series:
+        """A property column: JSON text of objects and arrays as JSON, the rest as raw strings."""
+        looks_json = s.str.contains(r"^\s*[\[{]").fill_null(False)
+        if not looks_json.any():
+            return self.text(s)
+        rows = looks_json.arg_true()
+        return self.text(s).scatter(rows, self.json(s.gather(rows)))
+
     def _finish_text(self, marked: pl.Series) -> pl.Series:
         if self.drops:
             marked = pl.select(pl.when(pl.lit(marked).str.contains(f"[{self.drops}]"))
@@ -232,8 +240,10 @@ def decode(s: pl.Series) -> tuple[pl.Series, pl.Series]:
         return s, exact
     s = s.str.replace_many(["\\\\"], [hidden("\\")])  # first, so every backslash left starts an escape
     pairs = s.str.extract_all(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}").explode().drop_nulls().unique()
-    if len(pairs):
-        s = s.str.replace_many(pairs.to_list(), [_pair(p) for p in pairs.to_list()])
+    # a pair standing for one of our private characters stays escaped: its halves send the row to the exact path
+    pairs = [p for p in pairs.to_list() if not SENTINEL <= ord(_pair(p)) <= MARKER + 0xFF]
+    if pairs:
+        s = s.str.replace_many(pairs, [_pair(p) for p in pairs])
     units = s.str.extract_all(r"\\u[0-9a-fA-F]{4}").explode().drop_nulls().unique().to_list()
     lone = [u for u in units if 0xD800 <= int(u[2:], 16) <= 0xDFFF]
     if lone:

@@ -34,6 +34,7 @@ from .jobs.store import JobStore, aware, now
 from .jobs.tables import retention_policies, retention_windows
 from .models import ExportFormat, ExportRequest, FileLayout, RetentionPolicy
 from .pipeline import write_files
+from .sources import EventQuery
 
 log = logging.getLogger(__name__)
 RETRY_BUSY = timedelta(minutes=5)
@@ -144,12 +145,14 @@ class Retention:
 
     def _archive(self, policy: RetentionPolicy, store: Any, row: Any) -> Any:
         """Write the day's events stored before the watermark as one Parquet file, with their uuid and
-    inserted_at so the archive can be ingested back exactly (privacy applied)."""
+        inserted_at so the archive can be ingested back exactly (privacy applied). `read` counts the
+        window's events, suppressed users' too: the delete must remove exactly that many."""
         request = self.request(policy, row)
         privacy = self.policies.for_export(self.project, request)
+        watermark = aware(row.watermark)
+        read = store.count(EventQuery(self.project, *window(row.day), inserted_before=watermark))
         destination = self.destination(request)
         try:
-            watermark = aware(row.watermark)
             files, _ = write_files(request, store, destination, project=self.project, name=lambda _: self.name(row),
                                    digest=True, privacy=privacy, batch_size=self.settings.export.batch_size,
                                    scope=lambda q: replace(q, inserted_before=watermark, with_ids=True))
@@ -157,7 +160,7 @@ class Retention:
         finally:
             destination.close()
         entry = files[0]
-        return self._update(row, events=entry["events"], read=entry["events"] + privacy.suppressed_events,
+        return self._update(row, events=entry["events"], read=read,
                             bytes=entry["bytes"], sha256=entry["sha256"], uri=uri, status="archived",
                             privacy_version=privacy.version, error=None)
 

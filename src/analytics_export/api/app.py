@@ -168,7 +168,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         """422 if the project's privacy policy refuses the request (a filter on a denied property)."""
         version, rules, _ = policies.policy(project)
         try:
-            Privacy(rules.stricter(request.privacy), version=version or None).query(
+            Privacy(rules.stricter(request.privacy), version=version or None).narrowed(
                 EventQuery.from_request(request, project))
         except Invalid as exc:
             raise HTTPException(422, str(exc)) from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 from typing import Iterable
 
-import pyarrow as pa
 import sqlalchemy as sa
 
 from ..connections import Sealer
@@ -115,4 +114,4 @@ class PrivacyStore:
         rules = rules.stricter(request.privacy)
         needs_secret = rules.pseudonymize_distinct_id or bool(rules.pseudonymize_properties)
         return Privacy(rules, version=version or None, secret=self.secret(project) if needs_secret else None,
-                       suppressed=pa.array(self.suppressed(project), pa.string()))
+                       suppressed=self.suppressed(project))

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from ..models import ExportFilter, ExportRequest
+from .protect import Protection
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -39,6 +40,8 @@ class EventQuery:
     """Only events stored before this instant (retention archives a window as of a watermark)."""
     with_ids: bool = False
     """Also `uuid` and `inserted_at`, last (a retention archive can be ingested back, exactly)."""
+    protection: Protection | None = None
+    """The privacy rules the source's SQL applies in its scan (see `protect.py`)."""
 
     @classmethod
     def from_request(

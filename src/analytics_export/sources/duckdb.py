@@ -15,6 +15,7 @@ import pyarrow as pa
 from ..errors import Invalid, Storage
 from ..models import ExportFilter, FilterOperator
 from . import RFC3339, EventQuery
+from .protect import Protection
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS events (
@@ -69,6 +70,11 @@ class SqlBuilder:
         v = self.prop(name)
         return f"CASE WHEN json_type({v}) = 'VARCHAR' THEN {v} ->> '$' END"
 
+    def string_or_json(self, name: str) -> str:
+        """The property's value as text: a string raw, any other value as its JSON text."""
+        v = self.prop(name)
+        return f"CASE WHEN json_type({v}) = 'VARCHAR' THEN {v} ->> '$' ELSE CAST({v} AS VARCHAR) END"
+
     def condition(self, f: ExportFilter) -> str:
         """SQL that is true exactly when the event matches `f` (never NULL)."""
         if f.operator in NEGATIONS:
@@ -97,17 +103,16 @@ class SqlBuilder:
 
     def projection(self, query: EventQuery) -> list[str]:
         ts = f"""strftime("timestamp", '{RFC3339}')""" if query.text_timestamps else '"timestamp"'
-        cols = ["event", "distinct_id", ts]
+        protect = query.protection or Protection()
+        cols = ["event", f"{protect.distinct_id(self.bind)} AS distinct_id", ts]
         if query.property_columns:
             for i, name in enumerate(query.properties or ()):
-                v = self.prop(name)
-                cols.append(
-                    f"CASE WHEN json_type({v}) = 'VARCHAR' THEN {v} ->> '$' ELSE CAST({v} AS VARCHAR) END AS p{i}"
-                )
+                cols.append(f"{protect.column(self.bind, name, lambda: self.string_or_json(name))} AS p{i}")
         elif query.properties is None:
-            cols.append("CAST(properties AS VARCHAR) AS properties")
+            cols.append(f"CAST({protect.object(self.bind, 'CAST(properties AS JSON)', self.prop)} AS VARCHAR) AS properties")
         else:
-            pairs = ", ".join(f"{self.bind(name)}, {self.prop(name)}" for name in query.properties)
+            pairs = ", ".join(f"{self.bind(name)}, {protect.member(self.bind, name, lambda: self.prop(name))}"
+                              for name in query.properties)
             cols.append(f"CAST(json_object({pairs}) AS VARCHAR) AS properties")
         if query.with_ids:
             cols += ["CAST(uuid AS VARCHAR) AS uuid", "inserted_at"]
@@ -125,6 +130,8 @@ class SqlBuilder:
         if query.events:
             where.append("event IN (" + ", ".join(self.bind(e) for e in query.events) + ")")
         where += [self.condition(f) for f in query.filters]
+        if query.protection is not None:
+            where += query.protection.where(self.bind)
         return f"SELECT {', '.join(cols)} FROM events WHERE {' AND '.join(where)}"
 
 
