@@ -20,7 +20,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path(".analytics-export"), description="event store and exports live here")
     project: str = Field("default", description="tenant whose events are read and written")
-    duckdb_memory_limit: str = Field("64MB", description="DuckDB buffer pool cap for exports (a scan needs little)")
+    duckdb_memory_limit: str = Field("256MB", description="DuckDB buffer pool cap for exports: a scan needs little, the JSON functions of privacy rules take 16 MB arenas")
     duckdb_write_memory_limit: str = Field("1GB", description="DuckDB buffer pool cap for ingest and demo")
     duckdb_threads: int = Field(2, ge=1)
     database_url: str | None = Field(None, description="job store; default sqlite in the data dir")

@@ -38,11 +38,18 @@ PATTERNS: dict[Detector, str] = {
     Detector.CREDIT_CARD: r"(?-u:\b)\d(?:[ -]?\d){12,18}(?-u:\b)",  # candidates; Luhn decides
 }
 
+INSIDE_STRINGS = {Detector.EMAIL, Detector.IPV4, Detector.IPV6}
+"""Detectors whose matches cannot leave a JSON string: no quote, backslash or structural character,
+and nothing a bare number or literal holds (`@`, three dots, `::` or seven colons)."""
+
+DIGIT_RUNS = {Detector.PHONE, Detector.CREDIT_CARD}
+"""Detectors whose scan is slow (a candidate may start at any digit): they share a first pass."""
+
 SENTINEL = 0xF0000
 """Sentinel for a character JSON keeps escaped: chr(SENTINEL + code) for quote, backslash, controls."""
 MARKER = 0xF0100
 """Marker of rule i's matches: chr(MARKER + i)."""
-PRIVATE = "[\U000F0000-\U000F01FF]"
+PRIVATE_LEAD = "\U000F0000".encode()[:2]
 MUST_ESCAPE = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 SHORT_ESCAPES = {'\\"': '"', "\\/": "/", "\\b": "\b", "\\f": "\f", "\\n": "\n", "\\r": "\r", "\\t": "\t"}
 SENTINELS = [chr(SENTINEL + c) for c in [*range(0x20), 0x22, 0x5C]]
@@ -62,6 +69,17 @@ def check_pattern(pattern: str) -> None:
         raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {reason}") from None
     if empty:
         raise ValueError(f"pattern {pattern!r} matches the empty string; make it match at least one character")
+
+
+def put(s: pl.Series, rows: pl.Series, values: pl.Series) -> pl.Series:
+    """A copy of `s` with `values` at `rows` (polars' scatter writes in place, and `s` may be in use)."""
+    return s.clone().scatter(rows, values)
+
+
+def private(s: pl.Series) -> pl.Series:
+    """Rows holding a character of our private range, or near it: a byte search for the UTF-8 lead
+    bytes of U+F0000-U+F0FFF, 25 times faster than a regex class of the range."""
+    return s.cast(pl.Binary).bin.contains(PRIVATE_LEAD).fill_null(False)
 
 
 def hidden(ch: str) -> str:
@@ -92,21 +110,46 @@ class Redactor:
         self.markers = [chr(MARKER + i) for i in range(len(self.rules))]
         self.drops = "".join(m for m, r in zip(self.markers, self.rules) if r.action == "drop")
         self.any = "|".join(f"(?:{p})" for p in self.patterns)
+        self.dense = False
+        """Whether most rows of the last batch had something to redact (then no first pass finds them)."""
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
-    def mark(self, s: pl.Series) -> pl.Series:
-        """Each rule's matches replaced by its marker (credit cards only where Luhn-valid)."""
-        for rule, pattern, marker in zip(self.rules, self.patterns, self.markers):
-            if rule.detector is Detector.CREDIT_CARD:
-                found = s.str.extract_all(pattern).explode().drop_nulls().unique()
-                valid = found.filter(luhn(found))
-                if len(valid):
-                    s = s.str.replace_many(valid.sort(descending=True).to_list(), [marker] * len(valid))
-            else:
-                s = s.str.replace_all(pattern, marker)
-        return s
+    def mark(self, s: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """Each rule's matches replaced by its marker (credit cards only where Luhn-valid), and which
+        rows a rule that may reach outside a JSON string changed (a phone or card pattern can match
+        inside a bare number, a custom pattern anywhere): only those need the structure check."""
+        reaching = pl.Series(values=[False] * len(s), dtype=pl.Boolean)
+        rules = list(zip(self.rules, self.patterns, self.markers))
+        digits = [rule for rule in rules if rule[0].detector in DIGIT_RUNS]
+        for rule, pattern, marker in [rule for rule in rules if rule not in digits]:
+            before, s = s, s.str.replace_all(pattern, marker)
+            if rule.detector not in INSIDE_STRINGS:
+                reaching = reaching | (s != before).fill_null(False)
+        if digits:  # slow scans (a digit starts a candidate anywhere): one finds the rows, each runs on those
+            found = s.str.contains("|".join(f"(?:{pattern})" for _, pattern, _ in digits)).fill_null(False)
+            if found.any():
+                rows = found.arg_true()
+                some = s.gather(rows)
+                for rule, pattern, marker in digits:
+                    some = (self._cards(some, pattern, marker) if rule.detector is Detector.CREDIT_CARD
+                            else some.str.replace_all(pattern, marker))
+                reaching = put(reaching, rows, reaching.gather(rows) | (some != s.gather(rows)).fill_null(False))
+                s = put(s, rows, some)
+        return s, reaching
+
+    @staticmethod
+    def _cards(s: pl.Series, pattern: str, marker: str) -> pl.Series:
+        """Luhn-valid card numbers replaced by `marker`, in the rows that hold one."""
+        found = pl.DataFrame({"row": pl.int_range(len(s), eager=True), "card": s.str.extract_all(pattern)})
+        found = found.explode("card").drop_nulls()
+        valid = found.filter(luhn(found["card"]))
+        if not len(valid):
+            return s
+        rows = valid["row"].unique()
+        cards = valid["card"].unique().sort(descending=True).to_list()  # longer first where one starts another
+        return put(s, rows, s.gather(rows).str.replace_many(cards, [marker] * len(cards)))
 
     def text(self, s: pl.Series) -> pl.Series:
         """Raw strings redacted: a `drop` match empties the value (null), a `mask` match is masked."""
@@ -116,7 +159,7 @@ class Redactor:
         if not hit.any():
             return s
         rows = hit.arg_true()
-        return s.scatter(rows, self._finish_text(self.mark(s.gather(rows))))
+        return put(s, rows, self._finish_text(self.mark(s.gather(rows))[0]))
 
     def values(self, s: pl.Series) -> pl.Series:
         """A property column: JSON text of objects and arrays as JSON, the rest as raw strings."""
@@ -124,7 +167,7 @@ class Redactor:
         if not looks_json.any():
             return self.text(s)
         rows = looks_json.arg_true()
-        return self.text(s).scatter(rows, self.json(s.gather(rows)))
+        return put(self.text(s), rows, self.json(s.gather(rows)))
 
     def _finish_text(self, marked: pl.Series) -> pl.Series:
         if self.drops:
@@ -140,28 +183,39 @@ class Redactor:
         """JSON texts redacted in their strings (keys and values, any depth), structure kept."""
         if not self:
             return s
-        todo = (s.str.contains(self.any) | s.str.contains("\\", literal=True)).fill_null(False)
-        if not todo.any():
-            return s
-        rows = todo.arg_true()
+        if self.dense:  # most rows of the last batch matched: a first pass to find them would only add work
+            rows = pl.int_range(len(s), eager=True)
+        else:
+            todo = (s.str.contains(self.any) | s.str.contains("\\", literal=True)).fill_null(False)
+            if not todo.any():
+                return s
+            rows = todo.arg_true()
         original = s.gather(rows)
         decoded, exact = decode(original)
-        marked = self.mark(decoded)
-        skeleton = r'"[^"]*"'
-        exact = exact | (marked.str.replace_all(skeleton, '""') != decoded.str.replace_all(skeleton, '""'))
-        if self.drops:  # a key that matched a drop rule takes its member away: the exact path does that
-            exact = exact | marked.str.contains(f'"[^"]*[{self.drops}][^"]*"\\s*:')
+        marked, reaching = self.mark(decoded)
+        if reaching.any():  # a match outside strings or across a quote changed the text between them
+            moved = reaching.arg_true()
+            skeleton = r'"[^"]*"'
+            changed = (marked.gather(moved).str.replace_all(skeleton, '""')
+                       != decoded.gather(moved).str.replace_all(skeleton, '""'))
+            exact = put(exact, moved, exact.gather(moved) | changed)
         out = marked
         if self.drops:
-            out = out.str.replace_all(f'"[^"]*[{self.drops}][^"]*"', "null")
+            dropped = marked.str.contains(f"[{self.drops}]").fill_null(False)
+            if dropped.any():  # a key that matched a drop rule takes its member away: the exact path does that
+                hit = dropped.arg_true()
+                keyed = marked.gather(hit).str.contains(f'"[^"]*[{self.drops}][^"]*"\\s*:')
+                exact = put(exact, hit, exact.gather(hit) | keyed)
+                out = put(out, hit, out.gather(hit).str.replace_all(f'"[^"]*[{self.drops}][^"]*"', "null"))
         out = self._masked(out).str.replace_many(SENTINELS, ESCAPED)
-        out = pl.select(pl.when(pl.lit(marked) == pl.lit(decoded)).then(pl.lit(original))
-                        .otherwise(pl.lit(out))).to_series()
+        same = (marked == decoded).fill_null(True)
+        self.dense = len(s) - same.sum() > len(s) // 2
+        out = pl.select(pl.when(pl.lit(same)).then(pl.lit(original)).otherwise(pl.lit(out))).to_series()
         exact = exact.fill_null(False)
         if exact.any():
             slow = exact.arg_true()
-            out = out.scatter(slow, pl.Series(self._exact(original.gather(slow).to_list()), dtype=pl.String))
-        return s.scatter(rows, out)
+            out = put(out, slow, pl.Series(self._exact(original.gather(slow).to_list()), dtype=pl.String))
+        return put(s, rows, out)
 
     def _exact(self, texts: list[str | None]) -> list[str | None]:
         """Parse, redact every string (keys and values) in one vectorised pass, re-serialise."""
@@ -175,7 +229,7 @@ class Redactor:
         strings: list[str] = []
         for v in values:
             _collect(v, strings)
-        marked = iter(self.mark(pl.Series(strings, dtype=pl.String)).to_list())
+        marked = iter(self.mark(pl.Series(strings, dtype=pl.String))[0].to_list())
         return [None if v is None else _dump(self._rebuild(v, marked)) for v in values]
 
     def _rebuild(self, value: Any, marked: Any) -> Any:
@@ -235,23 +289,26 @@ def _collect(value: Any, strings: list[str]) -> None:
 def decode(s: pl.Series) -> tuple[pl.Series, pl.Series]:
     """JSON texts with their escapes decoded (the ones JSON keeps escaped as sentinels), and which rows
     cannot be decoded that way (a lone surrogate, or private characters of our range)."""
-    exact = s.str.contains(PRIVATE).fill_null(False)
-    if not s.str.contains("\\", literal=True).fill_null(False).any():
+    exact = private(s)
+    escaped = s.str.contains("\\", literal=True).fill_null(False)
+    if not escaped.any():
         return s, exact
-    s = s.str.replace_many(["\\\\"], [hidden("\\")])  # first, so every backslash left starts an escape
-    pairs = s.str.extract_all(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}").explode().drop_nulls().unique()
+    rows = escaped.arg_true()
+    text = s.gather(rows).str.replace_many(["\\\\"], [hidden("\\")])  # first: every backslash left starts an escape
+    pairs = text.str.extract_all(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}").explode().drop_nulls().unique()
     # a pair standing for one of our private characters stays escaped: its halves send the row to the exact path
     pairs = [p for p in pairs.to_list() if not SENTINEL <= ord(_pair(p)) <= MARKER + 0xFF]
     if pairs:
-        s = s.str.replace_many(pairs, [_pair(p) for p in pairs])
-    units = s.str.extract_all(r"\\u[0-9a-fA-F]{4}").explode().drop_nulls().unique().to_list()
+        text = text.str.replace_many(pairs, [_pair(p) for p in pairs])
+    units = text.str.extract_all(r"\\u[0-9a-fA-F]{4}").explode().drop_nulls().unique().to_list()
     lone = [u for u in units if 0xD800 <= int(u[2:], 16) <= 0xDFFF]
     if lone:
-        exact = exact | s.str.contains("|".join(u.replace("\\", "\\\\") for u in lone))
+        stuck = text.str.contains("|".join(u.replace("\\", "\\\\") for u in lone)).fill_null(False)
+        exact = put(exact, rows, exact.gather(rows) | stuck)
     units = [u for u in units if u not in lone]
     keys = list(SHORT_ESCAPES) + units
     values = [hidden(c) for c in SHORT_ESCAPES.values()] + [hidden(chr(int(u[2:], 16))) for u in units]
-    return s.str.replace_many(keys, values), exact
+    return put(s, rows, text.str.replace_many(keys, values)), exact
 
 
 def _pair(escape: str) -> str:

@@ -140,10 +140,11 @@ class DuckDBEventStore:
 
     def __init__(self, path: Path, *, read_only: bool = True, memory_limit: str | None = None, threads: int = 2,
                  wait: float = 30.0):
-        """`memory_limit` defaults to 64MB for reading (a streaming scan needs little) and 1GB for
+        """`memory_limit` defaults to 256MB for reading (a streaming scan needs little; the JSON
+        functions of privacy rules take 16 MB arenas, and at 64MB they ran out) and 1GB for
         writing (de-duplicating an ingest hashes every uuid). DuckDB admits one writer or many
         readers: opening waits up to `wait` seconds for the other side to finish."""
-        memory_limit = memory_limit or ("64MB" if read_only else "1GB")
+        memory_limit = memory_limit or ("256MB" if read_only else "1GB")
         self.path = Path(path)
         self.readers: list[pa.RecordBatchReader] = []
         if read_only and not self.path.exists():
@@ -255,7 +256,10 @@ def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema) -> pa.RecordBatchR
 
     def gen() -> Iterator[pa.RecordBatch]:
         with translated_errors():
-            for batch in reader:
-                yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+            try:
+                for batch in reader:
+                    yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+            except OSError as exc:  # DuckDB's error as the Arrow stream passes it on (out of memory, say)
+                raise Storage(f"event store query failed: {str(exc).splitlines()[0]}") from exc
 
     return pa.RecordBatchReader.from_batches(schema, gen())

@@ -49,7 +49,7 @@ def first_line(exc: Exception) -> str:
 
 
 class PostgresEventStore(ScannedStore):
-    def __init__(self, url: str, *, memory_limit: str = "64MB", threads: int = 2) -> None:
+    def __init__(self, url: str, *, memory_limit: str = "256MB", threads: int = 2) -> None:
         super().__init__(memory_limit, threads)
         try:
             self.pg = adbc.connect(adbc_uri(url))
