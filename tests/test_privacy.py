@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics_export import Settings, export, open_store
@@ -26,6 +26,7 @@ from helpers import decompress, read_records, write_jsonl
 FORMATS = ["json", "json_lines", "csv", "parquet", "avro"]
 DETECTORS = ["email", "ipv4", "ipv6", "phone", "credit_card"]
 ALL = Redactor([RedactionRule(detector=d) for d in DETECTORS])
+WITH_PATTERNS = Redactor([*ALL.rules, RedactionRule(pattern="(?i)^secret"), RedactionRule(pattern=r"\s{2}", action="drop")])
 
 
 def redact(rules: Redactor, values: list) -> list:
@@ -64,10 +65,10 @@ def test_nested_arrays_keys_and_escapes():
         '{"number":1e+5551234567,"s":"ok"}',
     ]
     out = [json.loads(t) for t in ALL.json(pl.Series(texts)).to_list()]
-    assert out[0] == {"a": {"b": ["x", "[REDACTED]", {"c": "[REDACTED]"}]}, "n": 4111111111111111}
+    assert out[0] == {"a": {"b": ["x", "[REDACTED]", {"c": "[REDACTED]"}]}, "n": "[REDACTED]"}, "a card stored as a number"
     assert out[1] == {"hidden": "[REDACTED]", "pair": "🚀 [REDACTED]", "esc": "\n[REDACTED]"}
     assert out[2] == {"[REDACTED]": {"k": 1}, "lone": "\ufffd [REDACTED]"}
-    assert out[3] == {"number": 1e+5551234567, "s": "ok"}  # numbers are not scanned, and stay numbers
+    assert out[3] == {"number": 1e+5551234567, "s": "ok"}  # only card numbers are looked for in numbers
     assert json.loads(texts[3]) and ALL.json(pl.Series(texts)).to_list()[3] == texts[3], "untouched rows stay byte for byte"
 
 
@@ -82,11 +83,41 @@ def test_drop_removes_values_and_keys_and_custom_patterns():
     assert redact(sneaky, [{"x": "a", "b": "c"}]) == [{"x": "a", "b": "c"}]
 
 
+def test_custom_patterns_see_each_decoded_string():
+    rules = Redactor([RedactionRule(pattern=r"^\d{9}$"), RedactionRule(pattern='password: "[^"]*"'),
+                      RedactionRule(pattern=r"token\s\w+"), RedactionRule(pattern="(?i)^drop me$", action="drop")])
+    value = {"ssn": "123456789", "note": 'password: "hunter2" ok', "t": "token\tabc", "n": 123456789,
+             "list": ["drop me", "keep me"], "nested": {"DROP ME": 1, "x": "a\nb"}}
+    assert redact(rules, [value]) == [{"ssn": "[REDACTED]", "note": "[REDACTED] ok", "t": "[REDACTED]", "n": 123456789,
+                                       "list": [None, "keep me"], "nested": {"x": "a\nb"}}]
+    assert rules.text(pl.Series(["123456789", "x token abc"])).to_list() == ["[REDACTED]", "x [REDACTED]"]
+
+
+def test_a_request_rule_cannot_break_up_what_a_detector_finds():
+    policy = PrivacyRules(redact=[RedactionRule(detector="credit_card"), RedactionRule(detector="phone")])
+    request = PrivacyRules(redact=[RedactionRule(pattern="-", mask="~~"), RedactionRule(pattern=r"\(", mask="~~")])
+    rules = Redactor(policy.stricter(request).redact)
+    assert redact(rules, [{"c": "4111-1111-1111-1111", "p": "(555) 123-4567"}]) == [{"c": "[REDACTED]", "p": "[REDACTED]"}]
+
+
+@pytest.mark.parametrize("value", ["4111 1111 1111 1111 123", "1 4111 1111 1111 1111", "4111 1111 1111 1111 12/25",
+                                   "4111-1111-1111-1111-99", "ref 378282246310005 paid"])
+def test_a_card_inside_a_longer_run_of_digits_is_found(value):
+    [out] = redact(ALL, [{"v": value}])
+    assert "4111" not in out["v"] and "3782" not in out["v"], out
+
+
+def test_a_column_value_that_only_looks_like_json_is_redacted_as_text():
+    rules = Redactor([RedactionRule(detector="email", action="drop")])
+    assert rules.values(pl.Series(["[mail ada@example.com now]", '["ada@example.com", 1]', "plain"])).to_list() == \
+        [None, "[null, 1]", "plain"]
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**60, 2**60) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
     | st.sampled_from(["ada@example.com", "10.1.2.3", "+1 555 123 4567", "4111-1111-1111-1111", "::1", "\\", '"',
-                       "\u0000", "a\nb@c.de"]),
+                       "\u0000", "a\nb@c.de", "Secret  x", "secret", "a  b"]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
@@ -99,6 +130,8 @@ def test_fast_path_equals_exact_path_and_leaves_nothing_detectable(objects, asci
     texts = [json.dumps(o, ensure_ascii=ascii_escaped) for o in objects]
     fast = ALL.json(pl.Series(texts, dtype=pl.String)).to_list()
     exact = ALL._exact(texts)
+    assert [json.loads(t) for t in WITH_PATTERNS.json(pl.Series(texts, dtype=pl.String)).to_list()] == \
+        [json.loads(t) for t in WITH_PATTERNS._exact(texts)], "custom patterns: the vectorised path is the exact one"
     for text, f, e in zip(texts, fast, exact):
         assert json.loads(f) == json.loads(e), text
         leftover = []
@@ -242,3 +275,36 @@ def test_a_filter_on_a_protected_property_is_refused(project_data, tmp_path, rul
     result = export(settings=settings_, output=tmp_path / "y.jsonl", format="json_lines", start_date="2026-03-01",
                     end_date="2026-03-02", filters=[{"property": "plan", "operator": "eq", "value": "PLANVALUE"}])
     assert result.total_events == 30, "a filter on an unprotected property works"
+
+
+def test_with_detectors_a_text_search_filter_is_refused(project_data, tmp_path):
+    from analytics_export.errors import Invalid
+
+    settings_ = project_data()
+    policies(settings_).set_policy("default", PrivacyRules(redact=[RedactionRule(detector="email")]))
+    for operator, value in (("regex", "^p"), ("contains", "person1"), ("lt", "person2")):
+        with pytest.raises(Invalid, match="spell a redacted value out"):
+            export(settings=settings_, output=tmp_path / "x.jsonl", format="json_lines", start_date="2026-03-01",
+                   end_date="2026-03-02", filters=[{"property": "email", "operator": operator, "value": value}])
+    result = export(settings=settings_, output=tmp_path / "y.jsonl", format="json_lines", start_date="2026-03-01",
+                    end_date="2026-03-02", filters=[{"property": "email", "operator": "eq", "value": "person1@example.com"}])
+    assert result.total_events == 1
+
+
+def test_a_property_named_like_a_fixed_column_stays_apart():
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from analytics_export.privacy import Privacy
+    from analytics_export.sources import EventQuery
+
+    query = EventQuery(project="p", start=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                       end=datetime(2026, 2, 1, tzinfo=timezone.utc), properties=("event", "distinct_id"),
+                       property_columns=True)
+    fields = [pa.field("event", pa.string()), pa.field("distinct_id", pa.string()), pa.field("timestamp", pa.string()),
+              pa.field("event", pa.string()), pa.field("distinct_id", pa.string())]
+    batch = pa.RecordBatch.from_arrays([pa.array([x]) for x in ("signup", "u1", "t", "ada@example.com", "p2")],
+                                       schema=pa.schema(fields))
+    [out] = Privacy(PrivacyRules(redact=[RedactionRule(detector="email")])).apply([batch], query)
+    assert [c[0].as_py() for c in out.columns] == ["signup", "u1", "t", "[REDACTED]", "p2"]

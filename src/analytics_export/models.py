@@ -394,7 +394,7 @@ class PrivacyRules(BaseModel):
         allow = self.allow_properties
         if extra.allow_properties is not None:
             allow = [p for p in extra.allow_properties if allow is None or p in allow]
-        return PrivacyRules(
+        return PrivacyRules.model_construct(  # both are valid; together they may hold more than 16 rules
             deny_properties=list(dict.fromkeys(self.deny_properties + extra.deny_properties)),
             allow_properties=allow,
             redact=self.redact + extra.redact,

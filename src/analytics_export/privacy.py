@@ -16,12 +16,16 @@ import polars as pl
 import pyarrow as pa
 
 from .errors import Invalid
-from .models import PrivacyRules
+from .models import FilterOperator, PrivacyRules
 from .redaction import Redactor
 from .sources import EventQuery
 from .sources.protect import Protection
 
 __all__ = ["Privacy", "hmac_keys"]
+
+PROBING = {FilterOperator.CONTAINS, FilterOperator.NOT_CONTAINS, FilterOperator.REGEX, FilterOperator.GT,
+           FilterOperator.GTE, FilterOperator.LT, FilterOperator.LTE}
+"""Text searches and orderings: with detectors, each answer would give away part of a redacted value."""
 
 
 def hmac_keys(secret: bytes) -> tuple[bytes, bytes]:
@@ -48,10 +52,15 @@ class Privacy:
     def narrowed(self, query: EventQuery) -> EventQuery:
         """`query` without the properties the policy hides; a filter on a property it protects is
         refused, as its matches would tell what the property holds."""
+        scanning = any(r.detector or r.pattern for r in self.rules.redact)
         for f in query.filters:
             if self.rules.protects(f.property):
                 raise Invalid(f"filter on property {f.property!r}: {self.source} hides, pseudonymises or redacts "
                               "it, and the filter's matches would reveal its values; remove the filter")
+            if scanning and f.operator in PROBING and not isinstance(f.value, (int, float)):
+                raise Invalid(f"filter {f.property!r} {f.operator.value}: {self.source} redacts what its detectors "
+                              "or patterns find, and a text search or comparison could spell a redacted value out "
+                              "one query at a time; use eq, neq, in, not_in, is_set or a numeric comparison")
         if query.properties is not None:
             kept = tuple(p for p in query.properties if not self.rules.hides(p))
             self.dropped = [p for p in query.properties if p not in kept]
@@ -89,14 +98,12 @@ class Privacy:
         if not redactor:
             yield from batches
             return
-        names = list(query.properties or ()) if query.property_columns else ["properties"]
+        # by position: a property may be named like a fixed column (`event`, `distinct_id`)
+        columns = range(3, 3 + len(query.properties or ())) if query.property_columns else [3]
         for batch in batches:
-            arrays = dict(zip(batch.schema.names, batch.columns))
-            for name in names:
-                series = pl.Series(arrays[name])
-                if query.property_columns:
-                    series = redactor.values(series)
-                else:
-                    series = redactor.json(series)
-                arrays[name] = series.to_arrow().cast(pa.string())
-            yield pa.RecordBatch.from_arrays([arrays[n] for n in batch.schema.names], schema=batch.schema)
+            arrays = list(batch.columns)
+            for i in columns:
+                series = pl.Series(arrays[i])
+                series = redactor.values(series) if query.property_columns else redactor.json(series)
+                arrays[i] = series.to_arrow().cast(pa.string())
+            yield pa.RecordBatch.from_arrays(arrays, schema=batch.schema)

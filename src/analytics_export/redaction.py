@@ -35,8 +35,13 @@ PATTERNS: dict[Detector, str] = {
                     rf"|::{_HEX}(?::{_HEX}){{0,6}})(?-u:\b)"),
     Detector.PHONE: (r"\+[1-9]\d{0,2}(?:[ .-]?\(?\d{1,4}\)?){2,5}\d"
                      r"|(?:\(\d{3}\) ?|(?-u:\b)\d{3}[ .-])\d{3}[ .-]\d{4}(?-u:\b)"),
-    Detector.CREDIT_CARD: r"(?-u:\b)\d(?:[ -]?\d){12,18}(?-u:\b)",  # candidates; Luhn decides
+    Detector.CREDIT_CARD: r"(?-u:\b)\d(?:[ -]?\d){12,18}(?-u:\b)",  # finds rows worth a look; CARD_RUNS decides
 }
+CARD_RUNS = r"\d(?:[ -]?\d){12,}"
+"""Runs of 13 or more digits (single spaces or dashes between): a card number may hide inside one."""
+SKELETON = r'"[^"]*"'
+PIECES = r'"(?:[^"\\]|\\.)*"|[^"]+|"'
+"""A JSON text cut into its strings and what lies between them (every character in one piece)."""
 
 INSIDE_STRINGS = {Detector.EMAIL, Detector.IPV4, Detector.IPV6}
 """Detectors whose matches cannot leave a JSON string: no quote, backslash or structural character,
@@ -54,6 +59,8 @@ MUST_ESCAPE = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", 
 SHORT_ESCAPES = {'\\"': '"', "\\/": "/", "\\b": "\b", "\\f": "\f", "\\n": "\n", "\\r": "\r", "\\t": "\t"}
 SENTINELS = [chr(SENTINEL + c) for c in [*range(0x20), 0x22, 0x5C]]
 ESCAPED = [MUST_ESCAPE.get(chr(c), f"\\u{c:04x}") for c in [*range(0x20), 0x22, 0x5C]]
+UNESCAPED = [chr(c) for c in [*range(0x20), 0x22, 0x5C]]
+PRIVATE_CLASS = "[\U000F0000-\U000F0FFF]"
 
 
 def check_pattern(pattern: str) -> None:
@@ -102,72 +109,96 @@ def luhn(candidates: pl.Series) -> pl.Series:
 
 
 class Redactor:
-    """The detector and pattern rules of a policy, applied to string columns."""
+    """The detector and pattern rules of a policy, applied to string columns. Detectors run first,
+    custom patterns last, so no rule (a request's included) can break up what a detector finds."""
 
     def __init__(self, rules: list[RedactionRule]) -> None:
-        self.rules = [r for r in rules if not r.properties]
+        ordered = ([r for r in rules if r.detector and r.detector not in DIGIT_RUNS]
+                   + [r for r in rules if r.detector in DIGIT_RUNS] + [r for r in rules if r.pattern])
+        self.rules = ordered
         self.patterns = [PATTERNS[r.detector] if r.detector else r.pattern for r in self.rules]
         self.markers = [chr(MARKER + i) for i in range(len(self.rules))]
         self.drops = "".join(m for m, r in zip(self.markers, self.rules) if r.action == "drop")
-        self.any = "|".join(f"(?:{p})" for p in self.patterns)
+        self.detectors = [i for i, r in enumerate(self.rules) if r.detector]
+        self.custom = [i for i, r in enumerate(self.rules) if r.pattern]
+        self.any = "|".join(f"(?:{self.patterns[i]})" for i in self.detectors)
+        self.card_markers = [m for m, r in zip(self.markers, self.rules) if r.detector is Detector.CREDIT_CARD]
         self.dense = False
         """Whether most rows of the last batch had something to redact (then no first pass finds them)."""
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
-    def mark(self, s: pl.Series) -> tuple[pl.Series, pl.Series]:
+    def mark(self, s: pl.Series, custom: bool = True) -> tuple[pl.Series, pl.Series]:
         """Each rule's matches replaced by its marker (credit cards only where Luhn-valid), and which
         rows a rule that may reach outside a JSON string changed (a phone or card pattern can match
-        inside a bare number, a custom pattern anywhere): only those need the structure check."""
+        inside a bare number): only those need the structure check. Custom patterns too, if `custom`."""
         reaching = pl.Series(values=[False] * len(s), dtype=pl.Boolean)
-        rules = list(zip(self.rules, self.patterns, self.markers))
-        digits = [rule for rule in rules if rule[0].detector in DIGIT_RUNS]
-        for rule, pattern, marker in [rule for rule in rules if rule not in digits]:
-            before, s = s, s.str.replace_all(pattern, marker)
-            if rule.detector not in INSIDE_STRINGS:
-                reaching = reaching | (s != before).fill_null(False)
+        digits = [i for i in self.detectors if self.rules[i].detector in DIGIT_RUNS]
+        for i in [i for i in self.detectors if i not in digits]:
+            s = s.str.replace_all(self.patterns[i], self.markers[i])
         if digits:  # slow scans (a digit starts a candidate anywhere): one finds the rows, each runs on those
-            found = s.str.contains("|".join(f"(?:{pattern})" for _, pattern, _ in digits)).fill_null(False)
+            found = s.str.contains("|".join(f"(?:{self.patterns[i]})" for i in digits)).fill_null(False)
             if found.any():
                 rows = found.arg_true()
                 some = s.gather(rows)
-                for rule, pattern, marker in digits:
-                    some = (self._cards(some, pattern, marker) if rule.detector is Detector.CREDIT_CARD
-                            else some.str.replace_all(pattern, marker))
-                reaching = put(reaching, rows, reaching.gather(rows) | (some != s.gather(rows)).fill_null(False))
+                for i in digits:
+                    some = (self._cards(some, self.markers[i]) if self.rules[i].detector is Detector.CREDIT_CARD
+                            else some.str.replace_all(self.patterns[i], self.markers[i]))
+                reaching = put(reaching, rows, (some != s.gather(rows)).fill_null(False))
                 s = put(s, rows, some)
+        for i in self.custom if custom else ():
+            s = s.str.replace_all(self.patterns[i], self.markers[i])
         return s, reaching
 
     @staticmethod
-    def _cards(s: pl.Series, pattern: str, marker: str) -> pl.Series:
-        """Luhn-valid card numbers replaced by `marker`, in the rows that hold one."""
-        found = pl.DataFrame({"row": pl.int_range(len(s), eager=True), "card": s.str.extract_all(pattern)})
-        found = found.explode("card").drop_nulls()
-        valid = found.filter(luhn(found["card"]))
+    def _cards(s: pl.Series, marker: str) -> pl.Series:
+        """Runs of digits holding a Luhn-valid card number replaced by `marker`, in the rows that hold
+        one: the whole run (13-19 digits), or consecutive groups of it (`1 4111 1111 1111 1111 12`).
+        A run of more than 19 digits with no separator is an id, not a card."""
+        found = pl.DataFrame({"row": pl.int_range(len(s), eager=True), "run": s.str.extract_all(CARD_RUNS)})
+        found = found.explode("run").drop_nulls()
+        if not len(found):
+            return s
+        groups = found["run"].str.replace_all("-", " ").str.split(" ")
+        count = groups.list.len()
+        valid = pl.Series(values=[False] * len(found), dtype=pl.Boolean)
+        most = min(int(count.max()), 19)
+        for first in range(most):
+            for last in range(first + 1, most + 1):
+                valid = valid | ((count >= last) & luhn(groups.list.slice(first, last - first).list.join("")))
+        valid = found.filter(valid)
         if not len(valid):
             return s
         rows = valid["row"].unique()
-        cards = valid["card"].unique().sort(descending=True).to_list()  # longer first where one starts another
-        return put(s, rows, s.gather(rows).str.replace_many(cards, [marker] * len(cards)))
+        runs = valid["run"].unique().sort(descending=True).to_list()  # longer first where one starts another
+        return put(s, rows, s.gather(rows).str.replace_many(runs, [marker] * len(runs)))
 
     def text(self, s: pl.Series) -> pl.Series:
         """Raw strings redacted: a `drop` match empties the value (null), a `mask` match is masked."""
         if not self:
             return s
-        hit = s.str.contains(self.any).fill_null(False)
-        if not hit.any():
-            return s
-        rows = hit.arg_true()
+        if self.custom:  # a custom pattern may match anywhere (anchors, any character): every row
+            rows = pl.int_range(len(s), eager=True)
+        else:
+            hit = s.str.contains(self.any).fill_null(False)
+            if not hit.any():
+                return s
+            rows = hit.arg_true()
         return put(s, rows, self._finish_text(self.mark(s.gather(rows))[0]))
 
     def values(self, s: pl.Series) -> pl.Series:
-        """A property column: JSON text of objects and arrays as JSON, the rest as raw strings."""
+        """A property column: JSON text of objects and arrays as JSON, the rest (and text that only
+        looks like JSON) as raw strings."""
+        text = self.text(s)
         looks_json = s.str.contains(r"^\s*[\[{]").fill_null(False)
         if not looks_json.any():
-            return self.text(s)
+            return text
         rows = looks_json.arg_true()
-        return put(self.text(s), rows, self.json(s.gather(rows)))
+        as_json = self.json(s.gather(rows))
+        unparsed = as_json.str.contains(PRIVATE_CLASS).fill_null(False)  # a marker left: it was not JSON
+        return put(text, rows, pl.select(pl.when(pl.lit(unparsed)).then(pl.lit(text.gather(rows)))
+                                         .otherwise(pl.lit(as_json))).to_series())
 
     def _finish_text(self, marked: pl.Series) -> pl.Series:
         if self.drops:
@@ -183,21 +214,33 @@ class Redactor:
         """JSON texts redacted in their strings (keys and values, any depth), structure kept."""
         if not self:
             return s
+        out, exact = self._detected(s) if self.detectors else (s, pl.Series([False] * len(s)))
+        if self.custom:
+            out, stuck = self._custom(out)
+            exact = exact | stuck
+        if exact.any():
+            slow = exact.arg_true()
+            out = put(out, slow, pl.Series(self._exact(s.gather(slow).to_list()), dtype=pl.String))
+        return out
+
+    def _detected(self, s: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """Detectors over whole JSON texts (see the module's docstring), and the rows that need the
+        exact path instead."""
+        none = pl.Series(values=[False] * len(s), dtype=pl.Boolean)
         if self.dense:  # most rows of the last batch matched: a first pass to find them would only add work
             rows = pl.int_range(len(s), eager=True)
         else:
             todo = (s.str.contains(self.any) | s.str.contains("\\", literal=True)).fill_null(False)
             if not todo.any():
-                return s
+                return s, none
             rows = todo.arg_true()
         original = s.gather(rows)
         decoded, exact = decode(original)
-        marked, reaching = self.mark(decoded)
+        marked, reaching = self.mark(decoded, custom=False)
         if reaching.any():  # a match outside strings or across a quote changed the text between them
             moved = reaching.arg_true()
-            skeleton = r'"[^"]*"'
-            changed = (marked.gather(moved).str.replace_all(skeleton, '""')
-                       != decoded.gather(moved).str.replace_all(skeleton, '""'))
+            changed = (marked.gather(moved).str.replace_all(SKELETON, '""')
+                       != decoded.gather(moved).str.replace_all(SKELETON, '""'))
             exact = put(exact, moved, exact.gather(moved) | changed)
         out = marked
         if self.drops:
@@ -211,14 +254,39 @@ class Redactor:
         same = (marked == decoded).fill_null(True)
         self.dense = len(s) - same.sum() > len(s) // 2
         out = pl.select(pl.when(pl.lit(same)).then(pl.lit(original)).otherwise(pl.lit(out))).to_series()
-        exact = exact.fill_null(False)
-        if exact.any():
-            slow = exact.arg_true()
-            out = put(out, slow, pl.Series(self._exact(original.gather(slow).to_list()), dtype=pl.String))
-        return put(s, rows, out)
+        return put(s, rows, out), put(none, rows, exact.fill_null(False))
+
+    def _custom(self, s: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """Custom patterns over each string of the JSON texts (decoded, so anchors, quotes and escapes
+        mean what they do in the value), in polars: the texts cut into strings and what lies between,
+        the strings redacted, the pieces joined again. Rows it cannot do (a key to drop, a lone
+        surrogate) are returned for the exact path."""
+        pieces = pl.DataFrame({"row": pl.int_range(len(s), eager=True), "piece": s.str.extract_all(PIECES)})
+        pieces = pieces.explode("piece").with_columns(pl.col("piece").fill_null(""))
+        pieces = pieces.with_columns(next=pl.col("piece").shift(-1).over("row"))
+        piece = pieces["piece"]
+        string = piece.str.starts_with('"')
+        key = string & pieces["next"].str.contains(r"^\s*:").fill_null(False)
+        at = string.arg_true()
+        decoded, stuck = decode(piece.gather(at))
+        content = decoded.str.slice(1, decoded.str.len_chars() - 2).str.replace_many(SENTINELS, UNESCAPED)
+        marked = content
+        for i in self.custom:
+            marked = marked.str.replace_all(self.patterns[i], self.markers[i])
+        changed = (marked != content).fill_null(False)
+        dropped = marked.str.contains(f"[{self.drops}]").fill_null(False) if self.drops else changed & False
+        redone = '"' + self._masked(marked).str.replace_many(UNESCAPED, ESCAPED) + '"'
+        redone = pl.select(pl.when(pl.lit(dropped)).then(pl.lit("null")).when(pl.lit(changed)).then(pl.lit(redone))
+                           .otherwise(pl.lit(piece.gather(at)))).to_series()
+        rows_stuck = pieces["row"].gather(at).filter(stuck | (dropped & key.gather(at)))
+        joined = (pieces.select("row", piece=put(piece, at, redone))
+                  .group_by("row", maintain_order=True).agg(pl.col("piece").str.join(""))["piece"])
+        exact = pl.int_range(len(s), eager=True).is_in(rows_stuck.implode())
+        out = pl.select(pl.when(pl.lit(s).is_null()).then(None).otherwise(pl.lit(joined))).to_series()
+        return out, exact
 
     def _exact(self, texts: list[str | None]) -> list[str | None]:
-        """Parse, redact every string (keys and values) in one vectorised pass, re-serialise."""
+        """Parse, redact every string (keys and values) and number in one vectorised pass, re-serialise."""
         values: list[Any] = []
         for text in texts:
             try:
@@ -242,8 +310,10 @@ class Redactor:
             return out
         if isinstance(value, list):
             return [self._rebuild(v, marked) for v in value]
-        if isinstance(value, str) and not isinstance(value, Raw):
+        if isinstance(value, str):  # a string, or a number's text: a card stored as a number is masked too
             text = next(marked)
+            if isinstance(value, Raw) and not any(m in text for m in self.card_markers):
+                return value
             return None if self.drops and any(m in text for m in self.drops) else self._finish_one(text)
         return value
 
@@ -282,7 +352,9 @@ def _collect(value: Any, strings: list[str]) -> None:
     elif isinstance(value, list):
         for v in value:
             _collect(v, strings)
-    elif isinstance(value, str) and not isinstance(value, Raw):
+    elif isinstance(value, Raw):
+        strings.append(str.__str__(value))
+    elif isinstance(value, str):
         strings.append(_valid(value))
 
 

@@ -42,6 +42,11 @@ class EventQuery:
     """Also `uuid` and `inserted_at`, last (a retention archive can be ingested back, exactly)."""
     protection: Protection | None = None
     """The privacy rules the source's SQL applies in its scan (see `protect.py`)."""
+    after_uuid: str | None = None
+    """A stream's cursor: only events after (`start`, this uuid) in (`time_field`, uuid) order."""
+    ordered: bool = False
+    """Rows in (`time_field`, uuid) order (streams), and at most `limit` of them."""
+    limit: int | None = None
 
     @classmethod
     def from_request(

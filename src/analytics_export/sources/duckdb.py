@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -108,8 +109,12 @@ class SqlBuilder:
         if query.property_columns:
             for i, name in enumerate(query.properties or ()):
                 cols.append(f"{protect.column(self.bind, name, lambda: self.string_or_json(name))} AS p{i}")
+        elif query.properties is None and query.protection is None:
+            cols.append("CAST(properties AS VARCHAR) AS properties")
         elif query.properties is None:
-            cols.append(f"CAST({protect.object(self.bind, 'CAST(properties AS JSON)', self.prop)} AS VARCHAR) AS properties")
+            # TRY_CAST: a row whose text is not JSON leaves with `{}`, and no error quotes its content
+            patched = protect.object(self.bind, "TRY_CAST(properties AS JSON)", self.prop)
+            cols.append(f"coalesce(CAST({patched} AS VARCHAR), '{{}}') AS properties")
         else:
             pairs = ", ".join(f"{self.bind(name)}, {protect.member(self.bind, name, lambda: self.prop(name))}"
                               for name in query.properties)
@@ -132,7 +137,13 @@ class SqlBuilder:
         where += [self.condition(f) for f in query.filters]
         if query.protection is not None:
             where += query.protection.where(self.bind)
-        return f"SELECT {', '.join(cols)} FROM events WHERE {' AND '.join(where)}"
+        time = TIME_COLUMNS[query.time_field]
+        if query.after_uuid is not None:  # with `time >= start` above: (time, uuid) > (start, after_uuid)
+            where.append(f"({time} > {self.bind(query.start)} OR CAST(uuid AS VARCHAR) > {self.bind(query.after_uuid)})")
+        text = f"SELECT {', '.join(cols)} FROM events WHERE {' AND '.join(where)}"
+        if query.ordered and columns is None:
+            text += f" ORDER BY {time}, CAST(uuid AS VARCHAR)" + (f" LIMIT {int(query.limit)}" if query.limit else "")
+        return text
 
 
 class DuckDBEventStore:
@@ -246,9 +257,14 @@ def translated_errors() -> Iterator[None]:
     try:
         yield
     except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.ConstraintException) as exc:
-        raise Invalid(str(exc).split("\n")[0].replace("Invalid Input Error: ", "invalid input: ")) from exc
+        raise Invalid(quoted_out(str(exc).split("\n")[0].replace("Invalid Input Error: ", "invalid input: "))) from exc
     except duckdb.Error as exc:
-        raise Storage(f"event store query failed: {exc}") from exc
+        raise Storage(quoted_out(f"event store query failed: {exc}")) from exc
+
+
+def quoted_out(message: str) -> str:
+    """An error without the data DuckDB quotes in it (`Input: "..."`): events stay out of errors and logs."""
+    return re.sub(r'(?s)\s*Input: ".*', "", message)
 
 
 def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema) -> pa.RecordBatchReader:
