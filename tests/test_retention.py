@@ -4,6 +4,7 @@ any step and run again loses nothing and archives nothing twice."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections import Counter
@@ -98,7 +99,7 @@ def test_dry_run_then_archive_and_delete_past_the_cutoff(ninety_days):
     store = open_store(settings, read_only=False)
     try:
         for path in sorted((settings.data_dir / "archive" / "default").glob("date=*/*.parquet")):
-            ingest_file(store, path, "default")
+            ingest_file(store, path, "default", restore=True)
     finally:
         store.close()
     assert stored(settings) == original, "the archives ingest back as the very events deleted (uuids kept)"
@@ -167,15 +168,17 @@ def test_a_killed_run_resumes_without_loss_or_a_second_archive(ninety_days):
     settings, jobs = ninety_days
     set_policy(jobs, "default", POLICY)
     original = stored(settings)
+    env = {**os.environ, "ANALYTICS_EXPORT_RETENTION_LEASE_SECONDS": "1"}
     for delay in (1.0, 2.5):
         proc = subprocess.Popen([*CLI, "--data-dir", str(settings.data_dir), "retention", "run"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         time.sleep(delay)
         proc.kill()
         proc.wait()
         assert archived(settings) + stored(settings) >= original
+        time.sleep(1.1)  # the killed run's lease lapses
     done = subprocess.run([*CLI, "--data-dir", str(settings.data_dir), "retention", "run"], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert archived(settings) == original and stored(settings) == Counter()
 
@@ -210,3 +213,16 @@ def test_a_run_that_cannot_start_says_why_on_its_policy(tmp_path):
     assert run_due(settings, jobs) == 1
     _, row = get_policy(jobs, "default")
     assert "ClickHouse use a table TTL" in row.last_error and row.last_run is not None
+
+
+def test_two_runs_of_one_project_never_overlap(ninety_days):
+    settings, jobs = ninety_days
+    other = Retention(settings, jobs, "default")
+
+    def second_run(step: str) -> None:
+        if step == "archived":
+            with pytest.raises(Exception, match="in progress; this one did nothing"):
+                other.run(POLICY, at=END)
+
+    Retention(settings, jobs, "default", second_run).run(POLICY, at=END)
+    assert max(archived(settings).values()) == 1

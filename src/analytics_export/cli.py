@@ -189,7 +189,9 @@ def human_bytes(n: float) -> str:
 
 
 @app.command()
-def ingest(ctx: typer.Context, files: List[Path] = typer.Argument(..., help="JSON Lines, JSON, CSV or Parquet files")) -> None:
+def ingest(ctx: typer.Context, files: List[Path] = typer.Argument(..., help="JSON Lines, JSON, CSV or Parquet files"),
+           restore: bool = typer.Option(False, "--restore", help="Files are retention archives: keep their inserted_at")
+           ) -> None:
     """Load events from files; events whose uuid is already stored are skipped."""
     settings: Settings = ctx.obj
     total = 0
@@ -197,7 +199,7 @@ def ingest(ctx: typer.Context, files: List[Path] = typer.Argument(..., help="JSO
         store = open_store(settings, read_only=False)
         try:
             for path in files:
-                added = ingest_file(store, path, settings.project)
+                added = ingest_file(store, path, settings.project, restore=restore)
                 total += added
                 err.print(f"{path}: {added:,} new events", highlight=False)
         finally:

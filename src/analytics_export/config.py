@@ -35,6 +35,13 @@ class Settings(BaseSettings):
         default_factory=list, description="hosts or CIDRs destinations may reach although not public, "
         'e.g. ["127.0.0.1", "10.1.0.0/16"]; everything else must resolve to public addresses')
     export: ExportConfig = Field(default_factory=ExportConfig)
+    retention_lease_seconds: float = Field(
+        60, gt=0, description="a retention run holds its project's lease this long past its last renewal: "
+        "a killed run's project can run again after it")
+    streams_per_worker: int = Field(8, ge=0, description="streams one worker process runs at once (0: none)")
+    stream_settle_seconds: float = Field(
+        0.5, ge=0, description="streams read events stored at least this long ago: longer than the longest "
+        "ingest still committing (an event stamped earlier must not appear after the cursor passed it)")
 
     @field_validator("events_url")
     @classmethod

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .jobs.store import JobStore
 
-ConnectionType = Literal["s3", "gcs", "azure", "sftp", "webhook"]
+ConnectionType = Literal["s3", "gcs", "azure", "sftp", "webhook", "nats", "rabbitmq"]
 
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # type: (one of these groups must be complete, the rest is optional)
@@ -30,6 +30,8 @@ FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "azure": (("account_name",), ("account_key", "sas_token")),
     "sftp": ((), ("password", "private_key", "passphrase", "known_hosts")),
     "webhook": ((), ("signing_secret", "authorization")),
+    "nats": ((), ("user", "password", "token")),
+    "rabbitmq": (("username", "password"), ()),
 }
 """Secret fields per connection type: (required, optional)."""
 

@@ -29,13 +29,14 @@ def reader_for(path: Path) -> str:
     return READERS[ext]
 
 
-def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
+def ingest_file(store: DuckDBEventStore, path: Path, project: str, *, restore: bool = False) -> int:
     """Insert every event of `path` into `project`; returns how many were new.
 
     Required columns: event, distinct_id, timestamp (ISO 8601; naive means UTC). Optional: uuid
-    (a missing one is derived from the event's content, so re-ingesting a file never duplicates),
-    properties (a JSON object) and inserted_at (when it was first stored: a retention archive
-    ingested back keeps it; default now). Any other column becomes a property. A `project_id` column is
+    (a missing one is derived from the event's content, so re-ingesting a file never duplicates)
+    and properties (a JSON object). Any other column becomes a property. With `restore` (a
+    retention archive ingested back), an `inserted_at` column is kept, up to now; otherwise events
+    are stamped now, whatever the file says (a client must not place events in windows gone by). A `project_id` column is
     ignored: events always go to the project named by the caller.
     """
     path = Path(path)
@@ -69,18 +70,19 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str) -> int:
     # the project is part of a derived uuid: two projects' identical events are two events
     content = "md5(concat_ws(chr(31), $project, event, distinct_id, CAST(ts AS VARCHAR), CAST(props AS VARCHAR)))"
     uuid = f"coalesce(CAST(uuid AS UUID), CAST({content} AS UUID))" if "uuid" in columns else f"CAST({content} AS UUID)"
+    keep = restore and "inserted_at" in columns
     select = f"""
         WITH raw AS (
             SELECT {text("event")} AS event, {text("distinct_id")} AS distinct_id,
                    CAST({text("timestamp")} AS TIMESTAMPTZ) AS ts, coalesce(json({props}), '{{}}'::JSON) AS props
                    {f", {text('uuid')} AS uuid" if "uuid" in columns else ""}
-                   {', CAST(inserted_at AS TIMESTAMPTZ) AS stored' if "inserted_at" in columns else ""}
+                   {', CAST(inserted_at AS TIMESTAMPTZ) AS stored' if keep else ""}
             FROM {reader}
         )
         SELECT {uuid} AS uuid, $project AS project_id, event, distinct_id, ts AS "timestamp",
                CASE WHEN json_type(props) = 'OBJECT' THEN props
                     ELSE error('properties must be a JSON object, got ' || CAST(props AS VARCHAR)) END AS properties,
-               {"coalesce(stored, now())" if "inserted_at" in columns else "now()"} AS inserted_at
+               {"least(coalesce(stored, now()), now())" if keep else "now()"} AS inserted_at
         FROM raw
     """
     try:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import uuid
+from contextlib import closing
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Callable, Iterator
@@ -64,30 +66,50 @@ class Retention:
         self.policies = PrivacyStore(jobs, Sealer(settings.signing_key()))
 
     def run(self, policy: RetentionPolicy, *, dry_run: bool = False, at: datetime | None = None) -> list[dict]:
-        """Archive and delete every day before the cutoff; one report per day. A dry run only reads."""
+        """Archive and delete every day before the cutoff; one report per day. A dry run only reads.
+        One run of a project at a time (a lease in the job store): two could archive a day anew after
+        the other deleted it. Events are read with the store opened read-only; only each day's delete
+        takes the writer's place, briefly, so ingests and exports go on meanwhile."""
         at = at or now()
         limit = cutoff(policy, at)
-        store = open_store(self.settings, read_only=dry_run)
-        try:
+        with closing(open_store(self.settings)) as store:
             if not hasattr(store, "delete_window"):
                 raise Invalid("retention deletes events from DuckDB or PostgreSQL stores; on ClickHouse use a "
                               "table TTL")
             counts = dict(store.day_counts(self.project, limit))
-            unfinished = {row.day: row for row in self._rows(status=("archiving", "archived"))}
+        unfinished = {row.day: row for row in self._rows(status=("archiving", "archived"))}
+        days = sorted(set(counts) | set(unfinished))
+        if dry_run:
+            return [{"day": day.isoformat(), "events": counts.get(day, 0),
+                     "action": "delete the verified archive's events" if day in unfinished and
+                     unfinished[day].status == "archived" else "archive, verify, delete"} for day in days]
+        lease, owner = f"retention:{self.project}", uuid.uuid4().hex
+        ttl = timedelta(seconds=self.settings.retention_lease_seconds)
+        if not self.jobs.take_lease(lease, owner, now(), now() + ttl):
+            raise Storage(f"a retention run of project {self.project!r} is in progress; this one did nothing")
+        lost, done = threading.Event(), threading.Event()
+
+        def renew() -> None:  # a killed run's lease lapses within `ttl`; a live one keeps it
+            while not done.wait(ttl.total_seconds() / 3):
+                if not self.jobs.take_lease(lease, owner, now(), now() + ttl):
+                    lost.set()
+                    return
+
+        beat = threading.Thread(target=renew, name="retention-lease", daemon=True)
+        beat.start()
+        try:
             reports = []
-            for day in sorted(set(counts) | set(unfinished)):
-                row = unfinished.get(day)
-                if dry_run:
-                    reports.append({"day": day.isoformat(), "events": counts.get(day, 0),
-                                    "action": "delete the verified archive's events" if row is not None and
-                                    row.status == "archived" else "archive, verify, delete"})
-                    continue
-                reports.append(self._window(policy, store, day, row, counts.get(day, 0)))
+            for day in days:
+                if lost.is_set():
+                    raise Storage(f"the retention run of project {self.project!r} lost its lease; stopped")
+                reports.append(self._window(policy, day, unfinished.get(day), counts.get(day, 0)))
             return reports
         finally:
-            store.close()
+            done.set()
+            beat.join()
+            self.jobs.drop_lease(lease, owner)
 
-    def _window(self, policy: RetentionPolicy, store: Any, day: date, row: Any, events: int) -> dict:
+    def _window(self, policy: RetentionPolicy, day: date, row: Any, events: int) -> dict:
         """Take one day through archive -> verify -> delete, from wherever an earlier run stopped."""
         report = {"day": day.isoformat(), "events": events}
         try:
@@ -97,22 +119,26 @@ class Retention:
                 row = self._start(day)
             for _ in range(2):
                 if row.status == "archiving":
-                    row = self._archive(policy, store, row)
+                    row = self._archive(policy, row)
+                    if row is None:
+                        return {**report, "action": "nothing stored before the run began"}
                     self.checkpoint("archived")
                 self._verify(policy, row)
                 self.checkpoint("verified")
-                found = store.delete_window(self.project, *window(day), aware(row.watermark), row.read)
+                with closing(open_store(self.settings, read_only=False)) as store:
+                    found = store.delete_window(self.project, *window(day), aware(row.watermark), row.read)
                 if found in (row.read, 0):  # 0: deleted by a run killed before it could record so
-                    self._update(row, status="deleted", error=None)
+                    self._update(row, "archived", status="deleted", error=None)
                     self.checkpoint("deleted")
                     return {**report, "action": "archived and deleted", "archived": row.events, "uri": row.uri}
                 # Someone changed the window's events since it was archived: archive it again.
-                row = self._update(row, status="archiving",
+                row = self._update(row, "archived", status="archiving",
                                    error=f"{found} events in the window, {row.read} archived; archived again")
             raise Storage(f"the events of {day} keep changing; left in place")
         except ExportError as exc:
             if row is not None:
-                self._update(row, error=str(exc))
+                with self.jobs.engine.begin() as c:
+                    c.execute(retention_windows.update().where(*self._key(row)).values(error=str(exc), updated_at=now()))
             return {**report, "action": "failed, events left in place", "error": str(exc)}
 
     def _start(self, day: date) -> Any:
@@ -143,26 +169,32 @@ class Retention:
     def name(row: Any) -> str:
         return f"events-g{row.generation:03d}.parquet"
 
-    def _archive(self, policy: RetentionPolicy, store: Any, row: Any) -> Any:
+    def _archive(self, policy: RetentionPolicy, row: Any) -> Any:
         """Write the day's events stored before the watermark as one Parquet file, with their uuid and
-        inserted_at so the archive can be ingested back exactly (privacy applied). `read` counts the
-        window's events, suppressed users' too: the delete must remove exactly that many."""
+        inserted_at so the archive can be ingested back (privacy applied). `read` counts the window's
+        events, suppressed users' too: the delete must remove exactly that many. None, and the window
+        forgotten, when nothing was stored before the watermark."""
         request = self.request(policy, row)
         privacy = self.policies.for_export(self.project, request)
         watermark = aware(row.watermark)
-        read = store.count(EventQuery(self.project, *window(row.day), inserted_before=watermark))
-        destination = self.destination(request)
-        try:
-            files, _ = write_files(request, store, destination, project=self.project, name=lambda _: self.name(row),
-                                   digest=True, privacy=privacy, batch_size=self.settings.export.batch_size,
-                                   scope=lambda q: replace(q, inserted_before=watermark, with_ids=True))
-            uri = destination.finish([files[0]["uri"]])
-        finally:
-            destination.close()
+        with closing(open_store(self.settings)) as store:
+            read = store.count(EventQuery(self.project, *window(row.day), inserted_before=watermark))
+            if not read:
+                with self.jobs.engine.begin() as c:
+                    c.execute(retention_windows.delete().where(*self._key(row), retention_windows.c.status == "archiving"))
+                return None
+            destination = self.destination(request)
+            try:
+                files, _ = write_files(request, store, destination, project=self.project, name=lambda _: self.name(row),
+                                       digest=True, privacy=privacy, batch_size=self.settings.export.batch_size,
+                                       scope=lambda q: replace(q, inserted_before=watermark, with_ids=True))
+                uri = destination.finish([files[0]["uri"]])
+            finally:
+                destination.close()
         entry = files[0]
-        return self._update(row, events=entry["events"], read=read,
-                            bytes=entry["bytes"], sha256=entry["sha256"], uri=uri, status="archived",
-                            privacy_version=privacy.version, error=None)
+        return self._update(row, "archiving", events=entry["events"], read=read, bytes=entry["bytes"],
+                            sha256=entry["sha256"], uri=uri, status="archived", privacy_version=privacy.version,
+                            error=None)
 
     def _verify(self, policy: RetentionPolicy, row: Any) -> None:
         """Read the archive back: the same bytes (size, sha256) and as many rows as were written."""
@@ -191,11 +223,20 @@ class Retention:
         with self.jobs.engine.connect() as c:
             return list(c.execute(query.order_by(retention_windows.c.day, retention_windows.c.generation)))
 
-    def _update(self, row: Any, **values: Any) -> Any:
+    @staticmethod
+    def _key(row: Any) -> tuple:
+        return (retention_windows.c.project == row.project, retention_windows.c.day == row.day,
+                retention_windows.c.generation == row.generation)
+
+    def _update(self, row: Any, expected: str | None, **values: Any) -> Any:
+        """Record a step of `row`'s window, only from the `expected` status (None: any); Storage if
+        the window moved on meanwhile (another run got there first)."""
+        query = retention_windows.update().where(*self._key(row))
+        if expected is not None:
+            query = query.where(retention_windows.c.status == expected)
         with self.jobs.engine.begin() as c:
-            c.execute(retention_windows.update().where(
-                retention_windows.c.project == row.project, retention_windows.c.day == row.day,
-                retention_windows.c.generation == row.generation).values(updated_at=now(), **values))
+            if not c.execute(query.values(updated_at=now(), **values)).rowcount:
+                raise Storage(f"the retention window of {row.day} changed meanwhile; left to the run that changed it")
         return next(r for r in self._rows(day=row.day) if r.generation == row.generation)
 
     def history(self, limit: int = 100) -> list[dict]:

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import open_store
 from ..config import Settings
 from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secrets
+from .events_export import events_export_router
 from .privacy import privacy_router
 from .schedules import schedule_router
 from ..jobs.policies import PrivacyStore
@@ -87,6 +88,11 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                   responses={401: {"model": Problem}, 422: {"model": Problem}})
     secret = settings.signing_key()
     sealer = Sealer(secret)
+
+    @app.exception_handler(Storage)
+    async def unavailable(_: Request, exc: Storage) -> JSONResponse:
+        """A store that is busy or unreachable (the event store's lock, a job store conflict): retry."""
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -160,7 +166,6 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             raise HTTPException(404, f"no connection {name!r}")
         return Response(status_code=204)
 
-    app.include_router(schedule_router(jobs, Depends(project_of), problems, check_target))
     policies = PrivacyStore(jobs, sealer)
     app.include_router(privacy_router(policies, settings, Depends(project_of), problems, check_target))
 
@@ -172,6 +177,10 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                 EventQuery.from_request(request, project))
         except Invalid as exc:
             raise HTTPException(422, str(exc)) from None
+
+    app.include_router(schedule_router(jobs, Depends(project_of), problems, check_target, check_privacy))
+    app.include_router(events_export_router(settings, Depends(project_of), problems, check_privacy,
+                                            policies.for_export))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

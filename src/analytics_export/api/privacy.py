@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..jobs.store import aware
 
 from ..config import Settings
-from ..errors import ExportError
+from ..errors import Invalid
 from ..jobs.policies import PrivacyStore
 from ..models import PrivacyRules, RetentionPolicy
 from .. import retention
@@ -29,7 +29,7 @@ class PolicyView(BaseModel):
 class SuppressionsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    distinct_ids: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+    distinct_ids: list[Annotated[str, Field(min_length=1, max_length=65_535)]] = Field(
         min_length=1, max_length=MAX_SUPPRESSIONS_PER_CALL)
 
 
@@ -169,7 +169,7 @@ def privacy_router(policies: PrivacyStore, settings: Settings, project_dependenc
             return JSONResponse({"queued": True}, status_code=202)
         try:
             return retention.Retention(settings, policies.jobs, project).run(policy, dry_run=True)
-        except ExportError as exc:
+        except Invalid as exc:
             raise HTTPException(422, str(exc)) from None
 
     @router.get("/retention/windows", response_model=list[RetentionWindow], responses=problems(403))
@@ -204,7 +204,7 @@ async def suppression_ids(request: Request) -> list[str]:
             raise HTTPException(422, "the body lists no distinct_id; send one a line")
         if len(ids) > MAX_SUPPRESSIONS_PER_CALL:
             raise HTTPException(413, f"{len(ids):,} distinct_ids; send at most {MAX_SUPPRESSIONS_PER_CALL:,} a call")
-        if any(len(i) > 1000 for i in ids):
-            raise HTTPException(422, "a distinct_id is longer than 1000 characters")
+        if any(len(i) > 65_535 for i in ids):
+            raise HTTPException(422, "a distinct_id is longer than 65,535 characters")
         return ids
     raise HTTPException(415, "send application/json ({\"distinct_ids\": [...]}) or text/plain (one a line)")

@@ -66,7 +66,14 @@ class Run(BaseModel):
     created_at: datetime
 
 
-def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, check_destination: Any) -> APIRouter:
+def sample(spec: ScheduledExport) -> Any:
+    """One window's export request of `spec`, for checks that look at filters and properties."""
+    at = now()
+    return spec.request(spec.id, at.replace(year=at.year - 1), at)
+
+
+def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, check_destination: Any,
+                    check_privacy: Any) -> APIRouter:
     router = APIRouter(prefix="/api/schedules", tags=["schedules"])
     store = Schedules(jobs)
     Project = Annotated[str, project_dependency]
@@ -80,6 +87,7 @@ def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, chec
     def create(body: ScheduleCreate, project: Project) -> ScheduleView:
         spec = ScheduledExport.model_validate(body.model_dump(exclude={"id", "last_run", "next_run"}))
         check_destination(project, spec.destination)
+        check_privacy(project, sample(spec))
         return found(store.create(project, spec, now()), spec.id)
 
     @router.get("", response_model=ScheduleList)
@@ -100,6 +108,7 @@ def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, chec
         except ValidationError as exc:
             raise HTTPException(422, describe_errors(exc.errors())) from None
         check_destination(project, merged.destination)  # before anything is saved
+        check_privacy(project, sample(merged))
         try:
             return found(store.update(project, schedule_id, changes, now()), schedule_id)
         except Invalid as exc:

@@ -21,6 +21,8 @@ def destination_host(spec: object) -> str | None:
         return urlsplit(spec.account_url).hostname
     if isinstance(spec, SFTPDestination):
         return spec.host
+    if getattr(spec, "type", None) in ("nats", "rabbitmq"):  # a stream's broker
+        return urlsplit(spec.url).hostname  # type: ignore[attr-defined]
     return None
 
 

@@ -15,12 +15,14 @@ class JsonLinesWriter(Writer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # a stream's events carry their uuid, for the receiver to drop a batch delivered twice
+        self.uuid_sql = "',\"uuid\":' || to_json(uuid)" if "uuid" in self.schema.names else "''"
         # Concatenation, not to_json(struct): `properties` is already minified JSON text in every
         # store, so it is spliced in as is instead of being parsed and written again (3x faster).
         self.to_json = BatchSQL(
             f"SELECT {self.prefix_sql} || '{{\"event\":' || to_json(event) || ',\"distinct_id\":' || "
             f"to_json(distinct_id) || ',\"timestamp\":\"' || \"timestamp\" || "
-            f"'\",\"properties\":' || properties || '}}' || {self.suffix_sql} AS line FROM batch"
+            f"'\",\"properties\":' || properties || {self.uuid_sql} || '}}' || {self.suffix_sql} AS line FROM batch"
         )
 
     def encode(self, batch: pa.RecordBatch) -> memoryview:

@@ -83,12 +83,12 @@ def assemble(job: Job, destination: Destination, settings: Settings, rows: list[
     staged fragments stay until the result is recorded (a lost lease means another assembles)."""
     request = job.request
     files = [entry for row in rows for entry in row.files]
+    schema = export_query(request, job.project, privacy).schema  # also notes the properties privacy drops
     if not staged(request):
         path = deliver(request, job.project, destination, files, manifest=destination.manifest, privacy=privacy)
         return completed(request, files, path, job.started_at, privacy)
     folder = staging(settings, job.id)
     writer_cls = writer_class(request.format)
-    schema = export_query(request, job.project, privacy).schema
     upload = BackgroundUpload(destination.open(request.file_name))
     counted = StoppableSink(upload, should_stop, job.id)
     try:

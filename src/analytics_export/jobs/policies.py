@@ -8,6 +8,7 @@ from typing import Iterable
 import sqlalchemy as sa
 
 from ..connections import Sealer
+from ..errors import Storage
 from ..models import ExportRequest, PrivacyRules
 from ..privacy import Privacy
 from .store import JobStore, aware, now
@@ -48,7 +49,7 @@ class PrivacyStore:
                     return current + 1
             except sa.exc.IntegrityError:  # another change took that version number: take the next
                 continue
-        raise RuntimeError("the privacy policy is being changed concurrently; try again")
+        raise Storage("the privacy policy is being changed by several requests at once; try again")
 
     def secret(self, project: str) -> bytes:
         """The project's pseudonym key, made on first use; sealed at rest, never shown."""

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from ..errors import Invalid
 from ..models import DateRange, ExportStatus, ScheduledExport
 from .store import JobStore, aware, now
-from .tables import export_parts, exports, leases, schedule_runs, schedules
+from .tables import export_parts, exports, schedule_runs, schedules
 from .windows import due, fires, floor, following, last_fire, windows
 
 log = logging.getLogger(__name__)
@@ -73,21 +73,7 @@ class Scheduler:
 
     def lead(self, t: datetime) -> bool:
         """Take or renew the leader lease; False while another live scheduler holds it."""
-        expires = t + self.lease
-        with self.jobs.engine.begin() as c:
-            taken = c.execute(leases.update().where(
-                leases.c.name == LEASE, sa.or_(leases.c.owner == self.name, leases.c.expires_at < t),
-            ).values(owner=self.name, expires_at=expires)).rowcount
-            if taken:
-                return True
-            if c.execute(sa.select(leases.c.name).where(leases.c.name == LEASE)).first() is not None:
-                return False
-        try:
-            with self.jobs.engine.begin() as c:
-                c.execute(leases.insert().values(name=LEASE, owner=self.name, expires_at=expires))
-            return True
-        except sa.exc.IntegrityError:
-            return False
+        return self.jobs.take_lease(LEASE, self.name, t, t + self.lease)
 
     def advance(self, schedule_id: str, t: datetime) -> int:
         """Queue the windows schedule `schedule_id` owes at `t`, and set its next run."""

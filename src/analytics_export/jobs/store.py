@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 
 from ..models import ExportRequest, ExportResult, ExportStatus
-from .tables import api_keys, connections, export_parts, exports
+from .tables import api_keys, connections, export_parts, exports, leases
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 KEY_PREFIX = "aek_"
@@ -136,6 +136,28 @@ class JobStore:
                 connection.exec_driver_sql("PRAGMA journal_mode=WAL")
 
     # -- API keys ---------------------------------------------------------------------------
+
+    def take_lease(self, name: str, owner: str, at: datetime, until: datetime) -> bool:
+        """Take or renew the named lease (a leader, one project's retention run) until `until`; False
+        while another owner's has not expired."""
+        with self.engine.begin() as c:
+            taken = c.execute(leases.update().where(
+                leases.c.name == name, sa.or_(leases.c.owner == owner, leases.c.expires_at < at),
+            ).values(owner=owner, expires_at=until)).rowcount
+            if taken:
+                return True
+            if c.execute(sa.select(leases.c.name).where(leases.c.name == name)).first() is not None:
+                return False
+        try:
+            with self.engine.begin() as c:
+                c.execute(leases.insert().values(name=name, owner=owner, expires_at=until))
+            return True
+        except sa.exc.IntegrityError:
+            return False
+
+    def drop_lease(self, name: str, owner: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(leases.delete().where(leases.c.name == name, leases.c.owner == owner))
 
     def create_key(self, project: str) -> str:
         """A new API key for `project`; only its hash is stored, so this is the one time it is seen."""

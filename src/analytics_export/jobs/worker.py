@@ -27,6 +27,7 @@ from ..privacy import Privacy
 from ..retention import run_due
 from .partitions import assemble, discard, plan, run_partition, staging
 from .scheduler import Scheduler
+from ..streaming.runner import StreamSupervisor
 from .policies import PrivacyStore
 from .store import Job, JobStore, now
 
@@ -48,10 +49,18 @@ class Worker:
 
     def run(self, stop: threading.Event, poll: float = 0.5) -> None:
         """Run jobs until `stop` is set; when the queue is empty, sweep expired downloads and wait.
-        A scheduler thread runs alongside (only the one holding the leader lease acts)."""
+        A scheduler thread runs alongside (only the one holding the leader lease acts), and one that
+        claims streams and runs each in a thread of its own."""
         scheduler = threading.Thread(target=Scheduler(self.jobs, self.name).run, args=(stop,),
                                      name="scheduler", daemon=True)
         scheduler.start()
+        retention = threading.Thread(target=self.retention, args=(stop,), name="retention", daemon=True)
+        retention.start()
+        streams = threading.Thread(target=StreamSupervisor(
+            self.settings, self.jobs, self.name, self.settings.streams_per_worker,
+            self.settings.stream_settle_seconds).run, args=(stop,), name="streams", daemon=True)
+        if self.settings.streams_per_worker:
+            streams.start()
         while not stop.is_set():
             try:
                 if self.run_one():
@@ -61,10 +70,13 @@ class Worker:
                 log.exception("worker %s: job store error", self.name)
             stop.wait(poll)
         scheduler.join()
+        retention.join()
+        if streams.is_alive():
+            streams.join()
 
     def sweep(self) -> None:
         """Mark exports past their expiry as expired and delete their files; close stopped partitioned
-        exports, remove staging folders that no running export owns, and run due retention policies."""
+        exports, and remove staging folders that no running export owns."""
         for job in self.jobs.expire(now()):
             if job.destination_path:
                 Path(job.destination_path).unlink(missing_ok=True)
@@ -74,8 +86,16 @@ class Worker:
             job = self.jobs.get_any(folder.name)
             if job is None or job.status not in (ExportStatus.PENDING, ExportStatus.PROCESSING):
                 shutil.rmtree(folder, ignore_errors=True)
-        if run_due(self.settings, self.jobs):
-            log.info("retention policies ran")
+
+    def retention(self, stop: threading.Event, every: float = 5.0) -> None:
+        """Run due retention policies, in a thread of their own: a day's archive takes a while, and
+        exports go on meanwhile. Each project's run holds a lease, so workers never run one twice."""
+        while not stop.wait(every):
+            try:
+                if run_due(self.settings, self.jobs):
+                    log.info("retention policies ran")
+            except Exception:  # the job store may be back at the next round
+                log.exception("worker %s: retention error", self.name)
 
     def reap(self, export_id: str | None = None) -> None:
         """Close partitioned exports that failed or were cancelled, removing their partitions' output."""

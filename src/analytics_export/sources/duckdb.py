@@ -205,7 +205,7 @@ class DuckDBEventStore:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
-        self.con.execute("COMMIT" if found == expected else "ROLLBACK")
+        self.execute("COMMIT" if found == expected else "ROLLBACK", [])
         return found
 
     def insert(self, select_sql: str, params: list[Any] | dict[str, Any] | None = None) -> int:

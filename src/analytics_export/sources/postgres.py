@@ -111,10 +111,10 @@ class PostgresEventStore(ScannedStore):
                         '"timestamp" < $3 AND inserted_at < $4 RETURNING 1) SELECT count(*) FROM gone',
                         (project, start, end, inserted_before))
             found = int(cur.fetchone()[0])
-        if found == expected:
-            self.pg.commit()
-        else:
-            self.pg.rollback()
+            if found == expected:  # inside the cursor's block: a failing commit is reported as ours
+                self.pg.commit()
+            else:
+                self.pg.rollback()
         return found
 
     def is_empty(self) -> bool:

@@ -1,0 +1,156 @@
+"""`GET /api/events/export`: matching events streamed straight into the response, without a job, for
+tools that pull (as Mixpanel's raw export does). The export pipeline writes into a bounded queue
+that the response drains, so memory stays bounded and a slow client slows the scan down."""
+
+
+import json
+import queue
+import threading
+from datetime import datetime, timedelta
+from typing import Annotated, Any, AsyncIterator, Callable
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from .. import open_store
+from ..config import Settings
+from ..destinations import Destination
+from ..errors import Invalid, Storage
+from ..models import Compression, ExportFormat, ExportRequest, describe_errors
+from ..pipeline import Cancelled, write_files
+
+QUEUE_CHUNKS = 16
+DONE = object()
+
+
+class QueueUpload:
+    """The one 'file' of a streamed export: its chunks handed to the response through a queue."""
+
+    def __init__(self, chunks: queue.Queue, gone: threading.Event) -> None:
+        self.chunks = chunks
+        self.gone = gone
+
+    def write(self, data: bytes | memoryview) -> int:
+        chunk = bytes(data)
+        while not self.gone.is_set():
+            try:
+                self.chunks.put(chunk, timeout=0.2)
+                return len(chunk)
+            except queue.Full:
+                continue
+        raise Cancelled("the client went away")
+
+    def commit(self) -> str:
+        self.chunks.put(DONE)
+        return "response"
+
+    def abort(self) -> None:
+        """Nothing to take back: the response ends without its last chunk, so no client takes a
+        truncated stream for a complete one."""
+
+
+class QueueDestination(Destination):
+    manifest = False
+
+    def __init__(self, chunks: queue.Queue, gone: threading.Event) -> None:
+        self.chunks = chunks
+        self.gone = gone
+
+    def open(self, name: str) -> QueueUpload:
+        return QueueUpload(self.chunks, self.gone)
+
+
+def events_export_router(settings: Settings, project_dependency: Any, problems: Any,
+                         check_privacy: Callable[[str, ExportRequest], Any],
+                         privacy_for: Callable[[str, ExportRequest], Any]) -> APIRouter:
+    router = APIRouter(tags=["events"])
+    Project = Annotated[str, project_dependency]
+
+    @router.get("/api/events/export", response_class=StreamingResponse, responses={
+        200: {"content": {"application/x-ndjson": {}, "text/csv": {}, "application/json": {}}},
+        **problems(422, 503)})
+    def export_events(
+        request: Request, project: Project,
+        start: Annotated[datetime, Query(description="inclusive, ISO 8601 (naive means UTC)")],
+        end: Annotated[datetime, Query(description="exclusive")],
+        format: ExportFormat = ExportFormat.JSON_LINES,
+        event: Annotated[list[str] | None, Query(description="event names to keep (repeat); default all")] = None,
+        properties: Annotated[list[str] | None, Query(description="properties to keep (repeat); default all")] = None,
+        filters: Annotated[str | None, Query(description='JSON list of filters, as in POST /api/exports')] = None,
+        time_field: Annotated[str, Query(pattern="^(timestamp|inserted_at)$")] = "timestamp",
+    ) -> StreamingResponse:
+        """The events of [start, end), streamed (chunked) in `format`; gzip when the client accepts it
+        for text formats. The project's privacy policy applies. A response cut short ends without its
+        final chunk, so a client sees it as incomplete."""
+        gzip = format in (ExportFormat.JSON, ExportFormat.JSON_LINES, ExportFormat.CSV) and "gzip" in \
+            request.headers.get("accept-encoding", "")
+        try:
+            spec = ExportRequest(start_date=start, end_date=end, format=format, events=event or [],
+                                 properties=properties or None, filters=json.loads(filters) if filters else [],
+                                 compression=Compression.GZIP if gzip else None, time_field=time_field)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise HTTPException(422, f"filters is not a JSON list of filters: {type(exc).__name__}") from None
+        except ValidationError as exc:
+            raise HTTPException(422, describe_errors(exc.errors())) from None
+        span = spec.end_date - spec.start_date
+        if span > timedelta(days=settings.export.max_range_days):
+            raise HTTPException(422, f"end - start is {span.total_seconds() / 86400:.1f} days; the most is "
+                                     f"{settings.export.max_range_days}: split the range")
+        check_privacy(project, spec)
+        privacy = privacy_for(project, spec)
+        try:
+            store = open_store(settings)
+        except Storage as exc:
+            raise HTTPException(503, "the event store is busy; retry shortly", headers={"Retry-After": "5"}) from exc
+        chunks: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+        gone = threading.Event()
+
+        def run() -> None:
+            try:
+                write_files(spec, store, QueueDestination(chunks, gone), project=project, name=lambda _: "response",
+                            privacy=privacy, batch_size=settings.export.batch_size, should_stop=gone.is_set)
+            except BaseException as exc:  # handed to the response, which ends without its last chunk
+                chunks.put(exc)
+            finally:
+                store.close()
+
+        def next_chunk() -> object:
+            try:
+                return chunks.get(timeout=0.5)
+            except queue.Empty:
+                return None
+
+        # The first chunk (or the error) before the status is sent: a query the store refuses is a 4xx.
+        thread = threading.Thread(target=run, name="events-export", daemon=True)
+        thread.start()
+        first = chunks.get()
+        if isinstance(first, BaseException):
+            gone.set()
+            if isinstance(first, Invalid):
+                raise HTTPException(422, str(first))
+            if isinstance(first, Storage):
+                raise HTTPException(503, str(first), headers={"Retry-After": "5"})
+            raise first
+
+        async def body() -> AsyncIterator[bytes]:
+            """Chunks as the export makes them. A client that leaves cancels this generator at its
+            await: `gone` then stops the export, which releases the event store within a batch."""
+            item: object = first
+            try:
+                while item is not DONE:
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item is not None:
+                        yield item
+                    item = await run_in_threadpool(next_chunk)
+            finally:
+                gone.set()
+
+        headers = {"Content-Encoding": "gzip"} if gzip else {}
+        headers["X-Privacy-Policy-Version"] = str(privacy.version or 0)
+        return StreamingResponse(body(), media_type=format.content_type, headers=headers)
+
+    return router
+

@@ -1,0 +1,266 @@
+"""Runs claimed streams: read new events after the cursor, in (inserted_at, uuid) order, batch them
+(at most `max_batch_events`, or what `max_batch_seconds` gathered), send, and only once the
+destination acknowledged the batch move the cursor past it. Delivery is therefore at least once:
+a worker that dies mid-batch leaves the cursor before it, and whoever takes the stream over sends
+that batch again (same name, same ids), never skipping an event.
+
+A failing destination stops the reading (memory holds one batch) and is retried with backoff;
+failing for longer than `failing_after_seconds`, the stream shows `failing` with the error, and
+turns `active` again by itself once a batch goes through."""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import threading
+import time
+from contextlib import closing
+from dataclasses import replace
+from datetime import datetime, timedelta
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import open_store
+from ..compression import CompressedSink
+from ..config import Settings
+from ..connections import Sealer, checked_secrets
+from ..errors import ExportError, Rejected
+from ..formats import writer_class
+from ..jobs.policies import PrivacyStore
+from ..jobs.store import JobStore, now
+from ..models import ExportFormat, ExportRequest
+from ..privacy import Privacy
+from ..sources import EventQuery
+from ..streams import ForwardingSink
+from .sinks import Delivery, Sink, sink_for
+from .spec import StreamSpec
+from .store import Stream, StreamStore
+
+log = logging.getLogger(__name__)
+LEASE = timedelta(seconds=30)
+POLL_SECONDS = 0.1
+BEAT_SECONDS = 1.0
+MAX_BACKOFF = 30.0
+BROKERS = ("nats", "rabbitmq")
+
+
+def cursor_name(cursor: tuple[datetime, str]) -> str:
+    return f"{cursor[0]:%Y%m%dT%H%M%S%fZ}-{cursor[1][:8] or '0'}"
+
+
+def stream_format(spec: StreamSpec) -> ExportFormat:
+    """The format batches are read in: JSON Lines for a broker's message per event, else the stream's."""
+    return ExportFormat.JSON_LINES if spec.destination.type in BROKERS and spec.message == "event" else spec.format
+
+
+class StreamRun:
+    """One stream, run by this worker while it holds the stream's lease."""
+
+    def __init__(self, settings: Settings, jobs: JobStore, stream: Stream, worker: str, stop: threading.Event,
+                 settle: float) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.store = StreamStore(jobs)
+        self.stream = stream
+        self.spec = stream.spec
+        self.worker = worker
+        self.stop = stop
+        self.settle = timedelta(seconds=settle)
+        self.read_cursor = (stream.cursor_at, stream.cursor_uuid)
+        self.sent_cursor = self.read_cursor
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
+        self.first_pending: float | None = None
+        self.pending_since: datetime | None = None  # when the oldest pending event was stored: the lag
+        self.beat = 0.0
+        self.format = stream_format(self.spec)
+        self.writer_cls = writer_class(self.format)
+
+    def run(self) -> None:
+        sink: Sink | None = None
+        try:
+            request = self.request()
+            privacy = PrivacyStore(self.jobs, Sealer(self.settings.signing_key())).for_export(
+                self.stream.project, request)
+            secrets = checked_secrets(self.settings, self.jobs, self.stream.project, self.spec.destination)
+            sink = sink_for(self.spec, self.stream.project, self.settings, secrets)
+            self.loop(sink, privacy)
+        except ExportError as exc:  # bad configuration: shown on the stream, tried again after a lease
+            log.warning("stream %s cannot run: %s", self.stream.id, exc)
+            self.store.failed(self.stream.id, self.worker, str(exc), 0)
+        except Exception as exc:
+            log.exception("stream %s failed unexpectedly", self.stream.id)
+            self.store.failed(self.stream.id, self.worker, f"internal error ({type(exc).__name__})", 0)
+        finally:
+            if sink is not None:
+                sink.close()
+            self.store.release(self.stream.id, self.worker)
+
+    def request(self) -> ExportRequest:
+        """The export request the stream's batches are shaped by (its privacy additions included)."""
+        at = now()
+        return ExportRequest(id=self.spec.id, start_date=at - timedelta(days=1), end_date=at, format=self.format,
+                             events=self.spec.events, filters=self.spec.filters, properties=self.spec.properties,
+                             compression=self.spec.compression, privacy=self.spec.privacy)
+
+    def alive(self) -> bool:
+        """Renew the lease every second; False once the stream is paused, deleted or taken over. With
+        nothing pending, the cursor moves past what was read and did not match, so a restart does
+        not read it again."""
+        if time.monotonic() - self.beat < BEAT_SECONDS:
+            return not self.stop.is_set()
+        lag = (now() - self.pending_since).total_seconds() if self.pending_since else 0.0
+        current = self.store.heartbeat(self.stream.id, self.worker, LEASE, lag)
+        self.beat = time.monotonic()
+        if current is None:
+            return False
+        if not self.pending and self.read_cursor > self.sent_cursor:
+            self.store.advance(self.stream.id, self.worker, self.read_cursor)
+            self.sent_cursor = self.read_cursor
+        self.spec = current.spec  # batch sizes and the like may change; the rest needs a restart
+        return not self.stop.is_set()
+
+    def loop(self, sink: Sink, privacy: Privacy) -> None:
+        while self.alive():
+            room = self.spec.max_batch_events - self.pending_rows
+            got = self.read(privacy, room) if room > 0 else 0
+            due = self.pending_rows >= self.spec.max_batch_events or (
+                self.pending_rows and time.monotonic() - (self.first_pending or 0) >= self.spec.max_batch_seconds)
+            if due:
+                if not self.deliver(sink):
+                    return
+            elif not got:
+                self.stop.wait(POLL_SECONDS)
+
+    def read(self, privacy: Privacy, limit: int) -> int:
+        """Read up to `limit` new events into the pending batch; returns how many."""
+        end = now() - self.settle
+        start, after = self.read_cursor
+        if end <= start:
+            return 0
+        request = self.request()
+        query = EventQuery.from_request(request.model_copy(update={"start_date": start, "end_date": end}),
+                                        self.stream.project, property_columns=not self.writer_cls.nested_properties,
+                                        text_timestamps=self.writer_cls.text_timestamps)
+        query = replace(privacy.query(query), time_field="inserted_at", with_ids=True, after_uuid=after,
+                        ordered=True, limit=limit)
+        rows = 0
+        with closing(open_store(self.settings)) as store:
+            for batch in privacy.apply(store.batches(query, limit), query):
+                batch = batch.slice(0, limit - rows)
+                if not batch.num_rows:
+                    break
+                self.pending.append(batch)
+                rows += batch.num_rows
+                last = batch.num_rows - 1
+                self.read_cursor = (batch.column("inserted_at")[last].as_py(), batch.column("uuid")[last].as_py())
+                if rows >= limit:
+                    break
+        if rows < limit:  # everything stored before `end` that matches is read: skip past what did not match
+            self.read_cursor = max(self.read_cursor, (end, ""))
+        if rows:
+            self.pending_rows += rows
+            self.first_pending = self.first_pending or time.monotonic()
+            self.pending_since = self.pending_since or self.pending[0].column("inserted_at")[0].as_py()
+        return rows
+
+    def deliver(self, sink: Sink) -> bool:
+        """Send the pending batch until the destination takes it; False if the stream must stop."""
+        batches = [b.drop_columns(["inserted_at"]) for b in self.pending]
+        first = (self.pending[0].column("inserted_at")[0].as_py(), self.pending[0].column("uuid")[0].as_py())
+        delivery = self.encode(batches, f"{cursor_name(first)}_{cursor_name(self.read_cursor)}")
+        attempt = 0
+        while True:
+            try:
+                sink.send(delivery)
+                break
+            except ExportError as exc:
+                attempt += 1
+                permanent = isinstance(exc, Rejected)
+                log.warning("stream %s: batch %s not delivered (%s)", self.stream.id, delivery.name, exc)
+                self.store.failed(self.stream.id, self.worker, str(exc), self.spec.failing_after_seconds)
+                wait = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 8)) * random.uniform(0.8, 1.2)
+                if permanent:
+                    wait = MAX_BACKOFF
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline:
+                    if not self.alive():
+                        return False
+                    self.stop.wait(min(0.2, deadline - time.monotonic()))
+        events = self.pending_rows
+        if not self.store.checkpoint(self.stream.id, self.worker, self.read_cursor, events):
+            return False  # the lease was lost: the new owner sends this batch again
+        self.sent_cursor = self.read_cursor
+        self.pending, self.pending_rows, self.first_pending, self.pending_since = [], 0, None, None
+        return True
+
+    def encode(self, batches: list[pa.RecordBatch], name: str) -> Delivery:
+        """The batch as one body in the stream's format (and compression), and as one JSON message per
+        event for brokers."""
+        schema = batches[0].schema
+        out = io.BytesIO()
+        counted = ForwardingSink(out)
+        compression = self.spec.compression
+        wraps = compression is not None and not self.writer_cls.internal_compression
+        sink = CompressedSink(counted, compression) if wraps else counted
+        writer = self.writer_cls(sink, schema, compression)
+        try:
+            for batch in batches:
+                writer.write(writer.encode(batch))
+            writer.close()
+            sink.finish()
+        finally:
+            writer.release()
+        body = out.getvalue()
+        messages: list[tuple[str, bytes]] = []
+        if self.spec.destination.type in BROKERS and self.spec.message == "event":
+            lines = body.split(b"\n")[:-1] if not wraps else self.lines(batches)
+            uuids = pc.cast(pa.chunked_array([b.column("uuid") for b in batches]), pa.string()).to_pylist()
+            messages = list(zip(uuids, lines))
+        encoding = {"gzip": "gzip", "zstd": "zstd", "lz4": "x-lz4", "snappy": "x-snappy-framed"}.get(
+            compression.value) if wraps and compression else None
+        return Delivery(name=name, body=body, messages=messages, content_type=self.format.content_type,
+                        content_encoding=encoding)
+
+    def lines(self, batches: list[pa.RecordBatch]) -> list[bytes]:
+        out = io.BytesIO()
+        writer = self.writer_cls(ForwardingSink(out), batches[0].schema, None)
+        try:
+            for batch in batches:
+                writer.write(writer.encode(batch))
+        finally:
+            writer.release()
+        return out.getvalue().split(b"\n")[:-1]
+
+
+class StreamSupervisor:
+    """Claims streams for this worker (up to `max_streams`) and runs each in its own thread."""
+
+    def __init__(self, settings: Settings, jobs: JobStore, worker: str, max_streams: int = 8,
+                 settle: float = 0.5) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.worker = worker
+        self.max_streams = max_streams
+        self.settle = settle
+        self.threads: dict[str, threading.Thread] = {}
+
+    def run(self, stop: threading.Event, every: float = 1.0) -> None:
+        store = StreamStore(self.jobs)
+        while not stop.is_set():
+            self.threads = {k: t for k, t in self.threads.items() if t.is_alive()}
+            room = self.max_streams - len(self.threads)
+            if room > 0:
+                try:
+                    for stream in store.claim(self.worker, LEASE, room):
+                        run = StreamRun(self.settings, self.jobs, stream, self.worker, stop, self.settle)
+                        thread = threading.Thread(target=run.run, name=f"stream-{stream.id[:8]}", daemon=True)
+                        self.threads[stream.id] = thread
+                        thread.start()
+                except Exception:  # the job store may be back at the next round
+                    log.exception("stream supervisor %s: job store error", self.worker)
+            stop.wait(every)
+        for thread in self.threads.values():
+            thread.join(timeout=10)
+

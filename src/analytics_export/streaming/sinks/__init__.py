@@ -1,0 +1,52 @@
+"""Where a stream's batches go. A sink sends one batch and returns once the destination has
+acknowledged it (HTTP 2xx, the object committed, JetStream's PubAck, RabbitMQ's publisher confirm);
+it raises if it could not, and the batch is sent again. One module per destination type."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ...config import Settings
+    from ..spec import StreamSpec
+
+SINKS: dict[str, str] = {
+    "webhook": "webhook",
+    "s3": "files",
+    "gcs": "files",
+    "azure": "files",
+    "nats": "nats",
+    "rabbitmq": "rabbitmq",
+}
+"""Destination type -> module under `sinks/` whose `build(...)` makes the sink."""
+
+
+@dataclass
+class Delivery:
+    """One batch of a stream, ready to send.
+
+    `name` is derived from the range of the stream's sequence the batch covers (the same batch sent
+    again has the same name: object names overwrite, message ids deduplicate). `body` is the batch
+    in the stream's format and compression; `messages` are the events one by one as
+    (uuid, JSON object bytes), for brokers sending a message per event."""
+
+    name: str
+    body: bytes
+    messages: list[tuple[str, bytes]]
+    content_type: str
+    content_encoding: str | None = None
+
+
+class Sink(Protocol):
+    def send(self, delivery: Delivery) -> None:
+        """Deliver and wait for the acknowledgement; raise (an ExportError subclass) on failure."""
+
+    def close(self) -> None: ...
+
+
+def sink_for(spec: StreamSpec, project: str, settings: Settings, secrets: dict[str, str]) -> Sink:
+    """The sink of `spec.destination`, built by its module with the connection's `secrets`."""
+    module = importlib.import_module(f".{SINKS[spec.destination.type]}", __name__)
+    return module.build(spec, project, settings, secrets)

@@ -1,0 +1,67 @@
+"""A stream's batches POSTed to a webhook, signed as webhook exports are (X-Signature over
+`{timestamp}.{body}`); `X-Batch-Id` names the batch's range, the same when it is sent again."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ...destinations import redact
+from ...destinations.webhook import permanent_hint
+from ...errors import Rejected, Upload
+from ...models import WebhookDestination
+from ...destinations.guard import check_host
+from . import Delivery
+
+if TYPE_CHECKING:
+    from ...config import Settings
+    from ..spec import StreamSpec
+
+RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+
+
+class WebhookSink:
+    def __init__(self, spec: StreamSpec, settings: Settings, secrets: dict[str, str]) -> None:
+        self.stream = spec
+        self.destination: WebhookDestination = spec.destination  # type: ignore[assignment]
+        self.settings = settings
+        self.secrets = secrets
+        self.secret = secrets.get("signing_secret", "").encode() or None
+        self.client = httpx.Client(timeout=settings.export.upload_timeout_seconds, follow_redirects=False,
+                                   trust_env=False)
+
+    def send(self, delivery: Delivery) -> None:
+        url = self.destination.url
+        host = httpx.URL(url).host
+        check_host(host, self.settings.destination_allow)  # again each batch: a name may move
+        headers = {**self.destination.headers, "Content-Type": delivery.content_type, "X-Stream-Id": self.stream.id,
+                   "X-Batch-Id": delivery.name}
+        if delivery.content_encoding:
+            headers["Content-Encoding"] = delivery.content_encoding
+        if self.secrets.get("authorization"):
+            headers["Authorization"] = self.secrets["authorization"]
+        if self.secret is not None:
+            stamp = str(int(time.time()))
+            mac = hmac.new(self.secret, f"{stamp}.".encode() + delivery.body, hashlib.sha256).hexdigest()
+            headers["X-Signature-Timestamp"], headers["X-Signature"] = stamp, f"sha256={mac}"
+        where = f"webhook {redact(url, self.secrets)}"
+        try:
+            response = self.client.post(url, content=delivery.body, headers=headers)
+        except httpx.TransportError as exc:
+            raise Upload(f"{where} could not be reached ({type(exc).__name__})") from None
+        if response.status_code >= 300:
+            problem = f"{where} answered HTTP {response.status_code}"
+            if response.status_code in RETRY_STATUSES:
+                raise Upload(problem)
+            raise Rejected(f"{problem}: {permanent_hint(response.status_code)}")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def build(spec: StreamSpec, project: str, settings: Settings, secrets: dict[str, str]) -> WebhookSink:
+    return WebhookSink(spec, settings, secrets)
