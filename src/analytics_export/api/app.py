@@ -23,6 +23,7 @@ from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secr
 from .events_export import events_export_router
 from .privacy import privacy_router
 from .schedules import schedule_router
+from .streams import stream_router
 from ..jobs.policies import PrivacyStore
 from ..privacy import Privacy
 from ..sources import EventQuery
@@ -179,6 +180,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
 
     app.include_router(schedule_router(jobs, Depends(project_of), problems, check_target, check_privacy))
+    app.include_router(stream_router(jobs, settings, Depends(project_of), problems, check_target, check_privacy))
     app.include_router(events_export_router(settings, Depends(project_of), problems, check_privacy,
                                             policies.for_export))
 

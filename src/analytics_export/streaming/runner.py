@@ -99,10 +99,7 @@ class StreamRun:
 
     def request(self) -> ExportRequest:
         """The export request the stream's batches are shaped by (its privacy additions included)."""
-        at = now()
-        return ExportRequest(id=self.spec.id, start_date=at - timedelta(days=1), end_date=at, format=self.format,
-                             events=self.spec.events, filters=self.spec.filters, properties=self.spec.properties,
-                             compression=self.spec.compression, privacy=self.spec.privacy)
+        return self.spec.request(format=self.format)
 
     def alive(self) -> bool:
         """Renew the lease every second; False once the stream is paused, deleted or taken over. With
@@ -118,7 +115,8 @@ class StreamRun:
         if not self.pending and self.read_cursor > self.sent_cursor:
             self.store.advance(self.stream.id, self.worker, self.read_cursor)
             self.sent_cursor = self.read_cursor
-        self.spec = current.spec  # batch sizes and the like may change; the rest needs a restart
+        if current.spec != self.spec:  # changed: run again from the checkpoint with the new spec
+            return False
         return not self.stop.is_set()
 
     def loop(self, sink: Sink, privacy: Privacy) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..models import (AzureDestination, Compression, ExportFilter, ExportFormat, FileLayout, GCSDestination, PrivacyRules,
+from ..models import (AzureDestination, Compression, ExportFilter, ExportFormat, ExportRequest, FileLayout,
+                      GCSDestination, PrivacyRules,
                       S3Destination, WebhookDestination, check_property_name, utc)
 
 SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
@@ -126,3 +127,12 @@ class StreamSpec(BaseModel):
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         return utc(value) if value is not None else None
+
+    def request(self, start: datetime | None = None, end: datetime | None = None,
+                format: ExportFormat | None = None) -> ExportRequest:
+        """An export request with the stream's selection over [start, end) (default: the last day),
+        for the checks exports get and the shape batches are read in."""
+        end = end or datetime.now(timezone.utc)
+        return ExportRequest(id=self.id, start_date=start or end - timedelta(days=1), end_date=end,
+                             format=format or self.format, events=self.events, filters=self.filters,
+                             properties=self.properties, compression=self.compression, privacy=self.privacy)
