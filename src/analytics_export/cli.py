@@ -27,6 +27,7 @@ from .config import Settings
 from .destinations import Target, destination_for
 from .schedules_cli import app as schedules_app
 from .privacy_cli import privacy_app, retention_app
+from .streams_cli import app as streams_app
 from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid
 from .ingest import ingest_file
@@ -237,6 +238,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(retention_app, name="retention")
+app.add_typer(streams_app, name="streams")
 
 
 def job_store(settings: Settings) -> JobStore:

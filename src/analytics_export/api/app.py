@@ -27,6 +27,7 @@ from .streams import stream_router
 from ..jobs.policies import PrivacyStore
 from ..privacy import Privacy
 from ..sources import EventQuery
+from ..streaming.store import StreamStore
 from ..errors import Invalid, Storage
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
@@ -304,6 +305,12 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     duration_count = Gauge("analytics_export_export_duration_seconds_count", "Completed exports timed",
                            registry=registry)
 
+    stream_lag = Gauge("analytics_export_stream_lag_seconds", "Age of the oldest event a stream has read but "
+                       "not yet delivered (0: caught up)", ["project", "stream"], registry=registry)
+    stream_delivered = Gauge("analytics_export_stream_delivered_events", "Events a stream delivered",
+                             ["project", "stream"], registry=registry)
+    stream_status = Gauge("analytics_export_streams", "Streams by status", ["status"], registry=registry)
+
     @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}})
     def metrics() -> Response:
         counts = jobs.status_counts()
@@ -315,6 +322,15 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         exported_bytes.set(totals["bytes"])
         duration_sum.set(totals["seconds"])
         duration_count.set(totals["count"])
+        stream_lag.clear()
+        stream_delivered.clear()
+        statuses = {"active": 0, "paused": 0, "failing": 0}
+        for stream in StreamStore(jobs).all():
+            statuses[stream.status] = statuses.get(stream.status, 0) + 1
+            stream_lag.labels(stream.project, stream.id).set(stream.lag_seconds or 0)
+            stream_delivered.labels(stream.project, stream.id).set(stream.delivered_events)
+        for status, count in statuses.items():
+            stream_status.labels(status).set(count)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

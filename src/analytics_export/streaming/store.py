@@ -72,6 +72,11 @@ class StreamStore:
                               .where(streams.c.project == project)).scalar_one()
         return [Stream.from_row(r) for r in rows], total
 
+    def all(self) -> list[Stream]:
+        """Every project's streams (for metrics)."""
+        with self.engine.connect() as c:
+            return [Stream.from_row(r) for r in c.execute(sa.select(streams).order_by(streams.c.created_at))]
+
     def update(self, project: str, stream_id: str, spec: StreamSpec) -> bool:
         with self.engine.begin() as c:
             return bool(c.execute(streams.update().where(streams.c.id == stream_id, streams.c.project == project)
