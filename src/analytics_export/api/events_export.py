@@ -22,28 +22,39 @@ from ..models import Compression, ExportFormat, ExportRequest, describe_errors
 from ..pipeline import Cancelled, write_files
 
 QUEUE_CHUNKS = 16
+PIECE = 64 << 10
 DONE = object()
 
 
+def hand_over(chunks: queue.Queue, gone: threading.Event, item: object) -> bool:
+    """Put `item` in the queue unless the client has gone (then nobody drains it: give up)."""
+    while not gone.is_set():
+        try:
+            chunks.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 class QueueUpload:
-    """The one 'file' of a streamed export: its chunks handed to the response through a queue."""
+    """The one 'file' of a streamed export: its bytes handed to the response through a queue, in
+    pieces of at most PIECE bytes, so a client that stops reading holds about 1 MB of memory."""
 
     def __init__(self, chunks: queue.Queue, gone: threading.Event) -> None:
         self.chunks = chunks
         self.gone = gone
 
     def write(self, data: bytes | memoryview) -> int:
-        chunk = bytes(data)
-        while not self.gone.is_set():
-            try:
-                self.chunks.put(chunk, timeout=0.2)
-                return len(chunk)
-            except queue.Full:
-                continue
-        raise Cancelled("the client went away")
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), PIECE):
+            if not hand_over(self.chunks, self.gone, bytes(view[start:start + PIECE])):
+                raise Cancelled("the client went away")
+        return len(view)
 
     def commit(self) -> str:
-        self.chunks.put(DONE)
+        if not hand_over(self.chunks, self.gone, DONE):
+            raise Cancelled("the client went away")
         return "response"
 
     def abort(self) -> None:
@@ -112,7 +123,7 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
                 write_files(spec, store, QueueDestination(chunks, gone), project=project, name=lambda _: "response",
                             privacy=privacy, batch_size=settings.export.batch_size, should_stop=gone.is_set)
             except BaseException as exc:  # handed to the response, which ends without its last chunk
-                chunks.put(exc)
+                hand_over(chunks, gone, exc)
             finally:
                 store.close()
 
