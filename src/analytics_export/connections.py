@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from .config import Settings
     from .jobs.store import JobStore
 
-ConnectionType = Literal["s3", "gcs", "azure", "sftp", "webhook", "nats", "rabbitmq"]
+ConnectionType = Literal["s3", "gcs", "azure", "sftp", "webhook", "nats", "rabbitmq", "postgres", "clickhouse",
+                         "delta"]
 
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # type: (one of these groups must be complete, the rest is optional)
@@ -32,6 +33,9 @@ FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "webhook": ((), ("signing_secret", "authorization")),
     "nats": ((), ("user", "password", "token")),
     "rabbitmq": (("username", "password"), ()),
+    "postgres": ((), ("password",)),
+    "clickhouse": ((), ("password",)),
+    "delta": (("access_key_id", "secret_access_key"), ("session_token",)),
 }
 """Secret fields per connection type: (required, optional)."""
 

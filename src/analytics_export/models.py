@@ -8,6 +8,7 @@ import uuid
 from datetime import date, datetime, time, timezone
 from enum import Enum
 from typing import Annotated, Literal, Union
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -180,7 +181,7 @@ class FileLayout(BaseModel):
         None, description="folder under `prefix` with placeholders "
         + ", ".join(f"{{{f}}}" for f in LAYOUT_FIELDS) + ", e.g. `year={year}/month={month}/day={day}`; "
         "dates are the export window's start (UTC)")
-    max_file_size_mb: float | None = Field(None, gt=0, description="split into parts of about this size")
+    max_file_size_mb: float | None = Field(None, gt=0, le=1_048_576, description="split into parts of about this size (at most 1 TB)")
     max_events_per_file: int | None = Field(None, ge=1, description="split into parts of at most this many events")
     connection: str | None = Field(None, description="name of a stored connection holding the credentials")
 
@@ -293,6 +294,100 @@ RESERVED_HEADERS = {"content-type", "content-encoding", "content-length", "trans
                     "x-export-id", "x-batch-index", "x-batch-count", "x-signature", "x-signature-timestamp"}
 
 
+TABLE_NAME = r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
+LOCAL_TABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}(?:/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}){0,9}")
+"""A table on this machine: a relative path without `..`, placed under DATA_DIR/tables/PROJECT/."""
+POSTGRES_OPTIONS = frozenset({"sslmode", "connect_timeout", "application_name", "target_session_attrs"})
+
+
+class WarehouseTable(BaseModel):
+    """A table the export is loaded into instead of a file: a run replaces its window there (the rows
+    whose time column falls in [start_date, end_date)), so a rerun never duplicates (see warehouses/)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connection: str | None = Field(None, description="name of a stored connection holding the credentials")
+
+    @field_validator("connection")
+    @classmethod
+    def _connection_name(cls, value: str | None) -> str | None:
+        if value is not None and not CONNECTION_NAME.fullmatch(value):
+            raise ValueError("connection names are 1-100 letters, digits or `_ . -`")
+        return value
+
+    def split_limits(self) -> tuple[int | None, int | None]:
+        return None, None
+
+
+def check_server_url(value: str, schemes: tuple[str, ...], options: frozenset[str] = frozenset()) -> str:
+    """`value` if it is `scheme://[user@]host[:port]/...` with no password and only `options` as query."""
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"url must be {' or '.join(s + '://' for s in schemes)}[user@]host[:port]/database")
+    if parts.password is not None:
+        raise ValueError("put the password in a connection (POST /api/connections), not in the url")
+    unknown = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)} - options)
+    if unknown:
+        raise ValueError(f"url option {unknown[0]!r} is not allowed"
+                         + (f"; use {', '.join(sorted(options))}" if options else ""))
+    return value
+
+
+class PostgresTableDestination(WarehouseTable):
+    """A PostgreSQL table, created and given new columns as needed; a window is replaced in one transaction."""
+
+    type: Literal["postgres"] = "postgres"
+    url: str = Field(description="postgresql://user@host:5432/database[?sslmode=...]; the password goes in a "
+                     "connection")
+    table: str = Field(pattern=TABLE_NAME, description="`table` or `schema.table`: letters, digits, `_`")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_server_url(value, ("postgresql", "postgres"), POSTGRES_OPTIONS)
+
+
+class ClickHouseTableDestination(WarehouseTable):
+    """A ClickHouse MergeTree table, created and given new columns as needed; a window is deleted, then inserted."""
+
+    type: Literal["clickhouse"] = "clickhouse"
+    url: str = Field(description="clickhouse://user@host:8123/database (HTTP), clickhouses://... (HTTPS), or "
+                     "chdb:NAME (chDB, ClickHouse in-process, in DATA_DIR/tables/PROJECT/NAME); the password "
+                     "goes in a connection")
+    table: str = Field(pattern=TABLE_NAME, description="`table` or `database.table`: letters, digits, `_`")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value.startswith("chdb:"):
+            if not LOCAL_TABLE.fullmatch(value.removeprefix("chdb:")):
+                raise ValueError("a chdb url is chdb:NAME, a relative path (letters, digits, `_ . -`, no `..`)")
+            return value
+        return check_server_url(value, ("clickhouse", "clickhouses"))
+
+
+class DeltaTableDestination(WarehouseTable):
+    """A Delta Lake table; a window is written with replace-where: one atomic commit replaces it."""
+
+    type: Literal["delta"] = "delta"
+    uri: str = Field(description="s3://bucket/path, or NAME: a table in DATA_DIR/tables/PROJECT/NAME")
+    region: str | None = Field(None, pattern=r"^[a-z0-9-]{1,32}$", description="S3 region; default us-east-1")
+    endpoint_url: str | None = Field(None, description="any S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    partition_by_day: bool = Field(False, description="a new table is partitioned by `day`, the UTC date of the "
+                                   "window's time column")
+
+    @model_validator(mode="after")
+    def _where(self) -> DeltaTableDestination:
+        s3 = re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?", self.uri)
+        if not s3 and not LOCAL_TABLE.fullmatch(self.uri):
+            raise ValueError("uri must be s3://bucket/path or a relative path (letters, digits, `_ . -`, no `..`)")
+        if not s3 and (self.connection or self.region or self.endpoint_url):
+            raise ValueError("connection, region and endpoint_url apply to s3:// tables only")
+        if self.endpoint_url and not re.fullmatch(r"https?://[^\s/?#]+/?", self.endpoint_url):
+            raise ValueError("endpoint_url must be http(s)://host[:port]")
+        return self
+
+
 ExportDestination = Annotated[
     Union[
         DownloadDestination,
@@ -301,6 +396,9 @@ ExportDestination = Annotated[
         AzureDestination,
         SFTPDestination,
         WebhookDestination,
+        PostgresTableDestination,
+        ClickHouseTableDestination,
+        DeltaTableDestination,
     ],
     Field(discriminator="type"),
 ]
@@ -631,6 +729,9 @@ class RetentionPolicy(BaseModel):
         if value.type == "webhook":
             raise ValueError("archives must be read back before events are deleted: choose download, s3, gcs, "
                              "azure or sftp, not webhook")
+        if isinstance(value, WarehouseTable):
+            raise ValueError("archives are Parquet files, read back before events are deleted: choose download, "
+                             "s3, gcs, azure or sftp, not a table")
         if isinstance(value, FileLayout) and value.split_limits() != (None, None):
             raise ValueError("an archive is one file a day: remove max_events_per_file / max_file_size_mb")
         return value

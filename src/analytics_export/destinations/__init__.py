@@ -24,8 +24,12 @@ DESTINATIONS: dict[str, str] = {
     "azure": "azure",
     "sftp": "sftp",
     "webhook": "webhook",
+    "postgres": ".warehouses.postgres",  # tables: `analytics_export.warehouses.*`
+    "clickhouse": ".warehouses.clickhouse",
+    "delta": ".warehouses.delta",
 }
-"""Destination type -> module under `destinations/` whose `build(target)` makes the destination."""
+"""Destination type -> module under `destinations/` (a leading `.` climbs to the package root) whose
+`build(target)` makes the destination."""
 
 
 class Upload(Protocol):

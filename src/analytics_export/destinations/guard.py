@@ -8,14 +8,17 @@ import socket
 from urllib.parse import urlsplit
 
 from ..errors import Invalid
-from ..models import AzureDestination, GCSDestination, S3Destination, SFTPDestination, WebhookDestination
+from ..models import (AzureDestination, ClickHouseTableDestination, DeltaTableDestination, GCSDestination,
+                      PostgresTableDestination, S3Destination, SFTPDestination, WebhookDestination)
 
 
 def destination_host(spec: object) -> str | None:
     """The host a destination would connect to, when the request chooses it."""
     if isinstance(spec, WebhookDestination):
         return urlsplit(spec.url).hostname
-    if isinstance(spec, (S3Destination, GCSDestination)) and spec.endpoint_url:
+    if isinstance(spec, (PostgresTableDestination, ClickHouseTableDestination)):
+        return urlsplit(spec.url).hostname  # None for chdb: in-process, under the data dir
+    if isinstance(spec, (S3Destination, GCSDestination, DeltaTableDestination)) and spec.endpoint_url:
         return urlsplit(spec.endpoint_url).hostname
     if isinstance(spec, AzureDestination) and spec.account_url:
         return urlsplit(spec.account_url).hostname

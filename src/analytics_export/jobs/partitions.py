@@ -18,7 +18,7 @@ from ..config import Settings
 from ..destinations import BackgroundUpload, Destination
 from ..destinations.local import LocalDestination
 from ..formats import writer_class
-from ..models import ExportConfig, ExportRequest, ExportResult
+from ..models import ExportConfig, ExportRequest, ExportResult, WarehouseTable
 from ..privacy import Privacy
 from ..pipeline import Cancelled, Progress, completed, deliver, export_query, write_files
 from ..sources import EventSource
@@ -31,8 +31,10 @@ MICROSECOND = timedelta(microseconds=1)
 def plan(request: ExportRequest, config: ExportConfig, events: int | None = None) -> list[tuple[datetime, datetime]]:
     """The windows of `request` when it spans more than one partition, else none; given the `events`
     in its range, windows are widened to hold `min_partition_events` or more each (on average).
-    Webhook exports are never partitioned: their batches are numbered in one sequence as sent."""
-    if not config.partition_hours or request.destination.type == "webhook":
+    Webhook exports are never partitioned: their batches are numbered in one sequence as sent; nor are
+    table loads, which replace their whole window in one load."""
+    table = isinstance(request.destination, WarehouseTable)
+    if not config.partition_hours or request.destination.type == "webhook" or table:
         return []
     span = (request.end_date - request.start_date) // MICROSECOND
     pieces = config.max_partitions if events is None else min(config.max_partitions,

@@ -1,0 +1,105 @@
+"""ClickHouse tables (clickhouse-connect): a window's batches go to a staging table as Arrow, then the
+window is deleted from the table and the staged rows copied in, inside the server.
+
+The table is a MergeTree created from the export's columns when missing (ordered by `timestamp`,
+`uuid`) and given the columns a later export adds: timestamps DateTime64(6, 'UTC'), `uuid` UUID,
+selected properties Nullable(String), the rest String. ClickHouse has no transaction around a
+delete and an insert: a load that fails while staging (the source, the network) leaves the table
+as it was, but one that fails between the (synchronous, lightweight) DELETE and the copy leaves the
+window empty or partly copied until the export runs again, which the worker does for a storage
+failure. Two runs of one window copying at the same moment could both insert (a run that lost its
+lease stops at its next batch, so only one still staging when the other copies is safe). A killed
+run leaves its staging table (`TABLE__load_*`) behind.
+`chdb:NAME` runs the same client on chDB, in DATA_DIR/tables/PROJECT/NAME (one path per process).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+import pyarrow as pa
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from ..destinations import Target
+from ..destinations.guard import check_host
+from ..errors import Storage
+from ..models import ClickHouseTableDestination
+from . import COLUMNS, TableDestination, Window, local_path
+
+TIME = "DateTime64(6, 'UTC')"
+TYPES = {"event": "LowCardinality(String)", "uuid": "UUID"}
+
+
+def quoted(name: str) -> str:
+    """A column name (a property's may hold `.` and spaces) as a quoted identifier."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def qualified(name: str) -> str:
+    """`table` or `schema.table` as quoted identifiers."""
+    return ".".join(map(quoted, name.split(".")))
+
+
+def column_type(field: pa.Field) -> str:
+    if pa.types.is_timestamp(field.type):
+        return TIME
+    return TYPES.get(field.name, "String" if field.name in COLUMNS else "Nullable(String)")
+
+
+class ClickHouseTable(TableDestination):
+    kind = "clickhouse"
+
+    def __init__(self, target: Target) -> None:
+        spec: ClickHouseTableDestination = target.request.destination  # type: ignore[assignment]
+        super().__init__(spec.table)
+        self.spec, self.target = spec, target
+
+    def client(self) -> Any:
+        """A client of the table's server, or of chDB in the project's tables folder."""
+        if self.spec.url.startswith("chdb:"):
+            path = local_path(self.target, self.spec.url.removeprefix("chdb:"))
+            path.mkdir(parents=True, exist_ok=True)
+            return clickhouse_connect.get_client(interface="chdb", path=str(path))
+        parts = urlsplit(self.spec.url)
+        secure = parts.scheme == "clickhouses"
+        address = check_host(parts.hostname or "", self.target.settings.destination_allow)[0]
+        return clickhouse_connect.get_client(
+            host=parts.hostname if secure else address,  # https needs the name for its certificate
+            port=parts.port or (8443 if secure else 8123), username=parts.username or "default",
+            password=self.target.secrets.get("password", ""), database=parts.path.strip("/") or None,
+            secure=secure)
+
+    def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
+        table, time = qualified(self.name), quoted(window.column)
+        stage = f"{self.name}__load_{uuid.uuid4().hex[:12]}"
+        columns = [(quoted(f.name), column_type(f)) for f in batches.schema]
+        names = ", ".join(name for name, _ in columns)
+        try:
+            ch = self.client()
+        except (ClickHouseError, OSError) as exc:
+            raise Storage(f"cannot reach {self}: {str(exc).splitlines()[0]}") from None
+        try:
+            ch.command(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{n} {t}' for n, t in columns)}) "
+                       "ENGINE = MergeTree ORDER BY (`timestamp`, uuid)")
+            for name, kind in columns:
+                ch.command(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
+            ch.command(f"CREATE TABLE {qualified(stage)} AS {table}")
+            try:
+                for batch in batches:
+                    ch.insert_arrow(stage, pa.Table.from_batches([batch]))
+                ch.command(f"DELETE FROM {table} WHERE {time} >= {{lo:{TIME}}} AND {time} < {{hi:{TIME}}}",
+                           parameters={"lo": window.start, "hi": window.end})
+                ch.command(f"INSERT INTO {table} ({names}) SELECT {names} FROM {qualified(stage)}")
+            finally:
+                ch.command(f"DROP TABLE IF EXISTS {qualified(stage)}")
+        except ClickHouseError as exc:
+            raise Storage(f"loading {self} failed: {str(exc).splitlines()[0]}") from None
+        finally:
+            ch.close()
+
+
+def build(target: Target) -> ClickHouseTable:
+    return ClickHouseTable(target)

@@ -1,0 +1,85 @@
+"""Delta Lake tables (delta-rs): a window is written with replace-where, in one atomic commit.
+
+`write_deltalake(mode="overwrite", predicate=<window>)` drops the window's rows and adds the new
+files in one commit of the table's log: readers see the old window or the new one, never part of
+either, and a load that fails or is killed commits nothing (its unreferenced files are left for
+`vacuum`). The first load creates the table with the export's columns; later loads add columns
+(`schema_mode="merge"`). Batches stream from the source, so memory stays bounded. A table on S3
+takes its keys from a `delta` connection (or the server's own, where it lends them).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import DeltaError
+
+from ..destinations import Target
+from ..errors import Invalid, Storage
+from ..models import DeltaTableDestination
+from . import TableDestination, Window, local_path
+
+DAY = "day"
+"""The partition column of a `partition_by_day` table: the UTC date of the window's time column."""
+
+
+def literal(value: datetime) -> str:
+    return f"'{value:%Y-%m-%dT%H:%M:%S.%fZ}'"
+
+
+def storage_options(spec: DeltaTableDestination, target: Target) -> dict[str, str]:
+    """delta-rs's S3 options: the connection's keys, or none (the server's own) where it lends them."""
+    secrets = target.secrets
+    if not secrets and not target.settings.server_credentials:
+        raise Invalid("an s3:// delta table needs a connection (POST /api/connections, type delta): this server "
+                      "does not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
+    options = {"aws_region": spec.region or "us-east-1"}
+    for name in ("access_key_id", "secret_access_key", "session_token"):
+        if secrets.get(name):
+            options[f"aws_{name}"] = secrets[name]
+    if spec.endpoint_url:
+        options["aws_endpoint_url"] = spec.endpoint_url
+        options["aws_allow_http"] = str(spec.endpoint_url.startswith("http://")).lower()
+    return options
+
+
+def with_day(batches: pa.RecordBatchReader, column: str) -> pa.RecordBatchReader:
+    """`batches` with the `day` column added."""
+    if DAY in batches.schema.names:
+        raise Invalid(f"a partition_by_day table has a `{DAY}` column: select the properties other than {DAY!r}")
+    schema = batches.schema.append(pa.field(DAY, pa.date32()))
+    return pa.RecordBatchReader.from_batches(
+        schema, (batch.append_column(DAY, pc.cast(batch[column], pa.date32())) for batch in batches))
+
+
+class DeltaLakeTable(TableDestination):
+    kind = "delta"
+
+    def __init__(self, target: Target) -> None:
+        spec: DeltaTableDestination = target.request.destination  # type: ignore[assignment]
+        super().__init__(spec.uri)
+        s3 = spec.uri.startswith("s3://")
+        self.uri = spec.uri if s3 else str(local_path(target, spec.uri))
+        self.options = storage_options(spec, target) if s3 else None
+        self.partition_by_day = spec.partition_by_day
+
+    def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
+        column = f'"{window.column}"'
+        predicate = f"{column} >= {literal(window.start)} AND {column} < {literal(window.end)}"
+        partition = None
+        if self.partition_by_day:
+            batches = with_day(batches, window.column)
+            if not DeltaTable.is_deltatable(self.uri, self.options):
+                partition = [DAY]
+        try:
+            write_deltalake(self.uri, batches, mode="overwrite", predicate=predicate, schema_mode="merge",
+                            partition_by=partition, storage_options=self.options)
+        except DeltaError as exc:
+            raise Storage(f"loading {self} failed: {str(exc).splitlines()[0]}") from None
+
+
+def build(target: Target) -> DeltaLakeTable:
+    return DeltaLakeTable(target)

@@ -1,0 +1,324 @@
+"""Warehouse tables (PostgreSQL, ClickHouse through chDB, Delta Lake): a load equals the source's
+rows, a rerun of a window leaves exactly one copy, a failed load leaves the previous window, new
+properties become new columns, and the worker and a daily schedule keep a table current."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import clickhouse_connect
+import duckdb
+import psycopg
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+from pydantic import ValidationError
+
+from analytics_export import Settings, open_store
+from analytics_export.connections import Sealer
+from analytics_export.destinations import Target, destination_for
+from analytics_export.errors import Invalid, Storage
+from analytics_export.jobs.partitions import plan
+from analytics_export.jobs.scheduler import Scheduler, Schedules, backfill, run_history
+from analytics_export.jobs.store import JobStore
+from analytics_export.jobs.worker import Worker
+from analytics_export.models import (ExportConfig, ExportRequest, ExportResult, ExportStatus, RetentionPolicy,
+                                     ScheduledExport)
+from analytics_export.pipeline import Cancelled, run_export
+from analytics_export.sources import EventQuery
+from servers import s3_server  # noqa: F401  (fixture)
+from test_schedules import Sim as ScheduleSim
+
+UTC = timezone.utc
+W1 = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 8, tzinfo=UTC))
+W2 = (datetime(2026, 10, 8, tzinfo=UTC), datetime(2026, 10, 15, tzinfo=UTC))
+KINDS = ["postgres", "clickhouse", "delta"]
+SELECTED = ["plan", "price", "$device_type", "utm.source x"]  # the last one: a column, no event has it
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def tables_dir(settings: Settings) -> Path:
+    return settings.data_dir / "tables" / settings.project
+
+
+@pytest.fixture()
+def settings(demo_settings: Settings, tmp_path: Path) -> Settings:
+    """The demo events, with tables (chDB, Delta) and the job store in a folder of this test's own."""
+    return Settings(data_dir=tmp_path, events_url=str(demo_settings.events_path), destination_allow=["127.0.0.1"])
+
+
+@pytest.fixture(params=KINDS)
+def table(request: pytest.FixtureRequest) -> dict:
+    """A table destination of each type, in a throwaway database or folder."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url").replace("postgresql+psycopg://", "postgresql://")
+        return {"type": "postgres", "url": url, "table": "public.events"}
+    if request.param == "clickhouse":
+        return {"type": "clickhouse", "url": "chdb:warehouse", "table": "events"}
+    return {"type": "delta", "uri": "lake/events"}
+
+
+def read_table(settings: Settings, spec: dict, storage_options: dict | None = None) -> list[dict]:
+    """Every row of the table, read back with the table's own client."""
+    if spec["type"] == "postgres":
+        with psycopg.connect(spec["url"]) as con:
+            cur = con.execute(f"SELECT * FROM {spec['table']}")
+            return [dict(zip([d.name for d in cur.description], row)) for row in cur.fetchall()]
+    if spec["type"] == "clickhouse":
+        ch = clickhouse_connect.get_client(interface="chdb", path=str(tables_dir(settings) / spec["url"][5:]))
+        try:
+            return ch.query_arrow(f"SELECT * FROM {spec['table']}").to_pylist()
+        finally:
+            ch.close()
+    uri = spec["uri"] if spec["uri"].startswith("s3://") else str(tables_dir(settings) / spec["uri"])
+    return DeltaTable(uri, storage_options=storage_options).to_pyarrow_table().to_pylist()
+
+
+def aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def table_rows(settings: Settings, spec: dict, properties: list[str] | None = None,
+               storage_options: dict | None = None) -> Counter:
+    """The table's rows in a comparable form (see `source_rows`); duplicates count twice."""
+    out: Counter = Counter()
+    for row in read_table(settings, spec, storage_options):
+        if properties is None:
+            props = row["properties"]
+            shown = json.dumps(json.loads(props) if isinstance(props, str) else props, sort_keys=True)
+        else:
+            shown = tuple(row[p] for p in properties)
+        out[(str(row["uuid"]), row["event"], row["distinct_id"], aware(row["timestamp"]), aware(row["inserted_at"]),
+             shown)] += 1
+    return out
+
+
+def source_rows(settings: Settings, windows: list[tuple[datetime, datetime]], properties: list[str] | None = None,
+                time_field: str = "timestamp", hidden: tuple[str, ...] = ()) -> Counter:
+    """The store's events in `windows`, read with plain SQL: properties (but the `hidden` ones) as a sorted
+    JSON object, or the selected ones as the tabular formats carry them (strings raw, others as JSON text)."""
+    con = duckdb.connect(str(settings.events_path), read_only=True)
+    out: Counter = Counter()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for start, end in windows:
+            for uuid, event, distinct_id, ts, props, inserted in con.execute(
+                    f"""SELECT uuid::VARCHAR, event, distinct_id, "timestamp", CAST(properties AS VARCHAR), inserted_at
+                        FROM events WHERE project_id = ? AND "{time_field}" >= ? AND "{time_field}" < ?""",
+                    [settings.project, start, end]).fetchall():
+                values = {k: v for k, v in json.loads(props).items() if k not in hidden}
+                if properties is None:
+                    shown = json.dumps(values, sort_keys=True)
+                else:
+                    shown = tuple(None if p not in values else values[p] if isinstance(values[p], str)
+                                  else json_text(values[p]) for p in properties)
+                out[(uuid, event, distinct_id, ts, inserted, shown)] += 1
+    finally:
+        con.close()
+    return out
+
+
+def load(settings: Settings, spec: dict, window: tuple[datetime, datetime], *,
+         source: Callable[[Any], Any] | None = None, **fields: Any) -> ExportResult:
+    """Run one export of `window` into the table `spec`, as `export()` and the worker do."""
+    request = ExportRequest(start_date=window[0], end_date=window[1], destination=spec, **fields)
+    destination = destination_for(Target(request, settings.project, settings, {}))
+    store = open_store(settings)
+    try:
+        return run_export(request, source(store) if source else store, destination, project=settings.project,
+                          batch_size=256)
+    finally:
+        destination.close()
+        store.close()
+
+
+class FailingSource:
+    """Yields real batches from the store, then fails like a dropped connection."""
+
+    def __init__(self, store: Any, after: int) -> None:
+        self.store, self.after = store, after
+
+    def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
+        inner = self.store.batches(query, batch_size)
+
+        def gen():
+            for i, batch in enumerate(inner):
+                if i == self.after:
+                    raise Storage("connection to the event store was lost")
+                yield batch
+
+        return pa.RecordBatchReader.from_batches(query.schema, gen())
+
+
+def test_load_equals_source_and_reruns_keep_one_copy(settings: Settings, table: dict):
+    first = load(settings, table, W1)
+    expected = source_rows(settings, [W1])
+    assert first.status is ExportStatus.COMPLETED and first.total_events == sum(expected.values()) > 1000
+    assert first.file_size == 0 and "table" in first.destination_path and "2026-10-01" in first.destination_path
+    assert table_rows(settings, table) == expected
+    again = load(settings, table, W1)  # a one-off rerun: another export id, the same window
+    assert again.total_events == first.total_events
+    assert table_rows(settings, table) == expected, "a rerun leaves exactly one copy"
+    load(settings, table, W2)
+    assert table_rows(settings, table) == source_rows(settings, [W1, W2]), "another window appends"
+
+
+@pytest.mark.parametrize("failure", ["source", "cancel"])
+def test_failed_load_leaves_the_previous_window(settings: Settings, table: dict, failure: str):
+    load(settings, table, W1)
+    before = table_rows(settings, table)
+    if failure == "source":
+        with pytest.raises(Storage, match="was lost"):
+            load(settings, table, W1, source=lambda store: FailingSource(store, after=3))
+    else:
+        request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=table)
+        destination = destination_for(Target(request, settings.project, settings, {}))
+        seen: list[int] = []
+        store = open_store(settings)
+        try:
+            with pytest.raises(Cancelled):
+                run_export(request, store, destination, project=settings.project, batch_size=256,
+                           on_progress=lambda p: seen.append(p.events), should_stop=lambda: len(seen) >= 3)
+        finally:
+            destination.close()
+            store.close()
+    assert table_rows(settings, table) == before
+
+
+def test_selected_properties_become_columns_and_new_ones_are_added(settings: Settings, table: dict):
+    load(settings, table, W1, properties=SELECTED[:2])
+    assert table_rows(settings, table, SELECTED[:2]) == source_rows(settings, [W1], SELECTED[:2])
+    load(settings, table, W2, properties=SELECTED)
+    rows = table_rows(settings, table, SELECTED)
+    before = source_rows(settings, [W1], SELECTED[:2])
+    old = Counter({key[:5] + (key[5] + (None, None),): n for key, n in before.items()})
+    assert rows == old + source_rows(settings, [W2], SELECTED), "earlier rows have no value in the new column"
+    with pytest.raises(Invalid, match="'uuid'"):
+        load(settings, table, W1, properties=["plan", "uuid"])
+
+
+def test_delta_partitioned_by_day(settings: Settings):
+    spec = {"type": "delta", "uri": "daily", "partition_by_day": True}
+    load(settings, spec, W1)
+    load(settings, spec, W1)
+    lake = DeltaTable(str(tables_dir(settings) / "daily"))
+    assert lake.metadata().partition_columns == ["day"]
+    days = {str(v) for v in lake.to_pyarrow_table().column("day").unique().to_pylist()}
+    assert days == {f"2026-10-0{d}" for d in range(1, 8)}
+    assert table_rows(settings, spec) == source_rows(settings, [W1])
+
+
+def run_queue(settings: Settings, jobs: JobStore) -> None:
+    worker = Worker(settings, jobs)
+    while worker.run_one():
+        pass
+
+
+def test_worker_loads_a_long_export_whole_with_privacy(settings: Settings, table: dict):
+    settings = settings.model_copy(update={"export": ExportConfig(partition_hours=24, min_partition_events=1)})
+    jobs = JobStore.for_data_dir(settings.data_dir / "jobs")
+    jobs.migrate()
+    request = ExportRequest(start_date=W1[0], end_date=W2[1], destination=table, time_field="inserted_at",
+                            privacy={"deny_properties": ["plan"]})
+    assert plan(request, settings.export) == [], "a file export of two weeks would run as 14 partitions"
+    rerun = request.model_copy(update={"id": str(uuid.uuid4())})
+    for each in (request, rerun):
+        jobs.create("default", each)
+        run_queue(settings, jobs)
+        job = jobs.get("default", each.id)
+        assert job.status is ExportStatus.COMPLETED, job.error
+    expected = source_rows(settings, [(W1[0], W2[1])], time_field="inserted_at", hidden=("plan",))
+    assert job.total_events == sum(expected.values())
+    assert table_rows(settings, table) == expected
+
+
+def test_delta_on_s3_through_the_worker_with_a_connection(settings: Settings, s3_server):
+    bucket = s3_server.make_bucket("lake-worker")
+    jobs = JobStore.for_data_dir(settings.data_dir / "jobs")
+    jobs.migrate()
+    keys = {"access_key_id": s3_server.access_key, "secret_access_key": s3_server.secret_key}
+    jobs.create_connection("default", "lake", "delta", sorted(keys), Sealer(settings.signing_key()).seal(keys))
+    spec = {"type": "delta", "uri": f"s3://{bucket}/events", "endpoint_url": s3_server.endpoint, "connection": "lake"}
+    for _ in range(2):  # two exports of one window
+        request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=spec, properties=SELECTED)
+        jobs.create("default", request)
+        run_queue(settings, jobs)
+        job = jobs.get("default", request.id)
+        assert job.status is ExportStatus.COMPLETED, job.error
+    options = {"aws_region": "us-east-1", "aws_endpoint_url": s3_server.endpoint, "aws_allow_http": "true",
+               **{f"aws_{k}": v for k, v in keys.items()}}
+    assert table_rows(settings, spec, SELECTED, options) == source_rows(settings, [W1], SELECTED)
+
+
+class Sim(ScheduleSim):
+    """test_schedules' event store, job store and clock, with the local PostgreSQL allowed."""
+
+    def __init__(self, data: Path) -> None:
+        super().__init__(data)
+        self.settings = self.settings.model_copy(update={"destination_allow": ["127.0.0.1"]})
+
+
+def test_a_daily_schedule_keeps_the_table_current(tmp_path: Path, table: dict):
+    sim = Sim(tmp_path)
+    spec = ScheduledExport(name="daily", schedule="0 1 * * *", date_range="last_day", destination=table)
+    Schedules(sim.jobs).create("default", spec, sim.t)
+    scheduler = Scheduler(sim.jobs, "s", clock=sim.clock)
+    worker = Worker(sim.settings, sim.jobs)
+
+    def drain() -> None:
+        while scheduler.tick() or worker.run_one() or any(r["status"] == "planned" for r in
+                                                          run_history(sim.jobs, spec.id, 100, 0)):
+            pass
+
+    for day in range(4):
+        sim.t += timedelta(hours=6)
+        sim.ingest(7, late=day == 2)  # late events land in the window they were stored in
+        sim.t += timedelta(hours=18)
+        drain()
+    runs = run_history(sim.jobs, spec.id, 100, 0)
+    assert {r["status"] for r in runs} == {"completed"}
+    covered = (min(r["window_start"] for r in runs), max(r["window_end"] for r in runs))
+    expected = source_rows(sim.settings, [covered], time_field="inserted_at")
+    assert sum(expected.values()) == 21 and table_rows(sim.settings, table) == expected
+    forced = backfill(sim.jobs, "default", spec.id, *covered, force=True)
+    assert forced == {"queued": len(runs), "skipped": 0}
+    drain()  # the same windows again, under the same export ids
+    assert table_rows(sim.settings, table) == expected, "rerun windows replace themselves"
+
+
+def test_table_destinations_validate():
+    url = "postgresql://app@db.example.com/analytics?sslmode=require"
+    ok = ExportRequest(start_date=W1[0], end_date=W1[1], destination={
+        "type": "postgres", "url": url, "table": "analytics.events", "connection": "warehouse"})
+    assert ok.destination.split_limits() == (None, None)
+    bad = [
+        {"type": "postgres", "url": "postgresql://app:secret@db.example.com/analytics", "table": "events"},
+        {"type": "postgres", "url": "postgresql:///analytics?host=/var/run/postgresql", "table": "events"},
+        {"type": "postgres", "url": "postgresql://db.example.com/a?passfile=/etc/x", "table": "events"},
+        {"type": "postgres", "url": "postgresql://db.example.com/a", "table": "events; DROP TABLE x"},
+        {"type": "clickhouse", "url": "chdb:../../etc", "table": "events"},
+        {"type": "clickhouse", "url": "chdb:/tmp/x", "table": "events"},
+        {"type": "clickhouse", "url": "clickhouse://u:p@ch.example.com:8123/db", "table": "events"},
+        {"type": "delta", "uri": "/var/lib/lake"},
+        {"type": "delta", "uri": "lake/../../x"},
+        {"type": "delta", "uri": "lake", "connection": "aws"},
+    ]
+    for destination in bad:
+        with pytest.raises(ValidationError):
+            ExportRequest(start_date=W1[0], end_date=W1[1], destination=destination)
+    with pytest.raises(ValidationError, match="not a table"):
+        RetentionPolicy(days=30, destination={"type": "delta", "uri": "archive"})
+
+
+def test_delta_on_s3_needs_credentials(settings: Settings):
+    request = ExportRequest(start_date=W1[0], end_date=W1[1], destination={"type": "delta", "uri": "s3://lake/events"})
+    with pytest.raises(Invalid, match="needs a connection"):
+        destination_for(Target(request, settings.project, settings, {}))
