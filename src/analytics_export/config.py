@@ -39,9 +39,15 @@ class Settings(BaseSettings):
         60, gt=0, description="a retention run holds its project's lease this long past its last renewal: "
         "a killed run's project can run again after it")
     streams_per_worker: int = Field(8, ge=0, description="streams one worker process runs at once (0: none)")
-    stream_settle_seconds: float = Field(
-        0.5, ge=0, description="streams read events stored at least this long ago: longer than the longest "
-        "ingest still committing (an event stamped earlier must not appear after the cursor passed it)")
+    stream_settle_seconds: float | None = Field(
+        None, ge=0, description="streams read events stored at least this long ago: longer than the longest "
+        "ingest still committing (an event stamped earlier must not appear after the cursor passed it). "
+        "Default 0 on the embedded store, whose ingests commit one after another, 0.5 on the others")
+
+    def stream_settle(self) -> float:
+        if self.stream_settle_seconds is not None:
+            return self.stream_settle_seconds
+        return 0.0 if self.events_engine == "duckdb" else 0.5
 
     @field_validator("events_url")
     @classmethod

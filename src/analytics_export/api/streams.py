@@ -99,8 +99,9 @@ def stream_router(jobs: JobStore, settings: Settings, project_dependency: Any, p
     def update(stream_id: str, changes: dict[str, Any], project: Project) -> StreamView:
         """Change fields (not `id`); the running worker restarts the stream with them, from its cursor."""
         current = found(project, stream_id)
-        if "id" in changes:
-            raise HTTPException(422, "id: a stream's id cannot change")
+        if "id" in changes or "start" in changes:
+            raise HTTPException(422, f"{'id' if 'id' in changes else 'start'}: fixed when the stream is created "
+                                     "(its cursor moves on by itself); create another stream instead")
         try:
             spec = StreamSpec.model_validate({**current.spec.model_dump(mode="json"), **changes})
         except ValidationError as exc:

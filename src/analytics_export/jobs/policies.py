@@ -91,6 +91,12 @@ class PrivacyStore:
         with self.engine.connect() as c:
             return list(c.execute(query.limit(limit) if limit else query).scalars())
 
+    def suppression_mark(self, project: str) -> tuple[int, object]:
+        """(count, newest addition) of the project's suppression list: it changed if this did."""
+        with self.engine.connect() as c:
+            return tuple(c.execute(sa.select(sa.func.count(), sa.func.max(suppressions.c.created_at))
+                                   .where(suppressions.c.project == project)).one())
+
     def suppressed_count(self, project: str) -> int:
         with self.engine.connect() as c:
             return c.execute(sa.select(sa.func.count()).select_from(suppressions)

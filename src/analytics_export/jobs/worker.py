@@ -58,7 +58,7 @@ class Worker:
         retention.start()
         streams = threading.Thread(target=StreamSupervisor(
             self.settings, self.jobs, self.name, self.settings.streams_per_worker,
-            self.settings.stream_settle_seconds).run, args=(stop,), name="streams", daemon=True)
+            self.settings.stream_settle()).run, args=(stop,), name="streams", daemon=True)
         if self.settings.streams_per_worker:
             streams.start()
         while not stop.is_set():

@@ -167,7 +167,13 @@ class DuckDBEventStore:
         self.con.execute("SET TimeZone = 'UTC'")  # session options, not config ones
         self.con.execute("SET enable_progress_bar = false")
         if not read_only:
-            self.con.execute(SCHEMA_SQL)
+            for attempt in range(3):  # two first connections of one process may both create the table
+                try:
+                    self.con.execute(SCHEMA_SQL)
+                    break
+                except duckdb.TransactionException:
+                    if attempt == 2:
+                        raise
 
     def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
         sql = SqlBuilder()
@@ -240,15 +246,16 @@ def connect_waiting(path: Path, read_only: bool, config: dict, wait: float) -> d
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only, config=config)
-        except (duckdb.IOException, duckdb.ConnectionException) as exc:
-            held = "lock" in str(exc) or "different configuration" in str(exc)
+        except (duckdb.IOException, duckdb.ConnectionException, duckdb.ResourceInUseException) as exc:
+            # another process holds the lock, or this one has the file open in the other mode
+            held = any(sign in str(exc) for sign in ("lock", "different configuration", "already attached"))
             if not held or time.monotonic() >= deadline:
                 busy = " is busy: another process or connection holds it" if held else ""
                 raise Storage(f"cannot open event store {path}{busy} ({exc})") from exc
         except duckdb.Error as exc:
             raise Storage(f"cannot open event store {path}: {exc}") from exc
         time.sleep(pause)
-        pause = min(pause * 2, 0.5)
+        pause = min(pause * 2, 0.05)  # short waits: a stream's read and an ingest take turns many times a second
 
 
 @contextmanager

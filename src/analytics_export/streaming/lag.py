@@ -18,6 +18,8 @@ from .store import Stream
 
 def lag(settings: Settings, jobs: JobStore, stream: Stream) -> tuple[int, float]:
     """(events, seconds) the stream has yet to deliver, its project's suppressions left out."""
+    if settings.events_engine == "duckdb" and not settings.events_path.exists():
+        return 0, 0.0  # no event yet: opening would create the store, racing an ingest doing the same (500)
     spec = stream.spec
     privacy = PrivacyStore(jobs, Sealer(settings.signing_key())).for_export(stream.project, spec.request())
     query = EventQuery(project=stream.project, start=stream.cursor_at, end=now() + timedelta(seconds=1),

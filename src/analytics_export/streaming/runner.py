@@ -38,7 +38,7 @@ from .spec import StreamSpec
 from .store import Stream, StreamStore
 
 log = logging.getLogger(__name__)
-LEASE = timedelta(seconds=30)
+LEASE = timedelta(seconds=10)  # a dead worker's streams are taken over this soon
 POLL_SECONDS = 0.1
 BEAT_SECONDS = 1.0
 MAX_BACKOFF = 30.0
@@ -74,6 +74,7 @@ class StreamRun:
         self.first_pending: float | None = None
         self.pending_since: datetime | None = None  # when the oldest pending event was stored: the lag
         self.beat = 0.0
+        self.privacy_seen: tuple = ()
         self.format = stream_format(self.spec)
         self.writer_cls = writer_class(self.format)
 
@@ -85,6 +86,7 @@ class StreamRun:
                 self.stream.project, request)
             secrets = checked_secrets(self.settings, self.jobs, self.stream.project, self.spec.destination)
             sink = sink_for(self.spec, self.stream.project, self.settings, secrets)
+            self.privacy_seen = self.privacy_state()
             self.loop(sink, privacy)
         except ExportError as exc:  # bad configuration: shown on the stream, tried again after a lease
             log.warning("stream %s cannot run: %s", self.stream.id, exc)
@@ -96,6 +98,11 @@ class StreamRun:
             if sink is not None:
                 sink.close()
             self.store.release(self.stream.id, self.worker)
+
+    def privacy_state(self) -> tuple:
+        """What the stream's privacy rules depend on: the policy version and the suppression list."""
+        policies = PrivacyStore(self.jobs, Sealer(self.settings.signing_key()))
+        return policies.policy(self.stream.project)[0], policies.suppression_mark(self.stream.project)
 
     def request(self) -> ExportRequest:
         """The export request the stream's batches are shaped by (its privacy additions included)."""
@@ -116,6 +123,8 @@ class StreamRun:
             self.store.advance(self.stream.id, self.worker, self.read_cursor)
             self.sent_cursor = self.read_cursor
         if current.spec != self.spec:  # changed: run again from the checkpoint with the new spec
+            return False
+        if self.privacy_state() != self.privacy_seen:  # a new policy or suppression: restart under it
             return False
         return not self.stop.is_set()
 

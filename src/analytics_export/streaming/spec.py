@@ -96,7 +96,8 @@ class StreamSpec(BaseModel):
     max_batch_seconds: float = Field(1.0, ge=0.05, le=3600)
     message: Literal["event", "batch"] = Field(
         "event", description="brokers: one message per event (JSON), or one per batch (the format's body)")
-    failing_after_seconds: float = Field(300, ge=1, description="failing this long, the stream shows `failing`")
+    failing_after_seconds: float = Field(300, ge=1, allow_inf_nan=False,
+                                         description="failing this long, the stream shows `failing`")
     start: datetime | None = Field(None, description="deliver events stored from this time on; default: from creation")
 
     @field_validator("properties")
