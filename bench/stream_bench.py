@@ -218,7 +218,7 @@ def main() -> int:
                     time.sleep(0.1)
                 print(f"stream {stream_id}: max_batch_events={stream['stream']['max_batch_events']}, "
                       f"max_batch_seconds={stream['stream']['max_batch_seconds']}, settle="
-                      f"{args.settle if args.settle is not None else 'server default (0.5)'}, "
+                      f"{args.settle if args.settle is not None else 'server default (0 on the embedded store)'}, "
                       f"{args.workers} worker(s)", flush=True)
                 sender = Sender(svc.url, key, args.rate, args.seconds, args.batch, args.senders)
                 print(f"ingesting {args.rate:,.0f} events/s for {args.seconds:g} s in POSTs of {args.batch} "

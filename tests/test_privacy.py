@@ -123,7 +123,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(objects=st.lists(st.dictionaries(st.text(max_size=8), json_values, max_size=5), min_size=1, max_size=8),
        ascii_escaped=st.booleans())
 def test_fast_path_equals_exact_path_and_leaves_nothing_detectable(objects, ascii_escaped):
