@@ -85,8 +85,8 @@ def test_a_file_replaced_during_the_read_is_never_mixed(destination, monkeypatch
     """Reads in several requests (object stores: 1 MiB ranged GETs) never splice two versions: a
     replacement made mid-read either goes unseen or fails the read."""
     if "[gcs]" in request.node.name:  # see test_gcs_read_pins_the_generation for what is checked instead
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the GCS emulator ignores `generation=` on "
-                                              "downloads; real GCS serves that generation or answers 404"))
+        pytest.skip("the GCS emulator ignores `generation=` on downloads (real GCS serves that generation or "
+                    "answers 404); the failure it gives made pytest itself crash rendering its traceback")
     monkeypatch.setattr(objectstore, "READ_WINDOW", 1 << 20)
     old, new = os.urandom(SIZE), os.urandom(SIZE)
     write(destination, "replaced.jsonl", old)
