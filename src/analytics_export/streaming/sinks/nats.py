@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
@@ -26,6 +24,7 @@ from nats.js.api import StorageType, StreamConfig
 from ...destinations import redact
 from ...errors import ExportError, Invalid, Rejected, Upload
 from . import Delivery
+from .loop import LoopSink
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -45,7 +44,10 @@ DUPLICATE_WINDOW = 300.0
 """Seconds a created stream remembers message ids (JetStream's default is 120)."""
 
 
-class NatsSink:
+class NatsSink(LoopSink):
+    connect_timeout = CONNECT_TIMEOUT
+    client_errors = (OSError, nats.errors.Error, asyncio.TimeoutError)
+
     def __init__(self, spec: StreamSpec, secrets: dict[str, str]) -> None:
         self.spec = spec
         self.destination: NatsDestination = spec.destination  # type: ignore[assignment]
@@ -55,10 +57,7 @@ class NatsSink:
         self.js: JetStreamContext | None = None
         self.in_flight: list[asyncio.Future[Any]] = []
         self.last_error: BaseException | None = None
-        self.sending = threading.Lock()  # one send at a time
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="nats-sink", daemon=True)
-        self.thread.start()
+        super().__init__("nats-sink")
 
     @property
     def where(self) -> str:
@@ -78,22 +77,6 @@ class NatsSink:
             # bound only catches a hang inside the client, allowing 1,000 messages a second.
             with self.sending:
                 self.call(self._send(messages), CONNECT_TIMEOUT + API_TIMEOUT * 2 + ACK_TIMEOUT + len(messages) / 1000)
-
-    def call(self, awaitable: Awaitable[Any], timeout: float) -> Any:
-        """Run `awaitable` on the sink's loop; any failure drops the connection (the next call connects)."""
-        future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop)
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            future.cancel()
-            self._drop_soon()
-            raise Upload(f"{self.where}: no answer within {timeout:.0f} s; check that the server is up") from None
-        except ExportError:
-            self._drop_soon()
-            raise
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
-            self._drop_soon()
-            raise Upload(f"{self.where}: {self._reason(exc)}") from None
 
     def _reason(self, exc: BaseException) -> str:
         return redact(str(exc) or type(exc).__name__, self.secrets)
@@ -228,26 +211,6 @@ class NatsSink:
         if nc is not None:
             await _quietly_close(nc)
 
-    def _drop_soon(self, wait: float = 0) -> None:
-        """Close the connection on the loop; wait up to `wait` seconds for it (a failed send does not
-        wait on a dead server; the next send's connect comes after the close on the loop anyway)."""
-        if not self.loop.is_running():
-            return
-        future = asyncio.run_coroutine_threadsafe(self._drop(), self.loop)
-        if wait:
-            try:
-                future.result(wait)
-            except Exception:  # noqa: BLE001 - the connection is abandoned either way
-                log.debug("closing the NATS connection failed", exc_info=True)
-
-    def close(self) -> None:
-        if self.thread.is_alive():
-            self._drop_soon(wait=CONNECT_TIMEOUT + 1)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-        if not self.loop.is_running():
-            self.loop.close()
-
 
 class Window:
     """Counts messages awaiting their acknowledgement; `room` waits (yielding) only when it is full."""
@@ -298,10 +261,6 @@ async def _quietly_close(nc: Client) -> None:
         await asyncio.wait_for(nc.close(), CONNECT_TIMEOUT)
     except Exception:  # noqa: BLE001 - closing a broken connection
         log.debug("closing the NATS connection failed", exc_info=True)
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
 
 
 def build(spec: StreamSpec, project: str, settings: Settings, secrets: dict[str, str]) -> NatsSink:

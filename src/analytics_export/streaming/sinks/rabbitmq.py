@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
-from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiormq
@@ -32,6 +30,7 @@ from pamqp.header import ContentHeader
 from ...destinations import redact
 from ...errors import ExportError, Invalid, Rejected, Upload
 from . import Delivery
+from .loop import LoopSink
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -55,7 +54,10 @@ _CHANNEL_INTERNALS = ("lock", "delivery_tag", "confirmations", "message_id_deliv
 """What batched publishing uses of aiormq's Channel (as of aiormq 7.2)."""
 
 
-class RabbitMQSink:
+class RabbitMQSink(LoopSink):
+    connect_timeout = CONNECT_TIMEOUT
+    client_errors = (OSError, RuntimeError, amqp.AMQPError, asyncio.TimeoutError)
+
     def __init__(self, spec: StreamSpec, secrets: dict[str, str]) -> None:
         self.spec = spec
         self.destination: RabbitMQDestination = spec.destination  # type: ignore[assignment]
@@ -63,10 +65,7 @@ class RabbitMQSink:
         self.username, self.password = _credentials(self.destination, secrets)
         self.connection: aiormq.Connection | None = None
         self.channel: Any = None
-        self.sending = threading.Lock()  # one send at a time
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="rabbitmq-sink", daemon=True)
-        self.thread.start()
+        super().__init__("rabbitmq-sink")
 
     @property
     def where(self) -> str:
@@ -86,22 +85,6 @@ class RabbitMQSink:
             # bound only catches a hang inside the client, allowing 1,000 messages a second.
             with self.sending:
                 self.call(self._send(messages), CONNECT_TIMEOUT * 5 + ACK_TIMEOUT + len(messages) / 1000)
-
-    def call(self, awaitable: Awaitable[Any], timeout: float) -> Any:
-        """Run `awaitable` on the sink's loop; any failure drops the connection (the next call connects)."""
-        future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop)
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            future.cancel()
-            self._drop_soon()
-            raise Upload(f"{self.where}: no answer within {timeout:.0f} s; check that the server is up") from None
-        except ExportError:
-            self._drop_soon()
-            raise
-        except (OSError, RuntimeError, amqp.AMQPError, asyncio.TimeoutError) as exc:
-            self._drop_soon()
-            raise Upload(f"{self.where}: {self._reason(exc)}") from None
 
     def _reason(self, exc: BaseException | str) -> str:
         text = str(exc) or type(exc).__name__
@@ -256,26 +239,6 @@ class RabbitMQSink:
         if connection is not None:
             await _quietly_close(connection)
 
-    def _drop_soon(self, wait: float = 0) -> None:
-        """Close the connection on the loop; wait up to `wait` seconds for it (a failed send does not
-        wait on a dead server; the next send's connect comes after the close on the loop anyway)."""
-        if not self.loop.is_running():
-            return
-        future = asyncio.run_coroutine_threadsafe(self._drop(), self.loop)
-        if wait:
-            try:
-                future.result(wait)
-            except Exception:  # noqa: BLE001 - the connection is abandoned either way
-                log.debug("closing the RabbitMQ connection failed", exc_info=True)
-
-    def close(self) -> None:
-        if self.thread.is_alive():
-            self._drop_soon(wait=CONNECT_TIMEOUT + 1)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-        if not self.loop.is_running():
-            self.loop.close()
-
 
 class Window:
     """Counts messages awaiting their confirm; `room` waits (yielding) only when it is full."""
@@ -322,10 +285,6 @@ async def _quietly_close(connection: aiormq.Connection) -> None:
         await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT)
     except Exception:  # noqa: BLE001 - closing a broken connection
         log.debug("closing the RabbitMQ connection failed", exc_info=True)
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
 
 
 def build(spec: StreamSpec, project: str, settings: Settings, secrets: dict[str, str]) -> RabbitMQSink:
