@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import tempfile
 import time
+from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Callable, TypeVar
@@ -17,9 +18,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from .. import open_store
+from .. import catalog, open_store
 from ..config import Settings
 from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secrets
+from .catalog import catalog_router
 from .events_export import events_export_router
 from .privacy import privacy_router
 from .schedules import schedule_router
@@ -70,6 +72,12 @@ class ExportList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class Preview(BaseModel):
+    columns: list[str]
+    rows: list[dict[str, Any]] = Field(description="at most 20 events, as the JSON Lines export holds them")
+    truncated: bool = Field(description="true if the export holds more events than these")
 
 
 class IngestResult(BaseModel):
@@ -182,6 +190,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
 
     app.include_router(schedule_router(jobs, Depends(project_of), problems, check_target, check_privacy))
     app.include_router(stream_router(jobs, settings, Depends(project_of), problems, check_target, check_privacy))
+    app.include_router(catalog_router(settings, Depends(project_of), problems, policies.for_export))
     app.include_router(events_export_router(settings, Depends(project_of), problems, check_privacy,
                                             policies.for_export))
 
@@ -189,15 +198,32 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/api/exports", status_code=202, response_model=ExportView, responses=problems(429))
-    def create_export(body: ExportCreate, project: Project) -> ExportView:
+    def checked_request(body: ExportCreate, project: str) -> ExportRequest:
+        """The export `body` asks for; 422 if its range is too long or the privacy policy refuses it."""
         request = ExportRequest.model_validate(body.model_dump(exclude=set(SERVER_FIELDS)))
         span = request.end_date - request.start_date
         if span > timedelta(days=settings.export.max_range_days):
             raise HTTPException(422, f"end_date - start_date is {span.days} days; the most is "
                                      f"{settings.export.max_range_days}: split the range")
-        check_target(project, request.destination)
         check_privacy(project, request)
+        return request
+
+    @app.post("/api/exports/preview", response_model=Preview, responses=problems(422, 503))
+    def preview_export(body: ExportCreate, project: Project) -> Preview:
+        """The first 20 events the export would hold, as JSON objects (the JSON Lines shape) with the
+        privacy policy applied; nothing is created and the destination is not contacted."""
+        request = checked_request(body, project)
+        with closing(open_store(settings)) as store:
+            try:
+                rows, more = catalog.preview(store, request, project, policies.for_export(project, request))
+            except Invalid as exc:
+                raise HTTPException(422, str(exc)) from None
+        return Preview(columns=list(dict.fromkeys(k for row in rows for k in row)), rows=rows, truncated=more)
+
+    @app.post("/api/exports", status_code=202, response_model=ExportView, responses=problems(429))
+    def create_export(body: ExportCreate, project: Project) -> ExportView:
+        request = checked_request(body, project)
+        check_target(project, request.destination)
         if jobs.active_count(project) >= settings.export.max_concurrent_exports:
             raise HTTPException(429, f"{settings.export.max_concurrent_exports} exports are already pending or "
                                      "running for this project; wait for one to finish")

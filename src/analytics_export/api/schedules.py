@@ -3,13 +3,17 @@
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cron_descriptor import ExpressionDescriptor, Options
+
 from ..errors import Invalid
 from ..jobs.scheduler import Schedules, backfill, run_history
 from ..jobs.store import JobStore, now
+from ..jobs.windows import fires
 from ..models import ScheduledExport, describe_errors, utc
 
 
@@ -66,6 +70,21 @@ class Run(BaseModel):
     created_at: datetime
 
 
+class NextRuns(BaseModel):
+    description: str = Field(description="the cron in words, e.g. `At 02:00, only on Monday`")
+    runs: list[datetime] = Field(description="the next firing times, in the schedule's time zone")
+
+
+def described(cron: str) -> str:
+    """`cron` in words (24-hour times); the expression itself where there are none for it (`@daily`)."""
+    options = Options()
+    options.use_24hour_time_format = True
+    try:
+        return ExpressionDescriptor(cron, options).get_description()
+    except Exception:  # cron-descriptor raises its own FormatError and more for shapes croniter accepts
+        return cron
+
+
 def sample(spec: ScheduledExport) -> Any:
     """One window's export request of `spec`, for checks that look at filters and properties."""
     at = now()
@@ -95,6 +114,19 @@ def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, chec
               offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> ScheduleList:
         items, total = store.list(project, limit, offset)
         return ScheduleList(items=[ScheduleView.model_validate(i) for i in items], total=total)
+
+    @router.get("/next-runs", response_model=NextRuns, responses=problems(422))
+    def next_runs(cron: Annotated[str, Query(max_length=200, description="e.g. `0 2 * * *`")],
+                  timezone: Annotated[str, Query(max_length=100)] = "UTC",
+                  count: Annotated[int, Query(ge=1, le=50)] = 5) -> NextRuns:
+        """What a schedule's cron means: in words, and its next `count` runs from now."""
+        try:
+            spec = ScheduledExport(name="preview", schedule=cron, timezone=timezone)
+        except ValidationError as exc:
+            raise HTTPException(422, describe_errors(exc.errors())) from None
+        tz = ZoneInfo(spec.timezone)
+        runs = fires(spec.schedule, tz, now())
+        return NextRuns(description=described(spec.schedule), runs=[next(runs).astimezone(tz) for _ in range(count)])
 
     @router.get("/{schedule_id}", response_model=ScheduleView, responses=problems(404))
     def get(schedule_id: str, project: Project) -> ScheduleView:
