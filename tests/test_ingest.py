@@ -113,3 +113,29 @@ def test_unknown_extension_and_missing_file(store, tmp_path):
         ingest_file(store, tmp_path / "e.xml", "p")
     with pytest.raises(Invalid, match="no such file"):
         ingest_file(store, tmp_path / "missing.jsonl", "p")
+
+
+def test_the_same_events_ingested_at_once_by_many_threads_are_stored_once(tmp_path: Path):
+    """A client's retried POST can run while its first one still does: each insert must see the other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    events = [{"uuid": f"00000000-0000-4000-8000-{i:012d}", "event": "e", "distinct_id": "u",
+               "timestamp": "2026-01-01T00:00:00Z"} for i in range(20_000)]
+    path = write_jsonl(tmp_path / "events.jsonl", events)
+    DuckDBEventStore(tmp_path / "events.duckdb", read_only=False).close()
+
+    def ingest(_: int) -> int:
+        store = DuckDBEventStore(tmp_path / "events.duckdb", read_only=False)
+        try:
+            return ingest_file(store, path, "p")
+        finally:
+            store.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        added = list(pool.map(ingest, range(8)))
+    assert sorted(added) == [0] * 7 + [20_000]
+    store = DuckDBEventStore(tmp_path / "events.duckdb")
+    try:
+        assert store.execute("SELECT count(*), count(DISTINCT uuid) FROM events", []).fetchall() == [(20_000, 20_000)]
+    finally:
+        store.close()

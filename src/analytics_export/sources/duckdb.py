@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -29,6 +30,11 @@ CREATE TABLE IF NOT EXISTS events (
     inserted_at TIMESTAMPTZ NOT NULL
 )
 """
+
+INSERTS = threading.Lock()
+"""One insert at a time in this process: two at once (a client's retried POST while the first still
+runs) would each miss the other's uuids, as nothing in the table is unique, and store an event
+twice. Only one process can write the file anyway, so no writes are lost to this."""
 
 TIME_COLUMNS = {"timestamp": '"timestamp"', "inserted_at": "inserted_at"}
 NUMBER_TYPES = "('BIGINT', 'UBIGINT', 'DOUBLE')"
@@ -221,7 +227,8 @@ class DuckDBEventStore:
             "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.uuid = s.uuid AND e.project_id = s.project_id) "
             'ORDER BY "timestamp"'  # rows stored in time order: a window's scan skips other row groups
         )
-        return int(self.execute(text, params or []).fetchall()[0][0])
+        with INSERTS:
+            return int(self.execute(text, params or []).fetchall()[0][0])
 
     def _relation(self, text: str, params: list[Any]) -> duckdb.DuckDBPyRelation:
         with translated_errors():
