@@ -30,8 +30,10 @@ from typing import Any
 import httpx
 import pytest
 
+from analytics_export import Settings
 from servers import s3_server  # noqa: F401  (fixture)
 from service import CLI, Service, cli, free_port
+from test_warehouses import read_table
 from test_broker_sinks import Jet, Queue, nats_url, rabbitmq_url  # noqa: F401  (fixtures)
 
 HOST = "127.0.0.1"
@@ -40,6 +42,9 @@ MAX_BATCH = 100
 BATCH_SECONDS = 0.3
 KILLS = int(os.environ.get("STREAM_TEST_KILLS", 2))  # each costs a 30 s lease before another worker takes over
 SEED = int(os.environ.get("STREAM_TEST_SEED", random.randrange(1 << 30)))
+TABLES = {"postgres": {"type": "postgres", "url": "set by crash_run", "table": "public.streamed"},
+          "clickhouse": {"type": "clickhouse", "url": "chdb:streamed", "table": "events"},
+          "delta": {"type": "delta", "uri": "lake/streamed"}}
 HEX64 = re.compile(r"[0-9a-f]{64}")
 BUSY: Counter = Counter()
 """503s (Retry-After) answered to GET /api/streams/{id} and POST /api/events, by cause: retried."""
@@ -357,6 +362,11 @@ BAD_SPECS = [
     ({"destination": {"type": "nats", "subject": "ok", "url": "nats://user:pw@127.0.0.1:4222"}},
      "credentials go in a connection"),
     ({"destination": {"type": "rabbitmq", "queue": "bad queue"}}, "queue must be 1-255"),
+    ({"destination": {"type": "delta", "uri": "lake/t"}, "properties": ["plan", "uuid"]},
+     "property 'uuid' would be a column of the table"),
+    ({"destination": {"type": "delta", "uri": "../outside"}}, "uri"),
+    ({"destination": {"type": "postgres", "url": "postgresql://u:pw@127.0.0.1/db", "table": "t"}},
+     "put the password in a connection"),
     ({"max_batch_events": 0}, "max_batch_events"),
     ({"max_batch_seconds": 0}, "max_batch_seconds"),
     ({"failing_after_seconds": 0.5}, "failing_after_seconds"),
@@ -515,6 +525,17 @@ def queue_records(queue: Queue) -> list[dict[str, Any]]:
     return [json.loads(m.body) for m in messages]
 
 
+def table_records(data: Path, spec: dict) -> list[dict[str, Any]]:
+    """A table's rows as the records a stream delivers (properties parsed, timestamps as text)."""
+    out = []
+    for row in read_table(Settings(data_dir=data), spec):
+        props = row["properties"]
+        out.append({"event": row["event"], "distinct_id": row["distinct_id"], "timestamp": ts_text(row["timestamp"]
+                    if row["timestamp"].tzinfo else row["timestamp"].replace(tzinfo=timezone.utc)),
+                    "properties": json.loads(props) if isinstance(props, str) else props, "uuid": str(row["uuid"])})
+    return out
+
+
 def bucket_records(s3, bucket: str) -> list[dict[str, Any]]:
     client = s3.client()
     keys: list[str] = []
@@ -529,8 +550,9 @@ def bucket_records(s3, bucket: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url) -> Iterator[CrashRun]:
-    """One service, four streams (webhook, NATS, RabbitMQ, S3) of the same events; events ingested
+def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module) -> Iterator[CrashRun]:
+    """One service, seven streams (webhook, NATS, RabbitMQ, S3, and PostgreSQL, ClickHouse (chDB) and
+    Delta Lake tables) of the same events; events ingested
     all along, the whole service SIGKILLed KILLS times at random moments while the streams deliver,
     started again on the same data dir each time; then everything delivered is collected."""
     rng = random.Random(SEED)
@@ -554,6 +576,7 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url) -> Iterator[C
                 "rabbitmq": {"type": "rabbitmq", "url": rabbitmq_url, "queue": queue.name},
                 "s3": {"type": "s3", "bucket": bucket, "endpoint_url": s3_server.endpoint, "region": "us-east-1",
                        "connection": "s3", "prefix": "streamed"},
+                **TABLES, "postgres": {**TABLES["postgres"], "url": pg_url_module.replace("+psycopg", "")},
             }
             ids = {name: create_stream(c, d, name=name)["stream"]["id"] for name, d in destinations.items()}
         ingester.start()
@@ -594,8 +617,10 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url) -> Iterator[C
         with service.client(key) as c:
             views = {name: caught_up(c, i, 90) for name, i in ids.items()}
         log.append(f"{time.monotonic() - started:5.1f}s: caught up; 503s retried: {dict(BUSY)}")
+        service.close()  # the worker lets go of the chDB table
         received = {"webhook": receiver.records(), "nats": jetstream_records(jet), "rabbitmq": queue_records(queue),
-                    "s3": bucket_records(s3_server, bucket)}
+                    "s3": bucket_records(s3_server, bucket),
+                    **{name: table_records(data, destinations[name]) for name in TABLES}}
         yield CrashRun(ingester.sent, ingester.batch_of, received, views, KILLS, log)
     finally:
         ingester.stop.set()
@@ -606,7 +631,7 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url) -> Iterator[C
         print("\n".join(log))
 
 
-@pytest.mark.parametrize("destination", ["webhook", "nats", "rabbitmq", "s3"])
+@pytest.mark.parametrize("destination", ["webhook", "nats", "rabbitmq", "s3", *TABLES])
 def test_every_event_arrives_through_kills(crash_run: CrashRun, destination: str):
     got = crash_run.received[destination]
     sent = crash_run.sent
@@ -622,8 +647,11 @@ def test_every_event_arrives_through_kills(crash_run: CrashRun, destination: str
     print(f"{destination}: {len(got)} delivered, {len(duplicated)} duplicated uuids, {crash_run.kills} kills")
     assert len(duplicated) <= MAX_BATCH * crash_run.kills, "more redelivered than was unacknowledged at the kills"
     assert max(counts.values()) <= 1 + crash_run.kills
-    firsts = [crash_run.batch_of[u] for u in dict.fromkeys(r["uuid"] for r in got)]
-    assert firsts == sorted(firsts), "first deliveries in ingestion order"
+    if destination in TABLES:
+        assert not duplicated, "a batch appended again replaces its earlier copy: exactly one of each event"
+    else:
+        firsts = [crash_run.batch_of[u] for u in dict.fromkeys(r["uuid"] for r in got)]
+        assert firsts == sorted(firsts), "first deliveries in ingestion order"
     final = crash_run.views[destination]
     assert final["lag"] == {"events": 0, "seconds": 0.0}
     assert final["status"] == "active" and final["last_error"] is None

@@ -31,6 +31,8 @@ from analytics_export.models import (ExportConfig, ExportRequest, ExportResult, 
                                      ScheduledExport)
 from analytics_export.pipeline import Cancelled, run_export
 from analytics_export.sources import EventQuery
+from analytics_export.streaming.sinks import Delivery, sink_for
+from analytics_export.streaming.spec import StreamSpec
 from servers import s3_server  # noqa: F401  (fixture)
 from test_schedules import Sim as ScheduleSim
 
@@ -292,6 +294,33 @@ def test_a_daily_schedule_keeps_the_table_current(tmp_path: Path, table: dict):
     assert forced == {"queued": len(runs), "skipped": 0}
     drain()  # the same windows again, under the same export ids
     assert table_rows(sim.settings, table) == expected, "rerun windows replace themselves"
+
+
+def stream_batch(numbers: range, stored: datetime, first: int = 0) -> list[pa.RecordBatch]:
+    """Events as a stream reads them for a table (Parquet's shape, with uuid and inserted_at); event
+    `first` was stored at `stored`, each next one a microsecond later."""
+    rows = [{"event": "e", "distinct_id": f"u{n % 3}", "timestamp": stored - timedelta(seconds=n),
+             "properties": json_text({"n": n}), "uuid": str(uuid.UUID(int=n + 1)),
+             "inserted_at": stored + timedelta(microseconds=n - first)} for n in numbers]
+    return [pa.RecordBatch.from_pylist(rows, schema=EventQuery(project="p", start=stored, end=stored,
+                                                               with_ids=True).schema)]
+
+
+def test_a_stream_appends_and_a_batch_sent_again_replaces_only_its_own_copy(settings: Settings, table: dict):
+    spec = StreamSpec(name="to a table", destination=table)
+    sink = sink_for(spec, settings.project, settings, {})
+    stored = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    try:
+        other = stream_batch(range(1000, 1050), stored, first=1000)  # stored at the same time as 0-49
+        sink.send(Delivery("a", b"", [], "", rows=other))  # another stream's rows in the same table
+        sink.send(Delivery("b", b"", [], "", rows=stream_batch(range(0, 100), stored)))
+        sink.send(Delivery("b", b"", [], "", rows=stream_batch(range(0, 150), stored)))  # sent again, read further
+        sink.send(Delivery("c", b"", [], "", rows=stream_batch(range(150, 200), stored)))
+    finally:
+        sink.close()
+    numbers = Counter(json.loads(r["properties"])["n"] if isinstance(r["properties"], str) else r["properties"]["n"]
+                      for r in read_table(settings, table))
+    assert numbers == Counter([*range(0, 200), *range(1000, 1050)])
 
 
 def test_table_destinations_validate():

@@ -43,6 +43,7 @@ POLL_SECONDS = 0.1
 BEAT_SECONDS = 1.0
 MAX_BACKOFF = 30.0
 BROKERS = ("nats", "rabbitmq")
+TABLES = ("postgres", "clickhouse", "delta")
 
 
 def cursor_name(cursor: tuple[datetime, str]) -> str:
@@ -50,7 +51,10 @@ def cursor_name(cursor: tuple[datetime, str]) -> str:
 
 
 def stream_format(spec: StreamSpec) -> ExportFormat:
-    """The format batches are read in: JSON Lines for a broker's message per event, else the stream's."""
+    """The format batches are read in: JSON Lines for a broker's message per event, Parquet's shape
+    (typed timestamps, a column per selected property) for a table, else the stream's."""
+    if spec.destination.type in TABLES:
+        return ExportFormat.PARQUET
     return ExportFormat.JSON_LINES if spec.destination.type in BROKERS and spec.message == "event" else spec.format
 
 
@@ -174,9 +178,8 @@ class StreamRun:
 
     def deliver(self, sink: Sink) -> bool:
         """Send the pending batch until the destination takes it; False if the stream must stop."""
-        batches = [b.drop_columns(["inserted_at"]) for b in self.pending]
         first = (self.pending[0].column("inserted_at")[0].as_py(), self.pending[0].column("uuid")[0].as_py())
-        delivery = self.encode(batches, f"{cursor_name(first)}_{cursor_name(self.read_cursor)}")
+        delivery = self.encode(self.pending, f"{cursor_name(first)}_{cursor_name(self.read_cursor)}")
         attempt = 0
         while True:
             try:
@@ -204,7 +207,10 @@ class StreamRun:
 
     def encode(self, batches: list[pa.RecordBatch], name: str) -> Delivery:
         """The batch as one body in the stream's format (and compression), and as one JSON message per
-        event for brokers."""
+        event for brokers; a table takes the Arrow batches as they are."""
+        if self.spec.destination.type in TABLES:
+            return Delivery(name=name, body=b"", messages=[], content_type="", rows=batches)
+        batches = [b.drop_columns(["inserted_at"]) for b in batches]
         schema = batches[0].schema
         out = io.BytesIO()
         counted = ForwardingSink(out)

@@ -1,4 +1,5 @@
-"""What a stream is: which events, in which shape, to which destination, in batches of what size."""
+"""What a stream is: which events, in which shape, to which destination (a webhook, object storage, a
+broker or a warehouse table), in batches of what size."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..models import (AzureDestination, Compression, ExportFilter, ExportFormat, ExportRequest, FileLayout,
-                      GCSDestination, PrivacyRules,
-                      S3Destination, WebhookDestination, check_property_name, utc)
+from ..models import (AzureDestination, ClickHouseTableDestination, Compression, DeltaTableDestination, ExportFilter,
+                      ExportFormat, ExportRequest, FileLayout, GCSDestination, PostgresTableDestination, PrivacyRules,
+                      S3Destination, WarehouseTable, WebhookDestination, check_property_name, utc)
 
 SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 QUEUE = re.compile(r"[A-Za-z0-9_.:\-]{1,255}")
@@ -72,7 +73,8 @@ class RabbitMQDestination(BaseModel):
 
 
 StreamDestination = Annotated[
-    Union[WebhookDestination, S3Destination, GCSDestination, AzureDestination, NatsDestination, RabbitMQDestination],
+    Union[WebhookDestination, S3Destination, GCSDestination, AzureDestination, NatsDestination, RabbitMQDestination,
+          PostgresTableDestination, ClickHouseTableDestination, DeltaTableDestination],
     Field(discriminator="type"),
 ]
 
@@ -89,7 +91,8 @@ class StreamSpec(BaseModel):
     filters: list[ExportFilter] = Field(default_factory=list)
     properties: list[str] | None = Field(None, description="properties to keep; null means all")
     privacy: PrivacyRules | None = Field(None, description="rules added to the project's privacy policy")
-    format: ExportFormat = Field(ExportFormat.JSON_LINES, description="webhook bodies and object-storage files")
+    format: ExportFormat = Field(ExportFormat.JSON_LINES, description="webhook bodies and object-storage files "
+                                 "(a table takes typed columns: format and compression do not apply)")
     compression: Compression | None = None
     destination: StreamDestination
     max_batch_events: int = Field(1000, ge=1, le=100_000)
@@ -123,6 +126,16 @@ class StreamSpec(BaseModel):
             raise ValueError("a stream's batch is one request: use max_batch_events, not batch_max_events or "
                              "batch_max_bytes")
         return value
+
+    @model_validator(mode="after")
+    def _table_columns(self) -> "StreamSpec":
+        from ..warehouses import COLUMNS
+
+        taken = [p for p in self.properties or () if p in COLUMNS]
+        if isinstance(self.destination, WarehouseTable) and taken:
+            raise ValueError(f"property {taken[0]!r} would be a column of the table, which has one of that name "
+                             "already; select the properties other than " + ", ".join(COLUMNS))
+        return self
 
     @field_validator("start")
     @classmethod

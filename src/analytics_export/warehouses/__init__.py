@@ -6,7 +6,8 @@ schedule's window run again under the same export id) leaves exactly one copy of
 Tables hold the Parquet shape (typed timestamps; `properties` as JSON text, or one text column per
 selected property) plus each event's `uuid` and `inserted_at`: an `inserted_at` window can be
 replaced, and duplicates stay detectable. One module per table type, registered in
-`destinations.DESTINATIONS`; `run_export` hands a `TableDestination` to `load_table`.
+`destinations.DESTINATIONS`; `run_export` hands a `TableDestination` to `load_table`, and a stream
+appends each batch through `load` with the batch's own uuids as its window (streaming/sinks/table.py).
 """
 
 from __future__ import annotations
@@ -33,14 +34,18 @@ COLUMNS = ("event", "distinct_id", "timestamp", "properties", "uuid", "inserted_
 
 @dataclass(frozen=True)
 class Window:
-    """The rows a load replaces: those whose `column` is in [start, end)."""
+    """The rows a load replaces: those whose `column` is in [start, end), and with `uuids`, only
+    those among them with one of these uuids (a stream's batch appended again replaces its own
+    earlier copy, and nothing else)."""
 
     start: datetime
     end: datetime
     column: str
+    uuids: tuple[str, ...] | None = None
 
     def __str__(self) -> str:
-        return f"{self.column} in [{self.start.isoformat()}, {self.end.isoformat()})"
+        among = f" among {len(self.uuids)} uuids" if self.uuids is not None else ""
+        return f"{self.column} in [{self.start.isoformat()}, {self.end.isoformat()}){among}"
 
 
 class TableDestination(Destination):

@@ -10,6 +10,7 @@ takes its keys from a `delta` connection (or the server's own, where it lends th
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 import pyarrow as pa
@@ -28,6 +29,12 @@ DAY = "day"
 
 def literal(value: datetime) -> str:
     return f"'{value:%Y-%m-%dT%H:%M:%S.%fZ}'"
+
+
+def uuid_literal(value: str) -> str:
+    """A uuid as a SQL string; the uuids come from the event store, but are checked all the same."""
+    uuid.UUID(value)  # raises for anything else
+    return f"'{value}'"
 
 
 def storage_options(spec: DeltaTableDestination, target: Target) -> dict[str, str]:
@@ -69,6 +76,8 @@ class DeltaLakeTable(TableDestination):
     def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
         column = f'"{window.column}"'
         predicate = f"{column} >= {literal(window.start)} AND {column} < {literal(window.end)}"
+        if window.uuids is not None:
+            predicate += f" AND uuid IN ({', '.join(map(uuid_literal, window.uuids))})"
         partition = None
         if self.partition_by_day:
             batches = with_day(batches, window.column)

@@ -71,7 +71,9 @@ class PostgresTable(TableDestination):
                 for name, kind in columns:
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
                 cur.adbc_ingest(STAGE, batches, mode="create", temporary=True)
-                cur.execute(f"DELETE FROM {table} WHERE {time} >= $1 AND {time} < $2", (window.start, window.end))
+                among = f" AND uuid IN (SELECT uuid::uuid FROM {STAGE})" if window.uuids is not None else ""
+                cur.execute(f"DELETE FROM {table} WHERE {time} >= $1 AND {time} < $2{among}",
+                            (window.start, window.end))
                 cur.execute(f"INSERT INTO {table} ({names}) SELECT {casts} FROM {STAGE}")
                 conn.commit()
         except adbc.Error as exc:

@@ -1,12 +1,15 @@
 """Where a stream's batches go. A sink sends one batch and returns once the destination has
-acknowledged it (HTTP 2xx, the object committed, JetStream's PubAck, RabbitMQ's publisher confirm);
-it raises if it could not, and the batch is sent again. One module per destination type."""
+acknowledged it (HTTP 2xx, the object committed, JetStream's PubAck, RabbitMQ's publisher confirm,
+the table's transaction or commit); it raises if it could not, and the batch is sent again. One
+module per destination type."""
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+import pyarrow as pa
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -19,6 +22,9 @@ SINKS: dict[str, str] = {
     "azure": "files",
     "nats": "nats",
     "rabbitmq": "rabbitmq",
+    "postgres": "table",
+    "clickhouse": "table",
+    "delta": "table",
 }
 """Destination type -> module under `sinks/` whose `build(...)` makes the sink."""
 
@@ -30,13 +36,15 @@ class Delivery:
     `name` is derived from the range of the stream's sequence the batch covers (the same batch sent
     again has the same name: object names overwrite, message ids deduplicate). `body` is the batch
     in the stream's format and compression; `messages` are the events one by one as
-    (uuid, JSON object bytes), for brokers sending a message per event."""
+    (uuid, JSON object bytes), for brokers sending a message per event; `rows` are the Arrow
+    batches themselves (with `uuid` and `inserted_at`), for tables, which take no body."""
 
     name: str
     body: bytes
     messages: list[tuple[str, bytes]]
     content_type: str
     content_encoding: str | None = None
+    rows: list[pa.RecordBatch] = field(default_factory=list)
 
 
 class Sink(Protocol):
