@@ -1,4 +1,5 @@
-"""Delta Lake tables (delta-rs): a window is written with replace-where, in one atomic commit.
+"""Delta Lake tables (delta-rs): a window is written with replace-where, in one atomic commit (a
+stream's batch, whose window is its own uuids, is merged on uuid instead).
 
 `write_deltalake(mode="overwrite", predicate=<window>)` drops the window's rows and adds the new
 files in one commit of the table's log: readers see the old window or the new one, never part of
@@ -10,13 +11,12 @@ takes its keys from a `delta` connection (or the server's own, where it lends th
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import DeltaError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from ..destinations import Target
 from ..errors import Invalid, Storage
@@ -29,12 +29,6 @@ DAY = "day"
 
 def literal(value: datetime) -> str:
     return f"'{value:%Y-%m-%dT%H:%M:%S.%fZ}'"
-
-
-def uuid_literal(value: str) -> str:
-    """A uuid as a SQL string; the uuids come from the event store, but are checked all the same."""
-    uuid.UUID(value)  # raises for anything else
-    return f"'{value}'"
 
 
 def storage_options(spec: DeltaTableDestination, target: Target) -> dict[str, str]:
@@ -76,18 +70,34 @@ class DeltaLakeTable(TableDestination):
     def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
         column = f'"{window.column}"'
         predicate = f"{column} >= {literal(window.start)} AND {column} < {literal(window.end)}"
-        if window.uuids is not None:
-            predicate += f" AND uuid IN ({', '.join(map(uuid_literal, window.uuids))})"
         partition = None
         if self.partition_by_day:
             batches = with_day(batches, window.column)
-            if not DeltaTable.is_deltatable(self.uri, self.options):
-                partition = [DAY]
         try:
-            write_deltalake(self.uri, batches, mode="overwrite", predicate=predicate, schema_mode="merge",
-                            partition_by=partition, storage_options=self.options)
+            table = self.table()
+            if window.uuids is not None and table is not None:
+                self.upsert(table, batches, predicate.replace(column, f"t.{column}"))
+            else:
+                write_deltalake(self.uri, batches, mode="overwrite", predicate=predicate, schema_mode="merge",
+                                partition_by=[DAY] if self.partition_by_day and table is None else None,
+                                storage_options=self.options)
         except DeltaError as exc:
             raise Storage(f"loading {self} failed: {str(exc).splitlines()[0]}") from None
+
+    def table(self) -> DeltaTable | None:
+        """The table, or None before its first load (`is_deltatable` failed to list moto's S3)."""
+        try:
+            return DeltaTable(self.uri, storage_options=self.options)
+        except TableNotFoundError:
+            return None
+
+    @staticmethod
+    def upsert(table: DeltaTable, batches: pa.RecordBatchReader, window: str) -> None:
+        """A stream's batch: each event replaces the row of its uuid within `window`, or is added,
+        in one commit (a MERGE: a replace-where would have to list every uuid in its predicate,
+        which crashed delta-rs's parser at 100,000 of them)."""
+        (table.merge(batches, f"{window} AND t.uuid = s.uuid", source_alias="s", target_alias="t", merge_schema=True)
+         .when_matched_update_all().when_not_matched_insert_all().execute())
 
 
 def build(target: Target) -> DeltaLakeTable:
