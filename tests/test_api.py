@@ -46,6 +46,7 @@ def test_create_poll_download_matches_the_pipeline(service, tmp_path):
         done = wait_for(c, export_id)
         result = done["result"]
         assert result["total_events"] == done["progress"]["events"] > 0
+        assert done["progress"]["expected_events"] == result["total_events"], "counted exactly on the embedded store"
         got = c.get(f"/api/exports/{export_id}/download")
         assert got.status_code == 200
         assert got.headers["content-type"].startswith("application/x-ndjson")

@@ -22,6 +22,7 @@ from .. import catalog, open_store
 from ..config import Settings
 from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secrets
 from .catalog import catalog_router
+from .console import console_router
 from .events_export import events_export_router
 from .privacy import privacy_router
 from .schedules import schedule_router
@@ -55,6 +56,8 @@ class ExportCreate(ExportRequest):
 class ExportProgress(BaseModel):
     events: int
     bytes: int
+    expected_events: int | None = Field(None, description="how many events the export is expected to hold, once "
+                                        "a worker started it: exact on the embedded store, else an upper bound")
     started_at: datetime | None
     partitions: int | None = Field(None, description="time-window partitions the export runs as (null: one run)")
     partitions_done: int | None = None
@@ -145,7 +148,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             url = f"/api/exports/{job.id}/download?expires={expires}&signature={signature(job.id, expires)}"
         request = job.request.model_copy(update={"status": job.status})
         return ExportView(request=request, status=job.status, result=job.result(url),
-                          progress=ExportProgress(events=job.events_done, bytes=job.bytes_done, started_at=job.started_at,
+                          progress=ExportProgress(events=job.events_done, bytes=job.bytes_done,
+                                                  expected_events=job.events_expected, started_at=job.started_at,
                                                   partitions=job.parts, partitions_done=job.parts_done))
 
     def check_target(project: str, destination: Any) -> None:
@@ -193,6 +197,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     app.include_router(catalog_router(settings, Depends(project_of), problems, policies.for_export))
     app.include_router(events_export_router(settings, Depends(project_of), problems, check_privacy,
                                             policies.for_export))
+
+    app.include_router(console_router())
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

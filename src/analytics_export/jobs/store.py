@@ -68,6 +68,7 @@ class Job:
     expires_at: datetime | None
     events_done: int
     bytes_done: int
+    events_expected: int | None
     total_events: int | None
     file_size: int | None
     destination_path: str | None
@@ -87,7 +88,8 @@ class Job:
             id=m["id"], project=m["project"], request=ExportRequest.model_validate(m["request"]),
             status=ExportStatus(m["status"]), created_at=aware(m["created_at"]), started_at=aware(m["started_at"]),
             completed_at=aware(m["completed_at"]), expires_at=aware(m["expires_at"]),
-            events_done=m["events_done"], bytes_done=m["bytes_done"], total_events=m["total_events"],
+            events_done=m["events_done"], bytes_done=m["bytes_done"], events_expected=m["events_expected"],
+            total_events=m["total_events"],
             file_size=m["file_size"], destination_path=m["destination_path"], error=m["error"],
             attempts=m["attempts"], cancel_requested=m["cancel_requested"], parts=m["parts"],
             parts_done=m["parts_done"], privacy_version=m["privacy_version"],
@@ -438,6 +440,12 @@ class JobStore:
                 c.execute(export_parts.delete().where(p.export_id == row.id))
                 reaped.append((Job.from_row(row), rows))
         return reaped
+
+    def expect(self, export_id: str, worker: str, events: int | None) -> None:
+        """Record how many events the export `worker` runs is expected to hold (an estimate)."""
+        with self.engine.begin() as c:
+            c.execute(exports.update().where(exports.c.id == export_id, exports.c.lease_owner == worker)
+                      .values(events_expected=events))
 
     def heartbeat(self, export_id: str, worker: str, lease: timedelta, events: int, size: int) -> bool:
         """Extend the lease and record progress; False when the job is no longer this worker's to run

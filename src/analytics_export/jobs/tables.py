@@ -19,6 +19,7 @@ exports = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("events_done", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("bytes_done", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("events_expected", sa.BigInteger),
     sa.Column("total_events", sa.BigInteger),
     sa.Column("file_size", sa.BigInteger),
     sa.Column("destination_path", sa.Text),

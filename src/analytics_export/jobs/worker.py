@@ -22,7 +22,8 @@ from ..destinations import Destination, Target, destination_for
 from ..errors import ExportError, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
-from ..sources import EventQuery
+from ..sources import EventQuery, EventSource
+from ..sources.duckdb import DuckDBEventStore
 from ..privacy import Privacy
 from ..retention import run_due
 from .partitions import assemble, discard, plan, run_partition, staging
@@ -35,6 +36,18 @@ T = TypeVar("T")
 REAP_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
+
+
+def expected(store: EventSource, job: Job) -> int | None:
+    """How many events `job` will export, for its progress bar: counted on the embedded store (a
+    columnar scan, a fraction of the export's own), else the engine's estimate of the window before
+    filters (its index or statistics: instant, an upper bound). None if the store cannot say."""
+    query = EventQuery.from_request(job.request, job.project)
+    try:
+        return store.count(query) if isinstance(store, DuckDBEventStore) else store.estimate(query)
+    except ExportError as exc:  # the export's own run meets and reports the same problem
+        log.warning("export %s: no estimate of its size (%s)", job.id, exc)
+        return None
 
 
 class Worker:
@@ -145,6 +158,7 @@ class Worker:
         except Exception as exc:  # the export's own run meets and reports the same problem
             log.warning("export %s: not partitioned, the event store could not estimate it (%s)", job.id, exc)
             return []
+        self.jobs.expect(job.id, self.name, events)
         return plan(job.request, config, events)
 
     @contextmanager
@@ -189,6 +203,7 @@ class Worker:
                 return assemble(job, destination, self.settings, self.jobs.partitions(job.id), privacy,
                                 should_stop=lost.is_set)
             with closing(open_store(self.settings)) as store:
+                self.jobs.expect(job.id, self.name, expected(store, job))
                 return run_export(job.request, store, destination, project=job.project,
                                   batch_size=self.settings.export.batch_size, on_progress=track,
                                   should_stop=lost.is_set, privacy=privacy)
