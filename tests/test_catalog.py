@@ -178,6 +178,7 @@ def test_a_preview_refuses_what_create_refuses(service):
     with service.client(None) as anonymous:
         assert anonymous.post("/api/exports/preview", json={}).status_code == 401
         assert anonymous.get("/api/events/names").status_code == 401
+        assert anonymous.get("/api/schedules/next-runs", params={"cron": "0 2 * * *"}).status_code == 401
 
 
 def test_an_empty_store_answers_empty(tmp_path):

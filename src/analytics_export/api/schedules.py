@@ -116,7 +116,7 @@ def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, chec
         return ScheduleList(items=[ScheduleView.model_validate(i) for i in items], total=total)
 
     @router.get("/next-runs", response_model=NextRuns, responses=problems(422))
-    def next_runs(cron: Annotated[str, Query(max_length=200, description="e.g. `0 2 * * *`")],
+    def next_runs(_project: Project, cron: Annotated[str, Query(max_length=200, description="e.g. `0 2 * * *`")],
                   timezone: Annotated[str, Query(max_length=100)] = "UTC",
                   count: Annotated[int, Query(ge=1, le=50)] = 5) -> NextRuns:
         """What a schedule's cron means: in words, and its next `count` runs from now."""

@@ -70,7 +70,6 @@ class DeltaLakeTable(TableDestination):
     def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
         column = f'"{window.column}"'
         predicate = f"{column} >= {literal(window.start)} AND {column} < {literal(window.end)}"
-        partition = None
         if self.partition_by_day:
             batches = with_day(batches, window.column)
         try:

@@ -1,0 +1,285 @@
+// What an export or schedule exports: events, properties, filters, format, compression, destination.
+
+import { api, query } from "./api.js";
+import { announce, debounce, field, fmtNumber, h, newId, options } from "./ui.js";
+
+const FORMATS = [["json_lines", "JSON Lines"], ["json", "JSON"], ["csv", "CSV"], ["parquet", "Parquet"],
+  ["avro", "Avro"]];
+const COMPRESSIONS = [["", "None"], ["gzip"], ["zstd"], ["snappy"], ["lz4"]];
+const OPERATORS = [["eq", "equals"], ["neq", "does not equal"], ["gt", "greater than"], ["gte", "at least"],
+  ["lt", "less than"], ["lte", "at most"], ["contains", "contains"], ["not_contains", "does not contain"],
+  ["regex", "matches regex"], ["in", "is one of"], ["not_in", "is not one of"], ["is_set", "is set"],
+  ["is_not_set", "is not set"]];
+const NO_VALUE = ["is_set", "is_not_set"];
+const LIST_VALUE = ["in", "not_in"];
+const TEXT_VALUE = ["contains", "not_contains", "regex"];
+const ORDERED = ["gt", "gte", "lt", "lte"];
+const PROPERTY_NAME = /^[\p{L}\p{N}_$][\p{L}\p{N}_$.:/ -]{0,199}$/u;
+
+// Destination fields: [name, label, required, input type].
+const LAYOUT = [["prefix", "Prefix (folder)"], ["path_template", "Path template, e.g. year={year}/month={month}"]];
+const DESTINATIONS = {
+  download: { label: "Download from this server", fields: [] },
+  s3: { label: "Amazon S3 (or compatible)", fields: [["bucket", "Bucket", true], ["region", "Region"],
+    ["endpoint_url", "Endpoint URL", false, "url"], ...LAYOUT] },
+  gcs: { label: "Google Cloud Storage", fields: [["bucket", "Bucket", true], ...LAYOUT] },
+  azure: { label: "Azure Blob Storage", fields: [["container", "Container", true],
+    ["account_url", "Account URL", false, "url"], ...LAYOUT] },
+  sftp: { label: "SFTP", fields: [["host", "Host", true], ["port", "Port", false, "number"],
+    ["username", "Username", true], ["path", "Remote folder"], ...LAYOUT] },
+  webhook: { label: "Webhook", fields: [["url", "URL", true, "url"]] },
+  postgres: { label: "PostgreSQL table", fields: [["url", "URL (postgresql://user@host/db)", true],
+    ["table", "Table", true]] },
+  clickhouse: { label: "ClickHouse table", fields: [["url", "URL (clickhouse://user@host:8123/db)", true],
+    ["table", "Table", true]] },
+  delta: { label: "Delta Lake table", fields: [["uri", "URI (s3://bucket/path or a name)", true]] },
+};
+
+/** The shared fieldsets; `range()` gives the window ({start, end} ISO) the property list is read for. */
+export function exportFields(range) {
+  const span = () => {
+    const { start, end } = range();
+    return start && end && start < end ? { start, end } : {};
+  };
+  const events = eventPicker(span, () => properties.refresh());
+  const properties = propertyPicker(events, span);
+  const filters = filterBuilder(properties.datalist.id);
+  const format = h("select", { name: "format" }, options(FORMATS, "json_lines"));
+  const compression = h("select", { name: "compression" }, options(COMPRESSIONS, ""));
+  const destination = destinationPicker();
+  const element = h("div", { class: "stack" }, events.element, properties.element, filters.element,
+    h("fieldset", {}, h("legend", {}, "File"), h("div", { class: "row" },
+      field("Format", format),
+      field("Compression", compression, "For Parquet and Avro: the file's internal codec"))),
+    destination.element);
+  return {
+    element,
+    refresh: properties.refresh,
+    body: () => ({ events: events.chosen, properties: properties.selected(), filters: filters.value(),
+      format: format.value, compression: compression.value || null, destination: destination.value() }),
+    validate: () => [...filters.validate(), ...destination.validate()],
+    load(spec) {
+      events.set(spec.events);
+      properties.set(spec.properties ?? []);
+      filters.set(spec.filters);
+      format.value = spec.format;
+      compression.value = spec.compression ?? "";
+      destination.set(spec.destination);
+      properties.refresh();
+    },
+  };
+}
+
+/** An ARIA combobox adding event names as removable chips; suggestions from /api/events/names. */
+function eventPicker(range, onChange) {
+  const chosen = [];
+  const listId = newId("event-options");
+  const input = h("input", { type: "text", role: "combobox", autocomplete: "off", "aria-autocomplete": "list",
+    "aria-expanded": "false", "aria-controls": listId, placeholder: "Type to search event names" });
+  const list = h("ul", { id: listId, role: "listbox", class: "listbox", hidden: true, "aria-label": "Event names" });
+  const chips = h("ul", { class: "chips", "aria-label": "Chosen events" });
+  let items = [];
+  let active = -1;
+
+  const render = () => {
+    list.replaceChildren(...items.map((item, i) => h("li", {
+      id: `${listId}-${i}`, role: "option", "aria-selected": String(i === active),
+      onmousedown: (e) => { e.preventDefault(); pick(item.name); },
+    }, h("span", {}, item.name), h("span", { class: "muted" }, fmtNumber(item.events)))));
+    list.hidden = !items.length;
+    input.setAttribute("aria-expanded", String(!list.hidden));
+    if (active >= 0) input.setAttribute("aria-activedescendant", `${listId}-${active}`);
+    else input.removeAttribute("aria-activedescendant");
+    list.children[active]?.scrollIntoView({ block: "nearest" });
+  };
+  const close = () => { items = []; active = -1; render(); };
+  const suggest = debounce(async () => {
+    try {
+      const data = await api(query("/api/events/names", { q: input.value.trim(), limit: 20, ...range() }));
+      items = data.items.filter((item) => !chosen.includes(item.name));
+    } catch {
+      items = [];
+    }
+    if (document.activeElement !== input) items = []; // answered after the user moved on
+    active = -1;
+    render();
+  }, 150);
+  const renderChips = () => chips.replaceChildren(...chosen.map((name) => h("li", {}, name,
+    h("button", { type: "button", class: "chip-remove", "aria-label": `Remove ${name}`,
+      onclick: () => { chosen.splice(chosen.indexOf(name), 1); renderChips(); onChange(); input.focus(); } }, "×"))));
+  const pick = (name) => {
+    if (!chosen.includes(name)) chosen.push(name);
+    input.value = "";
+    close();
+    renderChips();
+    onChange();
+    announce(`Added event ${name}`);
+  };
+
+  input.addEventListener("input", suggest);
+  input.addEventListener("blur", close);
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      if (!items.length) return suggest();
+      active = (active + (e.key === "ArrowDown" ? 1 : items.length - 1)) % items.length;
+      render();
+    } else if (e.key === "Enter" && (active >= 0 || input.value.trim())) {
+      e.preventDefault();
+      pick(active >= 0 ? items[active].name : input.value.trim());
+    } else if (e.key === "Escape") {
+      close();
+    }
+  });
+  return {
+    chosen,
+    element: h("fieldset", {}, h("legend", {}, "Events"),
+      field("Event name", input, "Arrow keys choose a suggestion, Enter adds it. None chosen: all events."),
+      h("div", { class: "combo" }, list), chips),
+    set(names) { chosen.splice(0, chosen.length, ...names); renderChips(); },
+  };
+}
+
+/** Checkboxes of the properties seen on the chosen events in the window; none ticked means all. */
+function propertyPicker(events, range) {
+  const selected = new Set();
+  const box = h("div", { class: "checks" });
+  const datalist = h("datalist", { id: newId("property-names") });
+  const note = h("p", { class: "muted" }, "Choose events and dates to list their properties.");
+
+  const render = (names) => {
+    const all = [...new Set([...names, ...selected])];
+    datalist.replaceChildren(...all.map((name) => h("option", { value: name })));
+    box.replaceChildren(...all.map((name) => h("label", { class: "check" },
+      h("input", { type: "checkbox", value: name, checked: selected.has(name),
+        onchange: (e) => (e.target.checked ? selected.add(name) : selected.delete(name)) }), name)));
+  };
+  const refresh = debounce(async () => {
+    const { start, end } = range();
+    if (!start || !end) return;
+    try {
+      const data = await api(query("/api/events/properties", { event: events.chosen, start, end, limit: 200 }));
+      render(data.items.map((item) => item.name));
+      note.textContent = data.items.length ? "None ticked: all properties are exported."
+        : "No properties in this range.";
+    } catch (err) {
+      note.textContent = `Properties could not be listed: ${err.message}`;
+    }
+  }, 300);
+  return {
+    datalist,
+    refresh,
+    element: h("fieldset", {}, h("legend", {}, "Properties"), note, box, datalist),
+    selected: () => (selected.size ? [...selected] : null),
+    set(names) { selected.clear(); names.forEach((n) => selected.add(n)); render([]); },
+  };
+}
+
+function filterBuilder(datalistId) {
+  const rows = h("div", { class: "stack" });
+  const filters = [];
+  const add = (filter = { property: "", operator: "eq", value: null }) => {
+    const row = filterRow(filter, datalistId, () => {
+      filters.splice(filters.indexOf(row), 1);
+      row.element.remove();
+      addButton.focus();
+    });
+    filters.push(row);
+    rows.append(row.element);
+    return row;
+  };
+  const addButton = h("button", { type: "button", class: "secondary", onclick: () => add().focus() }, "Add filter");
+  return {
+    element: h("fieldset", {}, h("legend", {}, "Filters (all must match)"), rows, addButton),
+    value: () => filters.map((f) => f.value()),
+    validate: () => filters.flatMap((f) => f.validate()),
+    set(list) { filters.splice(0).forEach((f) => f.element.remove()); list.forEach((f) => add(f)); },
+  };
+}
+
+function filterRow(filter, datalistId, remove) {
+  const property = h("input", { type: "text", list: datalistId, value: filter.property, autocomplete: "off" });
+  const operator = h("select", {}, options(OPERATORS, filter.operator));
+  const shown = Array.isArray(filter.value) ? filter.value.join(", ") : (filter.value ?? "");
+  const value = h("input", { type: "text", value: String(shown), autocomplete: "off" });
+  const sync = () => {
+    value.disabled = NO_VALUE.includes(operator.value);
+    value.placeholder = LIST_VALUE.includes(operator.value) ? "a, b, c" : "";
+  };
+  operator.addEventListener("change", sync);
+  sync();
+  const parsed = () => {
+    const op = operator.value;
+    if (NO_VALUE.includes(op)) return null;
+    if (TEXT_VALUE.includes(op)) return value.value;
+    if (LIST_VALUE.includes(op)) return value.value.split(",").map((v) => v.trim()).filter(Boolean).map(scalar);
+    return value.value.trim() === "" ? null : scalar(value.value.trim());
+  };
+  return {
+    focus: () => property.focus(),
+    element: h("div", { class: "filter" }, field("Property", property), field("Operator", operator),
+      field("Value", value, "Numbers and true/false are read as such; quote them for text"),
+      h("button", { type: "button", class: "secondary", onclick: remove, "aria-label": "Remove filter" }, "Remove")),
+    value: () => ({ property: property.value.trim(), operator: operator.value, value: parsed() }),
+    validate() {
+      const op = operator.value;
+      const v = parsed();
+      if (!PROPERTY_NAME.test(property.value.trim())) {
+        return [[property, "A filter needs a property name: letters, digits, spaces or _ $ . : / -"]];
+      }
+      if (LIST_VALUE.includes(op) && !v.length) return [[value, `"${op}" needs a list of values, e.g. a, b`]];
+      if (!NO_VALUE.includes(op) && (v === null || v === "")) return [[value, `"${op}" needs a value`]];
+      if (ORDERED.includes(op) && typeof v === "boolean") {
+        return [[value, `"${op}" compares numbers or text, not true/false`]];
+      }
+      return [];
+    },
+  };
+}
+
+/** A number, boolean or quoted string when the text is one in JSON, else the text itself. */
+function scalar(text) {
+  try {
+    const v = JSON.parse(text);
+    if (["number", "boolean", "string"].includes(typeof v)) return v;
+  } catch { /* plain text */ }
+  return text;
+}
+
+function destinationPicker() {
+  const type = h("select", {}, options(Object.entries(DESTINATIONS).map(([k, d]) => [k, d.label]), "download"));
+  const connection = h("select", {});
+  const connectionField = field("Saved connection (credentials)", connection);
+  const box = h("div", { class: "row" });
+  let inputs = {};
+  let connections = null;
+
+  const render = async (values = {}) => {
+    const spec = DESTINATIONS[type.value];
+    inputs = Object.fromEntries(spec.fields.map(([name, , required, kind]) => [name,
+      h("input", { type: kind ?? "text", name, required, value: values[name] ?? "", autocomplete: "off" })]));
+    box.replaceChildren(...spec.fields.map(([name, label, required]) =>
+      field(required ? `${label} (required)` : label, inputs[name])));
+    connectionField.hidden = type.value === "download";
+    connections ??= api("/api/connections").catch(() => []);
+    const mine = (await connections).filter((c) => c.type === type.value);
+    connection.replaceChildren(...options([["", "None (server credentials)"],
+      ...mine.map((c) => [c.name, `${c.name} (${c.fields.join(", ")})`])], values.connection ?? ""));
+  };
+  type.addEventListener("change", () => render());
+  render();
+  return {
+    element: h("fieldset", {}, h("legend", {}, "Destination"), field("Send to", type), box, connectionField),
+    value() {
+      const out = { type: type.value };
+      for (const [name, input] of Object.entries(inputs)) {
+        if (input.value.trim()) out[name] = input.type === "number" ? Number(input.value) : input.value.trim();
+      }
+      if (connection.value && type.value !== "download") out.connection = connection.value;
+      return out;
+    },
+    validate: () => Object.values(inputs).filter((i) => i.required && !i.value.trim())
+      .map((i) => [i, `${i.name} is required for this destination`]),
+    set(dest) { type.value = dest.type; render(dest); },
+  };
+}

@@ -1,0 +1,356 @@
+"""The web console end to end: a real `analytics-export serve` (API and a worker) driven by headless
+Chromium through Playwright: sign-in, an export made through the form and downloaded, preview, the API's
+own errors, schedules with their cron preview, backfill and run history, keyboard use and phone width."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from analytics_export import Settings, open_store
+from analytics_export.demo import generate
+from analytics_export.jobs.store import JobStore
+from service import Service
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+MAX_RANGE_DAYS = 40
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not at /usr/bin/chromium "
+                                "(scripts/bootstrap --dev installs it); no browser is downloaded")
+
+if CHROMIUM.exists():
+    from playwright.sync_api import expect, sync_playwright
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """20k demo events in the 90 days up to now (the form's presets are relative to now)."""
+    data = tmp_path_factory.mktemp("console")
+    store = open_store(Settings(data_dir=data), read_only=False)
+    try:
+        generate(store, 20_000, "default")
+    finally:
+        store.close()
+    svc = Service(data, 1, {"ANALYTICS_EXPORT_EXPORT__MAX_RANGE_DAYS": str(MAX_RANGE_DAYS),
+                            "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]',
+                            "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "0",
+                            "ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "1"})
+    jobs = JobStore.for_data_dir(data)  # migrated by serve; `keys create` would cost a CLI start
+    svc.key = jobs.create_key("default")
+    jobs.engine.dispose()
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser, service):
+    """A fresh tab (UTC, en-US) that fails the test on a script error or a Content-Security-Policy violation."""
+    context = browser.new_context(base_url=service.url, viewport={"width": 1280, "height": 900},
+                                  timezone_id="UTC", locale="en-US", accept_downloads=True)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=service.url)
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    problems: list[str] = []
+    tab.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+    tab.on("console", lambda msg: "Content Security Policy" in msg.text and problems.append(msg.text))
+    yield tab
+    context.close()
+    assert not problems
+
+
+def shot(page, tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "screenshots"
+    folder.mkdir(exist_ok=True)
+    page.screenshot(path=folder / f"{name}.png", full_page=True)
+
+
+def sign_in(page, key: str) -> None:
+    page.goto("/")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Exports", level=1)).to_be_visible()
+
+
+def tab_to(page, selector: str, text: str | None = None, limit: int = 60) -> None:
+    """Press Tab until the focused element matches `selector` (and has `text`, if given)."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("([s, t]) => document.activeElement.matches(s) && (t === null || "
+                         "document.activeElement.textContent.trim() === t)", [selector, text]):
+            return
+    raise AssertionError(f"Tab never reached {selector} {text or ''}")
+
+
+def test_console_files_are_served_with_a_strict_policy(service):
+    index = httpx.get(f"{service.url}/")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    policy = index.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "'unsafe-inline'" not in policy
+    assert index.headers["cache-control"] == "no-cache"
+    script = httpx.get(f"{service.url}/console/app.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert httpx.get(f"{service.url}/console/app.css").headers["content-type"].startswith("text/css")
+    again = httpx.get(f"{service.url}/console/app.js", headers={"If-None-Match": script.headers["etag"]})
+    assert again.status_code == 304
+    for path in ("/console/nope.js", "/console/..%2Fapi%2Fconsole.py", "/console/%2E%2E%2Fmodels.py"):
+        assert httpx.get(f"{service.url}{path}").status_code == 404, path
+    assert re.search(r"<script [^>]*src=", index.text) and "<style" not in index.text and " style=" not in index.text
+
+
+def test_sign_in_by_keyboard_rejects_a_bad_key_and_signs_out(page, service, tmp_path):
+    page.goto("/")
+    key = page.get_by_label("API key")
+    expect(key).to_be_focused()
+    page.keyboard.type("aek_not_a_key")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("alert")).to_contain_text("not accepted")
+    expect(key).to_be_focused()
+    shot(page, tmp_path, "sign-in")
+    page.keyboard.press("Control+A")
+    page.keyboard.type(service.key)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Exports", level=1)).to_be_focused()
+    assert page.evaluate("sessionStorage.getItem('analytics-export.key')") == service.key
+    assert service.key not in page.url
+    page.reload()
+    expect(page.get_by_role("heading", name="Exports", level=1)).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_export_made_by_keyboard_shows_progress_downloads_and_copies_its_link(page, service, tmp_path):
+    sign_in(page, service.key)
+    page.evaluate("window.sameDocument = true")
+    tab_to(page, "a", "New export")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="New export")).to_be_visible()
+    tab_to(page, "[role=combobox]")
+    page.keyboard.type("pagev")
+    expect(page.get_by_role("option", name=re.compile(r"^\$pageview"))).to_be_visible()
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("list", name="Chosen events").get_by_role("listitem")).to_have_text(["$pageview×"])
+    tab_to(page, "button", "Last week")
+    page.keyboard.press("Enter")
+    tab_to(page, "select[name=format]")
+    page.keyboard.type("CSV")
+    tab_to(page, "select[name=compression]")
+    page.keyboard.type("gzip")
+    assert page.eval_on_selector("select[name=format]", "s => s.value") == "csv"
+    assert page.eval_on_selector("select[name=compression]", "s => s.value") == "gzip"
+    shot(page, tmp_path, "new-export")
+    tab_to(page, "button", "Create export")
+    page.keyboard.press("Enter")
+
+    expect(page.get_by_role("heading", name="Exports", level=1)).to_be_visible()
+    row = page.locator("tbody tr").first
+    export_id = row.get_attribute("data-id")
+    expect(row.locator(".badge")).to_have_text("completed", timeout=30_000)
+    expect(row.locator("progress")).to_have_js_property("value", 1)
+    expect(row).to_contain_text("100%")
+    assert page.evaluate("window.sameDocument"), "the list updated without reloading the page"
+    shot(page, tmp_path, "exports")
+
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
+        view = api.get(f"/api/exports/{export_id}").json()
+    with page.expect_download() as download:
+        row.get_by_role("link", name=re.compile("Download")).click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name == f"{Path(view['result']['destination_path']).name}" and saved.name.endswith(".csv.gz")
+    rows = list(csv.DictReader(io.StringIO(gzip.decompress(saved.read_bytes()).decode("utf-8"), newline="")))
+    assert len(rows) == view["result"]["total_events"] > 0
+    assert {r["event"] for r in rows} == {"$pageview"}
+    week_ago = datetime.now(timezone.utc) - timedelta(days=7, minutes=5)
+    assert all(datetime.fromisoformat(r["timestamp"]) >= week_ago for r in rows)
+    assert all(isinstance(json.loads(r["properties"]), dict) for r in rows)
+
+    row.get_by_role("button", name=re.compile("Copy download link")).click()
+    expect(page.get_by_role("status")).to_have_text("Download link copied")
+    link = page.evaluate("navigator.clipboard.readText()")
+    assert link.startswith(f"{service.url}/api/exports/{export_id}/download?expires=") and "signature=" in link
+    assert httpx.get(link).content == saved.read_bytes(), "the copied link works without a key"
+
+
+def test_running_export_shows_its_share_rate_and_time_left(page, service):
+    """A running export as the API reports it (answered by the test, as real ones finish too fast to watch):
+    half of the expected events in the 10 s since it started."""
+    def running(route) -> None:
+        started = (datetime.now(timezone.utc) - timedelta(seconds=10)).isoformat()
+        item = {"request": {"id": "0123456789ab", "events": [], "format": "parquet", "compression": None,
+                            "destination": {"type": "download"}, "start_date": "2026-11-01T00:00:00Z",
+                            "end_date": "2026-11-02T00:00:00Z", "created_at": started},
+                "status": "processing", "result": None,
+                "progress": {"events": 500, "bytes": 2048, "expected_events": 1000, "started_at": started,
+                             "partitions": None, "partitions_done": None}}
+        route.fulfill(json={"items": [item], "total": 1, "limit": 50, "offset": 0})
+
+    page.route(re.compile(r"/api/exports\?limit=50$"), running)
+    sign_in(page, service.key)
+    row = page.locator("tbody tr").first
+    expect(row.locator(".badge")).to_have_text("processing")
+    expect(row.locator("progress")).to_have_js_property("value", 0.5)
+    expect(row).to_contain_text(re.compile(r"50% · 500 events · 2\.0 KB · (4[5-9]|50) events/s · about 1[0-2] s left"))
+    expect(row.get_by_role("button", name="Cancel export 01234567")).to_be_visible()
+
+
+def test_failed_export_to_a_webhook_shows_its_error_and_retries(page, service):
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
+        made = api.post("/api/connections", json={"name": "hooks", "type": "webhook",
+                                                  "secrets": {"signing_secret": "s3cret"}})
+        assert made.status_code == 201, made.text
+    sign_in(page, service.key)
+    page.goto("/#/exports/new")
+    page.get_by_label("Send to").select_option("webhook")
+    page.get_by_role("button", name="Create export").click()
+    expect(page.get_by_role("alert")).to_contain_text("url is required")
+    page.get_by_label("URL (required)").fill("http://127.0.0.1:9/nobody-listens")
+    connection = page.get_by_label("Saved connection (credentials)")
+    expect(connection.locator("option")).to_have_text(["None (server credentials)", "hooks (signing_secret)"])
+    connection.select_option("hooks")
+    page.get_by_role("button", name="Create export").click()
+
+    row = page.locator("tbody tr").first
+    expect(row.locator(".badge")).to_have_text("failed", timeout=30_000)
+    expect(row.locator(".error-text")).to_contain_text("ConnectError")
+    expect(row).to_contain_text("→ webhook")
+    row.get_by_role("button", name=re.compile("^Retry")).click()
+    expect(page.get_by_role("status")).to_have_text(re.compile("queued again|is pending|is processing"))
+    expect(row.locator(".badge")).to_have_text("failed", timeout=30_000)
+
+
+def test_preview_and_the_apis_own_errors_next_to_the_form(page, service, tmp_path):
+    sign_in(page, service.key)
+    page.goto("/#/exports/new")
+    posts: list[str] = []
+    page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
+    page.get_by_label("Start (inclusive)").fill("2026-11-20T10:00")
+    page.get_by_label("End (exclusive)").fill("2026-11-19T10:00")
+    page.get_by_role("button", name="Create export").click()
+    expect(page.get_by_role("alert")).to_have_text("The end must be after the start")
+    expect(page.get_by_label("End (exclusive)")).to_have_attribute("aria-invalid", "true")
+    assert posts == [], "the form checks the range before asking the API"
+
+    page.get_by_role("combobox", name="Event name").fill("pagev")
+    page.get_by_role("option", name=re.compile(r"^\$pageview")).click()
+    page.get_by_role("button", name="Last month").click()
+    page.get_by_role("checkbox", name="$browser").check()
+    page.get_by_role("checkbox", name="price").check()
+    page.get_by_role("button", name="Add filter").click()
+    page.get_by_label("Property").fill("price")
+    page.get_by_label("Operator").select_option("gte")
+    page.get_by_label("Value").fill("true")
+    page.get_by_role("button", name="Preview").click()
+    expect(page.get_by_role("alert")).to_contain_text("compares numbers or text")
+    page.get_by_label("Value").fill("100")
+    page.get_by_role("button", name="Preview").click()
+    table = page.locator(".preview-table")
+    expect(table.locator("caption")).to_contain_text("the first 20 rows")
+    assert table.locator("thead th").all_text_contents() == ["event", "distinct_id", "timestamp", "properties"]
+    cells = table.locator("tbody tr td:nth-child(4)").all_inner_texts()
+    assert len(cells) == 20
+    for text in cells:
+        props = json.loads(text)
+        assert set(props) == {"$browser", "price"} and props["price"] >= 100
+    shot(page, tmp_path, "preview")
+
+    long_ago = datetime.now(timezone.utc) - timedelta(days=MAX_RANGE_DAYS + 20)
+    page.get_by_label("Start (inclusive)").fill(long_ago.strftime("%Y-%m-%dT%H:%M"))
+    page.get_by_role("button", name="Create export").click()
+    expect(page.get_by_role("alert")).to_contain_text(f"the most is {MAX_RANGE_DAYS}: split the range")
+    expect(page.get_by_role("heading", name="New export")).to_be_visible()
+
+
+def test_schedule_with_cron_preview_pause_backfill_and_run_history(page, service, tmp_path):
+    sign_in(page, service.key)
+    page.get_by_role("link", name="Schedules").click()
+    page.get_by_role("link", name="New schedule").click()
+    page.get_by_label("Name", exact=True).fill("nightly")
+    runs = page.get_by_role("list", name="Next 5 runs").get_by_role("listitem")
+    expect(runs).to_have_count(5)
+    cron = page.get_by_label("Cron expression")
+    cron.fill("every day")
+    expect(page.locator(".cron-preview")).to_contain_text("not a cron expression")
+    cron.fill("30 3 * * *")
+    expect(page.locator(".cron-preview strong")).to_contain_text("03:30")
+    expect(runs).to_have_count(5)
+    first = datetime.fromisoformat(runs.first.locator("time").get_attribute("datetime"))
+    assert (first.hour, first.minute) == (3, 30) and first > datetime.now(timezone.utc)
+    assert all("03:30" in text for text in runs.all_inner_texts())
+    page.get_by_label("Format").select_option("parquet")
+    shot(page, tmp_path, "schedule-form")
+    page.get_by_role("button", name="Create schedule").click()
+
+    expect(page.get_by_role("heading", name="Schedules")).to_be_visible()
+    row = page.locator("tbody tr", has_text="nightly")
+    expect(row.locator(".badge")).to_have_text("active")
+    row.get_by_role("button", name="Pause").click()
+    expect(row.locator(".badge")).to_have_text("paused")
+    row.get_by_role("button", name="Resume").click()
+    expect(row.locator(".badge")).to_have_text("active")
+    shot(page, tmp_path, "schedules")
+
+    row.get_by_role("button", name="Backfill…").click()
+    dialog = page.get_by_role("dialog", name="Backfill “nightly”")
+    expect(dialog).to_be_visible()
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    dialog.get_by_label("From", exact=True).fill((today - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M"))
+    dialog.get_by_label("To", exact=True).fill(today.strftime("%Y-%m-%dT%H:%M"))
+    dialog.get_by_role("button", name="Start backfill").click()
+    expect(page.get_by_role("status")).to_contain_text("3 windows queued, 0 skipped")
+    expect(dialog).to_be_hidden()
+
+    row.get_by_role("link", name="Run history of nightly").click()
+    expect(page.get_by_role("heading", name="Run history: nightly")).to_be_visible()
+    badges = page.locator("tbody .badge")
+    expect(badges).to_have_text(["completed"] * 3, timeout=30_000)
+    bars = page.locator(".chart svg rect.bar")
+    expect(bars).to_have_count(3)
+    assert all(int(b.get_attribute("height").split(".")[0]) >= 1 for b in bars.all())
+    assert "events" in bars.first.locator("title").text_content()
+    shot(page, tmp_path, "run-history")
+
+    page.get_by_role("link", name="All schedules").click()
+    page.locator("tbody tr", has_text="nightly").get_by_role("link", name="Edit nightly").click()
+    expect(page.get_by_label("Cron expression")).to_have_value("30 3 * * *")
+    expect(page.get_by_label("Each run exports")).to_be_disabled()
+    page.get_by_label("Name", exact=True).fill("nightly-csv")
+    page.get_by_label("Format").select_option("csv")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("tbody tr", has_text="nightly-csv")).to_be_visible()
+
+
+def test_phone_width_has_no_horizontal_scroll(page, service, tmp_path):
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_in(page, service.key)
+    for route, name in [("#/exports", "exports"), ("#/schedules", "schedules"), ("#/exports/new", "new-export")]:
+        page.goto(f"/{route}")
+        expect(page.locator("h1")).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        if name == "new-export":
+            page.get_by_role("button", name="Add filter").click()
+            page.get_by_label("Property").fill("price")
+            page.get_by_label("Operator").select_option("is_set")
+            page.get_by_role("button", name="Preview").click()
+            expect(page.locator(".preview-table")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), route
+        shot(page, tmp_path, f"phone-{name}")
