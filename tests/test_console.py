@@ -1,6 +1,7 @@
 """The web console end to end: a real `analytics-export serve` (API and a worker) driven by headless
-Chromium through Playwright: sign-in, an export made through the form and downloaded, preview, the API's
-own errors, schedules with their cron preview, backfill and run history, keyboard use and phone width."""
+Chromium through Playwright: sign-in, an export made through the form and downloaded, a real export to a slow
+webhook watched while it runs and cancelled, deleting a finished export, preview, the API's own errors,
+schedules with their cron preview, backfill and run history, keyboard use and phone width."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import gzip
 import io
 import json
 import re
+import threading
+import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -18,7 +23,7 @@ import pytest
 from analytics_export import Settings, open_store
 from analytics_export.demo import generate
 from analytics_export.jobs.store import JobStore
-from service import Service
+from service import Service, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -50,6 +55,68 @@ def service(tmp_path_factory):
     jobs.engine.dispose()
     yield svc
     svc.close()
+
+
+@dataclass(frozen=True)
+class Batch:
+    export_id: str
+    path: str
+    index: int
+    count: int
+    events: int
+    at: float  # time.monotonic() when the request came in
+
+
+class SlowWebhook:
+    """A webhook receiver on 127.0.0.1 that takes `delay` seconds over every request (then answers 200)
+    and records them."""
+
+    def __init__(self, delay: float) -> None:
+        self.received: list[Batch] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    receiver.received.append(Batch(
+                        self.headers["X-Export-Id"], self.path, int(self.headers["X-Batch-Index"]),
+                        int(self.headers["X-Batch-Count"]), body.count(b"\n"), time.monotonic()))
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def batches(self, export_id: str) -> list[Batch]:
+        with self.lock:
+            return sorted((b for b in self.received if b.export_id == export_id), key=lambda b: b.at)
+
+    def wait_for(self, export_id: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.batches(export_id):
+            assert time.monotonic() < deadline, f"no request of export {export_id} came in"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    receiver = SlowWebhook(delay=0.3)
+    yield receiver
+    receiver.close()
 
 
 @pytest.fixture(scope="module")
@@ -191,26 +258,124 @@ def test_export_made_by_keyboard_shows_progress_downloads_and_copies_its_link(pa
     assert httpx.get(link).content == saved.read_bytes(), "the copied link works without a key"
 
 
-def test_running_export_shows_its_share_rate_and_time_left(page, service):
-    """A running export as the API reports it (answered by the test, as real ones finish too fast to watch):
-    half of the expected events in the 10 s since it started."""
-    def running(route) -> None:
-        started = (datetime.now(timezone.utc) - timedelta(seconds=10)).isoformat()
-        item = {"request": {"id": "0123456789ab", "events": [], "format": "parquet", "compression": None,
-                            "destination": {"type": "download"}, "start_date": "2026-11-01T00:00:00Z",
-                            "end_date": "2026-11-02T00:00:00Z", "created_at": started},
-                "status": "processing", "result": None,
-                "progress": {"events": 500, "bytes": 2048, "expected_events": 1000, "started_at": started,
-                             "partitions": None, "partitions_done": None}}
-        route.fulfill(json={"items": [item], "total": 1, "limit": 50, "offset": 0})
+def running_row(page, export_id: str) -> dict:
+    """The row of `export_id` the first time it shows a running export with a known share: its badge, bar
+    value, progress text and whether its Cancel button is there, read at one instant."""
+    handle = page.wait_for_function("""id => {
+        const tr = document.querySelector(`tr[data-id="${id}"]`);
+        const text = tr?.querySelector("td[data-label=Progress] div")?.textContent ?? "";
+        if (tr?.querySelector(".badge").textContent !== "processing" || !/^\\d+% .* left$/.test(text)) return null;
+        return {value: tr.querySelector("progress").value, text,
+                cancel: !!tr.querySelector(`button[aria-label="Cancel export ${id.slice(0, 8)}"]`)};
+    }""", arg=export_id, timeout=30_000, polling=100)
+    return handle.json_value()
 
-    page.route(re.compile(r"/api/exports\?limit=50$"), running)
+
+def test_export_to_a_slow_webhook_shows_its_real_share_rate_and_time_left(page, service, webhook, tmp_path):
+    """A real export made through the form, sent in batches of 500 events to a receiver that takes 0.3 s
+    per request: the row shows its share, rate and time left while it runs, then completes."""
     sign_in(page, service.key)
+    page.evaluate("window.sameDocument = true")
+    page.get_by_role("main").get_by_role("link", name="New export").click()
+    page.get_by_role("button", name="Last month").click()
+    page.get_by_label("Send to").select_option("webhook")
+    page.get_by_label("URL (required)").fill(f"{webhook.url}/form")
+    page.get_by_label("Events per request (at most)").fill("500")
+    page.get_by_role("button", name="Create export").click()
+
+    expect(page.get_by_role("heading", name="Exports", level=1)).to_be_visible()
     row = page.locator("tbody tr").first
-    expect(row.locator(".badge")).to_have_text("processing")
-    expect(row.locator("progress")).to_have_js_property("value", 0.5)
-    expect(row).to_contain_text(re.compile(r"50% · 500 events · 2\.0 KB · (4[5-9]|50) events/s · about 1[0-2] s left"))
-    expect(row.get_by_role("button", name="Cancel export 01234567")).to_be_visible()
+    export_id = row.get_attribute("data-id")
+    seen = running_row(page, export_id)
+    shot(page, tmp_path, "running-export")
+    share = int(seen["text"].split("%")[0])
+    assert 0 < share < 100 and abs(seen["value"] * 100 - share) <= 0.5, seen
+    assert re.fullmatch(r"\d+% · [\d,]+ events · [\d.]+ [KM]?B · [\d,]+ events/s · about \d+ (s|min \d+ s) left",
+                        seen["text"]), seen
+    assert seen["cancel"], "a running export can be cancelled"
+
+    expect(row.locator(".badge")).to_have_text("completed", timeout=30_000)
+    expect(row.locator("progress")).to_have_js_property("value", 1)
+    assert page.evaluate("window.sameDocument"), "the row updated without reloading the page"
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
+        view = api.get(f"/api/exports/{export_id}").json()
+    assert view["request"]["destination"] == {"type": "webhook", "url": f"{webhook.url}/form", "headers": {},
+                                              "connection": None, "batch_max_events": 500, "batch_max_bytes": None}
+    batches = webhook.batches(export_id)
+    total = view["result"]["total_events"]
+    assert total > 2_000 and len(batches) == -(-total // 500), "several seconds of requests"
+    assert [b.index for b in batches] == list(range(1, len(batches) + 1))
+    assert {b.count for b in batches} == {len(batches)} and {b.path for b in batches} == {"/form"}
+    assert all(b.events == 500 for b in batches[:-1]) and sum(b.events for b in batches) == total
+
+
+def test_cancel_stops_an_export_to_a_slow_webhook(page, service, webhook, tmp_path):
+    """A real export (through the API) cancelled from its row once the receiver got its first batch: the row
+    ends failed with `cancelled` (the API has no cancelled status) and the receiver gets no more requests."""
+    now = datetime.now(timezone.utc)
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
+        made = api.post("/api/exports", json={
+            "start_date": (now - timedelta(days=14)).isoformat(), "end_date": now.isoformat(),
+            "destination": {"type": "webhook", "url": f"{webhook.url}/api", "batch_max_events": 300}})
+        assert made.status_code == 202, made.text
+    export_id = made.json()["request"]["id"]
+    sign_in(page, service.key)
+    page.evaluate("window.sameDocument = true")
+    row = page.locator(f'tbody tr[data-id="{export_id}"]')
+    running_row(page, export_id)
+    webhook.wait_for(export_id)
+    with page.expect_response(lambda r: r.request.method == "DELETE") as answer:
+        row.get_by_role("button", name=f"Cancel export {export_id[:8]}").click()
+    cancelled_at = time.monotonic()
+    assert answer.value.status == 204
+    expect(page.get_by_role("status")).to_have_text(f"Cancelling export {export_id[:8]}")
+    shot(page, tmp_path, "cancelling-export")
+
+    badge = row.locator(".badge")
+    expect(badge).not_to_have_text(re.compile("^(pending|processing)$"), timeout=30_000)
+    expect(badge).to_have_text("failed", timeout=1_000)
+    expect(row.locator(".error-text")).to_have_text("cancelled")
+    assert page.evaluate("window.sameDocument"), "the row updated without reloading the page"
+    time.sleep(1.5)
+    batches = webhook.batches(export_id)
+    assert batches and len(batches) < batches[0].count, "the export stopped before its last batch"
+    late = [round(b.at - cancelled_at, 2) for b in batches if b.at > cancelled_at + 1.0]
+    assert not late, f"requests came in these seconds after the cancel: {late}"
+
+
+def test_finished_export_is_deleted_after_confirmation(page, service, tmp_path):
+    now = datetime.now(timezone.utc)
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
+        made = api.post("/api/exports", json={"start_date": (now - timedelta(days=1)).isoformat(),
+                                              "end_date": now.isoformat(), "events": ["$pageview"],
+                                              "format": "csv"})
+        assert made.status_code == 202, made.text
+        export_id = made.json()["request"]["id"]
+        file = Path(wait_for(api, export_id)["result"]["destination_path"])
+        assert file.is_file()
+        sign_in(page, service.key)
+        page.evaluate("window.sameDocument = true")
+        row = page.locator(f'tbody tr[data-id="{export_id}"]')
+        short = export_id[:8]
+        dialog = page.get_by_role("dialog", name=f"Delete export {short}?")
+        row.get_by_role("button", name=f"Delete export {short}").click()
+        expect(dialog).to_be_visible()
+        expect(dialog).to_contain_text("with its file")
+        expect(dialog.get_by_role("button", name="Keep it")).to_be_focused()
+        shot(page, tmp_path, "delete-export")
+        dialog.get_by_role("button", name="Keep it").click()
+        expect(dialog).to_be_hidden()
+        expect(row).to_be_visible()
+        assert api.get(f"/api/exports/{export_id}").status_code == 200 and file.is_file()
+
+        row.get_by_role("button", name=f"Delete export {short}").click()
+        dialog.get_by_role("button", name="Delete", exact=True).click()
+        expect(dialog).to_be_hidden()
+        expect(page.get_by_role("status")).to_have_text(f"Export {short} deleted")
+        expect(row).to_have_count(0)
+        assert api.get(f"/api/exports/{export_id}").status_code == 404
+    assert not file.exists()
+    assert page.evaluate("window.sameDocument"), "the row went without reloading the page"
 
 
 def test_failed_export_to_a_webhook_shows_its_error_and_retries(page, service):

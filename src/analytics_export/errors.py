@@ -28,3 +28,7 @@ class Format(ExportError):
 class Rejected(ExportError):
     """A destination refused the output for a reason another attempt will not fix (credentials, a
     missing bucket); the message says what to fix."""
+
+
+class Cancelled(ExportError):
+    """The export was stopped on request; its output was discarded."""

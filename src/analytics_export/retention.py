@@ -188,7 +188,7 @@ class Retention:
                 files, _ = write_files(request, store, destination, project=self.project, name=lambda _: self.name(row),
                                        digest=True, privacy=privacy, batch_size=self.settings.export.batch_size,
                                        scope=lambda q: replace(q, inserted_before=watermark, with_ids=True))
-                uri = destination.finish([files[0]["uri"]])
+                uri = destination.finish([files[0]["uri"]], lambda: False)
             finally:
                 destination.close()
         entry = files[0]

@@ -1,24 +1,37 @@
-// The exports list (live progress, download, copy link, cancel, retry) and the new export form.
+// The exports list (live progress, download, copy link, cancel, retry, delete) and the new export form.
 
 import { api } from "./api.js";
 import { exportFields } from "./fields.js";
 import {
-  alertBox, announce, badge, field, fmtBytes, fmtDate, fmtDuration, fmtNumber, h, isoFromLocal, localInput, poll,
-  rangeErrors, showErrors, table,
+  alertBox, announce, badge, field, fmtBytes, fmtDate, fmtDuration, fmtNumber, h, isoFromLocal, localInput, newId,
+  poll, rangeErrors, showErrors, table,
 } from "./ui.js";
 
 const ACTIVE = ["pending", "processing"];
+const FINISHED = ["completed", "failed", "cancelled", "expired"]; // DELETE removes these (it cancels the others)
 
 export function exportsPage(main) {
   const alert = alertBox();
   const tbody = h("tbody");
   const summary = h("p", { class: "muted" });
   const rows = new Map();
+  const removed = (id) => {
+    const known = rows.get(id);
+    if (known) {
+      const next = known.tr.nextElementSibling ?? known.tr.previousElementSibling;
+      known.tr.remove();
+      rows.delete(id);
+      (next?.querySelector("a, button") ?? main.querySelector("h1")).focus();
+    }
+    poller.now();
+  };
+  const deletion = deleteDialog(removed);
   main.append(
     h("div", { class: "page-head" }, h("h1", { tabindex: "-1" }, "Exports"),
       h("a", { class: "button", href: "#/exports/new" }, "New export")),
     alert, summary,
-    table("Exports, newest first", ["Created", "Export", "Status", "Progress", "Actions"], tbody));
+    table("Exports, newest first", ["Created", "Export", "Status", "Progress", "Actions"], tbody),
+    deletion.dialog);
 
   const refresh = async () => {
     try {
@@ -44,12 +57,14 @@ export function exportsPage(main) {
       if (known) announce(`Export ${id.slice(0, 8)} is ${item.status}`);
       const progress = h("td", { "data-label": "Progress" });
       progressCell(progress, item);
-      const tr = exportRow(item, progress, actions(item, alert, () => poller.now()));
+      const tr = exportRow(item, progress, actions(item, alert, () => poller.now(), deletion.open));
       const focused = known?.tr.contains(document.activeElement);
       known?.tr.replaceWith(tr);
       if (focused) tr.querySelector("a, button")?.focus();
       rows.set(id, { status: item.status, tr, progress });
     }
+    const ids = new Set(items.map((item) => item.request.id));
+    for (const id of rows.keys()) if (!ids.has(id)) rows.delete(id); // deleted, or off the first page
     const order = items.map((item) => rows.get(item.request.id).tr);
     const moved = order.some((tr, i) => tbody.children[i] !== tr) || tbody.children.length !== order.length;
     if (moved) tbody.replaceChildren(...order); // only then: moving a row would take the focus off its buttons
@@ -100,7 +115,7 @@ function progressCell(td, item) {
   td.replaceChildren(bar, h("div", { class: "muted small" }, parts.join(" · ")));
 }
 
-function actions(item, alert, reload) {
+function actions(item, alert, reload, confirmDelete) {
   const id = item.request.id;
   const short = id.slice(0, 8);
   const act = (label, method, path, said) => h("button", {
@@ -125,7 +140,55 @@ function actions(item, alert, reload) {
       onclick: () => copy(new URL(url, location.origin).href) }, "Copy link") : null,
     ACTIVE.includes(item.status) ? act("Cancel", "DELETE", `/api/exports/${id}`, `Cancelling export ${short}`) : null,
     item.status === "failed" ? act("Retry", "POST", `/api/exports/${id}/retry`, `Export ${short} queued again`)
-      : null));
+      : null,
+    FINISHED.includes(item.status) ? h("button", { type: "button", class: "secondary",
+      "aria-label": `Delete export ${short}`, onclick: () => confirmDelete(item) }, "Delete…") : null));
+}
+
+/** The modal asking before a finished export is deleted (with its file, if it was a download);
+ * `open(item)` shows it, `removed(id)` is called once the API deleted it. */
+function deleteDialog(removed) {
+  const titleId = newId("delete-title");
+  const noteId = newId("delete-note");
+  const title = h("h2", { id: titleId }, "Delete export");
+  const note = h("p", { id: noteId });
+  const alert = alertBox();
+  const confirm = h("button", { type: "submit", class: "danger" }, "Delete");
+  const keep = h("button", { type: "button", class: "secondary", onclick: () => dialog.close() }, "Keep it");
+  let target = null;
+  const form = h("form", { class: "stack", novalidate: true, onsubmit: async (e) => {
+    e.preventDefault();
+    const id = target.request.id;
+    confirm.disabled = true;
+    try {
+      await api(`/api/exports/${id}`, { method: "DELETE" });
+      dialog.close();
+      announce(`Export ${id.slice(0, 8)} deleted`);
+      removed(id);
+    } catch (err) {
+      if (err.status !== 404) return alert.show(err.message);
+      dialog.close(); // deleted meanwhile (another tab): gone all the same
+      removed(id);
+    } finally {
+      confirm.disabled = false;
+    }
+  } }, title, note, alert, h("div", { class: "actions" }, confirm, keep));
+  const dialog = h("dialog", { "aria-labelledby": titleId, "aria-describedby": noteId }, form);
+  return {
+    dialog,
+    open(item) {
+      target = item;
+      const short = item.request.id.slice(0, 8);
+      const { type } = item.request.destination;
+      title.textContent = `Delete export ${short}?`;
+      note.textContent = `The ${item.status} export ${short} is removed from the list`
+        + (type === "download" ? ", with its file: its download link stops working."
+          : `; what it sent to the ${type} destination stays there.`) + " This cannot be undone.";
+      alert.show(null);
+      dialog.showModal();
+      keep.focus(); // the safe choice first
+    },
+  };
 }
 
 async function copy(text) {

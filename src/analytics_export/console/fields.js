@@ -27,7 +27,8 @@ const DESTINATIONS = {
     ["account_url", "Account URL", false, "url"], ...LAYOUT] },
   sftp: { label: "SFTP", fields: [["host", "Host", true], ["port", "Port", false, "number"],
     ["username", "Username", true], ["path", "Remote folder"], ...LAYOUT] },
-  webhook: { label: "Webhook", fields: [["url", "URL", true, "url"]] },
+  webhook: { label: "Webhook", fields: [["url", "URL", true, "url"],
+    ["batch_max_events", "Events per request (at most)", false, "number"]] },
   postgres: { label: "PostgreSQL table", fields: [["url", "URL (postgresql://user@host/db)", true],
     ["table", "Table", true]] },
   clickhouse: { label: "ClickHouse table", fields: [["url", "URL (clickhouse://user@host:8123/db)", true],
@@ -257,7 +258,8 @@ function destinationPicker() {
   const render = async (values = {}) => {
     const spec = DESTINATIONS[type.value];
     inputs = Object.fromEntries(spec.fields.map(([name, , required, kind]) => [name,
-      h("input", { type: kind ?? "text", name, required, value: values[name] ?? "", autocomplete: "off" })]));
+      h("input", { type: kind ?? "text", name, required, value: values[name] ?? "", autocomplete: "off",
+        min: kind === "number" ? "1" : null })]));
     box.replaceChildren(...spec.fields.map(([name, label, required]) =>
       field(required ? `${label} (required)` : label, inputs[name])));
     connectionField.hidden = type.value === "download";

@@ -8,7 +8,7 @@ import queue
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, ClassVar, Iterator, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Callable, ClassVar, Iterator, Protocol
 
 from ..errors import Invalid
 from ..models import FileLayout
@@ -59,8 +59,9 @@ class Destination:
         `NotFound` (from ..errors) if there is none. Destinations that cannot read back raise Invalid."""
         raise Invalid(f"a {type(self).__name__} destination cannot read files back")
 
-    def finish(self, uris: list[str]) -> str:
-        """Called once every file is committed; returns what `ExportResult.destination_path` shows."""
+    def finish(self, uris: list[str], should_stop: Callable[[], bool]) -> str:
+        """Called once every file is committed; returns what `ExportResult.destination_path` shows.
+        A destination that still sends here (a webhook) stops when `should_stop()` says so."""
         return uris[-1]
 
     def close(self) -> None:

@@ -15,12 +15,12 @@ import random
 import tempfile
 import time
 from email.utils import parsedate_to_datetime
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ..errors import Rejected, Upload
+from ..errors import Cancelled, Rejected, Upload
 from ..models import ExportFormat, WebhookDestination as WebhookSpec
 from . import Destination, Target, redact
 from .guard import check_host
@@ -84,8 +84,9 @@ class Webhook(Destination):
         if body is not None:
             body.abort()
 
-    def finish(self, uris: list[str]) -> str:  # the "URIs" of spooled bodies are their part names
-        """Send every body, in order; a receiver may see a retried batch twice (same X-Batch-Index)."""
+    def finish(self, uris: list[str], should_stop: Callable[[], bool]) -> str:  # "URIs": the bodies' part names
+        """Send every body, in order, until `should_stop()`; a receiver may see a retried batch twice
+        (same X-Batch-Index), and a cancelled export's first batches without the rest."""
         request = self.target.request
         headers = {**self.spec.headers, "Content-Type": request.format.content_type, "X-Export-Id": request.id,
                    "X-Batch-Count": str(len(uris))}
@@ -97,6 +98,8 @@ class Webhook(Destination):
         url, extensions = self.pinned(headers)
         with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
             for index, name in enumerate(uris, start=1):
+                if should_stop():
+                    raise Cancelled(f"export {request.id} was cancelled after {index - 1} of {len(uris)} batches")
                 body = self.bodies[name]
                 batch = {**headers, "X-Batch-Index": str(index), "Content-Length": str(body.size)}
                 self.send(client, url, extensions, body, batch, index, len(uris))

@@ -87,7 +87,8 @@ def assemble(job: Job, destination: Destination, settings: Settings, rows: list[
     files = [entry for row in rows for entry in row.files]
     schema = export_query(request, job.project, privacy).schema  # also notes the properties privacy drops
     if not staged(request):
-        path = deliver(request, job.project, destination, files, manifest=destination.manifest, privacy=privacy)
+        path = deliver(request, job.project, destination, files, manifest=destination.manifest, privacy=privacy,
+                       should_stop=should_stop)
         return completed(request, files, path, job.started_at, privacy)
     folder = staging(settings, job.id)
     writer_cls = writer_class(request.format)
@@ -101,7 +102,7 @@ def assemble(job: Job, destination: Destination, settings: Settings, rows: list[
         upload.abort()
         raise
     return completed(request, [{"events": sum(e["events"] for e in files), "bytes": counted.position}],
-                     destination.finish([uri]), job.started_at, privacy)
+                     destination.finish([uri], should_stop), job.started_at, privacy)
 
 
 class StoppableSink(ForwardingSink):
