@@ -183,3 +183,15 @@ def test_post_events_into_the_callers_project(service):
         bad = b.post("/api/events", json=[{"event": "x"}])
         assert bad.status_code == 422 and "missing column" in bad.json()["detail"] and "inbox" not in bad.text
         assert b.post("/api/events", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
+
+
+def test_cancel_leaves_a_finished_export_alone(service):
+    with service.client(service.key) as c:
+        export_id = c.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["request"]["id"]
+        wait_for(c, export_id)
+        refused = c.post(f"/api/exports/{export_id}/cancel")
+        assert refused.status_code == 409 and "completed" in refused.json()["detail"], refused.text
+        assert c.get(f"/api/exports/{export_id}/download").status_code == 200, "the file is still there"
+        assert c.post("/api/exports/no-such-export/cancel").status_code == 404
+    with service.client(service.other_key) as other:
+        assert other.post(f"/api/exports/{export_id}/cancel").status_code == 404, "another project's export"

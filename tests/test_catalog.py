@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextlib import closing
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -154,6 +155,7 @@ def test_next_runs_in_words_and_in_the_schedule_time_zone(service):
 @pytest.mark.parametrize("path, params, says", [
     ("/api/schedules/next-runs", {"cron": "61 * * * *"}, "is not a cron expression"),
     ("/api/schedules/next-runs", {"cron": "0 2 * * *", "timezone": "Mars/Base"}, "IANA time zone"),
+    ("/api/schedules/next-runs", {"cron": "0 0 30 2 *"}, "never fires"),
     ("/api/schedules/next-runs", {"cron": "0 2 * * *", "count": 0}, "count"),
     ("/api/events/names", {"start": "2026-02-01", "end": "2026-01-01"}, "end_date"),
     ("/api/events/names", {"start": "yesterday"}, "start"),
@@ -194,3 +196,21 @@ def test_an_empty_store_answers_empty(tmp_path):
             assert got.json() == {"columns": [], "rows": [], "truncated": False}
     finally:
         svc.close()
+
+
+@pytest.mark.parametrize("sample", [1, 999, 16_385])
+def test_a_sample_cut_inside_a_batch_says_it_is_one(demo_settings, sample):
+    from analytics_export import catalog
+    from analytics_export.models import ExportRequest, PrivacyRules
+    from analytics_export.privacy import Privacy
+    from analytics_export.sources import EventQuery
+
+    request = ExportRequest(start_date=DEMO["start"], end_date=DEMO["end"])
+    with closing(open_store(demo_settings)) as store:
+        total = store.count(EventQuery.from_request(request, "default"))
+        query = EventQuery.from_request(request, "default")
+        cut = catalog.event_names(store, query, Privacy(PrivacyRules()), limit=1000, sample=sample)
+    with closing(open_store(demo_settings)) as store:
+        whole = catalog.event_names(store, query, Privacy(PrivacyRules()), limit=1000, sample=total)
+    assert sum(n for _, n in cut.counts) == sample and cut.sampled
+    assert sum(n for _, n in whole.counts) == total and not whole.sampled

@@ -41,10 +41,11 @@ def sampled(source: EventSource, query: EventQuery, privacy: Privacy, limit: int
     batches, rows = [], 0
     with closing(source.batches(query, min(limit, 16_384))) as reader:
         for batch in privacy.apply(reader, query):
-            if rows >= limit:
+            if rows + batch.num_rows > limit:
+                batches.append(batch.slice(0, limit - rows))
                 return batches, True
-            batches.append(batch.slice(0, limit - rows))
-            rows += batches[-1].num_rows
+            batches.append(batch)
+            rows += batch.num_rows
     return batches, False
 
 

@@ -319,6 +319,20 @@ class WarehouseTable(BaseModel):
         return None, None
 
 
+def check_cron(value: str) -> str:
+    """`value` if it is a cron expression that fires."""
+    from croniter import CroniterBadDateError, croniter
+
+    if not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a cron expression: five fields, minute hour day month weekday, "
+                         "e.g. `0 2 * * *`")
+    try:
+        croniter(value).get_next()
+    except CroniterBadDateError:
+        raise ValueError(f"{value!r} never fires: no date has that day in that month") from None
+    return value
+
+
 def check_server_url(value: str, schemes: tuple[str, ...], options: frozenset[str] = frozenset()) -> str:
     """`value` if it is `scheme://[user@]host[:port]/...` with no password and only `options` as query."""
     parts = urlsplit(value)
@@ -656,12 +670,7 @@ class ScheduledExport(BaseModel):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from croniter import croniter
-
-        if not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression: five fields, minute hour day month weekday, "
-                             "e.g. `0 2 * * *`")
-        return value
+        return check_cron(value)
 
     @field_validator("timezone")
     @classmethod
@@ -717,11 +726,7 @@ class RetentionPolicy(BaseModel):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from croniter import croniter
-
-        if not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression: five fields, minute hour day month weekday")
-        return value
+        return check_cron(value)
 
     @field_validator("destination")
     @classmethod

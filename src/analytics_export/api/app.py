@@ -282,6 +282,18 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             jobs.delete(project, export_id)
         return Response(status_code=204)
 
+    @app.post("/api/exports/{export_id}/cancel", status_code=202, response_model=ExportView,
+              responses=problems(404, 409))
+    def cancel_export(export_id: str, project: Project) -> ExportView:
+        """Stop a pending or running export (its worker stops within a second, leaving no file); unlike
+        DELETE, a finished export is left alone: 409."""
+        job = job_or_404(project, export_id)
+        if job.status not in (ExportStatus.PENDING, ExportStatus.PROCESSING):
+            raise HTTPException(409, f"export {export_id} is {job.status.value}; only a pending or processing export "
+                                     "can be cancelled")
+        jobs.request_cancel(project, export_id)
+        return view(job_or_404(project, export_id))
+
     @app.post("/api/exports/{export_id}/retry", status_code=202, response_model=ExportView,
               responses=problems(404, 409))
     def retry_export(export_id: str, project: Project) -> ExportView:

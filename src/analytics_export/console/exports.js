@@ -8,7 +8,7 @@ import {
 } from "./ui.js";
 
 const ACTIVE = ["pending", "processing"];
-const FINISHED = ["completed", "failed", "cancelled", "expired"]; // DELETE removes these (it cancels the others)
+const FINISHED = ["completed", "failed", "cancelled", "expired"]; // what Delete removes
 
 export function exportsPage(main) {
   const alert = alertBox();
@@ -138,7 +138,7 @@ function actions(item, alert, reload, confirmDelete) {
       "Download") : null,
     url ? h("button", { type: "button", class: "secondary", "aria-label": `Copy download link of export ${short}`,
       onclick: () => copy(new URL(url, location.origin).href) }, "Copy link") : null,
-    ACTIVE.includes(item.status) ? act("Cancel", "DELETE", `/api/exports/${id}`, `Cancelling export ${short}`) : null,
+    ACTIVE.includes(item.status) ? act("Cancel", "POST", `/api/exports/${id}/cancel`, `Cancelling export ${short}`) : null,
     item.status === "failed" ? act("Retry", "POST", `/api/exports/${id}/retry`, `Export ${short} queued again`)
       : null,
     FINISHED.includes(item.status) ? h("button", { type: "button", class: "secondary",

@@ -201,8 +201,8 @@ function filterBuilder(datalistId) {
 function filterRow(filter, datalistId, remove) {
   const property = h("input", { type: "text", list: datalistId, value: filter.property, autocomplete: "off" });
   const operator = h("select", {}, options(OPERATORS, filter.operator));
-  const shown = Array.isArray(filter.value) ? filter.value.join(", ") : (filter.value ?? "");
-  const value = h("input", { type: "text", value: String(shown), autocomplete: "off" });
+  const shown = Array.isArray(filter.value) ? filter.value.map(asText).join(", ") : asText(filter.value ?? "");
+  const value = h("input", { type: "text", value: shown, autocomplete: "off" });
   const sync = () => {
     value.disabled = NO_VALUE.includes(operator.value);
     value.placeholder = LIST_VALUE.includes(operator.value) ? "a, b, c" : "";
@@ -238,6 +238,12 @@ function filterRow(filter, datalistId, remove) {
   };
 }
 
+/** A loaded filter value as the text `scalar` reads back to the same value: a string that would read
+ * as something else (`"42"`, `"true"`, `"\"quoted\""`) is shown quoted. */
+function asText(v) {
+  return typeof v === "string" && scalar(v) !== v ? JSON.stringify(v) : String(v);
+}
+
 /** A number, boolean or quoted string when the text is one in JSON, else the text itself. */
 function scalar(text) {
   try {
@@ -254,6 +260,7 @@ function destinationPicker() {
   const box = h("div", { class: "row" });
   let inputs = {};
   let connections = null;
+  let loaded = null; // the saved destination being edited: its settings the form has no input for are kept
 
   const render = async (values = {}) => {
     const spec = DESTINATIONS[type.value];
@@ -273,7 +280,10 @@ function destinationPicker() {
   return {
     element: h("fieldset", {}, h("legend", {}, "Destination"), field("Send to", type), box, connectionField),
     value() {
-      const out = { type: type.value };
+      const shown = new Set([...Object.keys(inputs), "connection"]);
+      const kept = loaded?.type === type.value
+        ? Object.fromEntries(Object.entries(loaded).filter(([k]) => !shown.has(k))) : {};
+      const out = { ...kept, type: type.value };
       for (const [name, input] of Object.entries(inputs)) {
         if (input.value.trim()) out[name] = input.type === "number" ? Number(input.value) : input.value.trim();
       }
@@ -282,6 +292,6 @@ function destinationPicker() {
     },
     validate: () => Object.values(inputs).filter((i) => i.required && !i.value.trim())
       .map((i) => [i, `${i.name} is required for this destination`]),
-    set(dest) { type.value = dest.type; render(dest); },
+    set(dest) { loaded = dest; type.value = dest.type; render(dest); },
   };
 }

@@ -38,12 +38,13 @@ REAP_SECONDS = 5.0
 log = logging.getLogger(__name__)
 
 
-def expected(store: EventSource, job: Job) -> int | None:
+def expected(store: EventSource, job: Job, privacy: Privacy) -> int | None:
     """How many events `job` will export, for its progress bar: counted on the embedded store (a
-    columnar scan, a fraction of the export's own), else the engine's estimate of the window before
-    filters (its index or statistics: instant, an upper bound). None if the store cannot say."""
-    query = EventQuery.from_request(job.request, job.project)
+    columnar scan, a fraction of the export's own; suppressed users left out), else the engine's
+    estimate of the window before filters (its index or statistics: instant, an upper bound). None
+    if the store cannot say."""
     try:
+        query = privacy.query(EventQuery.from_request(job.request, job.project))
         return store.count(query) if isinstance(store, DuckDBEventStore) else store.estimate(query)
     except ExportError as exc:  # the export's own run meets and reports the same problem
         log.warning("export %s: no estimate of its size (%s)", job.id, exc)
@@ -158,8 +159,15 @@ class Worker:
         except Exception as exc:  # the export's own run meets and reports the same problem
             log.warning("export %s: not partitioned, the event store could not estimate it (%s)", job.id, exc)
             return []
-        self.jobs.expect(job.id, self.name, events)
+        self.expect(job, events)
         return plan(job.request, config, events)
+
+    def expect(self, job: Job, events: int | None) -> None:
+        """Record the events `job` expects; a job store that fails here fails the progress bar only."""
+        try:
+            self.jobs.expect(job.id, self.name, events)
+        except Exception as exc:
+            log.warning("export %s: could not record its expected size (%s)", job.id, exc)
 
     @contextmanager
     def _beating(self, beat: Callable[[], bool]) -> Iterator[threading.Event]:
@@ -203,7 +211,7 @@ class Worker:
                 return assemble(job, destination, self.settings, self.jobs.partitions(job.id), privacy,
                                 should_stop=lost.is_set)
             with closing(open_store(self.settings)) as store:
-                self.jobs.expect(job.id, self.name, expected(store, job))
+                self.expect(job, expected(store, job, privacy))
                 return run_export(job.request, store, destination, project=job.project,
                                   batch_size=self.settings.export.batch_size, on_progress=track,
                                   should_stop=lost.is_set, privacy=privacy)

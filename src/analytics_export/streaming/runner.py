@@ -25,7 +25,7 @@ from .. import open_store
 from ..compression import CompressedSink
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
-from ..errors import ExportError, Rejected
+from ..errors import ExportError, Invalid, Rejected
 from ..formats import writer_class
 from ..jobs.policies import PrivacyStore
 from ..jobs.store import JobStore, now
@@ -118,8 +118,7 @@ class StreamRun:
         not read it again."""
         if time.monotonic() - self.beat < BEAT_SECONDS:
             return not self.stop.is_set()
-        lag = (now() - self.pending_since).total_seconds() if self.pending_since else 0.0
-        current = self.store.heartbeat(self.stream.id, self.worker, LEASE, lag)
+        current = self.store.heartbeat(self.stream.id, self.worker, LEASE, self.lag())
         self.beat = time.monotonic()
         if current is None:
             return False
@@ -131,6 +130,30 @@ class StreamRun:
         if self.privacy_state() != self.privacy_seen:  # a new policy or suppression: restart under it
             return False
         return not self.stop.is_set()
+
+    def lag(self) -> float:
+        """Seconds since the oldest event read but not yet delivered was stored."""
+        return (now() - self.pending_since).total_seconds() if self.pending_since else 0.0
+
+    def send(self, sink: Sink, delivery: Delivery) -> None:
+        """`sink.send(delivery)`, the lease renewed every second meanwhile: a slow send (a big table
+        load) must not let another worker take the stream over and send the same batch at once."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(BEAT_SECONDS):
+                try:
+                    self.store.heartbeat(self.stream.id, self.worker, LEASE, self.lag())
+                except Exception as exc:  # the job store may be back at the next beat
+                    log.warning("stream %s: heartbeat failed (%s)", self.stream.id, exc)
+
+        thread = threading.Thread(target=renew, name=f"stream-beat-{self.stream.id[:8]}", daemon=True)
+        thread.start()
+        try:
+            sink.send(delivery)
+        finally:
+            done.set()
+            thread.join()
 
     def loop(self, sink: Sink, privacy: Privacy) -> None:
         while self.alive():
@@ -183,11 +206,11 @@ class StreamRun:
         attempt = 0
         while True:
             try:
-                sink.send(delivery)
+                self.send(sink, delivery)
                 break
             except ExportError as exc:
                 attempt += 1
-                permanent = isinstance(exc, Rejected)
+                permanent = isinstance(exc, (Rejected, Invalid))
                 log.warning("stream %s: batch %s not delivered (%s)", self.stream.id, delivery.name, exc)
                 self.store.failed(self.stream.id, self.worker, str(exc), self.spec.failing_after_seconds)
                 wait = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 8)) * random.uniform(0.8, 1.2)

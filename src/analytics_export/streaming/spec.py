@@ -10,6 +10,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..errors import Invalid
 from ..models import (AzureDestination, ClickHouseTableDestination, Compression, DeltaTableDestination, ExportFilter,
                       ExportFormat, ExportRequest, FileLayout, GCSDestination, PostgresTableDestination, PrivacyRules,
                       S3Destination, WarehouseTable, WebhookDestination, check_property_name, utc)
@@ -129,12 +130,14 @@ class StreamSpec(BaseModel):
 
     @model_validator(mode="after")
     def _table_columns(self) -> "StreamSpec":
-        from ..warehouses import COLUMNS
+        from ..warehouses import COLUMNS, check_columns
 
-        taken = [p for p in self.properties or () if p in COLUMNS]
-        if isinstance(self.destination, WarehouseTable) and taken:
-            raise ValueError(f"property {taken[0]!r} would be a column of the table, which has one of that name "
-                             "already; select the properties other than " + ", ".join(COLUMNS))
+        if isinstance(self.destination, WarehouseTable):
+            day = isinstance(self.destination, DeltaTableDestination) and self.destination.partition_by_day
+            try:
+                check_columns(self.properties, taken=COLUMNS + ("day",) if day else COLUMNS)
+            except Invalid as exc:
+                raise ValueError(str(exc)) from None
         return self
 
     @field_validator("start")

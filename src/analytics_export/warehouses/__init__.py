@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -34,18 +34,26 @@ COLUMNS = ("event", "distinct_id", "timestamp", "properties", "uuid", "inserted_
 
 @dataclass(frozen=True)
 class Window:
-    """The rows a load replaces: those whose `column` is in [start, end), and with `uuids`, only
-    those among them with one of these uuids (a stream's batch appended again replaces its own
-    earlier copy, and nothing else)."""
+    """The rows a load replaces: those whose `column` is in [start, end), and with `loaded_only`,
+    only those among them whose uuid the load brings (a stream's batch appended again replaces its
+    own earlier copy, and nothing else)."""
 
     start: datetime
     end: datetime
     column: str
-    uuids: tuple[str, ...] | None = None
+    loaded_only: bool = False
 
     def __str__(self) -> str:
-        among = f" among {len(self.uuids)} uuids" if self.uuids is not None else ""
+        among = " with the loaded uuids" if self.loaded_only else ""
         return f"{self.column} in [{self.start.isoformat()}, {self.end.isoformat()}){among}"
+
+
+def check_columns(properties: Iterable[str] | None, table: str = "the table", taken: tuple[str, ...] = COLUMNS) -> None:
+    """Invalid if a selected property would take the name of one of the table's own columns."""
+    clash = [p for p in properties or () if p in taken]
+    if clash:
+        raise Invalid(f"property {clash[0]!r} would be a column of {table}, which has one of that name already; "
+                      "select the properties other than " + ", ".join(taken))
 
 
 class TableDestination(Destination):
@@ -84,10 +92,8 @@ def load_table(request: ExportRequest, source: EventSource, table: TableDestinat
     query = replace(EventQuery.from_request(request, project, property_columns=True), with_ids=True)
     if privacy is not None:
         query = privacy.query(query)
-    taken = [p for p in query.properties or () if p in COLUMNS and query.property_columns]
-    if taken:
-        raise Invalid(f"property {taken[0]!r} would be a column of {table}, which has one of that name already; "
-                      "select the properties other than " + ", ".join(COLUMNS))
+    if query.property_columns:
+        check_columns(query.properties, str(table))
     batches = source.batches(query, batch_size)
     if privacy is not None:
         batches = privacy.apply(batches, query)

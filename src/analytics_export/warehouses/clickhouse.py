@@ -90,7 +90,7 @@ class ClickHouseTable(TableDestination):
             try:
                 for batch in batches:
                     ch.insert_arrow(stage, pa.Table.from_batches([batch]))
-                among = f" AND uuid IN (SELECT uuid FROM {qualified(stage)})" if window.uuids is not None else ""
+                among = f" AND uuid IN (SELECT uuid FROM {qualified(stage)})" if window.loaded_only else ""
                 ch.command(f"DELETE FROM {table} WHERE {time} >= {{lo:{TIME}}} AND {time} < {{hi:{TIME}}}{among}",
                            parameters={"lo": window.start, "hi": window.end})
                 ch.command(f"INSERT INTO {table} ({names}) SELECT {names} FROM {qualified(stage)}")

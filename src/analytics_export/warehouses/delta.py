@@ -74,7 +74,7 @@ class DeltaLakeTable(TableDestination):
             batches = with_day(batches, window.column)
         try:
             table = self.table()
-            if window.uuids is not None and table is not None:
+            if window.loaded_only and table is not None:
                 self.upsert(table, batches, predicate.replace(column, f"t.{column}"))
             else:
                 write_deltalake(self.uri, batches, mode="overwrite", predicate=predicate, schema_mode="merge",

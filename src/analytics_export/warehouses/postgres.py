@@ -68,10 +68,14 @@ class PostgresTable(TableDestination):
                     cur.execute(f"CREATE TABLE {table} ({', '.join(f'{name} {kind}' for name, kind in columns)})")
                     cur.execute(f'CREATE INDEX ON {table} ("timestamp")')
                     cur.execute(f"CREATE INDEX ON {table} (inserted_at)")
-                for name, kind in columns:
-                    cur.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
+                cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+                            "AND NOT attisdropped", (table,))
+                present = {row[0] for row in cur.fetchall()}
+                for field, (name, kind) in zip(batches.schema, columns):
+                    if field.name not in present:  # an ALTER locks the table even when it changes nothing
+                        cur.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
                 cur.adbc_ingest(STAGE, batches, mode="create", temporary=True)
-                among = f" AND uuid IN (SELECT uuid::uuid FROM {STAGE})" if window.uuids is not None else ""
+                among = f" AND uuid IN (SELECT uuid::uuid FROM {STAGE})" if window.loaded_only else ""
                 cur.execute(f"DELETE FROM {table} WHERE {time} >= $1 AND {time} < $2{among}",
                             (window.start, window.end))
                 cur.execute(f"INSERT INTO {table} ({names}) SELECT {casts} FROM {STAGE}")

@@ -29,7 +29,7 @@ class TableSink:
         rows = pa.Table.from_batches(delivery.rows)
         inserted = rows.column("inserted_at")
         window = Window(pc.min(inserted).as_py(), pc.max(inserted).as_py() + timedelta(microseconds=1), "inserted_at",
-                        tuple(pc.cast(rows.column("uuid"), pa.string()).to_pylist()))
+                        loaded_only=True)
         self.table.load(rows.to_reader(), window)
 
     def close(self) -> None:
