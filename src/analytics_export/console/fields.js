@@ -94,10 +94,23 @@ function eventPicker(range, onChange) {
     list.children[active]?.scrollIntoView({ block: "nearest" });
   };
   const close = () => { items = []; active = -1; render(); };
+  let known = null; // the range's names, asked once per range (to the minute) and filtered here as one types
+  let knownFor = "";
+  const names = () => {
+    const r = range();
+    const key = `${r.start?.slice(0, 16)} ${r.end?.slice(0, 16)}`;
+    if (!known || knownFor !== key) {
+      known = api(query("/api/events/names", { limit: 1000, ...r })).then((data) => data.items);
+      knownFor = key;
+      known.catch(() => { known = null; });
+    }
+    return known;
+  };
   const suggest = debounce(async () => {
+    const needle = input.value.trim().toLowerCase();
     try {
-      const data = await api(query("/api/events/names", { q: input.value.trim(), limit: 20, ...range() }));
-      items = data.items.filter((item) => !chosen.includes(item.name));
+      items = (await names()).filter((item) => item.name.toLowerCase().includes(needle) && !chosen.includes(item.name))
+        .slice(0, 20);
     } catch {
       items = [];
     }
