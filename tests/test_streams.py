@@ -39,6 +39,7 @@ from test_broker_sinks import Jet, Queue, nats_url, rabbitmq_url  # noqa: F401  
 HOST = "127.0.0.1"
 ENV = {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]', "ANALYTICS_EXPORT_STREAM_SETTLE_SECONDS": "0.2"}
 MAX_BATCH = 100
+MIN_INGESTED = 2_000  # the kill run goes on ingesting until at least this many events were stored
 BATCH_SECONDS = 0.3
 KILLS = int(os.environ.get("STREAM_TEST_KILLS", 2))  # each costs a 30 s lease before another worker takes over
 SEED = int(os.environ.get("STREAM_TEST_SEED", random.randrange(1 << 30)))
@@ -605,6 +606,7 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module
             log.append(f"{time.monotonic() - started:5.1f}s: SIGKILLed (ingested so far: {len(ingester.sent)})")
             service = KillableService(data, 1)
             current["url"] = service.url
+        wait_until(lambda: len(ingester.sent) >= MIN_INGESTED, 180, f"{MIN_INGESTED} events ingested", every=0.5)
         time.sleep(1)
         ingester.stop.set()
         ingester.join(120)
@@ -636,7 +638,7 @@ def test_every_event_arrives_through_kills(crash_run: CrashRun, destination: str
     got = crash_run.received[destination]
     sent = crash_run.sent
     counts = Counter(r["uuid"] for r in got)
-    assert len(sent) >= 2_000, "enough events ingested to kill mid-stream"
+    assert len(sent) >= MIN_INGESTED, "enough events ingested to kill mid-stream"
     unknown = set(counts) - set(sent)
     assert not unknown, f"{len(unknown)} delivered events were never ingested"
     missing = set(sent) - set(counts)
