@@ -12,12 +12,10 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator
 
-import polars as pl
 import pyarrow as pa
 
 from .errors import Invalid
 from .models import FilterOperator, PrivacyRules
-from .redaction import Redactor
 from .sources import EventQuery
 from .sources.protect import Protection
 
@@ -94,6 +92,10 @@ class Privacy:
 
     def apply(self, batches: Iterable[pa.RecordBatch], query: EventQuery) -> Iterator[pa.RecordBatch]:
         """`batches` of `query` with the detector and pattern rules applied to their strings."""
+        import polars as pl  # here: half a second of every process start, for exports that redact
+
+        from .redaction import Redactor
+
         redactor = Redactor(self.rules.redact)
         if not redactor:
             yield from batches
