@@ -290,6 +290,8 @@ class StreamSupervisor:
             if room > 0:
                 try:
                     for stream in store.claim(self.worker, LEASE, room):
+                        if stream.id in self.threads:  # its run here is alive, only late to renew (waiting for
+                            continue                   # the store): a second run would send every batch twice
                         run = StreamRun(self.settings, self.jobs, stream, self.worker, stop, self.settle)
                         thread = threading.Thread(target=run.run, name=f"stream-{stream.id[:8]}", daemon=True)
                         self.threads[stream.id] = thread
