@@ -30,7 +30,9 @@ def cli(data_dir: Path, *args: str, env: dict | None = None) -> str:
 class Service:
     """`analytics-export serve` in a subprocess, stopped on close."""
 
-    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None, *args: str) -> None:
+    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None, *args: str,
+                 own_group: bool = False) -> None:
+        """`own_group`: `serve` leads a process group of its own (see test_streams.KillableService)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -38,7 +40,7 @@ class Service:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "serve", "--port", str(self.port),
                                           "--workers", str(workers), *args], env={**os.environ, **(env or {})},
-                                         stdout=subprocess.DEVNULL, stderr=log)
+                                         stdout=subprocess.DEVNULL, stderr=log, start_new_session=own_group)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -47,7 +49,8 @@ class Service:
             except httpx.TransportError:
                 assert self.proc.poll() is None, self.logs()
                 time.sleep(0.1)
-        raise RuntimeError("service did not start")
+        self.close()
+        raise RuntimeError(f"service did not start: {self.logs()[-2000:]}")
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -67,6 +67,13 @@ def test_due_windows_after_downtime():
     assert since == [(datetime(2026, 10, 5, 1, tzinfo=UTC), fired - delay)]
 
 
+def drain(sim: Sim, scheduler: Scheduler, worker: Worker, spec: ScheduledExport) -> None:
+    """Tick and work until no window of `spec` is due, queued, running or planned."""
+    while scheduler.tick() or worker.run_one() or any(r["status"] == "planned" for r in
+                                                      run_history(sim.jobs, spec.id, 100, 0)):
+        pass
+
+
 class Sim:
     """An event store, a job store and a clock: events arrive as simulated time passes."""
 
@@ -151,16 +158,11 @@ def test_backfill_exports_only_missing_windows_and_force_replaces(tmp_path):
     scheduler = Scheduler(sim.jobs, "s", clock=sim.clock)
     worker = Worker(sim.settings, sim.jobs)
 
-    def drain() -> None:
-        while scheduler.tick() or worker.run_one() or any(r["status"] == "planned" for r in
-                                                          run_history(sim.jobs, spec.id, 100, 0)):
-            pass
-
     for _ in range(3):  # three daily runs: windows Oct 1, 2, 3
         sim.t += timedelta(days=1)
         sim.ingest(5)
         scheduler.tick()
-    drain()
+    drain(sim, scheduler, worker, spec)
     files = sorted((sim.settings.export_dir / "default").iterdir())
     assert len(files) == 3
     counts = backfill(sim.jobs, "default", spec.id, datetime(2026, 9, 28, tzinfo=UTC), datetime(2026, 10, 4, tzinfo=UTC))
@@ -168,13 +170,13 @@ def test_backfill_exports_only_missing_windows_and_force_replaces(tmp_path):
     scheduler.tick()  # releases backfilled windows `backfill_concurrency` (2) at a time
     assert Counter(r["status"] for r in run_history(sim.jobs, spec.id, 100, 0)) == {
         "completed": 3, "pending": 2, "planned": 1}
-    drain()
+    drain(sim, scheduler, worker, spec)
     assert len(list((sim.settings.export_dir / "default").iterdir())) == 6
     before = {p.name: p.stat().st_mtime_ns for p in (sim.settings.export_dir / "default").iterdir()}
     forced = backfill(sim.jobs, "default", spec.id, datetime(2026, 10, 2, tzinfo=UTC), datetime(2026, 10, 3, 12, tzinfo=UTC),
                       force=True)
     assert forced == {"queued": 2, "skipped": 0}
-    drain()
+    drain(sim, scheduler, worker, spec)
     after = {p.name: p.stat().st_mtime_ns for p in (sim.settings.export_dir / "default").iterdir()}
     assert set(after) == set(before), "re-exported windows keep their names: no second copy"
     assert sum(after[n] != before[n] for n in after) == 2

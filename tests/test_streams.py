@@ -15,7 +15,6 @@ import os
 import random
 import re
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -32,7 +31,7 @@ import pytest
 
 from analytics_export import Settings
 from servers import s3_server  # noqa: F401  (fixture)
-from service import CLI, Service, cli, free_port
+from service import Service, cli
 from test_warehouses import read_table
 from test_broker_sinks import Jet, Queue, nats_url, rabbitmq_url  # noqa: F401  (fixtures)
 
@@ -60,23 +59,7 @@ class KillableService(Service):
     (its `serve` shares pytest's process group)."""
 
     def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.log_path = Path(data_dir) / f"service-{self.port}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "serve", "--port", str(self.port),
-                                          "--workers", str(workers)], env={**os.environ, **ENV, **(env or {})},
-                                         stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                assert self.proc.poll() is None, self.logs()
-                time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"service did not start: {self.logs()[-2000:]}")
+        super().__init__(data_dir, workers, {**ENV, **(env or {})}, own_group=True)
 
     def kill(self) -> None:
         """SIGKILL `serve`, uvicorn and every worker process together."""

@@ -34,7 +34,8 @@ from analytics_export.sources import EventQuery
 from analytics_export.streaming.sinks import Delivery, sink_for
 from analytics_export.streaming.spec import StreamSpec
 from servers import s3_server  # noqa: F401  (fixture)
-from test_schedules import Sim as ScheduleSim
+from test_pipeline import FailingSource
+from test_schedules import Sim as ScheduleSim, drain
 
 UTC = timezone.utc
 W1 = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 8, tzinfo=UTC))
@@ -140,24 +141,6 @@ def load(settings: Settings, spec: dict, window: tuple[datetime, datetime], *,
     finally:
         destination.close()
         store.close()
-
-
-class FailingSource:
-    """Yields real batches from the store, then fails like a dropped connection."""
-
-    def __init__(self, store: Any, after: int) -> None:
-        self.store, self.after = store, after
-
-    def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
-        inner = self.store.batches(query, batch_size)
-
-        def gen():
-            for i, batch in enumerate(inner):
-                if i == self.after:
-                    raise Storage("connection to the event store was lost")
-                yield batch
-
-        return pa.RecordBatchReader.from_batches(query.schema, gen())
 
 
 def test_load_equals_source_and_reruns_keep_one_copy(settings: Settings, table: dict):
@@ -275,16 +258,11 @@ def test_a_daily_schedule_keeps_the_table_current(tmp_path: Path, table: dict):
     scheduler = Scheduler(sim.jobs, "s", clock=sim.clock)
     worker = Worker(sim.settings, sim.jobs)
 
-    def drain() -> None:
-        while scheduler.tick() or worker.run_one() or any(r["status"] == "planned" for r in
-                                                          run_history(sim.jobs, spec.id, 100, 0)):
-            pass
-
     for day in range(4):
         sim.t += timedelta(hours=6)
         sim.ingest(7, late=day == 2)  # late events land in the window they were stored in
         sim.t += timedelta(hours=18)
-        drain()
+        drain(sim, scheduler, worker, spec)
     runs = run_history(sim.jobs, spec.id, 100, 0)
     assert {r["status"] for r in runs} == {"completed"}
     covered = (min(r["window_start"] for r in runs), max(r["window_end"] for r in runs))
@@ -292,7 +270,7 @@ def test_a_daily_schedule_keeps_the_table_current(tmp_path: Path, table: dict):
     assert sum(expected.values()) == 21 and table_rows(sim.settings, table) == expected
     forced = backfill(sim.jobs, "default", spec.id, *covered, force=True)
     assert forced == {"queued": len(runs), "skipped": 0}
-    drain()  # the same windows again, under the same export ids
+    drain(sim, scheduler, worker, spec)  # the same windows again, under the same export ids
     assert table_rows(sim.settings, table) == expected, "rerun windows replace themselves"
 
 

@@ -173,6 +173,13 @@ LAYOUT_FIELDS = ("project", "export_id", "year", "month", "day", "hour", "start"
 CONNECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
+def check_connection_name(value: str | None) -> str | None:
+    """`value` if it is None or a valid connection name."""
+    if value is not None and not CONNECTION_NAME.fullmatch(value):
+        raise ValueError("connection names are 1-100 letters, digits or `_ . -`")
+    return value
+
+
 class FileLayout(BaseModel):
     """Where files go in a bucket or folder, and whether an export is split into numbered parts."""
 
@@ -212,9 +219,7 @@ class FileLayout(BaseModel):
     @field_validator("connection")
     @classmethod
     def _connection_name(cls, value: str | None) -> str | None:
-        if value is not None and not CONNECTION_NAME.fullmatch(value):
-            raise ValueError("connection names are 1-100 letters, digits or `_ . -`")
-        return value
+        return check_connection_name(value)
 
     def split_limits(self) -> tuple[int | None, int | None]:
         """(events, bytes) per file, each None when unlimited."""
@@ -311,9 +316,7 @@ class WarehouseTable(BaseModel):
     @field_validator("connection")
     @classmethod
     def _connection_name(cls, value: str | None) -> str | None:
-        if value is not None and not CONNECTION_NAME.fullmatch(value):
-            raise ValueError("connection names are 1-100 letters, digits or `_ . -`")
-        return value
+        return check_connection_name(value)
 
     def split_limits(self) -> tuple[int | None, int | None]:
         return None, None
