@@ -160,3 +160,23 @@ def test_an_export_at_the_limits_runs_within_bounds(service: Service) -> None:
         assert created.status_code == 202, created.text[:500]
         done = wait_for(client, created.json()["request"]["id"], timeout=120)
     assert done["result"]["total_events"] == 20_000
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "a\\u0000b"])
+def test_text_no_store_can_keep_is_a_422(service: Service, route: str, escape: str) -> None:
+    """Valid JSON that is no UTF-8 text (a lone surrogate) or holds NUL: a 500 when answered (and a
+    PostgreSQL job store refuses NUL), so it is refused with the field named."""
+    path, shaped = ROUTES[route]
+    text = json.dumps(shaped({**WINDOW, "events": ["signup", "PLACEHOLDER"]})).replace("PLACEHOLDER", escape)
+    with service.client(service.key) as client:
+        answer = client.post(path, content=text, headers={"content-type": "application/json"})
+    assert answer.status_code == 422, answer.text[:300]
+    assert answer.json()["detail"].startswith("events.1: text may not hold NUL"), answer.text[:300]
+
+
+def test_deeply_nested_json_is_a_4xx(service: Service) -> None:
+    with service.client(service.key) as client, bounded(service):
+        answer = client.post("/api/exports", content="[" * 100_000 + "]" * 100_000,
+                             headers={"content-type": "application/json"})
+    assert 400 <= answer.status_code < 500, answer.text[:300]

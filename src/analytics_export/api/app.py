@@ -27,6 +27,7 @@ from .events_export import events_export_router
 from .privacy import privacy_router
 from .schedules import schedule_router
 from .streams import stream_router
+from .text import storable_text
 from ..jobs.policies import PrivacyStore
 from ..privacy import Privacy
 from ..sources import EventQuery
@@ -97,7 +98,7 @@ def problems(*codes: int) -> dict:
 
 
 def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
-    app = FastAPI(title="analytics-export", version="0.1.0",
+    app = FastAPI(title="analytics-export", version="0.1.0", dependencies=[Depends(storable_text)],
                   responses={401: {"model": Problem}, 422: {"model": Problem}})
     secret = settings.signing_key()
     sealer = Sealer(secret)
