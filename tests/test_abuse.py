@@ -180,3 +180,26 @@ def test_deeply_nested_json_is_a_4xx(service: Service) -> None:
         answer = client.post("/api/exports", content="[" * 100_000 + "]" * 100_000,
                              headers={"content-type": "application/json"})
     assert 400 <= answer.status_code < 500, answer.text[:300]
+
+
+def events_body(count: int, properties: int) -> bytes:
+    lines = ({"event": "upload", "distinct_id": f"u{i}", "timestamp": "2026-09-01T00:00:00Z",
+              "properties": {f"k{j}": j for j in range(properties)}} for i in range(count))
+    return "\n".join(json.dumps(line) for line in lines).encode()
+
+
+@pytest.mark.parametrize("what, count, properties", [("68,000 small events", 68_000, 2),
+                                                     ("280 events of 2,000 properties", 280, 2_000),
+                                                     ("115 events of 5,000 properties", 115, 5_000)])
+def test_uploads_at_the_size_limit_stay_within_bounds(service: Service, what: str, count: int, properties: int) -> None:
+    """An upload just under max_body_bytes (8 MiB) loads on one thread under its own memory cap: stored,
+    or a 413 saying to send fewer events, never the API's memory (1 GB of DuckDB cap before)."""
+    body = events_body(count, properties)
+    assert 7 << 20 < len(body) <= 8 << 20, len(body)
+    with service.client(service.key) as client, bounded(service):
+        answer = client.post("/api/events", content=body, headers={"content-type": "application/x-ndjson"})
+    assert answer.status_code in (200, 413), (what, answer.text[:300])
+    if answer.status_code == 413:
+        assert "send fewer events per request" in answer.json()["detail"]
+    else:
+        assert answer.json()["ingested"] == count

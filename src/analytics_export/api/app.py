@@ -32,7 +32,7 @@ from ..jobs.policies import PrivacyStore
 from ..privacy import Privacy
 from ..sources import EventQuery
 from ..streaming.store import StreamStore
-from ..errors import Invalid, Storage
+from ..errors import Invalid, OutOfMemory, Storage
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
 from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
@@ -329,7 +329,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             spool.write(body)
             spool.flush()
             try:
-                store = open_store(settings, read_only=False)
+                store = open_store(settings.model_copy(update={"duckdb_write_memory_limit": settings.api_ingest_memory_limit,
+                                                               "duckdb_threads": 1}), read_only=False)
             except Storage as exc:
                 raise HTTPException(503, "the event store is busy with exports; retry shortly",
                                     headers={"Retry-After": "5"}) from exc
@@ -337,6 +338,9 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                 return IngestResult(ingested=ingest_file(store, Path(spool.name), project))
             except Invalid as exc:
                 raise HTTPException(422, str(exc).replace(f"{spool.name}: ", "body: ")) from exc
+            except OutOfMemory:
+                raise HTTPException(413, f"these events need more than the {settings.api_ingest_memory_limit} an upload "
+                                         "may use to load: send fewer events per request") from None
             finally:
                 store.close()
 

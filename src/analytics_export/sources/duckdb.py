@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
-from ..errors import Invalid, Storage
+from ..errors import Invalid, OutOfMemory, Storage
 from ..models import ExportFilter, FilterOperator
 from . import RFC3339, EventQuery
 from .protect import Protection
@@ -314,6 +314,8 @@ def translated_errors() -> Iterator[None]:
         yield
     except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.ConstraintException) as exc:
         raise Invalid(quoted_out(str(exc).split("\n")[0].replace("Invalid Input Error: ", "invalid input: "))) from exc
+    except duckdb.OutOfMemoryException as exc:
+        raise OutOfMemory(f"the event store ran out of its memory cap: {str(exc).splitlines()[0]}") from exc
     except duckdb.Error as exc:
         raise Storage(quoted_out(f"event store query failed: {exc}")) from exc
 
