@@ -1,5 +1,7 @@
 """One exception hierarchy; the CLI and the API map each kind to an exit code or HTTP status in one place."""
 
+import errno
+
 
 class ExportError(Exception):
     """Base of every error analytics-export raises on purpose."""
@@ -37,3 +39,13 @@ class Rejected(ExportError):
 
 class Cancelled(ExportError):
     """The export was stopped on request; its output was discarded."""
+
+
+def os_error(exc: OSError, path: object) -> Storage:
+    """The error for `exc`, met writing at `path` on this machine: a full disk or quota says so in
+    words (the worker retries it, as space may be freed), anything else gives the system's reason."""
+    if exc.errno == errno.ENOSPC:
+        return Storage(f"no space left on the device at {path}")
+    if exc.errno == errno.EDQUOT:
+        return Storage(f"no space left on the device at {path} (the disk quota is used up)")
+    return Storage(f"cannot write to {path}: {exc.strerror or exc}")

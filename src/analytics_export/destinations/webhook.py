@@ -1,9 +1,10 @@
 """Webhooks: the export POSTed to a URL, optionally as several requests of at most N events or about
 M bytes, each a valid document on its own.
 
-Each request's body is spooled to a temporary file while the export runs (memory stays bounded
-whatever its size), then the requests are sent in order once the export is complete, so each can
-carry X-Batch-Index / X-Batch-Count and be retried on its own. A receiver verifies
+Each request's body is spooled, as a range of one temporary file, while the export runs (memory
+stays bounded whatever its size, one file is open however many batches), then the requests are
+sent in order once the export is complete, so each can carry X-Batch-Index / X-Batch-Count and be
+retried on its own. A receiver verifies
 `X-Signature: sha256=HEX` as HMAC-SHA256(secret, f"{X-Signature-Timestamp}." + body).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import random
 import tempfile
 import time
@@ -20,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ..errors import Cancelled, Rejected, Upload
+from ..errors import Cancelled, Rejected, Upload, os_error
 from ..models import ExportFormat, WebhookDestination as WebhookSpec
 from . import Destination, Target, redact
 from .guard import check_host
@@ -31,16 +33,21 @@ RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
 
 class SpooledBody:
-    """One request body written to a temporary file."""
+    """One request body: a range of the export's spool file, appended while the body is written."""
 
-    def __init__(self, folder: str, name: str) -> None:
+    def __init__(self, spool: BinaryIO, name: str) -> None:
         self.name = name
-        self.file: BinaryIO = tempfile.TemporaryFile(dir=folder)
+        self.spool = spool
+        self.start = spool.seek(0, os.SEEK_END)
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
-        self.size += len(data)
-        return self.file.write(data)
+        try:
+            written = self.spool.write(data)
+        except OSError as exc:
+            raise os_error(exc, self.spool.name) from exc
+        self.size += written
+        return written
 
     def signature(self, secret: bytes) -> tuple[str, str]:
         """(timestamp, `sha256=HEX`) signed now: each attempt carries a fresh timestamp."""
@@ -51,15 +58,19 @@ class SpooledBody:
         return timestamp, f"sha256={mac.hexdigest()}"
 
     def commit(self) -> str:
-        self.file.flush()
+        try:
+            self.spool.flush()
+        except OSError as exc:
+            raise os_error(exc, self.spool.name) from exc
         return self.name
 
     def abort(self) -> None:
-        self.file.close()
+        """Nothing to release: the bytes stay in the spool, which the destination closes."""
 
     def chunks(self) -> Iterator[bytes]:
-        self.file.seek(0)
-        while chunk := self.file.read(READ_SIZE):
+        offset, end = self.start, self.start + self.size
+        while offset < end and (chunk := os.pread(self.spool.fileno(), min(READ_SIZE, end - offset), offset)):
+            offset += len(chunk)
             yield chunk
 
 
@@ -74,15 +85,21 @@ class Webhook(Destination):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = str(folder)
         self.bodies: dict[str, SpooledBody] = {}
+        self.spool: BinaryIO | None = None
 
     def open(self, name: str) -> SpooledBody:
-        body = self.bodies[name] = SpooledBody(self.folder, name)
+        """A body appended to the export's one spool file: the pipeline writes its parts one after
+        another, so a thousand small batches hold one file open, not a thousand."""
+        if self.spool is None:
+            try:
+                self.spool = tempfile.TemporaryFile(dir=self.folder)
+            except OSError as exc:
+                raise os_error(exc, self.folder) from exc
+        body = self.bodies[name] = SpooledBody(self.spool, name)
         return body
 
     def remove(self, name: str) -> None:
-        body = self.bodies.pop(name, None)
-        if body is not None:
-            body.abort()
+        self.bodies.pop(name, None)
 
     def finish(self, uris: list[str], should_stop: Callable[[], bool]) -> str:  # "URIs": the bodies' part names
         """Send every body, in order, until `should_stop()`; a receiver may see a retried batch twice
@@ -143,9 +160,10 @@ class Webhook(Destination):
         raise Upload(f"{where} failed after {config.upload_retries + 1} attempts: {problem}")
 
     def close(self) -> None:
-        for body in self.bodies.values():
-            body.abort()
         self.bodies.clear()
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
 
 
 def retry_after(response: httpx.Response) -> float:

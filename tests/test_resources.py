@@ -1,0 +1,137 @@
+"""Exports hold a bounded number of open files however many parts or batches they make."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import resource
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from analytics_export import Settings, export
+from analytics_export.models import ExportRequest
+from servers import azurite, gcs_server, s3_server, sftp_server  # noqa: F401  (fixtures)
+from service import CLI
+
+FEW_THOUSAND = {"start_date": "2026-10-22", "end_date": "2026-11-01"}  # ~2,200 of the 20,000 demo events
+ONE_DAY = {"start_date": "2026-10-31", "end_date": "2026-11-01"}  # ~220 demo events
+OPEN_FILES = 256
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """A webhook receiver on 127.0.0.1 that keeps connections alive and records each body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                server.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+class PeakOpenFiles:
+    """The most file descriptors this process held while the block ran, sampled every few ms."""
+
+    def __enter__(self) -> PeakOpenFiles:
+        self.before = self.peak = open_files()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def watch(self) -> None:
+        while not self.done.wait(0.002):
+            self.peak = max(self.peak, open_files())
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        self.after = open_files()
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_webhook_export_of_one_event_batches_runs_under_a_low_open_file_limit(demo_settings):
+    """Each batch's body used to be a temporary file of its own, held open until all were sent: a
+    few thousand batches ran the worker out of descriptors and DuckDB aborted the process."""
+    receiver = Receiver()
+    to = json.dumps({"type": "webhook", "url": receiver.url, "batch_max_events": 1})
+    try:
+        done = subprocess.run(
+            [*CLI, "--data-dir", str(demo_settings.data_dir), "export", "-f", "jsonl", "--start",
+             FEW_THOUSAND["start_date"], "--end", FEW_THOUSAND["end_date"], "--to", to],
+            env={**os.environ, "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]'}, capture_output=True,
+            text=True, timeout=600,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES)))
+    finally:
+        receiver.shutdown()
+    assert done.returncode == 0, done.stderr[-2000:]
+    total = json.loads(done.stdout)["total_events"]
+    assert total > 4 * OPEN_FILES and len(receiver.bodies) == total
+    assert all(body.count(b"\n") == 1 and json.loads(body)["event"] for body in receiver.bodies)
+    assert not list((demo_settings.data_dir / "spool").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["download", "s3", "gcs", "azure", "sftp", "webhook"])
+def test_one_event_parts_hold_a_bounded_number_of_open_files(kind, demo_settings, tmp_path, request, monkeypatch):
+    """A few hundred parts (files, or webhook requests) of one event each: what each part opens is
+    closed when it is done, so the process never holds more than a few descriptors beyond its own."""
+    secrets: dict[str, str] = {}
+    settings = Settings(data_dir=demo_settings.data_dir, destination_allow=["127.0.0.1"])
+    receiver = None
+    if kind == "download":
+        destination: dict = {"type": "download"}
+    elif kind == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        destination = {"type": "s3", "bucket": s3.make_bucket("parts-fds"), "endpoint_url": s3.endpoint,
+                       "region": s3.region}
+        secrets = {"access_key_id": s3.access_key, "secret_access_key": s3.secret_key}
+    elif kind == "gcs":
+        gcs = request.getfixturevalue("gcs_server")
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.endpoint)  # anonymous credentials, never a metadata probe
+        destination = {"type": "gcs", "bucket": gcs.make_bucket("parts-fds")}
+    elif kind == "azure":
+        az = request.getfixturevalue("azurite")
+        destination = {"type": "azure", "container": az.make_container("parts-fds"), "account_url": az.account_url}
+        secrets = {"account_name": az.account_name, "account_key": az.account_key}
+    elif kind == "sftp":
+        sftp = request.getfixturevalue("sftp_server")
+        destination = {"type": "sftp", "host": sftp.host, "port": sftp.port, "username": sftp.username,
+                       "path": "parts-fds"}
+        secrets = {"password": sftp.password, "known_hosts": sftp.known_hosts_line}
+    else:
+        receiver = Receiver()
+        destination = {"type": "webhook", "url": receiver.url}
+    split = {"batch_max_events": 1} if kind == "webhook" else {"max_events_per_file": 1}
+    export_request = ExportRequest(**ONE_DAY, format="json_lines", destination={**destination, **split})
+    try:
+        with PeakOpenFiles() as files:
+            result = export(export_request, settings=settings, secrets=secrets, output_dir=tmp_path)
+    finally:
+        if receiver is not None:
+            receiver.shutdown()
+    assert result.total_events > 150
+    assert files.peak - files.before < 40, f"{files.peak - files.before} more open files at the peak"
+    assert files.after - files.before < 10
