@@ -374,6 +374,29 @@ def test_a_cancelled_export_whose_worker_died_is_closed(job_store):
     assert (job.status, job.error) == (ExportStatus.FAILED, "cancelled")
 
 
+def test_a_partition_whose_worker_dies_max_attempts_times_fails_its_export(job_store):
+    """A partition's run whose worker died (its lease ran out) is a failed attempt of that partition,
+    as for a whole export: the third closes the export with the reason, and its partitions are reaped."""
+    request = ExportRequest(start_date="2026-09-01", end_date="2026-09-03", format="csv")
+    job_store.create("default", request)
+    job_store.claim("w0", timedelta(seconds=30))
+    assert job_store.partition(request.id, "w0", plan(request, ExportConfig(partition_hours=24)))
+    for attempt in (1, 2, 3):
+        assert job_store.fail_abandoned(3) == []
+        job = job_store.claim(f"dead-{attempt}", timedelta(milliseconds=100))
+        assert (job.partition.number, job.partition.attempts) == (1, attempt)
+        time.sleep(0.2)
+    (export_id, error), = job_store.fail_abandoned(3)
+    assert export_id == request.id
+    assert error.startswith("partition 1 of 2 (2026-09-01T00:00:00Z to 2026-09-02T00:00:00Z) failed: the worker "
+                            "running this export died (worker dead-3 ") and "on attempt 3, and max_attempts is 3" in error
+    assert job_store.fail_abandoned(3) == [], "once"
+    job = job_store.get("default", request.id)
+    assert (job.status, job.error) == (ExportStatus.FAILED, error)
+    assert [row.number for _, rows in job_store.reap(request.id) for row in rows] == [1, 2]
+    assert job_store.claim("w4", timedelta(seconds=30)) is None, "nothing left to run"
+
+
 def test_local_upload_appends_a_file_range_inside_the_kernel(tmp_path):
     from analytics_export.destinations import BackgroundUpload
     from analytics_export.destinations.local import LocalDestination

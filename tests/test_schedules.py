@@ -117,6 +117,28 @@ class Sim:
             con.close()
 
 
+def test_a_run_whose_worker_dies_max_attempts_times_fails_and_the_next_runs(tmp_path):
+    """A schedule's runs are exports in the queue like any: a worker dying holding one is a failed
+    attempt, the third fails the run with the reason, and the schedule's next window still runs."""
+    sim = Sim(tmp_path)
+    spec = ScheduledExport(name="hourly", schedule="5 * * * *", date_range="last_hour", delay_seconds=60)
+    Schedules(sim.jobs).create("default", spec, sim.t)
+    scheduler = Scheduler(sim.jobs, "s0", clock=sim.clock)
+    sim.t += timedelta(hours=1)
+    assert scheduler.tick() == 1
+    for attempt in (1, 2, 3):
+        assert sim.jobs.claim(f"dead-{attempt}", timedelta(milliseconds=1)).attempts == attempt
+    sim.t += timedelta(hours=1)
+    scheduler.tick()
+    worker = Worker(sim.settings, sim.jobs, name="live")
+    while worker.run_one():
+        pass
+    last, first = run_history(sim.jobs, spec.id, 10, 0)
+    assert first["status"] == "failed" and "the worker running this export died (worker dead-3 " in first["error"]
+    assert "on attempt 3, and max_attempts is 3" in first["error"]
+    assert last["status"] == "completed"
+
+
 def test_thirty_days_hourly_through_kills_and_downtime_export_each_event_once(tmp_path):
     rng = random.Random(7)
     sim = Sim(tmp_path)

@@ -3,10 +3,13 @@ job store without ever running one job twice."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import signal
+import sqlite3
 import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -131,8 +134,6 @@ def test_cancel_stops_a_running_export_within_seconds(big_store):
 
 
 def test_transient_failures_retry_with_backoff_then_fail(tmp_path):
-    import sqlite3
-
     data = with_demo_events(tmp_path / "data", 1000)
     events = data / "events.duckdb"
     good = events.read_bytes()
@@ -153,3 +154,59 @@ def test_transient_failures_retry_with_backoff_then_fail(tmp_path):
             assert wait_for(c, export_id)["result"]["total_events"] > 0
     finally:
         svc.close()
+
+
+class WorkerKiller(http.server.ThreadingHTTPServer):
+    """A webhook receiver that SIGKILLs the worker sending to it: the export's lease owner, whose
+    name holds its pid (`host:pid:suffix`), looked up in the job store by the X-Export-Id header."""
+
+    def __init__(self, jobs: Path) -> None:
+        self.killed: list[int] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                with sqlite3.connect(jobs) as db:
+                    owner, = db.execute("SELECT lease_owner FROM exports WHERE id = ?",
+                                        (self.headers["X-Export-Id"],)).fetchone()
+                pid = int(owner.split(":")[1])
+                assert b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes(), "only ever a worker"
+                server.killed.append(pid)
+                os.kill(pid, signal.SIGKILL)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+def test_an_export_that_kills_its_worker_fails_after_max_attempts_and_the_queue_goes_on(tmp_path):
+    """Each run of the first export kills its worker. Its death counts as a failed attempt: after
+    max_attempts the export fails saying so, instead of killing every worker that takes it over,
+    `serve` starts a worker again each time, and the next export in the queue completes."""
+    data = with_demo_events(tmp_path / "data", 1000)
+    env = {"ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "3", "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]',
+           "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "0"}
+    key = cli(data, "keys", "create", "--project", "default", env=env)
+    killer = WorkerKiller(data / "jobs.sqlite")
+    svc = Service(data, 1, env, "--lease", "1")
+    try:
+        with svc.client(key) as c:
+            poison = c.post("/api/exports", json={**ALL, "format": "json_lines", "destination": {
+                "type": "webhook", "url": killer.url}}).json()["request"]["id"]
+            after = c.post("/api/exports", json={**ALL, "format": "csv"}).json()["request"]["id"]
+            failed = wait_for(c, poison, "failed", timeout=120)
+            done = wait_for(c, after, timeout=120)
+    finally:
+        svc.close()
+        killer.shutdown()
+    error = failed["result"]["error"]
+    assert error.startswith("the worker running this export died") and "on attempt 3, and max_attempts is 3" in error
+    assert len(set(killer.killed)) == 3, "three workers died, no more"
+    assert done["result"]["total_events"] == 1000
+    assert svc.logs().count("exited with status -9; starting another") == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 err = Console(stderr=True)
+log = logging.getLogger(__name__)
 FILTER = re.compile(
     r"^\s*(?P<prop>.+?)\s+(?P<op>" + "|".join(sorted((o.value for o in FilterOperator), key=len, reverse=True))
     + r")(?:\s+(?P<value>.*?))?\s*$"
@@ -295,18 +297,20 @@ def serve(
                                 help="Worker processes started with the API [default: one per core; 0: none, "
                                      "run `worker`s yourself]"),
     api_processes: int = typer.Option(1, min=1, help="Processes serving the API (status polls scale with them)"),
+    lease: float = typer.Option(30.0, help="The workers' lease seconds; a dead worker's job is taken over after this"),
 ) -> None:
     """Serve the REST API (docs at /docs) and start export workers beside it.
 
-    Workers are child processes, so heavy exports never hold the API's interpreter lock."""
+    Workers are child processes, so heavy exports never hold the API's interpreter lock; one that
+    dies (killed, out of memory) is started again."""
     import uvicorn
 
     settings: Settings = ctx.obj
     logs.configure()
     job_store(settings)  # migrated before any process uses it
-    children = [subprocess.Popen([sys.executable, "-m", "analytics_export.cli", "--data-dir", str(settings.data_dir),
-                                  "worker", "--parent", str(os.getpid())], preexec_fn=lambda: os.nice(10))
-                for _ in range(workers)]  # niced from the start: even their imports yield to the API
+    command = [sys.executable, "-m", "analytics_export.cli", "--data-dir", str(settings.data_dir), "worker",
+               "--parent", str(os.getpid()), "--lease", str(lease)]
+    supervisor = WorkerSupervisor(command, workers)
     # API processes build the app from the environment: pass this command's settings on.
     os.environ.update({"ANALYTICS_EXPORT_DATA_DIR": str(settings.data_dir.absolute()),
                        "ANALYTICS_EXPORT_PROJECT": settings.project})
@@ -316,9 +320,54 @@ def serve(
         uvicorn.run("analytics_export.api.app:app_from_environment", factory=True, host=host, port=port,
                     workers=api_processes, log_level="warning")
     finally:
-        for child in children:
+        supervisor.close()
+
+
+class WorkerSupervisor:
+    """`serve`'s worker processes, each started again when it dies: the job a worker died holding
+    counts that as a failed attempt (see `JobStore.fail_abandoned`), which takes a live worker to
+    notice, so a job that kills one worker after another must not leave none. A worker that keeps
+    dying within a minute of its start waits longer each time (doubling, up to a minute)."""
+
+    def __init__(self, command: list[str], count: int) -> None:
+        self.command = command
+        self.children = [self.start() for _ in range(count)]
+        self.started = [time.monotonic()] * count
+        self.quick_deaths = [0] * count
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.watch, name="worker-supervisor", daemon=True)
+        if count:
+            self.thread.start()
+
+    def start(self) -> subprocess.Popen:
+        """A worker, niced from the start: even its imports yield to the API."""
+        return subprocess.Popen(self.command, preexec_fn=lambda: os.nice(10))
+
+    def watch(self) -> None:
+        restart_at: dict[int, float] = {}
+        while not self.stop.wait(0.5):
+            for slot, child in enumerate(self.children):
+                if child.poll() is None:
+                    continue
+                if slot not in restart_at:
+                    quick = time.monotonic() - self.started[slot] < 60
+                    self.quick_deaths[slot] = self.quick_deaths[slot] + 1 if quick else 0
+                    wait = min(60.0, 0.5 * 2 ** self.quick_deaths[slot]) if quick else 0.0
+                    restart_at[slot] = time.monotonic() + wait
+                    log.warning("worker %d exited with status %d; starting another in %.1fs", child.pid,
+                                child.returncode, wait)
+                if time.monotonic() >= restart_at[slot]:
+                    del restart_at[slot]
+                    self.children[slot], self.started[slot] = self.start(), time.monotonic()
+
+    def close(self) -> None:
+        """Stop restarting, then stop every worker (SIGTERM; SIGKILL after 30 s)."""
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        for child in self.children:
             child.terminate()
-        for child in children:
+        for child in self.children:
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -275,6 +275,47 @@ class JobStore:
                 return None
             return Job.from_row(c.execute(sa.select(exports).where(exports.c.id == row.id)).first())
 
+    def fail_abandoned(self, max_attempts: int) -> list[tuple[str, str]]:
+        """Fail each export, and each partition (with its export), whose worker died holding it (its
+        lease ran out unrenewed) on attempt `max_attempts`: a run whose worker dies is a failed
+        attempt, so an export that kills every worker running it stops at the limit instead of taking
+        the workers down one after another. Returns (export id, error) of each."""
+        t = now()
+        p = export_parts.c
+        failed = []
+        dead = sa.and_(exports.c.status == ExportStatus.PROCESSING.value, exports.c.lease_expires < t,
+                       exports.c.attempts >= max_attempts, exports.c.cancel_requested.is_(False))
+        with self.engine.begin() as c:
+            pick = sa.select(exports.c.id, exports.c.attempts, exports.c.lease_owner).where(dead)
+            if c.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            for row in c.execute(pick).all():
+                error = died(row.attempts, max_attempts, row.lease_owner)
+                if c.execute(exports.update().where(exports.c.id == row.id, dead).values(
+                        status=ExportStatus.FAILED.value, error=error, completed_at=t, lease_owner=None,
+                        lease_expires=None)).rowcount:
+                    failed.append((row.id, error))
+        dead_part = sa.and_(p.status == ExportStatus.PROCESSING.value, p.lease_expires < t, p.attempts >= max_attempts)
+        with self.engine.begin() as c:
+            pick = sa.select(p.export_id, p.number, p.window_start, p.window_end, p.attempts, p.lease_owner,
+                             exports.c.parts).join(exports, exports.c.id == p.export_id).where(
+                dead_part, exports.c.status == ExportStatus.PROCESSING.value)
+            for row in c.execute(pick).all():
+                self._lock_export(c, row.export_id)  # then the partition, re-checked: the lock order of every writer
+                mine = (p.export_id == row.export_id) & (p.number == row.number)
+                error = died(row.attempts, max_attempts, row.lease_owner)
+                if not c.execute(export_parts.update().where(mine, dead_part).values(
+                        status=ExportStatus.FAILED.value, error=error, lease_owner=None,
+                        lease_expires=None)).rowcount:
+                    continue
+                error = (f"partition {row.number} of {row.parts} ({aware(row.window_start):%Y-%m-%dT%H:%M:%SZ} to "
+                         f"{aware(row.window_end):%Y-%m-%dT%H:%M:%SZ}) failed: {error}")
+                if c.execute(exports.update().where(
+                        exports.c.id == row.export_id, exports.c.status == ExportStatus.PROCESSING.value,
+                ).values(status=ExportStatus.FAILED.value, completed_at=t, error=error)).rowcount:
+                    failed.append((row.export_id, error))
+        return failed
+
     def partition(self, export_id: str, worker: str, windows: list[tuple[datetime, datetime]]) -> bool:
         """Turn an export `worker` holds into partitions, one per window; the export then runs, leased
         by none, while workers claim its partitions. False if the lease was lost meanwhile."""
@@ -553,3 +594,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def died(attempts: int, max_attempts: int, worker: str | None) -> str:
+    """The error of a run whose worker died on its last allowed attempt."""
+    return (f"the worker running this export died (worker {worker} stopped renewing its lease: killed, out of "
+            f"memory or crashed) on attempt {attempts}, and max_attempts is {max_attempts}; it is not run again, "
+            f"as it may be what kills its workers: see that worker's log, then retry it")

@@ -126,6 +126,9 @@ class Worker:
         """Claim and run one job or partition; False when there was none."""
         if time.monotonic() - self.reaped > REAP_SECONDS:  # a cancelled export none of whose partitions runs
             self.reap()
+        for export_id, error in self.jobs.fail_abandoned(self.settings.export.max_attempts):
+            log.error("export %s failed: %s", export_id, error)
+            self.reap(export_id)  # a partitioned one: its other partitions' files
         job = self.jobs.claim(self.name, self.lease)
         if job is None:
             return False
