@@ -1,4 +1,5 @@
-"""Exports hold a bounded number of open files however many parts or batches they make."""
+"""Exports hold a bounded number of open files however many parts or batches they make, and a full
+disk is reported as such, with nothing partial left."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import resource
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import pytest
 from analytics_export import Settings, export
 from analytics_export.models import ExportRequest
 from servers import azurite, gcs_server, s3_server, sftp_server  # noqa: F401  (fixtures)
-from service import CLI
+from service import CLI, Service, cli, wait_for
 
 FEW_THOUSAND = {"start_date": "2026-10-22", "end_date": "2026-11-01"}  # ~2,200 of the 20,000 demo events
 ONE_DAY = {"start_date": "2026-10-31", "end_date": "2026-11-01"}  # ~220 demo events
@@ -135,3 +138,64 @@ def test_one_event_parts_hold_a_bounded_number_of_open_files(kind, demo_settings
     assert result.total_events > 150
     assert files.peak - files.before < 40, f"{files.peak - files.before} more open files at the peak"
     assert files.after - files.before < 10
+
+
+@contextmanager
+def small_disk(path: Path, size: str = "1m") -> Iterator[Path]:
+    """`path` as the mount point of a tmpfs of `size`, unmounted on exit: a disk that fills up."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        reason = f"cannot mount a small tmpfs to fill up (needs root): {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def test_cli_export_to_a_full_disk_says_so_in_one_line(demo_settings, tmp_path):
+    data = tmp_path / "data"
+    with small_disk(data):
+        done = subprocess.run(
+            [*CLI, "--data-dir", str(data), "export", "-f", "json", "--start", "2026-01-01", "--end", "2027-01-01"],
+            env={**os.environ, "ANALYTICS_EXPORT_EVENTS_URL": str(demo_settings.events_path)},
+            capture_output=True, text=True, timeout=120)
+        left = list((data / "exports").iterdir())
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == f"error: no space left on the device at {data / 'exports'}\n"
+    assert left == [], "no partial file, no final one"
+
+
+def test_service_exports_and_ingest_on_a_full_disk_fail_saying_so(demo_settings, tmp_path):
+    """Downloads, webhook bodies being spooled and ingested bodies each meet a full disk: the export
+    fails with the reason (not an internal error) and leaves no file; the ingest answers 503."""
+    data = tmp_path / "data"
+    env = {"ANALYTICS_EXPORT_EVENTS_URL": str(demo_settings.events_path), "ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "1",
+           "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]'}
+    key = cli(data, "keys", "create", "--project", "default", env=env)
+    receiver = Receiver()
+    with small_disk(data / "exports" / "default"), small_disk(data / "spool"), small_disk(data / "inbox"):
+        svc = Service(data, 1, env)
+        try:
+            with svc.client(key) as c:
+                window = {"start_date": "2026-01-01", "end_date": "2027-01-01", "format": "json"}
+                download = c.post("/api/exports", json=window).json()["request"]["id"]
+                webhook = c.post("/api/exports", json={**window, "destination": {
+                    "type": "webhook", "url": receiver.url}}).json()["request"]["id"]
+                failed = [wait_for(c, export_id, "failed", timeout=120)["result"]["error"]
+                          for export_id in (download, webhook)]
+                events = "\n".join(json.dumps({"event": "e", "distinct_id": "u", "timestamp": "2026-10-01T00:00:00Z",
+                                               "properties": {"pad": "x" * 1000}}) for _ in range(2000))
+                ingest = c.post("/api/events", content=events, headers={"Content-Type": "application/x-ndjson"})
+            left = list((data / "exports" / "default").iterdir()) + list((data / "spool").iterdir())
+        finally:
+            svc.close()
+            receiver.shutdown()
+    assert failed == [f"no space left on the device at {data / 'exports' / 'default'}",
+                      f"no space left on the device at {data / 'spool'}"]
+    assert left == [] and receiver.bodies == []
+    assert ingest.status_code == 503 and ingest.json()["detail"] == f"no space left on the device at {data / 'inbox'}"

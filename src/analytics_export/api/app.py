@@ -32,7 +32,7 @@ from ..jobs.policies import PrivacyStore
 from ..privacy import Privacy
 from ..sources import EventQuery
 from ..streaming.store import StreamStore
-from ..errors import Invalid, OutOfMemory, Storage
+from ..errors import Invalid, OutOfMemory, Storage, os_error
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
 from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
@@ -325,9 +325,13 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     def ingest_body(body: bytes, suffix: str, project: str) -> IngestResult:
         inbox = settings.data_dir / "inbox"
         inbox.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=inbox, suffix=suffix) as spool:
-            spool.write(body)
-            spool.flush()
+        with tempfile.NamedTemporaryFile(dir=inbox, suffix=suffix, buffering=0) as spool:  # nothing left to flush
+            try:
+                rest = memoryview(body)
+                while rest:
+                    rest = rest[spool.write(rest):]
+            except OSError as exc:  # a full disk: 503, as for any store that cannot take the events now
+                raise os_error(exc, inbox) from exc
             try:
                 store = open_store(settings.model_copy(update={"duckdb_write_memory_limit": settings.api_ingest_memory_limit,
                                                                "duckdb_threads": 1}), read_only=False)

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..errors import NotFound, Storage
+from ..errors import NotFound, Storage, os_error
 from . import Destination, Target
 
 BUFFER = 1 << 20
@@ -24,10 +24,13 @@ class LocalUpload:
                 stale.unlink(missing_ok=True)
             self.file = open(self.temp, "xb", buffering=BUFFER)
         except OSError as exc:
-            raise Storage(f"cannot write to {final.parent}: {exc.strerror}") from exc
+            raise os_error(exc, final.parent) from exc
 
     def write(self, data: bytes | memoryview) -> int:
-        return self.file.write(data)
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            raise os_error(exc, self.final.parent) from exc
 
     def copy_from(self, file: BinaryIO, size: int | None) -> int | None:
         """Append `size` bytes (or the rest) of `file` with copy_file_range, inside the kernel; None
@@ -44,27 +47,35 @@ class LocalUpload:
                 copied, left = copied + n, left - n
         except OSError as exc:
             if copied or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise Storage(f"cannot write to {self.final.parent}: {exc.strerror}") from exc
+                raise os_error(exc, self.final.parent) from exc
             return None
         finally:
             file.seek(start + copied)
         return copied
 
     def commit(self) -> str:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.temp, self.final)
-        dir_fd = os.open(self.final.parent, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.temp, self.final)
+            dir_fd = os.open(self.final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise os_error(exc, self.final.parent) from exc
         return str(self.final)
 
     def abort(self) -> None:
-        self.file.close()
-        self.temp.unlink(missing_ok=True)
+        """Remove the temporary file; closing it may fail again (its buffer on a full disk)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass  # the write that failed already said why
+        finally:
+            self.temp.unlink(missing_ok=True)
 
 
 class LocalDestination(Destination):

@@ -35,9 +35,10 @@ RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 class SpooledBody:
     """One request body: a range of the export's spool file, appended while the body is written."""
 
-    def __init__(self, spool: BinaryIO, name: str) -> None:
+    def __init__(self, spool: BinaryIO, folder: str, name: str) -> None:
         self.name = name
         self.spool = spool
+        self.folder = folder
         self.start = spool.seek(0, os.SEEK_END)
         self.size = 0
 
@@ -45,7 +46,7 @@ class SpooledBody:
         try:
             written = self.spool.write(data)
         except OSError as exc:
-            raise os_error(exc, self.spool.name) from exc
+            raise os_error(exc, self.folder) from exc
         self.size += written
         return written
 
@@ -61,7 +62,7 @@ class SpooledBody:
         try:
             self.spool.flush()
         except OSError as exc:
-            raise os_error(exc, self.spool.name) from exc
+            raise os_error(exc, self.folder) from exc
         return self.name
 
     def abort(self) -> None:
@@ -95,7 +96,7 @@ class Webhook(Destination):
                 self.spool = tempfile.TemporaryFile(dir=self.folder)
             except OSError as exc:
                 raise os_error(exc, self.folder) from exc
-        body = self.bodies[name] = SpooledBody(self.spool, name)
+        body = self.bodies[name] = SpooledBody(self.spool, self.folder, name)
         return body
 
     def remove(self, name: str) -> None:
@@ -162,7 +163,10 @@ class Webhook(Destination):
     def close(self) -> None:
         self.bodies.clear()
         if self.spool is not None:
-            self.spool.close()
+            try:
+                self.spool.close()
+            except OSError:
+                pass  # flushing the rest on a full disk, which the failed write reported: it is discarded
             self.spool = None
 
 
