@@ -344,6 +344,7 @@ class WorkerSupervisor:
         return subprocess.Popen(self.command, preexec_fn=lambda: os.nice(10))
 
     def watch(self) -> None:
+        """Every half second, start again each worker that exited, once its wait is over."""
         restart_at: dict[int, float] = {}
         while not self.stop.wait(0.5):
             for slot, child in enumerate(self.children):
