@@ -138,14 +138,18 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             raise HTTPException(404, f"no export {export_id}")
         return job
 
-    def signature(export_id: str, expires: int) -> str:
-        return hmac.new(secret, f"{export_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+    def signature(job: Job, expires: int) -> str:
+        """The link's MAC over the export's incarnation (id and creation time, to the microsecond) and
+        its expiry: a link dies with its export, even when a backfill or retention run re-creates the
+        same id, and when the export's expiry changes (a retried export completing again)."""
+        created = int(job.created_at.timestamp() * 1_000_000)
+        return hmac.new(secret, f"{job.id}:{created}:{expires}".encode(), hashlib.sha256).hexdigest()
 
     def view(job: Job) -> ExportView:
         url = None
         if job.status is ExportStatus.COMPLETED and job.expires_at is not None:
             expires = int(job.expires_at.timestamp())
-            url = f"/api/exports/{job.id}/download?expires={expires}&signature={signature(job.id, expires)}"
+            url = f"/api/exports/{job.id}/download?expires={expires}&signature={signature(job, expires)}"
         request = job.request.model_copy(update={"status": job.status})
         return ExportView(request=request, status=job.status, result=job.result(url),
                           progress=ExportProgress(events=job.events_done, bytes=job.bytes_done,
@@ -252,13 +256,13 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
                  expires: int | None = None, signature_: Annotated[str | None, Query(alias="signature")] = None) -> Response:
         if signature_ is not None and expires is not None:
-            if not hmac.compare_digest(signature_.encode(), signature(export_id, expires).encode()):
-                raise HTTPException(403, "the download link's signature does not match; ask for a new link")
+            job = jobs.get_any(export_id)
+            current = job is not None and job.expires_at is not None and int(job.expires_at.timestamp()) == expires
+            if not (current and hmac.compare_digest(signature_.encode(), signature(job, expires).encode())):
+                raise HTTPException(403, "the download link does not match this export (it was deleted, re-run "
+                                         "or tampered with); ask for a new link")
             if expires < time.time():
                 raise HTTPException(410, "the download link has expired")
-            job = jobs.get_any(export_id)
-            if job is None:
-                raise HTTPException(404, f"no export {export_id}")
         else:
             job = job_or_404(project_for(credentials), export_id)
         if job.status is ExportStatus.EXPIRED:
