@@ -24,6 +24,7 @@ from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secr
 from .catalog import catalog_router
 from .console import console_router
 from .events_export import events_export_router
+from .keys import keys_router
 from .privacy import privacy_router
 from .schedules import schedule_router
 from .streams import stream_router
@@ -202,6 +203,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     app.include_router(events_export_router(settings, Depends(project_of), problems, check_privacy,
                                             policies.for_export))
 
+    app.include_router(keys_router(jobs, Depends(project_of), problems))
     app.include_router(console_router())
 
     @app.get("/healthz")
