@@ -187,6 +187,21 @@ def test_auth_errors(service):
         assert float(values["analytics_export_export_duration_seconds_sum"]) > 0
 
 
+def test_open_metrics_name_no_project_or_stream(service):
+    with service.client(service.key) as c:
+        stream = c.post("/api/streams", json={"name": "metered", "destination": {
+            "type": "webhook", "url": "http://127.0.0.1:9/nobody-listens"}})
+        assert stream.status_code == 201, stream.text
+        stream_id = stream.json()["stream"]["id"]
+        try:
+            with service.client(None) as anonymous:
+                metrics = anonymous.get("/metrics")
+            assert metrics.status_code == 200 and "analytics_export_stream_lag_seconds_max" in metrics.text
+            assert stream_id not in metrics.text and 'project="' not in metrics.text, metrics.text
+        finally:
+            c.delete(f"/api/streams/{stream_id}")
+
+
 def test_expired_exports_answer_410(tmp_path):
     data = with_demo_events(tmp_path / "data", 1000)
     key = cli(data, "keys", "create", "--project", "default")

@@ -103,10 +103,12 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     secret = settings.signing_key()
     sealer = Sealer(secret)
 
+    hide_paths = settings.hide_paths
+
     @app.exception_handler(Storage)
     async def unavailable(_: Request, exc: Storage) -> JSONResponse:
         """A store that is busy or unreachable (the event store's lock, a job store conflict): retry."""
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"detail": hide_paths(str(exc))}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -152,7 +154,10 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             expires = int(job.expires_at.timestamp())
             url = f"/api/exports/{job.id}/download?expires={expires}&signature={signature(job, expires)}"
         request = job.request.model_copy(update={"status": job.status})
-        return ExportView(request=request, status=job.status, result=job.result(url),
+        result = job.result(url)
+        if result is not None and result.error:
+            result.error = hide_paths(result.error)
+        return ExportView(request=request, status=job.status, result=result,
                           progress=ExportProgress(events=job.events_done, bytes=job.bytes_done,
                                                   expected_events=job.events_expected, started_at=job.started_at,
                                                   partitions=job.parts, partitions_done=job.parts_done))
@@ -339,9 +344,9 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                 raise HTTPException(503, "the event store is busy with exports; retry shortly",
                                     headers={"Retry-After": "5"}) from exc
             try:
-                return IngestResult(ingested=ingest_file(store, Path(spool.name), project))
+                return IngestResult(ingested=ingest_file(store, Path(spool.name), project, name="body"))
             except Invalid as exc:
-                raise HTTPException(422, str(exc).replace(f"{spool.name}: ", "body: ")) from exc
+                raise HTTPException(422, hide_paths(str(exc))) from exc
             finally:
                 store.close()
 
@@ -355,14 +360,23 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     duration_count = Gauge("analytics_export_export_duration_seconds_count", "Completed exports timed",
                            registry=registry)
 
-    stream_lag = Gauge("analytics_export_stream_lag_seconds", "Age of the oldest event a stream has read but "
-                       "not yet delivered (0: caught up)", ["project", "stream"], registry=registry)
-    stream_delivered = Gauge("analytics_export_stream_delivered_events", "Events a stream delivered",
-                             ["project", "stream"], registry=registry)
     stream_status = Gauge("analytics_export_streams", "Streams by status", ["status"], registry=registry)
+    stream_lag_max = Gauge("analytics_export_stream_lag_seconds_max", "The largest lag of any stream",
+                           registry=registry)
+    token = settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
+    if token:  # names projects and streams: only for whoever holds the metrics token
+        stream_lag = Gauge("analytics_export_stream_lag_seconds", "Age of the oldest event a stream has read "
+                           "but not yet delivered (0: caught up)", ["project", "stream"], registry=registry)
+        stream_delivered = Gauge("analytics_export_stream_delivered_events", "Events a stream delivered",
+                                 ["project", "stream"], registry=registry)
 
-    @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}})
-    def metrics() -> Response:
+    @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}, **problems(401)})
+    def metrics(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Response:
+        """Prometheus gauges. With ANALYTICS_EXPORT_METRICS_TOKEN set, it needs that token as a bearer
+        and adds per-stream series (project and stream labels); without it, only totals are shown."""
+        if token and (credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token)):
+            raise HTTPException(401, "send the metrics token (ANALYTICS_EXPORT_METRICS_TOKEN) as "
+                                     "`Authorization: Bearer TOKEN`", headers={"WWW-Authenticate": "Bearer"})
         counts = jobs.status_counts()
         for status in ExportStatus:
             by_status.labels(status.value).set(counts.get(status.value, 0))
@@ -372,13 +386,18 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         exported_bytes.set(totals["bytes"])
         duration_sum.set(totals["seconds"])
         duration_count.set(totals["count"])
-        stream_lag.clear()
-        stream_delivered.clear()
+        if token:
+            stream_lag.clear()
+            stream_delivered.clear()
         statuses = {"active": 0, "paused": 0, "failing": 0}
+        lag_max = 0.0
         for stream in StreamStore(jobs).all():
             statuses[stream.status] = statuses.get(stream.status, 0) + 1
-            stream_lag.labels(stream.project, stream.id).set(stream.lag_seconds or 0)
-            stream_delivered.labels(stream.project, stream.id).set(stream.delivered_events)
+            lag_max = max(lag_max, stream.lag_seconds or 0)
+            if token:
+                stream_lag.labels(stream.project, stream.id).set(stream.lag_seconds or 0)
+                stream_delivered.labels(stream.project, stream.id).set(stream.delivered_events)
+        stream_lag_max.set(lag_max)
         for status, count in statuses.items():
             stream_status.labels(status).set(count)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
