@@ -3,10 +3,13 @@ and /docs served from the service itself (it renders on a machine without intern
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from analytics_export import Settings
 from service import Service, cli
+from test_console import ARGS, CHROMIUM
 
 TOKEN = "metrics-token-for-tests"
 
@@ -65,3 +68,37 @@ def test_store_errors_answer_with_data_dir_not_its_path(tmp_path):
     settings = Settings(data_dir=tmp_path / "data")
     message = f"cannot open event store {settings.events_path.absolute()} is busy"
     assert settings.hide_paths(message) == "cannot open event store DATA_DIR/events.duckdb is busy"
+
+
+def test_docs_reference_only_local_files_which_answer(service):
+    with service.client(None) as c:
+        page = c.get("/docs")
+        assert page.status_code == 200
+        urls = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(r"url: '([^']+)'", page.text)
+        assert len(urls) >= 4 and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+        for url in urls:
+            assert c.get(url).status_code == 200, url
+        assert c.get("/docs/assets/index.html").status_code == 404, "only the files the page loads"
+        assert c.get("/redoc").status_code == 404, "ReDoc would load from a CDN"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not at /usr/bin/chromium")
+def test_docs_render_in_chromium_with_no_request_leaving_the_machine(service):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            tab = browser.new_page()
+            requests: list[str] = []
+            problems: list[str] = []
+            tab.on("request", lambda r: requests.append(r.url))
+            tab.on("pageerror", lambda exc: problems.append(str(exc)))
+            tab.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+            tab.goto(f"{service.url}/docs")
+            expect(tab.locator(".opblock-summary-path", has_text="/api/exports/{export_id}/download").first) \
+                .to_be_visible(timeout=30_000)
+            outside = [u for u in requests if not u.startswith(service.url) and not u.startswith("data:")]
+            assert not outside and not problems, (outside, problems)
+        finally:
+            browser.close()

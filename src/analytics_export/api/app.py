@@ -23,6 +23,7 @@ from ..config import Settings
 from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secrets
 from .catalog import catalog_router
 from .console import console_router
+from .docs import docs_router
 from .events_export import events_export_router
 from .keys import keys_router
 from .privacy import privacy_router
@@ -98,8 +99,9 @@ def problems(*codes: int) -> dict:
 
 
 def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
-    app = FastAPI(title="analytics-export", version="0.1.0",
+    app = FastAPI(title="analytics-export", version="0.1.0", docs_url=None, redoc_url=None,
                   responses={401: {"model": Problem}, 422: {"model": Problem}})
+    app.include_router(docs_router(app.openapi_url, app.title))
     secret = settings.signing_key()
     sealer = Sealer(secret)
 
