@@ -110,6 +110,8 @@ def export(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write exactly this file"),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write the standard file name here [default DATA_DIR/exports]"),
     to: Optional[str] = typer.Option(None, "--to", help="""Remote destination as JSON, e.g. '{"type": "s3", "bucket": "lake"}'; credentials from the environment"""),
+    csv_formula_guard: bool = typer.Option(False, "--csv-formula-guard", help="CSV: start cells a spreadsheet would "
+                                           "run as formulas (=, +, -, @, tab, CR; not plain numbers) with '"),
 ) -> None:
     """Export events in [start, end) to a file or a remote destination; prints a JSON summary line when done."""
     settings: Settings = ctx.obj
@@ -117,7 +119,7 @@ def export(
         request = ExportRequest(
             format=ExportFormat.parse(format), start_date=start, end_date=end, compression=compression,
             events=event, properties=property or None, filters=[parse_filter(f) for f in filter],
-            destination=json.loads(to) if to else {"type": "download"},
+            destination=json.loads(to) if to else {"type": "download"}, csv_formula_guard=csv_formula_guard,
         )
     except json.JSONDecodeError as exc:
         fail(f"--to is not JSON: {exc}")
