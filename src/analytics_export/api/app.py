@@ -373,10 +373,12 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                                  ["project", "stream"], registry=registry)
 
     @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}, **problems(401)})
-    def metrics(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Response:
+    def metrics(request: Request) -> Response:
         """Prometheus gauges. With ANALYTICS_EXPORT_METRICS_TOKEN set, it needs that token as a bearer
-        and adds per-stream series (project and stream labels); without it, only totals are shown."""
-        if token and (credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token)):
+        and adds per-stream series (project and stream labels); without it, only totals are shown.
+        (The header is read here, not declared: the API-key scheme does not apply to this route.)"""
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if token and not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)):
             raise HTTPException(401, "send the metrics token (ANALYTICS_EXPORT_METRICS_TOKEN) as "
                                      "`Authorization: Bearer TOKEN`", headers={"WWW-Authenticate": "Bearer"})
         counts = jobs.status_counts()
