@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     events_url: str | None = Field(None, description="event store: postgresql://..., clickhouse://..., "
                                    "chdb:///path or a DuckDB file path; default DATA_DIR/events.duckdb")
     secret_key: str | None = Field(None, description="signs download links; default a random key kept in the data dir")
-    max_body_bytes: int = Field(16 << 20, description="largest POST /api/events body")
+    max_body_bytes: int = Field(8 << 20, description="largest POST /api/events body")
+    api_ingest_memory_limit: str = Field(
+        "192MB", description="DuckDB buffer pool cap of one POST /api/events (on one thread), so no upload can take "
+        "the API's memory: 8 MiB of the widest events (5,000 properties each) took 171 MB; a body needing more is a 413")
     metrics_token: SecretStr | None = Field(
         None, description="if set, /metrics needs `Authorization: Bearer TOKEN` and adds per-project and "
         "per-stream series; unset, /metrics is open and shows only totals (no project names or stream ids)")

@@ -17,6 +17,11 @@ class Storage(ExportError):
     """The event store failed to read or write."""
 
 
+class OutOfMemory(Storage):
+    """The event store's memory cap was too small for one piece of work (an ingest body of very wide
+    events, say): smaller pieces succeed."""
+
+
 class Upload(ExportError):
     """A destination refused or lost the output."""
 

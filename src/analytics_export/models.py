@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import string
 import uuid
@@ -10,10 +11,29 @@ from enum import Enum
 from typing import Annotated, Literal, Union
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 PROPERTY_NAME = re.compile(r"[\w$][\w$.:/ -]{0,199}")
 """A plain property key: letters, digits and `_ $ . : / -` and spaces; no quotes, brackets or SQL."""
+EXPORT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+"""Ids of exports, schedules and streams: they become file names and parts of object keys."""
+
+# Bounds on what one request may ask for: each is checked when the request is made, so no request can
+# make the API or a worker plan a query, render a path or store a row of unbounded size.
+MAX_FILTERS = 100
+MAX_LIST_VALUES = 10_000
+MAX_LIST_FILTERS = 10
+"""`in` / `not_in` filters: each is a hash lookup that holds about 9 MB of the store's memory while it runs."""
+MAX_VALUE_CHARS = 4_096
+MAX_FILTERS_CHARS = 256 * 1024
+MAX_EVENTS = 1_000
+MAX_EVENT_NAME_CHARS = 1_000
+MAX_PROPERTIES = 200
+"""Selected properties: each is a column of every batch (250 took a worker 180 MB)."""
+MAX_RULE_PROPERTIES = 1_000
+MAX_PATTERN_CHARS = 1_000
+MAX_FOLDER_BYTES = 900
+"""A rendered `prefix/path_template`: object keys are at most 1024 bytes, and the file name follows."""
 
 
 def utc(value: datetime | date) -> datetime:
@@ -139,6 +159,16 @@ class ExportFilter(BaseModel):
     def _plain_key(cls, value: str) -> str:
         return check_property_name(value)
 
+    @field_validator("value", mode="before")
+    @classmethod
+    def _bounded(cls, value: object) -> object:
+        if isinstance(value, list) and len(value) > MAX_LIST_VALUES:
+            raise ValueError(f"a list holds {len(value):,} values; the most is {MAX_LIST_VALUES:,}: "
+                             "split the export, or filter on a coarser property")
+        for item in value if isinstance(value, list) else [value]:
+            check_scalar(item)
+        return value
+
     @model_validator(mode="after")
     def _value_fits_operator(self) -> ExportFilter:
         op, value = self.operator, self.value
@@ -155,11 +185,72 @@ class ExportFilter(BaseModel):
         elif op in _ORDERED_VALUE and isinstance(value, bool):
             raise ValueError(f"operator {op.value} compares numbers or strings, not booleans")
         if op is FilterOperator.REGEX:
+            if len(value) > MAX_PATTERN_CHARS:  # type: ignore[arg-type]
+                raise ValueError(f"a regular expression has at most {MAX_PATTERN_CHARS:,} characters")
             try:
                 re.compile(value)  # type: ignore[arg-type]
             except re.error as exc:
                 raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
         return self
+
+
+    @property
+    def size(self) -> int:
+        """About how many characters the filter takes (its JSON text): what MAX_FILTERS_CHARS bounds."""
+        values = self.value if isinstance(self.value, list) else [self.value]
+        return len(self.property) + 20 + sum(len(v) + 3 if isinstance(v, str) else 24 for v in values)
+
+
+def check_scalar(value: object) -> None:
+    """Raise ValueError for a filter value that no store could compare: a string beyond
+    MAX_VALUE_CHARS, or a number that is not finite or is outside a double's range."""
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        raise ValueError(f"a value has {len(value):,} characters; the most is {MAX_VALUE_CHARS:,}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:
+            finite = False
+        if not finite:
+            text = str(value) if isinstance(value, float) or abs(value) < 10**30 else f"a {len(str(abs(value)))}-digit number"
+            raise ValueError(f"{text} is not a finite number within ±1.8e308; filters compare numbers as doubles")
+
+
+def check_filters(filters: list[ExportFilter]) -> list[ExportFilter]:
+    """`filters` if together they stay within MAX_FILTERS_CHARS."""
+    lists = sum(f.operator in _LIST_VALUE for f in filters)
+    if lists > MAX_LIST_FILTERS:
+        raise ValueError(f"{lists} in/not_in filters; the most is {MAX_LIST_FILTERS}: put the values of one property "
+                         "in one list")
+    size = sum(f.size for f in filters)
+    if size > MAX_FILTERS_CHARS:
+        raise ValueError(f"the filters take about {size:,} characters; the most is {MAX_FILTERS_CHARS:,} "
+                         "(a list of a few thousand values fits): split the export")
+    return filters
+
+
+def check_event_names(value: list[str]) -> list[str]:
+    """Distinct, non-empty event names of bounded length."""
+    for name in value:
+        if not name:
+            raise ValueError("event names must be non-empty strings")
+        if len(name) > MAX_EVENT_NAME_CHARS:
+            raise ValueError(f"an event name has {len(name):,} characters; the most is {MAX_EVENT_NAME_CHARS:,}")
+    return list(dict.fromkeys(value))
+
+
+def _at_most(limit: int, what: str) -> BeforeValidator:
+    def check(value: object) -> object:
+        if isinstance(value, list) and len(value) > limit:
+            raise ValueError(f"{len(value):,} {what}; the most is {limit:,}")
+        return value
+    return BeforeValidator(check)
+
+
+Filters = Annotated[list[ExportFilter], _at_most(MAX_FILTERS, "filters"), AfterValidator(check_filters)]
+EventNames = Annotated[list[str], _at_most(MAX_EVENTS, "event names")]
+PropertyNames = Annotated[list[str], _at_most(MAX_PROPERTIES, "selected properties")]
+RuleProperties = Annotated[list[str], _at_most(MAX_RULE_PROPERTIES, "property names")]
 
 
 class DownloadDestination(BaseModel):
@@ -170,6 +261,15 @@ class DownloadDestination(BaseModel):
 
 
 LAYOUT_FIELDS = ("project", "export_id", "year", "month", "day", "hour", "start", "end", "format")
+LAYOUT_WIDTHS = {"project": "p" * 100, "export_id": "e" * 100, "year": "2026", "month": "01", "day": "01",
+                 "hour": "00", "start": "20260101", "end": "20260101", "format": "json_lines"}
+"""The widest value of each placeholder (project names and export ids are at most 100 characters)."""
+
+
+def render_folder(prefix: str, template: str | None, values: dict[str, str]) -> str:
+    """`prefix/template` with `values` in its placeholders, without leading or trailing `/`."""
+    parts = [prefix, template.format(**values) if template else ""]
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
 CONNECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -183,13 +283,13 @@ def check_connection_name(value: str | None) -> str | None:
 class FileLayout(BaseModel):
     """Where files go in a bucket or folder, and whether an export is split into numbered parts."""
 
-    prefix: str = Field("", description="folder the files go in, e.g. `exports/`")
+    prefix: str = Field("", max_length=MAX_FOLDER_BYTES, description="folder the files go in, e.g. `exports/`")
     path_template: str | None = Field(
-        None, description="folder under `prefix` with placeholders "
+        None, max_length=MAX_FOLDER_BYTES, description="folder under `prefix` with placeholders "
         + ", ".join(f"{{{f}}}" for f in LAYOUT_FIELDS) + ", e.g. `year={year}/month={month}/day={day}`; "
         "dates are the export window's start (UTC)")
     max_file_size_mb: float | None = Field(None, gt=0, le=1_048_576, description="split into parts of about this size (at most 1 TB)")
-    max_events_per_file: int | None = Field(None, ge=1, description="split into parts of at most this many events")
+    max_events_per_file: int | None = Field(None, ge=1, le=10**12, description="split into parts of at most this many events")
     connection: str | None = Field(None, description="name of a stored connection holding the credentials")
 
     @field_validator("prefix", "path_template")
@@ -207,9 +307,13 @@ class FileLayout(BaseModel):
         if value is None:
             return None
         try:
-            names = [name for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
         except ValueError as exc:
-            raise ValueError(f"path_template {value!r} is malformed: {exc}") from None
+            raise ValueError(f"path_template {value[:100]!r} is malformed: {exc}") from None
+        if any(spec or conv for _, spec, conv in fields):
+            raise ValueError("path_template placeholders take no format spec or conversion: write {year}, "
+                             "not {year:>4} or {year!r}")
+        names = [name for name, _, _ in fields]
         unknown = [n for n in names if n not in LAYOUT_FIELDS]
         if unknown:
             raise ValueError(f"path_template placeholder {{{unknown[0]}}} is unknown; use "
@@ -220,6 +324,14 @@ class FileLayout(BaseModel):
     @classmethod
     def _connection_name(cls, value: str | None) -> str | None:
         return check_connection_name(value)
+
+    @model_validator(mode="after")
+    def _folder_fits(self) -> FileLayout:
+        widest = render_folder(self.prefix, self.path_template, LAYOUT_WIDTHS)
+        if len(widest.encode()) > MAX_FOLDER_BYTES:
+            raise ValueError(f"prefix and path_template render to up to {len(widest.encode()):,} bytes; the most is "
+                             f"{MAX_FOLDER_BYTES} (object keys are at most 1024 bytes, and the file name follows)")
+        return self
 
     def split_limits(self) -> tuple[int | None, int | None]:
         """(events, bytes) per file, each None when unlimited."""
@@ -271,8 +383,8 @@ class WebhookDestination(BaseModel):
     url: str = Field(description="http(s) URL the export is POSTed to")
     headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
     connection: str | None = Field(None, description="stored connection with `signing_secret` and/or headers")
-    batch_max_events: int | None = Field(None, ge=1, description="at most this many events per request")
-    batch_max_bytes: int | None = Field(None, ge=1024, description="about this many body bytes per request at most")
+    batch_max_events: int | None = Field(None, ge=1, le=10**9, description="at most this many events per request")
+    batch_max_bytes: int | None = Field(None, ge=1024, le=1 << 40, description="about this many body bytes per request at most")
 
     @field_validator("url")
     @classmethod
@@ -451,7 +563,7 @@ class RedactionRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    properties: list[str] = Field(default_factory=list, description="top-level properties whose values are redacted")
+    properties: RuleProperties = Field(default_factory=list, description="top-level properties whose values are redacted")
     detector: Detector | None = None
     pattern: str | None = Field(None, max_length=1000,
                                 description="a regular expression (Rust `regex` syntax, no look-around)")
@@ -488,13 +600,13 @@ class PrivacyRules(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    deny_properties: list[str] = Field(default_factory=list,
+    deny_properties: RuleProperties = Field(default_factory=list,
                                        description="properties that never leave, even when selected")
-    allow_properties: list[str] | None = Field(None, description="if set, only these properties leave")
+    allow_properties: RuleProperties | None = Field(None, description="if set, only these properties leave")
     redact: list[RedactionRule] = Field(default_factory=list, max_length=16)
     pseudonymize_distinct_id: bool = Field(
         False, description="replace distinct_id by HMAC-SHA256(project secret, distinct_id), hex")
-    pseudonymize_properties: list[str] = Field(
+    pseudonymize_properties: RuleProperties = Field(
         default_factory=list, description="top-level properties whose values are replaced the same way")
 
     @field_validator("deny_properties", "allow_properties", "pseudonymize_properties")
@@ -549,13 +661,13 @@ class ExportRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
-    events: list[str] = Field(default_factory=list, description="event names; empty means all")
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), pattern=EXPORT_ID)
+    events: EventNames = Field(default_factory=list, description="event names; empty means all")
     start_date: datetime
     end_date: datetime
     format: ExportFormat = ExportFormat.JSON_LINES
-    properties: list[str] | None = Field(None, description="properties to keep; null means all")
-    filters: list[ExportFilter] = Field(default_factory=list)
+    properties: PropertyNames | None = Field(None, description="properties to keep; null means all")
+    filters: Filters = Field(default_factory=list)
     compression: Compression | None = None
     destination: ExportDestination = Field(default_factory=DownloadDestination)
     time_field: TimeField = Field(
@@ -579,9 +691,7 @@ class ExportRequest(BaseModel):
     @field_validator("events")
     @classmethod
     def _events(cls, value: list[str]) -> list[str]:
-        if any(not e for e in value):
-            raise ValueError("event names must be non-empty strings")
-        return list(dict.fromkeys(value))
+        return check_event_names(value)
 
     @field_validator("properties")
     @classmethod
@@ -660,7 +770,7 @@ class ScheduledExport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), pattern=EXPORT_ID)
     name: str = Field(min_length=1, max_length=200)
     schedule: str = Field(description="cron expression, e.g. `0 2 * * *`, read in `timezone`")
     timezone: str = Field("UTC", description="IANA time zone of the cron and of the calendar windows")
@@ -672,12 +782,12 @@ class ScheduledExport(BaseModel):
                                  description="wait after a window ends before exporting it")
     catch_up: Literal["all", "latest"] = Field(
         "all", description="after downtime, export every missed window, or only the latest one")
-    max_failures: int = Field(10, ge=1, description="pause after this many consecutive failed runs")
+    max_failures: int = Field(10, ge=1, le=10_000, description="pause after this many consecutive failed runs")
     backfill_concurrency: int = Field(2, ge=1, le=100, description="backfilled windows exported at once")
-    events: list[str] = Field(default_factory=list)
+    events: EventNames = Field(default_factory=list)
     format: ExportFormat = ExportFormat.JSON_LINES
-    properties: list[str] | None = None
-    filters: list[ExportFilter] = Field(default_factory=list)
+    properties: PropertyNames | None = None
+    filters: Filters = Field(default_factory=list)
     compression: Compression | None = None
     csv_formula_guard: bool = Field(False, description="as in an export request: CSV cells a spreadsheet would "
                                     "run as formulas start with `'`")
@@ -695,6 +805,11 @@ class ScheduledExport(BaseModel):
     def _guard(self) -> ScheduledExport:
         check_formula_guard(self.format, self.csv_formula_guard)
         return self
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        return check_event_names(value)
 
     @field_validator("timezone")
     @classmethod

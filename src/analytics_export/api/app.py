@@ -29,11 +29,12 @@ from .keys import keys_router
 from .privacy import privacy_router
 from .schedules import schedule_router
 from .streams import stream_router
+from .text import storable_text
 from ..jobs.policies import PrivacyStore
 from ..privacy import Privacy
 from ..sources import EventQuery
 from ..streaming.store import StreamStore
-from ..errors import Invalid, Storage
+from ..errors import Invalid, OutOfMemory, Storage
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
 from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
@@ -100,6 +101,7 @@ def problems(*codes: int) -> dict:
 
 def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     app = FastAPI(title="analytics-export", version="0.1.0", docs_url=None, redoc_url=None,
+                  dependencies=[Depends(storable_text)],
                   responses={401: {"model": Problem}, 422: {"model": Problem}})
     app.include_router(docs_router(app.openapi_url, app.title))
     secret = settings.signing_key()
@@ -341,7 +343,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             spool.write(body)
             spool.flush()
             try:
-                store = open_store(settings, read_only=False)
+                store = open_store(settings.model_copy(update={"duckdb_write_memory_limit": settings.api_ingest_memory_limit,
+                                                               "duckdb_threads": 1}), read_only=False)
             except Storage as exc:
                 raise HTTPException(503, "the event store is busy with exports; retry shortly",
                                     headers={"Retry-After": "5"}) from exc
@@ -349,6 +352,9 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                 return IngestResult(ingested=ingest_file(store, Path(spool.name), project, name="body"))
             except Invalid as exc:
                 raise HTTPException(422, hide_paths(str(exc))) from exc
+            except OutOfMemory:
+                raise HTTPException(413, f"these events need more than the {settings.api_ingest_memory_limit} an upload "
+                                         "may use to load: send fewer events per request") from None
             finally:
                 store.close()
 

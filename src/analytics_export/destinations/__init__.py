@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Callable, ClassVar, Iterator, Protocol
 
 from ..errors import Invalid
-from ..models import FileLayout
+from ..models import FileLayout, render_folder
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -82,14 +82,11 @@ class Target:
         spec = self.request.destination
         if not isinstance(spec, FileLayout):
             return ""
-        parts = [spec.prefix]
-        if spec.path_template:
-            start = self.request.start_date
-            parts.append(spec.path_template.format(
-                project=self.project, export_id=self.request.id, year=f"{start:%Y}", month=f"{start:%m}",
-                day=f"{start:%d}", hour=f"{start:%H}", start=f"{start:%Y%m%d}",
-                end=f"{self.request.end_date:%Y%m%d}", format=self.request.format.value))
-        return "/".join(p.strip("/") for p in parts if p.strip("/"))
+        start = self.request.start_date
+        return render_folder(spec.prefix, spec.path_template, {
+            "project": self.project, "export_id": self.request.id, "year": f"{start:%Y}", "month": f"{start:%m}",
+            "day": f"{start:%d}", "hour": f"{start:%H}", "start": f"{start:%Y%m%d}",
+            "end": f"{self.request.end_date:%Y%m%d}", "format": self.request.format.value})
 
     def key(self, name: str) -> str:
         folder = self.folder()

@@ -11,9 +11,10 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import Invalid
-from ..models import (AzureDestination, ClickHouseTableDestination, Compression, DeltaTableDestination, ExportFilter,
-                      ExportFormat, ExportRequest, FileLayout, GCSDestination, PostgresTableDestination, PrivacyRules,
-                      S3Destination, WarehouseTable, WebhookDestination, check_property_name, utc)
+from ..models import (EXPORT_ID, AzureDestination, ClickHouseTableDestination, Compression, DeltaTableDestination,
+                      EventNames, ExportFormat, ExportRequest, FileLayout, Filters, GCSDestination,
+                      PostgresTableDestination, PrivacyRules, PropertyNames, S3Destination, WarehouseTable,
+                      WebhookDestination, check_event_names, check_property_name, utc)
 
 SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 QUEUE = re.compile(r"[A-Za-z0-9_.:\-]{1,255}")
@@ -86,11 +87,11 @@ class StreamSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), pattern=EXPORT_ID)
     name: str = Field(min_length=1, max_length=200)
-    events: list[str] = Field(default_factory=list, description="event names; empty means all")
-    filters: list[ExportFilter] = Field(default_factory=list)
-    properties: list[str] | None = Field(None, description="properties to keep; null means all")
+    events: EventNames = Field(default_factory=list, description="event names; empty means all")
+    filters: Filters = Field(default_factory=list)
+    properties: PropertyNames | None = Field(None, description="properties to keep; null means all")
     privacy: PrivacyRules | None = Field(None, description="rules added to the project's privacy policy")
     format: ExportFormat = Field(ExportFormat.JSON_LINES, description="webhook bodies and object-storage files "
                                  "(a table takes typed columns: format and compression do not apply)")
@@ -103,6 +104,11 @@ class StreamSpec(BaseModel):
     failing_after_seconds: float = Field(300, ge=1, allow_inf_nan=False,
                                          description="failing this long, the stream shows `failing`")
     start: datetime | None = Field(None, description="deliver events stored from this time on; default: from creation")
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        return check_event_names(value)
 
     @field_validator("properties")
     @classmethod
