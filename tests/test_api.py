@@ -7,11 +7,14 @@ import json
 import hmac
 import time
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from analytics_export import Settings, export
+from analytics_export.jobs.store import JobStore
+from analytics_export.jobs.tables import exports
 from conftest import with_demo_events
 from helpers import decompress
 from service import Service, cli, wait_for
@@ -74,9 +77,42 @@ def test_signed_link_works_without_a_key_and_rejects_tampering(service):
         assert anonymous.get(url.replace("signature=", "signature=0")).status_code == 403
         assert anonymous.get(f"/api/exports/{export_id}/download").status_code == 401
         secret = (service.data / "secret.key").read_text().strip().encode()
-        past = int(time.time()) - 10
-        sig = hmac.new(secret, f"{export_id}:{past}".encode(), hashlib.sha256).hexdigest()
-        assert anonymous.get(f"/api/exports/{export_id}/download?expires={past}&signature={sig}").status_code == 410
+        jobs = JobStore.for_data_dir(service.data)
+        past = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=10)
+        with jobs.engine.begin() as db:  # the export's expiry as a worker's expire pass leaves it
+            db.execute(exports.update().where(exports.c.id == export_id).values(expires_at=past))
+        created = int(jobs.get_any(export_id).created_at.timestamp() * 1_000_000)
+        stamp = int(past.timestamp())
+        sig = hmac.new(secret, f"{export_id}:{created}:{stamp}".encode(), hashlib.sha256).hexdigest()
+        assert anonymous.get(f"/api/exports/{export_id}/download?expires={stamp}&signature={sig}").status_code == 410
+        assert anonymous.get(url).status_code == 403, "the old link names an expiry the export no longer has"
+
+
+def test_a_deleted_exports_link_stays_dead_when_a_backfill_recreates_its_id(service):
+    with service.client(service.key) as c:
+        sid = c.post("/api/schedules", json={"name": "links", "schedule": "0 2 * * *", "date_range": "last_day",
+                                             "format": "csv"}).json()["schedule"]["id"]
+        window = {"start": "2026-10-01T00:00:00Z", "end": "2026-10-02T00:00:00Z"}
+
+        def run() -> dict:
+            assert c.post(f"/api/schedules/{sid}/backfill", json=window).json() == {"queued": 1, "skipped": 0}
+            deadline = time.monotonic() + 60
+            while (export_id := c.get(f"/api/schedules/{sid}/runs").json()[0]["export_id"]) and \
+                    c.get(f"/api/exports/{export_id}").status_code == 404:
+                assert time.monotonic() < deadline, "the scheduler never released the backfilled window"
+                time.sleep(0.1)
+            return wait_for(c, export_id)
+
+        first = run()
+        old = first["result"]["download_url"]
+        assert c.delete(f"/api/exports/{first['request']['id']}").status_code == 204
+        second = run()
+        assert second["request"]["id"] == first["request"]["id"], "a backfill re-creates the same export id"
+        new = second["result"]["download_url"]
+        c.delete(f"/api/schedules/{sid}")
+    with service.client(None) as anonymous:
+        assert anonymous.get(old).status_code in (403, 410), "the deleted export's link works again"
+        assert anonymous.get(new).status_code == 200
 
 
 def test_list_is_newest_first_with_paging(service):
@@ -149,6 +185,21 @@ def test_auth_errors(service):
         assert float(values["analytics_export_bytes_exported"]) > 0
         assert float(values["analytics_export_export_duration_seconds_count"]) >= 1
         assert float(values["analytics_export_export_duration_seconds_sum"]) > 0
+
+
+def test_open_metrics_name_no_project_or_stream(service):
+    with service.client(service.key) as c:
+        stream = c.post("/api/streams", json={"name": "metered", "destination": {
+            "type": "webhook", "url": "http://127.0.0.1:9/nobody-listens"}})
+        assert stream.status_code == 201, stream.text
+        stream_id = stream.json()["stream"]["id"]
+        try:
+            with service.client(None) as anonymous:
+                metrics = anonymous.get("/metrics")
+            assert metrics.status_code == 200 and "analytics_export_stream_lag_seconds_max" in metrics.text
+            assert stream_id not in metrics.text and 'project="' not in metrics.text, metrics.text
+        finally:
+            c.delete(f"/api/streams/{stream_id}")
 
 
 def test_expired_exports_answer_410(tmp_path):

@@ -246,6 +246,7 @@ def test_export_made_by_keyboard_shows_progress_downloads_and_copies_its_link(pa
     assert saved.name == f"{Path(view['result']['destination_path']).name}" and saved.name.endswith(".csv.gz")
     rows = list(csv.DictReader(io.StringIO(gzip.decompress(saved.read_bytes()).decode("utf-8"), newline="")))
     assert len(rows) == view["result"]["total_events"] > 0
+    assert view["request"]["csv_formula_guard"] is True, "the console's CSV is for spreadsheets"
     assert {r["event"] for r in rows} == {"$pageview"}
     week_ago = datetime.now(timezone.utc) - timedelta(days=7, minutes=5)
     assert all(datetime.fromisoformat(r["timestamp"]) >= week_ago for r in rows)

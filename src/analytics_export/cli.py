@@ -112,6 +112,8 @@ def export(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write exactly this file"),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write the standard file name here [default DATA_DIR/exports]"),
     to: Optional[str] = typer.Option(None, "--to", help="""Remote destination as JSON, e.g. '{"type": "s3", "bucket": "lake"}'; credentials from the environment"""),
+    csv_formula_guard: bool = typer.Option(False, "--csv-formula-guard", help="CSV: start cells a spreadsheet would "
+                                           "run as formulas (=, +, -, @, tab, CR; not plain numbers) with '"),
 ) -> None:
     """Export events in [start, end) to a file or a remote destination; prints a JSON summary line when done."""
     settings: Settings = ctx.obj
@@ -119,7 +121,7 @@ def export(
         request = ExportRequest(
             format=ExportFormat.parse(format), start_date=start, end_date=end, compression=compression,
             events=event, properties=property or None, filters=[parse_filter(f) for f in filter],
-            destination=json.loads(to) if to else {"type": "download"},
+            destination=json.loads(to) if to else {"type": "download"}, csv_formula_guard=csv_formula_guard,
         )
     except json.JSONDecodeError as exc:
         fail(f"--to is not JSON: {exc}")
@@ -255,6 +257,31 @@ def job_store(settings: Settings) -> JobStore:
 def keys_create(ctx: typer.Context, project: str = typer.Option(..., "--project", help="The key's project")) -> None:
     """Print a new API key for PROJECT; only its hash is stored, so keep it now."""
     typer.echo(job_store(ctx.obj).create_key(project))
+
+
+def key_line(key: object) -> str:
+    """A key as one JSON line: id, prefix, project and times, never the key or its hash."""
+    from dataclasses import asdict
+
+    return json.dumps({k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in asdict(key).items()})
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context, project: Optional[str] = typer.Option(
+        None, "--project", help="Only this project's keys [default: every project's]")) -> None:
+    """One JSON line per key, oldest first: id, prefix, project, created_at, last_used_at (to within
+    5 minutes), revoked_at. The key itself is never shown again."""
+    for key in job_store(ctx.obj).list_keys(project):
+        typer.echo(key_line(key))
+
+
+@keys_app.command("revoke")
+def keys_revoke(ctx: typer.Context, key_id: str = typer.Argument(..., help="The key's id, from `keys list`")) -> None:
+    """Revoke a key (of any project): every API process refuses it within a few seconds."""
+    key = job_store(ctx.obj).revoke_key(key_id, None)
+    if key is None:
+        fail(f"no key {key_id}; `keys list` shows the ids")
+    typer.echo(key_line(key))
 
 
 @app.command()

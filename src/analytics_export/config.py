@@ -4,7 +4,7 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import Invalid
@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     api_ingest_memory_limit: str = Field(
         "192MB", description="DuckDB buffer pool cap of one POST /api/events (on one thread), so no upload can take "
         "the API's memory: 8 MiB of the widest events (5,000 properties each) took 171 MB; a body needing more is a 413")
+    metrics_token: SecretStr | None = Field(
+        None, description="if set, /metrics needs `Authorization: Bearer TOKEN` and adds per-project and "
+        "per-stream series; unset, /metrics is open and shows only totals (no project names or stream ids)")
     server_credentials: bool = Field(
         False, description="let exports without a connection use this server's own cloud credentials "
         "(AWS_*, AZURE_STORAGE_*, Google default): only for a single-tenant deployment")
@@ -97,6 +100,14 @@ class Settings(BaseSettings):
             return
         raise Invalid(f"a {kind} destination needs a connection (POST /api/connections): this server does "
                          "not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
+
+    def hide_paths(self, text: str) -> str:
+        """`text` with the data dir (and the event store's folder) as `DATA_DIR`: errors from the
+        stores and workers name files there, which API callers have no business seeing."""
+        folders = {str(p) for d in (self.data_dir, self.events_path.parent) for p in (d.absolute(), d.resolve())}
+        for folder in sorted(folders, key=len, reverse=True):
+            text = text.replace(folder, "DATA_DIR")
+        return text
 
     def project_export_dir(self, project: str) -> Path:
         """Each project's downloads live in their own folder under the export dir."""

@@ -29,7 +29,8 @@ def reader_for(path: Path) -> str:
     return READERS[ext]
 
 
-def ingest_file(store: DuckDBEventStore, path: Path, project: str, *, restore: bool = False) -> int:
+def ingest_file(store: DuckDBEventStore, path: Path, project: str, *, restore: bool = False,
+                name: str | None = None) -> int:
     """Insert every event of `path` into `project`; returns how many were new.
 
     Required columns: event, distinct_id, timestamp (ISO 8601; naive means UTC). Optional: uuid
@@ -37,16 +38,23 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str, *, restore: b
     and properties (a JSON object). Any other column becomes a property. With `restore` (a
     retention archive ingested back), an `inserted_at` column is kept, up to now; otherwise events
     are stamped now, whatever the file says (a client must not place events in windows gone by). A `project_id` column is
-    ignored: events always go to the project named by the caller.
+    ignored: events always go to the project named by the caller. Errors name the file `name`
+    (default its path), also where DuckDB's own message quotes the path: the API's spool file is
+    a server path its callers must not see.
     """
     path = Path(path)
+    shown = name or str(path)
+
+    def failed(exc: Invalid) -> Invalid:
+        return Invalid(f"{shown}: {str(exc).replace(str(path), shown)}")
+
     if not path.is_file():
-        raise Invalid(f"{path}: no such file")
+        raise Invalid(f"{shown}: no such file")
     reader = reader_for(path)
     try:
         described = store.execute(f"DESCRIBE SELECT * FROM {reader}", {"path": str(path)}).fetchall()
     except Invalid as exc:
-        raise Invalid(f"{path}: {exc}") from exc
+        raise failed(exc) from exc
     columns = [row[0] for row in described]
     types = {row[0]: row[1] for row in described}
 
@@ -57,7 +65,7 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str, *, restore: b
 
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
-        raise Invalid(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}")
+        raise Invalid(f"{shown}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}")
     extra = [c for c in columns if c not in KNOWN]
     props = "CAST(properties AS JSON)" if "properties" in columns else "'{}'::JSON"
     params: dict[str, object] = {"path": str(path), "project": project}
@@ -88,7 +96,7 @@ def ingest_file(store: DuckDBEventStore, path: Path, project: str, *, restore: b
     try:
         return store.insert(select, params)
     except Invalid as exc:
-        raise Invalid(f"{path}: {exc}") from exc
+        raise failed(exc) from exc
 
 
 def _identifier(name: str) -> str:

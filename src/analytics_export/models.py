@@ -648,6 +648,14 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def check_formula_guard(fmt: ExportFormat, guard: bool) -> None:
+    """Refuse csv_formula_guard for a format other than CSV: there is nothing a spreadsheet would run
+    in typed Parquet/Avro columns or in JSON, and silently ignoring the flag would hide a mistake."""
+    if guard and fmt is not ExportFormat.CSV:
+        raise ValueError(f"csv_formula_guard applies to CSV only; this export is {fmt.value}: "
+                         "remove csv_formula_guard or choose format csv")
+
+
 class ExportRequest(BaseModel):
     """What to export: events in [start_date, end_date), filtered and projected, in one format."""
 
@@ -667,6 +675,11 @@ class ExportRequest(BaseModel):
         "(when it was stored: late events fall into a later window instead of being missed)")
     privacy: PrivacyRules | None = Field(
         None, description="rules added to the project's privacy policy for this export (they can only add protection)")
+    csv_formula_guard: bool = Field(
+        False, description="CSV only: a string cell (or header cell) starting with `=`, `+`, `-`, `@`, tab or CR, "
+        "unless it is a plain number, gets a leading `'`, so a spreadsheet shows it as text instead of running "
+        "it as a formula (OWASP's CSV injection advice). Off by default: it changes the values, which other "
+        "readers (warehouses, pandas) then see")
     created_at: datetime = Field(default_factory=_now)
     status: ExportStatus = ExportStatus.PENDING
 
@@ -691,6 +704,7 @@ class ExportRequest(BaseModel):
 
     @model_validator(mode="after")
     def _window(self) -> ExportRequest:
+        check_formula_guard(self.format, self.csv_formula_guard)
         if self.end_date <= self.start_date:
             raise ValueError(
                 f"end_date ({self.end_date.isoformat()}) must be after start_date "
@@ -775,6 +789,8 @@ class ScheduledExport(BaseModel):
     properties: PropertyNames | None = None
     filters: Filters = Field(default_factory=list)
     compression: Compression | None = None
+    csv_formula_guard: bool = Field(False, description="as in an export request: CSV cells a spreadsheet would "
+                                    "run as formulas start with `'`")
     destination: ExportDestination = Field(default_factory=DownloadDestination)
     enabled: bool = True
     last_run: datetime | None = None
@@ -784,6 +800,11 @@ class ScheduledExport(BaseModel):
     @classmethod
     def _cron(cls, value: str) -> str:
         return check_cron(value)
+
+    @model_validator(mode="after")
+    def _guard(self) -> ScheduledExport:
+        check_formula_guard(self.format, self.csv_formula_guard)
+        return self
 
     @field_validator("events")
     @classmethod
@@ -805,7 +826,8 @@ class ScheduledExport(BaseModel):
         """The export of one window."""
         return ExportRequest(id=export_id, events=self.events, start_date=start, end_date=end, format=self.format,
                              properties=self.properties, filters=self.filters, compression=self.compression,
-                             destination=self.destination, time_field=self.time_field)
+                             destination=self.destination, time_field=self.time_field,
+                             csv_formula_guard=self.csv_formula_guard)
 
 
 class ExportConfig(BaseModel):

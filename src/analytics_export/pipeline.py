@@ -15,7 +15,7 @@ import pyarrow as pa
 from .compression import CompressedSink
 from .destinations import BackgroundUpload, Destination
 from .errors import Cancelled
-from .formats import Writer, writer_class
+from .formats import Writer, writer_class, writer_for
 from .models import ExportRequest, ExportResult, ExportStatus
 from .privacy import Privacy
 from .sources import EventQuery, EventSource
@@ -48,7 +48,7 @@ class Part:
     @classmethod
     def open(cls, request: ExportRequest, destination: Destination, name: str, schema: pa.Schema,
              digest: bool, fragment: bool = False) -> Part:
-        writer_cls = writer_class(request.format)
+        writer_cls = writer_for(request)
         upload = BackgroundUpload(destination.open(name))
         counted = HashingSink(upload) if digest else ForwardingSink(upload)
         try:

@@ -49,6 +49,8 @@ def create(
     delay: float = typer.Option(60, "--delay", help="seconds to wait after a window ends"),
     catch_up: str = typer.Option("all", "--catch-up", help="all or latest missed windows after downtime"),
     to: Optional[str] = typer.Option(None, "--to", help="destination as JSON; default download"),
+    csv_formula_guard: bool = typer.Option(False, "--csv-formula-guard", help="CSV: start cells a spreadsheet "
+                                           "would run as formulas with '"),
 ) -> None:
     """Create a schedule; prints it as JSON."""
     from .cli import fail
@@ -59,7 +61,8 @@ def create(
     try:
         spec = ScheduledExport(name=name, schedule=cron, timezone=timezone, date_range=range_, format=format,
                                events=event, time_field=time_field, delay_seconds=delay, catch_up=catch_up,
-                               destination=json.loads(to) if to else {"type": "download"})
+                               destination=json.loads(to) if to else {"type": "download"},
+                               csv_formula_guard=csv_formula_guard)
     except json.JSONDecodeError as exc:
         fail(f"--to is not JSON: {exc}")
     except ValidationError as exc:

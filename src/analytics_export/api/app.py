@@ -23,7 +23,9 @@ from ..config import Settings
 from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secrets
 from .catalog import catalog_router
 from .console import console_router
+from .docs import docs_router
 from .events_export import events_export_router
+from .keys import keys_router
 from .privacy import privacy_router
 from .schedules import schedule_router
 from .streams import stream_router
@@ -98,15 +100,19 @@ def problems(*codes: int) -> dict:
 
 
 def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
-    app = FastAPI(title="analytics-export", version="0.1.0", dependencies=[Depends(storable_text)],
+    app = FastAPI(title="analytics-export", version="0.1.0", docs_url=None, redoc_url=None,
+                  dependencies=[Depends(storable_text)],
                   responses={401: {"model": Problem}, 422: {"model": Problem}})
+    app.include_router(docs_router(app.openapi_url, app.title))
     secret = settings.signing_key()
     sealer = Sealer(secret)
+
+    hide_paths = settings.hide_paths
 
     @app.exception_handler(Storage)
     async def unavailable(_: Request, exc: Storage) -> JSONResponse:
         """A store that is busy or unreachable (the event store's lock, a job store conflict): retry."""
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"detail": hide_paths(str(exc))}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -139,16 +145,23 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             raise HTTPException(404, f"no export {export_id}")
         return job
 
-    def signature(export_id: str, expires: int) -> str:
-        return hmac.new(secret, f"{export_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+    def signature(job: Job, expires: int) -> str:
+        """The link's MAC over the export's incarnation (id and creation time, to the microsecond) and
+        its expiry: a link dies with its export, even when a backfill or retention run re-creates the
+        same id, and when the export's expiry changes (a retried export completing again)."""
+        created = int(job.created_at.timestamp() * 1_000_000)
+        return hmac.new(secret, f"{job.id}:{created}:{expires}".encode(), hashlib.sha256).hexdigest()
 
     def view(job: Job) -> ExportView:
         url = None
         if job.status is ExportStatus.COMPLETED and job.expires_at is not None:
             expires = int(job.expires_at.timestamp())
-            url = f"/api/exports/{job.id}/download?expires={expires}&signature={signature(job.id, expires)}"
+            url = f"/api/exports/{job.id}/download?expires={expires}&signature={signature(job, expires)}"
         request = job.request.model_copy(update={"status": job.status})
-        return ExportView(request=request, status=job.status, result=job.result(url),
+        result = job.result(url)
+        if result is not None and result.error:
+            result.error = hide_paths(result.error)
+        return ExportView(request=request, status=job.status, result=result,
                           progress=ExportProgress(events=job.events_done, bytes=job.bytes_done,
                                                   expected_events=job.events_expected, started_at=job.started_at,
                                                   partitions=job.parts, partitions_done=job.parts_done))
@@ -199,6 +212,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     app.include_router(events_export_router(settings, Depends(project_of), problems, check_privacy,
                                             policies.for_export))
 
+    app.include_router(keys_router(jobs, Depends(project_of), problems))
     app.include_router(console_router())
 
     @app.get("/healthz")
@@ -253,13 +267,13 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
                  expires: int | None = None, signature_: Annotated[str | None, Query(alias="signature")] = None) -> Response:
         if signature_ is not None and expires is not None:
-            if not hmac.compare_digest(signature_.encode(), signature(export_id, expires).encode()):
-                raise HTTPException(403, "the download link's signature does not match; ask for a new link")
+            job = jobs.get_any(export_id)
+            current = job is not None and job.expires_at is not None and int(job.expires_at.timestamp()) == expires
+            if not (current and hmac.compare_digest(signature_.encode(), signature(job, expires).encode())):
+                raise HTTPException(403, "the download link does not match this export (it was deleted, re-run "
+                                         "or tampered with); ask for a new link")
             if expires < time.time():
                 raise HTTPException(410, "the download link has expired")
-            job = jobs.get_any(export_id)
-            if job is None:
-                raise HTTPException(404, f"no export {export_id}")
         else:
             job = job_or_404(project_for(credentials), export_id)
         if job.status is ExportStatus.EXPIRED:
@@ -339,9 +353,9 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                 raise HTTPException(503, "the event store is busy with exports; retry shortly",
                                     headers={"Retry-After": "5"}) from exc
             try:
-                return IngestResult(ingested=ingest_file(store, Path(spool.name), project))
+                return IngestResult(ingested=ingest_file(store, Path(spool.name), project, name="body"))
             except Invalid as exc:
-                raise HTTPException(422, str(exc).replace(f"{spool.name}: ", "body: ")) from exc
+                raise HTTPException(422, hide_paths(str(exc))) from exc
             except OutOfMemory:
                 raise HTTPException(413, f"these events need more than the {settings.api_ingest_memory_limit} an upload "
                                          "may use to load: send fewer events per request") from None
@@ -358,14 +372,25 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     duration_count = Gauge("analytics_export_export_duration_seconds_count", "Completed exports timed",
                            registry=registry)
 
-    stream_lag = Gauge("analytics_export_stream_lag_seconds", "Age of the oldest event a stream has read but "
-                       "not yet delivered (0: caught up)", ["project", "stream"], registry=registry)
-    stream_delivered = Gauge("analytics_export_stream_delivered_events", "Events a stream delivered",
-                             ["project", "stream"], registry=registry)
     stream_status = Gauge("analytics_export_streams", "Streams by status", ["status"], registry=registry)
+    stream_lag_max = Gauge("analytics_export_stream_lag_seconds_max", "The largest lag of any stream",
+                           registry=registry)
+    token = settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
+    if token:  # names projects and streams: only for whoever holds the metrics token
+        stream_lag = Gauge("analytics_export_stream_lag_seconds", "Age of the oldest event a stream has read "
+                           "but not yet delivered (0: caught up)", ["project", "stream"], registry=registry)
+        stream_delivered = Gauge("analytics_export_stream_delivered_events", "Events a stream delivered",
+                                 ["project", "stream"], registry=registry)
 
-    @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}})
-    def metrics() -> Response:
+    @app.get("/metrics", responses={200: {"content": {"text/plain": {}}}, **problems(401)})
+    def metrics(request: Request) -> Response:
+        """Prometheus gauges. With ANALYTICS_EXPORT_METRICS_TOKEN set, it needs that token as a bearer
+        and adds per-stream series (project and stream labels); without it, only totals are shown.
+        (The header is read here, not declared: the API-key scheme does not apply to this route.)"""
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if token and not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)):
+            raise HTTPException(401, "send the metrics token (ANALYTICS_EXPORT_METRICS_TOKEN) as "
+                                     "`Authorization: Bearer TOKEN`", headers={"WWW-Authenticate": "Bearer"})
         counts = jobs.status_counts()
         for status in ExportStatus:
             by_status.labels(status.value).set(counts.get(status.value, 0))
@@ -375,13 +400,18 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         exported_bytes.set(totals["bytes"])
         duration_sum.set(totals["seconds"])
         duration_count.set(totals["count"])
-        stream_lag.clear()
-        stream_delivered.clear()
+        if token:
+            stream_lag.clear()
+            stream_delivered.clear()
         statuses = {"active": 0, "paused": 0, "failing": 0}
+        lag_max = 0.0
         for stream in StreamStore(jobs).all():
             statuses[stream.status] = statuses.get(stream.status, 0) + 1
-            stream_lag.labels(stream.project, stream.id).set(stream.lag_seconds or 0)
-            stream_delivered.labels(stream.project, stream.id).set(stream.delivered_events)
+            lag_max = max(lag_max, stream.lag_seconds or 0)
+            if token:
+                stream_lag.labels(stream.project, stream.id).set(stream.lag_seconds or 0)
+                stream_delivered.labels(stream.project, stream.id).set(stream.delivered_events)
+        stream_lag_max.set(lag_max)
         for status, count in statuses.items():
             stream_status.labels(status).set(count)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

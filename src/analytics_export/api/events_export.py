@@ -91,6 +91,8 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
         properties: Annotated[list[str] | None, Query(description="properties to keep (repeat); default all")] = None,
         filters: Annotated[str | None, Query(description='JSON list of filters, as in POST /api/exports')] = None,
         time_field: Annotated[str, Query(pattern="^(timestamp|inserted_at)$")] = "timestamp",
+        csv_formula_guard: Annotated[bool, Query(description="CSV: cells a spreadsheet would run as formulas "
+                                                             "start with `'` (as in POST /api/exports)")] = False,
     ) -> StreamingResponse:
         """The events of [start, end), streamed (chunked) in `format`; gzip when the client accepts it
         for text formats. The project's privacy policy applies. A response cut short ends without its
@@ -100,7 +102,8 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
         try:
             spec = ExportRequest(start_date=start, end_date=end, format=format, events=event or [],
                                  properties=properties or None, filters=json.loads(filters) if filters else [],
-                                 compression=Compression.GZIP if gzip else None, time_field=time_field)
+                                 compression=Compression.GZIP if gzip else None, time_field=time_field,
+                                 csv_formula_guard=csv_formula_guard)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise HTTPException(422, f"filters is not a JSON list of filters: {type(exc).__name__}") from None
         except ValidationError as exc:
@@ -141,9 +144,7 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
             gone.set()
             if isinstance(first, Invalid):
                 raise HTTPException(422, str(first))
-            if isinstance(first, Storage):
-                raise HTTPException(503, str(first), headers={"Retry-After": "5"})
-            raise first
+            raise first  # a Storage error: the app's handler answers 503 without server paths
 
         async def body() -> AsyncIterator[bytes]:
             """Chunks as the export makes them. A client that leaves cancels this generator at its

@@ -133,7 +133,8 @@ def privacy_router(policies: PrivacyStore, settings: Settings, project_dependenc
             raise HTTPException(404, f"project {project!r} has no retention policy; PUT one")
         policy, row = found
         return RetentionView(project=project, policy=policy, next_run=aware(row.next_run),
-                             last_run=aware(row.last_run), last_error=row.last_error)
+                             last_run=aware(row.last_run),
+                             last_error=row.last_error and settings.hide_paths(row.last_error))
 
     @router.get("/retention", response_model=RetentionView, responses=problems(403, 404))
     def get_retention(project: str, caller: Caller) -> RetentionView:

@@ -56,8 +56,10 @@ export function exportFields(range) {
   return {
     element,
     refresh: properties.refresh,
+    // CSV from the console is for spreadsheets: cells that would run as formulas start with '
     body: () => ({ events: events.chosen, properties: properties.selected(), filters: filters.value(),
-      format: format.value, compression: compression.value || null, destination: destination.value() }),
+      format: format.value, compression: compression.value || null, destination: destination.value(),
+      csv_formula_guard: format.value === "csv" }),
     validate: () => [...filters.validate(), ...destination.validate()],
     load(spec) {
       events.set(spec.events);

@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 
 from ..compression import compressed
-from ..models import Compression, ExportFormat
+from ..models import Compression, ExportFormat, ExportRequest
 from ..streams import ForwardingSink, Sink
 
 COPY_CHUNK = 1 << 20
@@ -167,3 +167,12 @@ only loaded for Avro, which keeps every other export ~30 MB smaller)."""
 def writer_class(fmt: ExportFormat) -> type[Writer]:
     module, name = WRITERS[fmt].split(":")
     return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def writer_for(request: ExportRequest) -> type[Writer]:
+    """The writer of `request`'s file: its format's, with CSV's formula guard when it asks for it."""
+    if request.format is ExportFormat.CSV and request.csv_formula_guard:
+        from .csv import GuardedCsvWriter
+
+        return GuardedCsvWriter
+    return writer_class(request.format)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from . import Writer
+
+FORMULA = r"^[=+\-@\t\r]"
+"""What a spreadsheet may run as a formula (OWASP's CSV injection list): a cell starting with one of these."""
+NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+"""A plain number (`-5`, `+1.5e3`) is left alone: spreadsheets read it as the number it is, never as a
+formula, and quoting it would turn every negative value into text."""
 
 
 class CsvWriter(Writer):
@@ -33,3 +42,39 @@ class CsvWriter(Writer):
 def options(header: bool) -> pacsv.WriteOptions:
     return pacsv.WriteOptions(include_header=header, eol="\r\n", quoting_style="needed",
                               quoting_header="none", batch_size=8192)
+
+
+def guard_cells(array: pa.Array) -> pa.Array:
+    """`array` (strings) with a single quote before every value a spreadsheet would read as a formula;
+    columnar, no per-row Python."""
+    risky = pc.and_kleene(pc.match_substring_regex(array, FORMULA), pc.invert(pc.match_substring_regex(array, NUMBER)))
+    return pc.if_else(risky, pc.binary_join_element_wise("'", array, ""), array)
+
+
+def guard_name(name: str) -> str:
+    """A header cell, guarded as values are."""
+    return "'" + name if re.match(FORMULA, name) and not re.fullmatch(NUMBER, name) else name
+
+
+class GuardedCsvWriter(CsvWriter):
+    """CSV with the formula guard (`csv_formula_guard`): every string cell and header cell that a
+    spreadsheet would run as a formula starts with `'`, which makes it text."""
+
+    def __init__(self, sink, schema: pa.Schema, *args, **kwargs) -> None:
+        super().__init__(sink, guarded_schema(schema), *args, **kwargs)
+
+    def encode(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        columns = [guard_cells(col) if is_text(col.type) else col for col in batch.columns]
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    @classmethod
+    def head(cls, schema: pa.Schema) -> bytes:
+        return super().head(guarded_schema(schema))
+
+
+def is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def guarded_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([field.with_name(guard_name(field.name)) for field in schema], metadata=schema.metadata)

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Callable
 from ..config import Settings
 from ..destinations import BackgroundUpload, Destination
 from ..destinations.local import LocalDestination
-from ..formats import writer_class
+from ..formats import writer_for
 from ..models import ExportConfig, ExportRequest, ExportResult, WarehouseTable
 from ..privacy import Privacy
 from ..pipeline import Cancelled, Progress, completed, deliver, export_query, write_files
@@ -91,7 +91,7 @@ def assemble(job: Job, destination: Destination, settings: Settings, rows: list[
                        should_stop=should_stop)
         return completed(request, files, path, job.started_at, privacy)
     folder = staging(settings, job.id)
-    writer_cls = writer_class(request.format)
+    writer_cls = writer_for(request)
     upload = BackgroundUpload(destination.open(request.file_name))
     counted = StoppableSink(upload, should_stop, job.id)
     try:

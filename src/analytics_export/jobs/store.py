@@ -8,7 +8,9 @@ claimed again once its lease expires.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -22,9 +24,16 @@ from alembic.config import Config
 from ..models import ExportRequest, ExportResult, ExportStatus
 from .tables import api_keys, connections, export_parts, exports, leases
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 KEY_PREFIX = "aek_"
-KEY_CACHE_SECONDS = 60.0
+KEY_CACHE_SECONDS = 2.0
+"""How long an API process trusts a key it looked up: a revoked key stops working within this, in
+every process (a status poll still costs no query most of the time)."""
+KEY_SHOWN = 8
+"""Characters of a key kept to tell keys apart in listings (`aek_` and 4 of its 43 random ones)."""
+KEY_LAST_USED_EVERY = timedelta(minutes=5)
+"""A key's last_used_at is written at most this often: a write per request would contend with workers."""
 # Built once: status polls run it hundreds of times a second, and a reused statement skips
 # SQLAlchemy's expression building and cache-key walk.
 GET_EXPORT = sa.select(exports).where(exports.c.id == sa.bindparam("export_id"),
@@ -42,6 +51,23 @@ def hash_key(key: str) -> str:
 def aware(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every time here is UTC."""
     return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+@dataclass
+class ApiKey:
+    """An API key as listed: never the key or its hash."""
+
+    id: str
+    project: str
+    prefix: str | None  # None for keys made before prefixes were kept
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> ApiKey:
+        return cls(id=row.id, project=row.project, prefix=row.prefix, created_at=aware(row.created_at),
+                   last_used_at=aware(row.last_used_at), revoked_at=aware(row.revoked_at))
 
 
 @dataclass
@@ -162,23 +188,61 @@ class JobStore:
             c.execute(leases.delete().where(leases.c.name == name, leases.c.owner == owner))
 
     def create_key(self, project: str) -> str:
-        """A new API key for `project`; only its hash is stored, so this is the one time it is seen."""
+        """A new API key for `project`; only its hash is stored, so this is the one time it is seen
+        (listings show its id and first KEY_SHOWN characters)."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self.engine.begin() as c:
-            c.execute(api_keys.insert().values(key_hash=hash_key(key), project=project, created_at=now()))
+            c.execute(api_keys.insert().values(key_hash=hash_key(key), id=secrets.token_hex(8),
+                                               prefix=key[:KEY_SHOWN], project=project, created_at=now()))
         return key
 
     def project_for_key(self, key: str) -> str | None:
-        """The key's project; a known key is remembered for KEY_CACHE_SECONDS, so polls cost one query."""
+        """The project of a key that is not revoked; a key found is trusted for KEY_CACHE_SECONDS."""
         digest = hash_key(key)
         cached = self.keys.get(digest)
         if cached and time.monotonic() - cached[1] < KEY_CACHE_SECONDS:
             return cached[0]
         with self.engine.connect() as c:
-            project = c.execute(sa.select(api_keys.c.project).where(api_keys.c.key_hash == digest)).scalar()
+            row = c.execute(sa.select(api_keys.c.project, api_keys.c.last_used_at).where(
+                api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None))).first()
+        if row is None:
+            self.keys.pop(digest, None)
+            return None
+        self.keys[digest] = (row.project, time.monotonic())
+        stamp = now()
+        if row.last_used_at is None or aware(row.last_used_at) < stamp - KEY_LAST_USED_EVERY:
+            # off the request's path: on SQLite the write may wait for a worker's transaction
+            threading.Thread(target=self._key_used, args=(digest, stamp), daemon=True).start()
+        return row.project
+
+    def _key_used(self, digest: str, at: datetime) -> None:
+        try:
+            with self.engine.begin() as c:
+                c.execute(api_keys.update().where(api_keys.c.key_hash == digest).values(last_used_at=at))
+        except sa.exc.SQLAlchemyError as exc:  # only a listing's hint is lost; the next lookup tries again
+            log.warning("could not record an API key's last use: %s", exc)
+
+    def list_keys(self, project: str | None) -> list[ApiKey]:
+        """The keys of `project` (None: every project's), oldest first, revoked ones included."""
+        query = sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
         if project is not None:
-            self.keys[digest] = (project, time.monotonic())
-        return project
+            query = query.where(api_keys.c.project == project)
+        with self.engine.connect() as c:
+            return [ApiKey.from_row(r) for r in c.execute(query).all()]
+
+    def revoke_key(self, key_id: str, project: str | None) -> ApiKey | None:
+        """Revoke key `key_id` of `project` (None: of any project); None if there is no such key. A key
+        revoked already keeps its first revocation time. Other processes notice within KEY_CACHE_SECONDS."""
+        mine = api_keys.c.id == key_id
+        if project is not None:
+            mine = mine & (api_keys.c.project == project)
+        with self.engine.begin() as c:
+            c.execute(api_keys.update().where(mine, api_keys.c.revoked_at.is_(None)).values(revoked_at=now()))
+            row = c.execute(sa.select(api_keys).where(mine)).first()
+        if row is None:
+            return None
+        self.keys.pop(row.key_hash, None)
+        return ApiKey.from_row(row)
 
     # -- connections ------------------------------------------------------------------------
 

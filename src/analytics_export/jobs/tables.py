@@ -63,6 +63,12 @@ api_keys = sa.Table(
     sa.Column("key_hash", sa.String(64), primary_key=True),
     sa.Column("project", sa.String(200), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("id", sa.String(32), nullable=False),
+    sa.Column("prefix", sa.String(16)),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_api_keys_id", "id", unique=True),
+    sa.Index("ix_api_keys_project", "project"),
 )
 
 connections = sa.Table(
