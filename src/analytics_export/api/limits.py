@@ -53,11 +53,11 @@ def too_large(limit: BodyLimit, size: int | None) -> HTTPException:
 class RequestGuard:
     """ASGI middleware. A request that carries a body (Content-Length above 0 or Transfer-Encoding)
     has its API key checked (under /api/; 401 as the routes answer) and its declared size compared
-    with its route's limit (413) before a byte of the body is read. The app then reads the body
-    through a counter and a clock: 413 once it passes the limit (so at most the limit is buffered),
-    408 and the connection closed when a part takes longer than `idle_timeout` or the whole body
-    longer than `body_timeout` seconds. FastAPI reads and parses a body before any dependency runs,
-    so the routes' own key check would come too late."""
+    with its route's limit (413) before a byte of the body is read. The guard then receives the whole
+    body before the route runs (FastAPI would read it all anyway): 413 once it passes the limit, so
+    no more is ever held, and 408 with the connection closed when a part takes longer than
+    `idle_timeout` or the whole body longer than `body_timeout` seconds. FastAPI reads and parses a
+    body before any dependency runs, so the routes' own key check would come too late."""
 
     def __init__(self, app: ASGIApp, *, authenticate: Callable[[Scope], Awaitable[str]], limits: BodyLimits,
                  idle_timeout: float, body_timeout: float) -> None:
@@ -80,44 +80,48 @@ class RequestGuard:
                 scope[PROJECT_SCOPE_KEY] = await self.authenticate(scope)
             if length is not None and int(length) > limit.bytes:
                 raise too_large(limit, int(length))
+            body = await self.read(receive, limit)
         except HTTPException as exc:
-            # The unread body is left to the server, which discards it and keeps the connection for
-            # the caller to read this answer (the header timeout ends a body that never stops).
+            # A body left unread is the server's to discard while the caller reads this answer; the
+            # header timeout ends one that never stops.
             await JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)(scope, receive, send)
             return
-        body = BoundedBody(receive, limit, self.idle_timeout, self.body_timeout)
-        await self.app(scope, body.receive, send)
+        if body is None:
+            return  # the caller hung up
+        replayed = False
 
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-class BoundedBody:
-    """`receive` for a body of at most `limit` bytes, each part within `idle` seconds and all of it
-    within `total` seconds; after the last part, `receive` waits for a disconnect untimed."""
+        await self.app(scope, replay, send)
 
-    def __init__(self, receive: Receive, limit: BodyLimit, idle: float, total: float) -> None:
-        self._receive = receive
-        self.limit = limit
-        self.idle = idle
-        self.total = total
-        self.deadline = time.monotonic() + total
-        self.size = 0
-        self.done = False
-
-    async def receive(self) -> Message:
-        if self.done:
-            return await self._receive()
-        try:
-            async with asyncio.timeout(min(self.idle, self.deadline - time.monotonic())):
-                message = await self._receive()
-        except TimeoutError:
-            raise HTTPException(408, f"the request body did not arrive in time: each part must come within "
-                                     f"{self.idle:g} s and the whole body within {self.total:g} s; send it "
-                                     "faster or in smaller requests", headers={"Connection": "close"}) from None
-        if message["type"] == "http.request":
-            self.size += len(message.get("body", b""))
-            if self.size > self.limit.bytes:
-                raise too_large(self.limit, None)
-            self.done = not message.get("more_body", False)
-        return message
+    async def read(self, receive: Receive, limit: BodyLimit) -> bytes | None:
+        """The whole body (None if the caller disconnected); 413 past `limit`, 408 if it is slow."""
+        deadline = time.monotonic() + self.body_timeout
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                async with asyncio.timeout(min(self.idle_timeout, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive in time: each part must come within "
+                                         f"{self.idle_timeout:g} s and the whole body within {self.body_timeout:g} "
+                                         "s; send it faster or in smaller requests",
+                                    headers={"Connection": "close"}) from None
+            if message["type"] != "http.request":
+                return None
+            part = message.get("body", b"")
+            size += len(part)
+            if size > limit.bytes:
+                raise too_large(limit, None)
+            parts.append(part)
+            if not message.get("more_body", False):
+                return b"".join(parts)
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
