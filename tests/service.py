@@ -41,7 +41,7 @@ class Service:
             self.proc = subprocess.Popen([*CLI, "--data-dir", str(data_dir), "serve", "--port", str(self.port),
                                           "--workers", str(workers), *args], env={**os.environ, **(env or {})},
                                          stdout=subprocess.DEVNULL, stderr=log, start_new_session=own_group)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a loaded 2-core machine took 25 s
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:

@@ -330,7 +330,12 @@ def serve(
 
     Workers are child processes, so heavy exports never hold the API's interpreter lock; one that
     dies (killed, out of memory) is started again."""
+    import resource
+    from functools import partial
+
     import uvicorn
+
+    from .api.limits import GuardedHttpProtocol
 
     settings: Settings = ctx.obj
     logs.configure()
@@ -343,9 +348,16 @@ def serve(
                        "ANALYTICS_EXPORT_PROJECT": settings.project})
     if settings.database_url:
         os.environ["ANALYTICS_EXPORT_DATABASE_URL"] = settings.database_url
+    # Every connection is a file descriptor: allow as many as the system lets this process hold
+    # (an unlimited hard limit, RLIM_INFINITY = -1 as on macOS, is one the kernel refuses: keep the soft one).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, hard), hard))
+    http = partial(GuardedHttpProtocol, header_timeout=settings.header_timeout_seconds,
+                   max_header_bytes=settings.max_header_bytes)
     try:
         uvicorn.run("analytics_export.api.app:app_from_environment", factory=True, host=host, port=port,
-                    workers=api_processes, log_level="warning")
+                    workers=api_processes, log_level="warning", http=http,
+                    limit_concurrency=settings.max_connections)
     finally:
         supervisor.close()
 

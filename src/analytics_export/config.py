@@ -27,7 +27,21 @@ class Settings(BaseSettings):
     events_url: str | None = Field(None, description="event store: postgresql://..., clickhouse://..., "
                                    "chdb:///path or a DuckDB file path; default DATA_DIR/events.duckdb")
     secret_key: str | None = Field(None, description="signs download links; default a random key kept in the data dir")
-    max_body_bytes: int = Field(8 << 20, description="largest POST /api/events body")
+    max_body_bytes: int = Field(8 << 20, gt=0, description="largest body of the bulk uploads: POST /api/events "
+                                "and POST /api/projects/{project}/suppressions (100,000 distinct_ids a call)")
+    max_json_body_bytes: int = Field(1 << 20, gt=0, description="largest body of every other API request: the "
+                                     "biggest real one (an export request naming hundreds of events and "
+                                     "properties, a connection with a private key) is tens of KB")
+    header_timeout_seconds: float = Field(10, gt=0, description="a request head must arrive within this of the "
+                                          "connection opening or of the previous response, else the connection "
+                                          "is closed")
+    body_idle_timeout_seconds: float = Field(10, gt=0, description="each part of a request body must arrive "
+                                             "within this, else 408 and the connection is closed")
+    body_timeout_seconds: float = Field(60, gt=0, description="a whole request body must arrive within this, "
+                                        "else 408 and the connection is closed")
+    max_header_bytes: int = Field(64 << 10, gt=0, description="largest request head (request line and headers)")
+    max_connections: int = Field(1000, ge=1, description="connections one API process holds; more are answered "
+                                 "503 at once")
     api_ingest_memory_limit: str = Field(
         "192MB", description="DuckDB buffer pool cap of one POST /api/events (on one thread), so no upload can take "
         "the API's memory: 8 MiB of the widest events (5,000 properties each) took 171 MB; a body needing more is a 413")

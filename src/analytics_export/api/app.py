@@ -26,6 +26,7 @@ from .console import console_router
 from .docs import docs_router
 from .events_export import events_export_router
 from .keys import keys_router
+from .limits import PROJECT_SCOPE_KEY, BodyLimit, BodyLimits, RequestGuard
 from .privacy import privacy_router
 from .schedules import schedule_router
 from .streams import stream_router
@@ -134,8 +135,21 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
         return project
 
-    async def project_of(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-        return await read(project_for, credentials)
+    async def project_of(request: Request,
+                         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        """The caller's project: the one RequestGuard found for a request with a body, else looked up."""
+        known = request.scope.get(PROJECT_SCOPE_KEY)
+        return known if known is not None else await read(project_for, credentials)
+
+    async def authenticate(scope: Any) -> str:
+        return await read(project_for, await bearer(Request(scope)))
+
+    bulk = BodyLimit(settings.max_body_bytes, "send smaller batches")
+    app.add_middleware(
+        RequestGuard, authenticate=authenticate,
+        limits=BodyLimits(BodyLimit(settings.max_json_body_bytes, "send fewer or shorter values"),
+                          {("POST", "/api/events"): bulk, ("POST", "/api/projects/{project}/suppressions"): bulk}),
+        idle_timeout=settings.body_idle_timeout_seconds, body_timeout=settings.body_timeout_seconds)
 
     Project = Annotated[str, Depends(project_of)]
 
@@ -330,10 +344,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         suffix = {"application/json": ".json", "application/x-ndjson": ".jsonl", "application/jsonl": ".jsonl"}.get(kind)
         if suffix is None:
             raise HTTPException(415, "send application/json (an array of events) or application/x-ndjson (JSON Lines)")
-        body = await request.body()
-        if len(body) > settings.max_body_bytes:
-            raise HTTPException(413, f"the body is {len(body):,} bytes; the most is {settings.max_body_bytes:,}: "
-                                     "send smaller batches")
+        body = await request.body()  # at most max_body_bytes: RequestGuard stops a longer one
         return await run_in_threadpool(ingest_body, body, suffix, project)
 
     def ingest_body(body: bytes, suffix: str, project: str) -> IngestResult:
