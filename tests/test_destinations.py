@@ -442,6 +442,17 @@ def test_webhook_ssrf_targets_are_refused(client, url):
     assert response.status_code == 422 and "ANALYTICS_EXPORT_DESTINATION_ALLOW" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("url", ["http://224.0.0.1/hook", "http://[64:ff9b::7f00:1]/hook", "http://[2002:7f00:1::]/hook",
+                                 "http://[::ffff:10.0.0.1]/hook", "http://2130706433/hook", "http://0x7f.1/hook",
+                                 "http://017700000001/hook", "http://[fe80::1%25lo]/hook"])
+def test_multicast_embedded_and_shorthand_addresses_are_refused(client, url):
+    """Multicast, IPv6 forms carrying a loopback or private IPv4 (NAT64, 6to4, mapped), numeric
+    shorthands of 127.0.0.1 (the allow-list names 127.0.0.1 in its usual form only) and zone ids."""
+    response = client.post("/api/exports", json={**WINDOW, "destination": {"type": "webhook", "url": url}})
+    assert response.status_code == 422, response.text
+    assert "destination host" in response.json()["detail"]
+
+
 def test_loopback_is_refused_without_an_allow_list(tmp_path):
     svc = Service(tmp_path)
     try:
@@ -547,24 +558,18 @@ def test_a_failed_rerun_of_a_split_export_leaves_no_stale_manifest(s3_server, de
     assert not pending_uploads(s3_server, bucket)
 
 
-def test_webhooks_connect_to_the_address_the_guard_checked(tmp_path):
+def test_webhooks_connect_to_the_address_the_guard_checked():
     """The request goes to an address resolved and checked once (no second DNS answer can redirect
     it), with the original name as Host header and TLS server name."""
     import socket
 
-    from analytics_export import Settings
-    from analytics_export.destinations import Target
-    from analytics_export.destinations.webhook import Webhook
-    from analytics_export.models import ExportRequest
+    from analytics_export.destinations.webhook_client import pin
 
     resolved = {info[4][0] for info in socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)}
     for scheme in ("http", "https"):
-        request = ExportRequest(**WINDOW, destination={"type": "webhook", "url": f"{scheme}://localhost:8443/in?x=1"})
-        hook = Webhook(Target(request, "p", Settings(data_dir=tmp_path, destination_allow=["localhost"])))
-        headers: dict = {}
-        url, extensions = hook.pinned(headers)
-        host = url.split("://")[1].rsplit(":", 1)[0].strip("[]")
-        assert host in resolved and url.endswith(":8443/in?x=1") and headers["Host"] == "localhost:8443"
+        url, host, extensions = pin(f"{scheme}://localhost:8443/in?x=1", ["localhost"])
+        address = url.split("://")[1].rsplit(":", 1)[0].strip("[]")
+        assert address in resolved and url.endswith(":8443/in?x=1") and host == "localhost:8443"
         assert extensions == ({"sni_hostname": "localhost"} if scheme == "https" else {})
     with pytest.raises(Exception, match="loopback"):
-        Webhook(Target(request, "p", Settings(data_dir=tmp_path))).pinned({})
+        pin("http://localhost:8443/in", [])
