@@ -426,6 +426,66 @@ def test_webhook_compressed_body_carries_content_encoding(client):
     assert len(decompress(body, "gzip").splitlines()) == view["result"]["total_events"]
 
 
+BAD_HEADERS = [
+    ({"X-Name": "café"}, "non-ASCII character at position 3"),
+    ({"X-Nul": "a\u0000b"}, "control character U+0000"),
+    ({"X-Tab-Ok": "a\tb", "X-Lf": "a\nb"}, "header 'X-Lf'"),
+    ({"X Space": "x"}, "RFC 9110 token"),
+    ({"X-Long": "x" * 8193}, "at most 8192"),
+    ({f"X-H{i}": "v" for i in range(51)}, "at most 50"),
+    ({f"X-H{i}": "v" * 8000 for i in range(2)}, "at most 12288"),
+    ({"X-Dup": "1", "x-dup": "2"}, "given twice"),
+    ({"X-Stream-Id": "1"}, "set by analytics-export"),
+]
+
+
+@pytest.mark.parametrize("headers, message", BAD_HEADERS, ids=[m for _, m in BAD_HEADERS])
+def test_bad_webhook_headers_are_422_when_created(client, headers, message):
+    """Exports and schedules: the header and the rule it breaks, before anything is stored."""
+    destination = {"type": "webhook", "url": "http://127.0.0.1:9/hook", "headers": headers}
+    for path, body in (("/api/exports", {**WINDOW, "destination": destination}),
+                       ("/api/schedules", {"name": "h", "schedule": "0 2 * * *", "destination": destination})):
+        response = client.post(path, json=body)
+        assert response.status_code == 422 and message in response.json()["detail"], (path, response.text)
+        assert "headers" in response.json()["detail"]
+
+
+def test_a_bad_connection_authorization_is_422_without_echoing_it(client):
+    for value, message in (("Bearer séc", "non-ASCII"), ("Bearer a\r\nX-Evil: 1", "U+000D")):
+        response = client.post("/api/connections", json={"name": "bad-auth", "type": "webhook",
+                                                           "secrets": {"authorization": value}})
+        assert response.status_code == 422 and message in response.json()["detail"], response.text
+        assert "secrets.authorization" in response.json()["detail"] and "Bearer" not in response.text
+
+
+def test_an_export_stored_with_a_bad_header_fails_once_saying_why(service, client):
+    """Rows saved before the header rules existed still list, and fail at once with the rule,
+    instead of a UnicodeEncodeError ("internal error") or a NUL retried as a transient failure."""
+    from analytics_export.jobs.store import JobStore
+    from analytics_export.models import STORED, ExportRequest
+
+    receiver = Receiver()
+    jobs = JobStore.for_data_dir(service.data)
+    ids = {}
+    try:
+        for name, value in (("X-Name", "café"), ("X-Nul", "a\u0000b")):
+            request = ExportRequest.model_validate({**WINDOW, "destination": {
+                "type": "webhook", "url": receiver.url, "headers": {name: value}}}, context=STORED)
+            ids[name] = jobs.create("default", request).id
+    finally:
+        jobs.engine.dispose()
+    assert client.get("/api/exports?limit=1000").status_code == 200
+    for name, export_id in ids.items():
+        deadline = time.monotonic() + 60
+        while (view := client.get(f"/api/exports/{export_id}").json())["status"] != "failed":
+            assert time.monotonic() < deadline, view
+            time.sleep(0.05)
+        error = view["result"]["error"]
+        assert f"header {name!r}" in error and "attempts" not in error and "internal error" not in error, error
+    receiver.shutdown()
+    assert receiver.requests == []
+
+
 def test_webhook_permanent_error_fails_fast(client):
     with FaultyProxy("http://127.0.0.1:9", when("POST", "/", Respond(404), nth=range(1, 99))) as proxy:
         view = run(client, {"type": "webhook", "url": f"{proxy.url}/hook"}, status="failed")
