@@ -426,6 +426,66 @@ def test_webhook_compressed_body_carries_content_encoding(client):
     assert len(decompress(body, "gzip").splitlines()) == view["result"]["total_events"]
 
 
+BAD_HEADERS = [
+    ({"X-Name": "café"}, "non-ASCII character at position 3"),
+    ({"X-Nul": "a\u0000b"}, "control character U+0000"),
+    ({"X-Tab-Ok": "a\tb", "X-Lf": "a\nb"}, "header 'X-Lf'"),
+    ({"X Space": "x"}, "RFC 9110 token"),
+    ({"X-Long": "x" * 8193}, "at most 8192"),
+    ({f"X-H{i}": "v" for i in range(51)}, "at most 50"),
+    ({f"X-H{i}": "v" * 8000 for i in range(2)}, "at most 12288"),
+    ({"X-Dup": "1", "x-dup": "2"}, "given twice"),
+    ({"X-Stream-Id": "1"}, "set by analytics-export"),
+]
+
+
+@pytest.mark.parametrize("headers, message", BAD_HEADERS, ids=[m for _, m in BAD_HEADERS])
+def test_bad_webhook_headers_are_422_when_created(client, headers, message):
+    """Exports and schedules: the header and the rule it breaks, before anything is stored."""
+    destination = {"type": "webhook", "url": "http://127.0.0.1:9/hook", "headers": headers}
+    for path, body in (("/api/exports", {**WINDOW, "destination": destination}),
+                       ("/api/schedules", {"name": "h", "schedule": "0 2 * * *", "destination": destination})):
+        response = client.post(path, json=body)
+        assert response.status_code == 422 and message in response.json()["detail"], (path, response.text)
+        assert "headers" in response.json()["detail"]
+
+
+def test_a_bad_connection_authorization_is_422_without_echoing_it(client):
+    for value, message in (("Bearer séc", "non-ASCII"), ("Bearer a\r\nX-Evil: 1", "U+000D")):
+        response = client.post("/api/connections", json={"name": "bad-auth", "type": "webhook",
+                                                           "secrets": {"authorization": value}})
+        assert response.status_code == 422 and message in response.json()["detail"], response.text
+        assert "secrets.authorization" in response.json()["detail"] and "Bearer" not in response.text
+
+
+def test_an_export_stored_with_a_bad_header_fails_once_saying_why(service, client):
+    """Rows saved before the header rules existed still list, and fail at once with the rule,
+    instead of a UnicodeEncodeError ("internal error") or a NUL retried as a transient failure."""
+    from analytics_export.jobs.store import JobStore
+    from analytics_export.models import STORED, ExportRequest
+
+    receiver = Receiver()
+    jobs = JobStore.for_data_dir(service.data)
+    ids = {}
+    try:
+        for name, value in (("X-Name", "café"), ("X-Nul", "a\u0000b")):
+            request = ExportRequest.model_validate({**WINDOW, "destination": {
+                "type": "webhook", "url": receiver.url, "headers": {name: value}}}, context=STORED)
+            ids[name] = jobs.create("default", request).id
+    finally:
+        jobs.engine.dispose()
+    assert client.get("/api/exports?limit=1000").status_code == 200
+    for name, export_id in ids.items():
+        deadline = time.monotonic() + 60
+        while (view := client.get(f"/api/exports/{export_id}").json())["status"] != "failed":
+            assert time.monotonic() < deadline, view
+            time.sleep(0.05)
+        error = view["result"]["error"]
+        assert f"header {name!r}" in error and "attempts" not in error and "internal error" not in error, error
+    receiver.shutdown()
+    assert receiver.requests == []
+
+
 def test_webhook_permanent_error_fails_fast(client):
     with FaultyProxy("http://127.0.0.1:9", when("POST", "/", Respond(404), nth=range(1, 99))) as proxy:
         view = run(client, {"type": "webhook", "url": f"{proxy.url}/hook"}, status="failed")
@@ -440,6 +500,17 @@ def test_webhook_permanent_error_fails_fast(client):
 def test_webhook_ssrf_targets_are_refused(client, url):
     response = client.post("/api/exports", json={**WINDOW, "destination": {"type": "webhook", "url": url}})
     assert response.status_code == 422 and "ANALYTICS_EXPORT_DESTINATION_ALLOW" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("url", ["http://224.0.0.1/hook", "http://[64:ff9b::7f00:1]/hook", "http://[2002:7f00:1::]/hook",
+                                 "http://[::ffff:10.0.0.1]/hook", "http://2130706433/hook", "http://0x7f.1/hook",
+                                 "http://017700000001/hook", "http://[fe80::1%25lo]/hook"])
+def test_multicast_embedded_and_shorthand_addresses_are_refused(client, url):
+    """Multicast, IPv6 forms carrying a loopback or private IPv4 (NAT64, 6to4, mapped), numeric
+    shorthands of 127.0.0.1 (the allow-list names 127.0.0.1 in its usual form only) and zone ids."""
+    response = client.post("/api/exports", json={**WINDOW, "destination": {"type": "webhook", "url": url}})
+    assert response.status_code == 422, response.text
+    assert "destination host" in response.json()["detail"]
 
 
 def test_loopback_is_refused_without_an_allow_list(tmp_path):
@@ -547,24 +618,18 @@ def test_a_failed_rerun_of_a_split_export_leaves_no_stale_manifest(s3_server, de
     assert not pending_uploads(s3_server, bucket)
 
 
-def test_webhooks_connect_to_the_address_the_guard_checked(tmp_path):
+def test_webhooks_connect_to_the_address_the_guard_checked():
     """The request goes to an address resolved and checked once (no second DNS answer can redirect
     it), with the original name as Host header and TLS server name."""
     import socket
 
-    from analytics_export import Settings
-    from analytics_export.destinations import Target
-    from analytics_export.destinations.webhook import Webhook
-    from analytics_export.models import ExportRequest
+    from analytics_export.destinations.webhook_client import pin
 
     resolved = {info[4][0] for info in socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)}
     for scheme in ("http", "https"):
-        request = ExportRequest(**WINDOW, destination={"type": "webhook", "url": f"{scheme}://localhost:8443/in?x=1"})
-        hook = Webhook(Target(request, "p", Settings(data_dir=tmp_path, destination_allow=["localhost"])))
-        headers: dict = {}
-        url, extensions = hook.pinned(headers)
-        host = url.split("://")[1].rsplit(":", 1)[0].strip("[]")
-        assert host in resolved and url.endswith(":8443/in?x=1") and headers["Host"] == "localhost:8443"
+        url, host, extensions = pin(f"{scheme}://localhost:8443/in?x=1", ["localhost"])
+        address = url.split("://")[1].rsplit(":", 1)[0].strip("[]")
+        assert address in resolved and url.endswith(":8443/in?x=1") and host == "localhost:8443"
         assert extensions == ({"sni_hostname": "localhost"} if scheme == "https" else {})
     with pytest.raises(Exception, match="loopback"):
-        Webhook(Target(request, "p", Settings(data_dir=tmp_path))).pinned({})
+        pin("http://localhost:8443/in", [])

@@ -82,7 +82,7 @@ class Receiver:
     after it has read a request; keeps what it took with 2xx, whole bodies only (a request cut by a
     crash is not a delivery, one whose answer a crash kept from the sender is)."""
 
-    def __init__(self, ack_delay: float = 0.0) -> None:
+    def __init__(self, ack_delay: float = 0.0, host: str = HOST, port: int = 0) -> None:
         self.status = 200
         self.ack_delay = ack_delay
         self.lock = threading.Lock()
@@ -110,7 +110,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -339,6 +339,13 @@ BAD_SPECS = [
     ({"destination": {"type": "webhook", "url": "http://127.0.0.1:9/", "batch_max_events": 5}},
      "use max_batch_events"),
     ({"destination": {"type": "webhook", "url": "http://127.0.0.1:9/", "connection": "nope"}}, "no connection 'nope'"),
+    ({"destination": {"type": "webhook", "url": "http://127.0.0.1:9/", "headers": {"X-Name": "café"}}},
+     "header 'X-Name': the value has a non-ASCII character"),
+    ({"destination": {"type": "webhook", "url": "http://127.0.0.1:9/", "headers": {"X-Nul": "a\u0000"}}},
+     "control character U+0000"),
+    ({"destination": {"type": "webhook", "url": "http://127.0.0.1:9/", "headers": {"X-Batch-Id": "1"}}},
+     "set by analytics-export"),
+    ({"destination": {"type": "webhook", "url": "http://[64:ff9b::7f00:1]:9/"}}, "NAT64 form of 127.0.0.1"),
     ({"destination": {"type": "s3", "bucket": "bkt", "path_template": "year={year}"}}, "remove path_template"),
     ({"destination": {"type": "s3", "bucket": "bkt", "max_events_per_file": 10}}, "use max_batch_events"),
     ({"destination": {"type": "nats", "subject": "events.*"}}, "subject must be dot-separated tokens"),
@@ -825,3 +832,37 @@ def test_lag_before_any_event_is_zero_and_makes_no_store(tmp_path):
         "type": "webhook", "url": "http://127.0.0.1:9/"}))
     assert lag(settings, jobs, stream) == (0, 0.0)
     assert not settings.events_path.exists()
+
+
+def test_stream_webhooks_post_to_the_address_the_guard_checked(tmp_path, monkeypatch, receiver):
+    """DNS rebinding: a name that resolves to an allowed address when the guard checks it, then to a
+    private one, must not steer the batch there (the sink posted by name after checking: the second
+    answer won); a later batch checks the name again and refuses the private answer."""
+    import socket
+
+    from analytics_export.errors import Invalid
+    from analytics_export.streaming.sinks import Delivery, sink_for
+    from analytics_export.streaming.spec import StreamSpec
+
+    inside = Receiver(host="127.0.0.2", port=receiver.server.server_port)  # stands for a private host
+    real, answers = socket.getaddrinfo, iter(["127.0.0.1"])
+
+    def rebinding(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "rebind.example":
+            return real(next(answers, "127.0.0.2"), *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    spec = StreamSpec(name="rebind", destination={
+        "type": "webhook", "url": f"http://rebind.example:{receiver.server.server_port}/rebind"})
+    sink = sink_for(spec, "p", Settings(data_dir=tmp_path, destination_allow=["127.0.0.1"]), {})
+    try:
+        sink.send(Delivery(name="b1", body=b'{"n":1}\n', messages=[], content_type="application/x-ndjson"))
+        with pytest.raises(Invalid, match="127.0.0.2"):
+            sink.send(Delivery(name="b2", body=b'{"n":2}\n', messages=[], content_type="application/x-ndjson"))
+    finally:
+        sink.close()
+        inside.close()
+    assert inside.taken == []
+    (_, headers, body), = [t for t in receiver.taken if t[2] == b'{"n":1}\n']
+    assert headers["Host"] == f"rebind.example:{receiver.server.server_port}"

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .destinations.guard import check_destination
 from .errors import Invalid
-from .models import CONNECTION_NAME
+from .models import CONNECTION_NAME, check_header_value, check_headers
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -70,6 +70,11 @@ class ConnectionCreate(BaseModel):
             raise ValueError("secrets.account_name must be 3-24 lowercase letters or digits")
         if self.type == "azure" and not (self.secrets.get("account_key") or self.secrets.get("sas_token")):
             raise ValueError("an azure connection needs secrets.account_key or secrets.sas_token")
+        if self.type == "webhook" and self.secrets.get("authorization"):
+            try:
+                check_header_value("Authorization", self.secrets["authorization"])
+            except ValueError as exc:
+                raise ValueError(f"secrets.authorization: {exc}") from None
         if self.type == "sftp" and not (self.secrets.get("password") or self.secrets.get("private_key")):
             raise ValueError("an sftp connection needs secrets.password or secrets.private_key")
         if self.type == "gcs":
@@ -99,13 +104,28 @@ def checked_secrets(settings: Settings, jobs: JobStore, project: str, destinatio
     settings.check_credentials(destination)
     name = getattr(destination, "connection", None)
     if name is None:
-        return {}
-    row = jobs.connection(project, name)
-    if row is None:
-        raise Invalid(f"no connection {name!r} in this project; create it with POST /api/connections")
-    if row.type != destination.type:
-        raise Invalid(f"connection {name!r} is a {row.type} connection, not {destination.type}")
-    return Sealer(settings.signing_key()).open(row.sealed)
+        secrets: dict[str, str] = {}
+    else:
+        row = jobs.connection(project, name)
+        if row is None:
+            raise Invalid(f"no connection {name!r} in this project; create it with POST /api/connections")
+        if row.type != destination.type:
+            raise Invalid(f"connection {name!r} is a {row.type} connection, not {destination.type}")
+        secrets = Sealer(settings.signing_key()).open(row.sealed)
+    if destination.type == "webhook":
+        check_sendable_headers(destination.headers, secrets)
+    return secrets
+
+
+def check_sendable_headers(headers: dict[str, str], secrets: dict[str, str]) -> None:
+    """Invalid (a permanent failure, not retried) unless the webhook's headers and its connection's
+    authorization are valid HTTP fields: rows stored before these checks existed are checked here."""
+    try:
+        check_headers(headers)
+        if secrets.get("authorization"):
+            check_header_value("Authorization", secrets["authorization"])
+    except ValueError as exc:
+        raise Invalid(f"webhook {exc}; fix the destination's headers or the connection's authorization") from None
 
 
 class Sealer:

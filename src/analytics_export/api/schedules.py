@@ -14,7 +14,7 @@ from ..errors import Invalid
 from ..jobs.scheduler import Schedules, backfill, run_history
 from ..jobs.store import JobStore, now
 from ..jobs.windows import fires
-from ..models import ScheduledExport, describe_errors, utc
+from ..models import STORED, ScheduledExport, describe_errors, utc
 
 
 class ScheduleCreate(ScheduledExport):
@@ -100,7 +100,7 @@ def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, chec
     def found(item: dict | None, schedule_id: str) -> ScheduleView:
         if item is None:
             raise HTTPException(404, f"no schedule {schedule_id}")
-        return ScheduleView.model_validate(item)
+        return ScheduleView.model_validate(item, context=STORED)
 
     @router.post("", status_code=201, response_model=ScheduleView)
     def create(body: ScheduleCreate, project: Project) -> ScheduleView:
@@ -113,7 +113,7 @@ def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, chec
     def list_(project: Project, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
               offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> ScheduleList:
         items, total = store.list(project, limit, offset)
-        return ScheduleList(items=[ScheduleView.model_validate(i) for i in items], total=total)
+        return ScheduleList(items=[ScheduleView.model_validate(i, context=STORED) for i in items], total=total)
 
     @router.get("/next-runs", response_model=NextRuns, responses=problems(422))
     def next_runs(_project: Project, cron: Annotated[str, Query(max_length=200, description="e.g. `0 2 * * *`")],

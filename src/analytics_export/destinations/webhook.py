@@ -18,14 +18,13 @@ import tempfile
 import time
 from email.utils import parsedate_to_datetime
 from typing import BinaryIO, Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from ..errors import Cancelled, Rejected, Upload, os_error
 from ..models import ExportFormat, WebhookDestination as WebhookSpec
 from . import Destination, Target, redact
-from .guard import check_host
+from .webhook_client import Pinned, WebhookClient, pin
 
 READ_SIZE = 1 << 20
 CONTENT_ENCODINGS = {"gzip": "gzip", "zstd": "zstd", "lz4": "x-lz4", "snappy": "x-snappy-framed"}
@@ -112,31 +111,17 @@ class Webhook(Destination):
             headers["Content-Encoding"] = CONTENT_ENCODINGS[request.compression.value]
         if self.target.secrets.get("authorization"):
             headers["Authorization"] = self.target.secrets["authorization"]
-        timeout = self.target.settings.export.upload_timeout_seconds
-        url, extensions = self.pinned(headers)
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        target = pin(self.spec.url, self.target.settings.destination_allow)
+        with WebhookClient(self.target.settings.export.upload_timeout_seconds) as client:
             for index, name in enumerate(uris, start=1):
                 if should_stop():
                     raise Cancelled(f"export {request.id} was cancelled after {index - 1} of {len(uris)} batches")
                 body = self.bodies[name]
                 batch = {**headers, "X-Batch-Index": str(index), "Content-Length": str(body.size)}
-                self.send(client, url, extensions, body, batch, index, len(uris))
+                self.send(client, target, body, batch, index, len(uris))
         return self.spec.url
 
-    def pinned(self, headers: dict) -> tuple[str, dict]:
-        """The URL with its host replaced by an address the SSRF guard checked (no second DNS answer
-        can redirect the request), the Host header and, for https, the TLS name set to the original."""
-        parts = urlsplit(self.spec.url)
-        address = check_host(parts.hostname or "", self.target.settings.destination_allow)[0]
-        literal = f"[{address}]" if ":" in address else address
-        headers["Host"] = parts.netloc.rsplit("@", 1)[-1]
-        netloc = f"{literal}:{parts.port}" if parts.port else literal
-        if "@" in parts.netloc:  # user:password@ stays: httpx sends it as Basic auth
-            netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
-        extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
-        return urlunsplit(parts._replace(netloc=netloc)), extensions
-
-    def send(self, client: httpx.Client, url: str, extensions: dict, body: SpooledBody, headers: dict, index: int,
+    def send(self, client: WebhookClient, target: Pinned, body: SpooledBody, headers: dict, index: int,
              count: int) -> None:
         """POST one body, retrying transient failures with exponential backoff and jitter."""
         config = self.target.settings.export
@@ -146,7 +131,7 @@ class Webhook(Destination):
             if self.secret is not None:
                 headers["X-Signature-Timestamp"], headers["X-Signature"] = body.signature(self.secret)
             try:
-                response = client.post(url, content=body.chunks(), headers=headers, extensions=extensions)
+                response = client.post(target, body.chunks(), headers)
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}"
             else:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from ..errors import Invalid
-from ..models import DateRange, ExportStatus, ScheduledExport
+from ..models import STORED, DateRange, ExportStatus, ScheduledExport
 from .store import JobStore, aware, now
 from .tables import export_parts, exports, schedule_runs, schedules
 from .windows import due, fires, floor, following, last_fire, windows
@@ -87,7 +87,7 @@ class Scheduler:
             row = c.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).first()
             if row is None or not row.enabled:
                 return 0
-            spec = ScheduledExport.model_validate(row.spec)
+            spec = ScheduledExport.model_validate(row.spec, context=STORED)
             tz = ZoneInfo(spec.timezone)
             fired = last_fire(spec.schedule, tz, t)
             previous = last_fire(spec.schedule, tz, fired - timedelta(microseconds=1))
@@ -133,7 +133,7 @@ class Scheduler:
                 row = c.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).first()
                 if row is None or not row.enabled:
                     continue
-                spec = ScheduledExport.model_validate(row.spec)
+                spec = ScheduledExport.model_validate(row.spec, context=STORED)
                 running = c.execute(sa.select(sa.func.count()).select_from(
                     schedule_runs.join(exports, exports.c.id == schedule_runs.c.export_id)).where(
                     schedule_runs.c.schedule_id == schedule_id, exports.c.status.in_(active))).scalar_one()
@@ -153,7 +153,7 @@ class Scheduler:
         """Pause each enabled schedule whose last `max_failures` finished runs all failed, saying why."""
         with self.jobs.engine.begin() as c:
             for row in c.execute(sa.select(schedules).where(schedules.c.enabled)).all():
-                limit = ScheduledExport.model_validate(row.spec).max_failures
+                limit = ScheduledExport.model_validate(row.spec, context=STORED).max_failures
                 recent = c.execute(
                     sa.select(exports.c.status, exports.c.error)
                     .select_from(schedule_runs.join(exports, exports.c.id == schedule_runs.c.export_id))
@@ -176,7 +176,7 @@ def backfill(jobs: JobStore, project: str, schedule_id: str, start: datetime, en
                                                    schedules.c.project == project)).first()
         if row is None:
             raise Invalid(f"no schedule {schedule_id}")
-        spec = ScheduledExport.model_validate(row.spec)
+        spec = ScheduledExport.model_validate(row.spec, context=STORED)
         tz = ZoneInfo(spec.timezone)
         if spec.date_range is DateRange.SINCE_LAST_RUN:
             spans = [(start, end)]

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from ..models import ExportRequest, ExportResult, ExportStatus
+from ..models import STORED, ExportRequest, ExportResult, ExportStatus
 from .tables import api_keys, connections, export_parts, exports, leases
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class Job:
     def from_row(cls, row: Any) -> Job:
         m = row._mapping
         return cls(
-            id=m["id"], project=m["project"], request=ExportRequest.model_validate(m["request"]),
+            id=m["id"], project=m["project"], request=ExportRequest.model_validate(m["request"], context=STORED),
             status=ExportStatus(m["status"]), created_at=aware(m["created_at"]), started_at=aware(m["started_at"]),
             completed_at=aware(m["completed_at"]), expires_at=aware(m["expires_at"]),
             events_done=m["events_done"], bytes_done=m["bytes_done"], events_expected=m["events_expected"],

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from ..jobs.store import JobStore, aware, now
 from ..jobs.tables import streams
+from ..models import STORED
 from .spec import StreamSpec
 
 RUNNING = ("active", "failing")
@@ -38,7 +39,7 @@ class Stream:
     @classmethod
     def from_row(cls, row: Any) -> Stream:
         m = row._mapping
-        return cls(id=m["id"], project=m["project"], spec=StreamSpec.model_validate(m["spec"]), status=m["status"],
+        return cls(id=m["id"], project=m["project"], spec=StreamSpec.model_validate(m["spec"], context=STORED), status=m["status"],
                    cursor_at=aware(m["cursor_at"]), cursor_uuid=m["cursor_uuid"],
                    delivered_events=m["delivered_events"], delivered_batches=m["delivered_batches"],
                    last_delivered_at=aware(m["last_delivered_at"]), lag_seconds=m["lag_seconds"],

@@ -12,9 +12,9 @@ import httpx
 
 from ...destinations import redact
 from ...destinations.webhook import permanent_hint
+from ...destinations.webhook_client import WebhookClient, pin
 from ...errors import Rejected, Upload
 from ...models import WebhookDestination
-from ...destinations.guard import check_host
 from . import Delivery
 
 if TYPE_CHECKING:
@@ -31,13 +31,11 @@ class WebhookSink:
         self.settings = settings
         self.secrets = secrets
         self.secret = secrets.get("signing_secret", "").encode() or None
-        self.client = httpx.Client(timeout=settings.export.upload_timeout_seconds, follow_redirects=False,
-                                   trust_env=False)
+        self.client = WebhookClient(settings.export.upload_timeout_seconds)
 
     def send(self, delivery: Delivery) -> None:
         url = self.destination.url
-        host = httpx.URL(url).host
-        check_host(host, self.settings.destination_allow)  # again each batch: a name may move
+        target = pin(url, self.settings.destination_allow)  # again each batch: a name may move
         headers = {**self.destination.headers, "Content-Type": delivery.content_type, "X-Stream-Id": self.stream.id,
                    "X-Batch-Id": delivery.name}
         if delivery.content_encoding:
@@ -50,7 +48,7 @@ class WebhookSink:
             headers["X-Signature-Timestamp"], headers["X-Signature"] = stamp, f"sha256={mac}"
         where = f"webhook {redact(url, self.secrets)}"
         try:
-            response = self.client.post(url, content=delivery.body, headers=headers)
+            response = self.client.post(target, delivery.body, headers)
         except httpx.TransportError as exc:
             raise Upload(f"{where} could not be reached ({type(exc).__name__})") from None
         if response.status_code >= 300:
