@@ -207,3 +207,11 @@ def test_uploads_at_the_size_limit_stay_within_bounds(service: Service, what: st
         assert "send fewer events per request" in answer.json()["detail"]
     else:
         assert answer.json()["ingested"] == count
+
+
+@pytest.mark.parametrize("path", ["/api/events/names?end=0001-01-01T00:00:00Z",
+                                  "/api/events/properties?end=0001-01-01T00:00:00Z"])
+def test_dates_at_the_edge_of_the_calendar_are_422s(service: Service, path: str) -> None:
+    with service.client(service.key) as client:
+        answer = client.get(path)
+    assert answer.status_code == 422, answer.text[:300]

@@ -115,6 +115,12 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         """A store that is busy or unreachable (the event store's lock, a job store conflict): retry."""
         return JSONResponse({"detail": hide_paths(str(exc))}, status_code=503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(OverflowError)
+    async def out_of_range(_: Request, exc: OverflowError) -> JSONResponse:
+        """Date arithmetic past year 1 or 9999 on a date the request gave: its input, not our fault."""
+        return JSONResponse({"detail": f"a date or number in the request is out of range ({exc}): use dates "
+                                       "between years 1 and 9999 with room for the window"}, status_code=422)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe_errors(exc.errors(), skip=("body",))}, status_code=422)

@@ -43,6 +43,9 @@ def catalog_router(settings: Settings, project_dependency: Any, problems: Any,
                                     events=events or [])
         except ValidationError as exc:
             raise HTTPException(422, describe_errors(exc.errors())) from None
+        except OverflowError:
+            raise HTTPException(422, f"end is too early to default start to {DEFAULT_DAYS} days before it: "
+                                     "give start") from None
         privacy = privacy_for(project, request)
         try:
             with closing(open_store(settings)) as store:
