@@ -17,6 +17,11 @@ class Storage(ExportError):
     """The event store failed to read or write."""
 
 
+class Limited(ExportError):
+    """A limit on work at once was reached (`max_concurrent_exports`); the same request succeeds once
+    some of that work has finished."""
+
+
 class Upload(ExportError):
     """A destination refused or lost the output."""
 
