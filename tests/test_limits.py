@@ -201,3 +201,27 @@ def test_a_schedule_saved_before_the_rules_is_paused_with_the_reason_not_run(tmp
             assert fixed.status_code == 200 and fixed.json()["status"] == "active", fixed.text
     finally:
         svc.close()
+
+
+def test_streamed_pulls_keep_to_max_concurrent_exports(tmp_path):
+    from conftest import with_demo_events
+
+    data = with_demo_events(tmp_path, 50_000)
+    env = {"ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "1"}
+    key = cli(data, "keys", "create", "--project", "default", env=env)
+    svc = Service(data, 0, env)
+    pull = {"start": "2026-08-01", "end": "2026-11-01"}
+    try:
+        with svc.client(key) as c:
+            with c.stream("GET", "/api/events/export", params=pull) as first:  # held open, unread
+                assert first.status_code == 200
+                second = c.get("/api/events/export", params=pull)
+                assert second.status_code == 429 and int(second.headers["Retry-After"]) > 0
+                assert "max_concurrent_exports" in second.json()["detail"]
+            deadline = time.monotonic() + 30  # the first's scan stops once its client has gone
+            while (again := c.get("/api/events/export", params={**pull, "end": "2026-08-02"})).status_code == 429:
+                assert time.monotonic() < deadline, again.text
+                time.sleep(0.2)
+            assert again.status_code == 200
+    finally:
+        svc.close()
