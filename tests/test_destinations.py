@@ -471,7 +471,7 @@ def test_an_export_stored_with_a_bad_header_fails_once_saying_why(service, clien
         for name, value in (("X-Name", "café"), ("X-Nul", "a\u0000b")):
             request = ExportRequest.model_validate({**WINDOW, "destination": {
                 "type": "webhook", "url": receiver.url, "headers": {name: value}}}, context=STORED)
-            ids[name] = jobs.create("default", request).id
+            ids[name] = jobs.create("default", request, 100).id
     finally:
         jobs.engine.dispose()
     assert client.get("/api/exports?limit=1000").status_code == 200

@@ -79,7 +79,7 @@ def test_partitions_join_into_the_file_one_run_writes(demo_settings, job_store, 
     single = tmp_path / f"single.{fmt}"
     export(request.model_copy(update={"id": "one-run"}), settings=demo_settings, output=single)
     settings = demo_settings.model_copy(update={"export": WEEKS})
-    job_store.create("default", request)
+    job_store.create("default", request, 100)
     run_queue(settings, job_store)
     job = job_store.get("default", request.id)
     assert job.status is ExportStatus.COMPLETED, job.error
@@ -116,7 +116,7 @@ def test_text_fragments_join_byte_for_byte(demo_settings, job_store, tmp_path):
         pieces = [export(request.model_copy(update={"id": f"w{n}", "start_date": a, "end_date": b}),
                          settings=settings, output=tmp_path / f"w{n}.{fmt}")
                   for n, (a, b) in enumerate(plan(request, WEEKS))]
-        job_store.create("default", request)
+        job_store.create("default", request, 100)
         run_queue(settings, job_store)
         joined = Path(job_store.get("default", request.id).destination_path).read_bytes()
         assert joined == expected_join(fmt, [Path(p.destination_path).read_bytes() for p in pieces])
@@ -156,7 +156,7 @@ def test_split_partitioned_export_delivers_parts_and_one_manifest(demo_settings,
     bucket = s3_server.make_bucket("split-partitions")
     request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format="json_lines",
                             compression="gzip", destination=s3_split(s3_server, bucket, 1000))
-    job_store.create("default", request)
+    job_store.create("default", request, 100)
     run_queue(settings, job_store)
     job = job_store.get("default", request.id)
     assert job.status is ExportStatus.COMPLETED, job.error
@@ -212,7 +212,7 @@ def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypa
                                                                        min_partition_events=1)})
     calls = flaky_stores(monkeypatch, {2: (Storage, 2)})
     request = ExportRequest(start_date="2026-09-01", end_date="2026-09-05", format="parquet")
-    job_store.create("default", request)
+    job_store.create("default", request, 100)
     with caplog.at_level(logging.WARNING):
         run_queue(settings, job_store)
     job = job_store.get("default", request.id)
@@ -234,7 +234,7 @@ def test_a_partition_that_keeps_failing_fails_the_export_and_leaves_nothing(demo
         flaky_stores(monkeypatch, {3: fail})
         request = ExportRequest(start_date="2026-09-01", end_date="2026-09-05", format="csv",
                                 destination=destination)
-        job_store.create("default", request)
+        job_store.create("default", request, 100)
         run_queue(settings, job_store)
         job = job_store.get("default", request.id)
         assert job.status is ExportStatus.FAILED
@@ -336,7 +336,7 @@ def test_partition_leases_in_the_job_store(job_store):
     owner can no longer record anything; only the last finisher assembles; a failed export is
     retried only once its partitions are closed."""
     request = ExportRequest(start_date="2026-09-01", end_date="2026-09-03", format="csv")
-    job_store.create("default", request)
+    job_store.create("default", request, 100)
     first = job_store.claim("w1", timedelta(seconds=30))
     assert job_store.partition(request.id, "w1", plan(request, ExportConfig(partition_hours=24)))
     assert not job_store.partition(request.id, "w1", []), "the export's own lease was handed over"
@@ -356,15 +356,15 @@ def test_partition_leases_in_the_job_store(job_store):
     assert (job.parts, job.parts_done, job.events_done, job.bytes_done) == (2, 2, 6, 14)
     failed = ExportResult(export_id=request.id, status=ExportStatus.FAILED, error="boom")
     assert job_store.finish(request.id, "w3", failed, None)
-    assert not job_store.retry("default", request.id), "its partitions are not closed yet"
+    assert not job_store.retry("default", request.id, 100), "its partitions are not closed yet"
     assert [row.number for _, rows in job_store.reap(request.id) for row in rows] == [1, 2]
-    assert job_store.retry("default", request.id)
+    assert job_store.retry("default", request.id, 100)
     assert job_store.get("default", request.id).parts is None
 
 
 def test_a_cancelled_export_whose_worker_died_is_closed(job_store):
     request = ExportRequest(start_date="2026-09-01", end_date="2026-09-02", format="csv")
-    job_store.create("default", request)
+    job_store.create("default", request, 100)
     assert job_store.claim("dead", timedelta(milliseconds=200)) is not None
     assert job_store.request_cancel("default", request.id)
     assert job_store.reap(request.id) == [], "its lease still runs: its worker may yet stop it"
@@ -378,7 +378,7 @@ def test_a_partition_whose_worker_dies_max_attempts_times_fails_its_export(job_s
     """A partition's run whose worker died (its lease ran out) is a failed attempt of that partition,
     as for a whole export: the third closes the export with the reason, and its partitions are reaped."""
     request = ExportRequest(start_date="2026-09-01", end_date="2026-09-03", format="csv")
-    job_store.create("default", request)
+    job_store.create("default", request, 100)
     job_store.claim("w0", timedelta(seconds=30))
     assert job_store.partition(request.id, "w0", plan(request, ExportConfig(partition_hours=24)))
     for attempt in (1, 2, 3):
@@ -425,7 +425,7 @@ def test_every_partition_applies_the_policy_version_the_export_started_with(demo
     first = policies.set_policy("default", PrivacyRules(deny_properties=["plan"], pseudonymize_distinct_id=True))
     request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format="parquet",
                             properties=["plan", "$browser"])
-    job_store.create("default", request)
+    job_store.create("default", request, 100)
     worker = Worker(settings, job_store)
     assert worker.run_one() and worker.run_one(), "planned, then one partition ran"
     policies.set_policy("default", PrivacyRules())  # loosened while the export runs: it must not apply

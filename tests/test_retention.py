@@ -166,7 +166,7 @@ def test_a_killed_run_resumes_without_loss_or_a_second_archive(ninety_days):
     """SIGKILL the CLI's run at two moments, then run it to the end (the cutoff is 30 days before
     today: every demo event, from March to May, is past it)."""
     settings, jobs = ninety_days
-    set_policy(jobs, "default", POLICY)
+    set_policy(jobs, "default", POLICY, 300)
     original = stored(settings)
     env = {**os.environ, "ANALYTICS_EXPORT_RETENTION_LEASE_SECONDS": "1"}
     for delay in (1.0, 2.5):
@@ -208,7 +208,7 @@ def test_a_run_that_cannot_start_says_why_on_its_policy(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", events_url=f"chdb://{tmp_path / 'chdb'}")
     jobs = JobStore.for_data_dir(settings.data_dir)
     jobs.migrate()
-    set_policy(jobs, "default", POLICY)
+    set_policy(jobs, "default", POLICY, 300)
     assert run_now(jobs, "default")
     assert run_due(settings, jobs) == 1
     _, row = get_policy(jobs, "default")

@@ -216,7 +216,7 @@ def test_worker_loads_a_long_export_whole_with_privacy(settings: Settings, table
     assert plan(request, settings.export) == [], "a file export of two weeks would run as 14 partitions"
     rerun = request.model_copy(update={"id": str(uuid.uuid4())})
     for each in (request, rerun):
-        jobs.create("default", each)
+        jobs.create("default", each, 100)
         run_queue(settings, jobs)
         job = jobs.get("default", each.id)
         assert job.status is ExportStatus.COMPLETED, job.error
@@ -234,7 +234,7 @@ def test_delta_on_s3_through_the_worker_with_a_connection(settings: Settings, s3
     spec = {"type": "delta", "uri": f"s3://{bucket}/events", "endpoint_url": s3_server.endpoint, "connection": "lake"}
     for _ in range(2):  # two exports of one window
         request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=spec, properties=SELECTED)
-        jobs.create("default", request)
+        jobs.create("default", request, 100)
         run_queue(settings, jobs)
         job = jobs.get("default", request.id)
         assert job.status is ExportStatus.COMPLETED, job.error

@@ -24,6 +24,11 @@ class OutOfMemory(Storage):
     events, say): smaller pieces succeed."""
 
 
+class Limited(ExportError):
+    """A limit on work at once was reached (`max_concurrent_exports`); the same request succeeds once
+    some of that work has finished."""
+
+
 class Upload(ExportError):
     """A destination refused or lost the output."""
 

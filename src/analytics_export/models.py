@@ -485,18 +485,63 @@ class WarehouseTable(BaseModel):
         return None, None
 
 
-def check_cron(value: str) -> str:
-    """`value` if it is a cron expression that fires."""
+MAX_CRON_LENGTH = 200
+"""Longest cron expression accepted: a minute list of all 60 minutes fits with room to spare."""
+STORED = {"stored": True}
+"""Validation context for specs read back from the job store: a cron saved before the five-field rule
+still loads (to be shown, and paused by the scheduler with the reason), where a request's is refused."""
+
+
+def check_cron(value: str, stored: bool = False) -> str:
+    """`value` if it is a five-field cron expression (or an alias such as `@daily`) that fires;
+    `stored` (read back from the job store) only needs to be one croniter reads."""
     from croniter import CroniterBadDateError, croniter
 
-    if not croniter.is_valid(value):
-        raise ValueError(f"{value!r} is not a cron expression: five fields, minute hour day month weekday, "
-                         "e.g. `0 2 * * *`")
+    if not stored and len(value) > MAX_CRON_LENGTH:
+        raise ValueError(f"the cron expression is {len(value)} characters; the most is {MAX_CRON_LENGTH}")
+    five = value.startswith("@") or len(value.split()) == 5
+    if not croniter.is_valid(value) or (not five and not stored):
+        raise ValueError(f"{value!r} is not a cron expression: five fields, minute hour day month weekday "
+                         "(no seconds, no years), e.g. `0 2 * * *`")
     try:
         croniter(value).get_next()
     except CroniterBadDateError:
         raise ValueError(f"{value!r} never fires: no date has that day in that month") from None
     return value
+
+
+def cron_shortest_gap(cron: str) -> int:
+    """Minutes between the two closest firings of the five-field `cron` on its wall clock, over its
+    whole daily cycle: between its times of day, and from the last to the first as on two days in a
+    row (so a cron firing near midnight is judged as if it fired on consecutive days)."""
+    from croniter import croniter
+
+    fields, _ = croniter.expand(cron)
+    minutes = range(60) if fields[0] == ["*"] else fields[0]
+    hours = range(24) if fields[1] == ["*"] else fields[1]
+    times = sorted(h * 60 + m for h in hours for m in minutes)
+    return min([b - a for a, b in zip(times, times[1:])] + [24 * 60 - times[-1] + times[0]])
+
+
+def check_cron_interval(cron: str, minimum_seconds: float) -> str:
+    """`cron` if no two of its firings are closer than `minimum_seconds` (the server's
+    `min_schedule_interval_seconds`); each firing runs a whole export job."""
+    gap = cron_shortest_gap(cron)
+    if gap * 60 < minimum_seconds:
+        raise ValueError(f"{cron!r} fires {gap} minute{'s' if gap != 1 else ''} apart at its closest; this server "
+                         f"runs a schedule at most every {minimum_seconds / 60:g} minutes "
+                         f"(min_schedule_interval_seconds={minimum_seconds:g}): space its times further apart, "
+                         "or use a stream for fresher data")
+    return cron
+
+
+def schedule_problem(cron: str, minimum_seconds: float) -> str | None:
+    """Why a stored `cron` may no longer run here (rules tightened, or the limit raised), or None."""
+    try:
+        check_cron_interval(check_cron(cron), minimum_seconds)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def check_server_url(value: str, schemes: tuple[str, ...], options: frozenset[str] = frozenset()) -> str:
@@ -849,8 +894,8 @@ class ScheduledExport(BaseModel):
 
     @field_validator("schedule")
     @classmethod
-    def _cron(cls, value: str) -> str:
-        return check_cron(value)
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        return check_cron(value, stored=info.context == STORED)
 
     @model_validator(mode="after")
     def _guard(self) -> ScheduledExport:
@@ -887,7 +932,11 @@ class ExportConfig(BaseModel):
     batch_size: int = Field(16_384, ge=1_024, le=1_048_576, description="rows per Arrow batch")
     max_range_days: int = Field(366, ge=1)
     file_expiry_hours: float = Field(24 * 7, gt=0, description="downloads expire this long after completion")
-    max_concurrent_exports: int = Field(4, ge=1)
+    max_concurrent_exports: int = Field(4, ge=1, description="exports of one project pending or running at once "
+                                        "(a partitioned export counts once); more are refused (429) or, from "
+                                        "schedules, queued at a later tick")
+    min_schedule_interval_seconds: float = Field(
+        300, ge=60, le=86_400, description="closest two firings of a schedule's or retention policy's cron may be")
     max_attempts: int = Field(3, ge=1, description="runs of an export that fails for a transient reason")
     retry_backoff_seconds: float = Field(5.0, ge=0, description="wait before the 2nd run; doubles after each")
     upload_retries: int = Field(5, ge=0, description="retries of a destination request that failed transiently")
@@ -916,8 +965,8 @@ class RetentionPolicy(BaseModel):
 
     @field_validator("schedule")
     @classmethod
-    def _cron(cls, value: str) -> str:
-        return check_cron(value)
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        return check_cron(value, stored=info.context == STORED)
 
     @field_validator("destination")
     @classmethod

@@ -80,10 +80,12 @@ def suppress(ctx: typer.Context, distinct_id: List[str] = typer.Argument(None),
 @retention_app.command("set")
 def retention_set(ctx: typer.Context, file: Path = typer.Argument(..., help="a JSON RetentionPolicy document")) -> None:
     """Set the project's retention policy (`{"days": 90}` archives to the data dir's archive/)."""
+    from .cli import exit_on_error
     from .retention import get_policy, set_policy
 
     settings, jobs, _ = context(ctx)
-    set_policy(jobs, settings.project, parsed(RetentionPolicy, file))
+    with exit_on_error():
+        set_policy(jobs, settings.project, parsed(RetentionPolicy, file), settings.export.min_schedule_interval_seconds)
     policy, row = get_policy(jobs, settings.project)
     show({"policy": policy.model_dump(mode="json"), "next_run": row.next_run})
 

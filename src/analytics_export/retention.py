@@ -34,7 +34,8 @@ from .errors import ExportError, Invalid, Storage
 from .jobs.policies import PrivacyStore
 from .jobs.store import JobStore, aware, now
 from .jobs.tables import retention_policies, retention_windows
-from .models import ExportFormat, ExportRequest, FileLayout, RetentionPolicy
+from .models import STORED, ExportFormat, ExportRequest, FileLayout, RetentionPolicy, check_cron_interval, \
+    schedule_problem
 from .pipeline import write_files
 from .sources import EventQuery
 
@@ -265,8 +266,14 @@ def footer_rows(tail: bytes) -> int:
 
 # --- policies in the job store, and the runs they schedule ----------------------------------------
 
-def set_policy(jobs: JobStore, project: str, policy: RetentionPolicy | None) -> None:
-    """Store (or with None, remove) the project's retention policy; its next run follows its cron."""
+def set_policy(jobs: JobStore, project: str, policy: RetentionPolicy | None, min_interval_seconds: float) -> None:
+    """Store (or with None, remove) the project's retention policy; its next run follows its cron.
+    Invalid if the cron fires more often than `min_interval_seconds` (min_schedule_interval_seconds)."""
+    if policy is not None:
+        try:
+            check_cron_interval(policy.schedule, min_interval_seconds)
+        except ValueError as exc:
+            raise Invalid(f"schedule: {exc}") from None
     with jobs.engine.begin() as c:
         c.execute(retention_policies.delete().where(retention_policies.c.project == project))
         if policy is not None:
@@ -278,7 +285,7 @@ def set_policy(jobs: JobStore, project: str, policy: RetentionPolicy | None) -> 
 def get_policy(jobs: JobStore, project: str) -> tuple[RetentionPolicy, Any] | None:
     with jobs.engine.connect() as c:
         row = c.execute(sa.select(retention_policies).where(retention_policies.c.project == project)).first()
-    return None if row is None else (RetentionPolicy.model_validate(row.spec), row)
+    return None if row is None else (RetentionPolicy.model_validate(row.spec, context=STORED), row)
 
 
 def next_run(policy: RetentionPolicy, after: datetime) -> datetime:
@@ -292,17 +299,21 @@ def run_now(jobs: JobStore, project: str) -> bool:
                               .values(next_run=now())).rowcount)
 
 
-def due(jobs: JobStore, at: datetime) -> Iterator[tuple[str, RetentionPolicy]]:
-    """Claim each due, enabled policy (one conditional update: one worker wins) and yield it."""
+def due(jobs: JobStore, at: datetime, min_interval_seconds: float) -> Iterator[tuple[str, RetentionPolicy]]:
+    """Claim each due, enabled policy (one conditional update: one worker wins) and yield it. A policy
+    saved under rules that no longer allow its cron stops (no next run) with the reason as its error."""
     with jobs.engine.connect() as c:
         rows = list(c.execute(sa.select(retention_policies).where(retention_policies.c.next_run <= at)))
     for row in rows:
-        policy = RetentionPolicy.model_validate(row.spec)
+        policy = RetentionPolicy.model_validate(row.spec, context=STORED)
+        problem = schedule_problem(policy.schedule, min_interval_seconds)
+        values = {"next_run": next_run(policy, at)} if problem is None else {
+            "next_run": None, "last_error": f"stopped: {problem}; PUT the policy with a new schedule to resume"}
         with jobs.engine.begin() as c:
             won = c.execute(retention_policies.update().where(
                 retention_policies.c.project == row.project, retention_policies.c.next_run == row.next_run,
-            ).values(next_run=next_run(policy, at))).rowcount
-        if won and policy.enabled:
+            ).values(**values)).rowcount
+        if won and policy.enabled and problem is None:
             yield row.project, policy
 
 
@@ -311,7 +322,7 @@ def run_due(settings: Settings, jobs: JobStore, at: datetime | None = None) -> i
     its policy (`last_error`); a store busy with other work is tried again in a few minutes."""
     ran = 0
     at = at or now()
-    for project, policy in due(jobs, at):
+    for project, policy in due(jobs, at, settings.export.min_schedule_interval_seconds):
         values: dict[str, Any] = {"last_run": at}
         try:
             reports = Retention(settings, jobs, project).run(policy)

@@ -22,7 +22,7 @@ def store(ctx: typer.Context):
 
     settings: Settings = ctx.obj
     jobs = job_store(settings)
-    return settings.project, jobs, Schedules(jobs)
+    return settings.project, jobs, Schedules(jobs, settings.export)
 
 
 def show(value: object) -> None:
@@ -67,7 +67,10 @@ def create(
         fail(f"--to is not JSON: {exc}")
     except ValidationError as exc:
         fail(describe_errors(exc.errors()))
-    show(schedules.create(project, spec, now()))
+    try:
+        show(schedules.create(project, spec, now()))
+    except Invalid as exc:
+        fail(str(exc))
 
 
 @app.command("list")
@@ -88,8 +91,13 @@ def pause(ctx: typer.Context, schedule_id: str) -> None:
 def resume(ctx: typer.Context, schedule_id: str) -> None:
     from .jobs.store import now
 
+    from .cli import fail
+
     project, _, schedules = store(ctx)
-    show(found(schedules.update(project, schedule_id, {"enabled": True}, now()), schedule_id))
+    try:
+        show(found(schedules.update(project, schedule_id, {"enabled": True}, now()), schedule_id))
+    except Invalid as exc:
+        fail(str(exc))
 
 
 @app.command("delete")

@@ -35,7 +35,7 @@ from ..jobs.policies import PrivacyStore
 from ..privacy import Privacy
 from ..sources import EventQuery
 from ..streaming.store import StreamStore
-from ..errors import Invalid, OutOfMemory, Storage, os_error
+from ..errors import Invalid, Limited, OutOfMemory, Storage, os_error
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
 from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
@@ -45,6 +45,9 @@ T = TypeVar("T")
 
 
 SERVER_FIELDS = ("id", "created_at", "status")
+RETRY_LIMITED = 10
+"""Seconds a 429 (the project's exports at max_concurrent_exports) asks a client to wait: about a small
+export's run, a few status polls."""
 
 
 class ExportCreate(ExportRequest):
@@ -120,6 +123,11 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         """Date arithmetic past year 1 or 9999 on a date the request gave: its input, not our fault."""
         return JSONResponse({"detail": f"a date or number in the request is out of range ({exc}): use dates "
                                        "between years 1 and 9999 with room for the window"}, status_code=422)
+
+    @app.exception_handler(Limited)
+    async def limited(_: Request, exc: Limited) -> JSONResponse:
+        """Too much of the project's work is pending or running: the same request succeeds later."""
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(RETRY_LIMITED)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -226,7 +234,8 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         except Invalid as exc:
             raise HTTPException(422, str(exc)) from None
 
-    app.include_router(schedule_router(jobs, Depends(project_of), problems, check_target, check_privacy))
+    app.include_router(schedule_router(jobs, settings.export, Depends(project_of), problems, check_target,
+                                       check_privacy))
     app.include_router(stream_router(jobs, settings, Depends(project_of), problems, check_target, check_privacy))
     app.include_router(catalog_router(settings, Depends(project_of), problems, policies.for_export))
     app.include_router(events_export_router(settings, Depends(project_of), problems, check_privacy,
@@ -265,10 +274,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     def create_export(body: ExportCreate, project: Project) -> ExportView:
         request = checked_request(body, project)
         check_target(project, request.destination)
-        if jobs.active_count(project) >= settings.export.max_concurrent_exports:
-            raise HTTPException(429, f"{settings.export.max_concurrent_exports} exports are already pending or "
-                                     "running for this project; wait for one to finish")
-        return view(jobs.create(project, request))
+        return view(jobs.create(project, request, settings.export.max_concurrent_exports))
 
     @app.get("/api/exports", response_model=ExportList)
     def list_exports(project: Project, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -330,10 +336,10 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         return view(job_or_404(project, export_id))
 
     @app.post("/api/exports/{export_id}/retry", status_code=202, response_model=ExportView,
-              responses=problems(404, 409))
+              responses=problems(404, 409, 429))
     def retry_export(export_id: str, project: Project) -> ExportView:
         job = job_or_404(project, export_id)
-        if not jobs.retry(project, export_id):
+        if not jobs.retry(project, export_id, settings.export.max_concurrent_exports):
             if job.status is ExportStatus.FAILED:
                 raise HTTPException(409, f"export {export_id} is still stopping its partitions; retry in a few seconds")
             raise HTTPException(409, f"export {export_id} is {job.status.value}; only a failed export can be retried")

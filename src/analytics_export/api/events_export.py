@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import open_store
 from ..config import Settings
 from ..destinations import Destination
-from ..errors import Invalid, Storage
+from ..errors import Invalid, Limited, Storage
 from ..models import Compression, ExportFormat, ExportRequest, describe_errors
 from ..pipeline import Cancelled, write_files
 
@@ -78,10 +78,28 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
                          privacy_for: Callable[[str, ExportRequest], Any]) -> APIRouter:
     router = APIRouter(tags=["events"])
     Project = Annotated[str, project_dependency]
+    running: dict[str, int] = {}  # project -> streamed exports this API process runs
+    lock = threading.Lock()
+
+    def take(project: str) -> None:
+        """Count one more streamed export of `project`; Limited at max_concurrent_exports (each runs a
+        scan in this process, as a queued export does in a worker)."""
+        limit = settings.export.max_concurrent_exports
+        with lock:
+            if running.get(project, 0) >= limit:
+                raise Limited(f"{limit} streamed exports of this project are already running on this server "
+                              "process, the most at once (max_concurrent_exports); retry once one has finished")
+            running[project] = running.get(project, 0) + 1
+
+    def give_back(project: str) -> None:
+        with lock:
+            running[project] -= 1
+            if not running[project]:
+                del running[project]
 
     @router.get("/api/events/export", response_class=StreamingResponse, responses={
         200: {"content": {"application/x-ndjson": {}, "text/csv": {}, "application/json": {}}},
-        **problems(422, 503)})
+        **problems(422, 429, 503)})
     def export_events(
         request: Request, project: Project,
         start: Annotated[datetime, Query(description="inclusive, ISO 8601 (naive means UTC)")],
@@ -114,9 +132,11 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
                                      f"{settings.export.max_range_days}: split the range")
         check_privacy(project, spec)
         privacy = privacy_for(project, spec)
+        take(project)
         try:
             store = open_store(settings)
         except Storage as exc:
+            give_back(project)
             raise HTTPException(503, "the event store is busy; retry shortly", headers={"Retry-After": "5"}) from exc
         chunks: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
         gone = threading.Event()
@@ -129,6 +149,7 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
                 hand_over(chunks, gone, exc)
             finally:
                 store.close()
+                give_back(project)
 
         def next_chunk() -> object:
             try:

@@ -147,13 +147,16 @@ def privacy_router(policies: PrivacyStore, settings: Settings, project_dependenc
         if settings.events_engine == "clickhouse":
             raise HTTPException(422, "retention deletes events from DuckDB or PostgreSQL stores; this server's "
                                      "store is ClickHouse: use a table TTL there")
-        retention.set_policy(policies.jobs, project, body)
+        try:
+            retention.set_policy(policies.jobs, project, body, settings.export.min_schedule_interval_seconds)
+        except Invalid as exc:
+            raise HTTPException(422, str(exc)) from None
         return retention_view(project)
 
     @router.delete("/retention", status_code=204, responses=problems(403, 404))
     def delete_retention(project: str, caller: Caller) -> None:
         retention_view(own(project, caller))
-        retention.set_policy(policies.jobs, project, None)
+        retention.set_policy(policies.jobs, project, None, settings.export.min_schedule_interval_seconds)
 
     @router.post("/retention/run", responses={**problems(403, 404), 202: {"description": "queued"}})
     def run_retention(project: str, caller: Caller,

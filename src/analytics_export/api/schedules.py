@@ -14,7 +14,7 @@ from ..errors import Invalid
 from ..jobs.scheduler import Schedules, backfill, run_history
 from ..jobs.store import JobStore, now
 from ..jobs.windows import fires
-from ..models import STORED, ScheduledExport, describe_errors, utc
+from ..models import STORED, ExportConfig, ScheduledExport, describe_errors, utc
 
 
 class ScheduleCreate(ScheduledExport):
@@ -91,23 +91,26 @@ def sample(spec: ScheduledExport) -> Any:
     return spec.request(spec.id, at.replace(year=at.year - 1), at)
 
 
-def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, check_destination: Any,
-                    check_privacy: Any) -> APIRouter:
+def schedule_router(jobs: JobStore, config: ExportConfig, project_dependency: Any, problems: Any,
+                    check_destination: Any, check_privacy: Any) -> APIRouter:
     router = APIRouter(prefix="/api/schedules", tags=["schedules"])
-    store = Schedules(jobs)
+    store = Schedules(jobs, config)
     Project = Annotated[str, project_dependency]
 
     def found(item: dict | None, schedule_id: str) -> ScheduleView:
         if item is None:
             raise HTTPException(404, f"no schedule {schedule_id}")
-        return ScheduleView.model_validate(item, context=STORED)
+        return ScheduleView.model_validate(item, context=STORED)  # shown even if saved under older rules
 
     @router.post("", status_code=201, response_model=ScheduleView)
     def create(body: ScheduleCreate, project: Project) -> ScheduleView:
         spec = ScheduledExport.model_validate(body.model_dump(exclude={"id", "last_run", "next_run"}))
         check_destination(project, spec.destination)
         check_privacy(project, sample(spec))
-        return found(store.create(project, spec, now()), spec.id)
+        try:
+            return found(store.create(project, spec, now()), spec.id)
+        except Invalid as exc:
+            raise HTTPException(422, str(exc)) from None
 
     @router.get("", response_model=ScheduleList)
     def list_(project: Project, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -119,11 +122,15 @@ def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, chec
     def next_runs(_project: Project, cron: Annotated[str, Query(max_length=200, description="e.g. `0 2 * * *`")],
                   timezone: Annotated[str, Query(max_length=100)] = "UTC",
                   count: Annotated[int, Query(ge=1, le=50)] = 5) -> NextRuns:
-        """What a schedule's cron means: in words, and its next `count` runs from now."""
+        """What a schedule's cron means: in words, and its next `count` runs from now; 422 with the
+        reason a schedule with this cron would be refused."""
         try:
             spec = ScheduledExport(name="preview", schedule=cron, timezone=timezone)
+            store.check(spec)
         except ValidationError as exc:
             raise HTTPException(422, describe_errors(exc.errors())) from None
+        except Invalid as exc:
+            raise HTTPException(422, str(exc)) from None
         tz = ZoneInfo(spec.timezone)
         runs = fires(spec.schedule, tz, now())
         return NextRuns(description=described(spec.schedule), runs=[next(runs).astimezone(tz) for _ in range(count)])
@@ -157,8 +164,12 @@ def schedule_router(jobs: JobStore, project_dependency: Any, problems: Any, chec
 
     @router.post("/{schedule_id}/resume", response_model=ScheduleView, responses=problems(404))
     def resume(schedule_id: str, project: Project) -> ScheduleView:
-        """Missed windows are exported by the next run, as the schedule's `catch_up` says."""
-        return found(store.update(project, schedule_id, {"enabled": True}, now()), schedule_id)
+        """Missed windows are exported by the next run, as the schedule's `catch_up` says; 422 if its
+        cron is no longer allowed here (PATCH a new one)."""
+        try:
+            return found(store.update(project, schedule_id, {"enabled": True}, now()), schedule_id)
+        except Invalid as exc:
+            raise HTTPException(422, str(exc)) from None
 
     @router.post("/{schedule_id}/backfill", status_code=202, response_model=BackfillResult, responses=problems(404))
     def backfill_(schedule_id: str, body: Backfill, project: Project) -> BackfillResult:

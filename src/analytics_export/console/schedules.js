@@ -121,7 +121,8 @@ function backfillDialog() {
 
 export function scheduleFormPage(main, id) {
   const name = h("input", { type: "text", required: true, maxlength: "200" });
-  const cron = h("input", { type: "text", required: true, value: "0 2 * * *", spellcheck: "false", class: "mono" });
+  const cron = h("input", { type: "text", required: true, maxlength: "200", value: "0 2 * * *", spellcheck: "false",
+    class: "mono" });
   const zones = h("datalist", { id: newId("zones") },
     Intl.supportedValuesOf("timeZone").map((zone) => h("option", { value: zone })));
   const timezone = h("input", { type: "text", required: true, value: "UTC", list: zones.id, autocomplete: "off" });

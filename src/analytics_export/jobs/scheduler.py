@@ -6,6 +6,12 @@ one transaction with the schedule's new watermark (the end of its last queued wi
 either queues them all or none, and the primary key on (schedule, window start) refuses a second run
 of a window. A run's export id derives from schedule and window, so its files keep their names
 when it runs again.
+
+Schedules keep to their project's `max_concurrent_exports`: a window due when the project has no room
+is recorded as a planned run (the watermark moves past it, so it is neither queued twice nor lost) and
+gets its export at a later tick once exports finish, oldest window first, as a backfilled one does.
+A stored schedule that the rules no longer allow (a cron of six fields, or firing more often than
+`min_schedule_interval_seconds`) is paused with the reason when it comes due, never run.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from pydantic import ValidationError
+
 from ..errors import Invalid
-from ..models import STORED, DateRange, ExportStatus, ScheduledExport
-from .store import JobStore, aware, now
+from ..models import STORED, DateRange, ExportConfig, ExportStatus, ScheduledExport, check_cron_interval, \
+    describe_errors, schedule_problem
+from .store import ACTIVE, JobStore, aware, now
 from .tables import export_parts, exports, schedule_runs, schedules
 from .windows import due, fires, floor, following, last_fire, windows
 
@@ -40,13 +49,19 @@ class Raced(Exception):
     """Another scheduler changed the schedule during this transaction."""
 
 
+def stored(spec: dict) -> ScheduledExport:
+    """A schedule as saved, even one the rules no longer allow (it is shown, and paused when due)."""
+    return ScheduledExport.model_validate(spec, context=STORED)
+
+
 class Scheduler:
     def __init__(self, jobs: JobStore, name: str, *, lease: timedelta = timedelta(seconds=30),
-                 clock: Callable[[], datetime] = now) -> None:
+                 clock: Callable[[], datetime] = now, config: ExportConfig | None = None) -> None:
         self.jobs = jobs
         self.name = name
         self.lease = lease
         self.clock = clock
+        self.config = config or ExportConfig()
 
     def run(self, stop: threading.Event, every: float = 1.0) -> None:
         """Tick until `stop` is set; errors are logged and the next tick tries again."""
@@ -83,18 +98,31 @@ class Scheduler:
             return 0
 
     def _advance(self, schedule_id: str, t: datetime) -> int:
-        with self.jobs.engine.begin() as c:
+        with self.jobs.writing() as c:
             row = c.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).first()
             if row is None or not row.enabled:
                 return 0
-            spec = ScheduledExport.model_validate(row.spec, context=STORED)
+            spec = stored(row.spec)
+            problem = schedule_problem(spec.schedule, self.config.min_schedule_interval_seconds)
+            if problem is not None:
+                reason = f"paused: {problem}; PATCH a new schedule to resume"
+                c.execute(schedules.update().where(schedules.c.id == schedule_id).values(
+                    enabled=False, paused_reason=reason))
+                log.warning("schedule %s %s", schedule_id, reason)
+                return 0
             tz = ZoneInfo(spec.timezone)
             fired = last_fire(spec.schedule, tz, t)
             previous = last_fire(spec.schedule, tz, fired - timedelta(microseconds=1))
             watermark = aware(row.watermark)
             owed = due(spec.date_range, tz, watermark, fired, previous, timedelta(seconds=spec.delay_seconds),
                        spec.catch_up == "latest")
-            queued = sum(self.queue(c, row.project, spec, start, end) for start, end in owed)
+            room = JobStore.room(c, row.project, self.config.max_concurrent_exports) if owed else 0
+            queued = planned = 0
+            for start, end in owed:  # beyond the project's room, windows wait as planned runs
+                later = queued - planned >= room
+                added = self.queue(c, row.project, spec, start, end, planned=later)
+                queued += added
+                planned += added if later else 0
             moved = c.execute(schedules.update().where(
                 schedules.c.id == schedule_id,
                 schedules.c.watermark.is_(None) if watermark is None else schedules.c.watermark == watermark,
@@ -103,14 +131,15 @@ class Scheduler:
             if not moved:  # another scheduler advanced it meanwhile and queued these: roll back
                 raise Raced(schedule_id)
         if queued:
-            log.info("schedule %s queued %d window(s) up to %s", schedule_id, queued, owed[-1][1].isoformat())
+            log.info("schedule %s queued %d window(s) up to %s (%d planned: the project's exports are at "
+                     "max_concurrent_exports)", schedule_id, queued, owed[-1][1].isoformat(), planned)
         return queued
 
     @staticmethod
     def queue(c: sa.Connection, project: str, spec: ScheduledExport, start: datetime, end: datetime,
               planned: bool = False) -> int:
         """Insert the run of [start, end) and its export job (or, `planned`, the run only: its job is
-        created once the schedule has room); 0 if that window has a run already."""
+        created once the schedule and its project have room); 0 if that window has a run already."""
         exists = c.execute(sa.select(schedule_runs.c.export_id).where(
             schedule_runs.c.schedule_id == spec.id, schedule_runs.c.window_start == start)).first()
         if exists is not None:
@@ -123,21 +152,23 @@ class Scheduler:
         return 1
 
     def release_planned(self) -> None:
-        """Create the jobs of backfilled runs, oldest window first, keeping at most
-        `backfill_concurrency` of each schedule's runs pending or running."""
-        active = (ExportStatus.PENDING.value, ExportStatus.PROCESSING.value)
-        with self.jobs.engine.begin() as c:
+        """Create the jobs of planned runs, oldest window first, keeping at most `backfill_concurrency`
+        of each schedule's runs, and `max_concurrent_exports` of its project's exports, pending or
+        running; each schedule in a transaction of its own, holding its project's queue."""
+        with self.jobs.engine.connect() as c:
             ids = c.execute(sa.select(schedule_runs.c.schedule_id).where(schedule_runs.c.planned)
                             .distinct()).scalars().all()
-            for schedule_id in ids:
+        for schedule_id in ids:
+            with self.jobs.writing() as c:
                 row = c.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).first()
                 if row is None or not row.enabled:
                     continue
-                spec = ScheduledExport.model_validate(row.spec, context=STORED)
+                spec = stored(row.spec)
+                room = JobStore.room(c, row.project, self.config.max_concurrent_exports)
                 running = c.execute(sa.select(sa.func.count()).select_from(
                     schedule_runs.join(exports, exports.c.id == schedule_runs.c.export_id)).where(
-                    schedule_runs.c.schedule_id == schedule_id, exports.c.status.in_(active))).scalar_one()
-                room = spec.backfill_concurrency - running
+                    schedule_runs.c.schedule_id == schedule_id, exports.c.status.in_(ACTIVE))).scalar_one()
+                room = min(room, spec.backfill_concurrency - running)
                 if room <= 0:
                     continue
                 for run in c.execute(sa.select(schedule_runs).where(
@@ -153,7 +184,7 @@ class Scheduler:
         """Pause each enabled schedule whose last `max_failures` finished runs all failed, saying why."""
         with self.jobs.engine.begin() as c:
             for row in c.execute(sa.select(schedules).where(schedules.c.enabled)).all():
-                limit = ScheduledExport.model_validate(row.spec, context=STORED).max_failures
+                limit = stored(row.spec).max_failures
                 recent = c.execute(
                     sa.select(exports.c.status, exports.c.error)
                     .select_from(schedule_runs.join(exports, exports.c.id == schedule_runs.c.export_id))
@@ -176,7 +207,7 @@ def backfill(jobs: JobStore, project: str, schedule_id: str, start: datetime, en
                                                    schedules.c.project == project)).first()
         if row is None:
             raise Invalid(f"no schedule {schedule_id}")
-        spec = ScheduledExport.model_validate(row.spec, context=STORED)
+        spec = stored(row.spec)
         tz = ZoneInfo(spec.timezone)
         if spec.date_range is DateRange.SINCE_LAST_RUN:
             spans = [(start, end)]
@@ -224,15 +255,25 @@ class Schedules:
     FIXED = ("id", "date_range", "timezone", "time_field")
     """Fields a schedule keeps for life: changing them would break the tiling of its windows."""
 
-    def __init__(self, jobs: JobStore) -> None:
+    def __init__(self, jobs: JobStore, config: ExportConfig | None = None) -> None:
         self.jobs = jobs
+        self.config = config or ExportConfig()
 
     def create(self, project: str, spec: ScheduledExport, t: datetime) -> dict[str, Any]:
+        """Store `spec`; Invalid if its cron fires more often than `min_schedule_interval_seconds`."""
+        self.check(spec)
         spec.next_run = next(fires(spec.schedule, ZoneInfo(spec.timezone), t))
         with self.jobs.engine.begin() as c:
             c.execute(schedules.insert().values(id=spec.id, project=project, spec=spec.model_dump(mode="json"),
                                                 enabled=spec.enabled, next_run=spec.next_run, created_at=t))
         return self.get(project, spec.id)
+
+    def check(self, spec: ScheduledExport) -> None:
+        """Invalid unless `spec`'s cron keeps to this server's `min_schedule_interval_seconds`."""
+        try:
+            check_cron_interval(spec.schedule, self.config.min_schedule_interval_seconds)
+        except ValueError as exc:
+            raise Invalid(f"schedule: {exc}") from None
 
     def get(self, project: str, schedule_id: str) -> dict[str, Any] | None:
         with self.jobs.engine.connect() as c:
@@ -258,7 +299,11 @@ class Schedules:
                                                        schedules.c.project == project)).first()
             if row is None:
                 return None
-            spec = ScheduledExport.model_validate({**row.spec, **changes})
+            try:
+                spec = ScheduledExport.model_validate({**row.spec, **changes})
+            except ValidationError as exc:  # a stored cron the rules no longer allow must change too
+                raise Invalid(describe_errors(exc.errors())) from None
+            self.check(spec)
             values: dict[str, Any] = {"spec": spec.model_dump(mode="json"), "enabled": spec.enabled}
             if "schedule" in changes or (spec.enabled and not row.enabled):
                 values["next_run"] = next(fires(spec.schedule, ZoneInfo(spec.timezone), t))

@@ -12,15 +12,17 @@ import logging
 import secrets
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from ..errors import Limited
 from ..models import STORED, ExportRequest, ExportResult, ExportStatus
 from .tables import api_keys, connections, export_parts, exports, leases
 
@@ -38,6 +40,7 @@ KEY_LAST_USED_EVERY = timedelta(minutes=5)
 # SQLAlchemy's expression building and cache-key walk.
 GET_EXPORT = sa.select(exports).where(exports.c.id == sa.bindparam("export_id"),
                                       exports.c.project == sa.bindparam("project"))
+ACTIVE = (ExportStatus.PENDING.value, ExportStatus.PROCESSING.value)
 
 
 def now() -> datetime:
@@ -274,10 +277,37 @@ class JobStore:
 
     # -- exports ----------------------------------------------------------------------------
 
-    def create(self, project: str, request: ExportRequest) -> Job:
-        with self.engine.begin() as c:
+    def create(self, project: str, request: ExportRequest, limit: int) -> Job:
+        """Queue `request` unless `limit` of the project's exports are pending or running already
+        (then Limited): counted and inserted in one transaction, so parallel creates never pass it."""
+        with self.writing() as c:
+            if not self.room(c, project, limit):
+                raise at_limit(limit)
             self.insert(c, project, request)
         return self.get(project, request.id)
+
+    @contextmanager
+    def writing(self) -> Iterator[sa.Connection]:
+        """A transaction that on SQLite holds the database's write lock from its start (BEGIN
+        IMMEDIATE): what it reads stays true until it commits. (SQLite's driver would begin only at
+        the first write, after the reads.)"""
+        with self.engine.begin() as c:
+            if c.dialect.name == "sqlite":
+                c.exec_driver_sql("BEGIN IMMEDIATE")
+            yield c
+
+    @staticmethod
+    def room(c: sa.Connection, project: str, limit: int) -> int:
+        """How many more exports `project` may queue in this transaction (of `writing`), at most `limit`
+        pending or processing; a partitioned export counts once. Holds the project's queue until the
+        transaction ends, so no other transaction counts the same room: on PostgreSQL an advisory lock
+        on the project, on SQLite the write lock `writing` took."""
+        if c.dialect.name == "postgresql":
+            c.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                      {"key": f"analytics-export queue {project}"})
+        active = c.execute(sa.select(sa.func.count()).where(
+            exports.c.project == project, exports.c.status.in_(ACTIVE))).scalar_one()
+        return max(0, limit - active)
 
     @staticmethod
     def insert(c: sa.Connection, project: str, request: ExportRequest) -> None:
@@ -305,12 +335,6 @@ class JobStore:
             rows = c.execute(sa.select(exports).where(exports.c.project == project)
                              .order_by(exports.c.created_at.desc(), exports.c.id).limit(limit).offset(offset)).all()
         return [Job.from_row(r) for r in rows], total
-
-    def active_count(self, project: str) -> int:
-        with self.engine.connect() as c:
-            return c.execute(sa.select(sa.func.count()).where(
-                exports.c.project == project,
-                exports.c.status.in_([ExportStatus.PENDING.value, ExportStatus.PROCESSING.value]))).scalar_one()
 
     def claim(self, worker: str, lease: timedelta) -> Job | None:
         """Take work for `worker`: first a runnable partition of a running export, else the oldest
@@ -611,17 +635,22 @@ class JobStore:
             if c.execute(exports.delete().where(exports.c.id == export_id, exports.c.project == project)).rowcount:
                 c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
 
-    def retry(self, project: str, export_id: str) -> bool:
+    def retry(self, project: str, export_id: str, limit: int) -> bool:
         """Put a failed export back in the queue; False if it is not failed, or if its partitions
-        are still being closed (see `reap`)."""
-        with self.engine.begin() as c:
-            return bool(c.execute(exports.update().where(
-                exports.c.id == export_id, exports.c.project == project,
-                exports.c.status == ExportStatus.FAILED.value,
-                ~sa.exists().where(export_parts.c.export_id == export_id),
-            ).values(status=ExportStatus.PENDING.value, error=None, cancel_requested=False, completed_at=None,
-                     events_done=0, bytes_done=0, attempts=0, retry_at=None, parts=None,
-                     parts_done=None, privacy_version=None, dropped_properties=None)).rowcount)
+        are still being closed (see `reap`); Limited if `limit` of the project's exports are pending
+        or running already."""
+        failed = sa.and_(exports.c.id == export_id, exports.c.project == project,
+                         exports.c.status == ExportStatus.FAILED.value,
+                         ~sa.exists().where(export_parts.c.export_id == export_id))
+        with self.writing() as c:
+            if c.execute(sa.select(exports.c.id).where(failed)).first() is None:
+                return False
+            if not self.room(c, project, limit):
+                raise at_limit(limit)
+            return bool(c.execute(exports.update().where(failed).values(
+                status=ExportStatus.PENDING.value, error=None, cancel_requested=False, completed_at=None,
+                events_done=0, bytes_done=0, attempts=0, retry_at=None, parts=None,
+                parts_done=None, privacy_version=None, dropped_properties=None)).rowcount)
 
     def expire(self, at: datetime) -> list[Job]:
         """Mark completed exports whose files expired before `at` as expired; returns them."""
@@ -649,6 +678,11 @@ class JobStore:
         with self.engine.connect() as c:
             rows = c.execute(sa.select(exports.c.status, sa.func.count()).group_by(exports.c.status)).all()
         return {status: n for status, n in rows}
+
+
+def at_limit(limit: int) -> Limited:
+    return Limited(f"{limit} exports of this project are already pending or running, the most at once "
+                   "(max_concurrent_exports); retry once one has finished")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

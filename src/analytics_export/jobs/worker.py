@@ -65,7 +65,7 @@ class Worker:
         """Run jobs until `stop` is set; when the queue is empty, sweep expired downloads and wait.
         A scheduler thread runs alongside (only the one holding the leader lease acts), and one that
         claims streams and runs each in a thread of its own."""
-        scheduler = threading.Thread(target=Scheduler(self.jobs, self.name).run, args=(stop,),
+        scheduler = threading.Thread(target=Scheduler(self.jobs, self.name, config=self.settings.export).run, args=(stop,),
                                      name="scheduler", daemon=True)
         scheduler.start()
         retention = threading.Thread(target=self.retention, args=(stop,), name="retention", daemon=True)
