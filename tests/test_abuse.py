@@ -215,3 +215,20 @@ def test_dates_at_the_edge_of_the_calendar_are_422s(service: Service, path: str)
     with service.client(service.key) as client:
         answer = client.get(path)
     assert answer.status_code == 422, answer.text[:300]
+
+
+def test_a_backfill_of_more_windows_than_the_limit_is_a_422_before_anything_is_planned(service: Service) -> None:
+    """From year 1 to 9999, hourly, a backfill listed 87M windows in memory; now: at most 10,000."""
+    with service.client(service.key) as client, bounded(service):
+        created = client.post("/api/schedules", json={"name": "hourly", "schedule": "0 * * * *",
+                                                       "date_range": "last_hour", "enabled": False})
+        assert created.status_code == 201, created.text[:300]
+        schedule = created.json()["schedule"]["id"]
+        answer = client.post(f"/api/schedules/{schedule}/backfill",
+                             json={"start": "0001-01-02T00:00:00Z", "end": "9999-12-30T00:00:00Z"})
+        assert answer.status_code == 422, answer.text[:300]
+        assert "more than 10,000 last_hour windows" in answer.json()["detail"]
+        assert client.get(f"/api/schedules/{schedule}/runs").json() == [], "nothing was planned"
+        missing = client.post("/api/schedules/no-such/backfill", json={"start": "2026-01-01T00:00:00Z",
+                                                                       "end": "2026-01-02T00:00:00Z"})
+        assert missing.status_code == 404, missing.text[:300]

@@ -10,7 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from .config import Settings
-from .errors import Invalid
+from .errors import Invalid, NotFound
 from .models import DateRange, describe_errors, utc
 
 app = typer.Typer(help="Scheduled exports: cron, windows, backfills, run history.", no_args_is_help=True)
@@ -120,7 +120,7 @@ def backfill_(ctx: typer.Context, schedule_id: str, start: datetime = typer.Opti
         fail("--end must be after --start")
     try:
         show(backfill(jobs, project, schedule_id, utc(start), utc(end), force))
-    except Invalid as exc:
+    except (Invalid, NotFound) as exc:
         fail(str(exc))
 
 

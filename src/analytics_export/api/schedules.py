@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cron_descriptor import ExpressionDescriptor, Options
 
-from ..errors import Invalid
+from ..errors import Invalid, NotFound
 from ..jobs.scheduler import Schedules, backfill, run_history
 from ..jobs.store import JobStore, now
 from ..jobs.windows import fires
@@ -175,8 +175,10 @@ def schedule_router(jobs: JobStore, config: ExportConfig, project_dependency: An
     def backfill_(schedule_id: str, body: Backfill, project: Project) -> BackfillResult:
         try:
             return BackfillResult(**backfill(jobs, project, schedule_id, body.start, body.end, body.force))
-        except Invalid as exc:
+        except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
+        except Invalid as exc:
+            raise HTTPException(422, str(exc)) from None
 
     @router.get("/{schedule_id}/runs", response_model=list[Run], responses=problems(404))
     def runs(schedule_id: str, project: Project, limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from itertools import islice
 from datetime import datetime, timedelta
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 
 from pydantic import ValidationError
 
-from ..errors import Invalid
+from ..errors import Invalid, NotFound
 from ..models import STORED, DateRange, ExportConfig, ExportStatus, ScheduledExport, check_cron_interval, \
     describe_errors, schedule_problem
 from .store import ACTIVE, JobStore, aware, now
@@ -47,6 +48,10 @@ def run_export_id(schedule_id: str, start: datetime) -> str:
 
 class Raced(Exception):
     """Another scheduler changed the schedule during this transaction."""
+
+
+MAX_BACKFILL_WINDOWS = 10_000
+"""Windows one backfill plans: more than a year of hourly ones (a range from year 1 listed 17M)."""
 
 
 def stored(spec: dict) -> ScheduledExport:
@@ -206,14 +211,18 @@ def backfill(jobs: JobStore, project: str, schedule_id: str, start: datetime, en
         row = c.execute(sa.select(schedules).where(schedules.c.id == schedule_id,
                                                    schedules.c.project == project)).first()
         if row is None:
-            raise Invalid(f"no schedule {schedule_id}")
+            raise NotFound(f"no schedule {schedule_id}")
         spec = stored(row.spec)
         tz = ZoneInfo(spec.timezone)
         if spec.date_range is DateRange.SINCE_LAST_RUN:
             spans = [(start, end)]
         else:  # every window that overlaps [start, end)
             last = floor(end, spec.date_range, tz)
-            spans = list(windows(spec.date_range, tz, start, end if last == end else following(last, spec.date_range, tz)))
+            ahead = windows(spec.date_range, tz, start, end if last == end else following(last, spec.date_range, tz))
+            spans = list(islice(ahead, MAX_BACKFILL_WINDOWS + 1))
+            if len(spans) > MAX_BACKFILL_WINDOWS:
+                raise Invalid(f"the range holds more than {MAX_BACKFILL_WINDOWS:,} {spec.date_range.value} windows; "
+                              "backfill at most that many at a time")
         counts = {"queued": 0, "skipped": 0}
         for s, e in spans:
             run = c.execute(sa.select(schedule_runs.c.export_id, schedule_runs.c.planned, exports.c.status)
