@@ -26,6 +26,7 @@ PUBLIC_HOOK = {"type": "webhook", "url": "https://hooks.example.com/in"}
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     data = with_demo_events(tmp_path_factory.mktemp("abuse"), 20_000)
     svc = Service(data, 1)
+    svc.data = data
     svc.key = cli(data, "keys", "create", "--project", "default")
     yield svc
     svc.close()
@@ -232,3 +233,35 @@ def test_a_backfill_of_more_windows_than_the_limit_is_a_422_before_anything_is_p
         missing = client.post("/api/schedules/no-such/backfill", json={"start": "2026-01-01T00:00:00Z",
                                                                        "end": "2026-01-02T00:00:00Z"})
         assert missing.status_code == 404, missing.text[:300]
+
+
+def test_a_project_holds_bounded_numbers_of_schedules_streams_and_connections(service: Service) -> None:
+    """Each is a row the scheduler, the workers or the console go over: no client grows them without
+    bound. Filled to the limit through the store, the next one through the API is a 422 naming it."""
+    from analytics_export.jobs import store as job_store
+    from analytics_export.jobs.scheduler import Schedules
+    from analytics_export.models import ScheduledExport
+    from analytics_export.streaming.spec import StreamSpec
+    from analytics_export.streaming.store import StreamStore
+
+    jobs = job_store.JobStore.for_data_dir(service.data)
+    schedules, streams = Schedules(jobs), StreamStore(jobs)
+    t = job_store.now()
+    for i in range(job_store.MAX_SCHEDULES):
+        schedules.create("full", ScheduledExport(name=f"s{i}", schedule="0 2 * * *", enabled=False), t)
+    for i in range(job_store.MAX_STREAMS):
+        streams.create("full", StreamSpec(name=f"s{i}", destination=PUBLIC_HOOK))
+    for i in range(job_store.MAX_CONNECTIONS):
+        assert jobs.create_connection("full", f"c{i}", "webhook", [], b"")
+    key = cli(service.data, "keys", "create", "--project", "full")
+    with service.client(key) as client:
+        answers = {
+            "schedules": client.post("/api/schedules", json={"name": "one more", "schedule": "0 2 * * *"}),
+            "streams": client.post("/api/streams", json={"name": "one more", "destination": PUBLIC_HOOK}),
+            "connections": client.post("/api/connections", json={"name": "one-more", "type": "webhook",
+                                                                  "secrets": {"signing_secret": "s" * 32}}),
+        }
+    for what, answer in answers.items():
+        assert answer.status_code == 422, (what, answer.text[:300])
+        assert f"this project has 1,000 {what}" in answer.json()["detail"] or \
+            f"this project has 100 {what}" in answer.json()["detail"], answer.text[:300]

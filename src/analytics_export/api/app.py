@@ -35,7 +35,7 @@ from ..jobs.policies import PrivacyStore
 from ..privacy import Privacy
 from ..sources import EventQuery
 from ..streaming.store import StreamStore
-from ..errors import Invalid, Limited, OutOfMemory, Storage, os_error
+from ..errors import Invalid, Limited, NotFound, OutOfMemory, Storage, os_error
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
 from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
@@ -117,6 +117,15 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     async def unavailable(_: Request, exc: Storage) -> JSONResponse:
         """A store that is busy or unreachable (the event store's lock, a job store conflict): retry."""
         return JSONResponse({"detail": hide_paths(str(exc))}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Invalid)
+    async def refused(_: Request, exc: Invalid) -> JSONResponse:
+        """Bad input a route did not answer itself (a project's limit on schedules, say): never a 500."""
+        return JSONResponse({"detail": hide_paths(str(exc))}, status_code=422)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(OverflowError)
     async def out_of_range(_: Request, exc: OverflowError) -> JSONResponse:

@@ -79,6 +79,7 @@ def stream_router(jobs: JobStore, settings: Settings, project_dependency: Any, p
     @router.post("", status_code=201, response_model=StreamView, responses=problems(422))
     def create(body: StreamCreate, project: Project) -> StreamView:
         """Start delivering the project's new events (from now, or from `start`)."""
+        store.check_room(project)  # before its destination is resolved and its privacy checked
         spec = checked(project, StreamSpec.model_validate(body.model_dump(exclude={"id"})))
         return view(store.create(project, spec))
 

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from ..errors import Invalid, NotFound
 from ..models import STORED, DateRange, ExportConfig, ExportStatus, ScheduledExport, check_cron_interval, \
     describe_errors, schedule_problem
-from .store import ACTIVE, JobStore, aware, now
+from .store import ACTIVE, MAX_SCHEDULES, JobStore, aware, check_room, now
 from .tables import export_parts, exports, schedule_runs, schedules
 from .windows import due, fires, floor, following, last_fire, windows
 
@@ -273,6 +273,7 @@ class Schedules:
         self.check(spec)
         spec.next_run = next(fires(spec.schedule, ZoneInfo(spec.timezone), t))
         with self.jobs.engine.begin() as c:
+            check_room(c, schedules, project, MAX_SCHEDULES, "schedules")
             c.execute(schedules.insert().values(id=spec.id, project=project, spec=spec.model_dump(mode="json"),
                                                 enabled=spec.enabled, next_run=spec.next_run, created_at=t))
         return self.get(project, spec.id)

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from ..errors import Limited
+from ..errors import Invalid, Limited
 from ..models import STORED, ExportRequest, ExportResult, ExportStatus
 from .tables import api_keys, connections, export_parts, exports, leases
 
@@ -253,6 +253,7 @@ class JobStore:
         """Store a connection; False if the project already has one of that name."""
         try:
             with self.engine.begin() as c:
+                check_room(c, connections, project, MAX_CONNECTIONS, "connections")
                 c.execute(connections.insert().values(project=project, name=name, type=type, fields=fields,
                                                       sealed=sealed, created_at=now()))
         except sa.exc.IntegrityError:
@@ -699,3 +700,17 @@ def died(attempts: int, max_attempts: int, worker: str | None) -> str:
     return (f"the worker running this export died (worker {worker} stopped renewing its lease: killed, out of "
             f"memory or crashed) on attempt {attempts}, and max_attempts is {max_attempts}; it is not run again, "
             f"as it may be what kills its workers: see that worker's log, then retry it")
+
+
+MAX_SCHEDULES = 1_000
+MAX_STREAMS = 100
+"""Each stream takes a worker's slot (`streams_per_worker`) for as long as it runs."""
+MAX_CONNECTIONS = 1_000
+
+
+def check_room(c: sa.Connection, table: sa.Table, project: str, limit: int, what: str) -> None:
+    """Raise Invalid when the project already holds `limit` rows of `table`: no client can grow the
+    job store, or the work every scheduler tick and worker does, without bound."""
+    held = c.execute(sa.select(sa.func.count()).select_from(table).where(table.c.project == project)).scalar_one()
+    if held >= limit:
+        raise Invalid(f"this project has {held:,} {what}; the most is {limit:,}: delete one first")

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..jobs.store import JobStore, aware, now
+from ..jobs.store import MAX_STREAMS, JobStore, aware, check_room, now
 from ..jobs.tables import streams
 from ..models import STORED
 from .spec import StreamSpec
@@ -52,9 +52,15 @@ class StreamStore:
     def __init__(self, jobs: JobStore) -> None:
         self.engine = jobs.engine
 
+    def check_room(self, project: str) -> None:
+        """Invalid when the project has MAX_STREAMS streams already (checked again by `create`)."""
+        with self.engine.connect() as c:
+            check_room(c, streams, project, MAX_STREAMS, "streams")
+
     def create(self, project: str, spec: StreamSpec) -> Stream:
         at = now()
         with self.engine.begin() as c:
+            check_room(c, streams, project, MAX_STREAMS, "streams")
             c.execute(streams.insert().values(id=spec.id, project=project, spec=spec.model_dump(mode="json"),
                                               status="active", cursor_at=spec.start or at, cursor_uuid="",
                                               created_at=at, updated_at=at))
