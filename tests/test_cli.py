@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from analytics_export import Settings
+from analytics_export import Settings, export
+from analytics_export.errors import Invalid
 from helpers import read_records
 
 CLI = [sys.executable, "-m", "analytics_export.cli"]
@@ -150,3 +151,29 @@ def test_data_dir_from_the_environment(tmp_path):
                             "--end", "2100-01-01", "-o", str(tmp_path / "o.json")],
                            capture_output=True, text=True, env=env, timeout=60)
     assert json.loads(other.stdout)["total_events"] == 0, "another project sees none of acme's events"
+
+
+@pytest.mark.parametrize("name", ["../../../tmp/x", "", "a/b", ".hidden", "-rf", "x" * 101, "tab\there", "é"])
+def test_project_names_are_checked_wherever_they_come_in(tmp_path, name):
+    """A project name names folders (exports, archives): `../../x` wrote outside the data dir, and an
+    empty name was taken. `keys create`, `--project` and ANALYTICS_EXPORT_PROJECT each refuse it in one line."""
+    data = tmp_path / "data"
+    for done in (run(data, "keys", "create", "--project", name),
+                 run(data, "--project", name, "demo", "--events", "10"),
+                 subprocess.run([*CLI, "--data-dir", str(data), "demo", "--events", "10"], capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "ANALYTICS_EXPORT_PROJECT": name})):
+        assert done.returncode == 2, done.stderr
+        assert "project name" in done.stderr and "1-100 letters, digits or `_ . -`" in done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert done.stdout == ""
+    assert not (data / "events.duckdb").exists()
+    assert not (tmp_path / "tmp").exists()
+
+
+def test_python_api_refuses_a_bad_project(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.project = "../escape"  # changed after the settings were checked
+    with pytest.raises(Invalid, match="project name '../escape'"):
+        export(settings=settings, format="json", start_date="2026-01-01", end_date="2026-01-02")
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "data" / "escape").exists()
+    assert run(tmp_path / "data", "keys", "create", "--project", "acme-prod.eu_1").returncode == 0

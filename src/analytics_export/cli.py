@@ -55,7 +55,10 @@ def main(
 ) -> None:
     """Export product-analytics events to JSON, JSON Lines, CSV, Parquet or Avro, compressed or not."""
     overrides = {k: v for k, v in {"data_dir": data_dir, "project": project}.items() if v is not None}
-    ctx.obj = Settings(**overrides)
+    try:
+        ctx.obj = Settings(**overrides)
+    except ValidationError as exc:  # --project, or a setting from the environment
+        fail(describe_errors(exc.errors()))
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -252,7 +255,9 @@ def job_store(settings: Settings) -> JobStore:
 @keys_app.command("create")
 def keys_create(ctx: typer.Context, project: str = typer.Option(..., "--project", help="The key's project")) -> None:
     """Print a new API key for PROJECT; only its hash is stored, so keep it now."""
-    typer.echo(job_store(ctx.obj).create_key(project))
+    with exit_on_error():
+        key = job_store(ctx.obj).create_key(project)
+    typer.echo(key)
 
 
 @app.command()

@@ -280,6 +280,19 @@ def check_connection_name(value: str | None) -> str | None:
     return value
 
 
+PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+"""A project (tenant) name: it names folders (exports, archives), so no `/`, no `..`, nothing hidden
+(`.` first) and nothing that reads as a command-line option (`-` first)."""
+
+
+def check_project_name(value: str) -> str:
+    """`value` if it is a valid project name; the one check every way a project name comes in uses."""
+    if not isinstance(value, str) or not PROJECT_NAME.fullmatch(value):
+        raise ValueError(f"project name {value!r} is not 1-100 letters, digits or `_ . -` starting with a letter, "
+                         "digit or `_`")
+    return value
+
+
 class FileLayout(BaseModel):
     """Where files go in a bucket or folder, and whether an export is split into numbered parts."""
 

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from ..models import ExportRequest, ExportResult, ExportStatus
+from ..errors import Invalid
+from ..models import ExportRequest, ExportResult, ExportStatus, check_project_name
 from .tables import api_keys, connections, export_parts, exports, leases
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -162,7 +163,12 @@ class JobStore:
             c.execute(leases.delete().where(leases.c.name == name, leases.c.owner == owner))
 
     def create_key(self, project: str) -> str:
-        """A new API key for `project`; only its hash is stored, so this is the one time it is seen."""
+        """A new API key for `project`; only its hash is stored, so this is the one time it is seen.
+        Raises Invalid for a name `check_project_name` refuses."""
+        try:
+            check_project_name(project)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self.engine.begin() as c:
             c.execute(api_keys.insert().values(key_hash=hash_key(key), project=project, created_at=now()))
