@@ -30,6 +30,7 @@ from .privacy_cli import privacy_app, retention_app
 from .streams_cli import app as streams_app
 from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid
+from .inbox import clean_inbox
 from .ingest import ingest_file
 from .models import Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator, describe_errors
 from .pipeline import Progress as ExportProgress
@@ -200,6 +201,7 @@ def ingest(ctx: typer.Context, files: List[Path] = typer.Argument(..., help="JSO
     settings: Settings = ctx.obj
     total = 0
     with exit_on_error():
+        clean_inbox(settings.data_dir)  # what ingests killed with the API left
         store = open_store(settings, read_only=False)
         try:
             for path in files:

@@ -3,7 +3,6 @@
 
 import hashlib
 import hmac
-import tempfile
 import time
 from contextlib import closing
 from datetime import datetime, timedelta
@@ -33,6 +32,7 @@ from ..privacy import Privacy
 from ..sources import EventQuery
 from ..streaming.store import StreamStore
 from ..errors import Invalid, Storage
+from ..inbox import clean_inbox, spooled
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
 from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
@@ -102,6 +102,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                   responses={401: {"model": Problem}, 422: {"model": Problem}})
     secret = settings.signing_key()
     sealer = Sealer(secret)
+    clean_inbox(settings.data_dir)  # what ingests killed with an earlier process left
 
     @app.exception_handler(Storage)
     async def unavailable(_: Request, exc: Storage) -> JSONResponse:
@@ -323,20 +324,16 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         return await run_in_threadpool(ingest_body, body, suffix, project)
 
     def ingest_body(body: bytes, suffix: str, project: str) -> IngestResult:
-        inbox = settings.data_dir / "inbox"
-        inbox.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=inbox, suffix=suffix) as spool:
-            spool.write(body)
-            spool.flush()
+        with spooled(settings.data_dir, body, suffix) as spool:
             try:
                 store = open_store(settings, read_only=False)
             except Storage as exc:
                 raise HTTPException(503, "the event store is busy with exports; retry shortly",
                                     headers={"Retry-After": "5"}) from exc
             try:
-                return IngestResult(ingested=ingest_file(store, Path(spool.name), project))
+                return IngestResult(ingested=ingest_file(store, spool, project))
             except Invalid as exc:
-                raise HTTPException(422, str(exc).replace(f"{spool.name}: ", "body: ")) from exc
+                raise HTTPException(422, str(exc).replace(f"{spool}: ", "body: ")) from exc
             finally:
                 store.close()
 
