@@ -21,6 +21,7 @@ from alembic.config import Config
 
 from ..errors import Invalid
 from ..models import ExportRequest, ExportResult, ExportStatus, check_project_name
+from ..private import create_private
 from .tables import api_keys, connections, export_parts, exports, leases
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -125,7 +126,9 @@ class JobStore:
         if url:
             return cls(url)
         Path(data_dir).mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{Path(data_dir).absolute() / 'jobs.sqlite'}")
+        path = Path(data_dir).absolute() / "jobs.sqlite"
+        create_private(path)  # keys' hashes, sealed secrets; SQLite gives its -wal, -shm, -journal this mode
+        return cls(f"sqlite:///{path}")
 
     def migrate(self) -> None:
         """Bring the schema to the newest alembic revision."""

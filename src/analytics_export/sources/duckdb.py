@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -16,6 +17,7 @@ import pyarrow as pa
 
 from ..errors import Invalid, Storage
 from ..models import ExportFilter, FilterOperator
+from ..private import MODE, companion
 from . import RFC3339, EventQuery
 from .protect import Protection
 
@@ -209,9 +211,12 @@ class DuckDBEventStore:
         if read_only and not self.path.exists():
             DuckDBEventStore(self.path, read_only=False, threads=threads).close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not read_only and not self.path.exists()
         # Unordered scans halve time and memory; rows come in storage order, which the README says.
         config = {"memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": False}
         self.con = connect_waiting(self.path, read_only, config, wait)
+        if created:  # DuckDB refuses a file made empty beforehand; this one holds no event yet
+            os.chmod(self.path, MODE)
         self.con.execute("SET TimeZone = 'UTC'")  # session options, not config ones
         self.con.execute("SET enable_progress_bar = false")
         if not read_only:
@@ -222,6 +227,13 @@ class DuckDBEventStore:
                 except duckdb.TransactionException:
                     if attempt == 2:
                         raise
+            self.private_wal()
+
+    def private_wal(self) -> None:
+        """The write-ahead log, which DuckDB deletes at each checkpoint and creates afresh 0644 at the
+        next write, made beforehand with the store file's mode: DuckDB writes into it as it finds it.
+        Called after every write of this connection (a write may have checkpointed)."""
+        companion(self.path, ".wal")
 
     def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
         sql = SqlBuilder()
@@ -260,6 +272,7 @@ class DuckDBEventStore:
             self.con.execute("ROLLBACK")
             raise
         self.execute("COMMIT" if found == expected else "ROLLBACK", [])
+        self.private_wal()
         return found
 
     def insert(self, select_sql: str, params: list[Any] | dict[str, Any] | None = None) -> int:
@@ -270,7 +283,10 @@ class DuckDBEventStore:
             'ORDER BY "timestamp"'  # rows stored in time order: a window's scan skips other row groups
         )
         with INSERTS:
-            return int(self.execute(text, params or []).fetchall()[0][0])
+            try:
+                return int(self.execute(text, params or []).fetchall()[0][0])
+            finally:
+                self.private_wal()
 
     def _relation(self, text: str, params: list[Any]) -> duckdb.DuckDBPyRelation:
         with translated_errors():
