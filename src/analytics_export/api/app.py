@@ -35,7 +35,7 @@ from ..errors import Invalid, Storage
 from ..inbox import clean_inbox, spooled
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
-from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
+from ..models import PROJECT_NAME, ExportRequest, ExportResult, ExportStatus, describe_errors
 
 bearer = HTTPBearer(auto_error=False)
 T = TypeVar("T")
@@ -127,6 +127,10 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         project = jobs.project_for_key(credentials.credentials)
         if project is None:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        if not PROJECT_NAME.fullmatch(project):  # a key made before names were checked: it names folders
+            raise HTTPException(403, f"this key's project {project!r} is not a valid project name (1-100 letters, "
+                                     "digits or `_ . -`, starting with a letter, digit or `_`): create a key "
+                                     "for a valid one with `analytics-export keys create --project NAME`")
         return project
 
     async def project_of(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
