@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..errors import Invalid, Storage
 from ..models import ExportFilter, FilterOperator
 from ..private import MODE, companion
-from . import RFC3339, EventQuery
+from . import RFC3339, EventQuery, finite
 from .protect import Protection
 
 SCHEMA_SQL = """
@@ -346,7 +346,7 @@ def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema) -> pa.RecordBatchR
         with translated_errors():
             try:
                 for batch in reader:
-                    yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+                    yield finite(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
             except OSError as exc:  # DuckDB's error as the Arrow stream passes it on (out of memory, say)
                 raise Storage(f"event store query failed: {str(exc).splitlines()[0]}") from exc
 

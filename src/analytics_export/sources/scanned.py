@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
-from . import EventQuery
+from . import EventQuery, finite
 from .duckdb import SqlBuilder, translated_errors
 
 PAGE_ROWS = 100_000
@@ -81,7 +81,7 @@ class ScannedStore:
             finally:
                 self.duck.unregister("events")
             for out in table.to_batches(max_chunksize=batch_size):
-                yield out if schema is None else pa.RecordBatch.from_arrays(out.columns, schema=schema)
+                yield out if schema is None else finite(pa.RecordBatch.from_arrays(out.columns, schema=schema))
 
     def execute(self, text: str, params: list[Any] | dict[str, Any]) -> duckdb.DuckDBPyConnection:
         """Staging SQL (reading an ingest file) in the in-process DuckDB."""
