@@ -22,7 +22,7 @@ NON_FINITE = re.compile(r'("(?:[^"\\]|\\.)*")|[+-]?(?i:nan|inf(?:inity)?)')
 
 
 def finite(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """`batch` with NaN and Infinity in its `properties` JSON made null: JSON has no such numbers and
+    """`batch` with NaN and Infinity in its `properties` JSON column made null: JSON has no such numbers and
     strict parsers reject them. Ingest refuses them; this covers what a store held before that check
     or got from another writer. One vectorised test per batch; only rows that match are rewritten."""
     index = batch.schema.get_field_index("properties")

@@ -240,7 +240,7 @@ class DuckDBEventStore:
         text = sql.select(query)
         reader = self._relation(text, sql.params).to_arrow_reader(batch_size)
         self.readers.append(reader)
-        return _renamed(reader, query.schema)
+        return _renamed(reader, query.schema, not query.property_columns)
 
     def count(self, query: EventQuery) -> int:
         sql = SqlBuilder()
@@ -339,14 +339,16 @@ def quoted_out(message: str) -> str:
     return re.sub(r'(?s)\s*Input: ".*', "", message)
 
 
-def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema) -> pa.RecordBatchReader:
-    """The same stream under the query's column names (SQL aliases are positional, never user text)."""
+def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema, json_properties: bool) -> pa.RecordBatchReader:
+    """The same stream under the query's column names (SQL aliases are positional, never user text);
+    with `json_properties` (not one column per property), NaN and Infinity in them made null."""
 
     def gen() -> Iterator[pa.RecordBatch]:
         with translated_errors():
             try:
                 for batch in reader:
-                    yield finite(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+                    batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+                    yield finite(batch) if json_properties else batch
             except OSError as exc:  # DuckDB's error as the Arrow stream passes it on (out of memory, say)
                 raise Storage(f"event store query failed: {str(exc).splitlines()[0]}") from exc
 
