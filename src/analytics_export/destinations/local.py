@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..errors import NotFound, Storage
+from ..errors import Invalid, NotFound, Storage
 from . import Destination, Target
 
 BUFFER = 1 << 20
@@ -51,15 +51,18 @@ class LocalUpload:
         return copied
 
     def commit(self) -> str:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.temp, self.final)
-        dir_fd = os.open(self.final.parent, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.temp, self.final)
+            dir_fd = os.open(self.final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:  # a full disk at the last flush, a folder made at the path meanwhile
+            raise Storage(f"cannot write {self.final}: {exc.strerror}") from exc
         return str(self.final)
 
     def abort(self) -> None:
@@ -71,8 +74,14 @@ class LocalDestination(Destination):
     """Files land in `directory` under their export name, or exactly at `path` when one is given."""
 
     def __init__(self, directory: Path, path: Path | None = None) -> None:
+        """Raises Invalid when `path` is a folder or `directory` a file: checked before any work, as
+        the rename at the end would fail after the whole export was written."""
         self.directory = Path(directory)
         self.path = Path(path) if path is not None else None
+        if self.path is not None and self.path.is_dir():
+            raise Invalid(f"{self.path} is a folder: name a file to write, or give the folder as the output folder")
+        if self.path is None and self.directory.exists() and not self.directory.is_dir():
+            raise Invalid(f"{self.directory} is a file, not a folder to write exports into")
 
     def open(self, name: str) -> LocalUpload:
         return LocalUpload((self.path or self.directory / name).absolute())
