@@ -79,3 +79,6 @@ def test_project_names():
     for bad in ("", ".", "..", "../x", "a/b", "a\\b", ".hidden", "-rf", "x" * 101, "a b", "é", "a\x00"):
         with pytest.raises(ValueError, match="1-100 letters, digits or `_ . -`"):
             check_project_name(bad)
+    with pytest.raises(ValueError) as refused:
+        check_project_name("x" * 1_000_000)
+    assert len(str(refused.value)) < 300, "the message quotes a long name cut short"

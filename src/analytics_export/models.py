@@ -288,7 +288,8 @@ PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 def check_project_name(value: str) -> str:
     """`value` if it is a valid project name; the one check every way a project name comes in uses."""
     if not isinstance(value, str) or not PROJECT_NAME.fullmatch(value):
-        raise ValueError(f"project name {value!r} is not 1-100 letters, digits or `_ . -` starting with a letter, "
+        shown = repr(value[:100]) + ("..." if len(value) > 100 else "") if isinstance(value, str) else repr(value)
+        raise ValueError(f"project name {shown} is not 1-100 letters, digits or `_ . -` starting with a letter, "
                          "digit or `_`")
     return value
 
