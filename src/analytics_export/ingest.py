@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import Invalid, Storage
+from .sources import NON_FINITE_HINT
 from .sources.duckdb import DuckDBEventStore
 
 READERS = {  # no hive partitioning: a file under date=2026-03-01/ (an archive) gains no `date` column
@@ -38,8 +39,8 @@ NAMED_NON_FINITE = r'"((?:[^"\\]|\\.)*)"\s*:\s*[+-]?(?i:nan|inf)'
 def non_finite(json_text: str) -> str:
     """SQL: true when the JSON text `json_text` holds NaN or Infinity outside its strings (DuckDB's
     reader takes them, in any case, and keeps them as written; JSON has no such number and strict
-    parsers reject them). The cheap test first: most texts hold neither `nan` nor `inf` at all."""
-    return (f"CASE WHEN regexp_matches({json_text}, '(?i)nan|inf') THEN "
+    parsers reject them). The cheap test first (NON_FINITE_HINT): most texts pass it."""
+    return (f"CASE WHEN regexp_matches({json_text}, '{NON_FINITE_HINT}') THEN "
             f"regexp_matches(regexp_replace({json_text}, '{STRINGS}', '\"\"', 'g'), '(?i)nan|inf') ELSE false END")
 
 

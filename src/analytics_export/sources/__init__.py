@@ -17,6 +17,10 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
 """Timestamps in text formats: UTC with microseconds, e.g. 2026-11-01T12:34:56.123456Z."""
 
+NON_FINITE_HINT = r"[:\[,]\s*[+-]?(?i:nan|inf)"
+"""RE2 (and Python): where NaN or Infinity may stand as a JSON value, after `:`, `[` or `,`. Matched
+first, as one pass over the text; a string that merely holds `nan` or `inf` ("banana", "info") does not
+match, and one that does ("ratio: NaN") is only looked at more closely."""
 NON_FINITE = re.compile(r'("(?:[^"\\]|\\.)*")|[+-]?(?i:nan|inf(?:inity)?)')
 """A JSON string (kept) or a NaN/Infinity token in any spelling the engines' JSON readers take."""
 
@@ -29,7 +33,7 @@ def finite(batch: pa.RecordBatch) -> pa.RecordBatch:
     if index < 0 or batch.num_rows == 0:
         return batch
     column = batch.column(index)
-    hits = pc.match_substring_regex(column, "(?i)nan|inf")
+    hits = pc.match_substring_regex(column, NON_FINITE_HINT)
     if not pc.any(hits).as_py():
         return batch
     values = column.to_pylist()
