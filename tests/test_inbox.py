@@ -71,3 +71,42 @@ def test_killed_ingests_spools_go_live_ones_stay(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"ingested": 1}
     assert list((data / "inbox").iterdir()) == []
+
+
+LOAD_AND_HANG = """
+import sys, time
+import pyarrow as pa
+from analytics_export.sources.clickhouse import ClickHouseEventStore
+
+ts = pa.timestamp("us", tz="UTC")
+batch = pa.record_batch({"uuid": ["00000000-0000-0000-0000-000000000001"], "project_id": ["p"], "event": ["e"],
+                         "distinct_id": ["u"], "timestamp": pa.array([0], ts), "properties": ["{}"],
+                         "inserted_at": pa.array([0], ts)})
+
+def rows():
+    yield batch
+    print("staged", flush=True)  # the first batch is in the staging table
+    time.sleep(300)
+
+ClickHouseEventStore(sys.argv[1]).load(pa.RecordBatchReader.from_batches(batch.schema, rows()))
+"""
+
+
+def test_a_killed_clickhouse_ingest_leaves_no_staging_table(tmp_path):
+    """Its staging table belongs to the session: a regular one stayed after a kill -9, for good."""
+    from analytics_export.sources.clickhouse import ClickHouseEventStore
+
+    url = f"chdb://{tmp_path / 'chdb'}"
+    ClickHouseEventStore(url).close()
+    proc = subprocess.Popen([sys.executable, "-c", LOAD_AND_HANG, url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "staged"
+    finally:
+        proc.kill()
+        proc.wait()
+    store = ClickHouseEventStore(url)
+    try:
+        assert store.ch.command("SELECT count() FROM system.tables WHERE name LIKE 'staging_%'") == 0
+        assert store.is_empty()
+    finally:
+        store.close()
