@@ -44,6 +44,7 @@ def test_stores_and_their_logs_are_private(tmp_path):
         finally:
             store.close()
         assert mode(data / "events.duckdb") == 0o600
+        assert mode(data / "events.duckdb.tmp") == 0o700, "DuckDB's spill files are out of others' reach"
 
         fresh = tmp_path / "fresh"  # and as a user gets them: the CLI's first demo and the service's files
         done = subprocess.run([*CLI, "--data-dir", str(fresh), "demo", "--events", "100"], capture_output=True,
@@ -53,7 +54,7 @@ def test_stores_and_their_logs_are_private(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         private = [p for p in fresh.iterdir() if p.name.startswith(("events.duckdb", "jobs.sqlite"))]
-        assert {"events.duckdb", "jobs.sqlite"} <= {p.name for p in private}
-        assert {p.name: mode(p) for p in private} == {p.name: 0o600 for p in private}
+        assert {"events.duckdb", "jobs.sqlite", "events.duckdb.tmp"} <= {p.name for p in private}
+        assert {p.name: mode(p) for p in private} == {p.name: 0o700 if p.is_dir() else 0o600 for p in private}
     finally:
         os.umask(previous)

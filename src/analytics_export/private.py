@@ -31,3 +31,12 @@ def companion(store: Path, suffix: str) -> None:
                 os.chmod(path, mode)
     except OSError:
         pass
+
+
+def create_private_dir(path: Path) -> None:
+    """Create the folder `path` with mode 0700 unless it exists (best effort: a store in a folder this
+    process cannot write gets none)."""
+    try:
+        os.mkdir(path, 0o700)
+    except OSError:
+        pass

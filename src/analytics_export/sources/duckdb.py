@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ..errors import Invalid, Storage
 from ..models import ExportFilter, FilterOperator
-from ..private import MODE, companion
+from ..private import MODE, companion, create_private_dir
 from . import RFC3339, EventQuery, finite
 from .protect import Protection
 
@@ -212,6 +212,9 @@ class DuckDBEventStore:
             DuckDBEventStore(self.path, read_only=False, threads=threads).close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not read_only and not self.path.exists()
+        # DuckDB spills big sorts and joins to PATH.tmp/, made 0755 with 0644 files when it makes it itself,
+        # and removed when it did; one made beforehand 0700 is used as it is, and stays
+        create_private_dir(Path(f"{self.path}.tmp"))
         # Unordered scans halve time and memory; rows come in storage order, which the README says.
         config = {"memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": False}
         self.con = connect_waiting(self.path, read_only, config, wait)
