@@ -19,6 +19,15 @@ RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
 TEXT_FORMATS = ("json", "json_lines", "csv")
 
 
+def refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON: strict parsers (JavaScript's JSON.parse, Go, Rust) reject it")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """`json.loads` without Python's extensions: NaN, Infinity and -Infinity are errors."""
+    return json.loads(text, parse_constant=refuse_constant)
+
+
 def decompress(data: bytes, compression: str | None) -> bytes:
     """Decode with the standard command-line tools (gzip, zstd, lz4) or cramjam's framed snappy."""
     if compression is None:
@@ -40,16 +49,16 @@ def read_records(path: Path, fmt: str, compression: str | None) -> list[dict[str
     if fmt in TEXT_FORMATS:
         raw = decompress(raw, compression)
     if fmt == "json":
-        return json.loads(raw)
+        return strict_json(raw)
     if fmt == "json_lines":
         text = raw.decode("utf-8")
         assert text == "" or text.endswith("\n")
-        return [json.loads(line) for line in text.split("\n")[:-1]]
+        return [strict_json(line) for line in text.split("\n")[:-1]]
     if fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")))
         for row in rows:
             if "properties" in row:
-                row["properties"] = json.loads(row["properties"])
+                row["properties"] = strict_json(row["properties"])
         return rows
     if fmt == "parquet":
         table = pq.read_table(io.BytesIO(raw))
@@ -59,7 +68,7 @@ def read_records(path: Path, fmt: str, compression: str | None) -> list[dict[str
     for row in rows:
         row["timestamp"] = ts_text(row["timestamp"])
         if "properties" in row:
-            row["properties"] = json.loads(row["properties"])
+            row["properties"] = strict_json(row["properties"])
     return rows
 
 

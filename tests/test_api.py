@@ -246,3 +246,35 @@ def test_cancel_leaves_a_finished_export_alone(service):
         assert c.post("/api/exports/no-such-export/cancel").status_code == 404
     with service.client(service.other_key) as other:
         assert other.post(f"/api/exports/{export_id}/cancel").status_code == 404, "another project's export"
+
+
+def test_nan_is_refused_and_every_json_answer_parses_strictly(tmp_path):
+    """POST /api/events refuses NaN and Infinity (JSON array and JSON Lines, 422 naming the key); a
+    NaN the store held before that check comes out as null in the preview, JSON and JSON Lines."""
+    from analytics_export.sources.duckdb import DuckDBEventStore
+    from helpers import strict_json
+
+    data = tmp_path / "data"
+    store = DuckDBEventStore(Settings(data_dir=data).events_path, read_only=False)
+    store.insert("""SELECT uuid() AS uuid, 'default' AS project_id, 'old' AS event, 'u' AS distinct_id,
+                    TIMESTAMPTZ '2026-09-01 00:00:00+00' AS "timestamp", '{"x": NaN, "y": Infinity}'::JSON AS properties,
+                    now() AS inserted_at""")
+    store.close()
+    key = cli(data, "keys", "create", "--project", "default")
+    svc = Service(data)
+    try:
+        with svc.client(key) as c:
+            head = '{"event": "e", "distinct_id": "u", "timestamp": "2026-09-01T00:00:00Z", "properties": {"x": '
+            for kind, body in (("application/json", f"[{head}NaN}}}}]"), ("application/x-ndjson", f"{head}-Infinity}}}}\n")):
+                r = c.post("/api/events", content=body, headers={"content-type": kind})
+                assert r.status_code == 422 and '"x" holds NaN or Infinity' in r.json()["detail"], r.text
+            preview = c.post("/api/exports/preview", json={**WINDOW, "format": "json"})
+            assert preview.status_code == 200, preview.text
+            assert strict_json(preview.text)["rows"][0]["properties"] == {"x": None, "y": None}
+            for fmt in ("json", "json_lines"):
+                done = wait_for(c, c.post("/api/exports", json={**WINDOW, "format": fmt}).json()["request"]["id"])
+                text = c.get(f"/api/exports/{done['request']['id']}/download").text
+                rows = strict_json(text) if fmt == "json" else [strict_json(line) for line in text.splitlines()]
+                assert [r["properties"] for r in rows] == [{"x": None, "y": None}]
+    finally:
+        svc.close()

@@ -107,6 +107,105 @@ def test_bad_files_say_what_is_wrong(store, tmp_path, content, message):
     assert rows(store) == [], "nothing from a bad file is kept"
 
 
+HEAD = '{"event": "a", "distinct_id": "u", "timestamp": "2026-01-01T00:00:00Z"'
+NAN_FILES = {
+    "properties NaN": ("e.jsonl", HEAD + ', "properties": {"x": NaN}}\n', '"x"'),
+    "top-level Infinity": ("e.jsonl", HEAD + ', "x": -Infinity}\n', '"x"'),
+    "nested, lower case": ("e.json", "[" + HEAD + ', "properties": {"o": {"deep": [1, nan]}}}]', "a property"),
+    "csv cell": ("e.csv", "event,distinct_id,timestamp,x\na,u,2026-01-01,1.5\na,u,2026-01-02,NaN\n", '"x"'),
+    "csv properties": ("e.csv", 'event,distinct_id,timestamp,properties\na,u,2026-01-01,"{""x"": inf}"\n', '"x"'),
+}
+
+
+@pytest.mark.parametrize("name", NAN_FILES)
+def test_nan_and_infinity_are_refused_naming_the_key(store, tmp_path, name):
+    """JSON has no NaN or Infinity; stored, they made exports that strict parsers reject."""
+    file, content, key = NAN_FILES[name]
+    (tmp_path / file).write_text(content)
+    with pytest.raises(Invalid, match=f"{key} holds NaN or Infinity"):
+        ingest_file(store, tmp_path / file, "p")
+    assert rows(store) == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), '{"x": NaN}'])
+def test_parquet_nan_is_refused(store, tmp_path, value):
+    column = "properties" if isinstance(value, str) else "x"
+    table = pa.table({"event": ["a", "a"], "distinct_id": ["u", "u"], "timestamp": ["2026-01-01", "2026-01-02"],
+                      column: [value, value if isinstance(value, str) else 2.5]})
+    pq.write_table(table, tmp_path / "e.parquet")
+    with pytest.raises(Invalid, match='"x" holds NaN or Infinity'):
+        ingest_file(store, tmp_path / "e.parquet", "p")
+
+
+def test_nan_in_a_string_is_text(store, tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", [{"event": "a", "distinct_id": "u", "timestamp": "2026-01-01",
+                                               "properties": {"NaN": "Infinity", "s": "banana info", "t": "ratio: NaN, [inf",
+                                                              "n": 1e300}}])
+    assert ingest_file(store, path, "p") == 1
+    assert json.loads(rows(store)[0][5]) == {"NaN": "Infinity", "s": "banana info", "t": "ratio: NaN, [inf", "n": 1e300}
+
+
+@pytest.mark.parametrize("stamp", ["2026-01-01T00:00:00+25:00", "2026-01-01T00:00:00-24:00",
+                                   "2026-01-01T00:00:00+01:60", "2026-01-01 00:00:00+2500", "infinity"])
+def test_timestamps_past_rfc_3339_are_refused(store, tmp_path, stamp):
+    """DuckDB takes +25:00 as 25 hours and `infinity` as a time: neither is a time an event happened."""
+    path = write_jsonl(tmp_path / "e.jsonl", [{"event": "a", "distinct_id": "u", "timestamp": stamp}])
+    with pytest.raises(Invalid, match="offset past RFC 3339|not a finite time"):
+        ingest_file(store, path, "p")
+
+
+def test_offsets_within_rfc_3339_are_taken(store, tmp_path):
+    stamps = ["2026-01-01T00:00:00+23:59", "2026-01-01T00:00:00-23:00", "2026-01-01T00:00:00.5+05:30",
+              "2026-01-01 00:00:00+0100", "2026-01-01T00:00:00Z", "2026-01-01"]
+    path = write_jsonl(tmp_path / "e.jsonl", [{"event": "a", "distinct_id": f"u{i}", "timestamp": s}
+                                              for i, s in enumerate(stamps)])
+    assert ingest_file(store, path, "p") == len(stamps)
+
+
+def test_csv_with_an_unbalanced_quote_is_refused(store, tmp_path):
+    """RFC 4180, what exports write: a quote that never closes is a broken file, not part of a value."""
+    path = tmp_path / "e.csv"
+    path.write_text('event,distinct_id,timestamp\na,"u,2026-01-01T00:00:00Z\n')
+    with pytest.raises(Invalid, match="e.csv"):
+        ingest_file(store, path, "p")
+    assert rows(store) == []
+    path.write_text('event,distinct_id,timestamp,note\na,"u ""q"", x",2026-01-01,"two\nlines"\n')
+    assert ingest_file(store, path, "p") == 1
+    assert rows(store)[0][3] == 'u "q", x'
+
+
+def cut_gzip(path: Path) -> None:
+    import gzip
+    data = gzip.compress(b"".join(b'{"event":"a","distinct_id":"u%d","timestamp":"2026-01-01"}\n' % i
+                                  for i in range(20_000)))
+    path.write_bytes(data[: len(data) // 2])
+
+
+BROKEN_FILES = {
+    "not gzip": ("e.jsonl.gz", lambda p: p.write_bytes(b'{"event": "a"}\n'), "is not gzip-compressed"),
+    "corrupt gzip": ("e.jsonl.gz", lambda p: p.write_bytes(b"\x1f\x8bgarbage"), "is corrupt or cut off"),
+    "cut gzip": ("e.jsonl.gz", cut_gzip, r"is corrupt or cut off \(Unexpected end of GZIP stream\)"),
+    "not zstd": ("e.csv.zst", lambda p: p.write_bytes(b"event,distinct_id,timestamp\n"), "is not zstd-compressed"),
+    "empty": ("e.jsonl", lambda p: p.write_bytes(b""), "is empty"),
+    "directory": ("e.jsonl", lambda p: p.mkdir(), "is a directory"),
+    "empty array": ("e.json", lambda p: p.write_text("[]"), "holds no event objects"),
+    "ragged csv": ("e.csv", lambda p: p.write_text("event,distinct_id,timestamp\n" + "a,u,2026-01-01\n" * 30_000
+                                                    + "a,u,2026-01-01,x\n"), "Expected Number of Columns: 3 Found: 4"),
+    "not utf-8": ("e.csv", lambda p: p.write_bytes(b"event,distinct_id,timestamp\na,\xff\xfe,2026-01-01\n"),
+                  "not utf-8 encoded"),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN_FILES)
+def test_broken_files_say_why(store, tmp_path, name):
+    file, make, message = BROKEN_FILES[name]
+    make(tmp_path / file)
+    with pytest.raises(Invalid, match=message) as raised:
+        ingest_file(store, tmp_path / file, "p")
+    assert "\n" not in str(raised.value), "one line"
+    assert rows(store) == []
+
+
 def test_unknown_extension_and_missing_file(store, tmp_path):
     (tmp_path / "e.xml").write_text("<a/>")
     with pytest.raises(Invalid, match="use .jsonl"):

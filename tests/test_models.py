@@ -69,3 +69,16 @@ def test_result_and_schedule_shapes():
     assert s.date_range.value == "last_day" and s.enabled and s.next_run is None
     assert ExportRequest(start_date="2026-01-01", end_date=datetime(2026, 1, 1) + timedelta(microseconds=1),
                          format="json").end_date.microsecond == 1
+
+
+def test_project_names():
+    from analytics_export.models import check_project_name
+
+    for good in ("default", "acme", "acme-prod.eu_1", "_internal", "7", "x" * 100):
+        assert check_project_name(good) == good
+    for bad in ("", ".", "..", "../x", "a/b", "a\\b", ".hidden", "-rf", "x" * 101, "a b", "é", "a\x00"):
+        with pytest.raises(ValueError, match="1-100 letters, digits or `_ . -`"):
+            check_project_name(bad)
+    with pytest.raises(ValueError) as refused:
+        check_project_name("x" * 1_000_000)
+    assert len(str(refused.value)) < 300, "the message quotes a long name cut short"

@@ -12,7 +12,9 @@ from typing import Any, Callable
 from .config import Settings
 from .destinations import Target, destination_for
 from .destinations.local import LocalDestination
-from .models import Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus
+from .errors import Invalid
+from .models import (Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus,
+                     check_project_name)
 from .pipeline import Progress, run_export
 from .privacy import Privacy
 from .sources import EventStore
@@ -68,6 +70,10 @@ def export(
     The project's privacy policy applies, as in every export.
     """
     settings = settings or Settings()
+    try:
+        check_project_name(settings.project)  # settings may have been changed after they were checked
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
     request = request or ExportRequest.model_validate(fields)
     privacy = project_privacy(settings, request)
     if request.destination.type == "download":

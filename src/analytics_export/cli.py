@@ -30,7 +30,8 @@ from .schedules_cli import app as schedules_app
 from .privacy_cli import privacy_app, retention_app
 from .streams_cli import app as streams_app
 from .destinations.local import LocalDestination
-from .errors import ExportError, Invalid
+from .errors import ExportError, Invalid, Storage
+from .inbox import clean_inbox
 from .ingest import ingest_file
 from .models import Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator, describe_errors
 from .pipeline import Progress as ExportProgress
@@ -57,7 +58,13 @@ def main(
 ) -> None:
     """Export product-analytics events to JSON, JSON Lines, CSV, Parquet or Avro, compressed or not."""
     overrides = {k: v for k, v in {"data_dir": data_dir, "project": project}.items() if v is not None}
-    ctx.obj = Settings(**overrides)
+    try:
+        ctx.obj = Settings(**overrides)
+    except ValidationError as exc:  # --project, or a setting from the environment
+        fail(describe_errors(exc.errors()))
+    if ctx.obj.data_dir.exists() and not ctx.obj.data_dir.is_dir():
+        fail(f"the data dir {ctx.obj.data_dir} is a file, not a folder: give --data-dir (or "
+             "ANALYTICS_EXPORT_DATA_DIR) a folder", 1)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -82,7 +89,9 @@ def parse_value(text: str | None, operator: FilterOperator) -> object:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except ValueError as exc:
+        if text.lstrip()[:1] in ("[", "{", '"'):  # meant as JSON: a typo must not become a text to match
+            raise Invalid(f"filter value {text} is not JSON: {exc}") from None
         value = text
     if operator in (FilterOperator.IN, FilterOperator.NOT_IN) and not isinstance(value, list):
         value = [parse_value(part.strip(), FilterOperator.EQ) for part in text.split(",")]
@@ -201,6 +210,7 @@ def ingest(ctx: typer.Context, files: List[Path] = typer.Argument(..., help="JSO
     settings: Settings = ctx.obj
     total = 0
     with exit_on_error():
+        clean_inbox(settings.data_dir)  # what ingests killed with the API left
         store = open_store(settings, read_only=False)
         try:
             for path in files:
@@ -246,17 +256,33 @@ app.add_typer(streams_app, name="streams")
 
 
 def job_store(settings: Settings) -> JobStore:
+    """The migrated job store; Storage, saying which and why, when it cannot be opened (a corrupt
+    jobs.sqlite, a database that cannot be reached)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from .jobs.store import JobStore  # the service's imports stay out of `export` and `ingest`
 
-    jobs = JobStore.for_data_dir(settings.data_dir, settings.database_url)
-    jobs.migrate()
+    where = ("the job store at ANALYTICS_EXPORT_DATABASE_URL" if settings.database_url
+             else f"the job store {settings.data_dir / 'jobs.sqlite'}")
+    try:
+        jobs = JobStore.for_data_dir(settings.data_dir, settings.database_url)
+        jobs.migrate()
+    except SQLAlchemyError as exc:  # the URL stays out: it may hold a password
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise Storage(f"cannot open {where}: {reason} (a damaged file: move it aside, or restore a backup)"
+                      if not settings.database_url and "not a database" in reason
+                      else f"cannot open {where}: {reason}") from exc
+    except OSError as exc:
+        raise Storage(f"cannot open {where}: {exc.strerror}") from exc
     return jobs
 
 
 @keys_app.command("create")
 def keys_create(ctx: typer.Context, project: str = typer.Option(..., "--project", help="The key's project")) -> None:
     """Print a new API key for PROJECT; only its hash is stored, so keep it now."""
-    typer.echo(job_store(ctx.obj).create_key(project))
+    with exit_on_error():
+        key = job_store(ctx.obj).create_key(project)
+    typer.echo(key)
 
 
 def key_line(key: object) -> str:
@@ -414,5 +440,21 @@ class WorkerSupervisor:
                 child.kill()
 
 
+def run() -> None:
+    """The command: `app`, with every failure it can expect as a one-line reason on stderr, exit 2
+    for bad input and 1 for the environment (a store, a disk, a file system); only a bug leaves a
+    traceback."""
+    try:
+        app()
+    except Invalid as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (ExportError, OSError) as exc:
+        where = f"{exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        err.print(f"[red]error:[/red] {where}{reason}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    run()

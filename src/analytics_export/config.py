@@ -8,11 +8,20 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import Invalid
-from .models import ExportConfig
+from .models import ExportConfig, check_project_name
 
 
 ENGINES = {"postgres": "postgresql", "postgresql": "postgresql", "clickhouse": "clickhouse", "chdb": "clickhouse"}
 """events_url schemes and the engine each names."""
+
+
+def project_folder(parent: Path, project: str) -> Path:
+    """`parent / project`, the name checked again: a folder outside `parent` must never come of a
+    project name, whatever stored it (a key made before names were checked)."""
+    try:
+        return parent / check_project_name(project)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
 
 
 class Settings(BaseSettings):
@@ -69,6 +78,11 @@ class Settings(BaseSettings):
             return self.stream_settle_seconds
         return 0.0 if self.events_engine == "duckdb" else 0.5
 
+    @field_validator("project")
+    @classmethod
+    def _project(cls, value: str) -> str:
+        return check_project_name(value)
+
     @field_validator("events_url")
     @classmethod
     def _events_scheme(cls, value: str | None) -> str | None:
@@ -124,8 +138,13 @@ class Settings(BaseSettings):
         return text
 
     def project_export_dir(self, project: str) -> Path:
-        """Each project's downloads live in their own folder under the export dir."""
-        return self.export_dir / project
+        """Each project's downloads live in their own folder under the export dir (the name is checked
+        again here: a folder outside the data dir must never come of it, whatever stored it)."""
+        return project_folder(self.export_dir, project)
+
+    def project_archive_dir(self, project: str) -> Path:
+        """Each project's retention archives (downloads kind) live in their own folder."""
+        return project_folder(self.data_dir / "archive", project)
 
     def signing_key(self) -> bytes:
         """The server secret for download links: the configured one, or one made once and kept."""

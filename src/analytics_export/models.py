@@ -281,6 +281,20 @@ def check_connection_name(value: str | None) -> str | None:
     return value
 
 
+PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+"""A project (tenant) name: it names folders (exports, archives), so no `/`, no `..`, nothing hidden
+(`.` first) and nothing that reads as a command-line option (`-` first)."""
+
+
+def check_project_name(value: str) -> str:
+    """`value` if it is a valid project name; the one check every way a project name comes in uses."""
+    if not isinstance(value, str) or not PROJECT_NAME.fullmatch(value):
+        shown = repr(value[:100]) + ("..." if len(value) > 100 else "") if isinstance(value, str) else repr(value)
+        raise ValueError(f"project name {shown} is not 1-100 letters, digits or `_ . -` starting with a letter, "
+                         "digit or `_`")
+    return value
+
+
 class FileLayout(BaseModel):
     """Where files go in a bucket or folder, and whether an export is split into numbered parts."""
 

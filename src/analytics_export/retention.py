@@ -162,7 +162,7 @@ class Retention:
 
     def destination(self, request: ExportRequest) -> Destination:
         if request.destination.type == "download":
-            return LocalDestination(self.settings.data_dir / "archive" / self.project / f"date={request.start_date:%Y-%m-%d}")
+            return LocalDestination(self.settings.project_archive_dir(self.project) / f"date={request.start_date:%Y-%m-%d}")
         secrets = checked_secrets(self.settings, self.jobs, self.project, request.destination)
         return destination_for(Target(request, self.project, self.settings, secrets))
 

@@ -3,7 +3,6 @@
 
 import hashlib
 import hmac
-import tempfile
 import time
 from contextlib import closing
 from datetime import datetime, timedelta
@@ -35,10 +34,11 @@ from ..jobs.policies import PrivacyStore
 from ..privacy import Privacy
 from ..sources import EventQuery
 from ..streaming.store import StreamStore
-from ..errors import Invalid, Limited, NotFound, OutOfMemory, Storage, os_error
+from ..errors import Invalid, Limited, NotFound, OutOfMemory, Storage
+from ..inbox import clean_inbox, spooled
 from ..ingest import ingest_file
 from ..jobs.store import Job, JobStore, aware
-from ..models import ExportRequest, ExportResult, ExportStatus, describe_errors
+from ..models import PROJECT_NAME, ExportRequest, ExportResult, ExportStatus, describe_errors
 
 bearer = HTTPBearer(auto_error=False)
 T = TypeVar("T")
@@ -110,6 +110,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     app.include_router(docs_router(app.openapi_url, app.title))
     secret = settings.signing_key()
     sealer = Sealer(secret)
+    clean_inbox(settings.data_dir)  # what ingests killed with an earlier process left
 
     hide_paths = settings.hide_paths
 
@@ -156,6 +157,10 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         project = jobs.project_for_key(credentials.credentials)
         if project is None:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        if not PROJECT_NAME.fullmatch(project):  # a key made before names were checked: it names folders
+            raise HTTPException(403, f"this key's project {project!r} is not a valid project name (1-100 letters, "
+                                     "digits or `_ . -`, starting with a letter, digit or `_`): create a key "
+                                     "for a valid one with `analytics-export keys create --project NAME`")
         return project
 
     async def project_of(request: Request,
@@ -369,15 +374,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         return await run_in_threadpool(ingest_body, body, suffix, project)
 
     def ingest_body(body: bytes, suffix: str, project: str) -> IngestResult:
-        inbox = settings.data_dir / "inbox"
-        inbox.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=inbox, suffix=suffix, buffering=0) as spool:  # nothing left to flush
-            try:
-                rest = memoryview(body)
-                while rest:
-                    rest = rest[spool.write(rest):]
-            except OSError as exc:  # a full disk: 503, as for any store that cannot take the events now
-                raise os_error(exc, inbox) from exc
+        with spooled(settings.data_dir, body, suffix) as spool:  # a full disk: Storage, so 503
             try:
                 store = open_store(settings.model_copy(update={"duckdb_write_memory_limit": settings.api_ingest_memory_limit,
                                                                "duckdb_threads": 1}), read_only=False)
@@ -385,7 +382,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                 raise HTTPException(503, "the event store is busy with exports; retry shortly",
                                     headers={"Retry-After": "5"}) from exc
             try:
-                return IngestResult(ingested=ingest_file(store, Path(spool.name), project, name="body"))
+                return IngestResult(ingested=ingest_file(store, spool, project, name="body"))
             except Invalid as exc:
                 raise HTTPException(422, hide_paths(str(exc))) from exc
             except OutOfMemory:

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..errors import NotFound, Storage, os_error
+from ..errors import Invalid, NotFound, Storage, os_error
 from . import Destination, Target
 
 BUFFER = 1 << 20
@@ -82,8 +82,14 @@ class LocalDestination(Destination):
     """Files land in `directory` under their export name, or exactly at `path` when one is given."""
 
     def __init__(self, directory: Path, path: Path | None = None) -> None:
+        """Raises Invalid when `path` is a folder or `directory` a file: checked before any work, as
+        the rename at the end would fail after the whole export was written."""
         self.directory = Path(directory)
         self.path = Path(path) if path is not None else None
+        if self.path is not None and self.path.is_dir():
+            raise Invalid(f"{self.path} is a folder: name a file to write, or give the folder as the output folder")
+        if self.path is None and self.directory.exists() and not self.directory.is_dir():
+            raise Invalid(f"{self.directory} is a file, not a folder to write exports into")
 
     def open(self, name: str) -> LocalUpload:
         return LocalUpload((self.path or self.directory / name).absolute())

@@ -23,7 +23,8 @@ from alembic import command
 from alembic.config import Config
 
 from ..errors import Invalid, Limited
-from ..models import STORED, ExportRequest, ExportResult, ExportStatus
+from ..models import STORED, ExportRequest, ExportResult, ExportStatus, check_project_name
+from ..private import create_private
 from .tables import api_keys, connections, export_parts, exports, leases
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,9 @@ class JobStore:
         if url:
             return cls(url)
         Path(data_dir).mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{Path(data_dir).absolute() / 'jobs.sqlite'}")
+        path = Path(data_dir).absolute() / "jobs.sqlite"
+        create_private(path)  # keys' hashes, sealed secrets; SQLite gives its -wal, -shm, -journal this mode
+        return cls(f"sqlite:///{path}")
 
     def migrate(self) -> None:
         """Bring the schema to the newest alembic revision."""
@@ -193,6 +196,10 @@ class JobStore:
     def create_key(self, project: str) -> str:
         """A new API key for `project`; only its hash is stored, so this is the one time it is seen
         (listings show its id and first KEY_SHOWN characters)."""
+        try:
+            check_project_name(project)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self.engine.begin() as c:
             c.execute(api_keys.insert().values(key_hash=hash_key(key), id=secrets.token_hex(8),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..models import ExportFilter, ExportRequest
 from .protect import Protection
@@ -14,6 +16,33 @@ from .protect import Protection
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
 """Timestamps in text formats: UTC with microseconds, e.g. 2026-11-01T12:34:56.123456Z."""
+
+NON_FINITE_HINT = r"[:\[,]\s*[+-]?(?i:nan|inf)"
+"""RE2 (and Python): where NaN or Infinity may stand as a JSON value, after `:`, `[` or `,`. Matched
+first, as one pass over the text; a string that merely holds `nan` or `inf` ("banana", "info") does not
+match, and one that does ("ratio: NaN") is only looked at more closely."""
+NON_FINITE = re.compile(r'("(?:[^"\\]|\\.)*")|[+-]?(?i:nan|inf(?:inity)?)')
+"""A JSON string (kept) or a NaN/Infinity token in any spelling the engines' JSON readers take."""
+
+
+def finite(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """`batch` with NaN and Infinity in its `properties` JSON column made null: JSON has no such numbers and
+    strict parsers reject them. Ingest refuses them; this covers what a store held before that check
+    or got from another writer. One vectorised test per batch; only rows that match are rewritten."""
+    index = batch.schema.get_field_index("properties")
+    if index < 0 or batch.num_rows == 0:
+        return batch
+    column = batch.column(index)
+    hits = pc.match_substring_regex(column, NON_FINITE_HINT)
+    if not pc.any(hits).as_py():
+        return batch
+    values = column.to_pylist()
+    for i, hit in enumerate(hits.to_pylist()):
+        if hit:
+            values[i] = NON_FINITE.sub(lambda m: m.group(1) or "null", values[i])
+    arrays = list(batch.columns)
+    arrays[index] = pa.array(values, batch.schema.field(index).type)
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
 @dataclass(frozen=True)

@@ -82,10 +82,12 @@ class ClickHouseEventStore(ScannedStore):
         return not self.ch.command("SELECT count() FROM events")
 
     def load(self, rows: pa.RecordBatchReader) -> int:
-        """Arrow inserts into a staging table, then one INSERT ... SELECT of the uuids not stored yet."""
+        """Arrow inserts into a staging table, then one INSERT ... SELECT of the uuids not stored yet. The
+        table is the session's (TEMPORARY): one a killed ingest left would otherwise stay for good,
+        holding its events in the server's memory."""
         staging = f"staging_{uuid.uuid4().hex[:12]}"
         try:
-            self.ch.command(f"CREATE TABLE {staging} (uuid String, project_id String, event String, "
+            self.ch.command(f"CREATE TEMPORARY TABLE {staging} (uuid String, project_id String, event String, "
                             "distinct_id String, timestamp DateTime64(6, 'UTC'), properties String, "
                             "inserted_at DateTime64(6, 'UTC')) ENGINE = Memory")
             for batch in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -16,7 +17,8 @@ import pyarrow as pa
 
 from ..errors import Invalid, OutOfMemory, Storage
 from ..models import ExportFilter, FilterOperator
-from . import RFC3339, EventQuery
+from ..private import MODE, companion, create_private_dir
+from . import RFC3339, EventQuery, finite
 from .protect import Protection
 
 SCHEMA_SQL = """
@@ -209,9 +211,15 @@ class DuckDBEventStore:
         if read_only and not self.path.exists():
             DuckDBEventStore(self.path, read_only=False, threads=threads).close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not read_only and not self.path.exists()
+        # DuckDB spills big sorts and joins to PATH.tmp/, made 0755 with 0644 files when it makes it itself,
+        # and removed when it did; one made beforehand 0700 is used as it is, and stays
+        create_private_dir(Path(f"{self.path}.tmp"))
         # Unordered scans halve time and memory; rows come in storage order, which the README says.
         config = {"memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": False}
         self.con = connect_waiting(self.path, read_only, config, wait)
+        if created:  # DuckDB refuses a file made empty beforehand; this one holds no event yet
+            os.chmod(self.path, MODE)
         self.con.execute("SET TimeZone = 'UTC'")  # session options, not config ones
         self.con.execute("SET enable_progress_bar = false")
         if not read_only:
@@ -222,13 +230,20 @@ class DuckDBEventStore:
                 except duckdb.TransactionException:
                     if attempt == 2:
                         raise
+            self.private_wal()
+
+    def private_wal(self) -> None:
+        """The write-ahead log, which DuckDB deletes at each checkpoint and creates afresh 0644 at the
+        next write, made beforehand with the store file's mode: DuckDB writes into it as it finds it.
+        Called after every write of this connection (a write may have checkpointed)."""
+        companion(self.path, ".wal")
 
     def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
         sql = SqlBuilder()
         text = sql.select(query)
         reader = self._relation(text, sql.params).to_arrow_reader(batch_size)
         self.readers.append(reader)
-        return _renamed(reader, query.schema)
+        return _renamed(reader, query.schema, not query.property_columns)
 
     def count(self, query: EventQuery) -> int:
         sql = SqlBuilder()
@@ -260,6 +275,7 @@ class DuckDBEventStore:
             self.con.execute("ROLLBACK")
             raise
         self.execute("COMMIT" if found == expected else "ROLLBACK", [])
+        self.private_wal()
         return found
 
     def insert(self, select_sql: str, params: list[Any] | dict[str, Any] | None = None) -> int:
@@ -270,7 +286,10 @@ class DuckDBEventStore:
             'ORDER BY "timestamp"'  # rows stored in time order: a window's scan skips other row groups
         )
         with INSERTS:
-            return int(self.execute(text, params or []).fetchall()[0][0])
+            try:
+                return int(self.execute(text, params or []).fetchall()[0][0])
+            finally:
+                self.private_wal()
 
     def _relation(self, text: str, params: list[Any]) -> duckdb.DuckDBPyRelation:
         with translated_errors():
@@ -325,14 +344,16 @@ def quoted_out(message: str) -> str:
     return re.sub(r'(?s)\s*Input: ".*', "", message)
 
 
-def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema) -> pa.RecordBatchReader:
-    """The same stream under the query's column names (SQL aliases are positional, never user text)."""
+def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema, json_properties: bool) -> pa.RecordBatchReader:
+    """The same stream under the query's column names (SQL aliases are positional, never user text);
+    with `json_properties` (not one column per property), NaN and Infinity in them made null."""
 
     def gen() -> Iterator[pa.RecordBatch]:
         with translated_errors():
             try:
                 for batch in reader:
-                    yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+                    batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+                    yield finite(batch) if json_properties else batch
             except OSError as exc:  # DuckDB's error as the Arrow stream passes it on (out of memory, say)
                 raise Storage(f"event store query failed: {str(exc).splitlines()[0]}") from exc
 

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
-from . import EventQuery
+from . import EventQuery, finite
 from .duckdb import SqlBuilder, translated_errors
 
 PAGE_ROWS = 100_000
@@ -64,7 +64,8 @@ class ScannedStore:
         sql = SqlBuilder()
         text = sql.select(query)
         return pa.RecordBatchReader.from_batches(
-            query.schema, self._each(self.scan(query), text, sql.params, query.schema, batch_size))
+            query.schema, self._each(self.scan(query), text, sql.params, query.schema, batch_size,
+                                     not query.property_columns))
 
     def count(self, query: EventQuery) -> int:
         sql = SqlBuilder()
@@ -72,7 +73,9 @@ class ScannedStore:
         return sum(batch.column(0)[0].as_py() for batch in self._each(self.scan(query), text, sql.params))
 
     def _each(self, source: Iterator[pa.RecordBatch], text: str, params: list[Any], schema: pa.Schema | None = None,
-              batch_size: int = 1 << 30) -> Iterator[pa.RecordBatch]:
+              batch_size: int = 1 << 30, json_properties: bool = False) -> Iterator[pa.RecordBatch]:
+        """`text` run over each batch of `source`, in `schema` if given; with `json_properties` (not
+        one column per property), NaN and Infinity in them made null."""
         for batch in source:
             self.duck.register("events", batch)
             try:
@@ -81,7 +84,8 @@ class ScannedStore:
             finally:
                 self.duck.unregister("events")
             for out in table.to_batches(max_chunksize=batch_size):
-                yield out if schema is None else pa.RecordBatch.from_arrays(out.columns, schema=schema)
+                out = out if schema is None else pa.RecordBatch.from_arrays(out.columns, schema=schema)
+                yield finite(out) if json_properties else out
 
     def execute(self, text: str, params: list[Any] | dict[str, Any]) -> duckdb.DuckDBPyConnection:
         """Staging SQL (reading an ingest file) in the in-process DuckDB."""
