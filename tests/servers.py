@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import http.server
 import os
 import shutil
 import socket
@@ -337,3 +338,35 @@ def gcs_server() -> Iterator[GCSServer]:
 def sftp_server() -> Iterator[SFTPServer]:
     with SFTPServer() as server:
         yield server
+
+
+class HookServer(http.server.ThreadingHTTPServer):
+    """A webhook receiver on 127.0.0.1 (HTTP/1.1, connections kept alive): each POST's headers (any
+    case) and body go to `respond`, which answers it; subclasses say what a receiver does."""
+
+    def __init__(self) -> None:
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                status, headers = server.respond(self.headers, self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": "0"}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__((HOST, 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def respond(self, headers: Any, body: bytes) -> tuple[int, dict[str, str]]:
+        """The status and headers of the answer to a POST (`headers`: an email.message.Message)."""
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.server_address[1]}/hook"

@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+from typing import Any
 
 import asyncssh
 import pyarrow.parquet as pq
@@ -21,7 +22,7 @@ from analytics_export import export
 from conftest import with_demo_events
 from faults import Drop, FaultyProxy, Respond, when
 from helpers import decompress
-from servers import azurite, gcs_server, s3_server, sftp_server  # noqa: F401  (fixtures)
+from servers import HookServer, azurite, gcs_server, s3_server, sftp_server  # noqa: F401  (fixtures)
 from service import Service, cli, wait_for
 
 WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
@@ -358,36 +359,20 @@ def test_sftp_dropped_connection_fails_without_a_final_file(client, sftp_server)
 
 # -- webhook --------------------------------------------------------------------------------------
 
-class Receiver(http.server.ThreadingHTTPServer):
+class Receiver(HookServer):
     """Records each POST (headers, body); fails the first `fail` requests with 503 + Retry-After."""
 
     def __init__(self, fail: int = 0) -> None:
         self.requests: list[tuple[dict, bytes]] = []
         self.fail = fail
-        server = self
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if server.fail > 0:
-                    server.fail -= 1
-                    self.send_response(503)
-                    self.send_header("Retry-After", "0")
-                else:
-                    server.requests.append((dict(self.headers), body))
-                    self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+    def respond(self, headers: Any, body: bytes) -> tuple[int, dict[str, str]]:
+        if self.fail > 0:
+            self.fail -= 1
+            return 503, {"Retry-After": "0"}
+        self.requests.append((dict(headers), body))
+        return 204, {}
 
 
 def verify(secret: bytes, headers: dict, body: bytes) -> bool:

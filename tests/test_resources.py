@@ -3,7 +3,6 @@ disk is reported as such, with nothing partial left."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import resource
@@ -12,12 +11,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from analytics_export import Settings, export
 from analytics_export.models import ExportRequest
-from servers import azurite, gcs_server, s3_server, sftp_server  # noqa: F401  (fixtures)
+from servers import HookServer, azurite, gcs_server, s3_server, sftp_server  # noqa: F401  (fixtures)
 from service import CLI, Service, cli, wait_for
 
 FEW_THOUSAND = {"start_date": "2026-10-22", "end_date": "2026-11-01"}  # ~2,200 of the 20,000 demo events
@@ -25,31 +25,16 @@ ONE_DAY = {"start_date": "2026-10-31", "end_date": "2026-11-01"}  # ~220 demo ev
 OPEN_FILES = 256
 
 
-class Receiver(http.server.ThreadingHTTPServer):
-    """A webhook receiver on 127.0.0.1 that keeps connections alive and records each body."""
+class Receiver(HookServer):
+    """A webhook receiver that keeps connections alive and records each body."""
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
-        server = self
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                server.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+    def respond(self, headers: Any, body: bytes) -> tuple[int, dict[str, str]]:
+        self.bodies.append(body)
+        return 204, {}
 
 
 class PeakOpenFiles:

@@ -3,16 +3,15 @@ job store without ever running one job twice."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import re
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -20,6 +19,7 @@ from analytics_export import Settings, open_store
 from analytics_export.sources import EventQuery
 from conftest import DEMO_END, with_demo_events
 from helpers import read_records
+from servers import HookServer
 from service import CLI, Service, cli, wait_for
 
 ALL = {"start_date": "2026-07-01", "end_date": "2026-11-02"}
@@ -156,33 +156,23 @@ def test_transient_failures_retry_with_backoff_then_fail(tmp_path):
         svc.close()
 
 
-class WorkerKiller(http.server.ThreadingHTTPServer):
+class WorkerKiller(HookServer):
     """A webhook receiver that SIGKILLs the worker sending to it: the export's lease owner, whose
     name holds its pid (`host:pid:suffix`), looked up in the job store by the X-Export-Id header."""
 
     def __init__(self, jobs: Path) -> None:
         self.killed: list[int] = []
-        server = self
+        self.jobs = jobs
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                with sqlite3.connect(jobs) as db:
-                    owner, = db.execute("SELECT lease_owner FROM exports WHERE id = ?",
-                                        (self.headers["X-Export-Id"],)).fetchone()
-                pid = int(owner.split(":")[1])
-                assert b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes(), "only ever a worker"
-                server.killed.append(pid)
-                os.kill(pid, signal.SIGKILL)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+    def respond(self, headers: Any, body: bytes) -> tuple[int, dict[str, str]]:
+        with sqlite3.connect(self.jobs) as db:
+            owner, = db.execute("SELECT lease_owner FROM exports WHERE id = ?", (headers["X-Export-Id"],)).fetchone()
+        pid = int(owner.split(":")[1])
+        assert b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes(), "only ever a worker"
+        self.killed.append(pid)
+        os.kill(pid, signal.SIGKILL)
+        return 204, {}  # to nobody: the sender is dead
 
 
 def test_an_export_that_kills_its_worker_fails_after_max_attempts_and_the_queue_goes_on(tmp_path):
