@@ -139,6 +139,7 @@ def test_a_run_whose_worker_dies_max_attempts_times_fails_and_the_next_runs(tmp_
     assert last["status"] == "completed"
 
 
+@pytest.mark.timeout(900)  # 720 windows through kills: near the default 300 s on a loaded 2-core machine
 def test_thirty_days_hourly_through_kills_and_downtime_export_each_event_once(tmp_path):
     rng = random.Random(7)
     sim = Sim(tmp_path)
