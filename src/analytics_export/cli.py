@@ -381,9 +381,12 @@ def serve(
     http = partial(GuardedHttpProtocol, header_timeout=settings.header_timeout_seconds,
                    max_header_bytes=settings.max_header_bytes)
     try:
+        # With --api-processes, uvicorn kills a process that does not answer its health ping within
+        # timeout_worker_healthcheck (5 s by default) and starts another: on a busy machine the
+        # imports alone took longer, and the processes were restarted forever without serving.
         uvicorn.run("analytics_export.api.app:app_from_environment", factory=True, host=host, port=port,
                     workers=api_processes, log_level="warning", http=http,
-                    limit_concurrency=settings.max_connections)
+                    limit_concurrency=settings.max_connections, timeout_worker_healthcheck=60)
     finally:
         supervisor.close()
 

@@ -106,7 +106,9 @@ def problems(*codes: int) -> dict:
 def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     app = FastAPI(title="analytics-export", version="0.1.0", docs_url=None, redoc_url=None,
                   dependencies=[Depends(storable_text)],
-                  responses={401: {"model": Problem}, 422: {"model": Problem}})
+                  responses={401: {"model": Problem}, 422: {"model": Problem},
+                             408: {"model": Problem, "description": "the request body arrived too slowly"},
+                             413: {"model": Problem, "description": "the request body is over its limit"}})
     app.include_router(docs_router(app.openapi_url, app.title))
     secret = settings.signing_key()
     sealer = Sealer(secret)

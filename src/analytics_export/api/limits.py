@@ -3,8 +3,8 @@ route's size limit, and only while it keeps arriving; a request head must arrive
 
 import asyncio
 import time
-from http import HTTPStatus
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable
 
 from fastapi import HTTPException
@@ -197,6 +197,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         body = JSONResponse({"detail": message}).body
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                             b"connection: close\r\n\r\n%s" % (status, HTTPStatus(status).phrase.encode(), len(body), body))
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        self.transport.write(head % (status, HTTPStatus(status).phrase.encode(), len(body)) + body)
         self.transport.close()
