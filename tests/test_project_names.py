@@ -14,7 +14,7 @@ def test_a_key_for_an_unchecked_project_is_refused(tmp_path):
     jobs.migrate()
     good = jobs.create_key("default")
     with jobs.engine.begin() as c:  # as `keys create --project ../../../tmp/x` stored it before
-        c.execute(api_keys.insert().values(key_hash=hash_key("aek_old"), project="../../../tmp/x", created_at=now()))
+        c.execute(api_keys.insert().values(key_hash=hash_key("aek_old"), id="old0key0", project="../../../tmp/x", created_at=now()))
     jobs.engine.dispose()
     svc = Service(data, 0)
     try:
