@@ -67,6 +67,14 @@ class Service:
             self.proc.kill()
 
 
+def create_idle_stream(client: httpx.Client, name: str) -> str:
+    """The id of a new stream (`name`) posting to a closed port on loopback: it exists, and sends nothing."""
+    stream = client.post("/api/streams", json={"name": name, "destination": {
+        "type": "webhook", "url": "http://127.0.0.1:9/nobody-listens"}})
+    assert stream.status_code == 201, stream.text
+    return stream.json()["stream"]["id"]
+
+
 def wait_for(client: httpx.Client, export_id: str, status: str = "completed", timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ from analytics_export.jobs.store import JobStore
 from analytics_export.jobs.tables import exports
 from conftest import with_demo_events
 from helpers import decompress
-from service import Service, cli, wait_for
+from service import Service, cli, create_idle_stream, wait_for
 
 WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
 
@@ -189,10 +189,7 @@ def test_auth_errors(service):
 
 def test_open_metrics_name_no_project_or_stream(service):
     with service.client(service.key) as c:
-        stream = c.post("/api/streams", json={"name": "metered", "destination": {
-            "type": "webhook", "url": "http://127.0.0.1:9/nobody-listens"}})
-        assert stream.status_code == 201, stream.text
-        stream_id = stream.json()["stream"]["id"]
+        stream_id = create_idle_stream(c, "metered")
         try:
             with service.client(None) as anonymous:
                 metrics = anonymous.get("/metrics")

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from analytics_export import Settings
-from service import Service, cli
+from service import Service, cli, create_idle_stream
 from test_console import ARGS, CHROMIUM
 
 TOKEN = "metrics-token-for-tests"
@@ -27,10 +27,7 @@ def service(tmp_path_factory):
 
 def test_metrics_need_the_token_which_shows_streams(service):
     with service.client(service.key) as c:
-        stream = c.post("/api/streams", json={"name": "metered", "destination": {
-            "type": "webhook", "url": "http://127.0.0.1:9/nobody-listens"}})
-        assert stream.status_code == 201, stream.text
-        stream_id = stream.json()["stream"]["id"]
+        stream_id = create_idle_stream(c, "metered")
         assert c.get("/metrics").status_code == 401, "an API key is not the metrics token"
     with service.client(None) as anonymous:
         refused = anonymous.get("/metrics")

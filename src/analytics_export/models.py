@@ -16,6 +16,10 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 PROPERTY_NAME = re.compile(r"[\w$][\w$.:/ -]{0,199}")
 """A plain property key: letters, digits and `_ $ . : / -` and spaces; no quotes, brackets or SQL."""
+STORED = {"stored": True}
+"""Validation context for rows read back from the job store: checks added since a row was saved (a
+five-field cron, webhook header rules) are made when it runs, as a clear permanent error, or by the
+scheduler, which pauses it with the reason; a request's values are checked when they arrive."""
 EXPORT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 """Ids of exports, schedules and streams: they become file names and parts of object keys."""
 
@@ -35,6 +39,11 @@ MAX_RULE_PROPERTIES = 1_000
 MAX_PATTERN_CHARS = 1_000
 MAX_FOLDER_BYTES = 900
 """A rendered `prefix/path_template`: object keys are at most 1024 bytes, and the file name follows."""
+
+
+def is_stored(info: ValidationInfo) -> bool:
+    """Whether the model is being read back from the job store (validated with context STORED)."""
+    return bool((info.context or {}).get("stored"))
 
 
 def utc(value: datetime | date) -> datetime:
@@ -194,7 +203,6 @@ class ExportFilter(BaseModel):
                 raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
         return self
 
-
     @property
     def size(self) -> int:
         """About how many characters the filter takes (its JSON text): what MAX_FILTERS_CHARS bounds."""
@@ -271,6 +279,8 @@ def render_folder(prefix: str, template: str | None, values: dict[str, str]) -> 
     """`prefix/template` with `values` in its placeholders, without leading or trailing `/`."""
     parts = [prefix, template.format(**values) if template else ""]
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
 CONNECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -411,7 +421,7 @@ class WebhookDestination(BaseModel):
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        if (info.context or {}).get("stored"):  # checked when it runs: an old row must still load
+        if is_stored(info):  # checked when it runs: an old row must still load
             return value
         return check_headers(value)
 
@@ -430,9 +440,6 @@ MAX_HEADER_VALUE = 8 << 10
 MAX_HEADERS_BYTES = 12 << 10
 """Bounds on a webhook's own headers: common servers take 8 KiB a field and 16 KiB in all (Node.js),
 which leaves room for the headers analytics-export adds and a connection's Authorization."""
-STORED = {"stored": True}
-"""Validation context for rows read back from the store: checks added since they were saved are
-made when they run (a clear, permanent error), not when they load (every listing would fail)."""
 
 
 def check_header_value(name: str, value: str) -> str:
@@ -501,9 +508,6 @@ class WarehouseTable(BaseModel):
 
 MAX_CRON_LENGTH = 200
 """Longest cron expression accepted: a minute list of all 60 minutes fits with room to spare."""
-STORED = {"stored": True}
-"""Validation context for specs read back from the job store: a cron saved before the five-field rule
-still loads (to be shown, and paused by the scheduler with the reason), where a request's is refused."""
 
 
 def check_cron(value: str, stored: bool = False) -> str:
@@ -909,7 +913,7 @@ class ScheduledExport(BaseModel):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str, info: ValidationInfo) -> str:
-        return check_cron(value, stored=info.context == STORED)
+        return check_cron(value, stored=is_stored(info))
 
     @model_validator(mode="after")
     def _guard(self) -> ScheduledExport:
@@ -980,7 +984,7 @@ class RetentionPolicy(BaseModel):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str, info: ValidationInfo) -> str:
-        return check_cron(value, stored=info.context == STORED)
+        return check_cron(value, stored=is_stored(info))
 
     @field_validator("destination")
     @classmethod
