@@ -33,7 +33,8 @@ from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid, Storage
 from .inbox import clean_inbox
 from .ingest import ingest_file
-from .models import Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator, describe_errors
+from .models import COMPRESSION_DOC, Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator, \
+    describe_errors
 from .pipeline import Progress as ExportProgress
 from .pipeline import run_export
 from .sources import EventQuery, EventSource
@@ -114,7 +115,7 @@ def export(
     format: str = typer.Option(..., "--format", "-f", help="json, json_lines (jsonl), csv, parquet or avro"),
     start: str = typer.Option(..., "--start", help="Start (inclusive), ISO 8601; naive means UTC"),
     end: str = typer.Option(..., "--end", help="End (exclusive), ISO 8601"),
-    compression: Optional[Compression] = typer.Option(None, "--compression", "-c"),
+    compression: Optional[Compression] = typer.Option(None, "--compression", "-c", help=COMPRESSION_DOC),
     event: List[str] = typer.Option([], "--event", "-e", help="Event name to keep (repeatable); default all"),
     property: List[str] = typer.Option([], "--property", "-p", help="Property to keep (repeatable); default all"),
     filter: List[str] = typer.Option([], "--filter", help="'PROPERTY OPERATOR [VALUE]' (repeatable, all must match)"),

@@ -6,6 +6,7 @@ import math
 import re
 import string
 import uuid
+from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from enum import Enum
 from typing import Annotated, Literal, Union
@@ -78,6 +79,42 @@ def check_property_name(name: str) -> str:
     return name
 
 
+class Compression(str, Enum):
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    SNAPPY = "snappy"
+    LZ4 = "lz4"
+
+    @property
+    def file_extension(self) -> str:
+        """Suffix added to text formats (`.gz`, `.zst`, `.sz`, `.lz4`)."""
+        return {"gzip": ".gz", "zstd": ".zst", "snappy": ".sz", "lz4": ".lz4"}[self.value]
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """What a format is, in the one place every part of the service reads it from.
+
+    `codecs` are the compressions offered: those that mainstream readers (DuckDB, ClickHouse, polars,
+    pandas, pyarrow, Spark; fastparquet, fastavro and Apache Avro for their formats) open whole, as
+    measured (the README's Compression section has the table); `codecs_note` says why others are refused.
+    `codec_inside_file`: the codec is the file's own (Parquet pages, Avro blocks) and the name keeps
+    its plain extension; otherwise the file is wrapped in one compressed stream and gets the codec's
+    suffix.
+    """
+
+    extension: str
+    content_type: str
+    codecs: tuple[Compression, ...]
+    codecs_note: str = ""
+    codec_inside_file: bool = False
+
+
+_TEXT_CODECS = (Compression.GZIP, Compression.ZSTD)
+_TEXT_NOTE = ("readers such as DuckDB, pandas, polars and Spark cannot open snappy- or lz4-framed text; snappy "
+              "and lz4 are offered inside Parquet and Avro files")
+
+
 class ExportFormat(str, Enum):
     JSON = "json"
     JSON_LINES = "json_lines"
@@ -86,12 +123,16 @@ class ExportFormat(str, Enum):
     AVRO = "avro"
 
     @property
+    def spec(self) -> FormatSpec:
+        return FORMAT_SPECS[self]
+
+    @property
     def content_type(self) -> str:
-        return _CONTENT_TYPES[self]
+        return self.spec.content_type
 
     @property
     def file_extension(self) -> str:
-        return _EXTENSIONS[self]
+        return self.spec.extension
 
     @classmethod
     def parse(cls, value: str) -> ExportFormat:
@@ -104,32 +145,46 @@ class ExportFormat(str, Enum):
         raise ValueError(f"unknown format {value!r}: use one of {names}")
 
 
-_CONTENT_TYPES = {
-    ExportFormat.JSON: "application/json",
-    ExportFormat.JSON_LINES: "application/x-ndjson",
-    ExportFormat.CSV: "text/csv",
-    ExportFormat.PARQUET: "application/octet-stream",
-    ExportFormat.AVRO: "application/avro",
+FORMAT_SPECS: dict[ExportFormat, FormatSpec] = {
+    ExportFormat.JSON: FormatSpec("json", "application/json", _TEXT_CODECS, _TEXT_NOTE),
+    ExportFormat.JSON_LINES: FormatSpec("jsonl", "application/x-ndjson", _TEXT_CODECS, _TEXT_NOTE),
+    ExportFormat.CSV: FormatSpec("csv", "text/csv", _TEXT_CODECS, _TEXT_NOTE),
+    ExportFormat.PARQUET: FormatSpec(
+        "parquet", "application/octet-stream",
+        (Compression.GZIP, Compression.ZSTD, Compression.SNAPPY, Compression.LZ4), codec_inside_file=True),
+    ExportFormat.AVRO: FormatSpec(
+        "avro", "application/avro", (Compression.GZIP, Compression.ZSTD, Compression.SNAPPY),
+        "lz4 is not in the Avro specification: only fastavro reads it; gzip is written as Avro's deflate, which "
+        "every reader tested opens, and polars cannot read zstd", codec_inside_file=True),
 }
-_EXTENSIONS = {
-    ExportFormat.JSON: "json",
-    ExportFormat.JSON_LINES: "jsonl",
-    ExportFormat.CSV: "csv",
-    ExportFormat.PARQUET: "parquet",
-    ExportFormat.AVRO: "avro",
-}
+"""Each format's facts; `codec_problem` says why a format does not offer a compression."""
+COMPRESSION_DOC = ("text formats are wrapped in one stream (`.gz`, `.zst`); Parquet and Avro compress inside the "
+                   "file (Avro's gzip is deflate). Offered: " + "; ".join(
+                       f"{f.value} {', '.join(c.value for c in spec.codecs)}" for f, spec in FORMAT_SPECS.items()))
 
 
-class Compression(str, Enum):
-    GZIP = "gzip"
-    ZSTD = "zstd"
-    SNAPPY = "snappy"
-    LZ4 = "lz4"
+def codec_problem(fmt: ExportFormat, compression: Compression | None) -> str | None:
+    """Why `fmt` does not offer `compression`, naming what it offers, or None (no compression always is)."""
+    spec = fmt.spec
+    if compression is None or compression in spec.codecs:
+        return None
+    names = [c.value for c in spec.codecs]
+    offered = ", ".join(names[:-1]) + f" or {names[-1]}"
+    why = f" ({spec.codecs_note})" if spec.codecs_note else ""
+    return f"{compression.value} is not offered for {fmt.value}: use {offered}{why}"
 
-    @property
-    def file_extension(self) -> str:
-        """Suffix added to text formats (`.gz`, `.zst`, `.sz`, `.lz4`)."""
-        return {"gzip": ".gz", "zstd": ".zst", "snappy": ".sz", "lz4": ".lz4"}[self.value]
+
+def offered_codec(value: Compression | None, info: ValidationInfo) -> Compression | None:
+    """The `compression` field's check in every model that chooses a format (declared before it): `value`
+    if the format offers it; read back from the job store, `value` as saved (checked when it runs). A
+    field check, not a model check: pydantic runs model checks again on nested instances (a stored
+    request inside a view)."""
+    fmt = info.data.get("format")
+    if fmt is not None and not is_stored(info):
+        problem = codec_problem(fmt, value)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
 
 
 class FilterOperator(str, Enum):
@@ -782,7 +837,7 @@ class ExportRequest(BaseModel):
     format: ExportFormat = ExportFormat.JSON_LINES
     properties: PropertyNames | None = Field(None, description="properties to keep; null means all")
     filters: Filters = Field(default_factory=list)
-    compression: Compression | None = None
+    compression: Compression | None = Field(None, description=COMPRESSION_DOC)
     destination: ExportDestination = Field(default_factory=DownloadDestination)
     time_field: TimeField = Field(
         "timestamp", description="the window selects on the event's `timestamp`, or on `inserted_at` "
@@ -816,6 +871,11 @@ class ExportRequest(BaseModel):
             raise ValueError("properties must name at least one property, or be null for all")
         return list(dict.fromkeys(check_property_name(p) for p in value))
 
+    @field_validator("compression")
+    @classmethod
+    def _offered(cls, value: Compression | None, info: ValidationInfo) -> Compression | None:
+        return offered_codec(value, info)  # a stored export fails with the reason when it runs
+
     @model_validator(mode="after")
     def _window(self) -> ExportRequest:
         check_formula_guard(self.format, self.csv_formula_guard)
@@ -833,7 +893,7 @@ class ExportRequest(BaseModel):
     @property
     def file_extension(self) -> str:
         suffix = ""
-        if self.compression and self.format in (ExportFormat.JSON, ExportFormat.JSON_LINES, ExportFormat.CSV):
+        if self.compression and not self.format.spec.codec_inside_file:
             suffix = self.compression.file_extension
         return f".{self.format.file_extension}{suffix}"
 
@@ -902,7 +962,7 @@ class ScheduledExport(BaseModel):
     format: ExportFormat = ExportFormat.JSON_LINES
     properties: PropertyNames | None = None
     filters: Filters = Field(default_factory=list)
-    compression: Compression | None = None
+    compression: Compression | None = Field(None, description=COMPRESSION_DOC)
     csv_formula_guard: bool = Field(False, description="as in an export request: CSV cells a spreadsheet would "
                                     "run as formulas start with `'`")
     destination: ExportDestination = Field(default_factory=DownloadDestination)
@@ -914,6 +974,11 @@ class ScheduledExport(BaseModel):
     @classmethod
     def _cron(cls, value: str, info: ValidationInfo) -> str:
         return check_cron(value, stored=is_stored(info))
+
+    @field_validator("compression")
+    @classmethod
+    def _offered(cls, value: Compression | None, info: ValidationInfo) -> Compression | None:
+        return offered_codec(value, info)  # a stored schedule is paused with the reason when due
 
     @model_validator(mode="after")
     def _guard(self) -> ScheduledExport:
@@ -937,11 +1002,13 @@ class ScheduledExport(BaseModel):
         return value
 
     def request(self, export_id: str, start: datetime, end: datetime) -> ExportRequest:
-        """The export of one window."""
-        return ExportRequest(id=export_id, events=self.events, start_date=start, end_date=end, format=self.format,
-                             properties=self.properties, filters=self.filters, compression=self.compression,
-                             destination=self.destination, time_field=self.time_field,
-                             csv_formula_guard=self.csv_formula_guard)
+        """The export of one window (as stored: the schedule's own checks were made on it, and an export
+        of a stored schedule the rules no longer allow fails with the reason when it runs)."""
+        return ExportRequest.model_validate(dict(
+            id=export_id, events=self.events, start_date=start, end_date=end, format=self.format,
+            properties=self.properties, filters=self.filters, compression=self.compression,
+            destination=self.destination, time_field=self.time_field, csv_formula_guard=self.csv_formula_guard),
+            context=STORED)
 
 
 class ExportConfig(BaseModel):

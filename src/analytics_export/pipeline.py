@@ -14,9 +14,9 @@ import pyarrow as pa
 
 from .compression import CompressedSink
 from .destinations import BackgroundUpload, Destination
-from .errors import Cancelled
+from .errors import Cancelled, Invalid
 from .formats import Writer, writer_class, writer_for
-from .models import ExportRequest, ExportResult, ExportStatus
+from .models import ExportRequest, ExportResult, ExportStatus, codec_problem
 from .privacy import Privacy
 from .sources import EventQuery, EventSource
 from .streams import ForwardingSink
@@ -52,7 +52,7 @@ class Part:
         upload = BackgroundUpload(destination.open(name))
         counted = HashingSink(upload) if digest else ForwardingSink(upload)
         try:
-            wraps_stream = request.compression is not None and not writer_cls.internal_compression
+            wraps_stream = request.compression is not None and not request.format.spec.codec_inside_file
             sink = CompressedSink(counted, request.compression) if wraps_stream else counted
             writer = writer_cls(sink, schema, request.compression, fragment)
         except BaseException:
@@ -203,6 +203,9 @@ def write_files(
     without events, one empty file if `empty_file`, else none); returns their manifest entries. If
     anything fails, the files already committed are removed. `scope` adjusts the query (retention
     reads as of a watermark, with ids)."""
+    problem = codec_problem(request.format, request.compression)
+    if problem is not None:  # an export stored before its format stopped offering the codec
+        raise Invalid(problem)
     query = export_query(request, project, privacy)
     if scope is not None:
         query = scope(query)

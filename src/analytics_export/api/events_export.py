@@ -115,7 +115,7 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
         """The events of [start, end), streamed (chunked) in `format`; gzip when the client accepts it
         for text formats. The project's privacy policy applies. A response cut short ends without its
         final chunk, so a client sees it as incomplete."""
-        gzip = format in (ExportFormat.JSON, ExportFormat.JSON_LINES, ExportFormat.CSV) and "gzip" in \
+        gzip = not format.spec.codec_inside_file and Compression.GZIP in format.spec.codecs and "gzip" in \
             request.headers.get("accept-encoding", "")
         try:
             spec = ExportRequest(start_date=start, end_date=end, format=format, events=event or [],

@@ -22,12 +22,11 @@ from typing import BinaryIO, Callable, Iterator
 import httpx
 
 from ..errors import Cancelled, Rejected, Upload, os_error
-from ..models import ExportFormat, WebhookDestination as WebhookSpec
+from ..models import WebhookDestination as WebhookSpec
 from . import Destination, Target, redact
 from .webhook_client import Pinned, WebhookClient, pin
 
 READ_SIZE = 1 << 20
-CONTENT_ENCODINGS = {"gzip": "gzip", "zstd": "zstd", "lz4": "x-lz4", "snappy": "x-snappy-framed"}
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -107,8 +106,8 @@ class Webhook(Destination):
         request = self.target.request
         headers = {**self.spec.headers, "Content-Type": request.format.content_type, "X-Export-Id": request.id,
                    "X-Batch-Count": str(len(uris))}
-        if request.compression and request.format not in (ExportFormat.PARQUET, ExportFormat.AVRO):
-            headers["Content-Encoding"] = CONTENT_ENCODINGS[request.compression.value]
+        if request.compression and not request.format.spec.codec_inside_file:
+            headers["Content-Encoding"] = request.compression.value  # text offers gzip and zstd: HTTP's names
         if self.target.secrets.get("authorization"):
             headers["Authorization"] = self.target.secrets["authorization"]
         target = pin(self.spec.url, self.target.settings.destination_allow)

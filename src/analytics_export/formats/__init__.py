@@ -26,9 +26,9 @@ class Writer:
 
     `nested_properties`: the format keeps `properties` as a nested object even when properties are
     selected (JSON, JSON Lines); tabular formats get one column per selected property instead.
-    `internal_compression`: the format compresses inside the file (Parquet, Avro) rather than being
-    wrapped in a compressed stream. `text_timestamps`: batches arrive with `timestamp` already as
-    RFC 3339 text (text formats) rather than as timestamp[us, UTC].
+    `text_timestamps`: batches arrive with `timestamp` already as RFC 3339 text (text formats) rather
+    than as timestamp[us, UTC]. Whether the codec is inside the file is the format's spec
+    (`ExportFormat.spec`), as are its extension, content type and the codecs it offers.
 
     A `fragment` is one partition of an export: a text writer leaves out what opens and closes the
     file (CSV header, JSON brackets), so `merge` can join the fragments into the file one run
@@ -36,7 +36,6 @@ class Writer:
     """
 
     nested_properties: ClassVar[bool] = False
-    internal_compression: ClassVar[bool] = False
     text_timestamps: ClassVar[bool] = False
 
     def __init__(self, sink: ForwardingSink, schema: pa.Schema, compression: Compression | None = None,

@@ -20,8 +20,8 @@ from ..models import Compression
 from ..streams import Sink
 from . import Writer, copy
 
-CODECS = {None: "null", Compression.GZIP: "deflate", Compression.ZSTD: "zstandard",
-          Compression.SNAPPY: "snappy", Compression.LZ4: "lz4"}
+CODECS = {None: "null", Compression.GZIP: "deflate", Compression.ZSTD: "zstandard", Compression.SNAPPY: "snappy"}
+"""The Avro specification's names of the codecs Avro offers (see ExportFormat.spec)."""
 TIMESTAMP = {"type": "long", "logicalType": "timestamp-micros"}
 
 
@@ -52,8 +52,6 @@ def avro_schema(schema: pa.Schema) -> dict:
 
 
 class AvroWriter(Writer):
-    internal_compression = True
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.writer = fastavro.write.Writer(self.sink, fastavro.parse_schema(avro_schema(self.schema)),

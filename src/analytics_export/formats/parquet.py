@@ -24,8 +24,6 @@ CODECS = {None: "none", Compression.GZIP: "gzip", Compression.ZSTD: "zstd",
 
 
 class ParquetWriter(Writer):
-    internal_compression = True
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.writer = pq.ParquetWriter(self.sink, self.schema, compression=CODECS[self.compression])

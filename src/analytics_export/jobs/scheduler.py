@@ -10,8 +10,9 @@ when it runs again.
 Schedules keep to their project's `max_concurrent_exports`: a window due when the project has no room
 is recorded as a planned run (the watermark moves past it, so it is neither queued twice nor lost) and
 gets its export at a later tick once exports finish, oldest window first, as a backfilled one does.
-A stored schedule that the rules no longer allow (a cron of six fields, or firing more often than
-`min_schedule_interval_seconds`) is paused with the reason when it comes due, never run.
+A stored schedule that the rules no longer allow (a cron of six fields, firing more often than
+`min_schedule_interval_seconds`, or a codec its format no longer offers) is paused with the reason
+when it comes due, never run.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pydantic import ValidationError
 
 from ..errors import Invalid, NotFound
 from ..models import STORED, DateRange, ExportConfig, ExportStatus, ScheduledExport, check_cron_interval, \
-    describe_errors, schedule_problem
+    codec_problem, describe_errors, schedule_problem
 from .store import ACTIVE, MAX_SCHEDULES, JobStore, aware, check_room, now
 from .tables import export_parts, exports, schedule_runs, schedules
 from .windows import due, fires, floor, following, last_fire, windows
@@ -108,9 +109,10 @@ class Scheduler:
             if row is None or not row.enabled:
                 return 0
             spec = stored(row.spec)
-            problem = schedule_problem(spec.schedule, self.config.min_schedule_interval_seconds)
+            problem = (schedule_problem(spec.schedule, self.config.min_schedule_interval_seconds)
+                       or codec_problem(spec.format, spec.compression))
             if problem is not None:
-                reason = f"paused: {problem}; PATCH a new schedule to resume"
+                reason = f"paused: {problem}; PATCH the schedule to resume"
                 c.execute(schedules.update().where(schedules.c.id == schedule_id).values(
                     enabled=False, paused_reason=reason))
                 log.warning("schedule %s %s", schedule_id, reason)

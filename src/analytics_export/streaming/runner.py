@@ -29,7 +29,7 @@ from ..errors import ExportError, Invalid, Rejected
 from ..formats import writer_class
 from ..jobs.policies import PrivacyStore
 from ..jobs.store import JobStore, now
-from ..models import ExportFormat, ExportRequest
+from ..models import ExportFormat, ExportRequest, codec_problem
 from ..privacy import Privacy
 from ..sources import EventQuery
 from ..streams import ForwardingSink
@@ -85,6 +85,9 @@ class StreamRun:
     def run(self) -> None:
         sink: Sink | None = None
         try:
+            problem = codec_problem(self.spec.format, self.spec.compression)
+            if problem is not None:  # stored before its format stopped offering the codec
+                raise Invalid(f"{problem}; PATCH the stream's compression")
             request = self.request()
             privacy = PrivacyStore(self.jobs, Sealer(self.settings.signing_key())).for_export(
                 self.stream.project, request)
@@ -238,7 +241,7 @@ class StreamRun:
         out = io.BytesIO()
         counted = ForwardingSink(out)
         compression = self.spec.compression
-        wraps = compression is not None and not self.writer_cls.internal_compression
+        wraps = compression is not None and not self.format.spec.codec_inside_file
         sink = CompressedSink(counted, compression) if wraps else counted
         writer = self.writer_cls(sink, schema, compression)
         try:
@@ -254,8 +257,7 @@ class StreamRun:
             lines = body.split(b"\n")[:-1] if not wraps else self.lines(batches)
             uuids = pc.cast(pa.chunked_array([b.column("uuid") for b in batches]), pa.string()).to_pylist()
             messages = list(zip(uuids, lines))
-        encoding = {"gzip": "gzip", "zstd": "zstd", "lz4": "x-lz4", "snappy": "x-snappy-framed"}.get(
-            compression.value) if wraps and compression else None
+        encoding = compression.value if wraps and compression else None  # text offers gzip and zstd: HTTP's names
         return Delivery(name=name, body=body, messages=messages, content_type=self.format.content_type,
                         content_encoding=encoding)
 

@@ -8,13 +8,14 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..errors import Invalid
-from ..models import (EXPORT_ID, AzureDestination, ClickHouseTableDestination, Compression, DeltaTableDestination,
-                      EventNames, ExportFormat, ExportRequest, FileLayout, Filters, GCSDestination,
-                      PostgresTableDestination, PrivacyRules, PropertyNames, S3Destination, WarehouseTable,
-                      WebhookDestination, check_event_names, check_property_name, utc)
+from ..models import (COMPRESSION_DOC, EXPORT_ID, STORED, AzureDestination, ClickHouseTableDestination, Compression,
+                      DeltaTableDestination, EventNames, ExportFormat, ExportRequest, FileLayout, Filters,
+                      GCSDestination, PostgresTableDestination, PrivacyRules, PropertyNames, S3Destination,
+                      WarehouseTable, WebhookDestination, check_event_names, check_property_name, offered_codec,
+                      utc)
 
 SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 QUEUE = re.compile(r"[A-Za-z0-9_.:\-]{1,255}")
@@ -95,7 +96,7 @@ class StreamSpec(BaseModel):
     privacy: PrivacyRules | None = Field(None, description="rules added to the project's privacy policy")
     format: ExportFormat = Field(ExportFormat.JSON_LINES, description="webhook bodies and object-storage files "
                                  "(a table takes typed columns: format and compression do not apply)")
-    compression: Compression | None = None
+    compression: Compression | None = Field(None, description=COMPRESSION_DOC)
     destination: StreamDestination
     max_batch_events: int = Field(1000, ge=1, le=100_000)
     max_batch_seconds: float = Field(1.0, ge=0.05, le=3600)
@@ -118,6 +119,11 @@ class StreamSpec(BaseModel):
         if not value:
             raise ValueError("properties must name at least one property, or be null for all")
         return list(dict.fromkeys(check_property_name(p) for p in value))
+
+    @field_validator("compression")
+    @classmethod
+    def _offered(cls, value: Compression | None, info: ValidationInfo) -> Compression | None:
+        return offered_codec(value, info)  # a stored stream shows the reason when it runs
 
     @field_validator("destination")
     @classmethod
@@ -154,8 +160,10 @@ class StreamSpec(BaseModel):
     def request(self, start: datetime | None = None, end: datetime | None = None,
                 format: ExportFormat | None = None) -> ExportRequest:
         """An export request with the stream's selection over [start, end) (default: the last day),
-        for the checks exports get and the shape batches are read in."""
+        for the checks exports get and the shape batches are read in (as stored: the stream's codec is
+        checked by the stream, and batches read for a broker or a table take another format)."""
         end = end or datetime.now(timezone.utc)
-        return ExportRequest(id=self.id, start_date=start or end - timedelta(days=1), end_date=end,
-                             format=format or self.format, events=self.events, filters=self.filters,
-                             properties=self.properties, compression=self.compression, privacy=self.privacy)
+        return ExportRequest.model_validate(dict(
+            id=self.id, start_date=start or end - timedelta(days=1), end_date=end, format=format or self.format,
+            events=self.events, filters=self.filters, properties=self.properties, compression=self.compression,
+            privacy=self.privacy), context=STORED)
