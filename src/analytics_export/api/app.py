@@ -24,6 +24,7 @@ from .catalog import catalog_router
 from .console import console_router
 from .docs import docs_router
 from .events_export import events_export_router
+from .formats import formats_router
 from .keys import keys_router
 from .limits import PROJECT_SCOPE_KEY, BodyLimit, BodyLimits, RequestGuard
 from .privacy import privacy_router
@@ -258,6 +259,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                                             policies.for_export))
 
     app.include_router(keys_router(jobs, Depends(project_of), problems))
+    app.include_router(formats_router(Depends(project_of)))
     app.include_router(console_router())
 
     @app.get("/healthz")

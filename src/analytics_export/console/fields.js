@@ -5,7 +5,6 @@ import { announce, debounce, field, fmtNumber, h, newId, options } from "./ui.js
 
 const FORMATS = [["json_lines", "JSON Lines"], ["json", "JSON"], ["csv", "CSV"], ["parquet", "Parquet"],
   ["avro", "Avro"]];
-const COMPRESSIONS = [["", "None"], ["gzip"], ["zstd"], ["snappy"], ["lz4"]];
 const OPERATORS = [["eq", "equals"], ["neq", "does not equal"], ["gt", "greater than"], ["gte", "at least"],
   ["lt", "less than"], ["lte", "at most"], ["contains", "contains"], ["not_contains", "does not contain"],
   ["regex", "matches regex"], ["in", "is one of"], ["not_in", "is not one of"], ["is_set", "is set"],
@@ -36,6 +35,14 @@ const DESTINATIONS = {
   delta: { label: "Delta Lake table", fields: [["uri", "URI (s3://bucket/path or a name)", true]] },
 };
 
+let formatCodecs = null; // format -> the codecs it offers, from /api/formats (the server's one table), asked once
+
+function codecsOffered() {
+  formatCodecs ??= api("/api/formats").then((data) => Object.fromEntries(data.items.map((f) => [f.format, f.codecs])));
+  formatCodecs.catch(() => { formatCodecs = null; });
+  return formatCodecs;
+}
+
 /** The shared fieldsets; `range()` gives the window ({start, end} ISO) the property list is read for. */
 export function exportFields(range) {
   const span = () => {
@@ -46,12 +53,32 @@ export function exportFields(range) {
   const properties = propertyPicker(events, span);
   const filters = filterBuilder(properties.datalist.id);
   const format = h("select", { name: "format" }, options(FORMATS, "json_lines"));
-  const compression = h("select", { name: "compression" }, options(COMPRESSIONS, ""));
+  const compression = h("select", { name: "compression" }, options([["", "None"]], ""));
+  // Only the chosen format's codecs; a loaded schedule's codec that its format no longer offers stays
+  // visible as such (saving it then says why), while choosing another format drops it.
+  const offerCodecs = async (wanted = compression.value, keep = false) => {
+    let offered;
+    try {
+      offered = (await codecsOffered())[format.value] ?? [];
+    } catch {
+      return; // the server checks the codec on save either way
+    }
+    const values = [["", "None"], ...offered.map((c) => [c])];
+    if (wanted && !offered.includes(wanted)) {
+      if (keep) values.push([wanted, `${wanted} (not offered for ${format.value})`]);
+      else wanted = "";
+    }
+    compression.replaceChildren(...options(values, wanted));
+    compression.value = wanted;
+  };
+  format.addEventListener("change", () => offerCodecs());
+  offerCodecs();
   const destination = destinationPicker();
   const element = h("div", { class: "stack" }, events.element, properties.element, filters.element,
     h("fieldset", {}, h("legend", {}, "File"), h("div", { class: "row" },
       field("Format", format),
-      field("Compression", compression, "For Parquet and Avro: the file's internal codec"))),
+      field("Compression", compression, "Only the codecs the format offers: text is wrapped in one stream, "
+        + "Parquet and Avro compress inside the file"))),
     destination.element);
   return {
     element,
@@ -66,7 +93,7 @@ export function exportFields(range) {
       properties.set(spec.properties ?? []);
       filters.set(spec.filters);
       format.value = spec.format;
-      compression.value = spec.compression ?? "";
+      offerCodecs(spec.compression ?? "", true);
       destination.set(spec.destination);
       properties.refresh();
     },
