@@ -446,6 +446,25 @@ def test_preview_and_the_apis_own_errors_next_to_the_form(page, service, tmp_pat
     expect(page.get_by_role("heading", name="New export")).to_be_visible()
 
 
+def test_the_form_offers_only_the_codecs_of_the_chosen_format(page, service):
+    sign_in(page, service.key)
+    page.goto("/#/exports/new")
+    codec = page.get_by_label("Compression")
+    offered = lambda: codec.locator("option").evaluate_all("os => os.map(o => o.value)")  # noqa: E731
+    expect(codec.locator("option")).to_have_count(3)  # JSON Lines, the default: none, gzip, zstd
+    assert offered() == ["", "gzip", "zstd"]
+    page.get_by_label("Format").select_option("parquet")
+    expect(codec.locator("option")).to_have_count(5)
+    assert offered() == ["", "gzip", "zstd", "snappy", "lz4"]
+    codec.select_option("lz4")
+    page.get_by_label("Format").select_option("avro")
+    expect(codec.locator("option")).to_have_count(4)
+    assert offered() == ["", "gzip", "zstd", "snappy"]
+    assert codec.input_value() == "", "a codec the new format does not offer is dropped, not sent"
+    page.get_by_label("Format").select_option("csv")
+    expect(codec.locator("option")).to_have_count(3)
+
+
 def test_schedule_with_cron_preview_pause_backfill_and_run_history(page, service, tmp_path):
     sign_in(page, service.key)
     page.get_by_role("link", name="Schedules").click()

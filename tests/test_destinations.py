@@ -281,10 +281,10 @@ def test_azure_retries_a_failed_block(client, azurite):
 def test_sftp_file_matches_the_download(client, sftp_server):
     conn = connect(client, "sftp-key", "sftp", private_key=sftp_server.client_key_pem,
                    known_hosts=sftp_server.known_hosts_line)
-    request = {"format": "json_lines", "compression": "lz4"}
+    request = {"format": "json_lines", "compression": "zstd"}
     view = run(client, {"type": "sftp", "host": sftp_server.host, "port": sftp_server.port, "connection": conn,
                         "username": sftp_server.username, "path": "/drop", "path_template": "{format}"}, **request)
-    path = sftp_server.root / "drop" / "json_lines" / f"export_{view['request']['id']}_20260801_to_20261101.jsonl.lz4"
+    path = sftp_server.root / "drop" / "json_lines" / f"export_{view['request']['id']}_20260801_to_20261101.jsonl.zst"
     assert path.read_bytes() == downloaded(client, **request)
     assert not list(sftp_server.root.rglob("*.partial"))
 

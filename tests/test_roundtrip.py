@@ -1,4 +1,4 @@
-"""Every format x every compression round-trips through an independent reader and equals the store."""
+"""Every format x every codec it offers round-trips through an independent reader and equals the store."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ import pytest
 
 from analytics_export import ExportRequest, export
 from conftest import expected, stored_rows
-from helpers import canonical, read_records
+from helpers import OFFERED, canonical, read_records
 
 FORMATS = ["json", "json_lines", "csv", "parquet", "avro"]
-COMPRESSIONS = [None, "gzip", "zstd", "snappy", "lz4"]
 START = datetime(2026, 10, 1, tzinfo=timezone.utc)
 END = datetime(2026, 10, 11, tzinfo=timezone.utc)
 
 
-@pytest.mark.parametrize("compression", COMPRESSIONS)
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt,compression", [(f, c) for f in FORMATS for c in [None, *OFFERED[f]]])
 def test_all_properties_round_trip(demo_settings, tmp_path, fmt, compression):
     result = export(settings=demo_settings, output_dir=tmp_path, start_date=START, end_date=END,
                     format=fmt, compression=compression)
@@ -47,8 +45,8 @@ def test_selected_properties(demo_settings, tmp_path, fmt):
 
 def test_file_names_follow_the_seed(demo_settings, tmp_path):
     for fmt, compression, suffix in [("json_lines", "gzip", ".jsonl.gz"), ("csv", "zstd", ".csv.zst"),
-                                     ("json", "snappy", ".json.sz"), ("json", "lz4", ".json.lz4"),
-                                     ("parquet", "zstd", ".parquet"), ("avro", "snappy", ".avro")]:
+                                     ("json", "gzip", ".json.gz"), ("parquet", "lz4", ".parquet"),
+                                     ("avro", "snappy", ".avro")]:
         result = export(settings=demo_settings, output_dir=tmp_path, start_date="2026-10-01",
                         end_date="2026-10-02", format=fmt, compression=compression)
         assert result.destination_path.endswith(f"/export_{result.export_id}_20261001_to_20261002{suffix}")
