@@ -122,7 +122,7 @@ def test_the_documented_options_read_every_value(exports, kind, compression):
 def test_the_documented_options_are_the_ones_on_the_page():
     page = (Path(__file__).parent.parent / "docs" / "formats.md").read_text()
     for call in ['pd.read_csv("export.csv", dtype=str, keep_default_na=False, parse_dates=["timestamp"])',
-                 "all_varchar = true,\n                       allow_quoted_nulls = false, types = {'timestamp': 'TIMESTAMPTZ'}",
+                 "allow_quoted_nulls = false, types = {'timestamp': 'TIMESTAMPTZ'}",
                  "'event String, distinct_id String, timestamp DateTime64(6, ''UTC''), properties String'",
                  'pl.read_csv("export.csv", infer_schema=False)', '.option("escape", \'"\')',
                  '.option("multiLine", True)']:

@@ -11,8 +11,8 @@ from enum import Enum
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler,
+                      ValidationInfo, field_validator, model_validator)
 from pydantic.json_schema import JsonSchemaValue
 
 PROPERTY_NAME = re.compile(r"[\w$][\w$.:/ -]{0,199}")

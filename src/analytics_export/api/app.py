@@ -305,8 +305,10 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         return view(await read(job_or_404, project, export_id))
 
     @app.get("/api/exports/{export_id}/download", response_class=FileResponse,
-             responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-                             "description": "the file, with its format's Content-Type"}, 206: {"description": "a range"},
+             responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                  "format": "binary"}}},
+                              "description": "the file, with its format's Content-Type"},
+                        206: {"description": "a range"},
                         **problems(403, 404, 409, 410, 416)})
     def download(export_id: str, request: Request,
                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
