@@ -121,11 +121,11 @@ def main() -> int:
         try:
             with svc.client(key) as c:
                 warm = c.post("/api/exports", json={"start_date": "2000-01-01", "end_date": "2000-01-02",
-                                                    "format": "csv"}).json()["request"]["id"]
+                                                    "format": "csv"}).json()["id"]
                 idle = summary("idle (baseline)", *measure(svc.url, key, [warm], args.clients, args.interval, 5.0))
                 body = {"start_date": "2026-01-01", "end_date": "2026-12-31", "format": "json"}
                 started = time.perf_counter()
-                ids = [c.post("/api/exports", json=body).json()["request"]["id"] for _ in range(args.exports)]
+                ids = [c.post("/api/exports", json=body).json()["id"] for _ in range(args.exports)]
                 busy = summary(f"while {args.exports} exports run",
                                *measure(svc.url, key, ids, args.clients, args.interval, None))
                 elapsed = time.perf_counter() - started

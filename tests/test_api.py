@@ -43,9 +43,9 @@ def test_create_poll_download_matches_the_pipeline(service, tmp_path):
         created = c.post("/api/exports", json=body)
         assert created.status_code == 202, created.text
         view = created.json()
-        export_id = view["request"]["id"]
+        export_id = view["id"]
         assert export_id != "client-chosen" and view["status"] == "pending"
-        assert not view["request"]["created_at"].startswith("2001")
+        assert not view["created_at"].startswith("2001")
         done = wait_for(c, export_id)
         result = done["result"]
         assert result["total_events"] == done["progress"]["events"] > 0
@@ -70,7 +70,7 @@ def test_create_poll_download_matches_the_pipeline(service, tmp_path):
 
 def test_signed_link_works_without_a_key_and_rejects_tampering(service):
     with service.client(service.key) as c:
-        export_id = c.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["request"]["id"]
+        export_id = c.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["id"]
         url = wait_for(c, export_id)["result"]["download_url"]
     with service.client(None) as anonymous:
         assert anonymous.get(url).status_code == 200
@@ -105,9 +105,9 @@ def test_a_deleted_exports_link_stays_dead_when_a_backfill_recreates_its_id(serv
 
         first = run()
         old = first["result"]["download_url"]
-        assert c.delete(f"/api/exports/{first['request']['id']}").status_code == 204
+        assert c.delete(f"/api/exports/{first['id']}").status_code == 204
         second = run()
-        assert second["request"]["id"] == first["request"]["id"], "a backfill re-creates the same export id"
+        assert second["id"] == first["id"], "a backfill re-creates the same export id"
         new = second["result"]["download_url"]
         c.delete(f"/api/schedules/{sid}")
     with service.client(None) as anonymous:
@@ -117,30 +117,30 @@ def test_a_deleted_exports_link_stays_dead_when_a_backfill_recreates_its_id(serv
 
 def test_list_is_newest_first_with_paging(service):
     with service.client(service.key) as c:
-        ids = [c.post("/api/exports", json={**WINDOW, "format": "parquet"}).json()["request"]["id"] for _ in range(3)]
+        ids = [c.post("/api/exports", json={**WINDOW, "format": "parquet"}).json()["id"] for _ in range(3)]
         for export_id in ids:
             wait_for(c, export_id)
         page = c.get("/api/exports", params={"limit": 2, "offset": 0}).json()
-        assert page["total"] >= 3 and [i["request"]["id"] for i in page["items"]] == ids[::-1][:2]
+        assert page["total"] >= 3 and [i["id"] for i in page["items"]] == ids[::-1][:2]
         nxt = c.get("/api/exports", params={"limit": 2, "offset": 2}).json()
-        assert nxt["items"][0]["request"]["id"] == ids[0]
+        assert nxt["items"][0]["id"] == ids[0]
 
 
 def test_projects_cannot_see_each_other(service):
     with service.client(service.key) as a, service.client(service.other_key) as b:
-        export_id = a.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["request"]["id"]
+        export_id = a.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["id"]
         wait_for(a, export_id)
         for method, path in [("GET", ""), ("GET", "/download"), ("DELETE", ""), ("POST", "/retry")]:
             assert b.request(method, f"/api/exports/{export_id}{path}").status_code == 404, (method, path)
-        assert all(i["request"]["id"] != export_id for i in b.get("/api/exports").json()["items"])
-        own = b.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["request"]["id"]
+        assert all(i["id"] != export_id for i in b.get("/api/exports").json()["items"])
+        own = b.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["id"]
         assert wait_for(b, own)["result"]["total_events"] == 0, "project B cannot export A's events"
         assert a.get(f"/api/exports/{export_id}").status_code == 200
 
 
 def test_delete_and_retry(service):
     with service.client(service.key) as c:
-        export_id = c.post("/api/exports", json={**WINDOW, "format": "avro"}).json()["request"]["id"]
+        export_id = c.post("/api/exports", json={**WINDOW, "format": "avro"}).json()["id"]
         path = Path(wait_for(c, export_id)["result"]["destination_path"])
         assert path.exists()
         assert c.post(f"/api/exports/{export_id}/retry").status_code == 409
@@ -148,9 +148,9 @@ def test_delete_and_retry(service):
         assert not path.exists() and c.get(f"/api/exports/{export_id}").status_code == 404
         closed = {"type": "webhook", "url": "http://127.0.0.1:9/nobody-listens"}
         bad = c.post("/api/exports", json={**WINDOW, "format": "csv", "destination": closed})
-        failed = wait_for(c, bad.json()["request"]["id"], "failed")
+        failed = wait_for(c, bad.json()["id"], "failed")
         assert "ConnectError" in failed["result"]["error"]
-        assert c.post(f"/api/exports/{failed['request']['id']}/retry").status_code == 202
+        assert c.post(f"/api/exports/{failed['id']}/retry").status_code == 202
 
 
 @pytest.mark.parametrize("body, params, where", [
@@ -205,7 +205,7 @@ def test_expired_exports_answer_410(tmp_path):
     svc = Service(data, env={"ANALYTICS_EXPORT_EXPORT__FILE_EXPIRY_HOURS": str(1 / 3600)})
     try:
         with svc.client(key) as c:
-            export_id = c.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["request"]["id"]
+            export_id = c.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["id"]
             done = wait_for(c, export_id)
             path, url = Path(done["result"]["destination_path"]), done["result"]["download_url"]
             expired = wait_for(c, export_id, "expired", timeout=30)
@@ -225,8 +225,8 @@ def test_post_events_into_the_callers_project(service):
         assert r.status_code == 200 and r.json() == {"ingested": 5}, r.text
         assert b.post("/api/events", json=events).json() == {"ingested": 0}, "same content, same derived uuids"
         body = {**WINDOW, "format": "json_lines", "events": ["api_event"]}
-        mine = wait_for(b, b.post("/api/exports", json=body).json()["request"]["id"])
-        theirs = wait_for(a, a.post("/api/exports", json=body).json()["request"]["id"])
+        mine = wait_for(b, b.post("/api/exports", json=body).json()["id"])
+        theirs = wait_for(a, a.post("/api/exports", json=body).json()["id"])
         assert mine["result"]["total_events"] == 5 and theirs["result"]["total_events"] == 0
         bad = b.post("/api/events", json=[{"event": "x"}])
         assert bad.status_code == 422 and "missing column" in bad.json()["detail"] and "inbox" not in bad.text
@@ -235,7 +235,7 @@ def test_post_events_into_the_callers_project(service):
 
 def test_cancel_leaves_a_finished_export_alone(service):
     with service.client(service.key) as c:
-        export_id = c.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["request"]["id"]
+        export_id = c.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["id"]
         wait_for(c, export_id)
         refused = c.post(f"/api/exports/{export_id}/cancel")
         assert refused.status_code == 409 and "completed" in refused.json()["detail"], refused.text
@@ -269,8 +269,8 @@ def test_nan_is_refused_and_every_json_answer_parses_strictly(tmp_path):
             assert preview.status_code == 200, preview.text
             assert strict_json(preview.text)["rows"][0]["properties"] == {"x": None, "y": None}
             for fmt in ("json", "json_lines"):
-                done = wait_for(c, c.post("/api/exports", json={**WINDOW, "format": fmt}).json()["request"]["id"])
-                text = c.get(f"/api/exports/{done['request']['id']}/download").text
+                done = wait_for(c, c.post("/api/exports", json={**WINDOW, "format": fmt}).json()["id"])
+                text = c.get(f"/api/exports/{done['id']}/download").text
                 rows = strict_json(text) if fmt == "json" else [strict_json(line) for line in text.splitlines()]
                 assert [r["properties"] for r in rows] == [{"x": None, "y": None}]
     finally:

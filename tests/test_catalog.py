@@ -103,7 +103,7 @@ def test_the_preview_is_the_start_of_the_real_export(service):
         preview = got.json()
         assert len(preview["rows"]) == 20 and preview["truncated"] is True
         assert preview["columns"] == ["event", "distinct_id", "timestamp", "properties"]
-        export_id = c.post("/api/exports", json={**body, "format": "json_lines"}).json()["request"]["id"]
+        export_id = c.post("/api/exports", json={**body, "format": "json_lines"}).json()["id"]
         wait_for(c, export_id)
         lines = c.get(f"/api/exports/{export_id}/download").content.splitlines()
     exported = Counter(json.dumps(json.loads(line), sort_keys=True) for line in lines)

@@ -84,9 +84,9 @@ def test_api_and_cli_exports_guard_event_distinct_id_and_properties(tmp_path):
             assert refused.status_code == 422 and "CSV only" in refused.json()["detail"], refused.text
             for guard in (True, False):
                 done = wait_for(c, c.post("/api/exports", json={**body, "csv_formula_guard": guard})
-                                .json()["request"]["id"])
-                assert done["request"]["csv_formula_guard"] is guard
-                text = c.get(f"/api/exports/{done['request']['id']}/download").content.decode("utf-8")
+                                .json()["id"])
+                assert done["csv_formula_guard"] is guard
+                text = c.get(f"/api/exports/{done['id']}/download").content.decode("utf-8")
                 rows = list(csv.DictReader(io.StringIO(text, newline="")))
                 by_note = {r["note"]: r for r in rows}
                 assert len(rows) == len(by_note) == len(events)

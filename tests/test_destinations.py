@@ -60,11 +60,11 @@ def run(client, destination: dict, status: str = "completed", **request) -> dict
     assert created.status_code == 202, created.text
     if status == "failed":
         deadline = time.monotonic() + 60
-        while (view := client.get(f"/api/exports/{created.json()['request']['id']}").json())["status"] != "failed":
+        while (view := client.get(f"/api/exports/{created.json()['id']}").json())["status"] != "failed":
             assert view["status"] != "completed" and time.monotonic() < deadline, view
             time.sleep(0.05)
         return view
-    return wait_for(client, created.json()["request"]["id"], status)
+    return wait_for(client, created.json()["id"], status)
 
 
 def downloaded(client, **request) -> bytes:
@@ -93,7 +93,7 @@ def test_s3_object_matches_the_download(client, s3_server):
                    "connection": s3_connection(client, s3_server), "prefix": "team/",
                    "path_template": "year={year}/month={month}/day={day}", "server_side_encryption": "AES256"}
     view = run(client, destination, **request)
-    key = f"team/year=2026/month=08/day=01/export_{view['request']['id']}_20260801_to_20261101.csv.zst"
+    key = f"team/year=2026/month=08/day=01/export_{view['id']}_20260801_to_20261101.csv.zst"
     assert view["result"]["destination_path"] == f"s3://{bucket}/{key}"
     assert view["result"]["download_url"] is None and view["result"]["expires_at"] is None
     got = s3_server.client().get_object(Bucket=bucket, Key=key)
@@ -183,7 +183,7 @@ def test_azure_blob_matches_the_download(client, azurite):
     request = {"format": "json", "compression": "gzip", "events": ["$pageview"]}
     view = run(client, {"type": "azure", "container": container, "account_url": azurite.account_url,
                         "connection": conn, "prefix": "raw"}, **request)
-    name = f"raw/export_{view['request']['id']}_20260801_to_20261101.json.gz"
+    name = f"raw/export_{view['id']}_20260801_to_20261101.json.gz"
     assert view["result"]["destination_path"] == f"az://{container}/{name}"
     with azurite.client() as service:
         blob = service.get_blob_client(container, name)
@@ -207,7 +207,7 @@ def test_gcs_object_matches_the_download(client, gcs_server):
     bucket = gcs_server.make_bucket("exports-gcs")
     request = {"format": "parquet", "compression": "zstd"}  # Avro is not comparable: its sync marker is random
     view = run(client, {"type": "gcs", "bucket": bucket, "prefix": "pq"}, **request)
-    name = f"pq/export_{view['request']['id']}_20260801_to_20261101.parquet"
+    name = f"pq/export_{view['id']}_20260801_to_20261101.parquet"
     assert view["result"]["destination_path"] == f"gs://{bucket}/{name}"
     assert gcs_server.client().bucket(bucket).blob(name).download_as_bytes() == downloaded(client, **request)
 
@@ -284,7 +284,7 @@ def test_sftp_file_matches_the_download(client, sftp_server):
     request = {"format": "json_lines", "compression": "zstd"}
     view = run(client, {"type": "sftp", "host": sftp_server.host, "port": sftp_server.port, "connection": conn,
                         "username": sftp_server.username, "path": "/drop", "path_template": "{format}"}, **request)
-    path = sftp_server.root / "drop" / "json_lines" / f"export_{view['request']['id']}_20260801_to_20261101.jsonl.zst"
+    path = sftp_server.root / "drop" / "json_lines" / f"export_{view['id']}_20260801_to_20261101.jsonl.zst"
     assert path.read_bytes() == downloaded(client, **request)
     assert not list(sftp_server.root.rglob("*.partial"))
 
@@ -394,7 +394,7 @@ def test_webhook_batches_are_signed_valid_documents(client):
     events = []
     for index, (headers, body) in enumerate(receiver.requests, start=1):
         assert headers["X-Batch-Index"] == str(index) and headers["X-Batch-Count"] == str(count)
-        assert headers["X-Export-Id"] == view["request"]["id"] and headers["X-Team"] == "growth"
+        assert headers["X-Export-Id"] == view["id"] and headers["X-Team"] == "growth"
         assert headers["Authorization"] == "Bearer hook-token" and headers["Content-Type"] == "application/json"
         assert verify(b"hook-secret", headers, body) and not verify(b"other", headers, body)
         events += json.loads(body)  # each batch is a whole JSON document

@@ -131,7 +131,7 @@ def stream(client, params: dict, headers: dict | None = None) -> tuple[int, dict
 def job_download(client, body: dict) -> bytes:
     created = client.post("/api/exports", json=body)
     assert created.status_code == 202, created.text
-    export_id = created.json()["request"]["id"]
+    export_id = created.json()["id"]
     wait_for(client, export_id)
     got = client.get(f"/api/exports/{export_id}/download", headers=IDENTITY)
     assert got.status_code == 200, got.text
@@ -325,7 +325,6 @@ def too_long(days: float) -> dict:
     ({"end": "2026-08-01"}, "start"),
     (too_long(MAX_RANGE_DAYS + 30), f"the most is {MAX_RANGE_DAYS}"),
     ({**DEMO_WINDOW, "format": "xml"}, "format"),
-    ({**DEMO_WINDOW, "format": "jsonl"}, "format"),
     ({**DEMO_WINDOW, "time_field": "created_at"}, "time_field"),
     ({**DEMO_WINDOW, "properties": "x'); drop"}, "not a plain key"),
     ({**DEMO_WINDOW, "event": ""}, "event"),

@@ -286,7 +286,7 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
                 try:
                     time.sleep(3)  # both are polling before the export arrives
                     body = {"start_date": "2026-08-03", "end_date": "2026-11-01", "format": "json_lines"}
-                    export_id = c.post("/api/exports", json=body).json()["request"]["id"]
+                    export_id = c.post("/api/exports", json=body).json()["id"]
                     done = wait_for(c, export_id, timeout=180)
                     outputs[workers] = c.get(f"/api/exports/{export_id}/download").content
                     assert done["result"]["total_events"] == outputs[workers].count(b"\n")
@@ -312,7 +312,7 @@ def test_cancel_stops_every_partition_and_removes_their_fragments(big_store, tmp
     try:
         with svc.client(key) as c:
             body = {"start_date": "2026-08-03", "end_date": "2026-11-01", "format": "csv", "compression": "zstd"}
-            export_id = c.post("/api/exports", json=body).json()["request"]["id"]
+            export_id = c.post("/api/exports", json=body).json()["id"]
             deadline = time.monotonic() + 60
             while c.get(f"/api/exports/{export_id}").json()["progress"]["events"] < 50_000:
                 assert time.monotonic() < deadline

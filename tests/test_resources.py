@@ -168,9 +168,9 @@ def test_service_exports_and_ingest_on_a_full_disk_fail_saying_so(demo_settings,
         try:
             with svc.client(key) as c:
                 window = {"start_date": "2026-01-01", "end_date": "2027-01-01", "format": "json"}
-                download = c.post("/api/exports", json=window).json()["request"]["id"]
+                download = c.post("/api/exports", json=window).json()["id"]
                 webhook = c.post("/api/exports", json={**window, "destination": {
-                    "type": "webhook", "url": receiver.url}}).json()["request"]["id"]
+                    "type": "webhook", "url": receiver.url}}).json()["id"]
                 failed = [wait_for(c, export_id, "failed", timeout=120)["result"]["error"]
                           for export_id in (download, webhook)]
                 events = "\n".join(json.dumps({"event": "e", "distinct_id": "u", "timestamp": "2026-10-01T00:00:00Z",

@@ -108,8 +108,8 @@ def exported(c, at: datetime) -> Counter:
             "format": "json_lines"}
     created = c.post("/api/exports", json=body)
     assert created.status_code == 202, created.text
-    done = wait_for(c, created.json()["request"]["id"])
-    raw = c.get(f"/api/exports/{done['request']['id']}/download")
+    done = wait_for(c, created.json()["id"])
+    raw = c.get(f"/api/exports/{done['id']}/download")
     assert raw.status_code == 200, raw.text
     rows = [json.loads(line) for line in raw.content.decode().splitlines() if line]
     assert len(rows) == done["result"]["total_events"]

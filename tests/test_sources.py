@@ -112,7 +112,7 @@ def test_the_service_on_a_postgresql_event_store(stores, tmp_path):
             assert posted.status_code == 200 and posted.json() == {"ingested": 30}
             created = c.post("/api/exports", json={"start_date": "2026-11-21", "end_date": "2026-11-22",
                                                    "format": "csv"}).json()
-            done = wait_for(c, created["request"]["id"])
+            done = wait_for(c, created["id"])
             assert done["result"]["total_events"] == 30, "only the tenant's events, from PostgreSQL"
             text = c.get(done["result"]["download_url"]).text
             assert text.count("\r\n") == 31 and "t29" in text

@@ -363,7 +363,6 @@ BAD_SPECS = [
     ({"max_batch_events": 0}, "max_batch_events"),
     ({"max_batch_seconds": 0}, "max_batch_seconds"),
     ({"failing_after_seconds": 0.5}, "failing_after_seconds"),
-    ({"properties": []}, "properties must name at least one property"),
     ({"filters": [{"property": "x", "operator": "like", "value": 1}]}, "operator"),
     ({"nmae": "typo"}, "nmae: Extra inputs are not permitted"),
     ({"name": ""}, "name"),

@@ -33,7 +33,7 @@ def start_worker(data: Path, lease: float = 2.0, env: dict | None = None) -> sub
 
 def start_and_wait_for_progress(client, body: dict) -> str:
     """Create an export and return its id once a worker has reported progress on it."""
-    export_id = client.post("/api/exports", json=body).json()["request"]["id"]
+    export_id = client.post("/api/exports", json=body).json()["id"]
     deadline = time.monotonic() + 30
     while client.get(f"/api/exports/{export_id}").json()["progress"]["events"] == 0:
         assert time.monotonic() < deadline, "the worker never reported progress"
@@ -97,7 +97,7 @@ def test_two_workers_on_postgresql_never_run_a_job_twice(tmp_path, pg_url):
     try:
         with svc.client(key) as c:
             ids = [c.post("/api/exports", json={**ALL, "format": f, **({"end_date": "2026-07-31"} if n % 2 else {})})
-                   .json()["request"]["id"] for n, f in enumerate(["csv", "json", "parquet", "avro", "json_lines"] * 6)]
+                   .json()["id"] for n, f in enumerate(["csv", "json", "parquet", "avro", "json_lines"] * 6)]
             results = [wait_for(c, i, timeout=120) for i in ids]
     finally:
         logs = [stop(w) for w in workers]
@@ -144,7 +144,7 @@ def test_transient_failures_retry_with_backoff_then_fail(tmp_path):
     svc = Service(data, workers=1, env=env)
     try:
         with svc.client(key) as c:
-            export_id = c.post("/api/exports", json={**ALL, "format": "csv"}).json()["request"]["id"]
+            export_id = c.post("/api/exports", json={**ALL, "format": "csv"}).json()["id"]
             failed = wait_for(c, export_id, "failed", timeout=30)
             assert "cannot open event store" in failed["result"]["error"]
             with sqlite3.connect(data / "jobs.sqlite") as db:
@@ -188,8 +188,8 @@ def test_an_export_that_kills_its_worker_fails_after_max_attempts_and_the_queue_
     try:
         with svc.client(key) as c:
             poison = c.post("/api/exports", json={**ALL, "format": "json_lines", "destination": {
-                "type": "webhook", "url": killer.url}}).json()["request"]["id"]
-            after = c.post("/api/exports", json={**ALL, "format": "csv"}).json()["request"]["id"]
+                "type": "webhook", "url": killer.url}}).json()["id"]
+            after = c.post("/api/exports", json={**ALL, "format": "csv"}).json()["id"]
             failed = wait_for(c, poison, "failed", timeout=120)
             done = wait_for(c, after, timeout=120)
     finally:

@@ -9,11 +9,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from enum import Enum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler,
+                      ValidationInfo, field_validator, model_validator)
+from pydantic.json_schema import JsonSchemaValue
 
 PROPERTY_NAME = re.compile(r"[\w$][\w$.:/ -]{0,199}")
 """A plain property key: letters, digits and `_ $ . : / -` and spaces; no quotes, brackets or SQL."""
@@ -315,6 +316,35 @@ Filters = Annotated[list[ExportFilter], _at_most(MAX_FILTERS, "filters"), AfterV
 EventNames = Annotated[list[str], _at_most(MAX_EVENTS, "event names")]
 PropertyNames = Annotated[list[str], _at_most(MAX_PROPERTIES, "selected properties")]
 RuleProperties = Annotated[list[str], _at_most(MAX_RULE_PROPERTIES, "property names")]
+
+
+def check_selected_properties(value: list[str] | None) -> list[str] | None:
+    """Distinct plain property names, or None for all: an empty list means all too (the seed's contract),
+    and becomes None so every source, writer and schema sees one spelling of "all"."""
+    return list(dict.fromkeys(check_property_name(p) for p in value)) if value else None
+
+
+def format_name(value: object) -> object:
+    """An export format from its name (`json_lines`) or its file extension (`jsonl`), as the CLI takes
+    it, so the API, schedules and streams accept what the CLI does; ExportFormat.parse says what else fits."""
+    return ExportFormat.parse(value) if isinstance(value, str) and not isinstance(value, ExportFormat) else value
+
+
+class _ExtensionAliases:
+    """In request schemas, the file extensions a format field takes besides the enum's names (`jsonl`);
+    responses carry the enum's name only, so their schema stays the enum."""
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        names = handler(schema)
+        if handler.mode != "validation":
+            return names
+        aliases = [{"const": f.file_extension, "type": "string", "description": f"the same as `{f.value}`"}
+                   for f in ExportFormat if f.file_extension != f.value]
+        return {"anyOf": [names, *aliases]}
+
+
+FormatName = Annotated[ExportFormat, BeforeValidator(format_name), _ExtensionAliases()]
+SelectedProperties = Annotated[PropertyNames | None, AfterValidator(check_selected_properties)]
 
 
 class DownloadDestination(BaseModel):
@@ -834,8 +864,8 @@ class ExportRequest(BaseModel):
     events: EventNames = Field(default_factory=list, description="event names; empty means all")
     start_date: datetime
     end_date: datetime
-    format: ExportFormat = ExportFormat.JSON_LINES
-    properties: PropertyNames | None = Field(None, description="properties to keep; null means all")
+    format: FormatName = ExportFormat.JSON_LINES
+    properties: SelectedProperties = Field(None, description="properties to keep; empty or null means all")
     filters: Filters = Field(default_factory=list)
     compression: Compression | None = Field(None, description=COMPRESSION_DOC)
     destination: ExportDestination = Field(default_factory=DownloadDestination)
@@ -861,15 +891,6 @@ class ExportRequest(BaseModel):
     @classmethod
     def _events(cls, value: list[str]) -> list[str]:
         return check_event_names(value)
-
-    @field_validator("properties")
-    @classmethod
-    def _properties(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("properties must name at least one property, or be null for all")
-        return list(dict.fromkeys(check_property_name(p) for p in value))
 
     @field_validator("compression")
     @classmethod
@@ -959,8 +980,8 @@ class ScheduledExport(BaseModel):
     max_failures: int = Field(10, ge=1, le=10_000, description="pause after this many consecutive failed runs")
     backfill_concurrency: int = Field(2, ge=1, le=100, description="backfilled windows exported at once")
     events: EventNames = Field(default_factory=list)
-    format: ExportFormat = ExportFormat.JSON_LINES
-    properties: PropertyNames | None = None
+    format: FormatName = ExportFormat.JSON_LINES
+    properties: SelectedProperties = Field(None, description="properties to keep; empty or null means all")
     filters: Filters = Field(default_factory=list)
     compression: Compression | None = Field(None, description=COMPRESSION_DOC)
     csv_formula_guard: bool = Field(False, description="as in an export request: CSV cells a spreadsheet would "

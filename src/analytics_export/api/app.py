@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from .. import catalog, open_store
@@ -71,9 +71,12 @@ class ExportProgress(BaseModel):
     partitions_done: int | None = None
 
 
-class ExportView(BaseModel):
-    request: ExportRequest
-    status: ExportStatus
+class ExportView(ExportRequest):
+    """An export as the seed's contract has it, the ExportRequest's fields at the top level (`status` the
+    export's current one), with its progress and, once finished, its result beside them."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # a response has every field
+
     progress: ExportProgress
     result: ExportResult | None = None
 
@@ -202,14 +205,13 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         if job.status is ExportStatus.COMPLETED and job.expires_at is not None:
             expires = int(job.expires_at.timestamp())
             url = f"/api/exports/{job.id}/download?expires={expires}&signature={signature(job, expires)}"
-        request = job.request.model_copy(update={"status": job.status})
         result = job.result(url)
         if result is not None and result.error:
             result.error = hide_paths(result.error)
-        return ExportView(request=request, status=job.status, result=result,
-                          progress=ExportProgress(events=job.events_done, bytes=job.bytes_done,
-                                                  expected_events=job.events_expected, started_at=job.started_at,
-                                                  partitions=job.parts, partitions_done=job.parts_done))
+        progress = ExportProgress(events=job.events_done, bytes=job.bytes_done, expected_events=job.events_expected,
+                                  started_at=job.started_at, partitions=job.parts, partitions_done=job.parts_done)
+        return ExportView.model_construct(**{**dict(job.request), "status": job.status}, progress=progress,
+                                          result=result)
 
     def check_target(project: str, destination: Any) -> None:
         """422 unless the destination's host, credentials and connection are allowed."""
@@ -305,7 +307,10 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         return view(await read(job_or_404, project, export_id))
 
     @app.get("/api/exports/{export_id}/download", response_class=FileResponse,
-             responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a range"},
+             responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                  "format": "binary"}}},
+                              "description": "the file, with its format's Content-Type"},
+                        206: {"description": "a range"},
                         **problems(403, 404, 409, 410, 416)})
     def download(export_id: str, request: Request,
                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],

@@ -18,7 +18,7 @@ from .. import open_store
 from ..config import Settings
 from ..destinations import Destination
 from ..errors import Invalid, Limited, Storage
-from ..models import Compression, ExportFormat, ExportRequest, describe_errors
+from ..models import Compression, ExportFormat, ExportRequest, FormatName, describe_errors
 from ..pipeline import Cancelled, write_files
 
 QUEUE_CHUNKS = 16
@@ -104,7 +104,7 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
         request: Request, project: Project,
         start: Annotated[datetime, Query(description="inclusive, ISO 8601 (naive means UTC)")],
         end: Annotated[datetime, Query(description="exclusive")],
-        format: ExportFormat = ExportFormat.JSON_LINES,
+        format: FormatName = ExportFormat.JSON_LINES,
         event: Annotated[list[str] | None, Query(description="event names to keep (repeat); default all")] = None,
         properties: Annotated[list[str] | None, Query(description="properties to keep (repeat); default all")] = None,
         filters: Annotated[str | None, Query(description='JSON list of filters, as in POST /api/exports')] = None,

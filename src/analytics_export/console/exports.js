@@ -8,7 +8,7 @@ import {
 } from "./ui.js";
 
 const ACTIVE = ["pending", "processing"];
-const FINISHED = ["completed", "failed", "cancelled", "expired"]; // what Delete removes
+const FINISHED = ["completed", "failed", "expired"]; // what Delete removes (a cancelled export ends failed)
 
 export function exportsPage(main) {
   const alert = alertBox();
@@ -48,7 +48,7 @@ export function exportsPage(main) {
     const shown = total > items.length ? `, the newest ${items.length} shown` : "";
     summary.textContent = total ? `${fmtNumber(total)} export${total === 1 ? "" : "s"}${shown}.` : "No exports yet.";
     for (const item of items) {
-      const id = item.request.id;
+      const id = item.id;
       const known = rows.get(id);
       if (known?.status === item.status) {
         progressCell(known.progress, item);
@@ -63,9 +63,9 @@ export function exportsPage(main) {
       if (focused) tr.querySelector("a, button")?.focus();
       rows.set(id, { status: item.status, tr, progress });
     }
-    const ids = new Set(items.map((item) => item.request.id));
+    const ids = new Set(items.map((item) => item.id));
     for (const id of rows.keys()) if (!ids.has(id)) rows.delete(id); // deleted, or off the first page
-    const order = items.map((item) => rows.get(item.request.id).tr);
+    const order = items.map((item) => rows.get(item.id).tr);
     const moved = order.some((tr, i) => tbody.children[i] !== tr) || tbody.children.length !== order.length;
     if (moved) tbody.replaceChildren(...order); // only then: moving a row would take the focus off its buttons
   };
@@ -74,13 +74,13 @@ export function exportsPage(main) {
 }
 
 function exportRow(item, progress, actionsCell) {
-  const { request, result } = item;
-  const range = `${fmtDate(request.start_date)} – ${fmtDate(request.end_date)}`;
-  const what = `${request.events.length ? request.events.join(", ") : "all events"} · ${request.format}`
-    + `${request.compression ? ` + ${request.compression}` : ""} → ${request.destination.type}`;
-  return h("tr", { "data-id": request.id },
-    h("td", { "data-label": "Created" }, fmtDate(request.created_at)),
-    h("td", { "data-label": "Export" }, h("span", { class: "mono" }, request.id.slice(0, 8)), h("br"), what, h("br"),
+  const { result } = item;
+  const range = `${fmtDate(item.start_date)} – ${fmtDate(item.end_date)}`;
+  const what = `${item.events.length ? item.events.join(", ") : "all events"} · ${item.format}`
+    + `${item.compression ? ` + ${item.compression}` : ""} → ${item.destination.type}`;
+  return h("tr", { "data-id": item.id },
+    h("td", { "data-label": "Created" }, fmtDate(item.created_at)),
+    h("td", { "data-label": "Export" }, h("span", { class: "mono" }, item.id.slice(0, 8)), h("br"), what, h("br"),
       h("span", { class: "muted" }, range)),
     h("td", { "data-label": "Status" }, badge(item.status),
       result?.error ? h("pre", { class: "error-text" }, result.error) : null),
@@ -97,12 +97,12 @@ function share({ status, progress }) {
 
 /** Bar and numbers: events, bytes, rate and the time left at that rate. */
 function progressCell(td, item) {
-  const { status, progress, result, request } = item;
+  const { status, progress, result, id } = item;
   const done = status === "completed";
   const events = done ? result.total_events : progress.events;
   const bytes = done ? result.file_size : progress.bytes;
   const fraction = share(item);
-  const bar = h("progress", { max: "1", "aria-label": `Progress of export ${request.id.slice(0, 8)}` });
+  const bar = h("progress", { max: "1", "aria-label": `Progress of export ${id.slice(0, 8)}` });
   if (status !== "processing" || fraction !== null) bar.value = fraction ?? 0; // else indeterminate
   const parts = [`${fmtNumber(events)} events`, fmtBytes(bytes)];
   if (fraction !== null) parts.unshift(`${Math.round(fraction * 100)}%`);
@@ -116,7 +116,7 @@ function progressCell(td, item) {
 }
 
 function actions(item, alert, reload, confirmDelete) {
-  const id = item.request.id;
+  const id = item.id;
   const short = id.slice(0, 8);
   const act = (label, method, path, said) => h("button", {
     type: "button", class: "secondary", "aria-label": `${label} export ${short}`,
@@ -158,7 +158,7 @@ function deleteDialog(removed) {
   let target = null;
   const form = h("form", { class: "stack", novalidate: true, onsubmit: async (e) => {
     e.preventDefault();
-    const id = target.request.id;
+    const id = target.id;
     confirm.disabled = true;
     try {
       await api(`/api/exports/${id}`, { method: "DELETE" });
@@ -178,8 +178,8 @@ function deleteDialog(removed) {
     dialog,
     open(item) {
       target = item;
-      const short = item.request.id.slice(0, 8);
-      const { type } = item.request.destination;
+      const short = item.id.slice(0, 8);
+      const { type } = item.destination;
       title.textContent = `Delete export ${short}?`;
       note.textContent = `The ${item.status} export ${short} is removed from the list`
         + (type === "download" ? ", with its file: its download link stops working."
@@ -257,7 +257,7 @@ export function newExportPage(main) {
     e.preventDefault();
     send(submit, async () => {
       const view = await api("/api/exports", { method: "POST", body: body() });
-      announce(`Export ${view.request.id.slice(0, 8)} created`);
+      announce(`Export ${view.id.slice(0, 8)} created`);
       location.hash = "#/exports";
     });
   } },

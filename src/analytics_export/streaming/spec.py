@@ -12,10 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ..errors import Invalid
 from ..models import (COMPRESSION_DOC, EXPORT_ID, STORED, AzureDestination, ClickHouseTableDestination, Compression,
-                      DeltaTableDestination, EventNames, ExportFormat, ExportRequest, FileLayout, Filters,
-                      GCSDestination, PostgresTableDestination, PrivacyRules, PropertyNames, S3Destination,
-                      WarehouseTable, WebhookDestination, check_event_names, check_property_name, offered_codec,
-                      utc)
+                      DeltaTableDestination, EventNames, ExportFormat, ExportRequest, FileLayout, Filters, FormatName,
+                      GCSDestination, PostgresTableDestination, PrivacyRules, S3Destination, SelectedProperties,
+                      WarehouseTable, WebhookDestination, check_event_names, offered_codec, utc)
 
 SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 QUEUE = re.compile(r"[A-Za-z0-9_.:\-]{1,255}")
@@ -92,9 +91,9 @@ class StreamSpec(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     events: EventNames = Field(default_factory=list, description="event names; empty means all")
     filters: Filters = Field(default_factory=list)
-    properties: PropertyNames | None = Field(None, description="properties to keep; null means all")
+    properties: SelectedProperties = Field(None, description="properties to keep; empty or null means all")
     privacy: PrivacyRules | None = Field(None, description="rules added to the project's privacy policy")
-    format: ExportFormat = Field(ExportFormat.JSON_LINES, description="webhook bodies and object-storage files "
+    format: FormatName = Field(ExportFormat.JSON_LINES, description="webhook bodies and object-storage files "
                                  "(a table takes typed columns: format and compression do not apply)")
     compression: Compression | None = Field(None, description=COMPRESSION_DOC)
     destination: StreamDestination
@@ -110,15 +109,6 @@ class StreamSpec(BaseModel):
     @classmethod
     def _events(cls, value: list[str]) -> list[str]:
         return check_event_names(value)
-
-    @field_validator("properties")
-    @classmethod
-    def _properties(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("properties must name at least one property, or be null for all")
-        return list(dict.fromkeys(check_property_name(p) for p in value))
 
     @field_validator("compression")
     @classmethod
