@@ -770,6 +770,26 @@ def check_formula_guard(fmt: ExportFormat, guard: bool) -> None:
                          "remove csv_formula_guard or choose format csv")
 
 
+IncludeColumn = Literal["uuid", "inserted_at"]
+Include = Annotated[list[IncludeColumn], AfterValidator(lambda value: [c for c in ("uuid", "inserted_at") if c in value])]
+"""Extra columns, each once, in the order files carry them."""
+EVENT_COLUMNS = ("event", "distinct_id", "timestamp")
+"""The columns every export has; in CSV, Parquet and Avro each selected property is a column beside them."""
+
+
+def check_columns(fmt: ExportFormat, properties: list[str] | None, include: list[str]) -> None:
+    """Refuse a selected property that would be a second column of the same name in a tabular file
+    (readers then rename, refuse or pick one of the two); JSON formats nest properties, so no clash."""
+    if properties is None or fmt in (ExportFormat.JSON, ExportFormat.JSON_LINES):
+        return
+    taken = (*EVENT_COLUMNS, *include)
+    clash = [p for p in properties if p in taken]
+    if clash:
+        raise ValueError(f"property {clash[0]!r} would be a second {clash[0]!r} column of the {fmt.value} file: "
+                         f"select properties other than {', '.join(taken)}, or export all properties "
+                         "(properties: null) to find it inside the `properties` column, or use json_lines")
+
+
 class ExportRequest(BaseModel):
     """What to export: events in [start_date, end_date), filtered and projected, in one format."""
 
@@ -789,6 +809,10 @@ class ExportRequest(BaseModel):
         "(when it was stored: late events fall into a later window instead of being missed)")
     privacy: PrivacyRules | None = Field(
         None, description="rules added to the project's privacy policy for this export (they can only add protection)")
+    include: Include = Field(
+        default_factory=list, max_length=2, description="extra columns after the others: `uuid` (each event's "
+        "id, to drop duplicates that at-least-once delivery or a re-run can bring) and `inserted_at` (when it "
+        "was stored). Empty by default, which keeps the export's columns as they always were")
     csv_formula_guard: bool = Field(
         False, description="CSV only: a string cell (or header cell) starting with `=`, `+`, `-`, `@`, tab or CR, "
         "unless it is a plain number, gets a leading `'`, so a spreadsheet shows it as text instead of running "
@@ -817,8 +841,10 @@ class ExportRequest(BaseModel):
         return list(dict.fromkeys(check_property_name(p) for p in value))
 
     @model_validator(mode="after")
-    def _window(self) -> ExportRequest:
+    def _window(self, info: ValidationInfo) -> ExportRequest:
         check_formula_guard(self.format, self.csv_formula_guard)
+        if not is_stored(info):  # one saved before the check still loads, to be listed
+            check_columns(self.format, self.properties, self.include)
         if self.end_date <= self.start_date:
             raise ValueError(
                 f"end_date ({self.end_date.isoformat()}) must be after start_date "
@@ -905,6 +931,8 @@ class ScheduledExport(BaseModel):
     compression: Compression | None = None
     csv_formula_guard: bool = Field(False, description="as in an export request: CSV cells a spreadsheet would "
                                     "run as formulas start with `'`")
+    include: Include = Field(default_factory=list, max_length=2,
+                                         description="as in an export request: `uuid` and/or `inserted_at` columns")
     destination: ExportDestination = Field(default_factory=DownloadDestination)
     enabled: bool = True
     last_run: datetime | None = None
@@ -916,8 +944,10 @@ class ScheduledExport(BaseModel):
         return check_cron(value, stored=is_stored(info))
 
     @model_validator(mode="after")
-    def _guard(self) -> ScheduledExport:
+    def _guard(self, info: ValidationInfo) -> ScheduledExport:
         check_formula_guard(self.format, self.csv_formula_guard)
+        if not is_stored(info):  # one saved before the check still loads, to be listed
+            check_columns(self.format, self.properties, self.include)
         return self
 
     @field_validator("events")
@@ -941,7 +971,7 @@ class ScheduledExport(BaseModel):
         return ExportRequest(id=export_id, events=self.events, start_date=start, end_date=end, format=self.format,
                              properties=self.properties, filters=self.filters, compression=self.compression,
                              destination=self.destination, time_field=self.time_field,
-                             csv_formula_guard=self.csv_formula_guard)
+                             csv_formula_guard=self.csv_formula_guard, include=self.include)
 
 
 class ExportConfig(BaseModel):

@@ -5,6 +5,9 @@ import { announce, debounce, field, fmtNumber, h, newId, options } from "./ui.js
 
 const FORMATS = [["json_lines", "JSON Lines"], ["json", "JSON"], ["csv", "CSV"], ["parquet", "Parquet"],
   ["avro", "Avro"]];
+// Extra columns: [name, label].
+const INCLUDE = [["uuid", "Add each event's id (uuid), to drop duplicates downstream"],
+  ["inserted_at", "Add when each event was stored (inserted_at)"]];
 const COMPRESSIONS = [["", "None"], ["gzip"], ["zstd"], ["snappy"], ["lz4"]];
 const OPERATORS = [["eq", "equals"], ["neq", "does not equal"], ["gt", "greater than"], ["gte", "at least"],
   ["lt", "less than"], ["lte", "at most"], ["contains", "contains"], ["not_contains", "does not contain"],
@@ -48,10 +51,12 @@ export function exportFields(range) {
   const format = h("select", { name: "format" }, options(FORMATS, "json_lines"));
   const compression = h("select", { name: "compression" }, options(COMPRESSIONS, ""));
   const destination = destinationPicker();
+  const include = INCLUDE.map(([name, label]) => [name, h("input", { type: "checkbox", value: name }), label]);
   const element = h("div", { class: "stack" }, events.element, properties.element, filters.element,
     h("fieldset", {}, h("legend", {}, "File"), h("div", { class: "row" },
       field("Format", format),
-      field("Compression", compression, "For Parquet and Avro: the file's internal codec"))),
+      field("Compression", compression, "For Parquet and Avro: the file's internal codec")),
+    h("div", { class: "checks" }, ...include.map(([, box, label]) => h("label", { class: "check" }, box, label)))),
     destination.element);
   return {
     element,
@@ -59,7 +64,8 @@ export function exportFields(range) {
     // CSV from the console is for spreadsheets: cells that would run as formulas start with '
     body: () => ({ events: events.chosen, properties: properties.selected(), filters: filters.value(),
       format: format.value, compression: compression.value || null, destination: destination.value(),
-      csv_formula_guard: format.value === "csv" }),
+      csv_formula_guard: format.value === "csv",
+      include: include.filter(([, box]) => box.checked).map(([name]) => name) }),
     validate: () => [...filters.validate(), ...destination.validate()],
     load(spec) {
       events.set(spec.events);
@@ -67,6 +73,7 @@ export function exportFields(range) {
       filters.set(spec.filters);
       format.value = spec.format;
       compression.value = spec.compression ?? "";
+      for (const [name, box] of include) box.checked = (spec.include ?? []).includes(name);
       destination.set(spec.destination);
       properties.refresh();
     },
