@@ -224,6 +224,8 @@ def test_export_made_by_keyboard_shows_progress_downloads_and_copies_its_link(pa
     page.keyboard.type("gzip")
     assert page.eval_on_selector("select[name=format]", "s => s.value") == "csv"
     assert page.eval_on_selector("select[name=compression]", "s => s.value") == "gzip"
+    tab_to(page, "input[value=uuid]")
+    page.keyboard.press("Space")
     shot(page, tmp_path, "new-export")
     tab_to(page, "button", "Create export")
     page.keyboard.press("Enter")
@@ -247,6 +249,7 @@ def test_export_made_by_keyboard_shows_progress_downloads_and_copies_its_link(pa
     rows = list(csv.DictReader(io.StringIO(gzip.decompress(saved.read_bytes()).decode("utf-8"), newline="")))
     assert len(rows) == view["result"]["total_events"] > 0
     assert view["csv_formula_guard"] is True, "the console's CSV is for spreadsheets"
+    assert view["include"] == ["uuid"] and len({r["uuid"] for r in rows}) == len(rows)
     assert {r["event"] for r in rows} == {"$pageview"}
     week_ago = datetime.now(timezone.utc) - timedelta(days=7, minutes=5)
     assert all(datetime.fromisoformat(r["timestamp"]) >= week_ago for r in rows)

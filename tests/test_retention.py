@@ -22,7 +22,7 @@ from analytics_export.connections import Sealer
 from analytics_export.jobs.store import JobStore
 from analytics_export.models import PrivacyRules, RetentionPolicy
 from analytics_export.retention import Interrupted, Retention, cutoff, set_policy
-from analytics_export.sources import EventQuery
+from analytics_export.sources import IDS, EventQuery
 from helpers import write_jsonl
 from service import CLI
 
@@ -39,7 +39,7 @@ def key(event: str, distinct_id: str, ts: datetime, properties: str, uuid: str) 
 def stored(settings: Settings, project: str = "default") -> Counter:
     store = open_store(settings)
     try:
-        query = EventQuery(project=project, start=datetime(2000, 1, 1, tzinfo=timezone.utc), end=END, with_ids=True)
+        query = EventQuery(project=project, start=datetime(2000, 1, 1, tzinfo=timezone.utc), end=END, ids=IDS)
         rows = [r for b in store.batches(query, 10_000) for r in b.to_pylist()]
     finally:
         store.close()

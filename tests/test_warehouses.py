@@ -30,7 +30,7 @@ from analytics_export.jobs.worker import Worker
 from analytics_export.models import (ExportConfig, ExportRequest, ExportResult, ExportStatus, RetentionPolicy,
                                      ScheduledExport)
 from analytics_export.pipeline import Cancelled, run_export
-from analytics_export.sources import EventQuery
+from analytics_export.sources import IDS, EventQuery
 from analytics_export.streaming.sinks import Delivery, sink_for
 from analytics_export.streaming.spec import StreamSpec
 from servers import s3_server  # noqa: F401  (fixture)
@@ -281,7 +281,7 @@ def stream_batch(numbers: range, stored: datetime, first: int = 0) -> list[pa.Re
              "properties": json_text({"n": n}), "uuid": str(uuid.UUID(int=n + 1)),
              "inserted_at": stored + timedelta(microseconds=n - first)} for n in numbers]
     return [pa.RecordBatch.from_pylist(rows, schema=EventQuery(project="p", start=stored, end=stored,
-                                                               with_ids=True).schema)]
+                                                               ids=IDS).schema)]
 
 
 def test_a_stream_appends_and_a_batch_sent_again_replaces_only_its_own_copy(settings: Settings, table: dict):

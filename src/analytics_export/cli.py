@@ -124,6 +124,8 @@ def export(
     to: Optional[str] = typer.Option(None, "--to", help="""Remote destination as JSON, e.g. '{"type": "s3", "bucket": "lake"}'; credentials from the environment"""),
     csv_formula_guard: bool = typer.Option(False, "--csv-formula-guard", help="CSV: start cells a spreadsheet would "
                                            "run as formulas (=, +, -, @, tab, CR; not plain numbers) with '"),
+    include: List[str] = typer.Option([], "--include", help="Extra column (repeatable): uuid (to drop duplicates "
+                                      "downstream) or inserted_at (when the event was stored)"),
 ) -> None:
     """Export events in [start, end) to a file or a remote destination; prints a JSON summary line when done."""
     settings: Settings = ctx.obj
@@ -132,6 +134,7 @@ def export(
             format=ExportFormat.parse(format), start_date=start, end_date=end, compression=compression,
             events=event, properties=property or None, filters=[parse_filter(f) for f in filter],
             destination=json.loads(to) if to else {"type": "download"}, csv_formula_guard=csv_formula_guard,
+            include=include,
         )
     except json.JSONDecodeError as exc:
         fail(f"--to is not JSON: {exc}")

@@ -855,6 +855,26 @@ def check_formula_guard(fmt: ExportFormat, guard: bool) -> None:
                          "remove csv_formula_guard or choose format csv")
 
 
+IncludeColumn = Literal["uuid", "inserted_at"]
+Include = Annotated[list[IncludeColumn], AfterValidator(lambda value: [c for c in ("uuid", "inserted_at") if c in value])]
+"""Extra columns, each once, in the order files carry them."""
+EVENT_COLUMNS = ("event", "distinct_id", "timestamp")
+"""The columns every export has; in CSV, Parquet and Avro each selected property is a column beside them."""
+
+
+def check_columns(fmt: ExportFormat, properties: list[str] | None, include: list[str]) -> None:
+    """Refuse a selected property that would be a second column of the same name in a tabular file
+    (readers then rename, refuse or pick one of the two); JSON formats nest properties, so no clash."""
+    if properties is None or fmt in (ExportFormat.JSON, ExportFormat.JSON_LINES):
+        return
+    taken = (*EVENT_COLUMNS, *include)
+    clash = [p for p in properties if p in taken]
+    if clash:
+        raise ValueError(f"property {clash[0]!r} would be a second {clash[0]!r} column of the {fmt.value} file: "
+                         f"select properties other than {', '.join(taken)}, or export all properties "
+                         "(properties: null) to find it inside the `properties` column, or use json_lines")
+
+
 class ExportRequest(BaseModel):
     """What to export: events in [start_date, end_date), filtered and projected, in one format."""
 
@@ -874,6 +894,10 @@ class ExportRequest(BaseModel):
         "(when it was stored: late events fall into a later window instead of being missed)")
     privacy: PrivacyRules | None = Field(
         None, description="rules added to the project's privacy policy for this export (they can only add protection)")
+    include: Include = Field(
+        default_factory=list, max_length=2, description="extra columns after the others: `uuid` (each event's "
+        "id, to drop duplicates that at-least-once delivery or a re-run can bring) and `inserted_at` (when it "
+        "was stored). Empty by default, which keeps the export's columns as they always were")
     csv_formula_guard: bool = Field(
         False, description="CSV only: a string cell (or header cell) starting with `=`, `+`, `-`, `@`, tab or CR, "
         "unless it is a plain number, gets a leading `'`, so a spreadsheet shows it as text instead of running "
@@ -898,8 +922,10 @@ class ExportRequest(BaseModel):
         return offered_codec(value, info)  # a stored export fails with the reason when it runs
 
     @model_validator(mode="after")
-    def _window(self) -> ExportRequest:
+    def _window(self, info: ValidationInfo) -> ExportRequest:
         check_formula_guard(self.format, self.csv_formula_guard)
+        if not is_stored(info):  # one saved before the check still loads, to be listed
+            check_columns(self.format, self.properties, self.include)
         if self.end_date <= self.start_date:
             raise ValueError(
                 f"end_date ({self.end_date.isoformat()}) must be after start_date "
@@ -986,6 +1012,8 @@ class ScheduledExport(BaseModel):
     compression: Compression | None = Field(None, description=COMPRESSION_DOC)
     csv_formula_guard: bool = Field(False, description="as in an export request: CSV cells a spreadsheet would "
                                     "run as formulas start with `'`")
+    include: Include = Field(default_factory=list, max_length=2,
+                                         description="as in an export request: `uuid` and/or `inserted_at` columns")
     destination: ExportDestination = Field(default_factory=DownloadDestination)
     enabled: bool = True
     last_run: datetime | None = None
@@ -1002,8 +1030,10 @@ class ScheduledExport(BaseModel):
         return offered_codec(value, info)  # a stored schedule is paused with the reason when due
 
     @model_validator(mode="after")
-    def _guard(self) -> ScheduledExport:
+    def _guard(self, info: ValidationInfo) -> ScheduledExport:
         check_formula_guard(self.format, self.csv_formula_guard)
+        if not is_stored(info):  # one saved before the check still loads, to be listed
+            check_columns(self.format, self.properties, self.include)
         return self
 
     @field_validator("events")
@@ -1028,7 +1058,8 @@ class ScheduledExport(BaseModel):
         return ExportRequest.model_validate(dict(
             id=export_id, events=self.events, start_date=start, end_date=end, format=self.format,
             properties=self.properties, filters=self.filters, compression=self.compression,
-            destination=self.destination, time_field=self.time_field, csv_formula_guard=self.csv_formula_guard),
+            destination=self.destination, time_field=self.time_field, csv_formula_guard=self.csv_formula_guard,
+            include=self.include),
             context=STORED)
 
 

@@ -285,6 +285,7 @@ def write_manifest(request: ExportRequest, project: str, destination: Destinatio
         "compression": request.compression.value if request.compression else None,
         "start_date": request.start_date.isoformat(),
         "end_date": request.end_date.isoformat(),
+        "columns": export_query(request, project, privacy).schema.names,  # `include` adds uuid, inserted_at
         "total_events": sum(f["events"] for f in files),
         "total_bytes": sum(f["bytes"] for f in files),
         "files": files,

@@ -37,7 +37,7 @@ from .jobs.tables import retention_policies, retention_windows
 from .models import STORED, ExportFormat, ExportRequest, FileLayout, RetentionPolicy, check_cron_interval, \
     schedule_problem
 from .pipeline import write_files
-from .sources import EventQuery
+from .sources import IDS, EventQuery
 
 log = logging.getLogger(__name__)
 RETRY_BUSY = timedelta(minutes=5)
@@ -188,7 +188,7 @@ class Retention:
             try:
                 files, _ = write_files(request, store, destination, project=self.project, name=lambda _: self.name(row),
                                        digest=True, privacy=privacy, batch_size=self.settings.export.batch_size,
-                                       scope=lambda q: replace(q, inserted_before=watermark, with_ids=True))
+                                       scope=lambda q: replace(q, inserted_before=watermark, ids=IDS))
                 uri = destination.finish([files[0]["uri"]], lambda: False)
             finally:
                 destination.close()

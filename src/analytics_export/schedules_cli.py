@@ -51,6 +51,7 @@ def create(
     to: Optional[str] = typer.Option(None, "--to", help="destination as JSON; default download"),
     csv_formula_guard: bool = typer.Option(False, "--csv-formula-guard", help="CSV: start cells a spreadsheet "
                                            "would run as formulas with '"),
+    include: List[str] = typer.Option([], "--include", help="Extra column (repeatable): uuid or inserted_at"),
 ) -> None:
     """Create a schedule; prints it as JSON."""
     from .cli import fail
@@ -62,7 +63,7 @@ def create(
         spec = ScheduledExport(name=name, schedule=cron, timezone=timezone, date_range=range_, format=format,
                                events=event, time_field=time_field, delay_seconds=delay, catch_up=catch_up,
                                destination=json.loads(to) if to else {"type": "download"},
-                               csv_formula_guard=csv_formula_guard)
+                               csv_formula_guard=csv_formula_guard, include=include)
     except json.JSONDecodeError as exc:
         fail(f"--to is not JSON: {exc}")
     except ValidationError as exc:

@@ -18,7 +18,7 @@ from .. import open_store
 from ..config import Settings
 from ..destinations import Destination
 from ..errors import Invalid, Limited, Storage
-from ..models import Compression, ExportFormat, ExportRequest, FormatName, describe_errors
+from ..models import Compression, ExportFormat, ExportRequest, FormatName, IncludeColumn, describe_errors
 from ..pipeline import Cancelled, write_files
 
 QUEUE_CHUNKS = 16
@@ -111,6 +111,8 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
         time_field: Annotated[str, Query(pattern="^(timestamp|inserted_at)$")] = "timestamp",
         csv_formula_guard: Annotated[bool, Query(description="CSV: cells a spreadsheet would run as formulas "
                                                              "start with `'` (as in POST /api/exports)")] = False,
+        include: Annotated[list[IncludeColumn] | None, Query(
+            max_length=2, description="extra columns (repeat): uuid, inserted_at (as in POST /api/exports)")] = None,
     ) -> StreamingResponse:
         """The events of [start, end), streamed (chunked) in `format`; gzip when the client accepts it
         for text formats. The project's privacy policy applies. A response cut short ends without its
@@ -121,7 +123,7 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
             spec = ExportRequest(start_date=start, end_date=end, format=format, events=event or [],
                                  properties=properties or None, filters=json.loads(filters) if filters else [],
                                  compression=Compression.GZIP if gzip else None, time_field=time_field,
-                                 csv_formula_guard=csv_formula_guard)
+                                 csv_formula_guard=csv_formula_guard, include=include or [])
         except (json.JSONDecodeError, RecursionError) as exc:
             raise HTTPException(422, f"filters is not a JSON list of filters: {type(exc).__name__}") from None
         except ValidationError as exc:

@@ -5,6 +5,9 @@ import { announce, debounce, field, fmtNumber, h, newId, options } from "./ui.js
 
 const FORMATS = [["json_lines", "JSON Lines"], ["json", "JSON"], ["csv", "CSV"], ["parquet", "Parquet"],
   ["avro", "Avro"]];
+// Extra columns: [name, label].
+const INCLUDE = [["uuid", "Add each event's id (uuid), to drop duplicates downstream"],
+  ["inserted_at", "Add when each event was stored (inserted_at)"]];
 const OPERATORS = [["eq", "equals"], ["neq", "does not equal"], ["gt", "greater than"], ["gte", "at least"],
   ["lt", "less than"], ["lte", "at most"], ["contains", "contains"], ["not_contains", "does not contain"],
   ["regex", "matches regex"], ["in", "is one of"], ["not_in", "is not one of"], ["is_set", "is set"],
@@ -74,11 +77,13 @@ export function exportFields(range) {
   format.addEventListener("change", () => offerCodecs());
   offerCodecs();
   const destination = destinationPicker();
+  const include = INCLUDE.map(([name, label]) => [name, h("input", { type: "checkbox", value: name }), label]);
   const element = h("div", { class: "stack" }, events.element, properties.element, filters.element,
     h("fieldset", {}, h("legend", {}, "File"), h("div", { class: "row" },
       field("Format", format),
       field("Compression", compression, "Only the codecs the format offers: text is wrapped in one stream, "
-        + "Parquet and Avro compress inside the file"))),
+        + "Parquet and Avro compress inside the file")),
+    h("div", { class: "checks" }, ...include.map(([, box, label]) => h("label", { class: "check" }, box, label)))),
     destination.element);
   return {
     element,
@@ -86,7 +91,8 @@ export function exportFields(range) {
     // CSV from the console is for spreadsheets: cells that would run as formulas start with '
     body: () => ({ events: events.chosen, properties: properties.selected(), filters: filters.value(),
       format: format.value, compression: compression.value || null, destination: destination.value(),
-      csv_formula_guard: format.value === "csv" }),
+      csv_formula_guard: format.value === "csv",
+      include: include.filter(([, box]) => box.checked).map(([name]) => name) }),
     validate: () => [...filters.validate(), ...destination.validate()],
     load(spec) {
       events.set(spec.events);
@@ -94,6 +100,7 @@ export function exportFields(range) {
       filters.set(spec.filters);
       format.value = spec.format;
       offerCodecs(spec.compression ?? "", true);
+      for (const [name, box] of include) box.checked = (spec.include ?? []).includes(name);
       destination.set(spec.destination);
       properties.refresh();
     },

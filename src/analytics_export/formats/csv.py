@@ -24,7 +24,14 @@ class CsvWriter(Writer):
         super().__init__(*args, **kwargs)
         # Header names are plain keys (no comma, quote or newline), so they need no quotes; every
         # string value is quoted, which keeps an empty string apart from a missing value.
-        self.writer = pacsv.CSVWriter(self.sink, self.schema, write_options=options(not self.fragment))
+        self.writer = pacsv.CSVWriter(self.sink, text_schema(self.schema), write_options=options(not self.fragment))
+
+    def encode(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """`batch` with its typed timestamps (`inserted_at`) as RFC 3339 text, as `timestamp` already is."""
+        if not any(pa.types.is_timestamp(t) for t in batch.schema.types):
+            return batch
+        columns = [pc.strftime(c, RFC3339_TEXT) if pa.types.is_timestamp(c.type) else c for c in batch.columns]
+        return pa.RecordBatch.from_arrays(columns, schema=text_schema(batch.schema))
 
     def write(self, batch: pa.RecordBatch) -> None:  # type: ignore[override]
         self.writer.write_batch(batch)
@@ -37,6 +44,16 @@ class CsvWriter(Writer):
         out = pa.BufferOutputStream()
         pacsv.CSVWriter(out, schema, write_options=options(True)).close()  # (write_csv would import pandas)
         return out.getvalue().to_pybytes()
+
+
+RFC3339_TEXT = "%Y-%m-%dT%H:%M:%SZ"
+"""Arrow's strftime: `%S` carries the microseconds, as in `sources.RFC3339`."""
+
+
+def text_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with timestamp columns as strings (what `encode` makes of them)."""
+    return pa.schema([f.with_type(pa.string()) if pa.types.is_timestamp(f.type) else f for f in schema],
+                     metadata=schema.metadata)
 
 
 def options(header: bool) -> pacsv.WriteOptions:
@@ -64,8 +81,9 @@ class GuardedCsvWriter(CsvWriter):
         super().__init__(sink, guarded_schema(schema), *args, **kwargs)
 
     def encode(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        batch = super().encode(batch)
         columns = [guard_cells(col) if is_text(col.type) else col for col in batch.columns]
-        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        return pa.RecordBatch.from_arrays(columns, schema=text_schema(self.schema))
 
     @classmethod
     def head(cls, schema: pa.Schema) -> bytes:

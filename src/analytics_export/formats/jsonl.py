@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from ..sources import RFC3339
 from . import BatchSQL, Writer, string_bytes
 
 
@@ -15,14 +16,17 @@ class JsonLinesWriter(Writer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # a stream's events carry their uuid, for the receiver to drop a batch delivered twice
-        self.uuid_sql = "',\"uuid\":' || to_json(uuid)" if "uuid" in self.schema.names else "''"
+        # ids after properties: an export's `include`, and a stream's uuid (its receiver drops a batch
+        # delivered twice)
+        ids = {"uuid": "',\"uuid\":' || to_json(uuid)",
+               "inserted_at": f"',\"inserted_at\":\"' || strftime(inserted_at, '{RFC3339}') || '\"'"}
+        self.ids_sql = " || ".join(sql for name, sql in ids.items() if name in self.schema.names) or "''"
         # Concatenation, not to_json(struct): `properties` is already minified JSON text in every
         # store, so it is spliced in as is instead of being parsed and written again (3x faster).
         self.to_json = BatchSQL(
             f"SELECT {self.prefix_sql} || '{{\"event\":' || to_json(event) || ',\"distinct_id\":' || "
             f"to_json(distinct_id) || ',\"timestamp\":\"' || \"timestamp\" || "
-            f"'\",\"properties\":' || properties || {self.uuid_sql} || '}}' || {self.suffix_sql} AS line FROM batch"
+            f"'\",\"properties\":' || properties || {self.ids_sql} || '}}' || {self.suffix_sql} AS line FROM batch"
         )
 
     def encode(self, batch: pa.RecordBatch) -> memoryview:

@@ -45,6 +45,10 @@ def finite(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
+IDS = ("uuid", "inserted_at")
+"""Each event's id and storage time: columns an export adds on request (`include`), after the others."""
+
+
 @dataclass(frozen=True)
 class EventQuery:
     """Which events to read and in which shape.
@@ -67,8 +71,9 @@ class EventQuery:
     time_field: str = "timestamp"
     inserted_before: datetime | None = None
     """Only events stored before this instant (retention archives a window as of a watermark)."""
-    with_ids: bool = False
-    """Also `uuid` and `inserted_at`, last (a retention archive can be ingested back, exactly)."""
+    ids: tuple[str, ...] = ()
+    """Of `uuid` and `inserted_at`, the ones to add as last columns, in that order (`IDS`: both, so a
+    retention archive can be ingested back exactly; an export's `include`)."""
     protection: Protection | None = None
     """The privacy rules the source's SQL applies in its scan (see `protect.py`)."""
     after_uuid: str | None = None
@@ -92,6 +97,7 @@ class EventQuery:
             property_columns=property_columns and props is not None,
             text_timestamps=text_timestamps,
             time_field=request.time_field,
+            ids=tuple(c for c in IDS if c in request.include),
         )
 
     @property
@@ -103,8 +109,8 @@ class EventQuery:
             fields += [pa.field(name, pa.string()) for name in self.properties or ()]
         else:
             fields.append(pa.field("properties", pa.string()))
-        if self.with_ids:
-            fields += [pa.field("uuid", pa.string()), pa.field("inserted_at", TIMESTAMP)]
+        types = {"uuid": pa.string(), "inserted_at": TIMESTAMP}  # writers format inserted_at as they need
+        fields += [pa.field(name, types[name]) for name in self.ids]
         return pa.schema(fields)
 
 

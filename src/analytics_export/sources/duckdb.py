@@ -165,8 +165,7 @@ class SqlBuilder:
             pairs = ", ".join(f"{self.bind(name)}, {protect.member(self.bind, name, lambda: f'__values[{i + 1}]')}"
                               for i, name in enumerate(names))
             cols.append(f"CAST(json_object({pairs}) AS VARCHAR) AS properties")
-        if query.with_ids:
-            cols += ["CAST(uuid AS VARCHAR) AS uuid", "inserted_at"]
+        cols += [{"uuid": "CAST(uuid AS VARCHAR) AS uuid", "inserted_at": "inserted_at"}[c] for c in query.ids]
         return cols
 
     def select(self, query: EventQuery, columns: list[str] | None = None) -> str:

@@ -12,7 +12,7 @@ from ..config import Settings
 from ..connections import Sealer
 from ..jobs.policies import PrivacyStore
 from ..jobs.store import JobStore, now
-from ..sources import EventQuery
+from ..sources import IDS, EventQuery
 from .store import Stream
 
 
@@ -30,7 +30,7 @@ def lag(settings: Settings, jobs: JobStore, stream: Stream) -> tuple[int, float]
         events = store.count(query)
         if not events:
             return 0, 0.0
-        oldest = replace(query, with_ids=True, ordered=True, limit=1)
+        oldest = replace(query, ids=IDS, ordered=True, limit=1)
         for batch in store.batches(oldest, 1):
             if batch.num_rows:
                 return events, max(0.0, (now() - batch.column("inserted_at")[0].as_py()).total_seconds())

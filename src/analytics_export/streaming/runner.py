@@ -31,7 +31,7 @@ from ..jobs.policies import PrivacyStore
 from ..jobs.store import JobStore, now
 from ..models import ExportFormat, ExportRequest, codec_problem
 from ..privacy import Privacy
-from ..sources import EventQuery
+from ..sources import IDS, EventQuery
 from ..streams import ForwardingSink
 from .sinks import Delivery, Sink, sink_for
 from .spec import StreamSpec
@@ -180,7 +180,7 @@ class StreamRun:
         query = EventQuery.from_request(request.model_copy(update={"start_date": start, "end_date": end}),
                                         self.stream.project, property_columns=not self.writer_cls.nested_properties,
                                         text_timestamps=self.writer_cls.text_timestamps)
-        query = replace(privacy.query(query), time_field="inserted_at", with_ids=True, after_uuid=after,
+        query = replace(privacy.query(query), time_field="inserted_at", ids=IDS, after_uuid=after,
                         ordered=True, limit=limit)
         rows = 0
         with closing(open_store(self.settings)) as store:

@@ -22,7 +22,7 @@ import pyarrow as pa
 from ..destinations import Destination, Target, Upload
 from ..errors import Invalid
 from ..models import ExportRequest, ExportResult, ExportStatus
-from ..sources import EventQuery, EventSource
+from ..sources import IDS, EventQuery, EventSource
 
 if TYPE_CHECKING:
     from ..pipeline import Progress
@@ -89,7 +89,7 @@ def load_table(request: ExportRequest, source: EventSource, table: TableDestinat
     from ..pipeline import PREFETCH, Cancelled, Progress, privacy_fields, read_ahead  # the pipeline imports us
 
     started = datetime.now(timezone.utc)
-    query = replace(EventQuery.from_request(request, project, property_columns=True), with_ids=True)
+    query = replace(EventQuery.from_request(request, project, property_columns=True), ids=IDS)
     if privacy is not None:
         query = privacy.query(query)
     if query.property_columns:
