@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..errors import Invalid, OutOfMemory, Storage
 from ..models import ExportFilter, FilterOperator
 from ..private import MODE, companion, create_private_dir
-from . import RFC3339, EventQuery, finite
+from . import NON_FINITE_HINT, RFC3339, EventQuery, finite
 from .protect import Protection
 
 SCHEMA_SQL = """
@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS events (
     inserted_at TIMESTAMPTZ NOT NULL
 )
 """
+
+FACTS_SQL = "CREATE TABLE IF NOT EXISTS store_facts (name VARCHAR PRIMARY KEY)"
+"""What is known of the whole store, one row a fact."""
+FINITE = "properties hold no NaN or Infinity"
 
 INSERTS = threading.Lock()
 """One insert at a time in this process: two at once (a client's retried POST while the first still
@@ -222,14 +226,44 @@ class DuckDBEventStore:
         self.con.execute("SET TimeZone = 'UTC'")  # session options, not config ones
         self.con.execute("SET enable_progress_bar = false")
         if not read_only:
-            for attempt in range(3):  # two first connections of one process may both create the table
+            for attempt in range(3):  # two first connections of one process may both create the tables
                 try:
                     self.con.execute(SCHEMA_SQL)
+                    self.con.execute(FACTS_SQL)
+                    if not self.has_fact(FINITE):
+                        self.make_finite()
                     break
                 except duckdb.TransactionException:
                     if attempt == 2:
                         raise
             self.private_wal()
+        self.finite = self.has_fact(FINITE)
+        """Whether every stored `properties` is strict JSON, so exports need not look for NaN in them."""
+
+    def has_fact(self, name: str) -> bool:
+        try:
+            return bool(self.con.execute("SELECT count(*) FROM store_facts WHERE name = ?", [name]).fetchall()[0][0])
+        except duckdb.CatalogException:  # a store from before facts were kept, opened read-only
+            return False
+
+    def make_finite(self) -> None:
+        """Once per store, the first time it is opened for writing: NaN and Infinity that it took before
+        ingest refused them (JSON has no such numbers) become null where they are stored, and the store
+        records that its properties are finite. Ingest keeps them so; exports then skip the search."""
+        found = f"regexp_matches(CAST(properties AS VARCHAR), '{NON_FINITE_HINT}')"
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            # only the rows that hold one (legacy ones at most); read before the update writes
+            rows = self.con.sql(f"SELECT uuid, CAST(properties AS VARCHAR) AS properties FROM events WHERE {found}")
+            for batch in rows.to_arrow_table().to_batches(16_384):
+                self.con.register("fixed", finite(batch))
+                self.con.execute("UPDATE events SET properties = fixed.properties FROM fixed WHERE events.uuid = fixed.uuid")
+                self.con.unregister("fixed")
+            self.con.execute("INSERT INTO store_facts VALUES (?)", [FINITE])
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
 
     def private_wal(self) -> None:
         """The write-ahead log, which DuckDB deletes at each checkpoint and creates afresh 0644 at the
@@ -242,7 +276,7 @@ class DuckDBEventStore:
         text = sql.select(query)
         reader = self._relation(text, sql.params).to_arrow_reader(batch_size)
         self.readers.append(reader)
-        return _renamed(reader, query.schema, not query.property_columns)
+        return _renamed(reader, query.schema, not query.property_columns and not self.finite)
 
     def count(self, query: EventQuery) -> int:
         sql = SqlBuilder()
@@ -343,16 +377,16 @@ def quoted_out(message: str) -> str:
     return re.sub(r'(?s)\s*Input: ".*', "", message)
 
 
-def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema, json_properties: bool) -> pa.RecordBatchReader:
+def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema, scrub: bool) -> pa.RecordBatchReader:
     """The same stream under the query's column names (SQL aliases are positional, never user text);
-    with `json_properties` (not one column per property), NaN and Infinity in them made null."""
+    with `scrub`, NaN and Infinity in the `properties` JSON made null."""
 
     def gen() -> Iterator[pa.RecordBatch]:
         with translated_errors():
             try:
                 for batch in reader:
                     batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
-                    yield finite(batch) if json_properties else batch
+                    yield finite(batch) if scrub else batch
             except OSError as exc:  # DuckDB's error as the Arrow stream passes it on (out of memory, say)
                 raise Storage(f"event store query failed: {str(exc).splitlines()[0]}") from exc
 

@@ -26,6 +26,9 @@ STAGED = ('SELECT uuid::VARCHAR AS uuid, project_id, event, distinct_id, "timest
 
 class ScannedStore:
     page_rows = PAGE_ROWS
+    finite = False
+    """Whether the engine's `properties` can hold only strict JSON (no NaN or Infinity): if not, exports
+    look for them (other programs may write to the table)."""
 
     def __init__(self, memory_limit: str, threads: int) -> None:
         self.duck = duckdb.connect(":memory:", config={"memory_limit": memory_limit, "threads": threads,
@@ -65,7 +68,7 @@ class ScannedStore:
         text = sql.select(query)
         return pa.RecordBatchReader.from_batches(
             query.schema, self._each(self.scan(query), text, sql.params, query.schema, batch_size,
-                                     not query.property_columns))
+                                     not query.property_columns and not self.finite))
 
     def count(self, query: EventQuery) -> int:
         sql = SqlBuilder()
@@ -73,9 +76,9 @@ class ScannedStore:
         return sum(batch.column(0)[0].as_py() for batch in self._each(self.scan(query), text, sql.params))
 
     def _each(self, source: Iterator[pa.RecordBatch], text: str, params: list[Any], schema: pa.Schema | None = None,
-              batch_size: int = 1 << 30, json_properties: bool = False) -> Iterator[pa.RecordBatch]:
-        """`text` run over each batch of `source`, in `schema` if given; with `json_properties` (not
-        one column per property), NaN and Infinity in them made null."""
+              batch_size: int = 1 << 30, scrub: bool = False) -> Iterator[pa.RecordBatch]:
+        """`text` run over each batch of `source`, in `schema` if given; with `scrub`, NaN and Infinity
+        in the `properties` JSON made null."""
         for batch in source:
             self.duck.register("events", batch)
             try:
@@ -85,7 +88,7 @@ class ScannedStore:
                 self.duck.unregister("events")
             for out in table.to_batches(max_chunksize=batch_size):
                 out = out if schema is None else pa.RecordBatch.from_arrays(out.columns, schema=schema)
-                yield finite(out) if json_properties else out
+                yield finite(out) if scrub else out
 
     def execute(self, text: str, params: list[Any] | dict[str, Any]) -> duckdb.DuckDBPyConnection:
         """Staging SQL (reading an ingest file) in the in-process DuckDB."""
