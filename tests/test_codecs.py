@@ -1,32 +1,18 @@
-"""Which codecs each format offers, proven with the readers people use: every offered codec is read
-whole by them; every other is refused with a 422 (API) or exit status 2 (CLI) that names what is
+"""Which codecs each format offers (test_interop.py proves the readers people use read every offered
+one whole): every other is refused with a 422 (API) or exit status 2 (CLI) that names what is
 offered; and an export, schedule or stream saved before the rule still lists, then fails or pauses
 with that reason when it runs."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 import threading
-from collections import Counter
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import chdb
-import duckdb
-import fastavro
-import fastparquet
-import pandas as pd
-import polars as pl
-import pyarrow.csv
-import pyarrow.json
-import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from avro.datafile import DataFileReader
-from avro.io import DatumReader
 
-from analytics_export import Settings, export
+from analytics_export import Settings
 from analytics_export.jobs.scheduler import Scheduler, Schedules
 from analytics_export.jobs.store import JobStore
 from analytics_export.jobs.tables import exports, schedules, streams
@@ -35,13 +21,10 @@ from analytics_export.models import STORED, ExportRequest, ExportStatus, Schedul
 from analytics_export.streaming.runner import LEASE, StreamRun
 from analytics_export.streaming.spec import StreamSpec
 from analytics_export.streaming.store import StreamStore
-from conftest import stored_rows
 from helpers import OFFERED
 from service import CLI, Service, cli
 
 REFUSED = [(f, c) for f in OFFERED for c in ("gzip", "zstd", "snappy", "lz4") if c not in OFFERED[f]]
-START = datetime(2026, 10, 1, tzinfo=timezone.utc)
-END = datetime(2026, 10, 8, tzinfo=timezone.utc)
 WINDOW = {"start_date": "2026-10-01", "end_date": "2026-10-08"}
 HOOK = {"type": "webhook", "url": "http://127.0.0.1:9/nobody-listens"}
 
@@ -92,104 +75,6 @@ def test_the_cli_refuses_an_unoffered_codec_with_one_line_and_status_2(tmp_path,
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and refusal(fmt, codec) in done.stderr, done.stderr
     assert not list(tmp_path.rglob("export_*")), "nothing was written"
-
-
-def sample(rows: list[dict]) -> Counter:
-    """What the readers are compared on: each row's event, distinct_id and timestamp (as microseconds)."""
-    return Counter((r["event"], r["distinct_id"], r["timestamp"]) for r in rows)
-
-
-@pytest.fixture(scope="module")
-def truth(demo_settings) -> Counter:
-    def micros(text: str) -> int:
-        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-        return round(moment.timestamp() * 1_000_000)
-    rows = stored_rows(demo_settings, START, END)
-    assert len(rows) > 500
-    return sample([{**r, "timestamp": micros(r["timestamp"])} for r in rows])
-
-
-def micros_of(frame: pl.DataFrame) -> list[dict]:
-    """polars rows with `timestamp` as integer microseconds since the epoch, whatever it was read as."""
-    column = pl.col("timestamp")
-    if frame.schema["timestamp"] == pl.String:
-        column = column.str.to_datetime(time_zone="UTC")
-    return frame.with_columns(column.dt.epoch("us").alias("timestamp")).to_dicts()
-
-
-def read_with_duckdb(path: Path, fmt: str) -> list[dict]:
-    reader = {"json": "read_json", "json_lines": "read_json", "csv": "read_csv", "parquet": "read_parquet"}[fmt]
-    return micros_of(pl.from_arrow(duckdb.connect().sql(
-        f"SELECT event, distinct_id, CAST(timestamp AS TIMESTAMPTZ) AS timestamp FROM {reader}($path)",
-        params={"path": str(path)}).to_arrow_table()))
-
-
-def read_with_chdb(path: Path, fmt: str) -> list[dict]:
-    source = {"json": "JSONEachRow", "json_lines": "JSONEachRow", "csv": "CSVWithNames", "parquet": "Parquet",
-              "avro": "Avro"}[fmt]
-    text = chdb.query(f"SELECT event, distinct_id, toUnixTimestamp64Micro(parseDateTime64BestEffort("
-                      f"toString(timestamp), 6, 'UTC')) AS timestamp FROM file('{path}', '{source}')", "Parquet")
-    return pl.read_parquet(io.BytesIO(text.bytes())).to_dicts()
-
-
-def read_with_polars(path: Path, fmt: str) -> list[dict]:
-    read = {"json": pl.read_json, "json_lines": pl.read_ndjson, "csv": pl.read_csv, "parquet": pl.read_parquet,
-            "avro": pl.read_avro}[fmt]
-    return micros_of(read(path).select("event", "distinct_id", "timestamp"))
-
-
-def read_with_pandas(path: Path, fmt: str) -> list[dict]:
-    read = {"json": pd.read_json, "json_lines": lambda p: pd.read_json(p, lines=True), "csv": pd.read_csv,
-            "parquet": pd.read_parquet}[fmt]
-    return micros_of(pl.from_pandas(read(path)[["event", "distinct_id", "timestamp"]].astype({"timestamp": str})))
-
-
-def read_with_pyarrow(path: Path, fmt: str) -> list[dict]:
-    read = {"json_lines": pyarrow.json.read_json, "csv": pyarrow.csv.read_csv, "parquet": pq.read_table}[fmt]
-    return micros_of(pl.from_arrow(read(path).select(["event", "distinct_id", "timestamp"])))
-
-
-def read_with_fastparquet(path: Path, fmt: str) -> list[dict]:
-    return micros_of(pl.from_pandas(fastparquet.ParquetFile(path).to_pandas(["event", "distinct_id", "timestamp"])))
-
-
-def read_with_fastavro(path: Path, fmt: str) -> list[dict]:
-    with open(path, "rb") as f:
-        return micros_of(pl.DataFrame(list(fastavro.reader(f))))
-
-
-def read_with_apache_avro(path: Path, fmt: str) -> list[dict]:
-    with open(path, "rb") as f:
-        return micros_of(pl.DataFrame(list(DataFileReader(f, DatumReader()))))
-
-
-READERS = {
-    "json": [read_with_duckdb, read_with_chdb, read_with_polars, read_with_pandas],
-    "json_lines": [read_with_duckdb, read_with_chdb, read_with_polars, read_with_pandas, read_with_pyarrow],
-    "csv": [read_with_duckdb, read_with_chdb, read_with_polars, read_with_pandas, read_with_pyarrow],
-    "parquet": [read_with_duckdb, read_with_chdb, read_with_polars, read_with_pandas, read_with_pyarrow,
-                read_with_fastparquet],
-    "avro": [read_with_chdb, read_with_polars, read_with_fastavro, read_with_apache_avro],
-}
-"""Who reads each format here (DuckDB reads Avro through an extension it downloads: not here)."""
-CANNOT = {("avro", "zstd", "read_with_polars"): "zstandard"}
-"""Offered codecs a reader cannot open, and what its error says: polars has no Avro zstandard (the
-README says so). Apache avro reads snappy with its optional `python-snappy`, a dev dependency here."""
-
-
-@pytest.mark.parametrize("fmt,codec", [(f, c) for f, codecs in OFFERED.items() for c in [None, *codecs]])
-def test_every_offered_codec_is_read_whole_by_the_readers_people_use(demo_settings, tmp_path, truth, fmt, codec):
-    result = export(settings=demo_settings, output_dir=tmp_path, start_date=START, end_date=END, format=fmt,
-                    compression=codec)
-    path = Path(result.destination_path)
-    assert result.total_events == sum(truth.values())
-    for reader in READERS[fmt]:
-        expected_error = CANNOT.get((fmt, codec, reader.__name__))
-        if expected_error:
-            with pytest.raises(Exception, match=expected_error):
-                reader(path, fmt)
-            continue
-        assert sample(reader(path, fmt)) == truth, f"{reader.__name__} misread {path.name}"
 
 
 def test_rows_saved_before_the_rule_still_list_and_fail_or_pause_with_the_reason(demo_settings, tmp_path):

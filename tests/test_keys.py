@@ -10,13 +10,11 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
 from analytics_export.jobs.store import KEY_CACHE_SECONDS, MIGRATIONS, JobStore
-from analytics_export.jobs.tables import api_keys
 from service import CLI, Service, cli
 
 
