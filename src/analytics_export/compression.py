@@ -1,18 +1,20 @@
 """Streaming compressors that wrap a sink in a standard stream the usual command-line tools decode.
 
-gzip is one gzip member (isal), zstd one frame (zstandard, compressing on one worker thread in
-1 MiB jobs: as fast as two threads here, 45 MB smaller), lz4 one frame, snappy the
-snappy framing format (cramjam). Parquet and Avro do not use these: their codec lives in the file.
+gzip is one gzip member (isal), zstd one frame with a content checksum (zstandard, compressing on
+one worker thread in 1 MiB jobs: as fast as two threads here, 45 MB smaller; streamed, so the frame
+has no content size), lz4 one frame, snappy the snappy framing format (cramjam). Each file or body
+gets one sink, so it is one stream, which one-shot decoders read whole. Parquet and Avro do not use these: their codec lives in the file.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import BinaryIO, Callable, Protocol
 
 import cramjam
 import lz4.frame
 import zstandard
-from isal import isal_zlib
+from isal import igzip, isal_zlib
 
 from .models import Compression
 from .streams import ForwardingSink, Sink
@@ -41,7 +43,7 @@ def _gzip() -> Codec:
 
 
 def _zstd() -> Codec:
-    params = zstandard.ZstdCompressionParameters.from_level(3, threads=1, job_size=1 << 20)
+    params = zstandard.ZstdCompressionParameters.from_level(3, threads=1, job_size=1 << 20, write_checksum=True)
     return _Stream(zstandard.ZstdCompressor(compression_params=params).compressobj())
 
 
@@ -78,10 +80,15 @@ CODECS: dict[Compression, Callable[[], Codec]] = {
 }
 
 
-def compressed(data: bytes, compression: Compression) -> bytes:
-    """`data` as one complete stream (member, frame) of `compression`."""
-    codec = CODECS[compression]()
-    return codec.compress(data) + codec.finish()
+STAGING = Compression.GZIP
+"""How a compressed text export's partitions stage their fragments for `Writer.merge`, which decodes
+and compresses the joined file as one stream: isal gzip is as small as today's delivered gzip (8x
+smaller than plain text) and decodes at ~1.4 GB/s (lz4: 40% larger, barely faster to decode)."""
+
+
+def open_staged(path: Path) -> BinaryIO:
+    """The text of a fragment staged as `STAGING`, read as it is decoded."""
+    return igzip.open(path, "rb")
 
 
 class CompressedSink(ForwardingSink):
