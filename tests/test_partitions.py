@@ -242,6 +242,8 @@ def test_split_partitioned_export_delivers_parts_and_one_manifest(demo_settings,
         part = tmp_path / entry["name"]
         part.write_bytes(body)
         assert entry["bytes"] == len(body) and entry["events"] <= 1000
+        stream = zlib.decompressobj(31)
+        assert stream.decompress(body) and stream.eof and stream.unused_data == b"", "each part is one gzip member"
         rows += read_records(part, "json_lines", "gzip")
     assert manifest["total_events"] == len(rows) == job.total_events
     assert job.destination_path.endswith(request.manifest_name)
