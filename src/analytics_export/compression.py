@@ -3,7 +3,8 @@
 gzip is one gzip member (isal), zstd one frame with a content checksum (zstandard, compressing on
 one worker thread in 1 MiB jobs: as fast as two threads here, 45 MB smaller; streamed, so the frame
 has no content size), lz4 one frame, snappy the snappy framing format (cramjam). Each file or body
-gets one sink, so it is one stream, which one-shot decoders read whole. Parquet and Avro do not use these: their codec lives in the file.
+gets one sink, so it is one stream, which one-shot decoders read whole. Parquet and Avro do not
+use these: their codec lives in the file.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ CODECS: dict[Compression, Callable[[], Codec]] = {
 
 STAGING = Compression.GZIP
 """How a compressed text export's partitions stage their fragments for `Writer.merge`, which decodes
-and compresses the joined file as one stream: isal gzip is as small as today's delivered gzip (8x
-smaller than plain text) and decodes at ~1.4 GB/s (lz4: 40% larger, barely faster to decode)."""
+them and compresses the joined file as one stream. Measured at 1M JSON events: isal gzip stages 42 MB
+(plain text 329 MB, lz4 60 MB) and decodes at ~1.4 GB/s (lz4 ~1.7 GB/s)."""
 
 
 def open_staged(path: Path) -> BinaryIO:
