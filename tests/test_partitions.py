@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -10,14 +11,18 @@ import shutil
 import signal
 import subprocess
 import time
+import zlib
 from datetime import timedelta
 from pathlib import Path
 
 import duckdb
 import fastavro
+import fastparquet
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 import analytics_export.jobs.worker as worker_module
 from analytics_export import Settings, export, open_store
@@ -105,6 +110,71 @@ def read_decompressed(path: Path, compression: str) -> bytes:
     return decompress(path.read_bytes(), compression)
 
 
+def partitioned(settings: Settings, jobs: JobStore, request: ExportRequest, config: ExportConfig) -> Path:
+    """The file of `request` run as partitions cut by `config`."""
+    jobs.create("default", request, 100)
+    run_queue(settings.model_copy(update={"export": config}), jobs)
+    job = jobs.get("default", request.id)
+    assert job.status is ExportStatus.COMPLETED and job.parts > 1, job.error
+    return Path(job.destination_path)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+@pytest.mark.parametrize("fmt", TEXT)
+def test_a_compressed_text_file_is_one_stream_whatever_the_partitioning(demo_settings, job_store, tmp_path, fmt,
+                                                                        compression):
+    """One-shot decoders stop after the first gzip member / zstd frame, silently: a joined file is one."""
+    request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format=fmt, compression=compression)
+    single = tmp_path / "single"
+    export(request.model_copy(update={"id": "one-run"}), settings=demo_settings, output=single)
+    want = canonical(read_records(single, fmt, compression))
+    for path in (single, partitioned(demo_settings, job_store, request, WEEKS)):
+        data = path.read_bytes()
+        text = subprocess.run([*TOOLS[compression], str(path)], capture_output=True, check=True).stdout
+        if compression == "gzip":
+            assert gzip.decompress(data) == text
+            stream = zlib.decompressobj(31)
+        else:
+            assert zstandard.get_frame_parameters(data).has_checksum
+            with pytest.raises(zstandard.ZstdError, match="content size"):  # streamed: see the README
+                zstandard.ZstdDecompressor().decompress(data)
+            assert zstandard.ZstdDecompressor().decompress(data, max_output_size=len(text)) == text
+            stream = zstandard.ZstdDecompressor().decompressobj()
+        assert stream.decompress(data) == text and stream.eof and stream.unused_data == b"", "one call reads all"
+        plain = tmp_path / "plain"
+        plain.write_bytes(text)
+        assert canonical(read_records(plain, fmt, None)) == want
+
+
+def assert_fastparquet_reads_what_pyarrow_reads(path: Path) -> None:
+    """Every value of every column, nulls included, the same through fastparquet as through pyarrow."""
+    want = pq.read_table(path)
+    got = fastparquet.ParquetFile(str(path)).to_pandas()
+    assert list(got.columns) == want.column_names and len(got) == want.num_rows > 1000
+    for name in want.column_names:
+        column = got[name]
+        if pa.types.is_timestamp(want.schema.field(name).type):  # fastparquet gives UTC instants as naive
+            column = pd.to_datetime(column, utc=True)
+        values = [None if v is None or v is pd.NA or v != v else v for v in column.tolist()]
+        assert values == want[name].to_pylist(), f"{path.name}: fastparquet reads {name} differently"
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+@pytest.mark.parametrize("properties", [None, ["plan", "$current_url", "experiment", "never_set"]])
+def test_fastparquet_reads_every_value_of_single_and_partitioned_parquet(demo_settings, job_store, tmp_path,
+                                                                         properties, compression):
+    """fastparquet read pyarrow's dictionaries that fell back to PLAIN as nulls (`properties`, in row
+    groups of 4k+ events) and failed on an uncompressed all-null column (`never_set`)."""
+    request = ExportRequest(start_date="2026-08-03", end_date="2026-11-01", format="parquet",
+                            compression=compression, properties=properties)
+    single = tmp_path / "single.parquet"
+    export(request.model_copy(update={"id": "one-run"}), settings=demo_settings, output=single)
+    months = ExportConfig(partition_hours=24 * 30, min_partition_events=1)
+    joined = partitioned(demo_settings, job_store, request, months)
+    for path in (single, joined):
+        assert_fastparquet_reads_what_pyarrow_reads(path)
+
+
 def test_text_fragments_join_byte_for_byte(demo_settings, job_store, tmp_path):
     """Partitions of a store scanned in a fixed order give exactly the bytes of one run over it."""
     settings = demo_settings.model_copy(update={"export": WEEKS, "duckdb_threads": 1})
@@ -170,6 +240,8 @@ def test_split_partitioned_export_delivers_parts_and_one_manifest(demo_settings,
         part = tmp_path / entry["name"]
         part.write_bytes(body)
         assert entry["bytes"] == len(body) and entry["events"] <= 1000
+        stream = zlib.decompressobj(31)
+        assert stream.decompress(body) and stream.eof and stream.unused_data == b"", "each part is one gzip member"
         rows += read_records(part, "json_lines", "gzip")
     assert manifest["total_events"] == len(rows) == job.total_events
     assert job.destination_path.endswith(request.manifest_name)

@@ -1,18 +1,19 @@
 """Streaming compressors that wrap a sink in a standard stream the usual command-line tools decode.
 
-gzip is one gzip member (isal), zstd one frame (zstandard, compressing on one worker thread in
-1 MiB jobs: as fast as two threads here, 45 MB smaller), lz4 one frame, snappy the
-snappy framing format (cramjam). Parquet and Avro do not use these: their codec lives in the file.
+gzip is one gzip member (isal), zstd one frame with a content checksum (zstandard, compressing on
+one worker thread in 1 MiB jobs: as fast as two threads here, 45 MB smaller; streamed, so the frame
+has no content size): the codecs text formats offer (see `FormatSpec`). Each file or body gets one
+sink, so it is one stream, which one-shot decoders read whole. Parquet and Avro do not use these:
+their codec lives in the file.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import BinaryIO, Callable, Protocol
 
-import cramjam
-import lz4.frame
 import zstandard
-from isal import isal_zlib
+from isal import igzip, isal_zlib
 
 from .models import Compression
 from .streams import ForwardingSink, Sink
@@ -41,47 +42,25 @@ def _gzip() -> Codec:
 
 
 def _zstd() -> Codec:
-    params = zstandard.ZstdCompressionParameters.from_level(3, threads=1, job_size=1 << 20)
+    params = zstandard.ZstdCompressionParameters.from_level(3, threads=1, job_size=1 << 20, write_checksum=True)
     return _Stream(zstandard.ZstdCompressor(compression_params=params).compressobj())
-
-
-class _Lz4:
-    def __init__(self) -> None:
-        self.obj = lz4.frame.LZ4FrameCompressor()
-        self.header = self.obj.begin()
-
-    def compress(self, data: bytes | memoryview) -> bytes:
-        out, self.header = self.header + self.obj.compress(data), b""
-        return out
-
-    def finish(self) -> bytes:
-        return self.header + self.obj.flush()
-
-
-class _Snappy:
-    def __init__(self) -> None:
-        self.obj = cramjam.snappy.Compressor()
-
-    def compress(self, data: bytes | memoryview) -> bytes:
-        self.obj.compress(bytes(data))  # cramjam takes bytes, not memoryviews
-        return bytes(self.obj.flush())
-
-    def finish(self) -> bytes:
-        return bytes(self.obj.finish())
 
 
 CODECS: dict[Compression, Callable[[], Codec]] = {
     Compression.GZIP: _gzip,
     Compression.ZSTD: _zstd,
-    Compression.LZ4: _Lz4,
-    Compression.SNAPPY: _Snappy,
 }
 
 
-def compressed(data: bytes, compression: Compression) -> bytes:
-    """`data` as one complete stream (member, frame) of `compression`."""
-    codec = CODECS[compression]()
-    return codec.compress(data) + codec.finish()
+STAGING = Compression.GZIP
+"""How a compressed text export's partitions stage their fragments for `Writer.merge`, which decodes
+them and compresses the joined file as one stream. Measured at 1M JSON events: isal gzip stages 42 MB
+(plain text 329 MB, lz4 60 MB) and decodes at ~1.4 GB/s (lz4 ~1.7 GB/s)."""
+
+
+def open_staged(path: Path) -> BinaryIO:
+    """The text of a fragment staged as `STAGING`, read as it is decoded."""
+    return igzip.open(path, "rb")
 
 
 class CompressedSink(ForwardingSink):

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from .compression import CompressedSink
+from .compression import STAGING, CompressedSink
 from .destinations import BackgroundUpload, Destination
 from .errors import Cancelled, Invalid
 from .formats import Writer, writer_class, writer_for
@@ -52,8 +52,10 @@ class Part:
         upload = BackgroundUpload(destination.open(name))
         counted = HashingSink(upload) if digest else ForwardingSink(upload)
         try:
-            wraps_stream = request.compression is not None and not request.format.spec.codec_inside_file
-            sink = CompressedSink(counted, request.compression) if wraps_stream else counted
+            codec = None if request.format.spec.codec_inside_file else request.compression
+            if codec is not None and fragment:  # `Writer.merge` compresses the joined file as one stream
+                codec = STAGING
+            sink = CompressedSink(counted, codec) if codec is not None else counted
             writer = writer_cls(sink, schema, request.compression, fragment)
         except BaseException:
             upload.abort()

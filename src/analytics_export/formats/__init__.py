@@ -10,7 +10,7 @@ from typing import BinaryIO, ClassVar
 import duckdb
 import pyarrow as pa
 
-from ..compression import compressed
+from ..compression import CompressedSink, open_staged
 from ..models import Compression, ExportFormat, ExportRequest
 from ..streams import ForwardingSink, Sink
 
@@ -31,8 +31,9 @@ class Writer:
     (`ExportFormat.spec`), as are its extension, content type and the codecs it offers.
 
     A `fragment` is one partition of an export: a text writer leaves out what opens and closes the
-    file (CSV header, JSON brackets), so `merge` can join the fragments into the file one run
-    would have written, without reading the source again.
+    file (CSV header, JSON brackets), and is staged as `compression.STAGING` rather than in the
+    export's codec, so `merge` can join the fragments into the file one run would have written, one
+    compressed stream, without reading the source again.
     """
 
     nested_properties: ClassVar[bool] = False
@@ -74,22 +75,27 @@ class Writer:
     @classmethod
     def merge(cls, fragments: list[tuple[Path, int]], sink: Sink, schema: pa.Schema,
               compression: Compression | None) -> None:
-        """Write to `sink` one file from `fragments` (path, events), in order. Text is concatenated: a
-        compressed fragment is a whole gzip member / zstd or lz4 frame / snappy stream, and so are the
-        head, separators and tail, which standard decoders read on as one stream."""
+        """Write to `sink` one file from `fragments` (path, events), in order: head, the fragments with
+        separators, tail. Compressed, the staged fragments are decoded and the file is compressed as one
+        stream (one gzip member, one zstd frame), which one-shot decoders read whole; uncompressed, the
+        fragments are copied inside the kernel."""
+        out = CompressedSink(sink, compression) if compression else sink
+
         def put(data: bytes) -> None:
             if data:
-                sink.write(compressed(data, compression) if compression else data)
+                out.write(data)
 
         put(cls.head(schema))
         events = 0
         for path, count in fragments:
             if count:  # an empty fragment holds no rows; skipping it keeps separators right
                 put(cls.separator if events else b"")
-                with open(path, "rb") as file:
-                    copy(file, sink)
+                with open_staged(path) if compression else open(path, "rb") as file:
+                    copy(file, out)
                 events += count
         put(cls.tail(events))
+        if isinstance(out, CompressedSink):
+            out.finish()
 
 
 @functools.cache

@@ -2,7 +2,8 @@
 
 Each partition writes its own output. An export asked as one file stages each partition's
 fragment (a text writer leaves out the header and brackets), and the worker that finishes the last
-partition joins them in order with the format's `merge`, without reading the source again. A
+partition joins them in order with the format's `merge`, without reading the source again; a
+compressed text file is compressed there, once, so it is one stream whatever the partitioning. A
 split export delivers each partition's numbered parts straight to the destination, and the last
 worker writes the manifest that lists them all.
 """
