@@ -101,7 +101,8 @@ class FormatSpec:
     measured (the README's Compression section has the table); `codecs_note` says why others are refused.
     `codec_inside_file`: the codec is the file's own (Parquet pages, Avro blocks) and the name keeps
     its plain extension; otherwise the file is wrapped in one compressed stream and gets the codec's
-    suffix.
+    suffix. `nested_properties`: `properties` stays one nested object even when properties are
+    selected (JSON, JSON Lines); tabular formats get one column per selected property instead.
     """
 
     extension: str
@@ -109,6 +110,7 @@ class FormatSpec:
     codecs: tuple[Compression, ...]
     codecs_note: str = ""
     codec_inside_file: bool = False
+    nested_properties: bool = False
 
 
 _TEXT_CODECS = (Compression.GZIP, Compression.ZSTD)
@@ -147,8 +149,9 @@ class ExportFormat(str, Enum):
 
 
 FORMAT_SPECS: dict[ExportFormat, FormatSpec] = {
-    ExportFormat.JSON: FormatSpec("json", "application/json", _TEXT_CODECS, _TEXT_NOTE),
-    ExportFormat.JSON_LINES: FormatSpec("jsonl", "application/x-ndjson", _TEXT_CODECS, _TEXT_NOTE),
+    ExportFormat.JSON: FormatSpec("json", "application/json", _TEXT_CODECS, _TEXT_NOTE, nested_properties=True),
+    ExportFormat.JSON_LINES: FormatSpec("jsonl", "application/x-ndjson", _TEXT_CODECS, _TEXT_NOTE,
+                                        nested_properties=True),
     ExportFormat.CSV: FormatSpec("csv", "text/csv", _TEXT_CODECS, _TEXT_NOTE),
     ExportFormat.PARQUET: FormatSpec(
         "parquet", "application/octet-stream",
@@ -865,7 +868,7 @@ EVENT_COLUMNS = ("event", "distinct_id", "timestamp")
 def check_columns(fmt: ExportFormat, properties: list[str] | None, include: list[str]) -> None:
     """Refuse a selected property that would be a second column of the same name in a tabular file
     (readers then rename, refuse or pick one of the two); JSON formats nest properties, so no clash."""
-    if properties is None or fmt in (ExportFormat.JSON, ExportFormat.JSON_LINES):
+    if properties is None or fmt.spec.nested_properties:
         return
     taken = (*EVENT_COLUMNS, *include)
     clash = [p for p in properties if p in taken]

@@ -158,7 +158,7 @@ def export_query(request: ExportRequest, project: str, privacy: Privacy | None =
     """The query whose batches `request`'s writer takes (property columns, timestamp type), without
     the properties `privacy` keeps out."""
     writer_cls = writer_class(request.format)
-    query = EventQuery.from_request(request, project, property_columns=not writer_cls.nested_properties,
+    query = EventQuery.from_request(request, project, property_columns=not request.format.spec.nested_properties,
                                     text_timestamps=writer_cls.text_timestamps)
     return privacy.query(query) if privacy is not None else query
 

@@ -24,11 +24,10 @@ class Writer:
     can move to other threads), then through `write`, called in batch order, which puts the encoded
     bytes into the sink.
 
-    `nested_properties`: the format keeps `properties` as a nested object even when properties are
-    selected (JSON, JSON Lines); tabular formats get one column per selected property instead.
     `text_timestamps`: batches arrive with `timestamp` already as RFC 3339 text (text formats) rather
-    than as timestamp[us, UTC]. Whether the codec is inside the file is the format's spec
-    (`ExportFormat.spec`), as are its extension, content type and the codecs it offers.
+    than as timestamp[us, UTC]. Whether the codec is inside the file and whether `properties`
+    stays nested are the format's spec (`ExportFormat.spec`), as are its extension, content type and
+    the codecs it offers.
 
     A `fragment` is one partition of an export: a text writer leaves out what opens and closes the
     file (CSV header, JSON brackets), and is staged as `compression.STAGING` rather than in the
@@ -36,7 +35,6 @@ class Writer:
     compressed stream, without reading the source again.
     """
 
-    nested_properties: ClassVar[bool] = False
     text_timestamps: ClassVar[bool] = False
 
     def __init__(self, sink: ForwardingSink, schema: pa.Schema, compression: Compression | None = None,

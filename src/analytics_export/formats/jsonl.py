@@ -9,7 +9,6 @@ from . import BatchSQL, Writer, string_bytes
 
 
 class JsonLinesWriter(Writer):
-    nested_properties = True
     text_timestamps = True
     prefix_sql = "''"  # SQL text put before each row's JSON
     suffix_sql = "chr(10)"  # and after it

@@ -178,7 +178,7 @@ class StreamRun:
             return 0
         request = self.request()
         query = EventQuery.from_request(request.model_copy(update={"start_date": start, "end_date": end}),
-                                        self.stream.project, property_columns=not self.writer_cls.nested_properties,
+                                        self.stream.project, property_columns=not self.format.spec.nested_properties,
                                         text_timestamps=self.writer_cls.text_timestamps)
         query = replace(privacy.query(query), time_field="inserted_at", ids=IDS, after_uuid=after,
                         ordered=True, limit=limit)
