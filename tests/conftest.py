@@ -18,6 +18,8 @@ DEMO_END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 DEMO_EVENTS = 20_000
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+pytest_plugins = ["servers", "brokers", "service"]  # their fixtures, for every test module
+
 
 def with_demo_events(data: Path, events: int) -> Path:
     """`data` as a data dir holding `events` demo events in the 90 days before 2026-11-01."""

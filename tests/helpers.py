@@ -15,6 +15,10 @@ import fastavro
 import pyarrow.parquet as pq
 
 RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+"""Debian's headless browser and its flags, for the console tests."""
 TEXT_FORMATS = ("json", "json_lines", "csv")
 OFFERED = {
     "json": ["gzip", "zstd"],

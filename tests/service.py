@@ -1,23 +1,23 @@
-"""Starts the real service (uvicorn, workers) on 127.0.0.1 for the API tests."""
+"""Starts the real service (uvicorn, workers) on 127.0.0.1 for the API tests; `make_service` is the
+fixture every test module starts its shared service with."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import pytest
+
+from analytics_export.jobs.store import JobStore
+
+from servers import free_port
 
 CLI = [sys.executable, "-m", "analytics_export.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(data_dir: Path, *args: str, env: dict | None = None) -> str:
@@ -27,12 +27,26 @@ def cli(data_dir: Path, *args: str, env: dict | None = None) -> str:
     return done.stdout.strip()
 
 
+def create_key(data_dir: Path, project: str, env: dict | None = None) -> str:
+    """A new API key for `project`, made in-process in the job store `keys create` opens (the
+    ANALYTICS_EXPORT_DATABASE_URL of `env` or the environment, else DATA_DIR/jobs.sqlite, migrated
+    first): a CLI start costs about 2 s, so only the CLI's own tests pay it."""
+    jobs = JobStore.for_data_dir(Path(data_dir), {**os.environ, **(env or {})}.get("ANALYTICS_EXPORT_DATABASE_URL"))
+    try:
+        jobs.migrate()
+        return jobs.create_key(project)
+    finally:
+        jobs.engine.dispose()
+
+
 class Service:
     """`analytics-export serve` in a subprocess, stopped on close."""
 
     def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None, *args: str,
                  own_group: bool = False) -> None:
         """`own_group`: `serve` leads a process group of its own (see test_streams.KillableService)."""
+        self.data = Path(data_dir)
+        self.keys: dict[str, str] = {}  # project -> API key, filled by `make_service`
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -52,6 +66,11 @@ class Service:
         self.close()
         raise RuntimeError(f"service did not start: {self.logs()[-2000:]}")
 
+    @property
+    def key(self) -> str:
+        """The key of the first project in `keys`."""
+        return next(iter(self.keys.values()))
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -65,6 +84,24 @@ class Service:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def make_service() -> Iterator[Callable[..., Service]]:
+    """`make_service(data, workers, env, *args, projects=("default",), kind=Service)` starts a service
+    (`kind`: Service or a subclass) with a key per project in `keys`; each is stopped after the module."""
+    started: list[Service] = []
+
+    def make(data: Path, workers: int = 1, env: dict | None = None, *args: str,
+             projects: tuple[str, ...] = ("default",), kind: type[Service] = Service) -> Service:
+        svc = kind(data, workers, env, *args)
+        started.append(svc)
+        svc.keys = {project: create_key(data, project, env) for project in projects}
+        return svc
+
+    yield make
+    for svc in started:
+        svc.close()
 
 
 def create_idle_stream(client: httpx.Client, name: str) -> str:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from conftest import with_demo_events
-from service import Service, cli
+from service import Service, create_key
 
 MB = 1 << 20
 MAX_GROWTH = 200 * MB
@@ -23,13 +23,8 @@ PUBLIC_HOOK = {"type": "webhook", "url": "https://hooks.example.com/in"}
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    data = with_demo_events(tmp_path_factory.mktemp("abuse"), 20_000)
-    svc = Service(data, 1)
-    svc.data = data
-    svc.key = cli(data, "keys", "create", "--project", "default")
-    yield svc
-    svc.close()
+def service(make_service: Callable[..., Service], tmp_path_factory: pytest.TempPathFactory) -> Service:
+    return make_service(with_demo_events(tmp_path_factory.mktemp("abuse"), 20_000), 1)
 
 
 def peak_rss(pid: int) -> int:
@@ -253,7 +248,7 @@ def test_a_project_holds_bounded_numbers_of_schedules_streams_and_connections(se
         streams.create("full", StreamSpec(name=f"s{i}", destination=PUBLIC_HOOK))
     for i in range(job_store.MAX_CONNECTIONS):
         assert jobs.create_connection("full", f"c{i}", "webhook", [], b"")
-    key = cli(service.data, "keys", "create", "--project", "full")
+    key = create_key(service.data, "full")
     with service.client(key) as client:
         answers = {
             "schedules": client.post("/api/schedules", json={"name": "one more", "schedule": "0 2 * * *"}),

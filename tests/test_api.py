@@ -17,22 +17,17 @@ from analytics_export.jobs.store import JobStore
 from analytics_export.jobs.tables import exports
 from conftest import with_demo_events
 from helpers import decompress
-from service import Service, cli, create_idle_stream, wait_for
+from service import Service, create_idle_stream, create_key, wait_for
 
 WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(make_service, tmp_path_factory):
     data = with_demo_events(tmp_path_factory.mktemp("svc"), 30_000)
-    svc = Service(data, 1, {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]',
-                            "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "0",
-                            "ANALYTICS_EXPORT_EXPORT__RETRY_BACKOFF_SECONDS": "0.1"})
-    svc.data = data
-    svc.key = cli(data, "keys", "create", "--project", "default")
-    svc.other_key = cli(data, "keys", "create", "--project", "other")
-    yield svc
-    svc.close()
+    return make_service(data, 1, {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]',
+                                  "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "0",
+                                  "ANALYTICS_EXPORT_EXPORT__RETRY_BACKOFF_SECONDS": "0.1"}, projects=("default", "other"))
 
 
 def test_create_poll_download_matches_the_pipeline(service, tmp_path):
@@ -127,7 +122,7 @@ def test_list_is_newest_first_with_paging(service):
 
 
 def test_projects_cannot_see_each_other(service):
-    with service.client(service.key) as a, service.client(service.other_key) as b:
+    with service.client(service.key) as a, service.client(service.keys["other"]) as b:
         export_id = a.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["id"]
         wait_for(a, export_id)
         for method, path in [("GET", ""), ("GET", "/download"), ("DELETE", ""), ("POST", "/retry")]:
@@ -201,7 +196,7 @@ def test_open_metrics_name_no_project_or_stream(service):
 
 def test_expired_exports_answer_410(tmp_path):
     data = with_demo_events(tmp_path / "data", 1000)
-    key = cli(data, "keys", "create", "--project", "default")
+    key = create_key(data, "default")
     svc = Service(data, env={"ANALYTICS_EXPORT_EXPORT__FILE_EXPIRY_HOURS": str(1 / 3600)})
     try:
         with svc.client(key) as c:
@@ -220,7 +215,7 @@ def test_post_events_into_the_callers_project(service):
     events = [{"event": "api_event", "distinct_id": f"u{i}", "timestamp": "2026-10-15T12:00:00Z",
                "properties": {"n": i, "s": "a,\"b\"\n"}} for i in range(5)]
     lines = "".join(json.dumps(e) + "\n" for e in events)
-    with service.client(service.other_key) as b, service.client(service.key) as a:
+    with service.client(service.keys["other"]) as b, service.client(service.key) as a:
         r = b.post("/api/events", content=lines, headers={"content-type": "application/x-ndjson"})
         assert r.status_code == 200 and r.json() == {"ingested": 5}, r.text
         assert b.post("/api/events", json=events).json() == {"ingested": 0}, "same content, same derived uuids"
@@ -241,7 +236,7 @@ def test_cancel_leaves_a_finished_export_alone(service):
         assert refused.status_code == 409 and "completed" in refused.json()["detail"], refused.text
         assert c.get(f"/api/exports/{export_id}/download").status_code == 200, "the file is still there"
         assert c.post("/api/exports/no-such-export/cancel").status_code == 404
-    with service.client(service.other_key) as other:
+    with service.client(service.keys["other"]) as other:
         assert other.post(f"/api/exports/{export_id}/cancel").status_code == 404, "another project's export"
 
 
@@ -258,7 +253,7 @@ def test_nan_is_refused_and_every_json_answer_parses_strictly(tmp_path):
                     now() AS inserted_at""")
     store.con.execute("DELETE FROM store_facts")  # as a store from before ingest refused NaN
     store.close()
-    key = cli(data, "keys", "create", "--project", "default")
+    key = create_key(data, "default")
     svc = Service(data)
     try:
         with svc.client(key) as c:

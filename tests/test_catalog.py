@@ -17,7 +17,7 @@ from analytics_export import Settings, open_store
 from analytics_export.ingest import ingest_file
 from conftest import with_demo_events
 from helpers import write_jsonl
-from service import Service, cli, wait_for
+from service import Service, create_key, wait_for
 
 DEMO = {"start": "2026-08-01T00:00:00Z", "end": "2026-11-01T00:00:00Z"}
 MARCH = {"start": "2025-03-01T00:00:00Z", "end": "2025-04-01T00:00:00Z"}
@@ -34,19 +34,14 @@ def own_events() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(make_service, tmp_path_factory):
     data = with_demo_events(tmp_path_factory.mktemp("catalog"), 20_000)
     store = open_store(Settings(data_dir=data), read_only=False)
     try:
         ingest_file(store, write_jsonl(tmp_path_factory.mktemp("own") / "own.jsonl", own_events()), "private")
     finally:
         store.close()
-    svc = Service(data, 1, {"ANALYTICS_EXPORT_EXPORT__MAX_RANGE_DAYS": "120"})
-    svc.data = data
-    svc.key = cli(data, "keys", "create", "--project", "default")
-    svc.private_key = cli(data, "keys", "create", "--project", "private")
-    yield svc
-    svc.close()
+    return make_service(data, 1, {"ANALYTICS_EXPORT_EXPORT__MAX_RANGE_DAYS": "120"}, projects=("default", "private"))
 
 
 def sql(data, text: str, params: list) -> list[tuple]:
@@ -70,14 +65,14 @@ def test_event_names_count_the_window_as_plain_sql_does(service):
         page = c.get("/api/events/names", params={**DEMO, "q": "PAGE", "limit": 1}).json()["items"]
         assert len(page) == 1 and "page" in page[0]["name"].lower()
         assert c.get("/api/events/names", params={**DEMO, "q": "no such event"}).json()["items"] == []
-    with service.client(service.private_key) as c:  # another project's names never show
+    with service.client(service.keys["private"]) as c:  # another project's names never show
         names = {i["name"] for i in c.get("/api/events/names", params=MARCH).json()["items"]}
         assert names == {"signup", "purchase", "Ünïcødé ✓"}
         assert not names & set(expected)
 
 
 def test_property_names_follow_the_events_and_the_privacy_policy(service):
-    with service.client(service.private_key) as c:
+    with service.client(service.keys["private"]) as c:
         got = c.get("/api/events/properties", params={**MARCH, "event": ["purchase"]})
         assert got.status_code == 200, got.text
         assert {i["name"]: i["events"] for i in got.json()["items"]} == {
@@ -114,7 +109,7 @@ def test_the_preview_is_the_start_of_the_real_export(service):
 
 def test_the_preview_applies_the_policy_and_says_when_there_is_no_more(service):
     body = {"start_date": MARCH["start"], "end_date": MARCH["end"], "events": ["signup"]}
-    with service.client(service.private_key) as c:
+    with service.client(service.keys["private"]) as c:
         assert c.put("/api/projects/private/privacy", json={
             "deny_properties": ["ssn"], "redact": [{"detector": "email"}],
             "pseudonymize_distinct_id": True}).status_code == 200
@@ -188,7 +183,7 @@ def test_an_empty_store_answers_empty(tmp_path):
     open_store(settings, read_only=False).close()
     svc = Service(tmp_path, 1)
     try:
-        key = cli(tmp_path, "keys", "create", "--project", "default")
+        key = create_key(tmp_path, "default")
         with svc.client(key) as c:
             assert c.get("/api/events/names").json() == {"items": [], "sampled": False}
             assert c.get("/api/events/properties").json() == {"items": [], "sampled": False}

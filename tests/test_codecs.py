@@ -22,7 +22,7 @@ from analytics_export.streaming.runner import LEASE, StreamRun
 from analytics_export.streaming.spec import StreamSpec
 from analytics_export.streaming.store import StreamStore
 from helpers import OFFERED
-from service import CLI, Service, cli
+from service import CLI, Service, create_key
 
 REFUSED = [(f, c) for f in OFFERED for c in ("gzip", "zstd", "snappy", "lz4") if c not in OFFERED[f]]
 WINDOW = {"start_date": "2026-10-01", "end_date": "2026-10-08"}
@@ -36,12 +36,8 @@ def refusal(fmt: str, codec: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def service(demo_settings, tmp_path_factory):
-    data = tmp_path_factory.mktemp("codecs")
-    svc = Service(data, 0, {"ANALYTICS_EXPORT_EVENTS_URL": str(demo_settings.events_path)})
-    svc.key = cli(data, "keys", "create", "--project", "default")
-    yield svc
-    svc.close()
+def service(make_service, demo_settings, tmp_path_factory):
+    return make_service(tmp_path_factory.mktemp("codecs"), 0, {"ANALYTICS_EXPORT_EVENTS_URL": str(demo_settings.events_path)})
 
 
 def test_the_api_lists_and_accepts_the_offered_codecs_and_refuses_the_rest_with_a_422(service):
@@ -93,7 +89,7 @@ def test_rows_saved_before_the_rule_still_list_and_fail_or_pause_with_the_reason
         db.execute(streams.update().where(streams.c.id == stream.id).values(
             spec={**stream.spec.model_dump(mode="json"), "compression": "snappy"}))
 
-    key = cli(tmp_path, "keys", "create", "--project", "default")
+    key = create_key(tmp_path, "default")
     svc = Service(tmp_path, 0, {"ANALYTICS_EXPORT_EVENTS_URL": str(demo_settings.events_path)})
     try:
         with svc.client(key) as c:

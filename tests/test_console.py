@@ -22,12 +22,9 @@ import pytest
 
 from analytics_export import Settings, open_store
 from analytics_export.demo import generate
-from analytics_export.jobs.store import JobStore
-from service import Service, wait_for
+from helpers import ARGS, CHROMIUM
+from service import wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 MAX_RANGE_DAYS = 40
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not at /usr/bin/chromium "
@@ -38,7 +35,7 @@ if CHROMIUM.exists():
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(make_service, tmp_path_factory):
     """20k demo events in the 90 days up to now (the form's presets are relative to now)."""
     data = tmp_path_factory.mktemp("console")
     store = open_store(Settings(data_dir=data), read_only=False)
@@ -46,15 +43,10 @@ def service(tmp_path_factory):
         generate(store, 20_000, "default")
     finally:
         store.close()
-    svc = Service(data, 1, {"ANALYTICS_EXPORT_EXPORT__MAX_RANGE_DAYS": str(MAX_RANGE_DAYS),
-                            "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]',
-                            "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "0",
-                            "ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "1"})
-    jobs = JobStore.for_data_dir(data)  # migrated by serve; `keys create` would cost a CLI start
-    svc.key = jobs.create_key("default")
-    jobs.engine.dispose()
-    yield svc
-    svc.close()
+    return make_service(data, 1, {"ANALYTICS_EXPORT_EXPORT__MAX_RANGE_DAYS": str(MAX_RANGE_DAYS),
+                                  "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]',
+                                  "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "0",
+                                  "ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "1"})
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from analytics_export import Settings
 from conftest import expected, stored_rows, with_demo_events
 from helpers import canonical, read_records
-from service import Service, cli, wait_for
+from service import Service, create_key, wait_for
 
 START, END = datetime(2026, 8, 1, tzinfo=timezone.utc), datetime(2026, 11, 1, tzinfo=timezone.utc)
 GENERATOR = "openapi-python-client"
@@ -56,13 +56,9 @@ class SeedExportRequest(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(make_service, tmp_path_factory):
     data = with_demo_events(tmp_path_factory.mktemp("contract"), 3_000)
-    svc = Service(data, 1, {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]'})
-    svc.settings = Settings(data_dir=data)
-    svc.key = cli(data, "keys", "create", "--project", "default")
-    yield svc
-    svc.close()
+    return make_service(data, 1, {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]'})
 
 
 def seed_body(fmt: str, compression: str | None) -> dict:
@@ -103,7 +99,7 @@ def test_the_seeds_request_answers_202_with_the_seeds_export_request(service, tm
         assert done["result"]["export_id"] == seed.id and done["progress"]["events"] == done["result"]["total_events"]
         path = tmp_path / "download"
         path.write_bytes(c.get(f"/api/exports/{seed.id}/download").content)
-    rows = [r for r in stored_rows(service.settings, START, END) if "plan" in r["properties"]]
+    rows = [r for r in stored_rows(Settings(data_dir=service.data), START, END) if "plan" in r["properties"]]
     assert rows and canonical(read_records(path, fmt, compression)) == canonical(expected(rows, fmt, None)), \
         "`properties: []` exports every property, as one JSON column"
 
@@ -113,7 +109,7 @@ def test_cancel_and_retry_answer_the_same_shape(tmp_path):
     sent = seed_body("csv", None)
     idle = Service(tmp_path, 0)  # no worker: an export stays pending until it is cancelled
     try:
-        with idle.client(cli(tmp_path, "keys", "create", "--project", "default")) as c:
+        with idle.client(create_key(tmp_path, "default")) as c:
             export_id = c.post("/api/exports", json=sent).json()["id"]
             cancelled = c.post(f"/api/exports/{export_id}/cancel")
             assert cancelled.status_code == 202, cancelled.text
@@ -148,7 +144,7 @@ def test_empty_properties_and_jsonl_are_taken_everywhere(service):
         pulled = c.get("/api/events/export", params={"start": START.isoformat(), "end": END.isoformat(),
                                                      "format": "jsonl"})
         assert pulled.status_code == 200 and pulled.headers["content-type"].startswith("application/x-ndjson")
-        assert len(pulled.text.splitlines()) == len(stored_rows(service.settings, START, END))
+        assert len(pulled.text.splitlines()) == len(stored_rows(Settings(data_dir=service.data), START, END))
         wrong = c.post("/api/exports", json={**window, "format": "xml"})
         assert wrong.status_code == 422 and "use one of json (json), json_lines (jsonl)" in wrong.json()["detail"]
 
@@ -219,6 +215,6 @@ def test_a_generated_client_creates_polls_and_downloads(service, tmp_path):
         sys.path.remove(str(tmp_path))
         for name in [n for n in sys.modules if n == package or n.startswith(f"{package}.")]:
             del sys.modules[name]
-    rows = stored_rows(service.settings, START, END, ["$pageview"])
+    rows = stored_rows(Settings(data_dir=service.data), START, END, ["$pageview"])
     assert canonical(read_records(got, "json_lines", None)) == canonical(expected(rows, "json_lines", None))
     assert view.result.total_events == len(rows) and view.result.file_size == got.stat().st_size

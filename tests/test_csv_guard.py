@@ -15,7 +15,7 @@ from analytics_export.formats.csv import CsvWriter, GuardedCsvWriter
 from analytics_export.models import ExportRequest, ScheduledExport
 from analytics_export.streams import ForwardingSink
 from conftest import with_demo_events
-from service import Service, cli, wait_for
+from service import Service, cli, create_key, wait_for
 
 RISKY = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tstart", "\rstart", "=1", "-"]
 SAFE = ["plain", "-5", "+1.5e3", "1=1", "", "'=already"]
@@ -71,7 +71,7 @@ def test_the_guard_is_csv_only_and_schedules_carry_it():
 
 def test_api_and_cli_exports_guard_event_distinct_id_and_properties(tmp_path):
     data = with_demo_events(tmp_path / "data", 100)
-    key = cli(data, "keys", "create", "--project", "default")
+    key = create_key(data, "default")
     events = [{"event": value, "distinct_id": value, "timestamp": "2027-01-15T12:00:00Z",
                "properties": {"note": value, "amount": -5}} for value in RISKY + SAFE]
     svc = Service(data, 1)

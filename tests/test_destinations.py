@@ -23,24 +23,20 @@ from analytics_export import export
 from conftest import with_demo_events
 from faults import Drop, FaultyProxy, Respond, when
 from helpers import decompress
-from servers import HookServer, azurite, gcs_server, s3_server, sftp_server  # noqa: F401  (fixtures)
-from service import Service, cli, wait_for
+from servers import HookServer
+from service import Service, cli, create_key, wait_for
 
 WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
 EVENTS = 20_000
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, gcs_server):
+def service(make_service, tmp_path_factory, gcs_server):
     data = with_demo_events(tmp_path_factory.mktemp("dest"), EVENTS)
     env = {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]', "STORAGE_EMULATOR_HOST": gcs_server.endpoint,
            "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "2", "ANALYTICS_EXPORT_EXPORT__UPLOAD_BACKOFF_SECONDS": "0.05",
            "ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "1", "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "50"}
-    svc = Service(data, 2, env)
-    svc.data = data
-    svc.key = cli(data, "keys", "create", "--project", "default")
-    yield svc
-    svc.close()
+    return make_service(data, 2, env)
 
 
 @pytest.fixture(scope="module")
@@ -505,7 +501,7 @@ def test_multicast_embedded_and_shorthand_addresses_are_refused(client, url):
 def test_loopback_is_refused_without_an_allow_list(tmp_path):
     svc = Service(tmp_path)
     try:
-        with svc.client(cli(tmp_path, "keys", "create", "--project", "p")) as c:
+        with svc.client(create_key(tmp_path, "p")) as c:
             for destination in ({"type": "webhook", "url": "http://127.0.0.1:8080/hook"},
                                 {"type": "webhook", "url": "http://localhost:8080/hook"},
                                 {"type": "s3", "bucket": "bkt", "endpoint_url": "http://localhost:9000"},

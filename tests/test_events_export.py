@@ -9,7 +9,6 @@ import json
 import re
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from analytics_export import Settings, open_store
 from analytics_export.demo import generate
 from conftest import DEMO_END, expected, with_demo_events
 from helpers import RFC3339, canonical, decompress, read_records
-from service import Service, cli, wait_for
+from service import wait_for
 
 PATH = "/api/events/export"
 MAX_RANGE_DAYS = 120
@@ -96,30 +95,22 @@ def selected(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(make_service, tmp_path_factory):
     data = with_demo_events(tmp_path_factory.mktemp("events-export"), DEMO_EVENTS)
     store = open_store(Settings(data_dir=data), read_only=False)
     try:
         generate(store, BULK_EVENTS, "bulk", end=DEMO_END)
     finally:
         store.close()
-    keys = {"default": cli(data, "keys", "create", "--project", "default")}  # migrates the job store
-    with ThreadPoolExecutor(3) as pool:  # then the rest at once: each CLI start takes a while
-        others = ("bulk", "stream", "private")
-        keys.update(zip(others, pool.map(lambda project: cli(data, "keys", "create", "--project", project), others)))
-    svc = Service(data, 1, {"ANALYTICS_EXPORT_EXPORT__MAX_RANGE_DAYS": str(MAX_RANGE_DAYS),
-                            "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": str(BATCH_SIZE)})
-    svc.data = data
-    svc.keys = keys
+    svc = make_service(data, 1, {"ANALYTICS_EXPORT_EXPORT__MAX_RANGE_DAYS": str(MAX_RANGE_DAYS),
+                                 "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": str(BATCH_SIZE)},
+                       projects=("default", "bulk", "stream", "private"))
     svc.events = own_events()
-    try:
-        for project, events in (("stream", svc.events), ("private", private_events())):
-            with svc.client(keys[project]) as c:
-                ingested = c.post("/api/events", json=events)
-                assert ingested.status_code == 200 and ingested.json() == {"ingested": len(events)}, ingested.text
-        yield svc
-    finally:
-        svc.close()
+    for project, events in (("stream", svc.events), ("private", private_events())):
+        with svc.client(svc.keys[project]) as c:
+            ingested = c.post("/api/events", json=events)
+            assert ingested.status_code == 200 and ingested.json() == {"ingested": len(events)}, ingested.text
+    return svc
 
 
 def stream(client, params: dict, headers: dict | None = None) -> tuple[int, dict, bytes]:

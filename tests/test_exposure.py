@@ -8,21 +8,17 @@ import re
 import pytest
 
 from analytics_export import Settings
-from service import Service, cli, create_idle_stream
-from test_console import ARGS, CHROMIUM
+from helpers import ARGS, CHROMIUM
+from service import create_idle_stream
 
 TOKEN = "metrics-token-for-tests"
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    data = tmp_path_factory.mktemp("exposure")
-    svc = Service(data, 0, {"ANALYTICS_EXPORT_METRICS_TOKEN": TOKEN,
-                            "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]'})
-    svc.data = data
-    svc.key = cli(data, "keys", "create", "--project", "tenant-a")
-    yield svc
-    svc.close()
+def service(make_service, tmp_path_factory):
+    return make_service(tmp_path_factory.mktemp("exposure"), 0, {"ANALYTICS_EXPORT_METRICS_TOKEN": TOKEN,
+                                                                 "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]'},
+                        projects=("tenant-a",))
 
 
 def test_metrics_need_the_token_which_shows_streams(service):

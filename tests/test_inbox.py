@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from service import CLI, Service, cli
+from service import CLI, Service, create_key
 
 HOLD = """
 import sys, time
@@ -37,7 +37,7 @@ def aged(path: Path, seconds: float = 600) -> Path:
 
 def test_killed_ingests_spools_go_live_ones_stay(tmp_path):
     data = tmp_path / "data"
-    key = cli(data, "keys", "create", "--project", "default")
+    key = create_key(data, "default")
     killed, killed_spool = holder(data)
     live, live_spool = holder(data)
     try:

@@ -18,9 +18,8 @@ from analytics_export import Settings, export
 from analytics_export.jobs.store import JobStore
 from analytics_export.models import ExportRequest, ExportStatus
 from helpers import RFC3339, canonical, read_records, ts_text
-from servers import s3_server  # noqa: F401  (fixture)
-from service import Service, cli
-from test_partitions import WEEKS, run_queue, s3_settings, s3_split
+from service import Service, cli, create_key
+from support import WEEKS, run_queue, s3_settings, s3_split
 
 FORMATS = ["json", "json_lines", "csv", "parquet", "avro"]
 TABULAR = ("csv", "parquet", "avro")
@@ -141,7 +140,7 @@ def test_the_api_and_the_cli_take_include(demo_settings, tmp_path):
     assert {r["uuid"] for r in rows} == set(stored_ids(demo_settings))
     service = Service(data, 0)
     try:
-        key = cli(data, "keys", "create", "--project", "default")
+        key = create_key(data, "default")
         with service.client(key) as c:
             streamed = c.get("/api/events/export", params={"start": START.isoformat(), "end": END.isoformat(),
                                                            "include": ["uuid", "inserted_at"]})

@@ -37,7 +37,7 @@ from analytics_export.jobs.store import JobStore
 from analytics_export.models import ExportConfig, ExportRequest, ExportStatus
 from conftest import stored_rows
 from helpers import OFFERED, read_records
-from test_partitions import run_queue
+from support import run_queue
 
 START = datetime(2026, 8, 3, tzinfo=timezone.utc)
 END = datetime(2026, 11, 1, tzinfo=timezone.utc)

@@ -17,7 +17,7 @@ from fastapi.routing import iter_route_contexts
 from analytics_export import Settings
 from analytics_export.api.app import create_app
 from analytics_export.jobs.store import JobStore
-from service import Service, cli
+from service import Service
 
 HEADER_TIMEOUT = 2.0
 BODY_IDLE = 1.5
@@ -31,16 +31,11 @@ CLOSED_WITHIN = 15.0
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    data = tmp_path_factory.mktemp("limits")
-    svc = Service(data, 0, {"ANALYTICS_EXPORT_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+def service(make_service, tmp_path_factory):
+    return make_service(tmp_path_factory.mktemp("limits"), 0, {"ANALYTICS_EXPORT_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
                             "ANALYTICS_EXPORT_BODY_IDLE_TIMEOUT_SECONDS": str(BODY_IDLE),
                             "ANALYTICS_EXPORT_BODY_TIMEOUT_SECONDS": str(BODY_TOTAL),
                             "ANALYTICS_EXPORT_MAX_CONNECTIONS": str(MAX_CONNECTIONS)})
-    svc.data = data
-    svc.key = cli(data, "keys", "create", "--project", "default")
-    yield svc
-    svc.close()
 
 
 def body_routes(service: Service) -> list[tuple[str, str, int]]:

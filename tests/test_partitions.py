@@ -33,19 +33,12 @@ from analytics_export.jobs.store import JobStore
 from analytics_export.jobs.worker import Worker
 from analytics_export.models import ExportConfig, ExportRequest, ExportResult, ExportStatus
 from helpers import OFFERED, canonical, decompress, read_records
-from servers import s3_server  # noqa: F401  (fixture)
-from service import CLI, Service, cli, wait_for
+from service import CLI, Service, create_key, wait_for
+from support import WEEKS, run_queue, s3_settings, s3_split
 
 FORMATS = ["json_lines", "json", "csv", "parquet", "avro"]
-WEEKS = ExportConfig(partition_hours=24 * 7, min_partition_events=1)
 TEXT = ("json_lines", "json", "csv")
 TOOLS = {"gzip": ["gzip", "-dc"], "zstd": ["zstd", "-dc"]}
-
-
-def run_queue(settings: Settings, jobs: JobStore) -> None:
-    worker = Worker(settings, jobs)
-    while worker.run_one():
-        pass
 
 
 @pytest.fixture()
@@ -201,19 +194,6 @@ def expected_join(fmt: str, files: list[bytes]) -> bytes:
     return b"[" + b",".join(bodies) + b"\n]\n"
 
 
-def s3_settings(settings: Settings, s3, monkeypatch, **export) -> Settings:
-    """`settings` that may write to the test's S3 server with the server's own (test) credentials."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-    return settings.model_copy(update={"export": ExportConfig(**export), "server_credentials": True,
-                                       "destination_allow": ["127.0.0.1"]})
-
-
-def s3_split(s3, bucket: str, events: int) -> dict:
-    return {"type": "s3", "bucket": bucket, "endpoint_url": s3.endpoint, "region": s3.region,
-            "prefix": "out", "max_events_per_file": events}
-
-
 def s3_keys(s3, bucket: str) -> list[str]:
     return [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
 
@@ -348,7 +328,7 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
     env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": str(24 * 23),
            "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "1",
            "ANALYTICS_EXPORT_DUCKDB_THREADS": "1", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "4096"}
-    key = cli(big_store, "keys", "create", "--project", "default", env=env)
+    key = create_key(big_store, "default", env)
     svc = Service(big_store, 0, env)
     outputs, logs = {}, {}
     try:
@@ -378,7 +358,7 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
 def test_cancel_stops_every_partition_and_removes_their_fragments(big_store, tmp_path):
     env = {"ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "48", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "2048",
            "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "100000"}
-    key = cli(big_store, "keys", "create", "--project", "default", env=env)
+    key = create_key(big_store, "default", env)
     svc = Service(big_store, 0, env)
     procs = [start_worker(big_store, env, tmp_path / f"c{n}.log") for n in range(2)]
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from analytics_export import ExportRequest, open_store
@@ -13,26 +12,9 @@ from analytics_export.destinations.local import LocalDestination
 from analytics_export.errors import Storage
 from analytics_export.pipeline import Cancelled, read_ahead, run_export
 from analytics_export.sources import EventQuery
+from support import FailingSource
 
 REQUEST = dict(start_date="2000-01-01", end_date="2100-01-01")
-
-
-class FailingSource:
-    """Yields real batches from the store, then fails like a dropped connection."""
-
-    def __init__(self, store, after: int) -> None:
-        self.store, self.after = store, after
-
-    def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
-        inner = self.store.batches(query, batch_size)
-
-        def gen():
-            for i, batch in enumerate(inner):
-                if i == self.after:
-                    raise Storage("connection to the event store was lost")
-                yield batch
-
-        return pa.RecordBatchReader.from_batches(query.schema, gen())
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet", "avro"])

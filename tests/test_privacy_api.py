@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from conftest import with_demo_events
-from service import Service, cli, wait_for
+from service import wait_for
 
 # The demo events lie in 2026-08..2026-11; the events these tests ingest lie in March 2025, so an
 # export of this window holds exactly them.
@@ -45,15 +45,9 @@ def ssn(user: str, n: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    data = with_demo_events(tmp_path_factory.mktemp("privacy-svc"), 2_000)
-    keys = {project: cli(data, "keys", "create", "--project", project)
-            for project in ("default", "other", "lifecycle", "checks", "lists")}
-    svc = Service(data, 1)
-    svc.data = data
-    svc.keys = keys
-    yield svc
-    svc.close()
+def service(make_service, tmp_path_factory):
+    return make_service(with_demo_events(tmp_path_factory.mktemp("privacy-svc"), 2_000), 1,
+                        projects=("default", "other", "lifecycle", "checks", "lists"))
 
 
 def test_policy_lifecycle_is_versioned(service):

@@ -20,7 +20,7 @@ from analytics_export.jobs.store import JobStore
 from analytics_export.jobs.tables import exports, retention_policies, schedules
 from analytics_export.models import ExportConfig, RetentionPolicy, ScheduledExport
 from analytics_export.retention import get_policy, run_due, set_policy
-from service import CLI, Service, cli
+from service import CLI, Service, cli, create_key
 
 UTC = timezone.utc
 EXPORT = {"format": "json_lines", "start_date": "2026-01-01", "end_date": "2026-01-02"}
@@ -41,7 +41,7 @@ def job_store(data, env: dict) -> JobStore:
 
 def test_parallel_creates_never_pass_max_concurrent_exports(tmp_path, store_env):
     env = {**store_env, "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": str(LIMIT)}
-    key = cli(tmp_path, "keys", "create", "--project", "p", env=env)
+    key = create_key(tmp_path, "p", env)
     svc = Service(tmp_path, 0, env)  # no workers: nothing finishes, so exactly LIMIT fit
     try:
         with svc.client(key) as c:
@@ -73,7 +73,7 @@ def test_backfills_keep_to_max_concurrent_exports_and_export_every_window_once(t
     limit, hours = 3, 10
     env = {**store_env, "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": str(limit)}
     open_store(Settings(data_dir=tmp_path), read_only=False).close()
-    key = cli(tmp_path, "keys", "create", "--project", "p", env=env)
+    key = create_key(tmp_path, "p", env)
     svc = Service(tmp_path, 2, env)
     jobs = job_store(tmp_path, store_env)
     peak, done = [0], threading.Event()
@@ -123,7 +123,7 @@ SIX, SEVEN = "* * * * * *", "0 0 * * * * 2026"
 
 
 def test_crons_are_five_fields_no_closer_than_the_minimum_interval(tmp_path):
-    key = cli(tmp_path, "keys", "create", "--project", "p")
+    key = create_key(tmp_path, "p")
     svc = Service(tmp_path, 0)
     try:
         with svc.client(key) as c:
@@ -187,7 +187,7 @@ def test_a_schedule_saved_before_the_rules_is_paused_with_the_reason_not_run(tmp
     _, row = get_policy(jobs, "p")
     assert row.next_run is None and "five fields" in row.last_error
 
-    key = cli(tmp_path, "keys", "create", "--project", "p")
+    key = create_key(tmp_path, "p")
     svc = Service(tmp_path, 0)
     try:
         with svc.client(key) as c:
@@ -208,7 +208,7 @@ def test_streamed_pulls_keep_to_max_concurrent_exports(tmp_path):
 
     data = with_demo_events(tmp_path, 50_000)
     env = {"ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "1"}
-    key = cli(data, "keys", "create", "--project", "default", env=env)
+    key = create_key(data, "default", env)
     svc = Service(data, 0, env)
     pull = {"start": "2026-08-01", "end": "2026-11-01"}
     try:

@@ -17,7 +17,6 @@ from analytics_export.destinations import objectstore
 from analytics_export.errors import ExportError, Invalid, NotFound
 from analytics_export.models import ExportRequest
 from faults import FaultyProxy, Respond, when
-from servers import azurite, gcs_server, s3_server, sftp_server  # noqa: F401  (fixtures)
 
 WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
 SIZE = 3 * (1 << 20) + 12_345  # not a multiple of any chunk size

@@ -17,8 +17,8 @@ import pytest
 
 from analytics_export import Settings, export
 from analytics_export.models import ExportRequest
-from servers import HookServer, azurite, gcs_server, s3_server, sftp_server  # noqa: F401  (fixtures)
-from service import CLI, Service, cli, wait_for
+from servers import HookServer
+from service import CLI, Service, create_key, wait_for
 
 FEW_THOUSAND = {"start_date": "2026-10-22", "end_date": "2026-11-01"}  # ~2,200 of the 20,000 demo events
 ONE_DAY = {"start_date": "2026-10-31", "end_date": "2026-11-01"}  # ~220 demo events
@@ -161,7 +161,7 @@ def test_service_exports_and_ingest_on_a_full_disk_fail_saying_so(demo_settings,
     data = tmp_path / "data"
     env = {"ANALYTICS_EXPORT_EVENTS_URL": str(demo_settings.events_path), "ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "1",
            "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]'}
-    key = cli(data, "keys", "create", "--project", "default", env=env)
+    key = create_key(data, "default", env)
     receiver = Receiver()
     with small_disk(data / "exports" / "default"), small_disk(data / "spool"), small_disk(data / "inbox"):
         svc = Service(data, 1, env)

@@ -9,14 +9,12 @@ import io
 import json
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, time as clock, timedelta, timezone
 
 import pyarrow.parquet as pq
 import pytest
 
-from servers import s3_server  # noqa: F401  (fixture)
-from service import Service, cli, wait_for
+from service import wait_for
 
 UTC = timezone.utc
 PROJECTS = ("lifecycle", "intruder", "checks", "ret", "ret-s3", "ret-s3-bad")
@@ -26,20 +24,12 @@ PLAN = "archive, verify, delete"
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    data = tmp_path_factory.mktemp("retention-svc")
-    first = cli(data, "keys", "create", "--project", PROJECTS[0])  # creates the job store
-    with ThreadPoolExecutor(2) as pool:  # a CLI start takes seconds: two at a time
-        rest = pool.map(lambda project: cli(data, "keys", "create", "--project", project), PROJECTS[1:])
-    keys = dict(zip(PROJECTS, [first, *rest]))
-    assert len(set(keys.values())) == len(PROJECTS)
-    svc = Service(data, 1, {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]',
-                            "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "0",
-                            "ANALYTICS_EXPORT_EXPORT__UPLOAD_BACKOFF_SECONDS": "0.05"})
-    svc.data = data
-    svc.keys = keys
-    yield svc
-    svc.close()
+def service(make_service, tmp_path_factory):
+    svc = make_service(tmp_path_factory.mktemp("retention-svc"), 1, {
+        "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]', "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "0",
+        "ANALYTICS_EXPORT_EXPORT__UPLOAD_BACKOFF_SECONDS": "0.05"}, projects=PROJECTS)
+    assert len(set(svc.keys.values())) == len(PROJECTS)
+    return svc
 
 
 # -- helpers --------------------------------------------------------------------------------------

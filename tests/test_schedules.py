@@ -4,32 +4,28 @@ Time is an injected clock: nothing here sleeps through a schedule."""
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import sys
 import textwrap
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 
-from analytics_export import Settings, open_store
+from analytics_export import Settings
 from analytics_export.jobs.scheduler import Scheduler, Schedules, backfill, run_history
 from analytics_export.jobs.store import JobStore
 from analytics_export.jobs.tables import schedule_runs
 from analytics_export.jobs.windows import due, windows
 from analytics_export.jobs.worker import Worker
 from analytics_export.models import DateRange, ScheduledExport
-from service import Service, cli
+from service import Service, create_key
+from support import START, Sim, drain
 
 UTC = timezone.utc
-START = datetime(2026, 10, 1, tzinfo=UTC)
-
-
 def tiles(spans: list[tuple[datetime, datetime]]) -> bool:
     return all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and all(s < e for s, e in spans)
 
@@ -65,56 +61,6 @@ def test_due_windows_after_downtime():
     assert due(DateRange.LAST_DAY, tz, datetime(2026, 10, 5, tzinfo=UTC), fired, fired, delay, False) == []
     since = due(DateRange.SINCE_LAST_RUN, tz, datetime(2026, 10, 5, 1, tzinfo=UTC), fired, fired, delay, False)
     assert since == [(datetime(2026, 10, 5, 1, tzinfo=UTC), fired - delay)]
-
-
-def drain(sim: Sim, scheduler: Scheduler, worker: Worker, spec: ScheduledExport) -> None:
-    """Tick and work until no window of `spec` is due, queued, running or planned."""
-    while scheduler.tick() or worker.run_one() or any(r["status"] == "planned" for r in
-                                                      run_history(sim.jobs, spec.id, 100, 0)):
-        pass
-
-
-class Sim:
-    """An event store, a job store and a clock: events arrive as simulated time passes."""
-
-    def __init__(self, data: Path) -> None:
-        self.settings = Settings(data_dir=data)
-        self.jobs = JobStore.for_data_dir(data)
-        self.jobs.migrate()
-        self.t = START
-        self.count = 0
-        open_store(self.settings, read_only=False).close()
-
-    def ingest(self, n: int, late: bool = False) -> None:
-        """`n` events stored now; late ones carry timestamps from days ago."""
-        store = open_store(self.settings, read_only=False)
-        try:
-            lag = "INTERVAL 3 DAY" if late else "INTERVAL 5 SECOND"
-            store.insert(f"""SELECT uuid() AS uuid, 'default' AS project_id, 'tick' AS event,
-                                    'u' || (range + {self.count}) AS distinct_id, $1::TIMESTAMPTZ - {lag} AS "timestamp",
-                                    '{{}}'::JSON AS properties, $1::TIMESTAMPTZ AS inserted_at FROM range({n})""",
-                         [self.t])
-        finally:
-            store.close()
-        self.count += n
-
-    def clock(self) -> datetime:
-        return self.t
-
-    def exported(self) -> Counter:
-        """distinct_id -> times it appears across every completed run's file."""
-        seen: Counter = Counter()
-        for path in (self.settings.export_dir / "default").glob("export_*.jsonl"):
-            seen.update(json.loads(line)["distinct_id"] for line in path.read_text().splitlines())
-        return seen
-
-    def stored_before(self, end: datetime) -> set[str]:
-        import duckdb
-        con = duckdb.connect(str(self.settings.events_path), read_only=True)
-        try:
-            return {r[0] for r in con.execute("SELECT distinct_id FROM events WHERE inserted_at < ?", [end]).fetchall()}
-        finally:
-            con.close()
 
 
 def test_a_run_whose_worker_dies_max_attempts_times_fails_and_the_next_runs(tmp_path):
@@ -259,7 +205,7 @@ def test_two_scheduler_processes_never_create_a_run_twice(pg_url):
 def test_schedule_api(tmp_path):
     svc = Service(tmp_path)
     try:
-        with svc.client(cli(tmp_path, "keys", "create", "--project", "p")) as c:
+        with svc.client(create_key(tmp_path, "p")) as c:
             bad = c.post("/api/schedules", json={"name": "x", "schedule": "every day"})
             assert bad.status_code == 422 and "not a cron expression" in bad.json()["detail"]
             bad = c.post("/api/schedules", json={"name": "x", "schedule": "0 2 * * *", "timezone": "Moon/Base"})
@@ -286,7 +232,7 @@ def test_schedule_api(tmp_path):
             assert filled.status_code == 202 and filled.json() == {"queued": 3, "skipped": 0}
             runs = c.get(f"/api/schedules/{sid}/runs").json()
             assert len(runs) == 3 and {r["status"] for r in runs} <= {"planned", "pending", "processing", "completed"}
-            other = svc.client(cli(tmp_path, "keys", "create", "--project", "q"))
+            other = svc.client(create_key(tmp_path, "q"))
             assert other.get(f"/api/schedules/{sid}").status_code == 404
             assert other.post(f"/api/schedules/{sid}/backfill", json={"start": "2026-10-01",
                                                                        "end": "2026-10-02"}).status_code == 404

@@ -12,9 +12,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from faults import Drop, FaultyProxy, Respond, when
-from servers import AzuriteServer, GCSServer, S3Server, SFTPServer, azurite, gcs_server, s3_server, sftp_server
+from servers import AzuriteServer, GCSServer, S3Server, SFTPServer
 
-__all__ = ["azurite", "gcs_server", "s3_server", "sftp_server"]  # fixtures used by name
 
 MiB = 1024 * 1024
 PUBLIC = {"x-amz-acl": "public-read"}  # moto refuses unsigned reads of private objects

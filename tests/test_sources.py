@@ -15,7 +15,7 @@ from analytics_export.ingest import ingest_file
 from analytics_export.sources import EventQuery
 from conftest import DEMO_END
 from helpers import canonical, decompress, read_records, strict_json, write_jsonl
-from service import Service, cli, wait_for
+from service import Service, create_key, wait_for
 
 WINDOW = {"start_date": "2026-09-01", "end_date": "2026-11-01"}
 CASES = {
@@ -105,7 +105,7 @@ def test_the_service_on_a_postgresql_event_store(stores, tmp_path):
     env = {"ANALYTICS_EXPORT_EVENTS_URL": settings.events_url}
     svc = Service(tmp_path, 1, env)
     try:
-        key = cli(tmp_path, "keys", "create", "--project", "tenant", env=env)
+        key = create_key(tmp_path, "tenant", env)
         with svc.client(key) as c:
             body = "\n".join(json.dumps({"event": "api", "distinct_id": f"t{n}", "timestamp": "2026-11-21T00:00:00Z",
                                          "properties": {"n": n}}) for n in range(30))

@@ -30,10 +30,9 @@ import httpx
 import pytest
 
 from analytics_export import Settings
-from servers import s3_server  # noqa: F401  (fixture)
-from service import Service, cli
-from test_warehouses import read_table
-from test_broker_sinks import Jet, Queue, nats_url, rabbitmq_url  # noqa: F401  (fixtures)
+from brokers import Jet, Queue
+from service import Service, create_key
+from support import read_table
 
 HOST = "127.0.0.1"
 ENV = {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]', "ANALYTICS_EXPORT_STREAM_SETTLE_SECONDS": "0.2"}
@@ -260,20 +259,14 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillableService]:
-    data = tmp_path_factory.mktemp("streams")
-    s = KillableService(data, 1)
-    s.data = data  # type: ignore[attr-defined]
-    s.key = cli(data, "keys", "create", "--project", "default")  # type: ignore[attr-defined]
-    s.other_key = cli(data, "keys", "create", "--project", "other")  # type: ignore[attr-defined]
-    s.private_key = cli(data, "keys", "create", "--project", "private")  # type: ignore[attr-defined]
-    yield s
-    s.close()
+def svc(make_service: Callable[..., Service], tmp_path_factory: pytest.TempPathFactory) -> Service:
+    return make_service(tmp_path_factory.mktemp("streams"), 1, projects=("default", "other", "private"),
+                        kind=KillableService)
 
 
 @pytest.fixture()
 def client(svc: KillableService) -> Iterator[httpx.Client]:
-    with svc.client(svc.key) as c:  # type: ignore[attr-defined]
+    with svc.client(svc.key) as c:
         yield c
 
 
@@ -397,7 +390,7 @@ def test_patch_is_checked_like_create(client, receiver):
 
 
 def test_filter_on_a_denied_property_is_422(svc, receiver):
-    with svc.client(svc.other_key) as c:
+    with svc.client(svc.keys["other"]) as c:
         policy = c.put("/api/projects/other/privacy", json={"deny_properties": ["email"]})
         assert policy.status_code == 200, policy.text
         try:
@@ -421,7 +414,7 @@ def test_projects_cannot_see_each_others_streams(svc, client, receiver):
     stream_id = create_stream(client, {"type": "webhook", "url": receiver.url("/mine")},
                               events=["none"])["stream"]["id"]
     try:
-        with svc.client(svc.other_key) as other:
+        with svc.client(svc.keys["other"]) as other:
             for method, path in [("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/pause"), ("POST", "/resume")]:
                 r = other.request(method, f"/api/streams/{stream_id}{path}", json={"name": "x"} if method == "PATCH"
                                   else None)
@@ -550,7 +543,7 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module
     rng = random.Random(SEED)
     log = [f"seed {SEED} (STREAM_TEST_SEED={SEED} repeats it)"]
     data = tmp_path_factory.mktemp("crash")
-    key = cli(data, "keys", "create", "--project", "default")
+    key = create_key(data, "default")
     receiver, jet, queue = Receiver(ack_delay=0.2), Jet(nats_url), Queue(rabbitmq_url)  # a slow ack: kills
     # land between the webhook taking a batch and the stream's checkpoint of it
     bucket = s3_server.make_bucket(f"streams-{uuid.uuid4().hex[:12]}")
@@ -729,7 +722,7 @@ def test_events_stored_while_paused_are_delivered_after_resume(svc, client):
 def test_privacy_policy_applies_to_what_streams_deliver(svc):
     hook = Receiver()
     users = lambda i: "user-suppressed" if i % 5 == 0 else f"user-{i % 4}"  # noqa: E731
-    with svc.client(svc.private_key) as c:
+    with svc.client(svc.keys["private"]) as c:
         policy = c.put("/api/projects/private/privacy", json={"deny_properties": ["email"],
                                                                "pseudonymize_distinct_id": True})
         assert policy.status_code == 200, policy.text
@@ -740,7 +733,7 @@ def test_privacy_policy_applies_to_what_streams_deliver(svc):
             events = [e for b in range(4) for e in make_events(b, 50, "private", users)]
             for e in events:
                 e["properties"]["email"] = f"{e['distinct_id']}@example.com"
-            post_events(svc.url, svc.private_key, events)
+            post_events(svc.url, svc.keys["private"], events)
             done = caught_up(c, stream_id, 30)
             kept = [e for e in events if e["distinct_id"] != "user-suppressed"]
             assert done["delivered_events"] == len(kept) == 160
@@ -765,15 +758,15 @@ def test_privacy_policy_applies_to_what_streams_deliver(svc):
 
 def test_a_user_suppressed_while_a_stream_runs_is_left_out_from_then_on(svc):
     hook = Receiver()
-    with svc.client(svc.private_key) as c:
+    with svc.client(svc.keys["private"]) as c:
         stream_id = create_stream(c, {"type": "webhook", "url": hook.url()}, events=["stream_later"])["stream"]["id"]
         try:
             first = make_events(0, 40, "later", lambda i: f"late-{i % 2}")
-            post_events(svc.url, svc.private_key, first)
+            post_events(svc.url, svc.keys["private"], first)
             wait_until(lambda: view(c, stream_id)["delivered_events"] == 40, 30, "first events delivered")
             assert c.post("/api/projects/private/suppressions", json={"distinct_ids": ["late-0"]}).status_code == 200
             second = make_events(1, 40, "later", lambda i: f"late-{i % 2}")
-            post_events(svc.url, svc.private_key, second)
+            post_events(svc.url, svc.keys["private"], second)
             caught_up(c, stream_id, 30)
             time.sleep(BATCH_SECONDS + 0.5)
             leaked = [r["uuid"] for r in hook.records() if r["distinct_id"] == "late-0"

@@ -11,9 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import clickhouse_connect
 import duckdb
-import psycopg
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
@@ -33,9 +31,7 @@ from analytics_export.pipeline import Cancelled, run_export
 from analytics_export.sources import IDS, EventQuery
 from analytics_export.streaming.sinks import Delivery, sink_for
 from analytics_export.streaming.spec import StreamSpec
-from servers import s3_server  # noqa: F401  (fixture)
-from test_pipeline import FailingSource
-from test_schedules import Sim as ScheduleSim, drain
+from support import FailingSource, Sim as ScheduleSim, drain, read_table, run_queue, tables_dir
 
 UTC = timezone.utc
 W1 = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 8, tzinfo=UTC))
@@ -46,10 +42,6 @@ SELECTED = ["plan", "price", "$device_type", "utm.source x"]  # the last one: a 
 
 def json_text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def tables_dir(settings: Settings) -> Path:
-    return settings.data_dir / "tables" / settings.project
 
 
 @pytest.fixture()
@@ -67,22 +59,6 @@ def table(request: pytest.FixtureRequest) -> dict:
     if request.param == "clickhouse":
         return {"type": "clickhouse", "url": "chdb:warehouse", "table": "events"}
     return {"type": "delta", "uri": "lake/events"}
-
-
-def read_table(settings: Settings, spec: dict, storage_options: dict | None = None) -> list[dict]:
-    """Every row of the table, read back with the table's own client."""
-    if spec["type"] == "postgres":
-        with psycopg.connect(spec["url"]) as con:
-            cur = con.execute(f"SELECT * FROM {spec['table']}")
-            return [dict(zip([d.name for d in cur.description], row)) for row in cur.fetchall()]
-    if spec["type"] == "clickhouse":
-        ch = clickhouse_connect.get_client(interface="chdb", path=str(tables_dir(settings) / spec["url"][5:]))
-        try:
-            return ch.query_arrow(f"SELECT * FROM {spec['table']}").to_pylist()
-        finally:
-            ch.close()
-    uri = spec["uri"] if spec["uri"].startswith("s3://") else str(tables_dir(settings) / spec["uri"])
-    return DeltaTable(uri, storage_options=storage_options).to_pyarrow_table().to_pylist()
 
 
 def aware(value: datetime) -> datetime:
@@ -199,12 +175,6 @@ def test_delta_partitioned_by_day(settings: Settings):
     days = {str(v) for v in lake.to_pyarrow_table().column("day").unique().to_pylist()}
     assert days == {f"2026-10-0{d}" for d in range(1, 8)}
     assert table_rows(settings, spec) == source_rows(settings, [W1])
-
-
-def run_queue(settings: Settings, jobs: JobStore) -> None:
-    worker = Worker(settings, jobs)
-    while worker.run_one():
-        pass
 
 
 def test_worker_loads_a_long_export_whole_with_privacy(settings: Settings, table: dict):

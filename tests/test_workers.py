@@ -20,7 +20,7 @@ from analytics_export.sources import EventQuery
 from conftest import DEMO_END, with_demo_events
 from helpers import read_records
 from servers import HookServer
-from service import CLI, Service, cli, wait_for
+from service import CLI, Service, create_key, wait_for
 
 ALL = {"start_date": "2026-07-01", "end_date": "2026-11-02"}
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -52,7 +52,7 @@ def stop(proc: subprocess.Popen) -> str:
 
 
 def test_killed_worker_job_is_finished_by_another(big_store):
-    key = cli(big_store, "keys", "create", "--project", "default")
+    key = create_key(big_store, "default")
     svc = Service(big_store, workers=0)
     first = start_worker(big_store)
     second = None
@@ -91,7 +91,7 @@ def test_two_workers_on_postgresql_never_run_a_job_twice(tmp_path, pg_url):
     data = with_demo_events(tmp_path / "data", 20_000)
     env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "100",
            "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": str(24 * 30), "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "1"}  # half the exports run as 5 partitions
-    key = cli(data, "keys", "create", "--project", "default", env=env)
+    key = create_key(data, "default", env)
     svc = Service(data, workers=0, env=env)
     workers = [start_worker(data, lease=10, env=env) for _ in range(2)]
     try:
@@ -114,7 +114,7 @@ def test_two_workers_on_postgresql_never_run_a_job_twice(tmp_path, pg_url):
 
 
 def test_cancel_stops_a_running_export_within_seconds(big_store):
-    key = cli(big_store, "keys", "create", "--project", "default")
+    key = create_key(big_store, "default")
     svc = Service(big_store, workers=1)
     try:
         with svc.client(key) as c:
@@ -140,7 +140,7 @@ def test_transient_failures_retry_with_backoff_then_fail(tmp_path):
     events.write_bytes(b"not a duckdb file" * 100)  # every attempt fails to open the store
     env = {"ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "3", "ANALYTICS_EXPORT_EXPORT__RETRY_BACKOFF_SECONDS": "0.3",
            "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "0"}  # whole-export attempts (partitions: test_partitions)
-    key = cli(data, "keys", "create", "--project", "default", env=env)
+    key = create_key(data, "default", env)
     svc = Service(data, workers=1, env=env)
     try:
         with svc.client(key) as c:
@@ -182,7 +182,7 @@ def test_an_export_that_kills_its_worker_fails_after_max_attempts_and_the_queue_
     data = with_demo_events(tmp_path / "data", 1000)
     env = {"ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "3", "ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]',
            "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "0"}
-    key = cli(data, "keys", "create", "--project", "default", env=env)
+    key = create_key(data, "default", env)
     killer = WorkerKiller(data / "jobs.sqlite")
     svc = Service(data, 1, env, "--lease", "1")
     try:

@@ -1,0 +1,132 @@
+"""Shared pieces of the tests that drive the code under test: a queue runner, S3 settings, a failing
+source, a simulated clock for schedules, and a warehouse table read back with its own client."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import clickhouse_connect
+import psycopg
+import pyarrow as pa
+from deltalake import DeltaTable
+
+from analytics_export import Settings, open_store
+from analytics_export.errors import Storage
+from analytics_export.jobs.scheduler import Scheduler, run_history
+from analytics_export.jobs.store import JobStore
+from analytics_export.jobs.worker import Worker
+from analytics_export.models import ExportConfig, ScheduledExport
+from analytics_export.sources import EventQuery
+
+START = datetime(2026, 10, 1, tzinfo=timezone.utc)
+WEEKS = ExportConfig(partition_hours=24 * 7, min_partition_events=1)
+
+
+def run_queue(settings: Settings, jobs: JobStore) -> None:
+    worker = Worker(settings, jobs)
+    while worker.run_one():
+        pass
+
+
+def s3_settings(settings: Settings, s3, monkeypatch, **export) -> Settings:
+    """`settings` that may write to the test's S3 server with the server's own (test) credentials."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    return settings.model_copy(update={"export": ExportConfig(**export), "server_credentials": True,
+                                       "destination_allow": ["127.0.0.1"]})
+
+
+def s3_split(s3, bucket: str, events: int) -> dict:
+    return {"type": "s3", "bucket": bucket, "endpoint_url": s3.endpoint, "region": s3.region,
+            "prefix": "out", "max_events_per_file": events}
+
+
+class FailingSource:
+    """Yields real batches from the store, then fails like a dropped connection."""
+
+    def __init__(self, store, after: int) -> None:
+        self.store, self.after = store, after
+
+    def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
+        inner = self.store.batches(query, batch_size)
+
+        def gen():
+            for i, batch in enumerate(inner):
+                if i == self.after:
+                    raise Storage("connection to the event store was lost")
+                yield batch
+
+        return pa.RecordBatchReader.from_batches(query.schema, gen())
+
+
+class Sim:
+    """An event store, a job store and a clock: events arrive as simulated time passes."""
+
+    def __init__(self, data: Path) -> None:
+        self.settings = Settings(data_dir=data)
+        self.jobs = JobStore.for_data_dir(data)
+        self.jobs.migrate()
+        self.t = START
+        self.count = 0
+        open_store(self.settings, read_only=False).close()
+
+    def ingest(self, n: int, late: bool = False) -> None:
+        """`n` events stored now; late ones carry timestamps from days ago."""
+        store = open_store(self.settings, read_only=False)
+        try:
+            lag = "INTERVAL 3 DAY" if late else "INTERVAL 5 SECOND"
+            store.insert(f"""SELECT uuid() AS uuid, 'default' AS project_id, 'tick' AS event,
+                                    'u' || (range + {self.count}) AS distinct_id, $1::TIMESTAMPTZ - {lag} AS "timestamp",
+                                    '{{}}'::JSON AS properties, $1::TIMESTAMPTZ AS inserted_at FROM range({n})""",
+                         [self.t])
+        finally:
+            store.close()
+        self.count += n
+
+    def clock(self) -> datetime:
+        return self.t
+
+    def exported(self) -> Counter:
+        """distinct_id -> times it appears across every completed run's file."""
+        seen: Counter = Counter()
+        for path in (self.settings.export_dir / "default").glob("export_*.jsonl"):
+            seen.update(json.loads(line)["distinct_id"] for line in path.read_text().splitlines())
+        return seen
+
+    def stored_before(self, end: datetime) -> set[str]:
+        import duckdb
+        con = duckdb.connect(str(self.settings.events_path), read_only=True)
+        try:
+            return {r[0] for r in con.execute("SELECT distinct_id FROM events WHERE inserted_at < ?", [end]).fetchall()}
+        finally:
+            con.close()
+
+
+def drain(sim: Sim, scheduler: Scheduler, worker: Worker, spec: ScheduledExport) -> None:
+    """Tick and work until no window of `spec` is due, queued, running or planned."""
+    while scheduler.tick() or worker.run_one() or any(r["status"] == "planned" for r in
+                                                      run_history(sim.jobs, spec.id, 100, 0)):
+        pass
+
+
+def tables_dir(settings: Settings) -> Path:
+    return settings.data_dir / "tables" / settings.project
+
+
+def read_table(settings: Settings, spec: dict, storage_options: dict | None = None) -> list[dict]:
+    """Every row of the table, read back with the table's own client."""
+    if spec["type"] == "postgres":
+        with psycopg.connect(spec["url"]) as con:
+            cur = con.execute(f"SELECT * FROM {spec['table']}")
+            return [dict(zip([d.name for d in cur.description], row)) for row in cur.fetchall()]
+    if spec["type"] == "clickhouse":
+        ch = clickhouse_connect.get_client(interface="chdb", path=str(tables_dir(settings) / spec["url"][5:]))
+        try:
+            return ch.query_arrow(f"SELECT * FROM {spec['table']}").to_pylist()
+        finally:
+            ch.close()
+    uri = spec["uri"] if spec["uri"].startswith("s3://") else str(tables_dir(settings) / spec["uri"])
+    return DeltaTable(uri, storage_options=storage_options).to_pyarrow_table().to_pylist()
