@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from analytics_export.jobs.store import JobStore
-
 from servers import free_port
 
 CLI = [sys.executable, "-m", "analytics_export.cli"]

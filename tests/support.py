@@ -26,6 +26,7 @@ WEEKS = ExportConfig(partition_hours=24 * 7, min_partition_events=1)
 
 
 def run_queue(settings: Settings, jobs: JobStore) -> None:
+    """Run every queued export (and partition) with one in-process worker until none is left."""
     worker = Worker(settings, jobs)
     while worker.run_one():
         pass

@@ -214,7 +214,7 @@ def test_delta_on_s3_through_the_worker_with_a_connection(settings: Settings, s3
 
 
 class Sim(ScheduleSim):
-    """test_schedules' event store, job store and clock, with the local PostgreSQL allowed."""
+    """support.Sim's event store, job store and clock, with the local PostgreSQL allowed."""
 
     def __init__(self, data: Path) -> None:
         super().__init__(data)
