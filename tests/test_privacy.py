@@ -107,6 +107,15 @@ def test_a_card_inside_a_longer_run_of_digits_is_found(value):
     assert "4111" not in out["v"] and "3782" not in out["v"], out
 
 
+def test_digits_inside_a_hex_digest_are_no_card_even_beside_one():
+    """A pseudonym (HMAC-SHA256 hex) may hold a Luhn-valid run of 13+ digits between letters: redacting
+    it broke the join with the pseudonymised distinct_id whenever the row also held a real card."""
+    digest = "a2eb59e93e9899829671862c572cade1ea9c3510e44cec8bf9e39a0d39f87b1e"  # 9899829671862 passes Luhn
+    assert redact(ALL, [{"user_id": digest, "note": "card 4111 1111 1111 1111"}]) == \
+        [{"user_id": digest, "note": "card [REDACTED]"}]
+    assert ALL.text(pl.Series([digest, f"{digest} 4111111111111111"])).to_list() == [digest, f"{digest} [REDACTED]"]
+
+
 def test_a_column_value_that_only_looks_like_json_is_redacted_as_text():
     rules = Redactor([RedactionRule(detector="email", action="drop")])
     assert rules.values(pl.Series(["[mail ada@example.com now]", '["ada@example.com", 1]', "plain"])).to_list() == \

@@ -37,8 +37,10 @@ PATTERNS: dict[Detector, str] = {
                      r"|(?:\(\d{3}\) ?|(?-u:\b)\d{3}[ .-])\d{3}[ .-]\d{4}(?-u:\b)"),
     Detector.CREDIT_CARD: r"(?-u:\b)\d(?:[ -]?\d){12,18}(?-u:\b)",  # finds rows worth a look; CARD_RUNS decides
 }
-CARD_RUNS = r"\d(?:[ -]?\d){12,}"
-"""Runs of 13 or more digits (single spaces or dashes between): a card number may hide inside one."""
+CARD_RUNS = r"(?-u:\b)\d(?:[ -]?\d){12,}(?-u:\b)"
+"""Runs of 13 or more digits (single spaces or dashes between), word-bounded as the detector's pattern
+is: a card number may hide inside one. Digits glued to letters (a pseudonym's hex digest, `ord4111...`)
+are no card, whatever else the row holds."""
 SKELETON = r'"[^"]*"'
 PIECES = r'"(?:[^"\\]|\\.)*"|[^"]+|"'
 """A JSON text cut into its strings and what lies between them (every character in one piece)."""
