@@ -13,43 +13,11 @@ from .config import Settings
 from .destinations import Target, destination_for
 from .destinations.local import LocalDestination
 from .errors import Invalid
+from .jobs.policies import project_privacy
 from .models import (Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus,
                      check_project_name)
 from .pipeline import Progress, run_export
-from .privacy import Privacy
-from .sources import EventStore
-from .sources.duckdb import DuckDBEventStore
-
-
-def open_store(settings: Settings, *, read_only: bool = True) -> EventStore:
-    """The configured event store: `events_url` names PostgreSQL, ClickHouse or a DuckDB file; the
-    default is `events.duckdb` in the data dir."""
-    memory_limit = settings.duckdb_write_memory_limit if not read_only else settings.duckdb_memory_limit
-    if settings.events_engine == "postgresql":
-        from .sources.postgres import PostgresEventStore
-
-        return PostgresEventStore(settings.events_url, memory_limit=memory_limit, threads=settings.duckdb_threads)
-    if settings.events_engine == "clickhouse":
-        from .sources.clickhouse import ClickHouseEventStore
-
-        return ClickHouseEventStore(settings.events_url, memory_limit=memory_limit, threads=settings.duckdb_threads)
-    return DuckDBEventStore(settings.events_path, read_only=read_only, memory_limit=memory_limit,
-                            threads=settings.duckdb_threads)
-
-
-def project_privacy(settings: Settings, request: ExportRequest) -> Privacy:
-    """The privacy rules an export in this process enforces: the project's policy from the job store
-    (created if missing) plus the request's own."""
-    from .connections import Sealer
-    from .jobs.policies import PrivacyStore
-    from .jobs.store import JobStore
-
-    jobs = JobStore.for_data_dir(settings.data_dir, settings.database_url)
-    try:
-        jobs.migrate()
-        return PrivacyStore(jobs, Sealer(settings.signing_key())).for_export(settings.project, request)
-    finally:
-        jobs.engine.dispose()
+from .sources.stores import open_store
 
 
 def export(

@@ -23,7 +23,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from . import demo as demo_data
 from . import logs
-from . import open_store, project_privacy
+from .jobs.policies import project_privacy
+from .sources.stores import open_store
 from .config import Settings
 from .destinations import Target, destination_for
 from .schedules_cli import app as schedules_app

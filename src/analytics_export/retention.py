@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from croniter import croniter
 
-from . import open_store
+from .sources.stores import open_store
 from .config import Settings
 from .connections import Sealer, checked_secrets
 from .destinations import Destination, Target, destination_for

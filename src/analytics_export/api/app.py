@@ -17,7 +17,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from .. import catalog, open_store
+from .. import catalog
+from ..sources.stores import open_store
 from ..config import Settings
 from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secrets
 from .catalog import catalog_router

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Callable
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ValidationError
 
-from .. import catalog, open_store
+from .. import catalog
+from ..sources.stores import open_store
 from ..config import Settings
 from ..errors import Invalid
 from ..models import ExportRequest, describe_errors

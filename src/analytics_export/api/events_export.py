@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from .. import open_store
+from ..sources.stores import open_store
 from ..config import Settings
 from ..destinations import Destination
 from ..errors import Invalid, Limited, Storage

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from .. import open_store
+from ..sources.stores import open_store
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
 from ..destinations import Destination, Target, destination_for

@@ -7,7 +7,7 @@ from contextlib import closing
 from dataclasses import replace
 from datetime import timedelta
 
-from .. import open_store
+from ..sources.stores import open_store
 from ..config import Settings
 from ..connections import Sealer
 from ..jobs.policies import PrivacyStore

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import open_store
+from ..sources.stores import open_store
 from ..compression import CompressedSink
 from ..config import Settings
 from ..connections import Sealer, checked_secrets

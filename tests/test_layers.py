@@ -1,0 +1,71 @@
+"""The package's shape: layers point one way (no import cycles, nothing inside imports the public
+root), and the library's `export()` leaves the data dir as it found it but for the export."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+import analytics_export
+from analytics_export import Settings, export
+
+PACKAGE = Path(analytics_export.__file__).parent
+NAME = "analytics_export"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports(name: str) -> set[str]:
+    """The package's modules `name` imports, at the top or inside a function; `from pkg import sub`
+    counts as importing `pkg.sub` only, unless it also takes a name that `pkg` itself defines."""
+    path = MODULES[name]
+    here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = ".".join(here[: len(here) - node.level + 1] + [node.module or ""]).strip(".") if node.level \
+                else node.module or ""
+            subs = {f"{base}.{alias.name}" for alias in node.names}
+            found |= subs & MODULES.keys()
+            if not subs <= MODULES.keys() and base in MODULES:
+                found.add(base)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names} & MODULES.keys()
+    return found - {name}
+
+
+GRAPH = {name: imports(name) for name in MODULES}
+
+
+def test_nothing_inside_imports_the_public_root():
+    importers = sorted(name for name, targets in GRAPH.items() if NAME in targets)
+    assert importers == [], "the package root is public API only; import from the module that defines the name"
+
+
+def test_library_export_creates_no_job_store(demo_settings, tmp_path: Path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_settings.data_dir, data)
+    before = {p.name for p in data.iterdir()}
+    result = export(settings=Settings(data_dir=data), start_date="2026-10-01", end_date="2026-10-02",
+                    format="parquet", output_dir=tmp_path / "out")
+    assert pq.read_table(result.destination_path).num_rows == result.total_events > 0
+    assert {p.name for p in data.iterdir()} == before  # no jobs.sqlite, no secret.key
+
+
+def test_library_export_that_pseudonymises_keeps_its_secret(demo_settings, tmp_path: Path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_settings.data_dir, data)
+    settings = Settings(data_dir=data)
+    runs = [export(settings=settings, start_date="2026-10-01", end_date="2026-10-02", format="parquet",
+                   output=tmp_path / f"{n}.parquet", privacy={"pseudonymize_distinct_id": True}) for n in (1, 2)]
+    first, second = (pq.read_table(r.destination_path).column("distinct_id").to_pylist() for r in runs)
+    assert first == second and (data / "jobs.sqlite").exists()  # one project secret, kept in the job store
