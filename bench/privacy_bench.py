@@ -124,7 +124,7 @@ FROM events WHERE project_id = $project
 
 def policy_rules() -> Any:
     """The typical policy: 5 redaction rules, one denied property, pseudonyms for distinct_id and user_id."""
-    from analytics_export.models import Detector, PrivacyRules, RedactionRule
+    from analytics_export.privacy.rules import Detector, PrivacyRules, RedactionRule
 
     return PrivacyRules(
         deny_properties=["ssn"],
@@ -185,7 +185,7 @@ def peak_rss_mb() -> float:
 
 def instrument(stats: dict[str, float]) -> None:
     """Time the transform's parts from outside: a perf_counter pair per batch, nothing per row."""
-    from analytics_export import redaction
+    from analytics_export.privacy import redaction
 
     def timed(cls: type, name: str, key: str, rows: bool = False) -> None:
         original = getattr(cls, name)
@@ -332,7 +332,7 @@ def set_policies(base: Path, policy: Path, suppress: int) -> int:
     from analytics_export.connections import Sealer
     from analytics_export.jobs.policies import PrivacyStore
     from analytics_export.jobs.store import JobStore
-    from analytics_export.models import PrivacyRules
+    from analytics_export.privacy.rules import PrivacyRules
 
     versions = []
     for data_dir, rules in ((base, PrivacyRules()), (policy, policy_rules())):

@@ -12,12 +12,12 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
-
-from analytics_export import Settings, open_store
-from analytics_export.ingest import ingest_file
 from conftest import with_demo_events
 from helpers import write_jsonl
 from service import Service, create_key, wait_for
+
+from analytics_export import Settings, open_store
+from analytics_export.ingest import ingest_file
 
 DEMO = {"start": "2026-08-01T00:00:00Z", "end": "2026-11-01T00:00:00Z"}
 MARCH = {"start": "2025-03-01T00:00:00Z", "end": "2025-04-01T00:00:00Z"}
@@ -196,8 +196,9 @@ def test_an_empty_store_answers_empty(tmp_path):
 @pytest.mark.parametrize("sample", [1, 999, 16_385])
 def test_a_sample_cut_inside_a_batch_says_it_is_one(demo_settings, sample):
     from analytics_export import catalog
-    from analytics_export.models import ExportRequest, PrivacyRules
-    from analytics_export.privacy import Privacy
+    from analytics_export.models import ExportRequest
+    from analytics_export.privacy.policy import Privacy
+    from analytics_export.privacy.rules import PrivacyRules
     from analytics_export.sources import EventQuery
 
     request = ExportRequest(start_date=DEMO["start"], end_date=DEMO["end"])

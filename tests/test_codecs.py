@@ -11,18 +11,19 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from helpers import OFFERED
+from service import CLI, Service, create_key
 
 from analytics_export import Settings
+from analytics_export.checks import STORED
 from analytics_export.jobs.scheduler import Scheduler, Schedules
 from analytics_export.jobs.store import JobStore
 from analytics_export.jobs.tables import exports, schedules, streams
 from analytics_export.jobs.worker import Worker
-from analytics_export.models import STORED, ExportRequest, ExportStatus, ScheduledExport
+from analytics_export.models import ExportRequest, ExportStatus, ScheduledExport
 from analytics_export.streaming.runner import LEASE, StreamRun
 from analytics_export.streaming.spec import StreamSpec
 from analytics_export.streaming.store import StreamStore
-from helpers import OFFERED
-from service import CLI, Service, create_key
 
 REFUSED = [(f, c) for f in OFFERED for c in ("gzip", "zstd", "snappy", "lz4") if c not in OFFERED[f]]
 WINDOW = {"start_date": "2026-10-01", "end_date": "2026-10-08"}

@@ -18,13 +18,13 @@ from typing import Any
 import asyncssh
 import pyarrow.parquet as pq
 import pytest
-
-from analytics_export import export
 from conftest import with_demo_events
 from faults import Drop, FaultyProxy, Respond, when
 from helpers import decompress
 from servers import HookServer
 from service import Service, cli, create_key, wait_for
+
+from analytics_export import export
 
 WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
 EVENTS = 20_000
@@ -446,8 +446,9 @@ def test_a_bad_connection_authorization_is_422_without_echoing_it(client):
 def test_an_export_stored_with_a_bad_header_fails_once_saying_why(service, client):
     """Rows saved before the header rules existed still list, and fail at once with the rule,
     instead of a UnicodeEncodeError ("internal error") or a NUL retried as a transient failure."""
+    from analytics_export.checks import STORED
     from analytics_export.jobs.store import JobStore
-    from analytics_export.models import STORED, ExportRequest
+    from analytics_export.models import ExportRequest
 
     receiver = Receiver()
     jobs = JobStore.for_data_dir(service.data)

@@ -8,7 +8,13 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from analytics_export.models import (
-    Compression, ExportDestination, ExportFormat, ExportRequest, ExportResult, ExportStatus, ScheduledExport,
+    Compression,
+    ExportDestination,
+    ExportFormat,
+    ExportRequest,
+    ExportResult,
+    ExportStatus,
+    ScheduledExport,
 )
 from analytics_export.streaming.spec import StreamSpec
 
@@ -88,7 +94,7 @@ def test_result_and_schedule_shapes():
 
 
 def test_project_names():
-    from analytics_export.models import check_project_name
+    from analytics_export.checks import check_project_name
 
     for good in ("default", "acme", "acme-prod.eu_1", "_internal", "7", "x" * 100):
         assert check_project_name(good) == good

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import decompress, read_records, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,9 +20,8 @@ from analytics_export.connections import Sealer
 from analytics_export.ingest import ingest_file
 from analytics_export.jobs.policies import PrivacyStore
 from analytics_export.jobs.store import JobStore
-from analytics_export.models import PrivacyRules, RedactionRule
-from analytics_export.redaction import PATTERNS, Redactor
-from helpers import decompress, read_records, write_jsonl
+from analytics_export.privacy.redaction import PATTERNS, Redactor
+from analytics_export.privacy.rules import PrivacyRules, RedactionRule
 
 FORMATS = ["json", "json_lines", "csv", "parquet", "avro"]
 DETECTORS = ["email", "ipv4", "ipv6", "phone", "credit_card"]
@@ -305,7 +305,7 @@ def test_a_property_named_like_a_fixed_column_stays_apart():
 
     import pyarrow as pa
 
-    from analytics_export.privacy import Privacy
+    from analytics_export.privacy.policy import Privacy
     from analytics_export.sources import EventQuery
 
     query = EventQuery(project="p", start=datetime(2026, 1, 1, tzinfo=timezone.utc),

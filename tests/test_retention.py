@@ -13,18 +13,19 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import write_jsonl
+from service import CLI
 
 from analytics_export import Settings, open_store
+from analytics_export.connections import Sealer
 from analytics_export.demo import generate
 from analytics_export.ingest import ingest_file
 from analytics_export.jobs.policies import PrivacyStore
-from analytics_export.connections import Sealer
 from analytics_export.jobs.store import JobStore
-from analytics_export.models import PrivacyRules, RetentionPolicy
+from analytics_export.models import RetentionPolicy
+from analytics_export.privacy.rules import PrivacyRules
 from analytics_export.retention import Interrupted, Retention, cutoff, set_policy
 from analytics_export.sources import IDS, EventQuery
-from helpers import write_jsonl
-from service import CLI
 
 END = datetime(2026, 6, 1, tzinfo=timezone.utc)
 POLICY = RetentionPolicy(days=30)

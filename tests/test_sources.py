@@ -8,14 +8,14 @@ import json
 
 import duckdb
 import pytest
+from conftest import DEMO_END
+from helpers import canonical, decompress, read_records, strict_json, write_jsonl
+from service import Service, create_key, wait_for
 
 from analytics_export import Settings, export, open_store
 from analytics_export.errors import Invalid
 from analytics_export.ingest import ingest_file
 from analytics_export.sources import EventQuery
-from conftest import DEMO_END
-from helpers import canonical, decompress, read_records, strict_json, write_jsonl
-from service import Service, create_key, wait_for
 
 WINDOW = {"start_date": "2026-09-01", "end_date": "2026-11-01"}
 CASES = {
@@ -148,9 +148,10 @@ def test_scans_page_through_the_window(stores, tmp_path):
 @pytest.mark.parametrize("fmt", ["json_lines", "csv"])
 def test_every_store_applies_the_same_privacy_in_its_scan(stores, tmp_path, fmt):
     from analytics_export.destinations.local import LocalDestination
-    from analytics_export.models import ExportRequest, PrivacyRules, RedactionRule
+    from analytics_export.models import ExportRequest
     from analytics_export.pipeline import run_export
-    from analytics_export.privacy import Privacy
+    from analytics_export.privacy.policy import Privacy
+    from analytics_export.privacy.rules import PrivacyRules, RedactionRule
 
     rules = PrivacyRules(deny_properties=["plan"], pseudonymize_distinct_id=True, pseudonymize_properties=["$os"],
                          redact=[RedactionRule(properties=["$browser"]), RedactionRule(properties=["tags"], action="drop"),

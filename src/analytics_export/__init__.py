@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from .checks import check_project_name
 from .config import Settings
 from .destinations import Target, destination_for
 from .destinations.local import LocalDestination
 from .errors import Invalid
 from .jobs.policies import project_privacy
-from .models import (Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus,
-                     check_project_name)
+from .models import Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus
 from .pipeline import Progress, run_export
 from .sources.stores import open_store
 

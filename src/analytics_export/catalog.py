@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from .formats.jsonl import JsonLinesWriter
 from .models import ExportRequest
-from .privacy import Privacy
+from .privacy.policy import Privacy
 from .sources import EventQuery, EventSource
 
 NAMES_SAMPLE = 200_000

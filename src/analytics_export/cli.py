@@ -23,22 +23,22 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from . import demo as demo_data
 from . import logs
-from .jobs.policies import project_privacy
-from .sources.stores import open_store
+from .checks import describe_errors
 from .config import Settings
 from .destinations import Target, destination_for
-from .schedules_cli import app as schedules_app
-from .privacy_cli import privacy_app, retention_app
-from .streams_cli import app as streams_app
 from .destinations.local import LocalDestination
 from .errors import ExportError, Invalid, Storage
 from .inbox import clean_inbox
 from .ingest import ingest_file
-from .models import COMPRESSION_DOC, Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator, \
-    describe_errors
+from .jobs.policies import project_privacy
+from .models import COMPRESSION_DOC, Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator
 from .pipeline import Progress as ExportProgress
 from .pipeline import run_export
+from .privacy_cli import privacy_app, retention_app
+from .schedules_cli import app as schedules_app
 from .sources import EventQuery, EventSource
+from .sources.stores import open_store
+from .streams_cli import app as streams_app
 
 if TYPE_CHECKING:
     from .jobs.store import JobStore

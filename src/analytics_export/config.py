@@ -7,9 +7,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .checks import check_project_name
 from .errors import Invalid
-from .models import ExportConfig, check_project_name
-
+from .models import ExportConfig
 
 ENGINES = {"postgres": "postgresql", "postgresql": "postgresql", "clickhouse": "clickhouse", "chdb": "clickhouse"}
 """events_url schemes and the engine each names."""

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .checks import CONNECTION_NAME
 from .destinations.guard import check_destination
 from .errors import Invalid
-from .models import CONNECTION_NAME, check_header_value, check_headers
+from .models import check_header_value, check_headers
 
 if TYPE_CHECKING:
     from .config import Settings

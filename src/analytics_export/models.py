@@ -7,77 +7,44 @@ import re
 import string
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import JsonSchemaValue
 
-PROPERTY_NAME = re.compile(r"[\w$][\w$.:/ -]{0,199}")
-"""A plain property key: letters, digits and `_ $ . : / -` and spaces; no quotes, brackets or SQL."""
-STORED = {"stored": True}
-"""Validation context for rows read back from the job store: checks added since a row was saved (a
-five-field cron, webhook header rules) are made when it runs, as a clear permanent error, or by the
-scheduler, which pauses it with the reason; a request's values are checked when they arrive."""
-EXPORT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
-"""Ids of exports, schedules and streams: they become file names and parts of object keys."""
-
-# Bounds on what one request may ask for: each is checked when the request is made, so no request can
-# make the API or a worker plan a query, render a path or store a row of unbounded size.
-MAX_FILTERS = 100
-MAX_LIST_VALUES = 10_000
-MAX_LIST_FILTERS = 10
-"""`in` / `not_in` filters: each is a hash lookup that holds about 9 MB of the store's memory while it runs."""
-MAX_VALUE_CHARS = 4_096
-MAX_FILTERS_CHARS = 256 * 1024
-MAX_EVENTS = 1_000
-MAX_EVENT_NAME_CHARS = 1_000
-MAX_PROPERTIES = 200
-"""Selected properties: each is a column of every batch (250 took a worker 180 MB)."""
-MAX_RULE_PROPERTIES = 1_000
-MAX_PATTERN_CHARS = 1_000
-MAX_FOLDER_BYTES = 900
-"""A rendered `prefix/path_template`: object keys are at most 1024 bytes, and the file name follows."""
-
-
-def is_stored(info: ValidationInfo) -> bool:
-    """Whether the model is being read back from the job store (validated with context STORED)."""
-    return bool((info.context or {}).get("stored"))
-
-
-def utc(value: datetime | date) -> datetime:
-    """A timezone-aware UTC datetime; naive values and plain dates are taken as UTC."""
-    if not isinstance(value, datetime):
-        value = datetime.combine(value, time.min)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    try:
-        return value.astimezone(timezone.utc)
-    except OverflowError:
-        raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
-
-
-def describe_errors(errors: list[dict], skip: tuple[str, ...] = ()) -> str:
-    """pydantic errors as one line, `field: what is wrong` each, for the CLI and the API alike."""
-    parts = []
-    for e in errors:
-        where = ".".join(str(p) for p in e["loc"] if p not in skip)
-        message = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
-
-
-def check_property_name(name: str) -> str:
-    """Reject property names that are not plain keys, saying what is allowed."""
-    if not isinstance(name, str) or not PROPERTY_NAME.fullmatch(name):
-        raise ValueError(
-            f"property name {name!r} is not a plain key: use 1-200 letters, digits, "
-            "spaces or `_ $ . : / -`, starting with a letter, digit, `_` or `$`"
-        )
-    return name
+from .checks import (
+    EXPORT_ID,
+    MAX_FILTERS,
+    MAX_FILTERS_CHARS,
+    MAX_FOLDER_BYTES,
+    MAX_LIST_FILTERS,
+    MAX_LIST_VALUES,
+    MAX_PATTERN_CHARS,
+    MAX_VALUE_CHARS,
+    STORED,
+    EventNames,
+    PropertyNames,
+    at_most,
+    check_connection_name,
+    check_event_names,
+    check_property_name,
+    is_stored,
+    utc,
+)
+from .privacy.rules import PrivacyRules
 
 
 class Compression(str, Enum):
@@ -297,28 +264,7 @@ def check_filters(filters: list[ExportFilter]) -> list[ExportFilter]:
     return filters
 
 
-def check_event_names(value: list[str]) -> list[str]:
-    """Distinct, non-empty event names of bounded length."""
-    for name in value:
-        if not name:
-            raise ValueError("event names must be non-empty strings")
-        if len(name) > MAX_EVENT_NAME_CHARS:
-            raise ValueError(f"an event name has {len(name):,} characters; the most is {MAX_EVENT_NAME_CHARS:,}")
-    return list(dict.fromkeys(value))
-
-
-def _at_most(limit: int, what: str) -> BeforeValidator:
-    def check(value: object) -> object:
-        if isinstance(value, list) and len(value) > limit:
-            raise ValueError(f"{len(value):,} {what}; the most is {limit:,}")
-        return value
-    return BeforeValidator(check)
-
-
-Filters = Annotated[list[ExportFilter], _at_most(MAX_FILTERS, "filters"), AfterValidator(check_filters)]
-EventNames = Annotated[list[str], _at_most(MAX_EVENTS, "event names")]
-PropertyNames = Annotated[list[str], _at_most(MAX_PROPERTIES, "selected properties")]
-RuleProperties = Annotated[list[str], _at_most(MAX_RULE_PROPERTIES, "property names")]
+Filters = Annotated[list[ExportFilter], at_most(MAX_FILTERS, "filters"), AfterValidator(check_filters)]
 
 
 def check_selected_properties(value: list[str] | None) -> list[str] | None:
@@ -367,30 +313,6 @@ def render_folder(prefix: str, template: str | None, values: dict[str, str]) -> 
     """`prefix/template` with `values` in its placeholders, without leading or trailing `/`."""
     parts = [prefix, template.format(**values) if template else ""]
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
-
-
-CONNECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-
-
-def check_connection_name(value: str | None) -> str | None:
-    """`value` if it is None or a valid connection name."""
-    if value is not None and not CONNECTION_NAME.fullmatch(value):
-        raise ValueError("connection names are 1-100 letters, digits or `_ . -`")
-    return value
-
-
-PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
-"""A project (tenant) name: it names folders (exports, archives), so no `/`, no `..`, nothing hidden
-(`.` first) and nothing that reads as a command-line option (`-` first)."""
-
-
-def check_project_name(value: str) -> str:
-    """`value` if it is a valid project name; the one check every way a project name comes in uses."""
-    if not isinstance(value, str) or not PROJECT_NAME.fullmatch(value):
-        shown = repr(value[:100]) + ("..." if len(value) > 100 else "") if isinstance(value, str) else repr(value)
-        raise ValueError(f"project name {shown} is not 1-100 letters, digits or `_ . -` starting with a letter, "
-                         "digit or `_`")
-    return value
 
 
 class FileLayout(BaseModel):
@@ -744,106 +666,6 @@ class ExportStatus(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     EXPIRED = "expired"
-
-
-class Detector(str, Enum):
-    """Built-in detectors of personal data inside string values."""
-
-    EMAIL = "email"
-    IPV4 = "ipv4"
-    IPV6 = "ipv6"
-    PHONE = "phone"
-    CREDIT_CARD = "credit_card"
-
-
-LITERAL_CHARS = set("0123456789+-.eEtrufalsn[]{},: \t\r\n")
-
-
-class RedactionRule(BaseModel):
-    """Mask or drop values: of the named `properties` (whole values), or, anywhere in the properties
-    (nested objects, arrays, keys), of every string matching a built-in `detector` or a `pattern`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    properties: RuleProperties = Field(default_factory=list, description="top-level properties whose values are redacted")
-    detector: Detector | None = None
-    pattern: str | None = Field(None, max_length=1000,
-                                description="a regular expression (Rust `regex` syntax, no look-around)")
-    action: Literal["mask", "drop"] = Field(
-        "mask", description="`mask` replaces the match (the whole value for `properties`) with `mask`; "
-        "`drop` removes the value: the property, or the string that matched (null in its place)")
-    mask: str = Field("[REDACTED]", min_length=1, max_length=100)
-
-    @field_validator("properties")
-    @classmethod
-    def _names(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(check_property_name(p) for p in value))
-
-    @field_validator("mask")
-    @classmethod
-    def _mask(cls, value: str) -> str:
-        if any(c in '"\\' or ord(c) < 0x20 for c in value) or set(value) <= LITERAL_CHARS:
-            raise ValueError("mask must not contain quotes, backslashes or control characters, and must hold a "
-                             "character that cannot be part of a JSON number or literal, e.g. [REDACTED] or ***")
-        return value
-
-    @model_validator(mode="after")
-    def _one_target(self) -> RedactionRule:
-        if sum(bool(x) for x in (self.properties, self.detector, self.pattern)) != 1:
-            raise ValueError("a redaction rule names exactly one of `properties`, `detector` or `pattern`")
-        if self.pattern is not None:
-            from .redaction import check_pattern  # the regex engine's own parser says what is wrong
-            check_pattern(self.pattern)
-        return self
-
-
-class PrivacyRules(BaseModel):
-    """What a project's privacy policy enforces; an export request may add rules, never remove them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    deny_properties: RuleProperties = Field(default_factory=list,
-                                       description="properties that never leave, even when selected")
-    allow_properties: RuleProperties | None = Field(None, description="if set, only these properties leave")
-    redact: list[RedactionRule] = Field(default_factory=list, max_length=16)
-    pseudonymize_distinct_id: bool = Field(
-        False, description="replace distinct_id by HMAC-SHA256(project secret, distinct_id), hex")
-    pseudonymize_properties: RuleProperties = Field(
-        default_factory=list, description="top-level properties whose values are replaced the same way")
-
-    @field_validator("deny_properties", "allow_properties", "pseudonymize_properties")
-    @classmethod
-    def _names(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else list(dict.fromkeys(check_property_name(p) for p in value))
-
-    def stricter(self, extra: PrivacyRules | None) -> PrivacyRules:
-        """These rules plus `extra`'s: denials and redactions add up, allow-lists intersect."""
-        if extra is None:
-            return self
-        allow = self.allow_properties
-        if extra.allow_properties is not None:
-            allow = [p for p in extra.allow_properties if allow is None or p in allow]
-        return PrivacyRules.model_construct(  # both are valid; together they may hold more than 16 rules
-            deny_properties=list(dict.fromkeys(self.deny_properties + extra.deny_properties)),
-            allow_properties=allow,
-            redact=self.redact + extra.redact,
-            pseudonymize_distinct_id=self.pseudonymize_distinct_id or extra.pseudonymize_distinct_id,
-            pseudonymize_properties=list(dict.fromkeys(self.pseudonymize_properties + extra.pseudonymize_properties)),
-        )
-
-    def hides(self, name: str) -> bool:
-        """True when property `name` may not leave (denied, or outside the allow-list)."""
-        return name in self.deny_properties or (self.allow_properties is not None and name not in self.allow_properties)
-
-    def protects(self, name: str) -> bool:
-        """True when property `name` leaves only hidden, pseudonymised or redacted by name: a filter on
-        it would reveal what it holds (which events match `ssn = ...`, whose pseudonym is whose)."""
-        return (self.hides(name) or name in self.pseudonymize_properties
-                or any(name in rule.properties for rule in self.redact))
-
-    @property
-    def empty(self) -> bool:
-        return self == PrivacyRules()
 
 
 def _now() -> datetime:

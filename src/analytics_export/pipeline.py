@@ -17,7 +17,7 @@ from .destinations import BackgroundUpload, Destination
 from .errors import Cancelled, Invalid
 from .formats import Writer, writer_class, writer_for
 from .models import ExportRequest, ExportResult, ExportStatus, codec_problem
-from .privacy import Privacy
+from .privacy.policy import Privacy
 from .sources import EventQuery, EventSource
 from .streams import ForwardingSink
 from .warehouses import TableDestination, load_table

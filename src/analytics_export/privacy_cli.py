@@ -11,8 +11,10 @@ from typing import List, Optional
 import typer
 from pydantic import ValidationError
 
+from .checks import describe_errors
 from .config import Settings
-from .models import PrivacyRules, RetentionPolicy, describe_errors
+from .models import RetentionPolicy
+from .privacy.rules import PrivacyRules
 
 privacy_app = typer.Typer(help="Privacy policy and suppression list applied to every export.", no_args_is_help=True)
 retention_app = typer.Typer(help="Export before deletion: archive, verify, then delete old events.",

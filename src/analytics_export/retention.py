@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from croniter import croniter
 
-from .sources.stores import open_store
+from .checks import STORED
 from .config import Settings
 from .connections import Sealer, checked_secrets
 from .destinations import Destination, Target, destination_for
@@ -34,10 +34,10 @@ from .errors import ExportError, Invalid, Storage
 from .jobs.policies import PrivacyStore
 from .jobs.store import JobStore, aware, now
 from .jobs.tables import retention_policies, retention_windows
-from .models import STORED, ExportFormat, ExportRequest, FileLayout, RetentionPolicy, check_cron_interval, \
-    schedule_problem
+from .models import ExportFormat, ExportRequest, FileLayout, RetentionPolicy, check_cron_interval, schedule_problem
 from .pipeline import write_files
 from .sources import IDS, EventQuery
+from .sources.stores import open_store
 
 log = logging.getLogger(__name__)
 RETRY_BUSY = timedelta(minutes=5)

@@ -9,9 +9,10 @@ from typing import List, Optional
 import typer
 from pydantic import ValidationError
 
+from .checks import describe_errors, utc
 from .config import Settings
 from .errors import Invalid, NotFound
-from .models import DateRange, describe_errors, utc
+from .models import DateRange
 
 app = typer.Typer(help="Scheduled exports: cron, windows, backfills, run history.", no_args_is_help=True)
 
@@ -90,9 +91,8 @@ def pause(ctx: typer.Context, schedule_id: str) -> None:
 
 @app.command("resume")
 def resume(ctx: typer.Context, schedule_id: str) -> None:
-    from .jobs.store import now
-
     from .cli import fail
+    from .jobs.store import now
 
     project, _, schedules = store(ctx)
     try:

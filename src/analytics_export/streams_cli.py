@@ -10,8 +10,8 @@ from typing import List
 import typer
 from pydantic import ValidationError
 
+from .checks import describe_errors
 from .config import Settings
-from .models import describe_errors
 
 app = typer.Typer(help="Streaming exports: new events delivered continuously.", no_args_is_help=True)
 

@@ -12,15 +12,25 @@ from typing import Annotated, Any, Callable, TypeVar
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from .. import catalog
-from ..sources.stores import open_store
+from ..checks import PROJECT_NAME, describe_errors
 from ..config import Settings
 from ..connections import ConnectionCreate, ConnectionView, Sealer, checked_secrets
+from ..errors import Invalid, Limited, NotFound, OutOfMemory, Storage
+from ..inbox import clean_inbox, spooled
+from ..ingest import ingest_file
+from ..jobs.policies import PrivacyStore
+from ..jobs.store import Job, JobStore, aware
+from ..models import ExportRequest, ExportResult, ExportStatus
+from ..privacy.policy import Privacy
+from ..sources import EventQuery
+from ..sources.stores import open_store
+from ..streaming.store import StreamStore
 from .catalog import catalog_router
 from .console import console_router
 from .docs import docs_router
@@ -32,15 +42,6 @@ from .privacy import privacy_router
 from .schedules import schedule_router
 from .streams import stream_router
 from .text import storable_text
-from ..jobs.policies import PrivacyStore
-from ..privacy import Privacy
-from ..sources import EventQuery
-from ..streaming.store import StreamStore
-from ..errors import Invalid, Limited, NotFound, OutOfMemory, Storage
-from ..inbox import clean_inbox, spooled
-from ..ingest import ingest_file
-from ..jobs.store import Job, JobStore, aware
-from ..models import PROJECT_NAME, ExportRequest, ExportResult, ExportStatus, describe_errors
 
 bearer = HTTPBearer(auto_error=False)
 T = TypeVar("T")

@@ -9,11 +9,12 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ValidationError
 
 from .. import catalog
-from ..sources.stores import open_store
+from ..checks import describe_errors
 from ..config import Settings
 from ..errors import Invalid
-from ..models import ExportRequest, describe_errors
+from ..models import ExportRequest
 from ..sources import EventQuery
+from ..sources.stores import open_store
 
 DEFAULT_DAYS = 30
 

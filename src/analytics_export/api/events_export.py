@@ -14,12 +14,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ..sources.stores import open_store
+from ..checks import describe_errors
 from ..config import Settings
 from ..destinations import Destination
 from ..errors import Invalid, Limited, Storage
-from ..models import Compression, ExportFormat, ExportRequest, FormatName, IncludeColumn, describe_errors
+from ..models import Compression, ExportFormat, ExportRequest, FormatName, IncludeColumn
 from ..pipeline import Cancelled, write_files
+from ..sources.stores import open_store
 
 QUEUE_CHUNKS = 16
 PIECE = 64 << 10

@@ -7,13 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..jobs.store import aware
-
+from .. import retention
 from ..config import Settings
 from ..errors import Invalid
 from ..jobs.policies import PrivacyStore
-from ..models import PrivacyRules, RetentionPolicy
-from .. import retention
+from ..jobs.store import aware
+from ..models import RetentionPolicy
+from ..privacy.rules import PrivacyRules
 
 MAX_SUPPRESSIONS_PER_CALL = 100_000
 
@@ -194,7 +194,7 @@ async def suppression_ids(request: Request) -> list[str]:
         try:
             return SuppressionsBody.model_validate_json(body).distinct_ids
         except ValueError as exc:
-            from ..models import describe_errors
+            from ..checks import describe_errors
 
             errors = getattr(exc, "errors", None)
             raise HTTPException(422, describe_errors(errors()) if errors else str(exc)) from None

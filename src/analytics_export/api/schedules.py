@@ -5,16 +5,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
+from cron_descriptor import ExpressionDescriptor, Options
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cron_descriptor import ExpressionDescriptor, Options
-
+from ..checks import STORED, describe_errors, utc
 from ..errors import Invalid, NotFound
 from ..jobs.scheduler import Schedules, backfill, run_history
 from ..jobs.store import JobStore, now
 from ..jobs.windows import fires
-from ..models import STORED, ExportConfig, ScheduledExport, describe_errors, utc
+from ..models import ExportConfig, ScheduledExport
 
 
 class ScheduleCreate(ScheduledExport):

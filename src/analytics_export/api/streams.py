@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from ..checks import describe_errors
 from ..config import Settings
 from ..jobs.store import JobStore
-from ..models import describe_errors
 from ..streaming.lag import lag
 from ..streaming.spec import StreamSpec
 from ..streaming.store import Stream, StreamStore

@@ -167,15 +167,21 @@ WRITERS: dict[ExportFormat, str] = {
 only loaded for Avro, which keeps every other export ~30 MB smaller)."""
 
 
-def writer_class(fmt: ExportFormat) -> type[Writer]:
-    module, name = WRITERS[fmt].split(":")
+GUARDED_CSV = "csv:GuardedCsvWriter"
+"""CSV with its formula guard (`csv_formula_guard`)."""
+
+
+def _load(path: str) -> type[Writer]:
+    module, name = path.split(":")
     return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def writer_class(fmt: ExportFormat) -> type[Writer]:
+    return _load(WRITERS[fmt])
 
 
 def writer_for(request: ExportRequest) -> type[Writer]:
     """The writer of `request`'s file: its format's, with CSV's formula guard when it asks for it."""
     if request.format is ExportFormat.CSV and request.csv_formula_guard:
-        from .csv import GuardedCsvWriter
-
-        return GuardedCsvWriter
+        return _load(GUARDED_CSV)
     return writer_class(request.format)

@@ -20,8 +20,8 @@ from ..destinations import BackgroundUpload, Destination
 from ..destinations.local import LocalDestination
 from ..formats import writer_for
 from ..models import ExportConfig, ExportRequest, ExportResult, WarehouseTable
-from ..privacy import Privacy
 from ..pipeline import Cancelled, Progress, completed, deliver, export_query, write_files
+from ..privacy.policy import Privacy
 from ..sources import EventSource
 from ..streams import ForwardingSink
 from .store import Job

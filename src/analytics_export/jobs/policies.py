@@ -9,8 +9,9 @@ import sqlalchemy as sa
 
 from ..connections import Sealer
 from ..errors import Storage
-from ..models import ExportRequest, PrivacyRules
-from ..privacy import Privacy
+from ..models import ExportRequest
+from ..privacy.policy import Privacy
+from ..privacy.rules import PrivacyRules
 from .store import JobStore, aware, now
 from .tables import exports, privacy_policies, privacy_secrets, suppressions
 

@@ -20,18 +20,25 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from itertools import islice
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-
 from pydantic import ValidationError
 
+from ..checks import STORED, describe_errors
 from ..errors import Invalid, NotFound
-from ..models import STORED, DateRange, ExportConfig, ExportStatus, ScheduledExport, check_cron_interval, \
-    codec_problem, describe_errors, schedule_problem
+from ..models import (
+    DateRange,
+    ExportConfig,
+    ExportStatus,
+    ScheduledExport,
+    check_cron_interval,
+    codec_problem,
+    schedule_problem,
+)
 from .store import ACTIVE, MAX_SCHEDULES, JobStore, aware, check_room, now
 from .tables import export_parts, exports, schedule_runs, schedules
 from .windows import due, fires, floor, following, last_fire, windows

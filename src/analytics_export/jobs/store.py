@@ -22,8 +22,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from ..checks import STORED, check_project_name
 from ..errors import Invalid, Limited
-from ..models import STORED, ExportRequest, ExportResult, ExportStatus, check_project_name
+from ..models import ExportRequest, ExportResult, ExportStatus
 from ..private import create_private
 from .tables import api_keys, connections, export_parts, exports, leases
 

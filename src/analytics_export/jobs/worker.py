@@ -15,21 +15,21 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from ..sources.stores import open_store
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
 from ..destinations import Destination, Target, destination_for
 from ..errors import ExportError, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import Cancelled, Progress, run_export
+from ..privacy.policy import Privacy
+from ..retention import run_due
 from ..sources import EventQuery, EventSource
 from ..sources.duckdb import DuckDBEventStore
-from ..privacy import Privacy
-from ..retention import run_due
-from .partitions import assemble, discard, plan, run_partition, staging
-from .scheduler import Scheduler
+from ..sources.stores import open_store
 from ..streaming.runner import StreamSupervisor
+from .partitions import assemble, discard, plan, run_partition, staging
 from .policies import PrivacyStore
+from .scheduler import Scheduler
 from .store import Job, JobStore, now
 
 T = TypeVar("T")

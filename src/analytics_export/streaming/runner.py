@@ -18,10 +18,10 @@ import time
 from contextlib import closing
 from dataclasses import replace
 from datetime import datetime, timedelta
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..sources.stores import open_store
 from ..compression import CompressedSink
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
@@ -30,8 +30,9 @@ from ..formats import writer_class
 from ..jobs.policies import PrivacyStore
 from ..jobs.store import JobStore, now
 from ..models import ExportFormat, ExportRequest, codec_problem
-from ..privacy import Privacy
+from ..privacy.policy import Privacy
 from ..sources import IDS, EventQuery
+from ..sources.stores import open_store
 from ..streams import ForwardingSink
 from .sinks import Delivery, Sink, sink_for
 from .spec import StreamSpec

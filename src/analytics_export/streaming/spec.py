@@ -10,11 +10,28 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ..checks import EXPORT_ID, STORED, EventNames, check_event_names, utc
 from ..errors import Invalid
-from ..models import (COMPRESSION_DOC, EXPORT_ID, STORED, AzureDestination, ClickHouseTableDestination, Compression,
-                      DeltaTableDestination, EventNames, ExportFormat, ExportRequest, FileLayout, Filters, FormatName,
-                      GCSDestination, PostgresTableDestination, PrivacyRules, S3Destination, SelectedProperties,
-                      WarehouseTable, WebhookDestination, check_event_names, offered_codec, utc)
+from ..models import (
+    COMPRESSION_DOC,
+    AzureDestination,
+    ClickHouseTableDestination,
+    Compression,
+    DeltaTableDestination,
+    ExportFormat,
+    ExportRequest,
+    FileLayout,
+    Filters,
+    FormatName,
+    GCSDestination,
+    PostgresTableDestination,
+    S3Destination,
+    SelectedProperties,
+    WarehouseTable,
+    WebhookDestination,
+    offered_codec,
+)
+from ..privacy.rules import PrivacyRules
 
 SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 QUEUE = re.compile(r"[A-Za-z0-9_.:\-]{1,255}")

@@ -9,9 +9,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..checks import STORED
 from ..jobs.store import MAX_STREAMS, JobStore, aware, check_room, now
 from ..jobs.tables import streams
-from ..models import STORED
 from .spec import StreamSpec
 
 RUNNING = ("active", "failing")

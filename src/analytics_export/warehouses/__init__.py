@@ -26,7 +26,7 @@ from ..sources import IDS, EventQuery, EventSource
 
 if TYPE_CHECKING:
     from ..pipeline import Progress
-    from ..privacy import Privacy
+    from ..privacy.policy import Privacy
 
 COLUMNS = ("event", "distinct_id", "timestamp", "properties", "uuid", "inserted_at")
 """A table's own columns: a selected property (a column of its own) may not take one of these names."""

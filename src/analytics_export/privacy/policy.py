@@ -14,10 +14,11 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 
-from .errors import Invalid
-from .models import FilterOperator, PrivacyRules
-from .sources import EventQuery
-from .sources.protect import Protection
+from ..errors import Invalid
+from ..models import FilterOperator
+from ..sources import EventQuery
+from ..sources.protect import Protection
+from .rules import PrivacyRules
 
 __all__ = ["Privacy", "hmac_keys"]
 

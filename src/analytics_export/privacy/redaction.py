@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from .models import Detector, RedactionRule
+from .rules import Detector, RedactionRule
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _HEX = "[0-9a-fA-F]{1,4}"
@@ -63,21 +63,6 @@ SENTINELS = [chr(SENTINEL + c) for c in [*range(0x20), 0x22, 0x5C]]
 ESCAPED = [MUST_ESCAPE.get(chr(c), f"\\u{c:04x}") for c in [*range(0x20), 0x22, 0x5C]]
 UNESCAPED = [chr(c) for c in [*range(0x20), 0x22, 0x5C]]
 PRIVATE_CLASS = "[\U000F0000-\U000F0FFF]"
-
-
-def check_pattern(pattern: str) -> None:
-    """Raise ValueError saying what is wrong if polars cannot compile `pattern`, or if it matches the
-    empty string (it would mask between every character)."""
-    try:
-        empty = pl.Series([""], dtype=pl.String).str.contains(pattern)[0]
-    except pl.exceptions.PolarsError as exc:
-        text = str(exc).split("This error occurred in the following expression")[0]
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        reason = next((line.removeprefix("error: ") for line in lines if line.startswith("error:")),
-                      lines[-1] if lines else str(exc))
-        raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {reason}") from None
-    if empty:
-        raise ValueError(f"pattern {pattern!r} matches the empty string; make it match at least one character")
 
 
 def put(s: pl.Series, rows: pl.Series, values: pl.Series) -> pl.Series:
