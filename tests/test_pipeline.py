@@ -6,13 +6,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from support import FailingSource
 
 from analytics_export import ExportRequest, open_store
 from analytics_export.destinations.local import LocalDestination
-from analytics_export.errors import Storage
-from analytics_export.pipeline import Cancelled, read_ahead, run_export
+from analytics_export.errors import Cancelled, Storage
+from analytics_export.pipeline import run_export
+from analytics_export.pipeline.batches import read_ahead
 from analytics_export.sources import EventQuery
-from support import FailingSource
 
 REQUEST = dict(start_date="2000-01-01", end_date="2100-01-01")
 

@@ -16,22 +16,29 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from pydantic import ValidationError
+from support import FailingSource, drain, read_table, run_queue, tables_dir
+from support import Sim as ScheduleSim
 
 from analytics_export import Settings, open_store
 from analytics_export.connections import Sealer
 from analytics_export.destinations import Target, destination_for
-from analytics_export.errors import Invalid, Storage
+from analytics_export.errors import Cancelled, Invalid, Storage
 from analytics_export.jobs.partitions import plan
 from analytics_export.jobs.scheduler import Scheduler, Schedules, backfill, run_history
 from analytics_export.jobs.store import JobStore
 from analytics_export.jobs.worker import Worker
-from analytics_export.models import (ExportConfig, ExportRequest, ExportResult, ExportStatus, RetentionPolicy,
-                                     ScheduledExport)
-from analytics_export.pipeline import Cancelled, run_export
+from analytics_export.models import (
+    ExportConfig,
+    ExportRequest,
+    ExportResult,
+    ExportStatus,
+    RetentionPolicy,
+    ScheduledExport,
+)
+from analytics_export.pipeline import run_export
 from analytics_export.sources import IDS, EventQuery
 from analytics_export.streaming.sinks import Delivery, sink_for
 from analytics_export.streaming.spec import StreamSpec
-from support import FailingSource, Sim as ScheduleSim, drain, read_table, run_queue, tables_dir
 
 UTC = timezone.utc
 W1 = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 8, tzinfo=UTC))

@@ -16,7 +16,8 @@ from .destinations.local import LocalDestination
 from .errors import Invalid
 from .jobs.policies import project_privacy
 from .models import Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus
-from .pipeline import Progress, run_export
+from .pipeline import run_export
+from .pipeline.batches import Progress
 from .sources.stores import open_store
 
 

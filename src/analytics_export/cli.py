@@ -32,8 +32,8 @@ from .inbox import clean_inbox
 from .ingest import ingest_file
 from .jobs.policies import project_privacy
 from .models import COMPRESSION_DOC, Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator
-from .pipeline import Progress as ExportProgress
 from .pipeline import run_export
+from .pipeline.batches import Progress as ExportProgress
 from .privacy_cli import privacy_app, retention_app
 from .schedules_cli import app as schedules_app
 from .sources import EventQuery, EventSource

@@ -35,7 +35,7 @@ from .jobs.policies import PrivacyStore
 from .jobs.store import JobStore, aware, now
 from .jobs.tables import retention_policies, retention_windows
 from .models import ExportFormat, ExportRequest, FileLayout, RetentionPolicy, check_cron_interval, schedule_problem
-from .pipeline import write_files
+from .pipeline.files import write_files
 from .sources import IDS, EventQuery
 from .sources.stores import open_store
 

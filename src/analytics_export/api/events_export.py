@@ -17,9 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from ..checks import describe_errors
 from ..config import Settings
 from ..destinations import Destination
-from ..errors import Invalid, Limited, Storage
+from ..errors import Cancelled, Invalid, Limited, Storage
 from ..models import Compression, ExportFormat, ExportRequest, FormatName, IncludeColumn
-from ..pipeline import Cancelled, write_files
+from ..pipeline.files import write_files
 from ..sources.stores import open_store
 
 QUEUE_CHUNKS = 16

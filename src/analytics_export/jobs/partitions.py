@@ -18,9 +18,11 @@ from typing import Any, BinaryIO, Callable
 from ..config import Settings
 from ..destinations import BackgroundUpload, Destination
 from ..destinations.local import LocalDestination
+from ..errors import Cancelled
 from ..formats import writer_for
 from ..models import ExportConfig, ExportRequest, ExportResult, WarehouseTable
-from ..pipeline import Cancelled, Progress, completed, deliver, export_query, write_files
+from ..pipeline.batches import Progress
+from ..pipeline.files import completed, deliver, export_query, write_files
 from ..privacy.policy import Privacy
 from ..sources import EventSource
 from ..streams import ForwardingSink

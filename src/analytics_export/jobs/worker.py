@@ -18,9 +18,10 @@ from typing import Callable, Iterator, TypeVar
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
 from ..destinations import Destination, Target, destination_for
-from ..errors import ExportError, Storage, Upload
+from ..errors import Cancelled, ExportError, Storage, Upload
 from ..models import ExportResult, ExportStatus
-from ..pipeline import Cancelled, Progress, run_export
+from ..pipeline import run_export
+from ..pipeline.batches import Progress
 from ..privacy.policy import Privacy
 from ..retention import run_due
 from ..sources import EventQuery, EventSource

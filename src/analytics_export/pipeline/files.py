@@ -1,37 +1,27 @@
-"""Runs one export: source -> privacy -> writer -> compressor -> destination, one bounded batch at a time."""
+"""An export as files: each part written by the format's writer, through its codec, to an upload of the
+destination; a split export's manifest is written last and vouches for every part."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import queue
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import pyarrow as pa
 
-from .compression import STAGING, CompressedSink
-from .destinations import BackgroundUpload, Destination
-from .errors import Cancelled, Invalid
-from .formats import Writer, writer_class, writer_for
-from .models import ExportRequest, ExportResult, ExportStatus, codec_problem
-from .privacy.policy import Privacy
-from .sources import EventQuery, EventSource
-from .streams import ForwardingSink
-from .warehouses import TableDestination, load_table
+from ..compression import STAGING, CompressedSink
+from ..destinations import BackgroundUpload, Destination
+from ..errors import Invalid
+from ..formats import Writer, writer_class, writer_for
+from ..models import ExportRequest, ExportResult, ExportStatus, codec_problem
+from ..privacy.policy import Privacy
+from ..sources import EventQuery, EventSource
+from ..streams import ForwardingSink
+from .batches import Progress, privacy_fields, scanned
 
-# Threads: the source scans PREFETCH batches ahead of the caller, which encodes and writes, and
-# BackgroundUpload does the I/O. A pool of two encoders measured no faster on 2 cores, 30 MB larger.
-PREFETCH = 1
 PROBE_ROWS = 1_000
-
-
-@dataclass
-class Progress:
-    events: int = 0
-    bytes: int = 0
 
 
 @dataclass
@@ -105,45 +95,6 @@ class HashingSink(ForwardingSink):
         self.target.write(data)
 
 
-def run_export(
-    request: ExportRequest,
-    source: EventSource,
-    destination: Destination,
-    *,
-    project: str,
-    batch_size: int = 16_384,
-    on_progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    privacy: Privacy | None = None,
-) -> ExportResult:
-    """Export `request` from `source` to `destination`; nothing is visible there unless it completes.
-
-    When the destination splits exports (`split_limits`), each part is a complete file of at most
-    that many events and about that many bytes, and a manifest listing them is written last.
-    `privacy` (the project's policy and the request's additions) applies to every batch. A table
-    destination is loaded instead, replacing the request's window there (see `warehouses/`).
-    """
-    if isinstance(destination, TableDestination):
-        return load_table(request, source, destination, project=project, batch_size=batch_size,
-                          on_progress=on_progress, should_stop=should_stop, privacy=privacy)
-    started = datetime.now(timezone.utc)
-    split = request.destination.split_limits() != (None, None)
-    digest = split and destination.manifest
-    if digest:  # a re-run: the old manifest must not vouch for parts about to be rewritten
-        destination.remove(request.manifest_name)
-    files, progress = write_files(request, source, destination, project=project,
-                                  name=request.part_name if split else lambda _: request.file_name,
-                                  split=split, digest=digest, batch_size=batch_size, on_progress=on_progress,
-                                  should_stop=should_stop, privacy=privacy)
-    try:
-        path = deliver(request, project, destination, files, manifest=digest, privacy=privacy, should_stop=should_stop)
-    except BaseException:
-        for entry in files:
-            destination.remove(entry["name"])
-        raise
-    return completed(request, files, path, started, privacy)
-
-
 def deliver(request: ExportRequest, project: str, destination: Destination, files: list[dict], *,
             manifest: bool, privacy: Privacy | None = None, should_stop: Callable[[], bool] | None = None) -> str:
     """Finish an export whose `files` are committed, writing the manifest last if `manifest`; returns
@@ -177,11 +128,6 @@ def completed(request: ExportRequest, files: list[dict], path: str, started: dat
     )
 
 
-def privacy_fields(privacy: Privacy | None) -> dict:
-    """What an export records of the privacy it applied: the policy version and dropped properties."""
-    if privacy is None:
-        return {"privacy_policy_version": None, "dropped_properties": []}
-    return {"privacy_policy_version": privacy.version, "dropped_properties": privacy.dropped}
 
 
 def write_files(
@@ -224,14 +170,9 @@ def write_files(
         done.append(part.commit())
         progress.bytes += done[-1]["bytes"] - before  # trailers and flushed buffers
 
-    source_batches = source.batches(query, batch_size)
-    if privacy is not None:  # applied in the read-ahead thread, beside the writer's encoding
-        source_batches = privacy.apply(source_batches, query)
-    batches = read_ahead(source_batches, PREFETCH)
+    batches = scanned(source, query, batch_size, privacy, should_stop, request.id)
     try:
         for batch in batches:
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"export {request.id} was cancelled")
             offset = 0
             while offset < batch.num_rows:
                 part = part or next_part()
@@ -301,40 +242,3 @@ def write_manifest(request: ExportRequest, project: str, destination: Destinatio
     except BaseException:
         upload.abort()
         raise
-
-
-def read_ahead(batches: Iterable[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:
-    """Yield `batches`, produced by a background thread at most `depth` ahead of the consumer."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def offer(item: object) -> bool:
-        """Hand `item` over unless the consumer has gone; False once it has."""
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not offer(batch):
-                    return
-            offer(done)
-        except BaseException as exc:  # handed to the consumer, raised there
-            offer(exc)
-
-    thread = threading.Thread(target=produce, name="export-source", daemon=True)
-    thread.start()
-    try:
-        while (item := slots.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()

@@ -1,0 +1,55 @@
+"""Runs one export: source -> privacy -> writer -> compressor -> destination, one bounded batch at a time
+(`files`), or source -> privacy -> table (`tables`); `batches` is what both read."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable
+
+from ..destinations import Destination
+from ..models import ExportRequest, ExportResult
+from ..privacy.policy import Privacy
+from ..sources import EventSource
+from ..warehouses import TableDestination
+from .batches import Progress
+from .files import completed, deliver, write_files
+from .tables import load_table
+
+
+def run_export(
+    request: ExportRequest,
+    source: EventSource,
+    destination: Destination,
+    *,
+    project: str,
+    batch_size: int = 16_384,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    privacy: Privacy | None = None,
+) -> ExportResult:
+    """Export `request` from `source` to `destination`; nothing is visible there unless it completes.
+
+    When the destination splits exports (`split_limits`), each part is a complete file of at most
+    that many events and about that many bytes, and a manifest listing them is written last.
+    `privacy` (the project's policy and the request's additions) applies to every batch. A table
+    destination is loaded instead, replacing the request's window there (see `warehouses/`).
+    """
+    if isinstance(destination, TableDestination):
+        return load_table(request, source, destination, project=project, batch_size=batch_size,
+                          on_progress=on_progress, should_stop=should_stop, privacy=privacy)
+    started = datetime.now(timezone.utc)
+    split = request.destination.split_limits() != (None, None)
+    digest = split and destination.manifest
+    if digest:  # a re-run: the old manifest must not vouch for parts about to be rewritten
+        destination.remove(request.manifest_name)
+    files, progress = write_files(request, source, destination, project=project,
+                                  name=request.part_name if split else lambda _: request.file_name,
+                                  split=split, digest=digest, batch_size=batch_size, on_progress=on_progress,
+                                  should_stop=should_stop, privacy=privacy)
+    try:
+        path = deliver(request, project, destination, files, manifest=digest, privacy=privacy, should_stop=should_stop)
+    except BaseException:
+        for entry in files:
+            destination.remove(entry["name"])
+        raise
+    return completed(request, files, path, started, privacy)
