@@ -10,15 +10,15 @@ from typing import List
 import typer
 from pydantic import ValidationError
 
-from .checks import describe_errors
-from .config import Settings
+from ..checks import describe_errors
+from ..config import Settings
+from .common import exit_on_error, fail, job_store
 
 app = typer.Typer(help="Streaming exports: new events delivered continuously.", no_args_is_help=True)
 
 
 def context(ctx: typer.Context):
-    from .cli import job_store
-    from .streaming.store import StreamStore
+    from ..streaming.store import StreamStore
 
     settings: Settings = ctx.obj
     jobs = job_store(settings)
@@ -26,8 +26,6 @@ def context(ctx: typer.Context):
 
 
 def show(stream, lag: tuple[int, float] | None = None) -> None:
-    from .cli import fail
-
     if stream is None:
         fail("no such stream in this project")
     out = {"stream": stream.spec.model_dump(mode="json"), "status": stream.status, "cursor": stream.cursor_at,
@@ -51,9 +49,8 @@ def create(
     message: str = typer.Option("event", "--message", help="brokers: a message per event or per batch"),
 ) -> None:
     """Create a stream; it delivers events stored from now on."""
-    from .cli import exit_on_error, fail
-    from .connections import checked_secrets
-    from .streaming.spec import StreamSpec
+    from ..connections import checked_secrets
+    from ..streaming.spec import StreamSpec
 
     settings, jobs, streams = context(ctx)
     try:
@@ -80,8 +77,7 @@ def list_(ctx: typer.Context) -> None:
 @app.command("show")
 def show_one(ctx: typer.Context, stream_id: str) -> None:
     """The stream, with its lag (events and seconds behind)."""
-    from .cli import exit_on_error
-    from .streaming.lag import lag
+    from ..streaming.lag import lag
 
     settings, jobs, streams = context(ctx)
     stream = streams.get(settings.project, stream_id)
@@ -105,8 +101,6 @@ def resume(ctx: typer.Context, stream_id: str) -> None:
 
 @app.command("delete")
 def delete(ctx: typer.Context, stream_id: str) -> None:
-    from .cli import fail
-
     settings, _, streams = context(ctx)
     if not streams.delete(settings.project, stream_id):
         fail("no such stream in this project")

@@ -11,10 +11,11 @@ from typing import List, Optional
 import typer
 from pydantic import ValidationError
 
-from .checks import describe_errors
-from .config import Settings
-from .models import RetentionPolicy
-from .privacy.rules import PrivacyRules
+from ..checks import describe_errors
+from ..config import Settings
+from ..models import RetentionPolicy
+from ..privacy.rules import PrivacyRules
+from .common import exit_on_error, fail, job_store
 
 privacy_app = typer.Typer(help="Privacy policy and suppression list applied to every export.", no_args_is_help=True)
 retention_app = typer.Typer(help="Export before deletion: archive, verify, then delete old events.",
@@ -26,9 +27,8 @@ def show(value: object) -> None:
 
 
 def context(ctx: typer.Context):
-    from .cli import job_store
-    from .connections import Sealer
-    from .jobs.policies import PrivacyStore
+    from ..connections import Sealer
+    from ..jobs.policies import PrivacyStore
 
     settings: Settings = ctx.obj
     jobs = job_store(settings)
@@ -36,8 +36,6 @@ def context(ctx: typer.Context):
 
 
 def parsed(model, path: Path):
-    from .cli import fail
-
     try:
         return model.model_validate_json(path.read_bytes())
     except ValidationError as exc:
@@ -71,7 +69,6 @@ def suppress(ctx: typer.Context, distinct_id: List[str] = typer.Argument(None),
     ids = list(distinct_id or []) + ([line.strip() for line in file.read_text().splitlines() if line.strip()]
                                      if file else [])
     if not ids:
-        from .cli import fail
         fail("give distinct_ids as arguments or --file")
     if remove:
         show({"removed": policies.unsuppress(settings.project, ids)})
@@ -82,8 +79,7 @@ def suppress(ctx: typer.Context, distinct_id: List[str] = typer.Argument(None),
 @retention_app.command("set")
 def retention_set(ctx: typer.Context, file: Path = typer.Argument(..., help="a JSON RetentionPolicy document")) -> None:
     """Set the project's retention policy (`{"days": 90}` archives to the data dir's archive/)."""
-    from .cli import exit_on_error
-    from .retention import get_policy, set_policy
+    from ..retention import get_policy, set_policy
 
     settings, jobs, _ = context(ctx)
     with exit_on_error():
@@ -95,8 +91,7 @@ def retention_set(ctx: typer.Context, file: Path = typer.Argument(..., help="a J
 @retention_app.command("run")
 def retention_run(ctx: typer.Context, dry_run: bool = typer.Option(False, "--dry-run", help="show what would go")) -> None:
     """Run the project's retention policy now, in this process; one JSON line per day."""
-    from .cli import exit_on_error, fail
-    from .retention import Retention, get_policy
+    from ..retention import Retention, get_policy
 
     settings, jobs, _ = context(ctx)
     found = get_policy(jobs, settings.project)
@@ -110,7 +105,7 @@ def retention_run(ctx: typer.Context, dry_run: bool = typer.Option(False, "--dry
 @retention_app.command("history")
 def retention_history(ctx: typer.Context, limit: int = typer.Option(100)) -> None:
     """Each day's archive and deletion, newest first."""
-    from .retention import Retention
+    from ..retention import Retention
 
     settings, jobs, _ = context(ctx)
     for row in Retention(settings, jobs, settings.project).history(limit):

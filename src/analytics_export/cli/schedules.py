@@ -9,17 +9,17 @@ from typing import List, Optional
 import typer
 from pydantic import ValidationError
 
-from .checks import describe_errors, utc
-from .config import Settings
-from .errors import Invalid, NotFound
-from .models import DateRange
+from ..checks import describe_errors, utc
+from ..config import Settings
+from ..errors import Invalid, NotFound
+from ..models import DateRange
+from .common import fail, job_store
 
 app = typer.Typer(help="Scheduled exports: cron, windows, backfills, run history.", no_args_is_help=True)
 
 
 def store(ctx: typer.Context):
-    from .cli import job_store
-    from .jobs.scheduler import Schedules
+    from ..jobs.scheduler import Schedules
 
     settings: Settings = ctx.obj
     jobs = job_store(settings)
@@ -32,7 +32,6 @@ def show(value: object) -> None:
 
 def found(item: dict | None, schedule_id: str) -> dict:
     if item is None:
-        from .cli import fail
         fail(f"no schedule {schedule_id} in this project")
     return item
 
@@ -55,9 +54,8 @@ def create(
     include: List[str] = typer.Option([], "--include", help="Extra column (repeatable): uuid or inserted_at"),
 ) -> None:
     """Create a schedule; prints it as JSON."""
-    from .cli import fail
-    from .jobs.store import now
-    from .models import ScheduledExport
+    from ..jobs.store import now
+    from ..models import ScheduledExport
 
     project, _, schedules = store(ctx)
     try:
@@ -91,8 +89,7 @@ def pause(ctx: typer.Context, schedule_id: str) -> None:
 
 @app.command("resume")
 def resume(ctx: typer.Context, schedule_id: str) -> None:
-    from .cli import fail
-    from .jobs.store import now
+    from ..jobs.store import now
 
     project, _, schedules = store(ctx)
     try:
@@ -113,8 +110,7 @@ def backfill_(ctx: typer.Context, schedule_id: str, start: datetime = typer.Opti
               end: datetime = typer.Option(..., "--end"),
               force: bool = typer.Option(False, "--force", help="export completed windows again")) -> None:
     """Queue the schedule's windows overlapping [start, end); workers export them."""
-    from .cli import fail
-    from .jobs.scheduler import backfill
+    from ..jobs.scheduler import backfill
 
     project, jobs, _ = store(ctx)
     if utc(end) <= utc(start):
@@ -128,7 +124,7 @@ def backfill_(ctx: typer.Context, schedule_id: str, start: datetime = typer.Opti
 @app.command("runs")
 def runs(ctx: typer.Context, schedule_id: str, limit: int = typer.Option(100, "--limit")) -> None:
     """The schedule's runs, newest window first, one JSON line each."""
-    from .jobs.scheduler import run_history
+    from ..jobs.scheduler import run_history
 
     project, jobs, schedules = store(ctx)
     found(schedules.get(project, schedule_id), schedule_id)

@@ -1,0 +1,55 @@
+"""What every command shares: one-line errors with exit codes, and the migrated job store."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
+
+import typer
+from rich.console import Console
+
+from ..config import Settings
+from ..errors import ExportError, Invalid, Storage
+
+if TYPE_CHECKING:
+    from ..jobs.store import JobStore
+
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def exit_on_error() -> Iterator[None]:
+    """Our errors as a one-line reason: exit 2 for bad input, 1 for a store or disk failure."""
+    try:
+        yield
+    except Invalid as exc:
+        fail(str(exc))
+    except ExportError as exc:
+        fail(str(exc), 1)
+
+
+def job_store(settings: Settings) -> JobStore:
+    """The migrated job store; Storage, saying which and why, when it cannot be opened (a corrupt
+    jobs.sqlite, a database that cannot be reached)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..jobs.store import JobStore  # the service's imports stay out of `export` and `ingest`
+
+    where = ("the job store at ANALYTICS_EXPORT_DATABASE_URL" if settings.database_url
+             else f"the job store {settings.data_dir / 'jobs.sqlite'}")
+    try:
+        jobs = JobStore.for_data_dir(settings.data_dir, settings.database_url)
+        jobs.migrate()
+    except SQLAlchemyError as exc:  # the URL stays out: it may hold a password
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise Storage(f"cannot open {where}: {reason} (a damaged file: move it aside, or restore a backup)"
+                      if not settings.database_url and "not a database" in reason
+                      else f"cannot open {where}: {reason}") from exc
+    except OSError as exc:
+        raise Storage(f"cannot open {where}: {exc.strerror}") from exc
+    return jobs
