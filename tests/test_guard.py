@@ -7,15 +7,16 @@ from __future__ import annotations
 import ipaddress
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import pytest
-from pydantic import TypeAdapter
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, TypeAdapter
 
 from analytics_export import Settings
-from analytics_export.destinations.guard import HOST_RULES, address_problem, check_destination, check_host
+from analytics_export.destinations.guard import address_problem, check_destination, check_host
+from analytics_export.destinations.registry import REGISTRY, DestinationType, register
 from analytics_export.errors import Invalid, Rejected
 from analytics_export.models import ExportDestination
 from analytics_export.streaming.spec import StreamDestination, StreamSpec
@@ -161,10 +162,11 @@ def destination_types() -> set[str]:
     return {get_args(cls.model_fields["type"].annotation)[0] for cls in classes}
 
 
-def test_every_destination_type_has_a_host_rule():
-    """A type added to ExportDestination or StreamDestination without a guard rule fails here."""
+def test_the_request_unions_are_the_registry():
+    """ExportDestination and StreamDestination take exactly the registered types, and each type that
+    connects somewhere has a private-host case below."""
     types = destination_types()
-    assert types - set(HOST_RULES) == set()
+    assert types == set(REGISTRY)
     assert types - {"download"} == set(PRIVATE_HOST_OF)
 
 
@@ -177,12 +179,54 @@ def test_every_destination_type_is_checked(kind):
     check_destination(spec, ["10.0.0.0/8"])
 
 
-def test_a_type_without_a_host_rule_fails_loudly():
+def test_an_unregistered_type_fails_loudly():
     class Unknown:
         type = "carrier-pigeon"
 
-    with pytest.raises(TypeError, match="no host rule"):
+    with pytest.raises(TypeError, match="not registered"):
         check_destination(Unknown(), [])
+
+
+class Pigeon(BaseModel):
+    type: Literal["pigeon"] = "pigeon"
+    loft: str
+    url: str | None = None
+    relay_host: str | None = None
+
+
+@pytest.mark.parametrize("guarded,unguarded,unchecked", [
+    ((), {}, "relay_host"),
+    (("relay_host",), {}, "url"),
+    (("url",), {}, "relay_host"),
+])
+def test_a_destination_the_guard_would_not_check_cannot_be_registered(guarded, unguarded, unchecked):
+    before = dict(REGISTRY)
+    with pytest.raises(TypeError, match=f"field {unchecked!r} names where to connect"):
+        register(DestinationType("pigeon", "Pigeon", "files", Pigeon, guarded=guarded, unguarded=unguarded,
+                                 export="destinations.local:build"))
+    assert REGISTRY == before
+
+
+def test_a_registered_destination_is_checked_on_every_field_it_guards():
+    kind = register(DestinationType("pigeon", "Pigeon", "files", Pigeon, guarded=("url", "relay_host"),
+                                    export="destinations.local:build"))
+    try:
+        with pytest.raises(Invalid, match="10.0.0.2"):
+            check_destination(Pigeon(loft="a", url="https://93.184.216.34/", relay_host="10.0.0.2"), [])
+        with pytest.raises(Invalid, match="10.0.0.3"):
+            check_destination(Pigeon(loft="a", url="http://10.0.0.3/"), [])
+        check_destination(Pigeon(loft="a"), [])
+    finally:
+        del REGISTRY[kind.name]
+
+
+def test_registration_refuses_a_field_it_does_not_have_and_a_second_entry():
+    with pytest.raises(TypeError, match="no field 'endpoint'"):
+        register(DestinationType("pigeon", "Pigeon", "files", Pigeon, guarded=("url", "relay_host", "endpoint"),
+                                 export="destinations.local:build"))
+    with pytest.raises(TypeError, match="registered already"):
+        register(DestinationType("s3", "S3 again", "files", REGISTRY["s3"].config, guarded=("endpoint_url",),
+                                 export="destinations.s3:build"))
 
 
 # -- redirects -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .checks import check_project_name
+from .destinations import registry
 from .errors import Invalid
 from .models import ExportConfig
 
@@ -122,7 +123,8 @@ class Settings(BaseSettings):
         """Raise Invalid unless `destination` names a connection or may use the server's credentials
         (the GCS emulator needs none)."""
         kind = getattr(destination, "type", None)
-        if kind not in ("s3", "gcs", "azure") or getattr(destination, "connection", None) or self.server_credentials:
+        lends = kind in registry.REGISTRY and registry.REGISTRY[kind].server_credentials
+        if not lends or getattr(destination, "connection", None) or self.server_credentials:
             return
         if kind == "gcs" and os.environ.get("STORAGE_EMULATOR_HOST"):
             return

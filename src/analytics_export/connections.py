@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,31 +13,17 @@ from cryptography.fernet import Fernet, InvalidToken
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .checks import CONNECTION_NAME
+from .destinations import registry
 from .destinations.guard import check_destination
+from .destinations.specs import check_header_value, check_headers
 from .errors import Invalid
-from .models import check_header_value, check_headers
 
 if TYPE_CHECKING:
     from .config import Settings
     from .jobs.store import JobStore
 
-ConnectionType = Literal["s3", "gcs", "azure", "sftp", "webhook", "nats", "rabbitmq", "postgres", "clickhouse",
-                         "delta"]
-
-FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # type: (one of these groups must be complete, the rest is optional)
-    "s3": (("access_key_id", "secret_access_key"), ("session_token",)),
-    "gcs": (("service_account_json",), ()),
-    "azure": (("account_name",), ("account_key", "sas_token")),
-    "sftp": ((), ("password", "private_key", "passphrase", "known_hosts")),
-    "webhook": ((), ("signing_secret", "authorization")),
-    "nats": ((), ("user", "password", "token")),
-    "rabbitmq": (("username", "password"), ()),
-    "postgres": ((), ("password",)),
-    "clickhouse": ((), ("password",)),
-    "delta": (("access_key_id", "secret_access_key"), ("session_token",)),
-}
-"""Secret fields per connection type: (required, optional)."""
+ConnectionType = Literal[tuple(name for name, kind in registry.REGISTRY.items() if kind.secrets is not None)]
+"""The destination types that take a connection: their secret fields are the registry's."""
 
 
 class ConnectionCreate(BaseModel):
@@ -59,7 +44,8 @@ class ConnectionCreate(BaseModel):
 
     @model_validator(mode="after")
     def _fields(self) -> ConnectionCreate:
-        required, optional = FIELDS[self.type]
+        kind = registry.get(self.type)
+        required, optional = kind.secrets or ((), ())
         unknown = sorted(set(self.secrets) - set(required) - set(optional))
         if unknown:
             raise ValueError(f"secrets.{unknown[0]} is not a {self.type} field; use "
@@ -67,24 +53,8 @@ class ConnectionCreate(BaseModel):
         missing = [f for f in required if not self.secrets.get(f)]
         if missing:
             raise ValueError(f"secrets.{missing[0]} is required for a {self.type} connection")
-        if self.type == "azure" and not re.fullmatch(r"[a-z0-9]{3,24}", self.secrets["account_name"]):
-            raise ValueError("secrets.account_name must be 3-24 lowercase letters or digits")
-        if self.type == "azure" and not (self.secrets.get("account_key") or self.secrets.get("sas_token")):
-            raise ValueError("an azure connection needs secrets.account_key or secrets.sas_token")
-        if self.type == "webhook" and self.secrets.get("authorization"):
-            try:
-                check_header_value("Authorization", self.secrets["authorization"])
-            except ValueError as exc:
-                raise ValueError(f"secrets.authorization: {exc}") from None
-        if self.type == "sftp" and not (self.secrets.get("password") or self.secrets.get("private_key")):
-            raise ValueError("an sftp connection needs secrets.password or secrets.private_key")
-        if self.type == "gcs":
-            try:
-                info = json.loads(self.secrets["service_account_json"])
-            except json.JSONDecodeError:
-                raise ValueError("secrets.service_account_json must be a service account key file's JSON") from None
-            if not isinstance(info, dict) or "private_key" not in info or "client_email" not in info:
-                raise ValueError("secrets.service_account_json needs client_email and private_key")
+        if kind.check_secrets is not None:
+            kind.check_secrets(self.secrets)
         return self
 
 

@@ -30,11 +30,12 @@ from .config import Settings
 from .connections import Sealer, checked_secrets
 from .destinations import Destination, Target, destination_for
 from .destinations.local import LocalDestination
+from .destinations.specs import FileLayout
 from .errors import ExportError, Invalid, Storage
 from .jobs.policies import PrivacyStore
 from .jobs.store import JobStore, aware, now
 from .jobs.tables import retention_policies, retention_windows
-from .models import ExportFormat, ExportRequest, FileLayout, RetentionPolicy, check_cron_interval, schedule_problem
+from .models import ExportFormat, ExportRequest, RetentionPolicy, check_cron_interval, schedule_problem
 from .pipeline.files import write_files
 from .sources import IDS, EventQuery
 from .sources.stores import open_store

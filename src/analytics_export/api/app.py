@@ -33,6 +33,7 @@ from ..sources.stores import open_store
 from ..streaming.store import StreamStore
 from .catalog import catalog_router
 from .console import console_router
+from .destinations import destinations_router
 from .docs import docs_router
 from .events_export import events_export_router
 from .formats import formats_router
@@ -264,6 +265,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
 
     app.include_router(keys_router(jobs, Depends(project_of), problems))
     app.include_router(formats_router(Depends(project_of)))
+    app.include_router(destinations_router(Depends(project_of)))
     app.include_router(console_router())
 
     @app.get("/healthz")

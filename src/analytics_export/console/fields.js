@@ -18,25 +18,15 @@ const TEXT_VALUE = ["contains", "not_contains", "regex"];
 const ORDERED = ["gt", "gte", "lt", "lte"];
 const PROPERTY_NAME = /^[\p{L}\p{N}_$][\p{L}\p{N}_$.:/ -]{0,199}$/u;
 
-// Destination fields: [name, label, required, input type].
-const LAYOUT = [["prefix", "Prefix (folder)"], ["path_template", "Path template, e.g. year={year}/month={month}"]];
-const DESTINATIONS = {
-  download: { label: "Download from this server", fields: [] },
-  s3: { label: "Amazon S3 (or compatible)", fields: [["bucket", "Bucket", true], ["region", "Region"],
-    ["endpoint_url", "Endpoint URL", false, "url"], ...LAYOUT] },
-  gcs: { label: "Google Cloud Storage", fields: [["bucket", "Bucket", true], ...LAYOUT] },
-  azure: { label: "Azure Blob Storage", fields: [["container", "Container", true],
-    ["account_url", "Account URL", false, "url"], ...LAYOUT] },
-  sftp: { label: "SFTP", fields: [["host", "Host", true], ["port", "Port", false, "number"],
-    ["username", "Username", true], ["path", "Remote folder"], ...LAYOUT] },
-  webhook: { label: "Webhook", fields: [["url", "URL", true, "url"],
-    ["batch_max_events", "Events per request (at most)", false, "number"]] },
-  postgres: { label: "PostgreSQL table", fields: [["url", "URL (postgresql://user@host/db)", true],
-    ["table", "Table", true]] },
-  clickhouse: { label: "ClickHouse table", fields: [["url", "URL (clickhouse://user@host:8123/db)", true],
-    ["table", "Table", true]] },
-  delta: { label: "Delta Lake table", fields: [["uri", "URI (s3://bucket/path or a name)", true]] },
-};
+const DOWNLOAD = { download: { label: "Download from this server", form: [] } };
+let destinationTypes = null; // type -> its view in /api/destinations (the server's registry), asked once
+
+function destinationsOffered() {
+  destinationTypes ??= api("/api/destinations").then((data) =>
+    Object.fromEntries(data.items.filter((d) => d.exports).map((d) => [d.type, d])));
+  destinationTypes.catch(() => { destinationTypes = null; });
+  return destinationTypes;
+}
 
 let formatCodecs = null; // format -> the codecs it offers, from /api/formats (the server's one table), asked once
 
@@ -303,20 +293,24 @@ function scalar(text) {
 }
 
 function destinationPicker() {
-  const type = h("select", {}, options(Object.entries(DESTINATIONS).map(([k, d]) => [k, d.label]), "download"));
+  const type = h("select", {}, options(Object.entries(DOWNLOAD).map(([k, d]) => [k, d.label]), "download"));
   const connection = h("select", {});
   const connectionField = field("Saved connection (credentials)", connection);
   const box = h("div", { class: "row" });
   let inputs = {};
   let connections = null;
   let loaded = null; // the saved destination being edited: its settings the form has no input for are kept
+  const ready = destinationsOffered().catch(() => DOWNLOAD).then((types) => {
+    type.replaceChildren(...options(Object.entries(types).map(([k, d]) => [k, d.label]), type.value));
+    return types;
+  });
 
   const render = async (values = {}) => {
-    const spec = DESTINATIONS[type.value];
-    inputs = Object.fromEntries(spec.fields.map(([name, , required, kind]) => [name,
-      h("input", { type: kind ?? "text", name, required, value: values[name] ?? "", autocomplete: "off",
-        min: kind === "number" ? "1" : null })]));
-    box.replaceChildren(...spec.fields.map(([name, label, required]) =>
+    const spec = (await ready)[type.value] ?? DOWNLOAD.download;
+    inputs = Object.fromEntries(spec.form.map(({ name, required, input }) => [name,
+      h("input", { type: input, name, required, value: values[name] ?? "", autocomplete: "off",
+        min: input === "number" ? "1" : null })]));
+    box.replaceChildren(...spec.form.map(({ name, label, required }) =>
       field(required ? `${label} (required)` : label, inputs[name])));
     connectionField.hidden = type.value === "download";
     connections ??= api("/api/connections").catch(() => []);
@@ -341,6 +335,6 @@ function destinationPicker() {
     },
     validate: () => Object.values(inputs).filter((i) => i.required && !i.value.trim())
       .map((i) => [i, `${i.name} is required for this destination`]),
-    set(dest) { loaded = dest; type.value = dest.type; render(dest); },
+    set(dest) { loaded = dest; ready.then(() => { type.value = dest.type; render(dest); }); },
   };
 }

@@ -1,9 +1,8 @@
 """Destinations: where an export's files go. Each file is an upload written in parts, then committed
-or aborted; one module per destination type, looked up in `DESTINATIONS`."""
+or aborted; one module per destination type, looked up in `registry.py`."""
 
 from __future__ import annotations
 
-import importlib
 import queue
 import re
 import threading
@@ -11,25 +10,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Callable, ClassVar, Iterator, Protocol
 
 from ..errors import Invalid
-from ..models import FileLayout, render_folder
+from . import registry
+from .specs import FileLayout, render_folder
 
 if TYPE_CHECKING:
     from ..config import Settings
     from ..models import ExportRequest
-
-DESTINATIONS: dict[str, str] = {
-    "download": "local",
-    "s3": "s3",
-    "gcs": "gcs",
-    "azure": "azure",
-    "sftp": "sftp",
-    "webhook": "webhook",
-    "postgres": ".warehouses.postgres",  # tables: `analytics_export.warehouses.*`
-    "clickhouse": ".warehouses.clickhouse",
-    "delta": ".warehouses.delta",
-}
-"""Destination type -> module under `destinations/` (a leading `.` climbs to the package root) whose
-`build(target)` makes the destination."""
 
 
 class Upload(Protocol):
@@ -102,9 +88,8 @@ def redact(text: str, secrets: dict[str, str]) -> str:
 
 
 def destination_for(target: Target) -> Destination:
-    """The destination `target.request.destination` names, built by its module."""
-    module = importlib.import_module(f".{DESTINATIONS[target.request.destination.type]}", __name__)
-    return module.build(target)
+    """The destination `target.request.destination` names, built by its registered module."""
+    return registry.load(registry.get(target.request.destination.type).export)(target)
 
 
 class BackgroundUpload:

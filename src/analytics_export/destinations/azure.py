@@ -5,9 +5,9 @@ from __future__ import annotations
 from obstore.store import AzureStore
 
 from ..errors import Invalid
-from ..models import AzureDestination
 from . import Target
 from .objectstore import ObjectStoreDestination, client_options, retry_config
+from .specs import AzureDestination
 
 
 def build(target: Target) -> ObjectStoreDestination:

@@ -17,9 +17,9 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
 from ..errors import ExportError, NotFound, Rejected, Upload
-from ..models import GCSDestination as GCSSpec
 from . import Destination, Target, redact
 from .guard import check_host
+from .specs import GCSDestination as GCSSpec
 
 CHUNK = 8 << 20  # a multiple of 256 KiB, as resumable uploads require
 

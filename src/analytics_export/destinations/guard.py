@@ -3,18 +3,20 @@ link-local (cloud metadata), shared, multicast and reserved addresses, and IPv6 
 such an IPv4 address inside them (mapped, NAT64, 6to4, Teredo), unless the server's allow-list names them.
 
 The rules are explicit tables over the address, not `ipaddress`'s `is_global`, whose answer for
-embedded forms and multicast depends on the Python version. Every destination type has a host rule
-in HOST_RULES; a type without one is a bug that fails loudly instead of skipping the check."""
+embedded forms and multicast depends on the Python version. Which fields of a destination name a
+host is the destination registry's fact (`guarded`); `registry.register` refuses a type with a
+network field that is neither guarded nor explained, so no type can skip the check."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 import socket
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import Invalid
+from . import registry
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -102,40 +104,22 @@ def address_problem(address: Address) -> str | None:
     return None
 
 
-def _url_host(field: str) -> Callable[[Any], list[tuple[str, str]]]:
-    """A host rule: the host of the URL in `field`, when that field is set."""
-    def rule(spec: Any) -> list[tuple[str, str]]:
-        url = getattr(spec, field)
-        if not url or url.startswith("chdb:"):  # chdb is in-process, under the data dir: no host
-            return []
-        return [(field, urlsplit(url).hostname or "")]
-    return rule
-
-
-HOST_RULES: dict[str, Callable[[Any], list[tuple[str, str]]]] = {
-    "download": lambda spec: [],  # the server's own data dir
-    "s3": _url_host("endpoint_url"),  # default: AWS, by bucket and a checked region
-    "gcs": _url_host("endpoint_url"),  # default: Google's API (the key's token_uri is checked when it runs)
-    "azure": _url_host("account_url"),  # default: {account}.blob.core.windows.net
-    "sftp": lambda spec: [("host", spec.host)],
-    "webhook": _url_host("url"),
-    "postgres": _url_host("url"),
-    "clickhouse": _url_host("url"),
-    "delta": _url_host("endpoint_url"),  # a local table has none; an s3:// one without it goes to AWS
-    "nats": _url_host("url"),
-    "rabbitmq": _url_host("url"),
-}
-"""Per destination `type`: the (field, host) pairs a request names, each checked before anything
-connects. Every type of ExportDestination and StreamDestination has one (tests enumerate them)."""
-
-
 def destination_hosts(spec: Any) -> list[tuple[str, str]]:
-    """The (field, host) pairs `spec` would connect to; a type without a rule raises (a bug, not a pass)."""
-    rule = HOST_RULES.get(getattr(spec, "type", None))  # type: ignore[arg-type]
-    if rule is None:
-        raise TypeError(f"destination type {getattr(spec, 'type', type(spec).__name__)!r} has no host rule in "
-                        "destinations/guard.py HOST_RULES: add one")
-    return rule(spec)
+    """The (field, host) pairs `spec` would connect to: each field its registered type guards, when set
+    (a `host` as it is, a URL by its host; chdb: URLs are in-process, under the data dir). An unknown
+    type raises: a bug, never a pass."""
+    name = getattr(spec, "type", type(spec).__name__)
+    if name not in registry.REGISTRY:
+        raise TypeError(f"destination type {name!r} is not registered (destinations/registry.py): nothing "
+                        "says which of its fields the guard must check")
+    kind = registry.REGISTRY[name]
+    hosts = []
+    for field in kind.guarded:
+        value = getattr(spec, field)
+        if not value or value.startswith("chdb:"):
+            continue
+        hosts.append((field, value if field.endswith("host") else urlsplit(value).hostname or ""))
+    return hosts
 
 
 def check_destination(spec: object, allow: list[str]) -> None:

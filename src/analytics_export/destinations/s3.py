@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from obstore.store import S3Store
 
-from ..models import S3Destination
 from . import Target
 from .objectstore import ObjectStoreDestination, client_options, retry_config
+from .specs import S3Destination
 
 
 def build(target: Target) -> ObjectStoreDestination:

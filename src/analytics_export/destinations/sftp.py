@@ -15,8 +15,8 @@ from typing import Any, Awaitable, Iterator
 import asyncssh
 
 from ..errors import NotFound, Rejected, Upload
-from ..models import SFTPDestination as SFTPSpec
 from . import Destination, Target, redact
+from .specs import SFTPDestination as SFTPSpec
 
 WRITE_SIZE = 256 << 10
 

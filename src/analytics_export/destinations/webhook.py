@@ -22,8 +22,8 @@ from typing import BinaryIO, Callable, Iterator
 import httpx
 
 from ..errors import Cancelled, Rejected, Upload, os_error
-from ..models import WebhookDestination as WebhookSpec
 from . import Destination, Target, redact
+from .specs import WebhookDestination as WebhookSpec
 from .webhook_client import Pinned, WebhookClient, pin
 
 READ_SIZE = 1 << 20

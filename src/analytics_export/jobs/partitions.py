@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from ..config import Settings
-from ..destinations import BackgroundUpload, Destination
+from ..destinations import BackgroundUpload, Destination, registry
 from ..destinations.local import LocalDestination
 from ..errors import Cancelled
 from ..formats import writer_for
-from ..models import ExportConfig, ExportRequest, ExportResult, WarehouseTable
+from ..models import ExportConfig, ExportRequest, ExportResult
 from ..pipeline.batches import Progress
 from ..pipeline.files import completed, deliver, export_query, write_files
 from ..privacy.policy import Privacy
@@ -36,8 +36,7 @@ def plan(request: ExportRequest, config: ExportConfig, events: int | None = None
     in its range, windows are widened to hold `min_partition_events` or more each (on average).
     Webhook exports are never partitioned: their batches are numbered in one sequence as sent; nor are
     table loads, which replace their whole window in one load."""
-    table = isinstance(request.destination, WarehouseTable)
-    if not config.partition_hours or request.destination.type == "webhook" or table:
+    if not config.partition_hours or registry.get(request.destination.type).kind in ("webhook", "table"):
         return []
     span = (request.end_date - request.start_date) // MICROSECOND
     pieces = config.max_partitions if events is None else min(config.max_partitions,

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from ..compression import CompressedSink
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
+from ..destinations import registry
 from ..errors import ExportError, Invalid, Rejected
 from ..formats import writer_class
 from ..jobs.policies import PrivacyStore
@@ -43,8 +44,6 @@ LEASE = timedelta(seconds=10)  # a dead worker's streams are taken over this soo
 POLL_SECONDS = 0.1
 BEAT_SECONDS = 1.0
 MAX_BACKOFF = 30.0
-BROKERS = ("nats", "rabbitmq")
-TABLES = ("postgres", "clickhouse", "delta")
 
 
 def cursor_name(cursor: tuple[datetime, str]) -> str:
@@ -54,9 +53,10 @@ def cursor_name(cursor: tuple[datetime, str]) -> str:
 def stream_format(spec: StreamSpec) -> ExportFormat:
     """The format batches are read in: JSON Lines for a broker's message per event, Parquet's shape
     (typed timestamps, a column per selected property) for a table, else the stream's."""
-    if spec.destination.type in TABLES:
+    kind = registry.get(spec.destination.type).kind
+    if kind == "table":
         return ExportFormat.PARQUET
-    return ExportFormat.JSON_LINES if spec.destination.type in BROKERS and spec.message == "event" else spec.format
+    return ExportFormat.JSON_LINES if kind == "broker" and spec.message == "event" else spec.format
 
 
 class StreamRun:
@@ -235,7 +235,7 @@ class StreamRun:
     def encode(self, batches: list[pa.RecordBatch], name: str) -> Delivery:
         """The batch as one body in the stream's format (and compression), and as one JSON message per
         event for brokers; a table takes the Arrow batches as they are."""
-        if self.spec.destination.type in TABLES:
+        if registry.get(self.spec.destination.type).kind == "table":
             return Delivery(name=name, body=b"", messages=[], content_type="", rows=batches)
         batches = [b.drop_columns(["inserted_at"]) for b in batches]
         schema = batches[0].schema
@@ -254,7 +254,7 @@ class StreamRun:
             writer.release()
         body = out.getvalue()
         messages: list[tuple[str, bytes]] = []
-        if self.spec.destination.type in BROKERS and self.spec.message == "event":
+        if registry.get(self.spec.destination.type).kind == "broker" and self.spec.message == "event":
             lines = body.split(b"\n")[:-1] if not wraps else self.lines(batches)
             uuids = pc.cast(pa.chunked_array([b.column("uuid") for b in batches]), pa.string()).to_pylist()
             messages = list(zip(uuids, lines))

@@ -3,7 +3,6 @@ broker or a warehouse table), in batches of what size."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal, Union
@@ -11,91 +10,23 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..checks import EXPORT_ID, STORED, EventNames, check_event_names, utc
+from ..destinations import registry
+from ..destinations.specs import DeltaTableDestination, FileLayout, WarehouseTable, WebhookDestination
 from ..errors import Invalid
 from ..models import (
     COMPRESSION_DOC,
-    AzureDestination,
-    ClickHouseTableDestination,
     Compression,
-    DeltaTableDestination,
     ExportFormat,
     ExportRequest,
-    FileLayout,
     Filters,
     FormatName,
-    GCSDestination,
-    PostgresTableDestination,
-    S3Destination,
     SelectedProperties,
-    WarehouseTable,
-    WebhookDestination,
     offered_codec,
 )
 from ..privacy.rules import PrivacyRules
 
-SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
-QUEUE = re.compile(r"[A-Za-z0-9_.:\-]{1,255}")
-
-
-class NatsDestination(BaseModel):
-    """A NATS JetStream subject; each message carries `Nats-Msg-Id` (the event uuid, or the batch's
-    range) so JetStream drops a redelivered duplicate within its window."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["nats"] = "nats"
-    url: str = Field("nats://127.0.0.1:4222", description="nats://host:port")
-    subject: str = Field(description="subject published to, e.g. analytics.events")
-    stream: str | None = Field(None, description="JetStream stream to create for the subject if missing")
-    connection: str | None = Field(None, description="stored connection with `user`/`password` or `token`")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not re.fullmatch(r"(nats|tls)://[^\s/?#@]+", value):
-            raise ValueError("url must be nats://host:port (credentials go in a connection)")
-        return value
-
-    @field_validator("subject")
-    @classmethod
-    def _subject(cls, value: str) -> str:
-        if not SUBJECT.fullmatch(value):
-            raise ValueError("subject must be dot-separated tokens of letters, digits, `_` or `-` (no wildcards)")
-        return value
-
-
-class RabbitMQDestination(BaseModel):
-    """A RabbitMQ queue (through the default exchange, or `exchange` with the queue name as routing
-    key), published with confirms; each message's `message_id` is the event uuid or the batch's range."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["rabbitmq"] = "rabbitmq"
-    url: str = Field("amqp://127.0.0.1:5672/", description="amqp://host:port/vhost")
-    queue: str = Field(description="declared durable if missing")
-    exchange: str = Field("", description="default: the default exchange, routing by queue name")
-    connection: str | None = Field(None, description="stored connection with `username`/`password`")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not re.fullmatch(r"amqps?://[^\s?#@]+", value):
-            raise ValueError("url must be amqp://host:port/vhost (credentials go in a connection)")
-        return value
-
-    @field_validator("queue")
-    @classmethod
-    def _queue(cls, value: str) -> str:
-        if not QUEUE.fullmatch(value):
-            raise ValueError("queue must be 1-255 letters, digits or `_ . : -`")
-        return value
-
-
-StreamDestination = Annotated[
-    Union[WebhookDestination, S3Destination, GCSDestination, AzureDestination, NatsDestination, RabbitMQDestination,
-          PostgresTableDestination, ClickHouseTableDestination, DeltaTableDestination],
-    Field(discriminator="type"),
-]
+StreamDestination = Annotated[Union[registry.stream_configs()], Field(discriminator="type")]
+"""Where a stream goes: each registered destination type that streams (see destinations/registry.py)."""
 
 
 class StreamSpec(BaseModel):

@@ -6,7 +6,7 @@ schedule's window run again under the same export id) leaves exactly one copy of
 Tables hold the Parquet shape (typed timestamps; `properties` as JSON text, or one text column per
 selected property) plus each event's `uuid` and `inserted_at`: an `inserted_at` window can be
 replaced, and duplicates stay detectable. One module per table type, registered in
-`destinations.DESTINATIONS`; `pipeline.tables.load_table` loads an export's batches through `load`, and a
+`destinations/registry.py`; `pipeline.tables.load_table` loads an export's batches through `load`, and a
 stream appends each batch with the batch's own uuids as its window (streaming/sinks/table.py).
 """
 

@@ -25,8 +25,8 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from ..destinations import Target
 from ..destinations.guard import check_host
+from ..destinations.specs import ClickHouseTableDestination
 from ..errors import Storage
-from ..models import ClickHouseTableDestination
 from . import COLUMNS, TableDestination, Window, local_path
 
 TIME = "DateTime64(6, 'UTC')"

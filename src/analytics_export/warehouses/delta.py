@@ -19,8 +19,8 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from ..destinations import Target
+from ..destinations.specs import DeltaTableDestination
 from ..errors import Invalid, Storage
-from ..models import DeltaTableDestination
 from . import TableDestination, Window, local_path
 
 DAY = "day"

@@ -16,8 +16,8 @@ import pyarrow as pa
 
 from ..destinations import Target
 from ..destinations.guard import check_host
+from ..destinations.specs import PostgresTableDestination
 from ..errors import Storage
-from ..models import PostgresTableDestination
 from ..sources.postgres import first_line
 from . import TableDestination, Window
 

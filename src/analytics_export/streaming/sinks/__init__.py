@@ -1,33 +1,20 @@
 """Where a stream's batches go. A sink sends one batch and returns once the destination has
 acknowledged it (HTTP 2xx, the object committed, JetStream's PubAck, RabbitMQ's publisher confirm,
 the table's transaction or commit); it raises if it could not, and the batch is sent again. One
-module per destination type."""
+module per kind of destination, named by the destination registry (`stream`)."""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 
+from ...destinations import registry
+
 if TYPE_CHECKING:
     from ...config import Settings
     from ..spec import StreamSpec
-
-SINKS: dict[str, str] = {
-    "webhook": "webhook",
-    "s3": "files",
-    "gcs": "files",
-    "azure": "files",
-    "nats": "nats",
-    "rabbitmq": "rabbitmq",
-    "postgres": "table",
-    "clickhouse": "table",
-    "delta": "table",
-}
-"""Destination type -> module under `sinks/` whose `build(...)` makes the sink."""
-
 
 @dataclass
 class Delivery:
@@ -55,6 +42,5 @@ class Sink(Protocol):
 
 
 def sink_for(spec: StreamSpec, project: str, settings: Settings, secrets: dict[str, str]) -> Sink:
-    """The sink of `spec.destination`, built by its module with the connection's `secrets`."""
-    module = importlib.import_module(f".{SINKS[spec.destination.type]}", __name__)
-    return module.build(spec, project, settings, secrets)
+    """The sink of `spec.destination`, built by its registered module with the connection's `secrets`."""
+    return registry.load(registry.get(spec.destination.type).stream)(spec, project, settings, secrets)

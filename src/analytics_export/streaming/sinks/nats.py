@@ -28,7 +28,8 @@ from .loop import LoopSink
 
 if TYPE_CHECKING:
     from ...config import Settings
-    from ..spec import NatsDestination, StreamSpec
+    from ...destinations.specs import NatsDestination
+    from ..spec import StreamSpec
 
 log = logging.getLogger(__name__)
 

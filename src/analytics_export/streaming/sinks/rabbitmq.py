@@ -34,7 +34,8 @@ from .loop import LoopSink
 
 if TYPE_CHECKING:
     from ...config import Settings
-    from ..spec import RabbitMQDestination, StreamSpec
+    from ...destinations.specs import RabbitMQDestination
+    from ..spec import StreamSpec
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ...destinations import redact
+from ...destinations.specs import WebhookDestination
 from ...destinations.webhook import permanent_hint
 from ...destinations.webhook_client import WebhookClient, pin
 from ...errors import Rejected, Upload
-from ...models import WebhookDestination
 from . import Delivery
 
 if TYPE_CHECKING:
