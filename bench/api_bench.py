@@ -9,7 +9,7 @@ Each client waits `--interval` (0.1 s) between polls, so 50 clients offer up to 
 It starts the real service (`analytics-export serve`, uvicorn on 127.0.0.1) on a fresh data dir,
 measures status-poll latency first with no export running (the baseline, same run), then while 4
 exports of every event run, and prints p50/p99/max, polls/s, exports completed per second, and the
-loaded/idle p99 ratio. Target: p99 < 50 ms under load. Workers run either inside the API process
+loaded/idle p99 ratio. Placement: p99 < 50 ms under load. Workers run either inside the API process
 (`--in-process`) or, by default, as separate `analytics-export worker` processes.
 """
 

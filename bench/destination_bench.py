@@ -18,7 +18,7 @@ destination: download (the baseline) first, then s3, azure, gcs, sftp, webhook (
 among these; download always runs).
 
 Every export runs in a fresh interpreter (`--child SPEC`), the way a worker runs it:
-`destination_for(Target(request, project, settings, secrets))` with Settings(data_dir=...,
+`destination_for(Placement.for_export(request, project, settings, secrets))` with Settings(data_dir=...,
 destination_allow=["127.0.0.1"]), explicit secrets (S3 keys, Azure account key, SFTP private key
 and known_hosts line, a webhook signing secret), an explicit endpoint for every cloud client, and
 STORAGE_EMULATOR_HOST set for the GCS child only; then `run_export(...)` with the settings' batch
@@ -93,7 +93,7 @@ def ru_maxrss_mb() -> float:
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     """One export to `spec["destination"]`, in this process; returns its measurements."""
     from analytics_export import Settings, open_store
-    from analytics_export.destinations import Target, destination_for
+    from analytics_export.destinations import Placement, destination_for
     from analytics_export.destinations.guard import check_destination
     from analytics_export.formats import writer_class
     from analytics_export.models import ExportRequest
@@ -104,7 +104,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
                             compression=spec["compression"], destination=spec["destination"])
     writer_class(request.format)  # import the writer before the baseline RSS reading, as a worker has it
     check_destination(request.destination, settings.destination_allow)  # what the worker checks
-    destination = destination_for(Target(request, PROJECT, settings, spec["secrets"]))
+    destination = destination_for(Placement.for_export(request, PROJECT, settings, spec["secrets"]))
     try:
         store = open_store(settings)
         try:
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     text, passed = report(results)
     compression = args.compression or "no compression"
     print(f"\nOne export of {events:,} events ({args.format}, {compression}) per destination, each in a fresh "
-          f"process; peak RSS = the child's VmHWM. Target: peak within {TARGET_DELTA_MB:.0f} MB of download's.")
+          f"process; peak RSS = the child's VmHWM. Placement: peak within {TARGET_DELTA_MB:.0f} MB of download's.")
     print(text)
     baseline = results[0] if results else None
     failed = [r.destination for r in results if verdict(r, baseline)[1] == "FAIL"]

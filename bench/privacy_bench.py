@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({info['suppressed_events']:,} events)")
     print(f"\nEvery run (each in a fresh process; ev/s of the {events:,} events read)")
     print(runs_table(runs, events))
-    print(f"\nSummary (best of {args.repeat}). Target: policy seconds / baseline seconds < {RATIO_TARGET:.2f}")
+    print(f"\nSummary (best of {args.repeat}). Placement: policy seconds / baseline seconds < {RATIO_TARGET:.2f}")
     print(summary_table(runs, args.formats, events))
     for fmt in args.formats:
         base, pol = best(runs[f"{fmt} baseline"]), best(runs[f"{fmt} policy"])

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from analytics_export import Settings
-from analytics_export.destinations import Target, destination_for
+from analytics_export.destinations import Placement, destination_for
 from analytics_export.destinations import objectstore
 from analytics_export.errors import ExportError, Invalid, NotFound
 from analytics_export.models import ExportRequest
@@ -52,7 +52,7 @@ def destination(request, tmp_path, monkeypatch):
                  "prefix": "archive/2026"}
         secrets = {"password": sftp.password, "known_hosts": sftp.known_hosts_line}
     settings = Settings(data_dir=tmp_path, export={"upload_retries": 1, "upload_backoff_seconds": 0.05})
-    target = Target(ExportRequest(**WINDOW, destination=spec), "default", settings, secrets)
+    target = Placement.for_export(ExportRequest(**WINDOW, destination=spec), "default", settings, secrets)
     built = destination_for(target)
     yield built
     built.close()
@@ -119,7 +119,7 @@ def test_gcs_read_pins_the_generation(gcs_server, tmp_path, monkeypatch):
     data = os.urandom(SIZE)
     with FaultyProxy(gcs_server.endpoint, when("GET", "alt=media", Respond(404), nth={3})) as proxy:
         spec = {"type": "gcs", "bucket": bucket, "endpoint_url": proxy.url}
-        gcs = destination_for(Target(ExportRequest(**WINDOW, destination=spec), "default", Settings(data_dir=tmp_path)))
+        gcs = destination_for(Placement.for_export(ExportRequest(**WINDOW, destination=spec), "default", Settings(data_dir=tmp_path)))
         try:
             write(gcs, "pinned.bin", data)
             generation = gcs_server.client().bucket(bucket).get_blob("pinned.bin").generation
@@ -135,6 +135,6 @@ def test_gcs_read_pins_the_generation(gcs_server, tmp_path, monkeypatch):
 
 def test_webhook_cannot_read_back(tmp_path):
     spec = {"type": "webhook", "url": "https://hooks.example.com/in"}
-    target = Target(ExportRequest(**WINDOW, destination=spec), "default", Settings(data_dir=tmp_path))
+    target = Placement.for_export(ExportRequest(**WINDOW, destination=spec), "default", Settings(data_dir=tmp_path))
     with pytest.raises(Invalid, match="cannot read files back"):
         destination_for(target).read("anything")

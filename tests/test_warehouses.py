@@ -21,7 +21,7 @@ from support import Sim as ScheduleSim
 
 from analytics_export import Settings, open_store
 from analytics_export.connections import Sealer
-from analytics_export.destinations import Target, destination_for
+from analytics_export.destinations import Placement, destination_for
 from analytics_export.errors import Cancelled, Invalid, Storage
 from analytics_export.jobs.partitions import plan
 from analytics_export.jobs.scheduler import Scheduler, Schedules, backfill, run_history
@@ -116,7 +116,7 @@ def load(settings: Settings, spec: dict, window: tuple[datetime, datetime], *,
          source: Callable[[Any], Any] | None = None, **fields: Any) -> ExportResult:
     """Run one export of `window` into the table `spec`, as `export()` and the worker do."""
     request = ExportRequest(start_date=window[0], end_date=window[1], destination=spec, **fields)
-    destination = destination_for(Target(request, settings.project, settings, {}))
+    destination = destination_for(Placement.for_export(request, settings.project, settings, {}))
     store = open_store(settings)
     try:
         return run_export(request, source(store) if source else store, destination, project=settings.project,
@@ -148,7 +148,7 @@ def test_failed_load_leaves_the_previous_window(settings: Settings, table: dict,
             load(settings, table, W1, source=lambda store: FailingSource(store, after=3))
     else:
         request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=table)
-        destination = destination_for(Target(request, settings.project, settings, {}))
+        destination = destination_for(Placement.for_export(request, settings.project, settings, {}))
         seen: list[int] = []
         store = open_store(settings)
         try:
@@ -305,4 +305,4 @@ def test_table_destinations_validate():
 def test_delta_on_s3_needs_credentials(settings: Settings):
     request = ExportRequest(start_date=W1[0], end_date=W1[1], destination={"type": "delta", "uri": "s3://lake/events"})
     with pytest.raises(Invalid, match="needs a connection"):
-        destination_for(Target(request, settings.project, settings, {}))
+        destination_for(Placement.for_export(request, settings.project, settings, {}))

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from .checks import check_project_name
 from .config import Settings
-from .destinations import Target, destination_for
+from .destinations import Placement, destination_for
 from .destinations.local import LocalDestination
 from .errors import Invalid
 from .jobs.policies import project_privacy
@@ -49,7 +49,7 @@ def export(
         destination = LocalDestination(Path(output_dir) if output_dir else settings.export_dir,
                                        Path(output) if output else None)
     else:
-        destination = destination_for(Target(request, settings.project, settings, secrets or {}))
+        destination = destination_for(Placement.for_export(request, settings.project, settings, secrets or {}))
     try:
         store = open_store(settings)
         try:

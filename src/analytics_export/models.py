@@ -132,6 +132,12 @@ COMPRESSION_DOC = ("text formats are wrapped in one stream (`.gz`, `.zst`); Parq
                        f"{f.value} {', '.join(c.value for c in spec.codecs)}" for f, spec in FORMAT_SPECS.items()))
 
 
+def file_suffix(fmt: ExportFormat, compression: Compression | None) -> str:
+    """A file's suffix: the format's extension, then the codec's when it wraps the file (`.csv.gz`)."""
+    wrapped = compression is not None and not fmt.spec.codec_inside_file
+    return f".{fmt.file_extension}{compression.file_extension if wrapped else ''}"  # type: ignore[union-attr]
+
+
 def codec_problem(fmt: ExportFormat, compression: Compression | None) -> str | None:
     """Why `fmt` does not offer `compression`, naming what it offers, or None (no compression always is)."""
     spec = fmt.spec
@@ -461,10 +467,7 @@ class ExportRequest(BaseModel):
 
     @property
     def file_extension(self) -> str:
-        suffix = ""
-        if self.compression and not self.format.spec.codec_inside_file:
-            suffix = self.compression.file_extension
-        return f".{self.format.file_extension}{suffix}"
+        return file_suffix(self.format, self.compression)
 
     @property
     def file_name(self) -> str:

@@ -28,7 +28,7 @@ from croniter import croniter
 from .checks import STORED
 from .config import Settings
 from .connections import Sealer, checked_secrets
-from .destinations import Destination, Target, destination_for
+from .destinations import Destination, Placement, destination_for
 from .destinations.local import LocalDestination
 from .destinations.specs import FileLayout
 from .errors import ExportError, Invalid, Storage
@@ -165,7 +165,7 @@ class Retention:
         if request.destination.type == "download":
             return LocalDestination(self.settings.project_archive_dir(self.project) / f"date={request.start_date:%Y-%m-%d}")
         secrets = checked_secrets(self.settings, self.jobs, self.project, request.destination)
-        return destination_for(Target(request, self.project, self.settings, secrets))
+        return destination_for(Placement.for_export(request, self.project, self.settings, secrets))
 
     @staticmethod
     def name(row: Any) -> str:

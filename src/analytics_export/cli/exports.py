@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from .. import demo as demo_data
 from ..checks import describe_errors
 from ..config import Settings
-from ..destinations import Target, destination_for
+from ..destinations import Placement, destination_for
 from ..destinations.local import LocalDestination
 from ..errors import Invalid
 from ..inbox import clean_inbox
@@ -98,7 +98,7 @@ def export(
     with exit_on_error():
         privacy = project_privacy(settings, request)
         if to:
-            destination = destination_for(Target(request, settings.project, settings))
+            destination = destination_for(Placement.for_export(request, settings.project, settings))
         else:
             destination = LocalDestination(output_dir or settings.export_dir, output)
         try:

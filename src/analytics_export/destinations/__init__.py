@@ -7,7 +7,7 @@ import queue
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, Callable, ClassVar, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ClassVar, Iterator, Protocol
 
 from ..errors import Invalid
 from . import registry
@@ -54,29 +54,37 @@ class Destination:
         """Release connections; called after success and failure alike."""
 
 
-@dataclass
-class Target:
-    """What a destination needs to know about the export it serves."""
+@dataclass(frozen=True)
+class Placement:
+    """All a destination knows of what it serves: its settings (`spec`), the project, the server's
+    settings, the connection's secrets, the folder files go in, and what they hold. An export's comes
+    from its request (`for_export`); a stream builds its own."""
 
-    request: ExportRequest
+    spec: Any
     project: str
     settings: Settings
     secrets: dict[str, str] = field(default_factory=dict)
+    folder: str = ""
+    """`prefix/path_template` rendered, without leading or trailing `/`."""
+    content_type: str = "application/octet-stream"
+    content_encoding: str | None = None
+    """The codec wrapped around each file, in HTTP's names (gzip, zstd), when it is not the format's own."""
+    export_id: str = ""
 
-    def folder(self) -> str:
-        """`prefix/path_template` rendered for this export, without leading or trailing `/`."""
-        spec = self.request.destination
-        if not isinstance(spec, FileLayout):
-            return ""
-        start = self.request.start_date
-        return render_folder(spec.prefix, spec.path_template, {
-            "project": self.project, "export_id": self.request.id, "year": f"{start:%Y}", "month": f"{start:%m}",
-            "day": f"{start:%d}", "hour": f"{start:%H}", "start": f"{start:%Y%m%d}",
-            "end": f"{self.request.end_date:%Y%m%d}", "format": self.request.format.value})
+    @classmethod
+    def for_export(cls, request: ExportRequest, project: str, settings: Settings,
+                   secrets: dict[str, str] | None = None) -> Placement:
+        spec, start, end = request.destination, request.start_date, request.end_date
+        folder = render_folder(spec.prefix, spec.path_template, {
+            "project": project, "export_id": request.id, "year": f"{start:%Y}", "month": f"{start:%m}",
+            "day": f"{start:%d}", "hour": f"{start:%H}", "start": f"{start:%Y%m%d}", "end": f"{end:%Y%m%d}",
+            "format": request.format.value}) if isinstance(spec, FileLayout) else ""
+        wrapped = request.compression is not None and not request.format.spec.codec_inside_file
+        return cls(spec, project, settings, secrets or {}, folder, request.format.content_type,
+                   request.compression.value if wrapped else None, request.id)  # type: ignore[union-attr]
 
     def key(self, name: str) -> str:
-        folder = self.folder()
-        return f"{folder}/{name}" if folder else name
+        return f"{self.folder}/{name}" if self.folder else name
 
 
 def redact(text: str, secrets: dict[str, str]) -> str:
@@ -87,9 +95,9 @@ def redact(text: str, secrets: dict[str, str]) -> str:
     return re.sub(r"\?[^\s\"']*", "?***", text)
 
 
-def destination_for(target: Target) -> Destination:
-    """The destination `target.request.destination` names, built by its registered module."""
-    return registry.load(registry.get(target.request.destination.type).export)(target)
+def destination_for(placement: Placement) -> Destination:
+    """The destination `placement.spec` names, built by its registered module."""
+    return registry.load(registry.get(placement.spec.type).export)(placement)
 
 
 class BackgroundUpload:

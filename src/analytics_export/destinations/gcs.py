@@ -17,7 +17,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
 from ..errors import ExportError, NotFound, Rejected, Upload
-from . import Destination, Target, redact
+from . import Destination, Placement, redact
 from .guard import check_host
 from .specs import GCSDestination as GCSSpec
 
@@ -30,7 +30,7 @@ class GCSUpload:
         self.uri = f"gs://{gcs.spec.bucket}/{key}"
         blob = gcs.bucket.blob(key, chunk_size=CHUNK)
         self.writer = gcs.guard(lambda: blob.open("wb", chunk_size=CHUNK, retry=gcs.retry, ignore_flush=True,
-                                                  content_type=gcs.target.request.format.content_type))
+                                                  content_type=gcs.placement.content_type))
 
     def write(self, data: bytes | memoryview) -> int:
         return self.gcs.guard(lambda: self.writer.write(data))
@@ -47,10 +47,10 @@ class GCSUpload:
 
 
 class GCS(Destination):
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.spec: GCSSpec = target.request.destination
-        config = target.settings.export
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+        self.spec: GCSSpec = placement.spec
+        config = placement.settings.export
         backoff = max(config.upload_backoff_seconds, 0.01)  # google's retries are bounded by time, not count:
         deadline = backoff * 2 ** (config.upload_retries + 1) + 5  # about upload_retries doubling waits
         self.retry = DEFAULT_RETRY.with_delay(initial=backoff, multiplier=2, maximum=30).with_timeout(deadline)
@@ -59,10 +59,10 @@ class GCS(Destination):
 
     def _client(self) -> storage.Client:
         options = {"api_endpoint": self.spec.endpoint_url} if self.spec.endpoint_url else None
-        if self.target.secrets.get("service_account_json"):
-            info = json.loads(self.target.secrets["service_account_json"])
+        if self.placement.secrets.get("service_account_json"):
+            info = json.loads(self.placement.secrets["service_account_json"])
             if info.get("token_uri"):  # the credentials POST a signed JWT there: no private addresses
-                check_host(urlsplit(info["token_uri"]).hostname or "", self.target.settings.destination_allow)
+                check_host(urlsplit(info["token_uri"]).hostname or "", self.placement.settings.destination_allow)
             credentials = service_account.Credentials.from_service_account_info(info)
             return storage.Client(project=info.get("project_id"), credentials=credentials, client_options=options)
         if os.environ.get("STORAGE_EMULATOR_HOST"):  # an emulator needs no credentials
@@ -85,22 +85,22 @@ class GCS(Destination):
         except Exception as exc:
             if isinstance(exc, ExportError):
                 raise
-            reason = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.target.secrets)
+            reason = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.placement.secrets)
             raise Upload(f"upload to gs://{self.spec.bucket} failed: {reason}") from None
 
     def open(self, name: str) -> GCSUpload:
-        return GCSUpload(self, self.target.key(name))
+        return GCSUpload(self, self.placement.key(name))
 
     def remove(self, name: str) -> None:
         try:
-            self.bucket.blob(self.target.key(name)).delete()
+            self.bucket.blob(self.placement.key(name)).delete()
         except Exception:  # best effort after a failed export
             pass
 
     def read(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Ranged downloads of the generation found first (the reloaded blob names it in each): a
         replacement during the read fails it instead of splicing two versions."""
-        key = self.target.key(name)
+        key = self.placement.key(name)
         blob = self.bucket.blob(key)
 
         def unless_missing(call, error: ExportError):
@@ -121,5 +121,5 @@ class GCS(Destination):
         self.client.close()
 
 
-def build(target: Target) -> GCS:
-    return GCS(target)
+def build(placement: Placement) -> GCS:
+    return GCS(placement)

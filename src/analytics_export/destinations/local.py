@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..errors import Invalid, NotFound, Storage, os_error
-from . import Destination, Target
+from . import Destination, Placement
 
 BUFFER = 1 << 20
 
@@ -109,6 +109,6 @@ class LocalDestination(Destination):
             raise Storage(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def build(target: Target) -> LocalDestination:
+def build(placement: Placement) -> LocalDestination:
     """The download destination: the project's folder under the export dir."""
-    return LocalDestination(target.settings.project_export_dir(target.project))
+    return LocalDestination(placement.settings.project_export_dir(placement.project))

@@ -17,7 +17,7 @@ import obstore
 from obstore.exceptions import NotFoundError, PermissionDeniedError, PreconditionError, UnauthenticatedError
 
 from ..errors import NotFound, Rejected, Upload
-from . import Destination, Target, redact
+from . import Destination, Placement, redact
 
 PART_SIZE = 8 << 20
 QUEUED_CHUNKS = 1  # writer chunks are a batch each (~5 MB): one waits while obstore fills a part
@@ -28,17 +28,17 @@ class Aborted(Exception):
     """Raised into obstore's iterator to make it abort the multipart upload."""
 
 
-def retry_config(target: Target) -> dict:
+def retry_config(placement: Placement) -> dict:
     """obstore's retries (exponential backoff with jitter on 5xx, 429, timeouts and resets) from ExportConfig."""
-    config = target.settings.export
+    config = placement.settings.export
     return {"max_retries": config.upload_retries,
             "backoff": {"init_backoff": timedelta(seconds=config.upload_backoff_seconds),
                         "max_backoff": timedelta(seconds=30), "base": 2},
             "retry_timeout": timedelta(seconds=config.upload_timeout_seconds * (config.upload_retries + 1))}
 
 
-def client_options(target: Target, url: str | None) -> dict:
-    timeout = timedelta(seconds=target.settings.export.upload_timeout_seconds)
+def client_options(placement: Placement, url: str | None) -> dict:
+    timeout = timedelta(seconds=placement.settings.export.upload_timeout_seconds)
     return {"allow_http": bool(url and url.startswith("http://")), "timeout": timeout, "connect_timeout": timeout}
 
 
@@ -97,29 +97,29 @@ class ObjectUpload:
 
 
 class ObjectStoreDestination(Destination):
-    """Objects under `target.key(name)` in `store`; `scheme` names them in URIs (s3://bucket/key)."""
+    """Objects under `placement.key(name)` in `store`; `scheme` names them in URIs (s3://bucket/key)."""
 
-    def __init__(self, target: Target, store: obstore.store.ObjectStore, uri_root: str,
+    def __init__(self, placement: Placement, store: obstore.store.ObjectStore, uri_root: str,
                  attributes: dict | None = None) -> None:
-        self.target = target
+        self.placement = placement
         self.store = store
         self.uri_root = uri_root
         self.attributes = attributes
 
     def open(self, name: str) -> ObjectUpload:
-        key = self.target.key(name)
+        key = self.placement.key(name)
         return ObjectUpload(self.store, key, f"{self.uri_root}/{key}", self.explain, self.attributes)
 
     def remove(self, name: str) -> None:
         try:
-            obstore.delete(self.store, self.target.key(name))
+            obstore.delete(self.store, self.placement.key(name))
         except Exception:  # best effort: the export failed already, and that error is the one to report
             pass
 
     def read(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Ranged GETs of READ_WINDOW bytes, each streamed in chunks; `if_match` fails the read if
         the object is replaced between two of them."""
-        key = self.target.key(name)
+        key = self.placement.key(name)
         try:
             meta = obstore.head(self.store, key)
             for start in range(0, meta["size"], READ_WINDOW):
@@ -146,5 +146,5 @@ class ObjectStoreDestination(Destination):
             return Rejected(f"{where} refused the upload (HTTP {code}): check the connection's credentials "
                             "and their permission to write there")
         reason = f"HTTP {code} {status.group(2)}" if status else (str(exc).splitlines() or [type(exc).__name__])[0]
-        return Upload(f"upload to {where} failed after retries: {redact(reason, self.target.secrets)}")
+        return Upload(f"upload to {where} failed after retries: {redact(reason, self.placement.secrets)}")
 

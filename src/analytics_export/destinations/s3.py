@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from obstore.store import S3Store
 
-from . import Target
+from . import Placement
 from .objectstore import ObjectStoreDestination, client_options, retry_config
 from .specs import S3Destination
 
 
-def build(target: Target) -> ObjectStoreDestination:
-    spec: S3Destination = target.request.destination
+def build(placement: Placement) -> ObjectStoreDestination:
+    spec: S3Destination = placement.spec
     config: dict = {}
-    if target.secrets:  # else obstore takes AWS_* from the environment, as the AWS tools do
-        config = {"access_key_id": target.secrets["access_key_id"],
-                  "secret_access_key": target.secrets["secret_access_key"]}
-        if target.secrets.get("session_token"):
-            config["session_token"] = target.secrets["session_token"]
+    if placement.secrets:  # else obstore takes AWS_* from the environment, as the AWS tools do
+        config = {"access_key_id": placement.secrets["access_key_id"],
+                  "secret_access_key": placement.secrets["secret_access_key"]}
+        if placement.secrets.get("session_token"):
+            config["session_token"] = placement.secrets["session_token"]
     if spec.region:
         config["region"] = spec.region
     if spec.endpoint_url:
@@ -27,7 +27,7 @@ def build(target: Target) -> ObjectStoreDestination:
         config["server_side_encryption"] = spec.server_side_encryption
         if spec.kms_key_id:
             config["sse_kms_key_id"] = spec.kms_key_id
-    store = S3Store(spec.bucket, config=config, client_options=client_options(target, spec.endpoint_url),
-                    retry_config=retry_config(target))
-    return ObjectStoreDestination(target, store, f"s3://{spec.bucket}",
-                                  {"Content-Type": target.request.format.content_type})
+    store = S3Store(spec.bucket, config=config, client_options=client_options(placement, spec.endpoint_url),
+                    retry_config=retry_config(placement))
+    return ObjectStoreDestination(placement, store, f"s3://{spec.bucket}",
+                                  {"Content-Type": placement.content_type})

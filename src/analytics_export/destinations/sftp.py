@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Iterator
 import asyncssh
 
 from ..errors import NotFound, Rejected, Upload
-from . import Destination, Target, redact
+from . import Destination, Placement, redact
 from .specs import SFTPDestination as SFTPSpec
 
 WRITE_SIZE = 256 << 10
@@ -57,9 +57,9 @@ class SFTPUpload:
 
 
 class SFTP(Destination):
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.spec: SFTPSpec = target.request.destination
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+        self.spec: SFTPSpec = placement.spec
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="sftp-loop", daemon=True)
         self.thread.start()
@@ -73,7 +73,7 @@ class SFTP(Destination):
     def call(self, awaitable: Awaitable[Any]) -> Any:
         """Await `awaitable` on the destination's loop; errors become Upload (retry) or Rejected (fix)."""
         try:
-            timeout = self.target.settings.export.upload_timeout_seconds
+            timeout = self.placement.settings.export.upload_timeout_seconds
             return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop).result(timeout)
         except asyncssh.PermissionDenied:
             raise Rejected(f"{self.where} refused the login for {self.spec.username!r}: check the "
@@ -86,7 +86,7 @@ class SFTP(Destination):
         except asyncssh.SFTPError as exc:
             raise Rejected(f"{self.where}: {exc.reason}") from None
         except (OSError, asyncssh.Error, asyncio.TimeoutError, TimeoutError) as exc:
-            reason = redact(str(exc) or type(exc).__name__, self.target.secrets)
+            reason = redact(str(exc) or type(exc).__name__, self.placement.secrets)
             raise Upload(f"{self.where}: connection failed ({reason})") from None
 
     @property
@@ -95,10 +95,10 @@ class SFTP(Destination):
 
     @property
     def folder(self) -> str:
-        return posixpath.join(self.spec.path, self.target.folder()) if self.target.folder() else self.spec.path
+        return posixpath.join(self.spec.path, self.placement.folder) if self.placement.folder else self.spec.path
 
     async def _connect(self) -> asyncssh.SFTPClient:
-        secrets = self.target.secrets
+        secrets = self.placement.secrets
         if secrets.get("known_hosts"):
             known_hosts: Any = asyncssh.import_known_hosts(secrets["known_hosts"])
         elif self.spec.allow_unknown_host_key:
@@ -107,7 +107,7 @@ class SFTP(Destination):
             raise Rejected(f"{self.where}: no known_hosts entry for the server; add one to the connection "
                            "(e.g. from `ssh-keyscan -p PORT HOST`) or set allow_unknown_host_key")
         options: dict[str, Any] = {"known_hosts": known_hosts, "username": self.spec.username,
-                                   "connect_timeout": self.target.settings.export.upload_timeout_seconds,
+                                   "connect_timeout": self.placement.settings.export.upload_timeout_seconds,
                                    "keepalive_interval": 15, "keepalive_count_max": 3, "config": [],
                                    "agent_path": None, "client_keys": None, "password": secrets.get("password")}
         if secrets.get("private_key"):
@@ -170,5 +170,5 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-def build(target: Target) -> SFTP:
-    return SFTP(target)
+def build(placement: Placement) -> SFTP:
+    return SFTP(placement)

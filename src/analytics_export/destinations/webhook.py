@@ -10,8 +10,6 @@ retried on its own. A receiver verifies
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import random
 import tempfile
@@ -22,12 +20,11 @@ from typing import BinaryIO, Callable, Iterator
 import httpx
 
 from ..errors import Cancelled, Rejected, Upload, os_error
-from . import Destination, Target, redact
+from . import Destination, Placement, redact
 from .specs import WebhookDestination as WebhookSpec
-from .webhook_client import Pinned, WebhookClient, pin
+from .webhook_client import RETRY_STATUSES, Pinned, WebhookClient, permanent_hint, pin, signature
 
 READ_SIZE = 1 << 20
-RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
 
 class SpooledBody:
@@ -47,14 +44,6 @@ class SpooledBody:
             raise os_error(exc, self.folder) from exc
         self.size += written
         return written
-
-    def signature(self, secret: bytes) -> tuple[str, str]:
-        """(timestamp, `sha256=HEX`) signed now: each attempt carries a fresh timestamp."""
-        timestamp = str(int(time.time()))
-        mac = hmac.new(secret, f"{timestamp}.".encode(), hashlib.sha256)
-        for chunk in self.chunks():
-            mac.update(chunk)
-        return timestamp, f"sha256={mac.hexdigest()}"
 
     def commit(self) -> str:
         try:
@@ -76,11 +65,11 @@ class SpooledBody:
 class Webhook(Destination):
     manifest = False
 
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.spec: WebhookSpec = target.request.destination
-        self.secret = target.secrets.get("signing_secret", "").encode() or None
-        folder = target.settings.data_dir / "spool"
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+        self.spec: WebhookSpec = placement.spec
+        self.secret = placement.secrets.get("signing_secret", "").encode() or None
+        folder = placement.settings.data_dir / "spool"
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = str(folder)
         self.bodies: dict[str, SpooledBody] = {}
@@ -103,34 +92,34 @@ class Webhook(Destination):
     def finish(self, uris: list[str], should_stop: Callable[[], bool]) -> str:  # "URIs": the bodies' part names
         """Send every body, in order, until `should_stop()`; a receiver may see a retried batch twice
         (same X-Batch-Index), and a cancelled export's first batches without the rest."""
-        request = self.target.request
-        headers = {**self.spec.headers, "Content-Type": request.format.content_type, "X-Export-Id": request.id,
+        export_id = self.placement.export_id
+        headers = {**self.spec.headers, "Content-Type": self.placement.content_type, "X-Export-Id": export_id,
                    "X-Batch-Count": str(len(uris))}
-        if request.compression and not request.format.spec.codec_inside_file:
-            headers["Content-Encoding"] = request.compression.value  # text offers gzip and zstd: HTTP's names
-        if self.target.secrets.get("authorization"):
-            headers["Authorization"] = self.target.secrets["authorization"]
-        target = pin(self.spec.url, self.target.settings.destination_allow)
-        with WebhookClient(self.target.settings.export.upload_timeout_seconds) as client:
+        if self.placement.content_encoding:
+            headers["Content-Encoding"] = self.placement.content_encoding
+        if self.placement.secrets.get("authorization"):
+            headers["Authorization"] = self.placement.secrets["authorization"]
+        pinned = pin(self.spec.url, self.placement.settings.destination_allow)
+        with WebhookClient(self.placement.settings.export.upload_timeout_seconds) as client:
             for index, name in enumerate(uris, start=1):
                 if should_stop():
-                    raise Cancelled(f"export {request.id} was cancelled after {index - 1} of {len(uris)} batches")
+                    raise Cancelled(f"export {export_id} was cancelled after {index - 1} of {len(uris)} batches")
                 body = self.bodies[name]
                 batch = {**headers, "X-Batch-Index": str(index), "Content-Length": str(body.size)}
-                self.send(client, target, body, batch, index, len(uris))
+                self.send(client, pinned, body, batch, index, len(uris))
         return self.spec.url
 
-    def send(self, client: WebhookClient, target: Pinned, body: SpooledBody, headers: dict, index: int,
+    def send(self, client: WebhookClient, pinned: Pinned, body: SpooledBody, headers: dict, index: int,
              count: int) -> None:
         """POST one body, retrying transient failures with exponential backoff and jitter."""
-        config = self.target.settings.export
-        where = f"webhook {redact(self.spec.url, self.target.secrets)} (batch {index} of {count})"
+        config = self.placement.settings.export
+        where = f"webhook {redact(self.spec.url, self.placement.secrets)} (batch {index} of {count})"
         for attempt in range(config.upload_retries + 1):
             wait = config.upload_backoff_seconds * 2 ** attempt * random.uniform(0.5, 1.5)
             if self.secret is not None:
-                headers["X-Signature-Timestamp"], headers["X-Signature"] = body.signature(self.secret)
+                headers.update(signature(self.secret, body.chunks()))
             try:
-                response = client.post(target, body.chunks(), headers)
+                response = client.post(pinned, body.chunks(), headers)
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}"
             else:
@@ -165,17 +154,5 @@ def retry_after(response: httpx.Response) -> float:
         return 0.0
 
 
-def permanent_hint(status: int) -> str:
-    if status in (401, 403):
-        return "the receiver refused the credentials; check the connection's authorization or signing_secret"
-    if status in (404, 405, 410):
-        return "check the webhook url"
-    if status == 413:
-        return "the body is too large for the receiver; set batch_max_bytes or batch_max_events"
-    if 300 <= status < 400:
-        return "redirects are not followed; use the final url"
-    return "the receiver rejected the request; see its logs"
-
-
-def build(target: Target) -> Webhook:
-    return Webhook(target)
+def build(placement: Placement) -> Webhook:
+    return Webhook(placement)

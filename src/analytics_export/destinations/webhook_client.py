@@ -5,12 +5,41 @@ follows redirects (a 30x could point inside the network)."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import hashlib
+import hmac
+import time
+from typing import Any, Iterable, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from .guard import check_host
+
+RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+"""Answers worth sending the same body again for; any other failure status is permanent."""
+
+
+def signature(secret: bytes, body: Iterable[bytes]) -> dict[str, str]:
+    """The signature headers of `body`, signed now: `X-Signature: sha256=HEX` is
+    HMAC-SHA256(secret, f"{X-Signature-Timestamp}." + body); each attempt carries a fresh timestamp."""
+    timestamp = str(int(time.time()))
+    mac = hmac.new(secret, f"{timestamp}.".encode(), hashlib.sha256)
+    for chunk in body:
+        mac.update(chunk)
+    return {"X-Signature-Timestamp": timestamp, "X-Signature": f"sha256={mac.hexdigest()}"}
+
+
+def permanent_hint(status: int) -> str:
+    """What to fix after a permanent failure status."""
+    if status in (401, 403):
+        return "the receiver refused the credentials; check the connection's authorization or signing_secret"
+    if status in (404, 405, 410):
+        return "check the webhook url"
+    if status == 413:
+        return "the body is too large for the receiver; set batch_max_bytes or batch_max_events"
+    if 300 <= status < 400:
+        return "redirects are not followed; use the final url"
+    return "the receiver rejected the request; see its logs"
 
 
 class Pinned(NamedTuple):

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, TypeVar
 
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
-from ..destinations import Destination, Target, destination_for
+from ..destinations import Destination, Placement, destination_for
 from ..errors import Cancelled, ExportError, Storage, Upload
 from ..models import ExportResult, ExportStatus
 from ..pipeline import run_export
@@ -118,7 +118,7 @@ class Worker:
             self.reaped = time.monotonic()
         for job, rows in self.jobs.reap(export_id):
             try:
-                discard(job, rows, self.settings, lambda: destination_for(self.target(job)))
+                discard(job, rows, self.settings, lambda: destination_for(self.placement(job)))
             except Exception as exc:  # the export has failed either way; say what may be left behind
                 log.warning("export %s: could not remove its partitions' files (%s)", job.id, exc)
             log.info("export %s: closed after failure or cancellation", job.id)
@@ -307,17 +307,17 @@ class Worker:
         partitions agree), plus the request's own, with the suppression list as it is now."""
         return self.policies.for_export(job.project, job.request, self.policies.pin(job.id, job.project))
 
-    def target(self, job: Job) -> Target:
+    def placement(self, job: Job) -> Placement:
         """The job's destination with its connection's secrets, checked against the allow-list again
         (a name may resolve elsewhere now than when the export was created)."""
         secrets = checked_secrets(self.settings, self.jobs, job.project, job.request.destination)
-        return Target(job.request, job.project, self.settings, secrets)
+        return Placement.for_export(job.request, job.project, self.settings, secrets)
 
     def _attempt(self, job: Job, work: Callable[[Destination], T]) -> tuple[T | None, str | None, bool]:
         """`work` done on the job's destination: its value, or the error and whether it is worth
         another attempt (a store or upload failure may pass; bad input or an encoding error will not)."""
         try:
-            destination = destination_for(self.target(job))
+            destination = destination_for(self.placement(job))
             try:
                 return work(destination), None, False
             finally:

@@ -19,7 +19,7 @@ from typing import ClassVar, Iterable
 
 import pyarrow as pa
 
-from ..destinations import Destination, Target, Upload
+from ..destinations import Destination, Placement, Upload
 from ..errors import Invalid
 
 COLUMNS = ("event", "distinct_id", "timestamp", "properties", "uuid", "inserted_at")
@@ -70,6 +70,6 @@ class TableDestination(Destination):
         return f"{self.kind} table {self.name}"
 
 
-def local_path(target: Target, name: str) -> Path:
+def local_path(placement: Placement, name: str) -> Path:
     """Where a table on this machine lives: DATA_DIR/tables/PROJECT/NAME, each project apart."""
-    return target.settings.data_dir / "tables" / target.project / name
+    return placement.settings.data_dir / "tables" / placement.project / name

@@ -23,7 +23,7 @@ import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from ..destinations import Target
+from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import ClickHouseTableDestination
 from ..errors import Storage
@@ -52,24 +52,24 @@ def column_type(field: pa.Field) -> str:
 class ClickHouseTable(TableDestination):
     kind = "clickhouse"
 
-    def __init__(self, target: Target) -> None:
-        spec: ClickHouseTableDestination = target.request.destination  # type: ignore[assignment]
+    def __init__(self, placement: Placement) -> None:
+        spec: ClickHouseTableDestination = placement.spec  # type: ignore[assignment]
         super().__init__(spec.table)
-        self.spec, self.target = spec, target
+        self.spec, self.placement = spec, placement
 
     def client(self) -> Any:
         """A client of the table's server, or of chDB in the project's tables folder."""
         if self.spec.url.startswith("chdb:"):
-            path = local_path(self.target, self.spec.url.removeprefix("chdb:"))
+            path = local_path(self.placement, self.spec.url.removeprefix("chdb:"))
             path.mkdir(parents=True, exist_ok=True)
             return clickhouse_connect.get_client(interface="chdb", path=str(path))
         parts = urlsplit(self.spec.url)
         secure = parts.scheme == "clickhouses"
-        address = check_host(parts.hostname or "", self.target.settings.destination_allow)[0]
+        address = check_host(parts.hostname or "", self.placement.settings.destination_allow)[0]
         return clickhouse_connect.get_client(
             host=parts.hostname if secure else address,  # https needs the name for its certificate
             port=parts.port or (8443 if secure else 8123), username=parts.username or "default",
-            password=self.target.secrets.get("password", ""), database=parts.path.strip("/") or None,
+            password=self.placement.secrets.get("password", ""), database=parts.path.strip("/") or None,
             secure=secure)
 
     def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
@@ -102,5 +102,5 @@ class ClickHouseTable(TableDestination):
             ch.close()
 
 
-def build(target: Target) -> ClickHouseTable:
-    return ClickHouseTable(target)
+def build(placement: Placement) -> ClickHouseTable:
+    return ClickHouseTable(placement)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from ..destinations import Target
+from ..destinations import Placement
 from ..destinations.specs import DeltaTableDestination
 from ..errors import Invalid, Storage
 from . import TableDestination, Window, local_path
@@ -31,10 +31,10 @@ def literal(value: datetime) -> str:
     return f"'{value:%Y-%m-%dT%H:%M:%S.%fZ}'"
 
 
-def storage_options(spec: DeltaTableDestination, target: Target) -> dict[str, str]:
+def storage_options(spec: DeltaTableDestination, placement: Placement) -> dict[str, str]:
     """delta-rs's S3 options: the connection's keys, or none (the server's own) where it lends them."""
-    secrets = target.secrets
-    if not secrets and not target.settings.server_credentials:
+    secrets = placement.secrets
+    if not secrets and not placement.settings.server_credentials:
         raise Invalid("an s3:// delta table needs a connection (POST /api/connections, type delta): this server "
                       "does not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
     options = {"aws_region": spec.region or "us-east-1"}
@@ -59,12 +59,12 @@ def with_day(batches: pa.RecordBatchReader, column: str) -> pa.RecordBatchReader
 class DeltaLakeTable(TableDestination):
     kind = "delta"
 
-    def __init__(self, target: Target) -> None:
-        spec: DeltaTableDestination = target.request.destination  # type: ignore[assignment]
+    def __init__(self, placement: Placement) -> None:
+        spec: DeltaTableDestination = placement.spec  # type: ignore[assignment]
         super().__init__(spec.uri)
         s3 = spec.uri.startswith("s3://")
-        self.uri = spec.uri if s3 else str(local_path(target, spec.uri))
-        self.options = storage_options(spec, target) if s3 else None
+        self.uri = spec.uri if s3 else str(local_path(placement, spec.uri))
+        self.options = storage_options(spec, placement) if s3 else None
         self.partition_by_day = spec.partition_by_day
 
     def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
@@ -99,5 +99,5 @@ class DeltaLakeTable(TableDestination):
          .when_matched_update_all().when_not_matched_insert_all().execute())
 
 
-def build(target: Target) -> DeltaLakeTable:
-    return DeltaLakeTable(target)
+def build(placement: Placement) -> DeltaLakeTable:
+    return DeltaLakeTable(placement)

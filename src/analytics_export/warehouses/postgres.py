@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
-from ..destinations import Target
+from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import PostgresTableDestination
 from ..errors import Storage
@@ -44,15 +44,15 @@ def column_type(field: pa.Field) -> str:
 class PostgresTable(TableDestination):
     kind = "postgres"
 
-    def __init__(self, target: Target) -> None:
-        spec: PostgresTableDestination = target.request.destination  # type: ignore[assignment]
+    def __init__(self, placement: Placement) -> None:
+        spec: PostgresTableDestination = placement.spec  # type: ignore[assignment]
         super().__init__(spec.table)
         parts = urlsplit(spec.url)
         # libpq connects to the address the SSRF guard checked, not to a second DNS answer
-        address = check_host(parts.hostname or "", target.settings.destination_allow)[0]
+        address = check_host(parts.hostname or "", placement.settings.destination_allow)[0]
         options = parse_qsl(parts.query) + [("hostaddr", address)]
-        if target.secrets.get("password"):
-            options.append(("password", target.secrets["password"]))
+        if placement.secrets.get("password"):
+            options.append(("password", placement.secrets["password"]))
         self.uri = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(options)))
 
     def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
@@ -84,5 +84,5 @@ class PostgresTable(TableDestination):
             raise Storage(f"loading {self} failed: {first_line(exc)}") from None
 
 
-def build(target: Target) -> PostgresTable:
-    return PostgresTable(target)
+def build(placement: Placement) -> PostgresTable:
+    return PostgresTable(placement)

@@ -4,11 +4,10 @@ its file instead of adding one."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from ...destinations import Destination, Target, destination_for
-from ...models import ExportRequest
+from ...destinations import Destination, Placement, destination_for
+from ...models import file_suffix
 from . import Delivery
 
 if TYPE_CHECKING:
@@ -18,13 +17,10 @@ if TYPE_CHECKING:
 
 class FilesSink:
     def __init__(self, spec: StreamSpec, project: str, settings: Settings, secrets: dict[str, str]) -> None:
-        # the destination modules build from an export request; a stream's has its id, format and compression
-        start = datetime(2000, 1, 1, tzinfo=timezone.utc)  # unused: stream files are named by range, no template
-        self.request = ExportRequest(id=spec.id, start_date=start, end_date=start + timedelta(days=1),
-                                     format=spec.format, compression=spec.compression,
-                                     destination=spec.destination)  # type: ignore[arg-type]
-        self.destination: Destination = destination_for(Target(self.request, project, settings, secrets))
-        self.extension = self.request.file_extension
+        folder = spec.destination.prefix.strip("/")  # type: ignore[union-attr]  # no path_template (StreamSpec)
+        self.destination: Destination = destination_for(Placement(
+            spec.destination, project, settings, secrets, folder, spec.format.content_type, export_id=spec.id))
+        self.extension = file_suffix(spec.format, spec.compression)
 
     def send(self, delivery: Delivery) -> None:
         upload = self.destination.open(f"{delivery.name}{self.extension}")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...destinations import Target, destination_for
+from ...destinations import Placement, destination_for
 from ...warehouses import TableDestination, Window
 from . import Delivery
 
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 class TableSink:
     def __init__(self, spec: StreamSpec, project: str, settings: Settings, secrets: dict[str, str]) -> None:
-        request = spec.request().model_copy(update={"destination": spec.destination})
-        self.table: TableDestination = destination_for(Target(request, project, settings, secrets))  # type: ignore[assignment]
+        self.table: TableDestination = destination_for(  # type: ignore[assignment]
+            Placement(spec.destination, project, settings, secrets, export_id=spec.id))
 
     def send(self, delivery: Delivery) -> None:
         rows = pa.Table.from_batches(delivery.rows)

@@ -3,26 +3,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import time
 from typing import TYPE_CHECKING
 
 import httpx
 
 from ...destinations import redact
 from ...destinations.specs import WebhookDestination
-from ...destinations.webhook import permanent_hint
-from ...destinations.webhook_client import WebhookClient, pin
+from ...destinations.webhook_client import RETRY_STATUSES, WebhookClient, permanent_hint, pin, signature
 from ...errors import Rejected, Upload
 from . import Delivery
 
 if TYPE_CHECKING:
     from ...config import Settings
     from ..spec import StreamSpec
-
-RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
-
 
 class WebhookSink:
     def __init__(self, spec: StreamSpec, settings: Settings, secrets: dict[str, str]) -> None:
@@ -35,7 +28,7 @@ class WebhookSink:
 
     def send(self, delivery: Delivery) -> None:
         url = self.destination.url
-        target = pin(url, self.settings.destination_allow)  # again each batch: a name may move
+        pinned = pin(url, self.settings.destination_allow)  # again each batch: a name may move
         headers = {**self.destination.headers, "Content-Type": delivery.content_type, "X-Stream-Id": self.stream.id,
                    "X-Batch-Id": delivery.name}
         if delivery.content_encoding:
@@ -43,12 +36,10 @@ class WebhookSink:
         if self.secrets.get("authorization"):
             headers["Authorization"] = self.secrets["authorization"]
         if self.secret is not None:
-            stamp = str(int(time.time()))
-            mac = hmac.new(self.secret, f"{stamp}.".encode() + delivery.body, hashlib.sha256).hexdigest()
-            headers["X-Signature-Timestamp"], headers["X-Signature"] = stamp, f"sha256={mac}"
+            headers.update(signature(self.secret, [delivery.body]))
         where = f"webhook {redact(url, self.secrets)}"
         try:
-            response = self.client.post(target, delivery.body, headers)
+            response = self.client.post(pinned, delivery.body, headers)
         except httpx.TransportError as exc:
             raise Upload(f"{where} could not be reached ({type(exc).__name__})") from None
         if response.status_code >= 300:
