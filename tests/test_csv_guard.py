@@ -9,13 +9,15 @@ import re
 
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from conftest import with_demo_events
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from service import Service, cli, create_key, wait_for
 
+from analytics_export.bytesinks import ForwardingSink
 from analytics_export.formats.csv import CsvWriter, GuardedCsvWriter
 from analytics_export.models import ExportRequest, ScheduledExport
-from analytics_export.streams import ForwardingSink
-from conftest import with_demo_events
-from service import Service, cli, create_key, wait_for
 
 RISKY = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tstart", "\rstart", "=1", "-"]
 SAFE = ["plain", "-5", "+1.5e3", "1=1", "", "'=already"]

@@ -15,8 +15,8 @@ from typing import BinaryIO, Callable, Protocol
 import zstandard
 from isal import igzip, isal_zlib
 
+from .bytesinks import ByteSink, ForwardingSink
 from .models import Compression
-from .streams import ForwardingSink, Sink
 
 
 class Codec(Protocol):
@@ -66,7 +66,7 @@ def open_staged(path: Path) -> BinaryIO:
 class CompressedSink(ForwardingSink):
     """Compresses what it is given and passes it on; `finish` ends the compressed stream."""
 
-    def __init__(self, target: Sink, compression: Compression) -> None:
+    def __init__(self, target: ByteSink, compression: Compression) -> None:
         super().__init__(target)
         self.codec = CODECS[compression]()
 

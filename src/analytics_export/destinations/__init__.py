@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from ..models import ExportRequest
 
 
-class Upload(Protocol):
+class FileUpload(Protocol):
+    """One file on its way to a destination: written in parts, then committed or aborted."""
+
     def write(self, data: bytes | memoryview, /) -> object: ...
 
     def commit(self) -> str:
@@ -34,7 +36,7 @@ class Destination:
 
     manifest: ClassVar[bool] = True
 
-    def open(self, name: str) -> Upload:
+    def open(self, name: str) -> FileUpload:
         raise NotImplementedError
 
     def remove(self, name: str) -> None:
@@ -108,7 +110,7 @@ class BackgroundUpload:
     returns. An error in the thread is raised by the next `write` or by `commit`.
     """
 
-    def __init__(self, upload: Upload, max_pending: int = 8 << 20) -> None:
+    def __init__(self, upload: FileUpload, max_pending: int = 8 << 20) -> None:
         self.upload = upload
         self.max_pending = max_pending
         self.pending = 0

@@ -10,9 +10,9 @@ from typing import BinaryIO, ClassVar
 import duckdb
 import pyarrow as pa
 
+from ..bytesinks import ByteSink, ForwardingSink
 from ..compression import CompressedSink, open_staged
 from ..models import Compression, ExportFormat, ExportRequest
-from ..streams import ForwardingSink, Sink
 
 COPY_CHUNK = 1 << 20
 
@@ -71,7 +71,7 @@ class Writer:
     """Put between two non-empty fragments."""
 
     @classmethod
-    def merge(cls, fragments: list[tuple[Path, int]], sink: Sink, schema: pa.Schema,
+    def merge(cls, fragments: list[tuple[Path, int]], sink: ByteSink, schema: pa.Schema,
               compression: Compression | None) -> None:
         """Write to `sink` one file from `fragments` (path, events), in order: head, the fragments with
         separators, tail. Compressed, the staged fragments are decoded and the file is compressed as one
@@ -129,7 +129,7 @@ class BatchSQL:
         self.con.close()
 
 
-def copy(file: BinaryIO, sink: Sink, size: int | None = None) -> None:
+def copy(file: BinaryIO, sink: ByteSink, size: int | None = None) -> None:
     """Copy `size` bytes (or the rest) of `file` to `sink`: inside the kernel when the sink ends in a
     local file (`copy_from`), else in bounded chunks."""
     fast = getattr(sink, "copy_from", None)

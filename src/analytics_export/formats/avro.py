@@ -15,9 +15,9 @@ import fastavro
 import polars as pl
 import pyarrow as pa
 
+from ..bytesinks import ByteSink
 from ..errors import Format
 from ..models import Compression
-from ..streams import Sink
 from . import Writer, copy
 
 CODECS = {None: "null", Compression.GZIP: "deflate", Compression.ZSTD: "zstandard", Compression.SNAPPY: "snappy"}
@@ -77,7 +77,7 @@ class AvroWriter(Writer):
         self.writer.flush()
 
     @classmethod
-    def merge(cls, fragments: list[tuple[Path, int]], sink: Sink, schema: pa.Schema,
+    def merge(cls, fragments: list[tuple[Path, int]], sink: ByteSink, schema: pa.Schema,
               compression: Compression | None) -> None:
         """One container file: the first fragment's header, then every fragment's blocks copied as
         they are (still compressed), each followed by that header's sync marker."""

@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..bytesinks import ByteSink
 from ..errors import Format
 from ..models import Compression
-from ..streams import Sink
 from . import Writer, copy, thrift
 
 MAGIC = b"PAR1"
@@ -46,7 +46,7 @@ class ParquetWriter(Writer):
         self.writer.close()
 
     @classmethod
-    def merge(cls, fragments: list[tuple[Path, int]], sink: Sink, schema: pa.Schema,
+    def merge(cls, fragments: list[tuple[Path, int]], sink: ByteSink, schema: pa.Schema,
               compression: Compression | None) -> None:
         """One file whose row groups are the fragments' row groups, copied as bytes: their column
         chunks follow each other and the footer lists them all, offsets moved to their new place."""

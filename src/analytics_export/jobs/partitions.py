@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from ..bytesinks import ForwardingSink
 from ..config import Settings
 from ..destinations import BackgroundUpload, Destination, registry
 from ..destinations.local import LocalDestination
@@ -25,7 +26,6 @@ from ..pipeline.batches import Progress
 from ..pipeline.files import completed, deliver, export_query, write_files
 from ..privacy.policy import Privacy
 from ..sources import EventSource
-from ..streams import ForwardingSink
 from .store import Job
 
 MICROSECOND = timedelta(microseconds=1)

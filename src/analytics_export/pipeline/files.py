@@ -11,6 +11,7 @@ from typing import Callable
 
 import pyarrow as pa
 
+from ..bytesinks import ForwardingSink
 from ..compression import STAGING, CompressedSink
 from ..destinations import BackgroundUpload, Destination
 from ..errors import Invalid
@@ -18,7 +19,6 @@ from ..formats import Writer, writer_class, writer_for
 from ..models import ExportRequest, ExportResult, ExportStatus, codec_problem
 from ..privacy.policy import Privacy
 from ..sources import EventQuery, EventSource
-from ..streams import ForwardingSink
 from .batches import Progress, privacy_fields, scanned
 
 PROBE_ROWS = 1_000

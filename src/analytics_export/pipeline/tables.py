@@ -11,7 +11,7 @@ import pyarrow as pa
 from ..models import ExportRequest, ExportResult, ExportStatus
 from ..privacy.policy import Privacy
 from ..sources import IDS, EventQuery, EventSource
-from ..warehouses import TableDestination, Window, check_columns
+from ..warehouses import LoadWindow, TableDestination, check_columns
 from .batches import Progress, privacy_fields, scanned
 
 
@@ -42,7 +42,7 @@ def load_table(request: ExportRequest, source: EventSource, table: TableDestinat
             failed.append(exc)
             raise
 
-    window = Window(request.start_date, request.end_date, query.time_field)
+    window = LoadWindow(request.start_date, request.end_date, query.time_field)
     try:
         table.load(pa.RecordBatchReader.from_batches(query.schema, feed()), window)
     except Exception:

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..bytesinks import ForwardingSink
 from ..compression import CompressedSink
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
@@ -34,7 +35,6 @@ from ..models import ExportFormat, ExportRequest, codec_problem
 from ..privacy.policy import Privacy
 from ..sources import IDS, EventQuery
 from ..sources.stores import open_store
-from ..streams import ForwardingSink
 from .sinks import Delivery, Sink, sink_for
 from .spec import StreamSpec
 from .store import Stream, StreamStore

@@ -19,7 +19,7 @@ from typing import ClassVar, Iterable
 
 import pyarrow as pa
 
-from ..destinations import Destination, Placement, Upload
+from ..destinations import Destination, FileUpload, Placement
 from ..errors import Invalid
 
 COLUMNS = ("event", "distinct_id", "timestamp", "properties", "uuid", "inserted_at")
@@ -27,7 +27,7 @@ COLUMNS = ("event", "distinct_id", "timestamp", "properties", "uuid", "inserted_
 
 
 @dataclass(frozen=True)
-class Window:
+class LoadWindow:
     """The rows a load replaces: those whose `column` is in [start, end), and with `loaded_only`,
     only those among them whose uuid the load brings (a stream's batch appended again replaces its
     own earlier copy, and nothing else)."""
@@ -59,10 +59,10 @@ class TableDestination(Destination):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def open(self, name: str) -> Upload:
+    def open(self, name: str) -> FileUpload:
         raise Invalid(f"{self} is loaded with rows; it cannot take the file {name}")
 
-    def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
+    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         """Replace the rows of `window` with `batches` (created or given new columns as needed)."""
         raise NotImplementedError
 

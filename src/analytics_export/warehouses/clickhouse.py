@@ -27,7 +27,7 @@ from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import ClickHouseTableDestination
 from ..errors import Storage
-from . import COLUMNS, TableDestination, Window, local_path
+from . import COLUMNS, LoadWindow, TableDestination, local_path
 
 TIME = "DateTime64(6, 'UTC')"
 TYPES = {"event": "LowCardinality(String)", "uuid": "UUID"}
@@ -72,7 +72,7 @@ class ClickHouseTable(TableDestination):
             password=self.placement.secrets.get("password", ""), database=parts.path.strip("/") or None,
             secure=secure)
 
-    def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
+    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         table, time = qualified(self.name), quoted(window.column)
         stage = f"{self.name}__load_{uuid.uuid4().hex[:12]}"
         columns = [(quoted(f.name), column_type(f)) for f in batches.schema]

@@ -21,7 +21,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from ..destinations import Placement
 from ..destinations.specs import DeltaTableDestination
 from ..errors import Invalid, Storage
-from . import TableDestination, Window, local_path
+from . import LoadWindow, TableDestination, local_path
 
 DAY = "day"
 """The partition column of a `partition_by_day` table: the UTC date of the window's time column."""
@@ -67,7 +67,7 @@ class DeltaLakeTable(TableDestination):
         self.options = storage_options(spec, placement) if s3 else None
         self.partition_by_day = spec.partition_by_day
 
-    def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
+    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         column = f'"{window.column}"'
         predicate = f"{column} >= {literal(window.start)} AND {column} < {literal(window.end)}"
         if self.partition_by_day:

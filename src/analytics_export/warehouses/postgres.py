@@ -19,7 +19,7 @@ from ..destinations.guard import check_host
 from ..destinations.specs import PostgresTableDestination
 from ..errors import Storage
 from ..sources.postgres import first_line
-from . import TableDestination, Window
+from . import LoadWindow, TableDestination
 
 TYPES = {"properties": "jsonb", "uuid": "uuid"}
 STAGE = "analytics_export_load"
@@ -55,7 +55,7 @@ class PostgresTable(TableDestination):
             options.append(("password", placement.secrets["password"]))
         self.uri = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(options)))
 
-    def load(self, batches: pa.RecordBatchReader, window: Window) -> None:
+    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         table, time = qualified(self.name), quoted(window.column)
         columns = [(quoted(f.name), column_type(f)) for f in batches.schema]
         names = ", ".join(name for name, _ in columns)

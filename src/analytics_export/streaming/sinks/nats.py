@@ -24,6 +24,7 @@ from nats.js.api import StorageType, StreamConfig
 from ...destinations import redact
 from ...errors import ExportError, Invalid, Rejected, Upload
 from . import Delivery
+from .acks import AckWindow
 from .loop import LoopSink
 
 if TYPE_CHECKING:
@@ -87,12 +88,12 @@ class NatsSink(LoopSink):
         subject, stream = self.destination.subject, self.destination.stream
         futures: list[asyncio.Future[Any]] = []
         self.in_flight = futures
-        window = Window(MAX_IN_FLIGHT)
+        window = AckWindow(MAX_IN_FLIGHT)
         try:
             for body, headers in messages:
                 # Nothing here yields while the window has room, so the client's flusher writes many
                 # messages at once instead of one socket send each.
-                if not await window.room(ACK_TIMEOUT):
+                if not await window.room(1, ACK_TIMEOUT):
                     raise Upload(f"{self.where}: no PubAck for {ACK_TIMEOUT:.0f} s; check that the server and its "
                                  "JetStream are up")
                 if window.failed:
@@ -211,38 +212,6 @@ class NatsSink(LoopSink):
         nc, self.nc, self.js = self.nc, None, None
         if nc is not None:
             await _quietly_close(nc)
-
-
-class Window:
-    """Counts messages awaiting their acknowledgement; `room` waits (yielding) only when it is full."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.pending = 0
-        self.failed = False
-        self.opened = asyncio.Event()
-
-    def add(self, future: asyncio.Future[Any]) -> None:
-        self.pending += 1
-        future.add_done_callback(self._settled)
-
-    def _settled(self, future: asyncio.Future[Any]) -> None:
-        self.pending -= 1
-        if future.cancelled() or future.exception() is not None:
-            self.failed = True
-        if self.pending < self.size:
-            self.opened.set()
-
-    async def room(self, timeout: float) -> bool:
-        """True once fewer than `size` are pending (at once if so); False after `timeout` seconds without."""
-        while self.pending >= self.size and not self.failed:
-            self.opened.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.opened.wait()
-            except TimeoutError:
-                return False
-        return True
 
 
 def _auth(destination: NatsDestination, secrets: dict[str, str]) -> dict[str, str]:

@@ -30,6 +30,7 @@ from pamqp.header import ContentHeader
 from ...destinations import redact
 from ...errors import ExportError, Invalid, Rejected, Upload
 from . import Delivery
+from .acks import AckWindow
 from .loop import LoopSink
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class RabbitMQSink(LoopSink):
 
     async def _send(self, messages: list[tuple[bytes, Basic.Properties]]) -> None:
         channel = await self._connected()
-        window = Window(MAX_IN_FLIGHT)
+        window = AckWindow(MAX_IN_FLIGHT)
         futures: list[asyncio.Future[Any]] = []
         try:
             for start in range(0, len(messages), CHUNK):
@@ -239,38 +240,6 @@ class RabbitMQSink(LoopSink):
         connection, self.connection, self.channel = self.connection, None, None
         if connection is not None:
             await _quietly_close(connection)
-
-
-class Window:
-    """Counts messages awaiting their confirm; `room` waits (yielding) only when it is full."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.pending = 0
-        self.failed = False
-        self.opened = asyncio.Event()
-
-    def add(self, future: asyncio.Future[Any]) -> None:
-        self.pending += 1
-        future.add_done_callback(self._settled)
-
-    def _settled(self, future: asyncio.Future[Any]) -> None:
-        self.pending -= 1
-        if future.cancelled() or future.exception() is not None:
-            self.failed = True
-        if self.pending < self.size:
-            self.opened.set()
-
-    async def room(self, count: int, timeout: float) -> bool:
-        """True once `count` more fit (at once if so); False after `timeout` seconds without progress."""
-        while self.pending + count > self.size and not self.failed:
-            self.opened.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.opened.wait()
-            except TimeoutError:
-                return False
-        return True
 
 
 def _credentials(destination: RabbitMQDestination, secrets: dict[str, str]) -> tuple[str, str]:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...destinations import Placement, destination_for
-from ...warehouses import TableDestination, Window
+from ...warehouses import LoadWindow, TableDestination
 from . import Delivery
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ class TableSink:
     def send(self, delivery: Delivery) -> None:
         rows = pa.Table.from_batches(delivery.rows)
         inserted = rows.column("inserted_at")
-        window = Window(pc.min(inserted).as_py(), pc.max(inserted).as_py() + timedelta(microseconds=1), "inserted_at",
+        window = LoadWindow(pc.min(inserted).as_py(), pc.max(inserted).as_py() + timedelta(microseconds=1), "inserted_at",
                         loaded_only=True)
         self.table.load(rows.to_reader(), window)
 

@@ -6,7 +6,9 @@ import io
 from typing import Protocol
 
 
-class Sink(Protocol):
+class ByteSink(Protocol):
+    """Where encoded bytes go next: a file, an upload, another sink."""
+
     def write(self, data: bytes | memoryview, /) -> object: ...
 
 
@@ -16,7 +18,7 @@ class ForwardingSink(io.RawIOBase):
     It is file-like enough for pyarrow's and fastavro's writers (`write`, `tell`, `flush`).
     """
 
-    def __init__(self, target: Sink) -> None:
+    def __init__(self, target: ByteSink) -> None:
         super().__init__()
         self.target = target
         self.position = 0
