@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
@@ -15,16 +16,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from .. import demo as demo_data
 from ..checks import describe_errors
 from ..config import Settings
-from ..destinations import Placement, destination_for
-from ..destinations.local import LocalDestination
 from ..errors import Invalid
+from ..exporting import export as run
 from ..inbox import clean_inbox
 from ..ingest import ingest_file
-from ..jobs.policies import project_privacy
 from ..models import COMPRESSION_DOC, Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator
-from ..pipeline import run_export
 from ..pipeline.batches import Progress as ExportProgress
-from ..sources import EventQuery, EventSource
+from ..sources import EventQuery
 from ..sources.stores import open_store
 from .common import err, exit_on_error, fail
 
@@ -95,23 +93,8 @@ def export(
         fail(describe_errors(exc.errors()) if isinstance(exc, ValidationError) else str(exc))
     if sum(x is not None for x in (output, output_dir, to)) > 1:
         fail("give one of --output, --output-dir and --to")
-    with exit_on_error():
-        privacy = project_privacy(settings, request)
-        if to:
-            destination = destination_for(Placement.for_export(request, settings.project, settings))
-        else:
-            destination = LocalDestination(output_dir or settings.export_dir, output)
-        try:
-            store = open_store(settings)
-            try:
-                with ProgressDisplay(store, request, settings.project) as on_progress:
-                    result = run_export(request, store, destination, project=settings.project,
-                                        batch_size=settings.export.batch_size, on_progress=on_progress,
-                                        privacy=privacy)
-            finally:
-                store.close()
-        finally:
-            destination.close()
+    with exit_on_error(), ProgressDisplay(settings, request) as on_progress:
+        result = run(request, settings=settings, output=output, output_dir=output_dir, on_progress=on_progress)
     summary = {"id": result.export_id, "total_events": result.total_events, "file_size": result.file_size,
                "path": result.destination_path, "privacy_policy_version": result.privacy_policy_version}
     if result.dropped_properties:
@@ -122,11 +105,12 @@ def export(
 class ProgressDisplay:
     """A rich progress bar on a terminal (events, bytes, events/s, ETA); nothing otherwise."""
 
-    def __init__(self, store: EventSource, request: ExportRequest, project: str) -> None:
+    def __init__(self, settings: Settings, request: ExportRequest) -> None:
         self.active = err.is_terminal
         if not self.active:
             return
-        total = store.count(EventQuery.from_request(request, project))
+        with closing(open_store(settings)) as store:
+            total = store.count(EventQuery.from_request(request, settings.project))
         self.started = time.monotonic()
         self.bar = Progress(
             TextColumn("[bold]exporting"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} events"),

@@ -1,0 +1,58 @@
+"""One export run in this process, as the library's `export()` and the CLI's `export` command run it:
+the project's privacy, the destination, the event store, the pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from .checks import check_project_name
+from .config import Settings
+from .destinations import Placement, destination_for
+from .destinations.local import LocalDestination
+from .errors import Invalid
+from .jobs.policies import project_privacy
+from .models import ExportRequest, ExportResult
+from .pipeline import run_export
+from .pipeline.batches import Progress
+from .sources.stores import open_store
+
+
+def export(
+    request: ExportRequest | None = None,
+    *,
+    settings: Settings | None = None,
+    output: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    secrets: dict[str, str] | None = None,
+    **fields: Any,
+) -> ExportResult:
+    """Run one export in this process and return its result.
+
+    Pass an ExportRequest, or its fields as keyword arguments. A download goes to `output` exactly,
+    or to `output_dir` (default: the data dir's `exports/`) under the export's standard name; any
+    other `destination` gets its credentials from `secrets` (a connection's fields) or the environment.
+    The project's privacy policy applies, as in every export.
+    """
+    settings = settings or Settings()
+    try:
+        check_project_name(settings.project)  # settings may have been changed after they were checked
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    request = request or ExportRequest.model_validate(fields)
+    privacy = project_privacy(settings, request)
+    if request.destination.type == "download":
+        destination = LocalDestination(Path(output_dir) if output_dir else settings.export_dir,
+                                       Path(output) if output else None)
+    else:
+        destination = destination_for(Placement.for_export(request, settings.project, settings, secrets or {}))
+    try:
+        store = open_store(settings)
+        try:
+            return run_export(request, store, destination, project=settings.project,
+                              batch_size=settings.export.batch_size, on_progress=on_progress, privacy=privacy)
+        finally:
+            store.close()
+    finally:
+        destination.close()
