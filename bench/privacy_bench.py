@@ -330,9 +330,9 @@ def set_policies(base: Path, policy: Path, suppress: int) -> int:
     """No policy in `base`'s job store; the typical policy and the suppression list in `policy`'s."""
     from analytics_export import Settings
     from analytics_export.connections import Sealer
-    from analytics_export.jobs.policies import PrivacyStore
-    from analytics_export.jobs.store import JobStore
     from analytics_export.privacy.rules import PrivacyRules
+    from analytics_export.store.jobs import JobStore
+    from analytics_export.store.policies import PrivacyStore
 
     versions = []
     for data_dir, rules in ((base, PrivacyRules()), (policy, policy_rules())):

@@ -48,8 +48,8 @@ def run(data: Path, env: dict[str, str], workers: int, fmt: str, jobs_url: str, 
         pin: bool) -> tuple[float, float]:
     """Seconds from queueing the export to its completion with `workers` worker processes, and the
     CPU seconds the workers spent on it. With `pin`, worker i runs on core i only."""
-    from analytics_export.jobs.store import JobStore
     from analytics_export.models import ExportRequest, ExportStatus
+    from analytics_export.store.jobs import JobStore
 
     jobs = JobStore(jobs_url)
     cores = sorted(os.sched_getaffinity(0))
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--pin", default="no,yes", help="runs unpinned and/or with each worker on its own core")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from analytics_export.jobs.store import JobStore
+    from analytics_export.store.jobs import JobStore
 
     admin = psycopg.connect(PG_ADMIN, autocommit=True)
     suffix = uuid.uuid4().hex[:8]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from analytics_export.jobs.store import JobStore
 from servers import free_port
+
+from analytics_export.store.jobs import JobStore
 
 CLI = [sys.executable, "-m", "analytics_export.cli"]
 

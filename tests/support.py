@@ -15,11 +15,11 @@ from deltalake import DeltaTable
 
 from analytics_export import Settings, open_store
 from analytics_export.errors import Storage
-from analytics_export.jobs.scheduler import Scheduler, run_history
-from analytics_export.jobs.store import JobStore
-from analytics_export.jobs.worker import Worker
 from analytics_export.models import ExportConfig, ScheduledExport
+from analytics_export.runtime.scheduler import Scheduler, run_history
+from analytics_export.runtime.worker import Worker
 from analytics_export.sources import EventQuery
+from analytics_export.store.jobs import JobStore
 
 START = datetime(2026, 10, 1, tzinfo=timezone.utc)
 WEEKS = ExportConfig(partition_hours=24 * 7, min_partition_events=1)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import with_demo_events
 from service import Service, create_key
 
@@ -233,11 +232,11 @@ def test_a_backfill_of_more_windows_than_the_limit_is_a_422_before_anything_is_p
 def test_a_project_holds_bounded_numbers_of_schedules_streams_and_connections(service: Service) -> None:
     """Each is a row the scheduler, the workers or the console go over: no client grows them without
     bound. Filled to the limit through the store, the next one through the API is a 422 naming it."""
-    from analytics_export.jobs import store as job_store
-    from analytics_export.jobs.scheduler import Schedules
     from analytics_export.models import ScheduledExport
+    from analytics_export.runtime.scheduler import Schedules
+    from analytics_export.store import jobs as job_store
+    from analytics_export.store.streams import StreamStore
     from analytics_export.streaming.spec import StreamSpec
-    from analytics_export.streaming.store import StreamStore
 
     jobs = job_store.JobStore.for_data_dir(service.data)
     schedules, streams = Schedules(jobs), StreamStore(jobs)

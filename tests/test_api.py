@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import hmac
+import json
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
-from analytics_export import Settings, export
-from analytics_export.jobs.store import JobStore
-from analytics_export.jobs.tables import exports
 from conftest import with_demo_events
 from helpers import decompress
 from service import Service, create_idle_stream, create_key, wait_for
+
+from analytics_export import Settings, export
+from analytics_export.store.jobs import JobStore
+from analytics_export.store.tables import exports
 
 WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
 
@@ -243,8 +243,9 @@ def test_cancel_leaves_a_finished_export_alone(service):
 def test_nan_is_refused_and_every_json_answer_parses_strictly(tmp_path):
     """POST /api/events refuses NaN and Infinity (JSON array and JSON Lines, 422 naming the key); a
     NaN the store held before that check comes out as null in the preview, JSON and JSON Lines."""
-    from analytics_export.sources.duckdb import DuckDBEventStore
     from helpers import strict_json
+
+    from analytics_export.sources.duckdb import DuckDBEventStore
 
     data = tmp_path / "data"
     store = DuckDBEventStore(Settings(data_dir=data).events_path, read_only=False)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from analytics_export import Settings
 from analytics_export.api.app import create_app
-from analytics_export.jobs.store import JobStore
+from analytics_export.store.jobs import JobStore
 
 
 @pytest.fixture(scope="module")

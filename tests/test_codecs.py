@@ -16,14 +16,14 @@ from service import CLI, Service, create_key
 
 from analytics_export import Settings
 from analytics_export.checks import STORED
-from analytics_export.jobs.scheduler import Scheduler, Schedules
-from analytics_export.jobs.store import JobStore
-from analytics_export.jobs.tables import exports, schedules, streams
-from analytics_export.jobs.worker import Worker
 from analytics_export.models import ExportRequest, ExportStatus, ScheduledExport
-from analytics_export.streaming.runner import LEASE, StreamRun
+from analytics_export.runtime.scheduler import Scheduler, Schedules
+from analytics_export.runtime.stream_runner import LEASE, StreamRun
+from analytics_export.runtime.worker import Worker
+from analytics_export.store.jobs import JobStore
+from analytics_export.store.streams import StreamStore
+from analytics_export.store.tables import exports, schedules, streams
 from analytics_export.streaming.spec import StreamSpec
-from analytics_export.streaming.store import StreamStore
 
 REFUSED = [(f, c) for f in OFFERED for c in ("gzip", "zstd", "snappy", "lz4") if c not in OFFERED[f]]
 WINDOW = {"start_date": "2026-10-01", "end_date": "2026-10-08"}

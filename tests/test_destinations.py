@@ -447,8 +447,8 @@ def test_an_export_stored_with_a_bad_header_fails_once_saying_why(service, clien
     """Rows saved before the header rules existed still list, and fail at once with the rule,
     instead of a UnicodeEncodeError ("internal error") or a NUL retried as a transient failure."""
     from analytics_export.checks import STORED
-    from analytics_export.jobs.store import JobStore
     from analytics_export.models import ExportRequest
+    from analytics_export.store.jobs import JobStore
 
     receiver = Receiver()
     jobs = JobStore.for_data_dir(service.data)

@@ -13,13 +13,13 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-
-from analytics_export import Settings, export
-from analytics_export.jobs.store import JobStore
-from analytics_export.models import ExportRequest, ExportStatus
 from helpers import RFC3339, canonical, read_records, ts_text
 from service import Service, cli, create_key
 from support import WEEKS, run_queue, s3_settings, s3_split
+
+from analytics_export import Settings, export
+from analytics_export.models import ExportRequest, ExportStatus
+from analytics_export.store.jobs import JobStore
 
 FORMATS = ["json", "json_lines", "csv", "parquet", "avro"]
 TABULAR = ("csv", "parquet", "avro")

@@ -31,13 +31,13 @@ import pytest
 import zstandard
 from avro.datafile import DataFileReader
 from avro.io import DatumReader
-
-from analytics_export import Settings, export
-from analytics_export.jobs.store import JobStore
-from analytics_export.models import ExportConfig, ExportRequest, ExportStatus
 from conftest import stored_rows
 from helpers import OFFERED, read_records
 from support import run_queue
+
+from analytics_export import Settings, export
+from analytics_export.models import ExportConfig, ExportRequest, ExportStatus
+from analytics_export.store.jobs import JobStore
 
 START = datetime(2026, 8, 3, tzinfo=timezone.utc)
 END = datetime(2026, 11, 1, tzinfo=timezone.utc)

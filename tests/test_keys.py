@@ -13,9 +13,9 @@ import httpx
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-
-from analytics_export.jobs.store import KEY_CACHE_SECONDS, MIGRATIONS, JobStore
 from service import CLI, Service, cli
+
+from analytics_export.store.jobs import KEY_CACHE_SECONDS, MIGRATIONS, JobStore
 
 
 def keys(data: Path, *args: str) -> list[dict]:

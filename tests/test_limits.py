@@ -13,11 +13,11 @@ import httpx
 import psutil
 import pytest
 from fastapi.routing import iter_route_contexts
+from service import Service
 
 from analytics_export import Settings
 from analytics_export.api.app import create_app
-from analytics_export.jobs.store import JobStore
-from service import Service
+from analytics_export.store.jobs import JobStore
 
 HEADER_TIMEOUT = 2.0
 BODY_IDLE = 1.5

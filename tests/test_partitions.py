@@ -27,14 +27,14 @@ from helpers import OFFERED, canonical, decompress, read_records
 from service import CLI, Service, create_key, wait_for
 from support import WEEKS, run_queue, s3_settings, s3_split
 
-import analytics_export.jobs.worker as worker_module
+import analytics_export.runtime.worker as worker_module
 from analytics_export import Settings, export, open_store
 from analytics_export.errors import Invalid, Storage
 from analytics_export.formats import thrift
-from analytics_export.jobs.partitions import plan
-from analytics_export.jobs.store import JobStore
-from analytics_export.jobs.worker import Worker
 from analytics_export.models import ExportConfig, ExportRequest, ExportResult, ExportStatus
+from analytics_export.runtime.partitions import plan
+from analytics_export.runtime.worker import Worker
+from analytics_export.store.jobs import JobStore
 
 FORMATS = ["json_lines", "json", "csv", "parquet", "avro"]
 TEXT = ("json_lines", "json", "csv")
@@ -467,8 +467,8 @@ def test_local_upload_appends_a_file_range_inside_the_kernel(tmp_path):
 
 def test_every_partition_applies_the_policy_version_the_export_started_with(demo_settings, job_store, tmp_path):
     from analytics_export.connections import Sealer
-    from analytics_export.jobs.policies import PrivacyStore
     from analytics_export.privacy.rules import PrivacyRules
+    from analytics_export.store.policies import PrivacyStore
 
     settings = demo_settings.model_copy(update={"export": WEEKS})
     policies = PrivacyStore(job_store, Sealer(settings.signing_key()))

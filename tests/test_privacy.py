@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from analytics_export import Settings, export, open_store
 from analytics_export.connections import Sealer
 from analytics_export.ingest import ingest_file
-from analytics_export.jobs.policies import PrivacyStore
-from analytics_export.jobs.store import JobStore
 from analytics_export.privacy.redaction import PATTERNS, Redactor
 from analytics_export.privacy.rules import PrivacyRules, RedactionRule
+from analytics_export.store.jobs import JobStore
+from analytics_export.store.policies import PrivacyStore
 
 FORMATS = ["json", "json_lines", "csv", "parquet", "avro"]
 DETECTORS = ["email", "ipv4", "ipv6", "phone", "credit_card"]

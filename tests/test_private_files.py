@@ -7,11 +7,12 @@ import stat
 import subprocess
 from pathlib import Path
 
-from analytics_export.ingest import ingest_file
-from analytics_export.jobs.store import JobStore
-from analytics_export.sources.duckdb import DuckDBEventStore
 from helpers import write_jsonl
 from service import CLI
+
+from analytics_export.ingest import ingest_file
+from analytics_export.sources.duckdb import DuckDBEventStore
+from analytics_export.store.jobs import JobStore
 
 
 def mode(path: Path) -> int:

@@ -3,9 +3,10 @@ nothing: its project would name folders outside the data dir."""
 
 from __future__ import annotations
 
-from analytics_export.jobs.store import JobStore, hash_key, now
-from analytics_export.jobs.tables import api_keys
 from service import Service
+
+from analytics_export.store.jobs import JobStore, hash_key, now
+from analytics_export.store.tables import api_keys
 
 
 def test_a_key_for_an_unchecked_project_is_refused(tmp_path):

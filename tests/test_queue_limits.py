@@ -13,14 +13,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from service import CLI, Service, cli, create_key
 
 from analytics_export import Settings, open_store
-from analytics_export.jobs.scheduler import Scheduler, Schedules
-from analytics_export.jobs.store import JobStore
-from analytics_export.jobs.tables import exports, retention_policies, schedules
 from analytics_export.models import ExportConfig, RetentionPolicy, ScheduledExport
-from analytics_export.retention import get_policy, run_due, set_policy
-from service import CLI, Service, cli, create_key
+from analytics_export.runtime.retention import get_policy, run_due, set_policy
+from analytics_export.runtime.scheduler import Scheduler, Schedules
+from analytics_export.store.jobs import JobStore
+from analytics_export.store.tables import exports, retention_policies, schedules
 
 UTC = timezone.utc
 EXPORT = {"format": "json_lines", "start_date": "2026-01-01", "end_date": "2026-01-02"}

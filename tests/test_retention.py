@@ -20,12 +20,12 @@ from analytics_export import Settings, open_store
 from analytics_export.connections import Sealer
 from analytics_export.demo import generate
 from analytics_export.ingest import ingest_file
-from analytics_export.jobs.policies import PrivacyStore
-from analytics_export.jobs.store import JobStore
 from analytics_export.models import RetentionPolicy
 from analytics_export.privacy.rules import PrivacyRules
-from analytics_export.retention import Interrupted, Retention, cutoff, set_policy
+from analytics_export.runtime.retention import Interrupted, Retention, cutoff, set_policy
 from analytics_export.sources import IDS, EventQuery
+from analytics_export.store.jobs import JobStore
+from analytics_export.store.policies import PrivacyStore
 
 END = datetime(2026, 6, 1, tzinfo=timezone.utc)
 POLICY = RetentionPolicy(days=30)
@@ -204,7 +204,7 @@ def test_retention_on_a_postgresql_store(tmp_path, pg_url):
 
 
 def test_a_run_that_cannot_start_says_why_on_its_policy(tmp_path):
-    from analytics_export.retention import get_policy, run_due, run_now
+    from analytics_export.runtime.retention import get_policy, run_due, run_now
 
     settings = Settings(data_dir=tmp_path / "data", events_url=f"chdb://{tmp_path / 'chdb'}")
     jobs = JobStore.for_data_dir(settings.data_dir)

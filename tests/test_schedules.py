@@ -14,16 +14,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-
-from analytics_export import Settings
-from analytics_export.jobs.scheduler import Scheduler, Schedules, backfill, run_history
-from analytics_export.jobs.store import JobStore
-from analytics_export.jobs.tables import schedule_runs
-from analytics_export.jobs.windows import due, windows
-from analytics_export.jobs.worker import Worker
-from analytics_export.models import DateRange, ScheduledExport
 from service import Service, create_key
 from support import START, Sim, drain
+
+from analytics_export import Settings
+from analytics_export.models import DateRange, ScheduledExport
+from analytics_export.runtime.scheduler import Scheduler, Schedules, backfill, run_history
+from analytics_export.runtime.windows import due, windows
+from analytics_export.runtime.worker import Worker
+from analytics_export.store.jobs import JobStore
+from analytics_export.store.tables import schedule_runs
 
 UTC = timezone.utc
 def tiles(spans: list[tuple[datetime, datetime]]) -> bool:
@@ -173,8 +173,8 @@ def test_a_failing_schedule_pauses_itself(tmp_path):
 SCHEDULER_PROCESS = textwrap.dedent("""
     import sys
     from datetime import datetime, timedelta, timezone
-    from analytics_export.jobs.scheduler import Scheduler
-    from analytics_export.jobs.store import JobStore
+    from analytics_export.runtime.scheduler import Scheduler
+    from analytics_export.store.jobs import JobStore
     jobs = JobStore(sys.argv[1])
     t = [datetime(2026, 10, 1, tzinfo=timezone.utc)]
     s = Scheduler(jobs, sys.argv[2], lease=timedelta(0), clock=lambda: t[0])  # no lease: both act, always

@@ -28,11 +28,11 @@ from typing import Any
 
 import httpx
 import pytest
-
-from analytics_export import Settings
 from brokers import Jet, Queue
 from service import Service, create_key
 from support import read_table
+
+from analytics_export import Settings
 
 HOST = "127.0.0.1"
 ENV = {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]', "ANALYTICS_EXPORT_STREAM_SETTLE_SECONDS": "0.2"}
@@ -814,10 +814,10 @@ def test_lag_before_any_event_is_zero_and_makes_no_store(tmp_path):
     """GET /api/streams/{id} on a server without events yet: reading the lag must not create the
     event store (that raced the first ingest creating it, and the GET answered 500)."""
     from analytics_export import Settings
-    from analytics_export.jobs.store import JobStore
-    from analytics_export.streaming.lag import lag
+    from analytics_export.runtime.lag import lag
+    from analytics_export.store.jobs import JobStore
+    from analytics_export.store.streams import StreamStore
     from analytics_export.streaming.spec import StreamSpec
-    from analytics_export.streaming.store import StreamStore
 
     settings = Settings(data_dir=tmp_path)
     jobs = JobStore.for_data_dir(tmp_path)

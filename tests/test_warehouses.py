@@ -23,10 +23,6 @@ from analytics_export import Settings, open_store
 from analytics_export.connections import Sealer
 from analytics_export.destinations import Placement, destination_for
 from analytics_export.errors import Cancelled, Invalid, Storage
-from analytics_export.jobs.partitions import plan
-from analytics_export.jobs.scheduler import Scheduler, Schedules, backfill, run_history
-from analytics_export.jobs.store import JobStore
-from analytics_export.jobs.worker import Worker
 from analytics_export.models import (
     ExportConfig,
     ExportRequest,
@@ -36,7 +32,11 @@ from analytics_export.models import (
     ScheduledExport,
 )
 from analytics_export.pipeline import run_export
+from analytics_export.runtime.partitions import plan
+from analytics_export.runtime.scheduler import Scheduler, Schedules, backfill, run_history
+from analytics_export.runtime.worker import Worker
 from analytics_export.sources import IDS, EventQuery
+from analytics_export.store.jobs import JobStore
 from analytics_export.streaming.sinks import Delivery, sink_for
 from analytics_export.streaming.spec import StreamSpec
 

@@ -20,7 +20,7 @@ from .errors import Invalid
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .jobs.store import JobStore
+    from .store.jobs import JobStore
 
 ConnectionType = Literal[tuple(name for name, kind in registry.REGISTRY.items() if kind.secrets is not None)]
 """The destination types that take a connection: their secret fields are the registry's."""

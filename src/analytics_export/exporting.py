@@ -11,11 +11,11 @@ from .config import Settings
 from .destinations import Placement, destination_for
 from .destinations.local import LocalDestination
 from .errors import Invalid
-from .jobs.policies import project_privacy
 from .models import ExportRequest, ExportResult
 from .pipeline import run_export
 from .pipeline.batches import Progress
 from .sources.stores import open_store
+from .store.policies import project_privacy
 
 
 def export(

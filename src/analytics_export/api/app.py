@@ -6,7 +6,7 @@ from fastapi import Depends, FastAPI
 
 from ..config import Settings
 from ..inbox import clean_inbox
-from ..jobs.store import JobStore
+from ..store.jobs import JobStore
 from .catalog import catalog_router
 from .connections import connections_router
 from .console import console_router

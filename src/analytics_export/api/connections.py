@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Response
 
 from ..connections import ConnectionCreate, ConnectionView
-from ..jobs.store import aware
+from ..store.jobs import aware
 from .deps import Api, problems
 
 

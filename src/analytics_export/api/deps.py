@@ -12,11 +12,11 @@ from ..checks import PROJECT_NAME
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
 from ..errors import Invalid
-from ..jobs.policies import PrivacyStore
-from ..jobs.store import JobStore
 from ..models import ExportRequest
 from ..privacy.policy import Privacy
 from ..sources import EventQuery
+from ..store.jobs import JobStore
+from ..store.policies import PrivacyStore
 from .limits import PROJECT_SCOPE_KEY
 
 bearer = HTTPBearer(auto_error=False)

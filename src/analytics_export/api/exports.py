@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import catalog
 from ..errors import Invalid
-from ..jobs.store import Job
 from ..models import ExportRequest, ExportResult, ExportStatus
 from ..sources.stores import open_store
+from ..store.jobs import Job
 from .deps import Api, bearer, problems
 
 SERVER_FIELDS = ("id", "created_at", "status")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, Field
 
-from ..jobs.store import KEY_LAST_USED_EVERY, JobStore
+from ..store.jobs import KEY_LAST_USED_EVERY, JobStore
 
 
 class KeyView(BaseModel):

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from ..models import ExportStatus
-from ..streaming.store import StreamStore
+from ..store.streams import StreamStore
 from .deps import Api, problems
 
 

@@ -7,13 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import retention
 from ..config import Settings
 from ..errors import Invalid
-from ..jobs.policies import PrivacyStore
-from ..jobs.store import aware
 from ..models import RetentionPolicy
 from ..privacy.rules import PrivacyRules
+from ..runtime import retention
+from ..store.jobs import aware
+from ..store.policies import PrivacyStore
 
 MAX_SUPPRESSIONS_PER_CALL = 100_000
 

@@ -11,10 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..checks import STORED, describe_errors, utc
 from ..errors import Invalid, NotFound
-from ..jobs.scheduler import Schedules, backfill, run_history
-from ..jobs.store import JobStore, now
-from ..jobs.windows import fires
 from ..models import ExportConfig, ScheduledExport
+from ..runtime.scheduler import Schedules, backfill, run_history
+from ..runtime.windows import fires
+from ..store.jobs import JobStore, now
 
 
 class ScheduleCreate(ScheduledExport):

@@ -9,10 +9,10 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ..checks import describe_errors
 from ..config import Settings
-from ..jobs.store import JobStore
-from ..streaming.lag import lag
+from ..runtime.lag import lag
+from ..store.jobs import JobStore
+from ..store.streams import Stream, StreamStore
 from ..streaming.spec import StreamSpec
-from ..streaming.store import Stream, StreamStore
 
 
 class StreamCreate(StreamSpec):

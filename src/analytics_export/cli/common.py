@@ -12,7 +12,7 @@ from ..config import Settings
 from ..errors import ExportError, Invalid, Storage
 
 if TYPE_CHECKING:
-    from ..jobs.store import JobStore
+    from ..store.jobs import JobStore
 
 err = Console(stderr=True)
 
@@ -38,7 +38,7 @@ def job_store(settings: Settings) -> JobStore:
     jobs.sqlite, a database that cannot be reached)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ..jobs.store import JobStore  # the service's imports stay out of `export` and `ingest`
+    from ..store.jobs import JobStore  # the service's imports stay out of `export` and `ingest`
 
     where = ("the job store at ANALYTICS_EXPORT_DATABASE_URL" if settings.database_url
              else f"the job store {settings.data_dir / 'jobs.sqlite'}")

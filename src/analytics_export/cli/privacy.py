@@ -28,7 +28,7 @@ def show(value: object) -> None:
 
 def context(ctx: typer.Context):
     from ..connections import Sealer
-    from ..jobs.policies import PrivacyStore
+    from ..store.policies import PrivacyStore
 
     settings: Settings = ctx.obj
     jobs = job_store(settings)
@@ -79,7 +79,7 @@ def suppress(ctx: typer.Context, distinct_id: List[str] = typer.Argument(None),
 @retention_app.command("set")
 def retention_set(ctx: typer.Context, file: Path = typer.Argument(..., help="a JSON RetentionPolicy document")) -> None:
     """Set the project's retention policy (`{"days": 90}` archives to the data dir's archive/)."""
-    from ..retention import get_policy, set_policy
+    from ..runtime.retention import get_policy, set_policy
 
     settings, jobs, _ = context(ctx)
     with exit_on_error():
@@ -91,7 +91,7 @@ def retention_set(ctx: typer.Context, file: Path = typer.Argument(..., help="a J
 @retention_app.command("run")
 def retention_run(ctx: typer.Context, dry_run: bool = typer.Option(False, "--dry-run", help="show what would go")) -> None:
     """Run the project's retention policy now, in this process; one JSON line per day."""
-    from ..retention import Retention, get_policy
+    from ..runtime.retention import Retention, get_policy
 
     settings, jobs, _ = context(ctx)
     found = get_policy(jobs, settings.project)
@@ -105,7 +105,7 @@ def retention_run(ctx: typer.Context, dry_run: bool = typer.Option(False, "--dry
 @retention_app.command("history")
 def retention_history(ctx: typer.Context, limit: int = typer.Option(100)) -> None:
     """Each day's archive and deletion, newest first."""
-    from ..retention import Retention
+    from ..runtime.retention import Retention
 
     settings, jobs, _ = context(ctx)
     for row in Retention(settings, jobs, settings.project).history(limit):

@@ -19,7 +19,7 @@ app = typer.Typer(help="Scheduled exports: cron, windows, backfills, run history
 
 
 def store(ctx: typer.Context):
-    from ..jobs.scheduler import Schedules
+    from ..runtime.scheduler import Schedules
 
     settings: Settings = ctx.obj
     jobs = job_store(settings)
@@ -54,8 +54,8 @@ def create(
     include: List[str] = typer.Option([], "--include", help="Extra column (repeatable): uuid or inserted_at"),
 ) -> None:
     """Create a schedule; prints it as JSON."""
-    from ..jobs.store import now
     from ..models import ScheduledExport
+    from ..store.jobs import now
 
     project, _, schedules = store(ctx)
     try:
@@ -89,7 +89,7 @@ def pause(ctx: typer.Context, schedule_id: str) -> None:
 
 @app.command("resume")
 def resume(ctx: typer.Context, schedule_id: str) -> None:
-    from ..jobs.store import now
+    from ..store.jobs import now
 
     project, _, schedules = store(ctx)
     try:
@@ -110,7 +110,7 @@ def backfill_(ctx: typer.Context, schedule_id: str, start: datetime = typer.Opti
               end: datetime = typer.Option(..., "--end"),
               force: bool = typer.Option(False, "--force", help="export completed windows again")) -> None:
     """Queue the schedule's windows overlapping [start, end); workers export them."""
-    from ..jobs.scheduler import backfill
+    from ..runtime.scheduler import backfill
 
     project, jobs, _ = store(ctx)
     if utc(end) <= utc(start):
@@ -124,7 +124,7 @@ def backfill_(ctx: typer.Context, schedule_id: str, start: datetime = typer.Opti
 @app.command("runs")
 def runs(ctx: typer.Context, schedule_id: str, limit: int = typer.Option(100, "--limit")) -> None:
     """The schedule's runs, newest window first, one JSON line each."""
-    from ..jobs.scheduler import run_history
+    from ..runtime.scheduler import run_history
 
     project, jobs, schedules = store(ctx)
     found(schedules.get(project, schedule_id), schedule_id)

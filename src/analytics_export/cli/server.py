@@ -40,7 +40,7 @@ def worker(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if parent is not None:
         threading.Thread(target=stop_with_parent, args=(parent, stop), daemon=True).start()
-    from ..jobs.worker import Worker
+    from ..runtime.worker import Worker
 
     try:
         Worker(settings, job_store(settings), lease=timedelta(seconds=lease)).run(stop)

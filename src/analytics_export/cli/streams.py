@@ -18,7 +18,7 @@ app = typer.Typer(help="Streaming exports: new events delivered continuously.", 
 
 
 def context(ctx: typer.Context):
-    from ..streaming.store import StreamStore
+    from ..store.streams import StreamStore
 
     settings: Settings = ctx.obj
     jobs = job_store(settings)
@@ -77,7 +77,7 @@ def list_(ctx: typer.Context) -> None:
 @app.command("show")
 def show_one(ctx: typer.Context, stream_id: str) -> None:
     """The stream, with its lag (events and seconds behind)."""
-    from ..streaming.lag import lag
+    from ..runtime.lag import lag
 
     settings, jobs, streams = context(ctx)
     stream = streams.get(settings.project, stream_id)

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from analytics_export.jobs.tables import metadata
+from analytics_export.store.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)

@@ -12,7 +12,7 @@ from ..errors import Storage
 from ..models import ExportRequest
 from ..privacy.policy import Privacy
 from ..privacy.rules import PrivacyRules
-from .store import JobStore, aware, now
+from .jobs import JobStore, aware, now
 from .tables import exports, privacy_policies, privacy_secrets, suppressions
 
 if TYPE_CHECKING:

@@ -7,13 +7,13 @@ from contextlib import closing
 from dataclasses import replace
 from datetime import timedelta
 
-from ..sources.stores import open_store
 from ..config import Settings
 from ..connections import Sealer
-from ..jobs.policies import PrivacyStore
-from ..jobs.store import JobStore, now
 from ..sources import IDS, EventQuery
-from .store import Stream
+from ..sources.stores import open_store
+from ..store.jobs import JobStore, now
+from ..store.policies import PrivacyStore
+from ..store.streams import Stream
 
 
 def lag(settings: Settings, jobs: JobStore, stream: Stream) -> tuple[int, float]:

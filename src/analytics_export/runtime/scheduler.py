@@ -39,8 +39,8 @@ from ..models import (
     codec_problem,
     schedule_problem,
 )
-from .store import ACTIVE, MAX_SCHEDULES, JobStore, aware, check_room, now
-from .tables import export_parts, exports, schedule_runs, schedules
+from ..store.jobs import ACTIVE, MAX_SCHEDULES, JobStore, aware, check_room, now
+from ..store.tables import export_parts, exports, schedule_runs, schedules
 from .windows import due, fires, floor, following, last_fire, windows
 
 log = logging.getLogger(__name__)

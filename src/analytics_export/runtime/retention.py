@@ -25,20 +25,20 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from croniter import croniter
 
-from .checks import STORED
-from .config import Settings
-from .connections import Sealer, checked_secrets
-from .destinations import Destination, Placement, destination_for
-from .destinations.local import LocalDestination
-from .destinations.specs import FileLayout
-from .errors import ExportError, Invalid, Storage
-from .jobs.policies import PrivacyStore
-from .jobs.store import JobStore, aware, now
-from .jobs.tables import retention_policies, retention_windows
-from .models import ExportFormat, ExportRequest, RetentionPolicy, check_cron_interval, schedule_problem
-from .pipeline.files import write_files
-from .sources import IDS, EventQuery
-from .sources.stores import open_store
+from ..checks import STORED
+from ..config import Settings
+from ..connections import Sealer, checked_secrets
+from ..destinations import Destination, Placement, destination_for
+from ..destinations.local import LocalDestination
+from ..destinations.specs import FileLayout
+from ..errors import ExportError, Invalid, Storage
+from ..models import ExportFormat, ExportRequest, RetentionPolicy, check_cron_interval, schedule_problem
+from ..pipeline.files import write_files
+from ..sources import IDS, EventQuery
+from ..sources.stores import open_store
+from ..store.jobs import JobStore, aware, now
+from ..store.policies import PrivacyStore
+from ..store.tables import retention_policies, retention_windows
 
 log = logging.getLogger(__name__)
 RETRY_BUSY = timedelta(minutes=5)

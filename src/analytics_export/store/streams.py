@@ -10,9 +10,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..checks import STORED
-from ..jobs.store import MAX_STREAMS, JobStore, aware, check_room, now
-from ..jobs.tables import streams
-from .spec import StreamSpec
+from ..streaming.spec import StreamSpec
+from .jobs import MAX_STREAMS, JobStore, aware, check_room, now
+from .tables import streams
 
 RUNNING = ("active", "failing")
 

@@ -29,15 +29,15 @@ from ..connections import Sealer, checked_secrets
 from ..destinations import registry
 from ..errors import ExportError, Invalid, Rejected
 from ..formats import writer_class
-from ..jobs.policies import PrivacyStore
-from ..jobs.store import JobStore, now
 from ..models import ExportFormat, ExportRequest, codec_problem
 from ..privacy.policy import Privacy
 from ..sources import IDS, EventQuery
 from ..sources.stores import open_store
-from .sinks import Delivery, Sink, sink_for
-from .spec import StreamSpec
-from .store import Stream, StreamStore
+from ..store.jobs import JobStore, now
+from ..store.policies import PrivacyStore
+from ..store.streams import Stream, StreamStore
+from ..streaming.sinks import Delivery, Sink, sink_for
+from ..streaming.spec import StreamSpec
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=10)  # a dead worker's streams are taken over this soon

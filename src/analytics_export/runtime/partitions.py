@@ -26,7 +26,7 @@ from ..pipeline.batches import Progress
 from ..pipeline.files import completed, deliver, export_query, write_files
 from ..privacy.policy import Privacy
 from ..sources import EventSource
-from .store import Job
+from ..store.jobs import Job
 
 MICROSECOND = timedelta(microseconds=1)
 

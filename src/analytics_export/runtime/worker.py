@@ -23,15 +23,15 @@ from ..models import ExportResult, ExportStatus
 from ..pipeline import run_export
 from ..pipeline.batches import Progress
 from ..privacy.policy import Privacy
-from ..retention import run_due
 from ..sources import EventQuery, EventSource
 from ..sources.duckdb import DuckDBEventStore
 from ..sources.stores import open_store
-from ..streaming.runner import StreamSupervisor
+from ..store.jobs import Job, JobStore, now
+from ..store.policies import PrivacyStore
 from .partitions import assemble, discard, plan, run_partition, staging
-from .policies import PrivacyStore
+from .retention import run_due
 from .scheduler import Scheduler
-from .store import Job, JobStore, now
+from .stream_runner import StreamSupervisor
 
 T = TypeVar("T")
 REAP_SECONDS = 5.0

@@ -1,1 +1,0 @@
-"""Persistent export jobs: the job store, API keys, and workers that run jobs under leases."""

@@ -1,0 +1,1 @@
+"""What runs work: the worker (exports and their partitions), the scheduler, stream runners, retention."""
