@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 
 from ..bytesinks import ByteSink, ForwardingSink
-from ..compression import CompressedSink, open_staged
+from ..compression import STAGING, CompressedSink, open_staged
 from ..models import Compression, ExportFormat, ExportRequest
 
 COPY_CHUNK = 1 << 20
@@ -165,6 +165,19 @@ WRITERS: dict[ExportFormat, str] = {
 }
 """Format -> `module:class` under this package, imported on first use (polars and fastavro are
 only loaded for Avro, which keeps every other export ~30 MB smaller)."""
+
+
+def open_writer(writer_cls: type[Writer], target: ForwardingSink, schema: pa.Schema, fmt: ExportFormat,
+                compression: Compression | None, fragment: bool = False) -> tuple[Writer, ForwardingSink]:
+    """A file's encoding chain over `target`: the writer, and the sink it writes to, which is the codec's
+    stream around `target` when the codec wraps the file (text formats), else `target` itself (Parquet
+    and Avro compress inside). A fragment's text is staged (`Writer.merge` compresses the joined file).
+    Close the writer, then `finish` the sink."""
+    codec = None if fmt.spec.codec_inside_file else compression
+    if codec is not None and fragment:
+        codec = STAGING
+    sink = CompressedSink(target, codec) if codec is not None else target
+    return writer_cls(sink, schema, compression, fragment), sink
 
 
 GUARDED_CSV = "csv:GuardedCsvWriter"

@@ -12,10 +12,9 @@ from typing import Callable
 import pyarrow as pa
 
 from ..bytesinks import ForwardingSink
-from ..compression import STAGING, CompressedSink
 from ..destinations import BackgroundUpload, Destination
 from ..errors import Invalid
-from ..formats import Writer, writer_class, writer_for
+from ..formats import Writer, open_writer, writer_class, writer_for
 from ..models import ExportRequest, ExportResult, ExportStatus, codec_problem
 from ..privacy.policy import Privacy
 from ..sources import EventQuery, EventSource
@@ -42,11 +41,7 @@ class Part:
         upload = BackgroundUpload(destination.open(name))
         counted = HashingSink(upload) if digest else ForwardingSink(upload)
         try:
-            codec = None if request.format.spec.codec_inside_file else request.compression
-            if codec is not None and fragment:  # `Writer.merge` compresses the joined file as one stream
-                codec = STAGING
-            sink = CompressedSink(counted, codec) if codec is not None else counted
-            writer = writer_cls(sink, schema, request.compression, fragment)
+            writer, sink = open_writer(writer_cls, counted, schema, request.format, request.compression, fragment)
         except BaseException:
             upload.abort()
             raise

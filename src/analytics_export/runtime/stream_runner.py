@@ -23,12 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..bytesinks import ForwardingSink
-from ..compression import CompressedSink
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
 from ..destinations import registry
 from ..errors import ExportError, Invalid, Rejected
-from ..formats import writer_class
+from ..formats import open_writer, writer_class
 from ..models import ExportFormat, ExportRequest, codec_problem
 from ..privacy.policy import Privacy
 from ..sources import IDS, EventQuery
@@ -242,9 +241,8 @@ class StreamRun:
         out = io.BytesIO()
         counted = ForwardingSink(out)
         compression = self.spec.compression
-        wraps = compression is not None and not self.format.spec.codec_inside_file
-        sink = CompressedSink(counted, compression) if wraps else counted
-        writer = self.writer_cls(sink, schema, compression)
+        writer, sink = open_writer(self.writer_cls, counted, schema, self.format, compression)
+        wraps = sink is not counted
         try:
             for batch in batches:
                 writer.write(writer.encode(batch))
