@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import sqlalchemy as sa
 
@@ -15,26 +15,7 @@ from ..privacy.rules import PrivacyRules
 from .jobs import JobStore, aware, now
 from .tables import exports, privacy_policies, privacy_secrets, suppressions
 
-if TYPE_CHECKING:
-    from ..config import Settings
-
 SECRET_FIELD = "hmac_key"
-
-
-def project_privacy(settings: Settings, request: ExportRequest) -> Privacy:
-    """The privacy rules an export in this process enforces: the project's policy from the job store
-    plus the request's own. Where no job store exists there is no policy to read: the request's rules
-    apply without creating one, unless they pseudonymise, which needs the project's secret kept there."""
-    if not settings.database_url and not (settings.data_dir / "jobs.sqlite").exists():
-        rules = PrivacyRules().stricter(request.privacy)
-        if not (rules.pseudonymize_distinct_id or rules.pseudonymize_properties):
-            return Privacy(rules)
-    jobs = JobStore.for_data_dir(settings.data_dir, settings.database_url)
-    try:
-        jobs.migrate()
-        return PrivacyStore(jobs, Sealer(settings.signing_key())).for_export(settings.project, request)
-    finally:
-        jobs.engine.dispose()
 
 
 class PrivacyStore:
