@@ -28,6 +28,17 @@ BY_DESIGN_SKIPS = (
 """The only skips CI=true lets pass: a case that does not apply, never a server or tool that is missing."""
 
 
+SERVER_FIXTURES = {"make_service", "pg_url", "pg_url_module", "nats_url", "rabbitmq_url", "azurite", "gcs_server"}
+"""Fixtures that start a program or reach a server outside pytest's process: a test using one, even
+through another fixture, is marked `server` (scripts/test --fast leaves those out)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
 def fail_skips_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
     """Under CI=true a skip fails unless its reason starts with one of BY_DESIGN_SKIPS: a CI machine
     has every server and tool (scripts/bootstrap --dev), so a skip there is coverage lost."""

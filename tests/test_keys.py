@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -31,6 +32,7 @@ def fresh_requests(url: str, key: str, n: int = 16) -> list[int]:
     return codes
 
 
+@pytest.mark.server
 def test_cli_lists_keys_without_their_secret_and_revokes(tmp_path):
     first = cli(tmp_path, "keys", "create", "--project", "p")
     second = cli(tmp_path, "keys", "create", "--project", "q")
@@ -64,6 +66,7 @@ def test_keys_made_before_ids_get_one_and_keep_working(tmp_path):
     assert jobs.project_for_key("aek_old") == "old"
 
 
+@pytest.mark.server
 def test_a_revoke_reaches_every_api_process_within_seconds(tmp_path):
     jobs = JobStore.for_data_dir(tmp_path)
     jobs.migrate()

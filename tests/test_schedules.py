@@ -221,6 +221,7 @@ def test_two_scheduler_processes_never_create_a_run_twice(pg_url):
     assert exports == 4 and planned == len(spans) - 4, "no worker ran: max_concurrent_exports (4) queued, the rest wait"
 
 
+@pytest.mark.server
 def test_schedule_api(tmp_path):
     svc = Service(tmp_path)
     try:

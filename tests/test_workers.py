@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from analytics_export import Settings, open_store
 from analytics_export.sources import EventQuery
@@ -21,6 +22,8 @@ from conftest import DEMO_END, with_demo_events
 from helpers import read_records
 from servers import HookServer
 from service import CLI, Service, create_key, wait_for
+
+pytestmark = pytest.mark.server  # the service and worker processes
 
 ALL = {"start_date": "2026-07-01", "end_date": "2026-11-02"}
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
