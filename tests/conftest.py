@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -79,8 +82,19 @@ def demo_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="session")
 def big_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """1M demo events: exports of them take long enough to be killed midway."""
-    return with_demo_events(tmp_path_factory.mktemp("big"), 1_000_000)
+    """1M demo events: exports of them take long enough to be killed midway. Generated once per run
+    (about 11 s) and copied (a fraction of a second) into a data dir of each pytest-xdist worker's own."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one run's workers share the parent
+    made = shared / "big-events.duckdb"
+    with open(shared / "big-events.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker generates, the others wait for it
+        if not made.exists():
+            generated = with_demo_events(Path(tempfile.mkdtemp(prefix="big-", dir=shared)), 1_000_000)
+            (generated / "events.duckdb").rename(made)
+    data = tmp_path_factory.mktemp("big")
+    shutil.copyfile(made, data / "events.duckdb")
+    return data
 
 
 def stored_rows(settings: Settings, start: datetime, end: datetime, events: list[str] | None = None) -> list[dict[str, Any]]:
