@@ -1,7 +1,8 @@
 """NATS JetStream and RabbitMQ on 127.0.0.1 for the tests, and independent clients that read them back.
 
-`nats_url` uses the machine's NATS or starts a nats-server of its own; `rabbitmq_url` uses the machine's
-RabbitMQ, starting it if it is down. `Jet` and `Queue` are a unique subject/stream and queue, read with
+`nats_url` uses the machine's NATS if JetStream is on there, else starts a nats-server of its own;
+`rabbitmq_url` uses the machine's RabbitMQ, starting it if it is down. Both skip when neither a server
+nor its program is there (scripts/bootstrap --dev installs them; under CI=true a skip fails the run). `Jet` and `Queue` are a unique subject/stream and queue, read with
 nats-py and aiormq (not the code under test) and deleted afterwards.
 """
 
@@ -25,7 +26,8 @@ import pytest
 
 from servers import HOST, free_port
 
-NATS_BIN = "/usr/sbin/nats-server"
+NATS_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"  # Debian's; /usr/sbin is not on every PATH
+RABBITMQ_BIN = shutil.which("rabbitmq-server") or "/usr/sbin/rabbitmq-server"
 
 
 def listening(port: int) -> bool:
@@ -47,10 +49,31 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = 
     return False
 
 
+async def quiet(exc: Exception) -> None:
+    """nats-py's error callback, silenced: jetstream_on tells the fixture what it needs to know."""
+
+
+def jetstream_on(url: str) -> bool:
+    """Whether a NATS server answers at `url` with JetStream enabled."""
+    async def check() -> bool:
+        try:
+            nc = await asyncio.wait_for(nats.connect(url, allow_reconnect=False, connect_timeout=2, error_cb=quiet), 5)
+        except Exception:
+            return False
+        try:
+            await nc.jetstream(timeout=2).account_info()
+            return True
+        except Exception:
+            return False
+        finally:
+            await nc.close()
+    return asyncio.run(check())
+
+
 @pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:
-    """The machine's NATS (127.0.0.1:4222, JetStream on), else a nats-server of the tests' own."""
-    if listening(4222):
+    """The machine's NATS (127.0.0.1:4222) if JetStream is on there, else a nats-server of the tests' own."""
+    if listening(4222) and jetstream_on(f"nats://{HOST}:4222"):
         yield f"nats://{HOST}:4222"
         return
     if not Path(NATS_BIN).exists():
@@ -79,9 +102,9 @@ def rabbitmq_url() -> str:
     """The machine's RabbitMQ (127.0.0.1:5672, guest/guest); started as the machine starts it if down
     (`rabbitmq-server -detached`, left running as the machine's service)."""
     if not listening(5672):
-        if shutil.which("rabbitmq-server") is None:
-            pytest.skip(f"no RabbitMQ on {HOST}:5672 and no rabbitmq-server to start one")
-        subprocess.run(["rabbitmq-server", "-detached"], check=False, stdin=subprocess.DEVNULL,
+        if not Path(RABBITMQ_BIN).exists():
+            pytest.skip(f"no RabbitMQ on {HOST}:5672 and no {RABBITMQ_BIN} to start one")
+        subprocess.run([RABBITMQ_BIN, "-detached"], check=False, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         if not wait_port(5672, 90):
             pytest.fail("rabbitmq-server -detached did not listen on 127.0.0.1:5672 within 90 s")

@@ -19,6 +19,8 @@ from analytics_export import Settings, export
 from analytics_export.store.jobs import JobStore
 from analytics_export.store.tables import exports
 
+pytestmark = pytest.mark.server  # every test runs the service
+
 WINDOW = {"start_date": "2026-08-01", "end_date": "2026-11-01"}
 
 

@@ -178,6 +178,7 @@ def test_a_preview_refuses_what_create_refuses(service):
         assert anonymous.get("/api/schedules/next-runs", params={"cron": "0 2 * * *"}).status_code == 401
 
 
+@pytest.mark.server
 def test_an_empty_store_answers_empty(tmp_path):
     settings = Settings(data_dir=tmp_path)
     open_store(settings, read_only=False).close()

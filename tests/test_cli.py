@@ -16,6 +16,8 @@ from analytics_export import Settings, export
 from analytics_export.errors import Invalid
 from helpers import read_records
 
+pytestmark = pytest.mark.server  # the CLI as a program (and big_store's 1M events)
+
 CLI = [sys.executable, "-m", "analytics_export.cli"]
 
 

@@ -25,6 +25,8 @@ from analytics_export.store.streams import StreamStore
 from analytics_export.store.tables import exports, schedules, streams
 from analytics_export.streaming.spec import StreamSpec
 
+pytestmark = pytest.mark.server  # the service and the CLI
+
 REFUSED = [(f, c) for f in OFFERED for c in ("gzip", "zstd", "snappy", "lz4") if c not in OFFERED[f]]
 WINDOW = {"start_date": "2026-10-01", "end_date": "2026-10-08"}
 HOOK = {"type": "webhook", "url": "http://127.0.0.1:9/nobody-listens"}

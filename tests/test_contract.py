@@ -22,6 +22,8 @@ from conftest import expected, stored_rows, with_demo_events
 from helpers import canonical, read_records
 from service import Service, create_key, wait_for
 
+pytestmark = pytest.mark.server  # the service
+
 START, END = datetime(2026, 8, 1, tzinfo=timezone.utc), datetime(2026, 11, 1, tzinfo=timezone.utc)
 GENERATOR = "openapi-python-client"
 GENERATOR_WARNINGS = {("POST /api/events", "Unsupported content type application/x-ndjson"),

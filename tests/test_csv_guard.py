@@ -71,6 +71,7 @@ def test_the_guard_is_csv_only_and_schedules_carry_it():
     assert spec.request("id", ExportRequest(**window).start_date, ExportRequest(**window).end_date).csv_formula_guard
 
 
+@pytest.mark.server
 def test_api_and_cli_exports_guard_event_distinct_id_and_properties(tmp_path):
     data = with_demo_events(tmp_path / "data", 100)
     key = create_key(data, "default")

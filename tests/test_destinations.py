@@ -499,6 +499,7 @@ def test_multicast_embedded_and_shorthand_addresses_are_refused(client, url):
     assert "destination host" in response.json()["detail"]
 
 
+@pytest.mark.server
 def test_loopback_is_refused_without_an_allow_list(tmp_path):
     svc = Service(tmp_path)
     try:
@@ -548,6 +549,7 @@ def test_no_secret_reaches_the_logs(client, service, s3_server, sftp_server, azu
         assert secret not in logs
 
 
+@pytest.mark.server
 def test_cli_and_library_deliver_remotely(s3_server, sftp_server, demo_settings):
     bucket = s3_server.make_bucket("exports-cli")
     to = json.dumps({"type": "s3", "bucket": bucket, "endpoint_url": s3_server.endpoint, "prefix": "cli"})

@@ -11,7 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from service import CLI, Service, create_key
+
+pytestmark = pytest.mark.server  # `serve` and `ingest` processes
 
 HOLD = """
 import sys, time

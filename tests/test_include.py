@@ -128,6 +128,7 @@ def test_a_property_that_would_be_a_second_column_of_its_name_is_refused(fmt, cl
     assert nested.properties == [clash], "JSON formats nest properties: no clash"
 
 
+@pytest.mark.server
 def test_the_api_and_the_cli_take_include(demo_settings, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

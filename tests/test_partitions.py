@@ -355,6 +355,7 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
     assert len(outputs[1]) > 1 << 20
 
 
+@pytest.mark.server
 def test_cancel_stops_every_partition_and_removes_their_fragments(big_store, tmp_path):
     env = {"ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "48", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "2048",
            "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "100000"}

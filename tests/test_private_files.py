@@ -7,12 +7,15 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
 from helpers import write_jsonl
 from service import CLI
 
 from analytics_export.ingest import ingest_file
 from analytics_export.sources.duckdb import DuckDBEventStore
 from analytics_export.store.jobs import JobStore
+
+pytestmark = pytest.mark.server  # the service
 
 
 def mode(path: Path) -> int:

@@ -3,10 +3,13 @@ nothing: its project would name folders outside the data dir."""
 
 from __future__ import annotations
 
+import pytest
 from service import Service
 
 from analytics_export.store.jobs import JobStore, hash_key, now
 from analytics_export.store.tables import api_keys
+
+pytestmark = pytest.mark.server  # the service
 
 
 def test_a_key_for_an_unchecked_project_is_refused(tmp_path):

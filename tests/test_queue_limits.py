@@ -22,6 +22,8 @@ from analytics_export.runtime.scheduler import Scheduler, Schedules
 from analytics_export.store.jobs import JobStore
 from analytics_export.store.tables import exports, retention_policies, schedules
 
+pytestmark = pytest.mark.server  # the service and the CLI
+
 UTC = timezone.utc
 EXPORT = {"format": "json_lines", "start_date": "2026-01-01", "end_date": "2026-01-02"}
 LIMIT = 5

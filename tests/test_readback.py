@@ -27,7 +27,8 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(params=["download", "s3", "azure", "gcs", "sftp"])
+@pytest.fixture(params=["download", "s3", "sftp", *(pytest.param(kind, marks=pytest.mark.server)  # emulators: programs
+                                                    for kind in ("azure", "gcs"))])
 def destination(request, tmp_path, monkeypatch):
     kind = request.param
     secrets: dict[str, str] = {}

@@ -163,6 +163,7 @@ def test_archives_apply_the_privacy_policy_and_count_suppressed_events(ninety_da
     assert not any("plan" in json.loads(k[3]) for k in archived(settings))
 
 
+@pytest.mark.server
 def test_a_killed_run_resumes_without_loss_or_a_second_archive(ninety_days):
     """SIGKILL the CLI's run at two moments, then run it to the end (the cutoff is 30 days before
     today: every demo event, from March to May, is past it)."""

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -85,25 +86,30 @@ def test_a_run_whose_worker_dies_max_attempts_times_fails_and_the_next_runs(tmp_
     assert last["status"] == "completed"
 
 
-@pytest.mark.timeout(900)  # 720 windows through kills: near the default 300 s on a loaded 2-core machine
-def test_thirty_days_hourly_through_kills_and_downtime_export_each_event_once(tmp_path):
-    rng = random.Random(7)
-    sim = Sim(tmp_path)
+def hourly_through_kills_and_downtime(data: Path, days: int, seed: int) -> Counter:
+    """An hourly schedule run for `days` of simulated time while events arrive (some late), schedulers
+    and workers die and the whole system is down for 30 hours now and then; every window runs once and
+    each event is exported exactly once. Returns how often each mishap happened."""
+    rng = random.Random(seed)
+    sim = Sim(data)
     spec = ScheduledExport(name="hourly", schedule="5 * * * *", date_range="last_hour", delay_seconds=60)
     Schedules(sim.jobs).create("default", spec, sim.t)
     scheduler = Scheduler(sim.jobs, "s0", clock=sim.clock)
+    mishaps: Counter = Counter()
     workers = 0
-    end = START + timedelta(days=30)
+    end = START + timedelta(days=days)
     while sim.t < end:
         step = timedelta(minutes=rng.choice([7, 20, 45, 61, 90])) if rng.random() > 0.01 else timedelta(hours=30)
         sim.t += step  # (a 30-hour step is downtime: the next tick catches up every missed window)
+        mishaps["downtime"] += step == timedelta(hours=30)
         sim.ingest(rng.randint(1, 20), late=rng.random() < 0.2)
         roll = rng.random()
         if roll < 0.05:  # the scheduler dies; a new one takes over once the old lease expires
             scheduler = Scheduler(sim.jobs, f"s{rng.randint(1, 10**6)}", clock=sim.clock)
+            mishaps["scheduler killed"] += 1
         scheduler.tick()
         if roll < 0.2:  # a worker claims a job and dies mid-run; its lease lapses
-            sim.jobs.claim(f"dead-{workers}", timedelta(milliseconds=1))
+            mishaps["worker killed"] += sim.jobs.claim(f"dead-{workers}", timedelta(milliseconds=1)) is not None
         workers += 1
         worker = Worker(sim.settings, sim.jobs, name=f"w{workers}")
         for _ in range(rng.randint(0, 3)):
@@ -112,11 +118,24 @@ def test_thirty_days_hourly_through_kills_and_downtime_export_each_event_once(tm
     with sim.jobs.engine.connect() as c:
         spans = [(r.window_start, r.window_end) for r in c.execute(
             sa.select(schedule_runs).order_by(schedule_runs.c.window_start)).all()]
-    assert len(spans) > 30 * 24 - 5 and tiles(spans)
+    assert len(spans) > days * 24 - 5 and tiles(spans)
     assert {r["status"] for r in run_history(sim.jobs, spec.id, 1000, 0)} == {"completed"}
     seen = sim.exported()
     assert max(seen.values()) == 1, "an event was exported twice"
     assert set(seen) == sim.stored_before(spans[-1][1].replace(tzinfo=UTC)), "an event was missed"
+    return mishaps
+
+
+def test_seven_days_hourly_through_kills_and_downtime_export_each_event_once(tmp_path):
+    mishaps = hourly_through_kills_and_downtime(tmp_path, 7, seed=7)
+    assert mishaps["downtime"] >= 2 and mishaps["scheduler killed"] >= 3 and mishaps["worker killed"] >= 10, mishaps
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # 720 windows through kills: near the default 300 s on a loaded 2-core machine
+def test_thirty_days_hourly_through_kills_and_downtime_export_each_event_once(tmp_path):
+    mishaps = hourly_through_kills_and_downtime(tmp_path, 30, seed=7)
+    assert mishaps["downtime"] >= 5 and mishaps["scheduler killed"] >= 20 and mishaps["worker killed"] >= 50, mishaps
 
 
 def test_backfill_exports_only_missing_windows_and_force_replaces(tmp_path):
@@ -202,6 +221,7 @@ def test_two_scheduler_processes_never_create_a_run_twice(pg_url):
     assert exports == 4 and planned == len(spans) - 4, "no worker ran: max_concurrent_exports (4) queued, the rest wait"
 
 
+@pytest.mark.server
 def test_schedule_api(tmp_path):
     svc = Service(tmp_path)
     try:

@@ -1,16 +1,25 @@
-"""Arbitrary text in event names, distinct_ids and property values survives every format exactly."""
+"""Arbitrary text in event names, distinct_ids and property values survives every format exactly.
+
+Every example ingests into a project of its own in one event store, opened once for the module and
+exported from through the pipeline itself: opening DuckDB costs more than exporting a dozen events,
+and `export()` (which opens the store per call) has tests of its own (test_layers, test_privacy)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analytics_export import Settings, export, open_store
+from analytics_export import ExportRequest, Settings, open_store
+from analytics_export.destinations.local import LocalDestination
 from analytics_export.ingest import ingest_file
+from analytics_export.pipeline import run_export
+from analytics_export.sources import EventStore
 from conftest import expected
 from helpers import canonical, read_records, write_jsonl
 
@@ -27,22 +36,28 @@ event = st.fixed_dictionaries({
 counter = itertools.count()
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EventStore]:
+    store = open_store(Settings(data_dir=tmp_path_factory.mktemp("unicode")), read_only=False)
+    yield store
+    store.close()
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(event, min_size=1, max_size=12))
-def test_text_survives_every_format(tmp_path: Path, events):
-    n = next(counter)
-    settings_ = Settings(data_dir=tmp_path / f"d{n}")
+def test_text_survives_every_format(store: EventStore, tmp_path: Path, events):
+    project = f"p{next(counter)}"
     rows = [dict(e, timestamp=f"2026-03-01T00:00:{i:02d}.000001Z") for i, e in enumerate(events)]
-    store = open_store(settings_, read_only=False)
-    try:
-        assert ingest_file(store, write_jsonl(tmp_path / f"in{n}.jsonl", rows), settings_.project) == len(rows)
-    finally:
-        store.close()
+    assert ingest_file(store, write_jsonl(tmp_path / f"in-{project}.jsonl", rows), project) == len(rows)
     for fmt in ("json", "json_lines", "csv", "parquet", "avro"):
         for selected in (None, ["s", "n", "l"]):
-            out = tmp_path / f"out{n}.{fmt}"
-            export(settings=settings_, output=out, start_date="2026-03-01", end_date="2026-03-02",
-                   format=fmt, properties=selected)
+            out = tmp_path / f"out-{project}.{fmt}"
+            request = ExportRequest(start_date="2026-03-01", end_date="2026-03-02", format=fmt, properties=selected)
+            destination = LocalDestination(tmp_path, out)
+            try:
+                run_export(request, store, destination, project=project)
+            finally:
+                destination.close()
             want = expected(rows, fmt, selected)
             got = read_records(out, fmt, None)
             if selected and fmt not in ("json", "json_lines"):

@@ -43,7 +43,7 @@ from analytics_export.streaming.spec import StreamSpec
 UTC = timezone.utc
 W1 = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 8, tzinfo=UTC))
 W2 = (datetime(2026, 10, 8, tzinfo=UTC), datetime(2026, 10, 15, tzinfo=UTC))
-KINDS = ["postgres", "clickhouse", "delta"]
+KINDS = [pytest.param("postgres", marks=pytest.mark.server), "clickhouse", "delta"]
 SELECTED = ["plan", "price", "$device_type", "utm.source x"]  # the last one: a column, no event has it
 
 

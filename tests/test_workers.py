@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from analytics_export import Settings, open_store
 from analytics_export.sources import EventQuery
@@ -21,6 +22,8 @@ from conftest import DEMO_END, with_demo_events
 from helpers import read_records
 from servers import HookServer
 from service import CLI, Service, create_key, wait_for
+
+pytestmark = pytest.mark.server  # the service and worker processes
 
 ALL = {"start_date": "2026-07-01", "end_date": "2026-11-02"}
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -126,7 +129,7 @@ def test_cancel_stops_a_running_export_within_seconds(big_store):
             assert time.monotonic() - asked < 5
             assert failed["result"]["error"] == "cancelled"
             folder = big_store / "exports" / "default"
-            assert not [p for p in folder.iterdir() if export_id in p.name], "no file, partial or final"
+            assert not list(folder.glob(f"*{export_id}*")), "no file, partial or final (nor a folder for them)"
             assert c.delete(f"/api/exports/{export_id}").status_code == 204, "a cancelled export can be deleted"
             assert c.get(f"/api/exports/{export_id}").status_code == 404
     finally:
