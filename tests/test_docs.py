@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from analytics_export.api.guide import guide_router
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -26,3 +35,43 @@ def test_every_page_is_linked_from_the_readme_or_the_index():
               for page in (ROOT / "README.md", ROOT / "docs" / "index.md") for target in links(page)}
     unlinked = [p.name for p in PAGES[1:] if p.resolve() not in linked and p.name != "index.md"]
     assert unlinked == []
+
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """docs/ built by mkdocs-material (strict: a broken nav entry or link fails the build)."""
+    folder = tmp_path_factory.mktemp("guide")
+    subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(folder)], cwd=ROOT,
+                   check=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    return folder
+
+
+def guide(site: Path) -> TestClient:
+    app = FastAPI()
+    app.include_router(guide_router(site))
+    return TestClient(app)
+
+
+def test_the_guide_serves_every_page_of_the_built_site(site):
+    client = guide(site)
+    home = client.get("/guide/")
+    assert home.status_code == 200 and "analytics-export" in home.text
+    assert "Content-Security-Policy" in home.headers
+    for page in PAGES[1:]:
+        path = "" if page.stem == "index" else f"{page.stem}/"
+        response = client.get(f"/guide/{path}")
+        assert response.status_code == 200, page.name
+        assert not re.search(r'src="(?:https?:)?//|<link[^>]*href="(?:https?:)?//', response.text), page.name  # nothing loads off origin
+    assert client.get("/guide", follow_redirects=False).headers["location"] == "/guide/"
+    assert client.get("/guide/../../pyproject.toml").status_code == 404
+
+
+def test_an_unbuilt_guide_says_how_to_build_it(tmp_path):
+    response = guide(tmp_path / "nothing").get("/guide/")
+    assert response.status_code == 404 and "scripts/docs" in response.json()["detail"]
+
+
+def test_the_console_links_to_the_guide():
+    page = (ROOT / "src" / "analytics_export" / "console" / "index.html").read_text()
+    assert 'href="/guide/"' in page

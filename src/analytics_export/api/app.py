@@ -1,5 +1,5 @@
 """The REST API, assembled: one router per resource (exports, connections, events, schedules, streams,
-privacy, keys, formats, destinations, metrics, the console and the docs) over the shared state in
+privacy, keys, formats, destinations, metrics, the console, the API docs and the guide) over the shared state in
 `deps.Api`, behind the request guard that bounds every body."""
 
 from fastapi import Depends, FastAPI
@@ -17,6 +17,7 @@ from .errors import add_error_handlers
 from .events_export import events_export_router
 from .exports import exports_router
 from .formats import formats_router
+from .guide import guide_router
 from .ingest import ingest_router
 from .keys import keys_router
 from .limits import BodyLimit, BodyLimits, RequestGuard
@@ -45,6 +46,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
         idle_timeout=settings.body_idle_timeout_seconds, body_timeout=settings.body_timeout_seconds)
 
     app.include_router(docs_router(app.openapi_url, app.title))
+    app.include_router(guide_router())
     app.include_router(connections_router(api))
     app.include_router(privacy_router(api.policies, settings, api.project, problems, api.check_target))
     app.include_router(schedule_router(jobs, settings.export, api.project, problems, api.check_target,
