@@ -175,6 +175,8 @@ def test_auth_errors(service):
     with service.client(service.key) as c:
         assert c.post("/api/exports", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
         assert c.get("/api/exports/nope").status_code == 404
+        made = c.post("/api/exports", json={**WINDOW, "format": "csv"})  # the metrics below count a finished one
+        wait_for(c, made.json()["id"])
         metrics = c.get("/metrics").text
         assert 'analytics_export_exports{status="completed"}' in metrics and "analytics_export_queue_depth" in metrics
         values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
