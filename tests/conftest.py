@@ -118,7 +118,7 @@ def json_text(value: Any) -> str:
 
 
 def expected(rows: list[dict[str, Any]], fmt: str, properties: list[str] | None) -> list[dict[str, Any]]:
-    """What an export of `rows` must contain in `fmt`, per the format semantics in DESIGN.md."""
+    """What an export of `rows` must contain in `fmt`, per the format semantics in docs/formats.md."""
     out = []
     for r in rows:
         base = {k: r[k] for k in ("event", "distinct_id", "timestamp")}
