@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from analytics_export.api.guide import guide_router
+from analytics_export import Settings
+from analytics_export.api.app import create_app
+from analytics_export.api.guide import SITE, guide_router
+from analytics_export.store.jobs import JobStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -37,14 +41,31 @@ def test_every_page_is_linked_from_the_readme_or_the_index():
     assert unlinked == []
 
 
+def build(folder: Path) -> None:
+    """docs/ built by mkdocs-material (strict: a broken nav entry, link or anchor fails the build)."""
+    subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(folder)], cwd=ROOT,
+                   check=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """docs/ built by mkdocs-material (strict: a broken nav entry or link fails the build)."""
     folder = tmp_path_factory.mktemp("guide")
-    subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(folder)], cwd=ROOT,
-                   check=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    build(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def served_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the app serves, built as scripts/docs builds it when it is not built yet (into a
+    temporary folder moved into place, so a concurrent build never leaves half a site)."""
+    if not (SITE / "index.html").is_file():
+        folder = SITE.with_name(f"{SITE.name}.{os.getpid()}")
+        build(folder)
+        try:
+            folder.replace(SITE)
+        except OSError:  # built meanwhile by another process
+            shutil.rmtree(folder)
+    return SITE
 
 
 def guide(site: Path) -> TestClient:
@@ -71,6 +92,15 @@ def test_the_guide_serves_every_page_of_the_built_site(site):
 def test_an_unbuilt_guide_says_how_to_build_it(tmp_path):
     response = guide(tmp_path / "nothing").get("/guide/")
     assert response.status_code == 404 and "scripts/docs" in response.json()["detail"]
+
+
+def test_the_service_serves_the_built_guide(served_site, tmp_path):
+    client = TestClient(create_app(Settings(data_dir=tmp_path), JobStore.for_data_dir(tmp_path)))
+    for path in ("/guide/", "/guide/destinations/"):
+        response = client.get(path)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html"), path
+    assert "SSRF" in client.get("/guide/destinations/").text
+    assert 'href="/guide/"' in client.get("/").text  # the console's Guide link
 
 
 def test_the_console_links_to_the_guide():
