@@ -106,3 +106,49 @@ def test_the_service_serves_the_built_guide(served_site, tmp_path):
 def test_the_console_links_to_the_guide():
     page = (ROOT / "src" / "analytics_export" / "console" / "index.html").read_text()
     assert 'href="/guide/"' in page
+
+
+@pytest.mark.server  # starts a browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian's chromium is not at /usr/bin/chromium "
+                    "(scripts/bootstrap --dev installs it)")
+def test_the_guides_search_works_offline_in_a_browser(site):
+    """mkdocs-material's search (a web worker and its index) runs under the guide's CSP, served from this
+    origin alone: typing a word finds pages, and no request leaves the origin."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from helpers import ARGS, CHROMIUM
+
+    app = FastAPI()
+    app.include_router(guide_router(site))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            page = browser.new_page()
+            elsewhere: list[str] = []
+            errors: list[str] = []
+            page.on("request", lambda r: elsewhere.append(r.url)
+                    if not r.url.startswith((base, "data:", "blob:")) else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{base}/guide/")
+            page.locator("label.md-search__icon, .md-search__input").first.click()
+            page.locator("input.md-search__input").type("webhook", delay=50)
+            page.wait_for_selector(".md-search-result__item", timeout=15_000)
+            assert page.locator(".md-search-result__item").count() > 0
+            browser.close()
+    finally:
+        server.should_exit = True
+    assert elsewhere == [] and errors == []
