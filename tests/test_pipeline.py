@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support import FailingSource
 
-from analytics_export import ExportRequest, open_store
+from analytics_export import ExportRequest, Settings, open_store
 from analytics_export.destinations.local import LocalDestination
 from analytics_export.errors import Cancelled, Storage
 from analytics_export.pipeline import run_export
@@ -36,13 +36,30 @@ def test_cancel_stops_and_cleans_up(demo_settings, tmp_path: Path):
     try:
         with pytest.raises(Cancelled):
             run_export(ExportRequest(format="json_lines", **REQUEST), store, LocalDestination(tmp_path),
-                       project=demo_settings.project, batch_size=1024,
+                       project=demo_settings.project, batch_size=1024, engine=False,
                        on_progress=lambda p: seen.append((p.events, p.bytes)), should_stop=lambda: len(seen) >= 3)
     finally:
         store.close()
     assert list(tmp_path.iterdir()) == []
     assert [e for e, _ in seen] == [1024, 2048, 3072]
     assert all(b2 > b1 for (_, b1), (_, b2) in zip(seen, seen[1:])), "bytes grow with every batch"
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+def test_cancel_stops_the_engine_and_cleans_up(big_store, tmp_path: Path, fmt):
+    """The engine's COPY (1M events, a second or more) is interrupted at the first report after the cancel."""
+    seen = []
+    store = open_store(Settings(data_dir=big_store))
+    try:
+        with pytest.raises(Cancelled):
+            run_export(ExportRequest(format=fmt, **REQUEST), store, LocalDestination(tmp_path),
+                       project="default", on_progress=lambda p: seen.append((p.events, p.bytes)),
+                       should_stop=lambda: len(seen) >= 2)
+    finally:
+        store.close()
+    assert list(tmp_path.iterdir()) == []
+    assert len(seen) == 2 and seen[-1][1] > 0, seen
+    assert all(e2 >= e1 and b2 >= b1 for (e1, b1), (e2, b2) in zip(seen, seen[1:])), "progress never goes back"
 
 
 def test_progress_ends_with_the_totals(demo_settings, tmp_path: Path):

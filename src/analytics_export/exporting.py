@@ -73,7 +73,8 @@ def export(
         store = open_store(settings)
         try:
             return run_export(request, store, destination, project=settings.project,
-                              batch_size=settings.export.batch_size, on_progress=on_progress, privacy=privacy)
+                              batch_size=settings.export.batch_size, on_progress=on_progress, privacy=privacy,
+                              engine=settings.export.engine_writes)
         finally:
             store.close()
     finally:

@@ -592,6 +592,9 @@ class ExportConfig(BaseModel):
     """Limits and tuning that apply to every export."""
 
     batch_size: int = Field(16_384, ge=1_024, le=1_048_576, description="rows per Arrow batch")
+    engine_writes: bool = Field(True, description="let the event store's engine write a file itself (DuckDB's "
+                                "COPY) when nothing in Python touches its rows; off: every file is written from "
+                                "Arrow batches (same rows and bytes, slower)")
     max_range_days: int = Field(366, ge=1)
     file_expiry_hours: float = Field(24 * 7, gt=0, description="downloads expire this long after completion")
     max_concurrent_exports: int = Field(4, ge=1, description="exports of one project pending or running at once "

@@ -147,7 +147,8 @@ def events_export_router(settings: Settings, project_dependency: Any, problems: 
         def run() -> None:
             try:
                 write_files(spec, store, QueueDestination(chunks, gone), project=project, name=lambda _: "response",
-                            privacy=privacy, batch_size=settings.export.batch_size, should_stop=gone.is_set)
+                            privacy=privacy, batch_size=settings.export.batch_size, should_stop=gone.is_set,
+                            engine=settings.export.engine_writes)
             except BaseException as exc:  # handed to the response, which ends without its last chunk
                 hand_over(chunks, gone, exc)
             finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ClassVar
 
@@ -15,6 +16,19 @@ from ..compression import STAGING, CompressedSink, open_staged
 from ..models import Compression, ExportFormat, ExportRequest
 
 COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Copied:
+    """How a store's engine writes a format's rows itself: `COPY (SELECT {select} FROM rows) TO ...
+    ({options})`, where `rows` has the query's columns as c0, c1, ... The file is the writer's `head`,
+    `opening` before the engine's first byte, the engine's bytes less `trim` at their end (JSON's last
+    separator), then the writer's `tail`: the same bytes as the batch path, up to row order."""
+
+    select: str
+    options: str
+    opening: bytes = b""
+    trim: bytes = b""
 
 
 class Writer:
@@ -69,6 +83,11 @@ class Writer:
 
     separator: ClassVar[bytes] = b""
     """Put between two non-empty fragments."""
+
+    @classmethod
+    def copied(cls, schema: pa.Schema, compression: Compression | None) -> Copied | None:
+        """How an engine writes this format for `schema` (see `Copied`); None where only this writer can."""
+        return None
 
     @classmethod
     def merge(cls, fragments: list[tuple[Path, int]], sink: ByteSink, schema: pa.Schema,
@@ -156,6 +175,12 @@ def string_bytes(array: pa.Array) -> memoryview:
     return memoryview(data)[start:end]
 
 
+LINES = "FORMAT csv, HEADER false, DELIMITER '\x01', QUOTE '\x02', ESCAPE '\x02', COMMENT '\x03'"
+"""COPY options that write a one-column text result as it is, a row a line: CSV whose delimiter, quote and
+comment mark (DuckDB quotes a value holding `#`) are control characters, which JSON text never holds
+raw, so no value is ever quoted."""
+
+
 WRITERS: dict[ExportFormat, str] = {
     ExportFormat.JSON: "json:JsonWriter",
     ExportFormat.JSON_LINES: "jsonl:JsonLinesWriter",
@@ -167,16 +192,22 @@ WRITERS: dict[ExportFormat, str] = {
 only loaded for Avro, which keeps every other export ~30 MB smaller)."""
 
 
-def open_writer(writer_cls: type[Writer], target: ForwardingSink, schema: pa.Schema, fmt: ExportFormat,
-                compression: Compression | None, fragment: bool = False) -> tuple[Writer, ForwardingSink]:
-    """A file's encoding chain over `target`: the writer, and the sink it writes to, which is the codec's
-    stream around `target` when the codec wraps the file (text formats), else `target` itself (Parquet
-    and Avro compress inside). A fragment's text is staged (`Writer.merge` compresses the joined file).
-    Close the writer, then `finish` the sink."""
+def open_sink(target: ForwardingSink, fmt: ExportFormat, compression: Compression | None,
+              fragment: bool = False) -> ForwardingSink:
+    """What a file's writer writes to: the codec's stream around `target` when the codec wraps the file
+    (text formats), else `target` itself (Parquet and Avro compress inside). A fragment's text is
+    staged (`Writer.merge` compresses the joined file). `finish` it once the writer is closed."""
     codec = None if fmt.spec.codec_inside_file else compression
     if codec is not None and fragment:
         codec = STAGING
-    sink = CompressedSink(target, codec) if codec is not None else target
+    return CompressedSink(target, codec) if codec is not None else target
+
+
+def open_writer(writer_cls: type[Writer], target: ForwardingSink, schema: pa.Schema, fmt: ExportFormat,
+                compression: Compression | None, fragment: bool = False) -> tuple[Writer, ForwardingSink]:
+    """A file's encoding chain over `target`: the writer, and the sink it writes to (`open_sink`).
+    Close the writer, then `finish` the sink."""
+    sink = open_sink(target, fmt, compression, fragment)
     return writer_cls(sink, schema, compression, fragment), sink
 
 

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pyarrow as pa
+
+from ..models import Compression
+from . import Copied
 from .jsonl import JsonLinesWriter
 
 
 class JsonWriter(JsonLinesWriter):
     prefix_sql = "',' || chr(10)"
     suffix_sql = "''"
+    copied_suffix_sql = "','"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not self.fragment:
             self.sink.write(self.head(self.schema))
         self.first = True
+
+    @classmethod
+    def copied(cls, schema: pa.Schema, compression: Compression | None) -> Copied | None:
+        """Lines `{...},` after `[` and a newline; the last line's comma and newline make way for the tail."""
+        return replace(super().copied(schema, compression), opening=b"\n", trim=b",\n")
 
     def write(self, lines: memoryview) -> None:
         if not lines.nbytes:

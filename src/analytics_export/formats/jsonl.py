@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from ..models import Compression
 from ..sources import RFC3339
-from . import BatchSQL, Writer, string_bytes
+from . import LINES, BatchSQL, Copied, Writer, string_bytes
 
 
 class JsonLinesWriter(Writer):
     text_timestamps = True
     prefix_sql = "''"  # SQL text put before each row's JSON
     suffix_sql = "chr(10)"  # and after it
+    copied_suffix_sql = "''"  # after each row's JSON when the engine writes it (and ends the line)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # ids after properties: an export's `include`, and a stream's uuid (its receiver drops a batch
-        # delivered twice)
-        ids = {"uuid": "',\"uuid\":' || to_json(uuid)",
-               "inserted_at": f"',\"inserted_at\":\"' || strftime(inserted_at, '{RFC3339}') || '\"'"}
-        self.ids_sql = " || ".join(sql for name, sql in ids.items() if name in self.schema.names) or "''"
-        # Concatenation, not to_json(struct): `properties` is already minified JSON text in every
-        # store, so it is spliced in as is instead of being parsed and written again (3x faster).
-        self.to_json = BatchSQL(
-            f"SELECT {self.prefix_sql} || '{{\"event\":' || to_json(event) || ',\"distinct_id\":' || "
-            f"to_json(distinct_id) || ',\"timestamp\":\"' || \"timestamp\" || "
-            f"'\",\"properties\":' || properties || {self.ids_sql} || '}}' || {self.suffix_sql} AS line FROM batch"
-        )
+        columns = {name: f'"{name}"' for name in self.schema.names}
+        self.to_json = BatchSQL(f"SELECT {self.prefix_sql} || {line_sql(columns)} || {self.suffix_sql} AS line FROM batch")
+
+    @classmethod
+    def copied(cls, schema: pa.Schema, compression: Compression | None) -> Copied:
+        """Each row's JSON text, made by the SQL the batch path runs; the engine ends each line."""
+        line = line_sql({name: f"c{i}" for i, name in enumerate(schema.names)})
+        return Copied(f"{line} || {cls.copied_suffix_sql} AS line", LINES)
 
     def encode(self, batch: pa.RecordBatch) -> memoryview:
         """Every row of `batch` as one JSON text with its separator, concatenated."""
@@ -38,3 +36,18 @@ class JsonLinesWriter(Writer):
 
     def release(self) -> None:
         self.to_json.close()
+
+
+def line_sql(columns: dict[str, str]) -> str:
+    """DuckDB SQL of one row's JSON object, from the SQL of each column by name (`event`, `distinct_id`,
+    `timestamp` as RFC 3339 text, `properties` as JSON text, and `uuid`, `inserted_at` when there).
+
+    Concatenation, not to_json(struct): `properties` is already minified JSON text in every store, so it
+    is spliced in as is instead of being parsed and written again (3x faster). The ids come after
+    properties: an export's `include`, and a stream's uuid (its receiver drops a batch delivered twice)."""
+    ids = {"uuid": lambda c: f"',\"uuid\":' || to_json({c})",
+           "inserted_at": lambda c: f"',\"inserted_at\":\"' || strftime({c}, '{RFC3339}') || '\"'"}
+    tail = "".join(f" || {sql(columns[name])}" for name, sql in ids.items() if name in columns)
+    return (f"'{{\"event\":' || to_json({columns['event']}) || ',\"distinct_id\":' || "
+            f"to_json({columns['distinct_id']}) || ',\"timestamp\":\"' || {columns['timestamp']} || "
+            f"'\",\"properties\":' || {columns['properties']}{tail} || '}}'")

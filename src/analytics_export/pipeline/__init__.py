@@ -26,11 +26,13 @@ def run_export(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     privacy: Privacy | None = None,
+    engine: bool = True,
 ) -> ExportResult:
     """Export `request` from `source` to `destination`; nothing is visible there unless it completes.
 
     When the destination splits exports (`split_limits`), each part is a complete file of at most
-    that many events and about that many bytes, and a manifest listing them is written last.
+    that many events and about that many bytes, and a manifest listing them is written last. With
+    `engine`, the store's engine may write the file itself (see `write_files`).
     `privacy` (the project's policy and the request's additions) applies to every batch. A table
     destination is loaded instead, replacing the request's window there (see `warehouses/`).
     """
@@ -45,7 +47,7 @@ def run_export(
     files, progress = write_files(request, source, destination, project=project,
                                   name=request.part_name if split else lambda _: request.file_name,
                                   split=split, digest=digest, batch_size=batch_size, on_progress=on_progress,
-                                  should_stop=should_stop, privacy=privacy)
+                                  should_stop=should_stop, privacy=privacy, engine=engine)
     try:
         path = deliver(request, project, destination, files, manifest=digest, privacy=privacy, should_stop=should_stop)
     except BaseException:

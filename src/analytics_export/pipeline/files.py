@@ -14,11 +14,12 @@ import pyarrow as pa
 from ..bytesinks import ForwardingSink
 from ..destinations import BackgroundUpload, Destination
 from ..errors import Invalid
-from ..formats import Writer, open_writer, writer_class, writer_for
+from ..formats import Copied, Writer, open_sink, open_writer, writer_class, writer_for
 from ..models import ExportRequest, ExportResult, ExportStatus, codec_problem
 from ..privacy.policy import Privacy
 from ..sources import EventQuery, EventSource
 from .batches import Progress, privacy_fields, scanned
+from .copied import EngineCopy, copied_plan
 
 PROBE_ROWS = 1_000
 
@@ -141,17 +142,23 @@ def write_files(
     should_stop: Callable[[], bool] | None = None,
     privacy: Privacy | None = None,
     scope: Callable[[EventQuery], EventQuery] | None = None,
+    engine: bool = True,
 ) -> tuple[list[dict], Progress]:
     """Write the events of `request` as committed files `name(1)`, `name(2)`, ... (one unless `split`;
     without events, one empty file if `empty_file`, else none); returns their manifest entries. If
     anything fails, the files already committed are removed. `scope` adjusts the query (retention
-    reads as of a watermark, with ids)."""
+    reads as of a watermark, with ids). With `engine`, one file the store's engine can write (`copied.py`)
+    is written by it."""
     problem = codec_problem(request.format, request.compression)
     if problem is not None:  # an export stored before its format stopped offering the codec
         raise Invalid(problem)
     query = export_query(request, project, privacy)
     if scope is not None:
         query = scope(query)
+    plan = copied_plan(request, source, query, privacy) if engine and not split and empty_file else None
+    if plan is not None:
+        return write_copied(request, source, destination, query, plan, name(1), digest=digest, fragment=fragment,
+                            on_progress=on_progress, should_stop=should_stop)
     max_events, max_bytes = request.destination.split_limits() if split else (None, None)
     done: list[dict] = []
     part: Part | None = None
@@ -198,6 +205,47 @@ def write_files(
     if on_progress is not None:
         on_progress(progress)
     return done, progress
+
+
+def write_copied(request: ExportRequest, source: EventSource, destination: Destination, query: EventQuery,
+                 plan: Copied, name: str, *, digest: bool, fragment: bool,
+                 on_progress: Callable[[Progress], None] | None,
+                 should_stop: Callable[[], bool] | None) -> tuple[list[dict], Progress]:
+    """`write_files` for one file that the store's engine writes (`copied.py`): the writer's head, the
+    engine's bytes and the writer's tail (neither in a fragment) go through the codec to the upload,
+    committed only whole."""
+    writer_cls = writer_for(request)
+    upload = BackgroundUpload(destination.open(name))
+    counted = HashingSink(upload) if digest else ForwardingSink(upload)
+    progress = Progress()
+    engine = EngineCopy(source, query, plan, should_stop, request.id)  # type: ignore[arg-type]
+    total = source.estimate(query) if on_progress is not None else 0
+    try:
+        sink = open_sink(counted, request.format, request.compression, fragment)
+        if not fragment:
+            sink.write(writer_cls.head(query.schema))
+        for data in engine:
+            if data:
+                sink.write(data)
+            if on_progress is not None:
+                progress.events = max(progress.events, int((engine.fraction() or 0) * total))
+                progress.bytes = counted.position
+                on_progress(progress)
+        if not fragment:
+            sink.write(writer_cls.tail(engine.rows))
+        sink.finish()
+        uri = upload.commit()
+    except BaseException:
+        counted.discard()
+        upload.abort()
+        raise
+    progress.events, progress.bytes = engine.rows, counted.position
+    if on_progress is not None:
+        on_progress(progress)
+    entry = {"name": name, "uri": uri, "events": engine.rows, "bytes": counted.position}
+    if isinstance(counted, HashingSink):
+        entry["sha256"] = counted.sha256.hexdigest()
+    return [entry], progress
 
 
 def fit(rows: int, part: Part, progress: Progress, max_events: int | None, max_bytes: int | None) -> int:

@@ -48,10 +48,15 @@ class Privacy:
         """`query` without the properties the policy hides, and with its SQL rules."""
         return replace(self.narrowed(query), protection=self.protection())
 
+    @property
+    def scans(self) -> bool:
+        """Whether values are searched in Python (detector and pattern rules, `apply`), not only in SQL."""
+        return any(r.detector or r.pattern for r in self.rules.redact)
+
     def narrowed(self, query: EventQuery) -> EventQuery:
         """`query` without the properties the policy hides; a filter on a property it protects is
         refused, as its matches would tell what the property holds."""
-        scanning = any(r.detector or r.pattern for r in self.rules.redact)
+        scanning = self.scans
         for f in query.filters:
             if self.rules.protects(f.property):
                 raise Invalid(f"filter on property {f.property!r}: {self.source} hides, pseudonymises or redacts "

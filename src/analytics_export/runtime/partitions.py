@@ -67,7 +67,8 @@ def run_partition(job: Job, source: EventSource, destination: Destination, setti
     request, part = job.request, job.partition
     window = request.model_copy(update={"start_date": part.start, "end_date": part.end})
     options: dict[str, Any] = {"project": job.project, "batch_size": settings.export.batch_size,
-                               "on_progress": on_progress, "should_stop": should_stop, "privacy": privacy}
+                               "on_progress": on_progress, "should_stop": should_stop, "privacy": privacy,
+                               "engine": settings.export.engine_writes}
     if staged(request):
         # The attempt is in the name, so a run that lost its lease cannot delete its successor's file.
         name = f"part-{part.number:05d}-{part.attempts}"

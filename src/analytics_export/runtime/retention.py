@@ -189,6 +189,7 @@ class Retention:
             try:
                 files, _ = write_files(request, store, destination, project=self.project, name=lambda _: self.name(row),
                                        digest=True, privacy=privacy, batch_size=self.settings.export.batch_size,
+                                       engine=self.settings.export.engine_writes,
                                        scope=lambda q: replace(q, inserted_before=watermark, ids=IDS))
                 uri = destination.finish([files[0]["uri"]], lambda: False)
             finally:

@@ -218,7 +218,8 @@ class Worker:
                 self.expect(job, expected(store, job, privacy))
                 return run_export(job.request, store, destination, project=job.project,
                                   batch_size=self.settings.export.batch_size, on_progress=track,
-                                  should_stop=lost.is_set, privacy=privacy)
+                                  should_stop=lost.is_set, privacy=privacy,
+                                  engine=self.settings.export.engine_writes)
 
         with self._beating(lambda: self.jobs.heartbeat(job.id, self.name, self.lease, progress.events,
                                                        progress.bytes)) as lost:

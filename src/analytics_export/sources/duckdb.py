@@ -224,7 +224,10 @@ class DuckDBEventStore:
         if created:  # DuckDB refuses a file made empty beforehand; this one holds no event yet
             os.chmod(self.path, MODE)
         self.con.execute("SET TimeZone = 'UTC'")  # session options, not config ones
-        self.con.execute("SET enable_progress_bar = false")
+        # for `progress`, from the start of a query; nothing is printed
+        self.con.execute("SET enable_progress_bar = true")
+        self.con.execute("SET enable_progress_bar_print = false")
+        self.con.execute("SET progress_bar_time = 0")
         if not read_only:
             for attempt in range(3):  # two first connections of one process may both create the tables
                 try:
@@ -277,6 +280,24 @@ class DuckDBEventStore:
         reader = self._relation(text, sql.params).to_arrow_reader(batch_size)
         self.readers.append(reader)
         return _renamed(reader, query.schema, not query.property_columns and not self.finite)
+
+    def copy(self, query: EventQuery, select: str, options: str, path: str) -> int:
+        """Have DuckDB write the query's rows itself: `COPY (SELECT {select} FROM rows) TO path ({options})`,
+        `rows` holding the query's columns as c0, c1, ...; returns how many rows it wrote. Only for a
+        finite store (no NaN to scrub); `interrupt` stops it from another thread, `progress` tells how far."""
+        sql = SqlBuilder()
+        names = ", ".join(f"c{i}" for i in range(len(query.schema)))
+        text = f"COPY (SELECT {select} FROM ({sql.select(query)}) AS rows({names})) TO '{path}' ({options})"
+        return int(self.execute(text, sql.params).fetchall()[0][0])
+
+    def progress(self) -> float | None:
+        """How far the running query is, 0 to 1 (None when DuckDB cannot tell)."""
+        done = self.con.query_progress()
+        return done / 100 if done >= 0 else None
+
+    def interrupt(self) -> None:
+        """Stop the running query: it raises in its thread."""
+        self.con.interrupt()
 
     def count(self, query: EventQuery) -> int:
         sql = SqlBuilder()

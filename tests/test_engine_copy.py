@@ -1,0 +1,159 @@
+"""Files the event store's engine writes itself (DuckDB's COPY, `pipeline/copied.py`): the same bytes as
+the batch path (Parquet: the same schema and rows), privacy applied, and nothing partial on failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from analytics_export import ExportRequest, Settings, open_store
+from analytics_export.destinations.local import LocalDestination
+from analytics_export.errors import Invalid, Storage
+from analytics_export.models import ExportFilter
+from analytics_export.pipeline import run_export
+from analytics_export.pipeline.copied import copied_plan
+from analytics_export.pipeline.files import export_query
+from analytics_export.privacy.policy import Privacy
+from analytics_export.privacy.rules import PrivacyRules
+from helpers import decompress
+
+WINDOW = dict(start_date="2026-08-03", end_date="2026-11-01")
+SHAPES = {
+    "all": {},
+    "selected": {"properties": ["plan", "price", "$browser", "tags", "missing"]},
+    "filtered, with ids": {"events": ["$pageview", "signup_completed"], "include": ["uuid", "inserted_at"],
+                           "filters": [ExportFilter(property="price", operator="gte", value=100)]},
+}
+CASES = [("json", None), ("json", "gzip"), ("json_lines", None), ("json_lines", "zstd"), ("csv", None),
+         ("csv", "gzip"), ("parquet", None), ("parquet", "snappy"), ("parquet", "zstd"), ("parquet", "lz4")]
+PRIVACY = PrivacyRules.model_validate({"pseudonymize_distinct_id": True, "deny_properties": ["price"],
+                                       "redact": [{"properties": ["plan"], "action": "mask", "mask": "***"}]})
+
+
+@pytest.fixture(scope="module")
+def one_thread(demo_settings) -> Settings:
+    """The demo store scanned by one thread: rows come in the same order on both paths, so files compare
+    byte for byte."""
+    return demo_settings.model_copy(update={"duckdb_threads": 1})
+
+
+def produce(settings: Settings, folder: Path, request: ExportRequest, engine: bool,
+            privacy: Privacy | None = None) -> Path:
+    store = open_store(settings)
+    destination = LocalDestination(folder)
+    try:
+        result = run_export(request, store, destination, project="default", engine=engine, privacy=privacy)
+    finally:
+        destination.close()
+        store.close()
+    return Path(result.destination_path)
+
+
+def writer_of(path: Path) -> str:
+    return pq.ParquetFile(path).metadata.created_by
+
+
+def assert_same(engine: Path, batches: Path, fmt: str, codec: str | None) -> None:
+    if fmt == "parquet":
+        assert writer_of(engine).startswith("DuckDB") and writer_of(batches).startswith("parquet-cpp")
+        ours, theirs = pq.read_table(engine), pq.read_table(batches)
+        assert ours.schema.remove_metadata() == theirs.schema.remove_metadata()
+        assert ours.num_rows == theirs.num_rows > 0
+        assert ours.equals(theirs)
+        codecs = {pq.ParquetFile(p).metadata.row_group(0).column(0).compression for p in (engine, batches)}
+        assert len(codecs) == 1, codecs
+    else:
+        assert decompress(engine.read_bytes(), codec) == decompress(batches.read_bytes(), codec)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("fmt,codec", CASES)
+def test_same_bytes_as_the_batch_path(one_thread, tmp_path, fmt, codec, shape):
+    request = ExportRequest(format=fmt, compression=codec, **WINDOW, **SHAPES[shape])
+    engine = produce(one_thread, tmp_path / "engine", request, engine=True)
+    batches = produce(one_thread, tmp_path / "batches", request, engine=False)
+    assert_same(engine, batches, fmt, codec)
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+def test_privacy_in_sql_is_applied_by_the_engine(one_thread, tmp_path, fmt):
+    request = ExportRequest(format=fmt, **WINDOW)
+    privacy = lambda: Privacy(PRIVACY, secret=b"s" * 32, suppressed=["user_1"])  # noqa: E731
+    engine = produce(one_thread, tmp_path / "engine", request, engine=True, privacy=privacy())
+    batches = produce(one_thread, tmp_path / "batches", request, engine=False, privacy=privacy())
+    assert_same(engine, batches, fmt, None)
+    text = pq.read_table(engine).to_pylist() if fmt == "parquet" else engine.read_text()
+    assert "user_1\"" not in str(text) and "price" not in str(text) and "***" in str(text)
+
+
+def test_python_stages_and_writers_without_an_engine_form_take_the_batch_path(one_thread, tmp_path):
+    detector = Privacy(PrivacyRules.model_validate({"redact": [{"detector": "email"}]}))
+    path = produce(one_thread, tmp_path, ExportRequest(format="parquet", **WINDOW), engine=True, privacy=detector)
+    assert writer_of(path).startswith("parquet-cpp")
+    store = open_store(one_thread)
+    try:
+        def plan(**fields) -> object:
+            request = ExportRequest(**WINDOW, **fields)
+            return copied_plan(request, store, export_query(request, "default"), None)
+
+        assert plan(format="csv") is not None and plan(format="json", compression="gzip") is not None
+        assert plan(format="csv", csv_formula_guard=True) is None
+        assert plan(format="avro") is None
+    finally:
+        store.close()
+
+
+def test_an_empty_window_is_a_valid_empty_file(one_thread, tmp_path):
+    empty = dict(start_date="2020-01-01", end_date="2020-01-02")
+    for fmt in ("json", "json_lines", "csv", "parquet"):
+        engine = produce(one_thread, tmp_path / f"e-{fmt}", ExportRequest(format=fmt, **empty), engine=True)
+        batches = produce(one_thread, tmp_path / f"b-{fmt}", ExportRequest(format=fmt, **empty), engine=False)
+        if fmt == "parquet":
+            assert pq.read_table(engine).num_rows == 0
+            assert pq.read_table(engine).schema.remove_metadata() == pq.read_table(batches).schema.remove_metadata()
+        else:
+            assert engine.read_bytes() == batches.read_bytes()
+
+
+def test_an_engine_error_leaves_nothing(one_thread, tmp_path):
+    bad = ExportRequest(format="csv", **WINDOW, filters=[ExportFilter(property="plan", operator="regex",
+                                                                      value="(?<=a)b")])
+    with pytest.raises(Invalid):
+        produce(one_thread, tmp_path, bad, engine=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+class Failing(LocalDestination):
+    """A folder whose uploads fail after `limit` bytes, as a full disk or a dropped connection would."""
+
+    limit = 1 << 20
+
+    def open(self, name: str):
+        upload = super().open(name)
+        write, seen = upload.write, [0]
+
+        def failing(data):
+            seen[0] += len(data)
+            if seen[0] > self.limit:
+                raise Storage("the destination went away")
+            return write(data)
+
+        upload.write = failing
+        return upload
+
+
+@pytest.mark.parametrize("fmt", ["json_lines", "parquet"])
+def test_a_destination_failure_stops_the_engine_and_leaves_nothing(big_store, tmp_path, fmt):
+    store = open_store(Settings(data_dir=big_store))
+    destination = Failing(tmp_path)
+    try:
+        with pytest.raises(Storage, match="went away"):
+            run_export(ExportRequest(format=fmt, start_date="2000-01-01", end_date="2100-01-01"), store,
+                       destination, project="default")
+        assert not store.is_empty(), "the store's connection is free again: the engine has stopped"
+    finally:
+        destination.close()
+        store.close()
+    assert list(tmp_path.iterdir()) == []
