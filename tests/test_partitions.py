@@ -232,12 +232,13 @@ def test_split_partitioned_export_delivers_parts_and_one_manifest(demo_settings,
 
 
 class FlakySource:
-    """The real store, except that reading chosen windows fails (`failures` times, or always)."""
+    """The real store, except that reading chosen windows fails (`failures` times, or always), whether
+    batches are read or the engine writes the file (`copy`)."""
 
     def __init__(self, store, fail: dict[int, tuple[type, int]], calls: list) -> None:
         self.store, self.fail, self.calls = store, fail, calls
 
-    def batches(self, query, batch_size):
+    def read(self, query) -> None:
         day = query.start.day
         self.calls.append(day)
         if day in self.fail:
@@ -245,7 +246,14 @@ class FlakySource:
             if left:
                 self.fail[day] = (error, left - 1)
                 raise error(f"injected failure reading from {query.start:%b %d}")
+
+    def batches(self, query, batch_size):
+        self.read(query)
         return self.store.batches(query, batch_size)
+
+    def copy(self, query, *args):
+        self.read(query)
+        return self.store.copy(query, *args)
 
     def __getattr__(self, name: str):
         return getattr(self.store, name)
