@@ -238,3 +238,48 @@ def test_the_same_events_ingested_at_once_by_many_threads_are_stored_once(tmp_pa
         assert store.execute("SELECT count(*), count(DISTINCT uuid) FROM events", []).fetchall() == [(20_000, 20_000)]
     finally:
         store.close()
+
+
+def test_ingests_that_arrive_together_share_one_connection_each_with_its_own_result(tmp_path: Path):
+    """The API's writer: bodies posted at once are stored by one connection, opened and closed around
+    them (the file is free for other processes between groups); each gets its own count or error, and
+    the first open of a new store by several of them records its facts once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from analytics_export.api.ingest_writer import GroupWriter
+
+    opened, gate = [], threading.Event()
+
+    def open_store() -> DuckDBEventStore:
+        gate.wait(5)  # the first group waits until every body is queued behind it
+        opened.append(1)
+        return DuckDBEventStore(tmp_path / "events.duckdb", read_only=False)
+
+    writer = GroupWriter(open_store)
+    bodies = [write_jsonl(tmp_path / f"b{i}.jsonl", [{"event": "e", "distinct_id": f"u{i}-{j}",
+                                                      "timestamp": "2026-01-01T00:00:00Z"} for j in range(i + 1)])
+              for i in range(6)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"event": "e"}\n')
+
+    def ingest(path: Path) -> int | str:
+        try:
+            return writer.ingest(path, "p")
+        except Invalid as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(7) as pool:
+        results = [pool.submit(ingest, path) for path in [*bodies, bad]]
+        while len(writer.waiting) < 6:  # one caller has the turn, the six others wait for it
+            threading.Event().wait(0.01)
+        gate.set()
+        results = [r.result() for r in results]
+    assert results[:6] == [1, 2, 3, 4, 5, 6]
+    assert "distinct_id" in results[6]
+    assert len(opened) == 2, "the first caller's body alone, then the six that queued behind it together"
+    store = DuckDBEventStore(tmp_path / "events.duckdb")  # no connection of the writer holds the file
+    try:
+        assert store.execute("SELECT count(*) FROM events", []).fetchall() == [(21,)]
+    finally:
+        store.close()

@@ -8,9 +8,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import Invalid, OutOfMemory, Storage
 from ..inbox import spooled
-from ..ingest import ingest_file
 from ..sources.stores import open_store
 from .deps import Api, problems
+from .ingest_writer import GroupWriter
 
 
 class IngestResult(BaseModel):
@@ -34,23 +34,21 @@ def ingest_router(api: Api) -> APIRouter:
         body = await request.body()  # at most max_body_bytes: RequestGuard stops a longer one
         return await run_in_threadpool(ingest_body, body, suffix, project)
 
+    limited = api.settings.model_copy(update={
+        "duckdb_write_memory_limit": api.settings.api_ingest_memory_limit, "duckdb_threads": 1})
+    writer = GroupWriter(lambda: open_store(limited, read_only=False))
+
     def ingest_body(body: bytes, suffix: str, project: str) -> IngestResult:
         with spooled(api.settings.data_dir, body, suffix) as spool:  # a full disk: Storage, so 503
             try:
-                limited = api.settings.model_copy(update={
-                    "duckdb_write_memory_limit": api.settings.api_ingest_memory_limit, "duckdb_threads": 1})
-                store = open_store(limited, read_only=False)
+                return IngestResult(ingested=writer.ingest(spool, project))
             except Storage as exc:
                 raise HTTPException(503, "the event store is busy with exports; retry shortly",
                                     headers={"Retry-After": "5"}) from exc
-            try:
-                return IngestResult(ingested=ingest_file(store, spool, project, name="body"))
             except Invalid as exc:
                 raise HTTPException(422, api.settings.hide_paths(str(exc))) from exc
             except OutOfMemory:
                 raise HTTPException(413, f"these events need more than the {api.settings.api_ingest_memory_limit} an upload "
                                          "may use to load: send fewer events per request") from None
-            finally:
-                store.close()
 
     return router

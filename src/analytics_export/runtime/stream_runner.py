@@ -41,6 +41,9 @@ from ..streaming.spec import StreamSpec
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=10)  # a dead worker's streams are taken over this soon
 POLL_SECONDS = 0.1
+READ_AHEAD = 20_000
+"""Events read per store open, at most (and at least one batch's `max_batch_events`): opening the embedded
+store waits for its writer, so reading one batch per open could not keep up with 5,000 events/s."""
 BEAT_SECONDS = 1.0
 MAX_BACKOFF = 30.0
 
@@ -159,9 +162,10 @@ class StreamRun:
             thread.join()
 
     def loop(self, sink: Sink, privacy: Privacy) -> None:
+        ahead = max(self.spec.max_batch_events, READ_AHEAD)
         while self.alive():
-            room = self.spec.max_batch_events - self.pending_rows
-            got = self.read(privacy, room) if room > 0 else 0
+            short = self.pending_rows < self.spec.max_batch_events
+            got = self.read(privacy, ahead - self.pending_rows) if short else 0
             due = self.pending_rows >= self.spec.max_batch_events or (
                 self.pending_rows and time.monotonic() - (self.first_pending or 0) >= self.spec.max_batch_seconds)
             if due:
@@ -203,9 +207,11 @@ class StreamRun:
         return rows
 
     def deliver(self, sink: Sink) -> bool:
-        """Send the pending batch until the destination takes it; False if the stream must stop."""
-        first = (self.pending[0].column("inserted_at")[0].as_py(), self.pending[0].column("uuid")[0].as_py())
-        delivery = self.encode(self.pending, f"{cursor_name(first)}_{cursor_name(self.read_cursor)}")
+        """Send the first `max_batch_events` pending events as one batch until the destination takes it;
+        False if the stream must stop."""
+        batch = front(self.pending, self.spec.max_batch_events)
+        first, last = row_cursor(batch[0], 0), row_cursor(batch[-1], batch[-1].num_rows - 1)
+        delivery = self.encode(batch, f"{cursor_name(first)}_{cursor_name(last)}")
         attempt = 0
         while True:
             try:
@@ -224,11 +230,16 @@ class StreamRun:
                     if not self.alive():
                         return False
                     self.stop.wait(min(0.2, deadline - time.monotonic()))
-        events = self.pending_rows
-        if not self.store.checkpoint(self.stream.id, self.worker, self.read_cursor, events):
+        events = sum(b.num_rows for b in batch)
+        if not self.store.checkpoint(self.stream.id, self.worker, last, events):
             return False  # the lease was lost: the new owner sends this batch again
-        self.sent_cursor = self.read_cursor
-        self.pending, self.pending_rows, self.first_pending, self.pending_since = [], 0, None, None
+        self.sent_cursor = last
+        self.pending = front(self.pending, self.pending_rows, skip=events)
+        self.pending_rows -= events
+        if self.pending:
+            self.pending_since = self.pending[0].column("inserted_at")[0].as_py()
+        else:
+            self.first_pending, self.pending_since = None, None
         return True
 
     def encode(self, batches: list[pa.RecordBatch], name: str) -> Delivery:
@@ -269,6 +280,28 @@ class StreamRun:
         finally:
             writer.release()
         return out.getvalue().split(b"\n")[:-1]
+
+
+def front(batches: list[pa.RecordBatch], rows: int, skip: int = 0) -> list[pa.RecordBatch]:
+    """`rows` rows of `batches` after the first `skip`, as slices (no copy)."""
+    out: list[pa.RecordBatch] = []
+    for b in batches:
+        if skip >= b.num_rows:
+            skip -= b.num_rows
+            continue
+        part = b.slice(skip, rows)
+        skip = 0
+        if part.num_rows:
+            out.append(part)
+            rows -= part.num_rows
+        if not rows:
+            break
+    return out
+
+
+def row_cursor(batch: pa.RecordBatch, row: int) -> tuple[datetime, str]:
+    """The (inserted_at, uuid) of `batch`'s row `row`: where a stream's cursor stands after it."""
+    return batch.column("inserted_at")[row].as_py(), batch.column("uuid")[row].as_py()
 
 
 class StreamSupervisor:

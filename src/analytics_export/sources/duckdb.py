@@ -277,7 +277,8 @@ class DuckDBEventStore:
                 self.con.register("fixed", finite(batch))
                 self.con.execute("UPDATE events SET properties = fixed.properties FROM fixed WHERE events.uuid = fixed.uuid")
                 self.con.unregister("fixed")
-            self.con.execute("INSERT INTO store_facts VALUES (?)", [FINITE])
+            # ON CONFLICT: another connection of this process may have recorded it first
+            self.con.execute("INSERT INTO store_facts VALUES (?) ON CONFLICT DO NOTHING", [FINITE])
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
