@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Iterator
 import typer
 from rich.console import Console
 
-from ..config import Settings
 from ..errors import ExportError, Invalid, Storage
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..store.jobs import JobStore
 
 err = Console(stderr=True)

@@ -11,23 +11,18 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .. import demo as demo_data
 from ..checks import describe_errors
-from ..config import Settings
 from ..errors import Invalid
-from ..exporting import export as run
-from ..inbox import clean_inbox
-from ..ingest import ingest_file
 from ..models import COMPRESSION_DOC, Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator
-from ..pipeline.batches import Progress as ExportProgress
-from ..sources import EventQuery
-from ..sources.stores import open_store
 from .common import err, exit_on_error, fail
 
 if TYPE_CHECKING:
-    pass
+    from ..config import Settings
+    from ..pipeline.batches import Progress as ExportProgress
+
+# The modules that read and write events (DuckDB, pyarrow: about a second) are imported by the commands
+# that run, not when the command line is parsed: `--help` and every other command start without them.
 
 
 FILTER = re.compile(
@@ -93,6 +88,8 @@ def export(
         fail(describe_errors(exc.errors()) if isinstance(exc, ValidationError) else str(exc))
     if sum(x is not None for x in (output, output_dir, to)) > 1:
         fail("give one of --output, --output-dir and --to")
+    from ..exporting import export as run
+
     with exit_on_error(), ProgressDisplay(settings, request) as on_progress:
         result = run(request, settings=settings, output=output, output_dir=output_dir, on_progress=on_progress)
     summary = {"id": result.export_id, "total_events": result.total_events, "file_size": result.file_size,
@@ -109,6 +106,11 @@ class ProgressDisplay:
         self.active = err.is_terminal
         if not self.active:
             return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from ..sources import EventQuery
+        from ..sources.stores import open_store
+
         with closing(open_store(settings)) as store:
             total = store.count(EventQuery.from_request(request, settings.project))
         self.started = time.monotonic()
@@ -147,6 +149,10 @@ def ingest(ctx: typer.Context, files: List[Path] = typer.Argument(..., help="JSO
            restore: bool = typer.Option(False, "--restore", help="Files are retention archives: keep their inserted_at")
            ) -> None:
     """Load events from files; events whose uuid is already stored are skipped."""
+    from ..inbox import clean_inbox
+    from ..ingest import ingest_file
+    from ..sources.stores import open_store
+
     settings: Settings = ctx.obj
     total = 0
     with exit_on_error():
@@ -168,6 +174,9 @@ def demo(
     if_empty: bool = typer.Option(False, "--if-empty", help="Do nothing when the store already has events"),
 ) -> None:
     """Generate realistic demo events (30 event names, 200k users, 90 days, 5-15 properties each)."""
+    from .. import demo as demo_data
+    from ..sources.stores import open_store
+
     settings: Settings = ctx.obj
     with exit_on_error():
         store = open_store(settings, read_only=False)

@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 from datetime import date, datetime
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from pydantic import ValidationError
 
 from ..checks import describe_errors
-from ..config import Settings
 from ..models import RetentionPolicy
 from ..privacy.rules import PrivacyRules
 from .common import exit_on_error, fail, job_store
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 privacy_app = typer.Typer(help="Privacy policy and suppression list applied to every export.", no_args_is_help=True)
 retention_app = typer.Typer(help="Export before deletion: archive, verify, then delete old events.",

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from pydantic import ValidationError
 
 from ..checks import describe_errors, utc
-from ..config import Settings
 from ..errors import Invalid, NotFound
 from ..models import DateRange
 from .common import fail, job_store
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 app = typer.Typer(help="Scheduled exports: cron, windows, backfills, run history.", no_args_is_help=True)
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from .. import logs
-from ..config import Settings
 from .common import job_store
 
 if TYPE_CHECKING:
+    from ..config import Settings
     pass
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import List
+from typing import TYPE_CHECKING, List
 
 import typer
 from pydantic import ValidationError
 
 from ..checks import describe_errors
-from ..config import Settings
 from .common import exit_on_error, fail, job_store
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 app = typer.Typer(help="Streaming exports: new events delivered continuously.", no_args_is_help=True)
 
