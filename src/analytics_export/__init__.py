@@ -24,7 +24,10 @@ EXPORTS = {
 """Name -> module: loaded when first used, so `import analytics_export` (and every command's start,
 which imports the package first) pays for none of them."""
 
-__all__ = sorted(EXPORTS)
+__all__ = [
+    "Compression", "ExportFilter", "ExportFormat", "ExportRequest", "ExportResult", "ExportStatus",
+    "Progress", "Settings", "export", "open_store",
+]
 
 
 def __getattr__(name: str) -> Any:
