@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import typer
 from pydantic import ValidationError
@@ -18,8 +18,6 @@ from .privacy import privacy_app, retention_app
 from .schedules import app as schedules_app
 from .streams import app as streams_app
 
-if TYPE_CHECKING:
-    from ..config import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 for command in (exports.export, exports.ingest, exports.demo, server.worker, server.serve):
