@@ -26,8 +26,8 @@ SHAPES = {
     "filtered, with ids": {"events": ["$pageview", "signup_completed"], "include": ["uuid", "inserted_at"],
                            "filters": [ExportFilter(property="price", operator="gte", value=100)]},
 }
-CASES = [("json", None), ("json", "gzip"), ("json_lines", None), ("json_lines", "zstd"), ("csv", None),
-         ("csv", "gzip"), ("parquet", None), ("parquet", "snappy"), ("parquet", "zstd"), ("parquet", "lz4")]
+CASES = [("json", None), ("json", "gzip"), ("json_lines", None), ("json_lines", "zstd"), ("parquet", None),
+         ("parquet", "snappy"), ("parquet", "zstd"), ("parquet", "lz4")]
 PRIVACY = PrivacyRules.model_validate({"pseudonymize_distinct_id": True, "deny_properties": ["price"],
                                        "redact": [{"properties": ["plan"], "action": "mask", "mask": "***"}]})
 
@@ -77,7 +77,7 @@ def test_same_bytes_as_the_batch_path(one_thread, tmp_path, fmt, codec, shape):
     assert_same(engine, batches, fmt, codec)
 
 
-@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+@pytest.mark.parametrize("fmt", ["json", "json_lines", "parquet"])
 def test_privacy_in_sql_is_applied_by_the_engine(one_thread, tmp_path, fmt):
     request = ExportRequest(format=fmt, **WINDOW)
     privacy = lambda: Privacy(PRIVACY, secret=b"s" * 32, suppressed=["user_1"])  # noqa: E731
@@ -98,8 +98,9 @@ def test_python_stages_and_writers_without_an_engine_form_take_the_batch_path(on
             request = ExportRequest(**WINDOW, **fields)
             return copied_plan(request, store, export_query(request, "default"), None)
 
-        assert plan(format="csv") is not None and plan(format="json", compression="gzip") is not None
-        assert plan(format="csv", csv_formula_guard=True) is None
+        assert plan(format="json_lines") is not None and plan(format="json", compression="gzip") is not None
+        assert plan(format="parquet", compression="zstd") is not None
+        assert plan(format="csv") is None, "pyarrow's CSV writer measured 2.8x faster than DuckDB's"
         assert plan(format="avro") is None
     finally:
         store.close()
@@ -118,7 +119,7 @@ def test_an_empty_window_is_a_valid_empty_file(one_thread, tmp_path):
 
 
 def test_an_engine_error_leaves_nothing(one_thread, tmp_path):
-    bad = ExportRequest(format="csv", **WINDOW, filters=[ExportFilter(property="plan", operator="regex",
+    bad = ExportRequest(format="json_lines", **WINDOW, filters=[ExportFilter(property="plan", operator="regex",
                                                                       value="(?<=a)b")])
     with pytest.raises(Invalid):
         produce(one_thread, tmp_path, bad, engine=True)

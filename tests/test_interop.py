@@ -49,8 +49,8 @@ TEXT_PROPERTIES = ("csv", "parquet", "avro")
 """Formats whose `properties` is one JSON text column (the readers give it as a string)."""
 CASES = [(f, c, how) for f, codecs in OFFERED.items() for c in [None, *codecs] for how in ("one run", "partitions")]
 CASES += [("parquet", c, "batches") for c in [None, *OFFERED["parquet"]]]
-"""One run and partitions have DuckDB write what it can (every format but Avro); `batches` writes from
-Arrow batches instead, as every store but the embedded one does: for text formats the bytes are the
+"""One run and partitions have DuckDB write what it can (JSON, JSON Lines, Parquet); `batches` writes from
+Arrow batches instead, as every store but the embedded one does: for JSON the bytes are the
 same (test_engine_copy), for Parquet the writer is another."""
 
 

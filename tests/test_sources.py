@@ -217,3 +217,46 @@ def test_nan_is_refused_at_ingest_and_a_stored_one_exports_as_null(engine, pg_ur
         assert strict_json(stored) == expected
         export(settings=settings, output=tmp_path / "after", format="json_lines", **window)
         assert read_records(tmp_path / "after", "json_lines", None)[0]["properties"] == expected
+
+
+def test_the_embedded_store_caps_duckdb_by_what_the_query_runs(demo_settings):
+    """A plain scan runs under the small cap, one with JSON functions (filters, selected properties,
+    privacy rules) under the larger; a cap set in the settings holds for every query."""
+    from datetime import datetime, timezone
+
+    from analytics_export.models import ExportFilter
+    from analytics_export.sources.duckdb import JSON_MEMORY, SCAN_MEMORY
+
+    window = EventQuery(project="default", start=datetime(2000, 1, 1, tzinfo=timezone.utc),
+                        end=datetime(2100, 1, 1, tzinfo=timezone.utc))
+    shapes = [(window, SCAN_MEMORY), (EventQuery(**{**window.__dict__, "properties": ("plan",)}), JSON_MEMORY),
+              (EventQuery(**{**window.__dict__, "filters": (ExportFilter(property="plan", operator="eq",
+                                                                         value="pro"),)}), JSON_MEMORY),
+              (window, SCAN_MEMORY)]
+
+    def cap(store) -> str:
+        return store.execute("SELECT current_setting('memory_limit')", []).fetchall()[0][0]
+
+    store = open_store(demo_settings)
+    try:
+        for query, wanted in shapes:
+            store.batches(query, 1024).read_all()
+            assert cap(store) == cap_text(wanted), query
+    finally:
+        store.close()
+    store = open_store(demo_settings.model_copy(update={"duckdb_memory_limit": "300MB"}))
+    try:
+        for query, _ in shapes:
+            store.batches(query, 1024).read_all()
+            assert cap(store) == cap_text("300MB")
+    finally:
+        store.close()
+
+
+def cap_text(size: str) -> str:
+    """DuckDB's spelling of a memory setting (`128MB` reads back as `122.0 MiB`)."""
+    connection = duckdb.connect(config={"memory_limit": size})
+    try:
+        return connection.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    finally:
+        connection.close()

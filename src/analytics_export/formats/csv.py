@@ -8,9 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..models import Compression
-from ..sources import RFC3339
-from . import Copied, Writer
+from . import Writer
 
 FORMULA = r"^[=+\-@\t\r]"
 """What a spreadsheet may run as a formula (OWASP's CSV injection list): a cell starting with one of these."""
@@ -20,6 +18,9 @@ formula, and quoting it would turn every negative value into text."""
 
 
 class CsvWriter(Writer):
+    """Always from Arrow batches: DuckDB's own CSV writer, quoting every value as this one does, took
+    14.1 s for 5M events where pyarrow's took 5.0 s (the whole command, 2 cores)."""
+
     text_timestamps = True
 
     def __init__(self, *args, **kwargs) -> None:
@@ -34,14 +35,6 @@ class CsvWriter(Writer):
             return batch
         columns = [pc.strftime(c, RFC3339_TEXT) if pa.types.is_timestamp(c.type) else c for c in batch.columns]
         return pa.RecordBatch.from_arrays(columns, schema=text_schema(batch.schema))
-
-    @classmethod
-    def copied(cls, schema: pa.Schema, compression: Compression | None) -> Copied | None:
-        """DuckDB's CSV writer quoting every value that is not NULL, as pyarrow's does every string (all
-        columns are text), ending lines in CRLF; the header is `head`'s."""
-        columns = [f"strftime(c{i}, '{RFC3339}')" if pa.types.is_timestamp(f.type) else f"c{i}"
-                   for i, f in enumerate(schema)]
-        return Copied(", ".join(columns), "FORMAT csv, HEADER false, FORCE_QUOTE *, NEW_LINE '\r\n'")
 
     def write(self, batch: pa.RecordBatch) -> None:  # type: ignore[override]
         self.writer.write_batch(batch)
@@ -89,10 +82,6 @@ class GuardedCsvWriter(CsvWriter):
 
     def __init__(self, sink, schema: pa.Schema, *args, **kwargs) -> None:
         super().__init__(sink, guarded_schema(schema), *args, **kwargs)
-
-    @classmethod
-    def copied(cls, schema: pa.Schema, compression: Compression | None) -> Copied | None:
-        return None  # the guard runs over batches
 
     def encode(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         batch = super().encode(batch)

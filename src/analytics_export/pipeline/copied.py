@@ -40,7 +40,7 @@ def copied_plan(request: ExportRequest, source: EventSource, query: EventQuery,
                 privacy: Privacy | None) -> Copied | None:
     """How the engine writes `request`'s file, or None when the batch path must: the store cannot copy
     (another engine, or NaN left to scrub in Python), privacy scans values in Python (detectors,
-    patterns), or the writer has no engine form (Avro, CSV's formula guard)."""
+    patterns), or the writer has no engine form (Avro, CSV)."""
     if not sys.platform.startswith("linux") or not getattr(source, "finite", False) or not hasattr(source, "copy"):
         return None
     if privacy is not None and privacy.scans:
