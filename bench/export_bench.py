@@ -1,29 +1,47 @@
 """Export speed and memory as a user meets them: the `analytics-export export` command as a whole process,
-against baselines run as whole processes in the same run, on the same store file.
+against baselines run as whole processes in the same run, on the same store file, query and columns.
 
 Run from the project root:
 
     uv run python bench/export_bench.py                          # 5M demo events, every format, 3 runs each
-    uv run python bench/export_bench.py --events 1000000 --repeat 1 --formats parquet_snappy json_lines
+    uv run python bench/export_bench.py --events 50000000        # 50M (generated once into --data-dir)
+    uv run python bench/export_bench.py --events 300000 --repeat 1 --formats parquet_snappy json_lines
     uv run python bench/export_bench.py --data-dir DIR           # reuse DIR/events.duckdb if it has events
-    uv run python bench/export_bench.py --big-data-dir DIR50M    # also show the peak at a second size (50M)
+    uv run python bench/export_bench.py --rss-events 50000000    # also every format's peak at a second size
+    uv run python bench/export_bench.py --via worker             # also each export through the service
+    uv run python bench/export_bench.py --keep DIR               # work in DIR; keep its data and last outputs
 
-Each measurement is one fresh process, timed from spawn to exit, with its own peak RSS and CPU seconds
-(`os.wait4`); the median of `--repeat` runs is shown, the kinds taking turns. Kinds:
+Demo events come from `analytics-export demo --events N`. Each measurement is one fresh process, timed
+from spawn to exit, with its own peak RSS and user+sys CPU seconds (`os.wait4`; "cores" is CPU / wall);
+the median of `--repeat` runs is shown (peak RSS: the highest of any run), the kinds taking turns so a
+slow minute of a shared machine hits each, every run writing a fresh file on local disk (`--out-dir`
+moves them). This process imports nothing heavy: Linux starts a child's ru_maxrss at its parent's peak,
+and the floor that sets is printed. Every kind exports the project's events in a window of whole days
+holding them all. Kinds:
 
-- `ours`:   `analytics-export export -f F [-c C] -o FILE` over every event, on a data dir with no job
-            store (a first-time user's); the file is fsynced before its rename, as always.
-- `duckdb`: a Python process running DuckDB's own `COPY (the same rows and columns) TO FILE`, tuned as
-            the issue says (`preserve_insertion_order=false`, otherwise DuckDB's defaults: all cores,
-            80% of RAM); `duckdb@cap` is the same with our store's caps (2 threads, 128MB). No fsync.
-- `plain`:  a plain streaming writer in Python over DuckDB's Arrow stream (pyarrow's ParquetWriter and
-            CSVWriter; DuckDB's `to_json` text for JSON); for Avro, polars' `write_avro` of the whole
-            table (fastavro, the other plain writer here, encodes a dict per row: far slower).
+- `ours`:       `analytics-export export -f F [-c C] --start .. --end .. -o FILE`, with
+                ANALYTICS_EXPORT_DATA_DIR a folder holding only `events.duckdb` (a link to the store):
+                no jobs.sqlite, a first-time user's. The file is fsynced before its rename, as always.
+                ANALYTICS_EXPORT_* variables pass through (`ANALYTICS_EXPORT_EXPORT__ENGINE_WRITES=false`
+                measures the batch path) and are printed.
+- `duckdb`:     `python -c` running DuckDB's own `COPY (our query) TO FILE (FORMAT ..)`: our WHERE and
+                columns (`sources/duckdb.py`: timestamps as RFC 3339 text in text formats, `properties` as
+                its JSON text, nested by DuckDB's JSON writer), tuned as the issue says
+                (`preserve_insertion_order=false`, otherwise DuckDB's defaults: every core, 80% of RAM).
+                No fsync.
+- `duckdb@cap`: the same with our store's settings (its threads and its memory cap for a plain scan).
+- `plain`:      `python -c` with a plain streaming writer over DuckDB's Arrow stream (tuned as `duckdb`):
+                pyarrow's ParquetWriter and CSVWriter; DuckDB's `to_json` text for JSON. No fsync.
+- Avro, which DuckDB does not write: `polars` (`write_avro` of the whole table, timestamps naive UTC:
+                polars writes no zoned timestamp to Avro) and `fastavro` (`writer` over the Arrow batches'
+                rows); the faster is the plain baseline.
 
-Then, each with its target and PASS/FAIL: ours against DuckDB's COPY (>= 1.0x; Avro against the plain
-writer), peak RSS (<= 300 MB), the fsync's own cost, ours with 2 threads against 1 (>= 1.6x), an export
-of 0 events (<= 0.4 s, <= 120 MB), `--help` (<= 0.3 s), ours with a privacy policy on, and with
-`--big-data-dir` the peak at a second size. It always exits 0: a benchmark, not a test.
+Then, each with its target and PASS/FAIL: ours against DuckDB's tuned COPY (>= 1.0x; Avro against the
+faster plain Avro writer), peak RSS (<= 300 MB), the fsync's own cost, ours against a single-threaded
+run of ours (`ANALYTICS_EXPORT_DUCKDB_THREADS=1`, >= 1.6x), an export of 0 events (<= 0.4 s, <= 120 MB),
+`--help` (<= 0.3 s), ours with a typical privacy policy (<= 300 MB), with `--rss-events` every format's
+peak at a second size, and with `--via worker` each export through `analytics-export serve` (POST
+/api/exports to `completed`, >= 1.0x DuckDB's COPY). It always exits 0: a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -32,13 +50,14 @@ import argparse
 import json
 import os
 import shutil
-import statistics
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 BIN = Path(sys.executable).with_name("analytics-export")
 VARIANTS: dict[str, tuple[str, str | None]] = {
@@ -49,131 +68,267 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
 EXTENSIONS = {"json": "json", "json_lines": "jsonl", "csv": "csv", "parquet": "parquet", "avro": "avro"}
 RATIO_TARGET, RSS_TARGET, THREADS_TARGET = 1.0, 300.0, 1.6
 ZERO_SECONDS, ZERO_MB, HELP_SECONDS = 0.4, 120.0, 0.3
+THREAD_VARIANTS = ("parquet_snappy", "json_lines")
 POLICY = {"pseudonymize_distinct_id": True, "deny_properties": ["price"],
           "redact": [{"properties": ["search_query"], "action": "mask", "mask": "***"}]}
 """A typical policy: every rule of it runs in the store's SQL."""
 
+PROJECT = "default"
+EMPTY = ("2000-01-01T00:00:00+00:00", "2000-01-02T00:00:00+00:00")
+"""A window with no event."""
 RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
+TUNED = {"preserve_insertion_order": False}
+Window = tuple[str, str]
+
+STATS_SCRIPT = """
+import duckdb, json, sys
+from datetime import timedelta
+from analytics_export.config import Settings
+from analytics_export.sources.duckdb import SCAN_MEMORY
+with duckdb.connect(sys.argv[1], read_only=True) as con:
+    con.execute("SET TimeZone = 'UTC'")
+    n, low, high = con.execute('SELECT count(*), min("timestamp"), max("timestamp") FROM events '
+                               "WHERE project_id = $1", [sys.argv[2]]).fetchall()[0]
+day = lambda t: t.replace(hour=0, minute=0, second=0, microsecond=0)
+print(json.dumps({"events": n, "window": [day(low).isoformat(), (day(high) + timedelta(days=1)).isoformat()] if n
+                  else None, "threads": Settings.model_fields["duckdb_threads"].default, "memory": SCAN_MEMORY}))
+"""
 COPY_SCRIPT = """
-import duckdb, sys
-store, out, fmt, codec, capped = sys.argv[1:6]
-config = {"preserve_insertion_order": False}
-if capped == "1":
-    config.update(threads=2, memory_limit="128MB")
-con = duckdb.connect(store, read_only=True, config=config)
+import duckdb, json, sys
+spec = json.loads(sys.argv[1])
+con = duckdb.connect(spec["store"], read_only=True, config=spec["config"])
 con.execute("SET TimeZone = 'UTC'")
-text = fmt in ("json", "json_lines", "csv")
-ts = "strftime(\\"timestamp\\", '%s')" if text else '"timestamp"'
-props = "CAST(properties AS JSON)" if fmt in ("json", "json_lines") else "CAST(properties AS VARCHAR)"
-select = f"SELECT event, distinct_id, {ts} AS \\"timestamp\\", {props} AS properties FROM events"
-options = {"json": "FORMAT json, ARRAY true", "json_lines": "FORMAT json", "csv": "FORMAT csv, HEADER true",
-           "parquet": f"FORMAT parquet, COMPRESSION {codec if codec != '-' else 'uncompressed'}"}[fmt]
-con.execute(f"COPY ({select}) TO '{out}' ({options})")
-""" % RFC3339
+print(con.execute(f"COPY ({spec['query']}) TO '{spec['out']}' ({spec['options']})").fetchall()[0][0])
+"""
 PLAIN_SCRIPT = """
-import duckdb, sys
-store, out, fmt, codec = sys.argv[1:5]
-con = duckdb.connect(store, read_only=True, config={"preserve_insertion_order": False})
+import duckdb, json, sys
+spec = json.loads(sys.argv[1])
+writer, out, codec = spec["writer"], spec["out"], spec["codec"]
+con = duckdb.connect(spec["store"], read_only=True, config=spec["config"])
 con.execute("SET TimeZone = 'UTC'")
-text = fmt in ("json", "json_lines", "csv")
-ts = "strftime(\\"timestamp\\", '%s')" if text else '"timestamp"'
-columns = f"event, distinct_id, {ts} AS \\"timestamp\\", CAST(properties AS VARCHAR) AS properties"
-if fmt in ("json", "json_lines"):
-    line = "to_json({'event': event, 'distinct_id': distinct_id, 'timestamp': \\"timestamp\\", 'properties': properties})"
-    end = "',' || chr(10)" if fmt == "json" else "chr(10)"
-    reader = con.sql(f"SELECT {line} || {end} AS line FROM (SELECT event, distinct_id, {ts} AS \\"timestamp\\", "
-                     "CAST(properties AS JSON) AS properties FROM events)").to_arrow_reader(65536)
+rows = 0
+if writer == "polars":
+    frame = con.sql(spec["query"]).pl()
+    frame.write_avro(out, compression="uncompressed")
+    rows = frame.height
+elif writer == "fastavro":
+    import fastavro
+    stamp = {"type": "long", "logicalType": "timestamp-micros"}
+    schema = fastavro.parse_schema({"type": "record", "name": "Event", "fields": [
+        {"name": n, "type": ["null", stamp if n == "timestamp" else "string"]}
+        for n in ("event", "distinct_id", "timestamp", "properties")]})
+    def records():
+        global rows
+        for batch in con.sql(spec["query"]).to_arrow_reader(65536):
+            rows += batch.num_rows
+            yield from batch.to_pylist()
     with open(out, "wb") as f:
-        f.write(b"[\\n" if fmt == "json" else b"")
-        for batch in reader:
+        fastavro.writer(f, schema, records(), codec="null")
+elif writer == "json":
+    array = spec["fmt"] == "json"
+    with open(out, "wb") as f:
+        f.write(b"[\\n" if array else b"")
+        for batch in con.sql(spec["query"]).to_arrow_reader(65536):
             lines = batch.column(0)
-            offsets = memoryview(lines.buffers()[1]).cast("i")
+            offsets = memoryview(lines.buffers()[1]).cast("q" if "large" in str(lines.type) else "i")
             f.write(memoryview(lines.buffers()[2])[offsets[lines.offset]:offsets[lines.offset + len(lines)]])
-        if fmt == "json":
-            f.seek(f.tell() - 2)
-            f.write(b"\\n]\\n")
-elif fmt == "avro":
-    import polars as pl
-    frame = pl.from_arrow(con.sql(f"SELECT event, distinct_id, \\"timestamp\\" AT TIME ZONE 'UTC' AS \\"timestamp\\", "
-                                  "CAST(properties AS VARCHAR) AS properties FROM events").to_arrow_table())
-    frame.write_avro(out)
+            rows += batch.num_rows
+        if array:  # the last line's ",\\n" (or the opening's newline) makes way for the tail
+            f.seek(f.tell() - (2 if rows else 1))
+            f.write(b"\\n]\\n" if rows else b"]\\n")
 else:
     import pyarrow.csv as csv, pyarrow.parquet as pq
-    reader = con.sql(f"SELECT {columns} FROM events").to_arrow_reader(65536)
-    writer = (pq.ParquetWriter(out, reader.schema, compression=codec if codec != "-" else "none") if fmt == "parquet"
-              else csv.CSVWriter(out, reader.schema))
+    reader = con.sql(spec["query"]).to_arrow_reader(65536)
+    sink = (pq.ParquetWriter(out, reader.schema, compression=codec or "none") if writer == "parquet"
+            else csv.CSVWriter(out, reader.schema))
     for batch in reader:
-        writer.write_batch(batch)
-    writer.close()
-""" % RFC3339
+        sink.write_batch(batch)
+        rows += batch.num_rows
+    sink.close()
+print(rows)
+"""
+LABELS = {
+    "ours": "analytics-export export (fsync, rename)",
+    "duckdb": "DuckDB COPY, tuned, DuckDB's defaults",
+    "duckdb@cap": "DuckDB COPY, our threads and memory cap",
+    "plain": "Arrow stream -> pyarrow writer / to_json",
+    "polars": "polars write_avro, whole table",
+    "fastavro": "fastavro.writer over Arrow rows",
+    "worker": "serve: POST /api/exports -> completed",
+}
 
 
 @dataclass
 class Run:
-    seconds: float
-    mb: float
-    cpu: float
+    seconds: float = 0.0
+    mb: float = 0.0
+    cpu: float = 0.0
+    bytes: int = 0
+    error: str | None = None
+
+    @property
+    def cores(self) -> float:
+        return self.cpu / self.seconds if self.seconds else 0.0
 
 
-def measure(command: list[str], env: dict[str, str] | None = None) -> Run:
-    """One whole process: wall seconds from spawn to exit, its own peak RSS and CPU seconds."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    error = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if status != 0:
-        raise RuntimeError(f"{' '.join(command[:4])} failed: {error[-2000:]}")
-    return Run(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+def measure(command: list[str], env: dict[str, str] | None = None, out: Path | None = None,
+            expect: int | None = None, keep: bool = False) -> Run:
+    """One whole process: wall seconds from spawn to exit, its peak RSS and CPU seconds. Its last line
+    of output says how many events it wrote, checked against `expect`. `out` is measured, then removed
+    unless `keep`."""
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)
+        run = Run(time.perf_counter() - started, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        printed, errors = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+    if out is not None and out.exists():
+        run.bytes = out.stat().st_size
+        if not keep:
+            out.unlink()
+    if proc.returncode:
+        run.error = (errors.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:300]
+    elif expect is not None:
+        last = (printed.strip().splitlines() or ["-1"])[-1]
+        wrote = int(json.loads(last)["total_events"] if last.startswith("{") else last)
+        if wrote != expect:
+            run.error = f"wrote {wrote:,} events, not {expect:,}"
+    return run
 
 
 def median(runs: list[Run]) -> Run:
-    pick = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
-    return Run(pick.seconds, max(r.mb for r in runs), pick.cpu)
+    """The median run by wall time, with the highest peak RSS of any run; the last error if all failed."""
+    ok = [r for r in runs if r.error is None]
+    if not ok:
+        return runs[-1]
+    pick = sorted(ok, key=lambda r: r.seconds)[len(ok) // 2]
+    return Run(pick.seconds, max(r.mb for r in ok), pick.cpu, pick.bytes)
 
 
-def ours(data: Path, variant: str, out: Path, env: dict[str, str] | None = None) -> Run:
+def where(window: Window) -> str:
+    """Our export's WHERE: the project and the window (`sources/duckdb.py` binds the same values)."""
+    return (f"project_id = '{PROJECT}' AND \"timestamp\" >= TIMESTAMPTZ '{window[0]}' "
+            f"AND \"timestamp\" < TIMESTAMPTZ '{window[1]}'")
+
+
+def columns(fmt: str, kind: str) -> str:
+    """Our export's columns (`sources/duckdb.py` SqlBuilder) as each baseline selects them."""
+    ts = f"strftime(\"timestamp\", '{RFC3339}')" if fmt in ("json", "json_lines", "csv") else '"timestamp"'
+    if kind == "polars":
+        ts = 'CAST("timestamp" AS TIMESTAMP)'  # naive UTC, the session's time zone
+    elif kind == "fastavro":
+        ts = 'epoch_us("timestamp")'  # timestamp-micros
+    props = "properties" if fmt in ("json", "json_lines") else "CAST(properties AS VARCHAR)"
+    return f'event, distinct_id, {ts} AS "timestamp", {props} AS properties'
+
+
+def baseline(kind: str, store: Path, variant: str, out: Path, window: Window, caps: dict, expect: int,
+             keep: bool = False) -> Run:
     fmt, codec = VARIANTS[variant]
-    out.unlink(missing_ok=True)
-    command = [str(BIN), "export", "-f", fmt, "--start", "2000-01-01", "--end", "2100-01-01", "-o", str(out)]
-    return measure(command + (["-c", codec] if codec else []), {"ANALYTICS_EXPORT_DATA_DIR": str(data), **(env or {})})
+    query = f"SELECT {columns(fmt, kind)} FROM events WHERE {where(window)}"
+    spec = {"store": str(store), "out": str(out), "fmt": fmt, "codec": codec, "config": TUNED, "query": query}
+    if kind in ("duckdb", "duckdb@cap"):
+        options = {"json": "FORMAT json, ARRAY true", "json_lines": "FORMAT json", "csv": "FORMAT csv, HEADER true",
+                   "parquet": f"FORMAT parquet, COMPRESSION {codec or 'uncompressed'}"}[fmt]
+        spec.update(options=options, config={**TUNED, **caps} if kind == "duckdb@cap" else TUNED)
+        return measure([sys.executable, "-c", COPY_SCRIPT, json.dumps(spec)], out=out, expect=expect, keep=keep)
+    if kind == "plain" and fmt in ("json", "json_lines"):
+        line = ("to_json({'event': event, 'distinct_id': distinct_id, 'timestamp': \"timestamp\", "
+                "'properties': properties}) || " + ("',' || chr(10)" if fmt == "json" else "chr(10)"))
+        spec["query"] = f"SELECT {line} AS line FROM ({query})"
+    spec["writer"] = {"plain": "json" if fmt in ("json", "json_lines") else fmt}.get(kind, kind)
+    return measure([sys.executable, "-c", PLAIN_SCRIPT, json.dumps(spec)], out=out, expect=expect, keep=keep)
 
 
-def baseline(kind: str, data: Path, variant: str, out: Path) -> Run:
+def ours(data: Path, variant: str, out: Path, window: Window, expect: int, env: dict[str, str] | None = None,
+         keep: bool = False, first_time: bool = True) -> Run:
+    """`analytics-export export` on `data`; a `first_time` data dir must hold no job store, before or after."""
     fmt, codec = VARIANTS[variant]
-    out.unlink(missing_ok=True)
-    store = str(data / "events.duckdb")
-    if kind == "plain":
-        return measure([sys.executable, "-c", PLAIN_SCRIPT, store, str(out), fmt, codec or "-"])
-    return measure([sys.executable, "-c", COPY_SCRIPT, store, str(out), fmt, codec or "-",
-                    "1" if kind == "duckdb@cap" else "0"])
+    command = [str(BIN), "export", "-f", fmt, "--start", window[0], "--end", window[1], "-o", str(out)]
+    run = measure(command + (["-c", codec] if codec else []), {"ANALYTICS_EXPORT_DATA_DIR": str(data), **(env or {})},
+                  out, expect, keep)
+    if first_time and (data / "jobs.sqlite").exists():  # the export made one: the next run would not be a first
+        (data / "jobs.sqlite").unlink()
+        run.error = run.error or "the export created jobs.sqlite in its data dir"
+    return run
 
 
 def kinds(variant: str) -> list[str]:
-    return ["ours", "plain"] if variant == "avro" else ["ours", "duckdb", "duckdb@cap", "plain"]
+    return ["ours", "polars", "fastavro"] if variant == "avro" else ["ours", "duckdb", "duckdb@cap", "plain"]
 
 
-def events_in(data: Path) -> int:
-    import duckdb
+def stats(store: Path) -> dict:
+    """The project's events in `store` and a window of whole days holding them, and our store's DuckDB
+    settings, read in a child: this process must stay small."""
+    if not store.exists():
+        return {"events": 0}
+    done = subprocess.run([sys.executable, "-c", STATS_SCRIPT, str(store), PROJECT], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"cannot read {store}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
 
-    path = data / "events.duckdb"
-    if not path.exists():
-        return 0
-    with duckdb.connect(str(path), read_only=True) as con:
-        return int(con.execute("SELECT count(*) FROM events").fetchall()[0][0])
 
-
-def prepare(data: Path, events: int) -> int:
-    """`data` holding demo events: its own if it has some, else `events` generated into it."""
-    found = events_in(data)
-    if found:
+def prepare(data: Path, events: int) -> dict:
+    """`data`'s store: its own events if it has some, else `events` made by `analytics-export demo`."""
+    found = stats(data / "events.duckdb")
+    if found["events"] or not events:
         return found
     data.mkdir(parents=True, exist_ok=True)
     print(f"generating {events:,} demo events into {data} ...", flush=True)
+    began = time.perf_counter()
     subprocess.run([str(BIN), "demo", "--events", str(events)], env={**os.environ, "ANALYTICS_EXPORT_DATA_DIR":
                                                                      str(data)}, check=True, capture_output=True)
-    return events_in(data)
+    print(f"generated in {time.perf_counter() - began:.0f} s", flush=True)
+    return stats(data / "events.duckdb")
+
+
+def linked_dir(folder: Path, store: Path) -> Path:
+    """A fresh data dir holding only `events.duckdb`, a link to `store` (which stays untouched)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "events.duckdb").symlink_to(store.resolve())
+    return folder
+
+
+def warm(store: Path) -> None:
+    """The store in the page cache and the baselines' modules compiled, before anything is timed."""
+    with open(store, "rb") as f:
+        while f.read(1 << 20):
+            pass
+    measure([sys.executable, "-c", "import duckdb, pyarrow.parquet, pyarrow.csv, polars, fastavro"])
+
+
+def fsync_cost(size: int, scratch: Path) -> float:
+    """Seconds to fsync a freshly written file of `size` bytes (the writing is not timed)."""
+    probe, chunk = scratch / "fsync-probe", os.urandom(1 << 20)
+    with open(probe, "wb") as f:
+        for offset in range(0, size, len(chunk)):
+            f.write(chunk[:size - offset])
+        f.flush()
+        started = time.perf_counter()
+        os.fsync(f.fileno())
+        took = time.perf_counter() - started
+    probe.unlink()
+    return took
+
+
+def filesystem(path: Path) -> str:
+    """The type of the file system holding `path` (/proc/mounts), e.g. ext4 or tmpfs."""
+    best, kind = "", "?"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        point, fs = line.split()[1:3]
+        if str(path.resolve()).startswith(point) and len(point) > len(best):
+            best, kind = point, fs
+    return kind
+
+
+def peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def verdict(ok: bool) -> str:
@@ -186,120 +341,344 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def fsync_cost(path: Path, scratch: Path) -> float:
-    """Seconds to fsync a fresh copy of `path`'s bytes (written first, not timed)."""
-    copy = scratch / "fsync-probe"
-    with open(path, "rb") as src, open(copy, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-        dst.flush()
-        started = time.perf_counter()
-        os.fsync(dst.fileno())
-        took = time.perf_counter() - started
-    copy.unlink()
-    return took
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path, store: Path, info: dict) -> None:
+        self.args, self.work, self.store = args, work, store
+        self.events, self.window = info["events"], tuple(info["window"])
+        self.caps = {"threads": info["threads"], "memory_limit": info["memory"]}
+        self.out_dir = (args.out_dir or work / "out").absolute()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.clean = linked_dir(work / "first-time", store)
+        self.results: dict[tuple[str, str], Run] = {}
+        self.count = 0
+
+    def out(self, name: str, variant: str) -> Path:
+        """A fresh output path: replacing a big file would add an unlink to the timing."""
+        self.count += 1
+        return self.out_dir / f"{name}.{self.count}.{EXTENSIONS[VARIANTS[variant][0]]}"
+
+    def ours(self, variant: str, name: str, env: dict[str, str] | None = None) -> Run:
+        return median([ours(self.clean, variant, self.out(name, variant), self.window, self.events, env)
+                       for _ in range(self.args.repeat)])
+
+    def run(self, kind: str, variant: str, last: bool) -> Run:
+        """One run of `kind`; with --keep, the last run's file stays, named after its kind and variant."""
+        keep = last and self.args.keep is not None
+        name = f"{kind.replace('@', '-')}-{variant}"
+        out = self.out_dir / f"{name}.{EXTENSIONS[VARIANTS[variant][0]]}" if keep else self.out(name, variant)
+        out.unlink(missing_ok=True)
+        if kind == "ours":
+            return ours(self.clean, variant, out, self.window, self.events, keep=keep)
+        return baseline(kind, self.store, variant, out, self.window, self.caps, self.events, keep)
+
+    def show(self, variant: str, kind: str, r: Run) -> None:
+        shown = f"{r.seconds:7.2f} s {self.events / r.seconds:>11,.0f} ev/s" if r.error is None else f"ERROR {r.error}"
+        if r.error is None and kind != "worker":
+            shown += f" {r.mb:6.0f} MB {r.cores:4.2f} cores {r.bytes / 1e6:8,.1f} MB out"
+        print(f"  {variant:15} {kind:11} {LABELS[kind]:41} {shown}", flush=True)
+
+    def main_runs(self) -> None:
+        for variant in self.args.formats:
+            runs: dict[str, list[Run]] = {k: [] for k in kinds(variant)}
+            for i in range(self.args.repeat):
+                for kind in kinds(variant):  # taking turns
+                    runs[kind].append(self.run(kind, variant, i == self.args.repeat - 1))
+            for kind, got in runs.items():
+                self.results[kind, variant] = median(got)
+                self.show(variant, kind, self.results[kind, variant])
+
+    def rate(self, r: Run | None) -> str:
+        return "-" if r is None else "ERROR" if r.error else f"{self.events / r.seconds:,.0f}"
+
+    def base(self, variant: str) -> tuple[str, Run | None]:
+        """The baseline ours is held to: DuckDB's tuned COPY, or the faster plain Avro writer."""
+        if variant != "avro":
+            return "duckdb", self.results.get(("duckdb", variant))
+        found = [(k, self.results[k, variant]) for k in ("polars", "fastavro") if not self.results[k, variant].error]
+        return min(found, key=lambda kr: kr[1].seconds) if found else ("polars", self.results["polars", variant])
+
+    @staticmethod
+    def ratio(mine: Run | None, base: Run | None) -> str:
+        if mine is None or base is None or mine.error or base.error:
+            return "-"
+        ratio = base.seconds / mine.seconds
+        return f"{ratio:.2f}x {verdict(ratio >= RATIO_TARGET)}"
+
+    def summary(self, worker: dict[str, Run]) -> str:
+        rows = []
+        for variant in self.args.formats:
+            o = self.results["ours", variant]
+            name, base = self.base(variant)
+            plain = base if variant == "avro" else self.results["plain", variant]
+            row = [variant, self.rate(o), self.rate(self.results.get(("duckdb", variant))),
+                   self.rate(self.results.get(("duckdb@cap", variant))),
+                   self.rate(plain) + (f" ({name})" if variant == "avro" else ""), self.ratio(o, base),
+                   "-" if o.error else f"{o.mb:.0f} {verdict(o.mb <= RSS_TARGET)}",
+                   "-" if o.error else f"{o.cores:.2f}"]
+            if self.args.via == "worker":
+                row += [self.rate(worker.get(variant)), self.ratio(worker.get(variant), base)]
+            rows.append(row)
+        header = ["format", "ours ev/s", "DuckDB COPY ev/s (tuned)", "DuckDB COPY ev/s (our settings)", "plain ev/s",
+                  f"ours/DuckDB (>= {RATIO_TARGET}x)", f"our peak MB (<= {RSS_TARGET:.0f})", "cores used"]
+        if self.args.via == "worker":
+            header += ["worker ev/s", f"worker/DuckDB (>= {RATIO_TARGET}x)"]
+        return (f"\n## {self.events:,} events, the CLI as a whole process, median of {self.args.repeat} "
+                f"(Avro: against the faster plain Avro writer)\n\n" + table(header, rows))
+
+    def extras(self) -> list[list[str]]:
+        rows = []
+        mine = {v: self.results["ours", v] for v in self.args.formats if not self.results["ours", v].error}
+        if mine:
+            variant = max(mine, key=lambda v: mine[v].mb)
+            rows.append([f"our peak RSS, {len(mine)} formats", f"{mine[variant].mb:.0f} MB ({variant})",
+                         f"<= {RSS_TARGET:.0f} MB", verdict(mine[variant].mb <= RSS_TARGET)])
+            probe = next((v for v in ("parquet", "parquet_snappy", "parquet_zstd") if v in mine), next(iter(mine)))
+            took, ran = fsync_cost(mine[probe].bytes, self.out_dir), mine[probe]
+            rows.append([f"fsync of a fresh file the size of our {probe} ({ran.bytes / 1e6:,.0f} MB)", f"{took:.2f} s",
+                         f"{100 * took / ran.seconds:.0f}% of our export ({ran.seconds:.2f} s)", "kept: durability"])
+        for variant in THREAD_VARIANTS:
+            two = self.results.get(("ours", variant)) or self.ours(variant, "ours")
+            one = self.ours(variant, "one-thread", {"ANALYTICS_EXPORT_DUCKDB_THREADS": "1"})
+            label = f"{variant}: ours against ours on 1 DuckDB thread"
+            if one.error or two.error:
+                rows.append([label, f"ERROR {one.error or two.error}", "", "FAIL"])
+                continue
+            rows.append([label, f"{one.seconds / two.seconds:.2f}x", f"1 thread {one.seconds:.2f} s ({one.cores:.2f} "
+                         f"cores) -> {two.seconds:.2f} s ({two.cores:.2f} cores); >= {THREADS_TARGET}x",
+                         verdict(one.seconds / two.seconds >= THREADS_TARGET)])
+        zero = median([ours(self.clean, "parquet", self.out("zero", "parquet"), EMPTY, 0)
+                       for _ in range(max(self.args.repeat, 3))])
+        rows.append(["an export of 0 events (parquet)", f"ERROR {zero.error}" if zero.error else
+                     f"{zero.seconds:.2f} s, {zero.mb:.0f} MB", f"<= {ZERO_SECONDS} s, <= {ZERO_MB:.0f} MB",
+                     verdict(not zero.error and zero.seconds <= ZERO_SECONDS and zero.mb <= ZERO_MB)])
+        shown = median([measure([str(BIN), "--help"]) for _ in range(max(self.args.repeat, 3))])
+        rows.append(["analytics-export --help", f"{shown.seconds:.2f} s, {shown.mb:.0f} MB", f"<= {HELP_SECONDS} s",
+                     verdict(not shown.error and shown.seconds <= HELP_SECONDS)])
+        return rows + [self.privacy()]
+
+    def privacy(self) -> list[str]:
+        """Ours with POLICY on, in a data dir of its own whose job store holds it."""
+        variant = next((v for v in ("parquet_snappy", "parquet", "json_lines") if v in self.args.formats),
+                       self.args.formats[0])
+        guarded = linked_dir(self.work / "policy", self.store)
+        policy = self.work / "policy.json"
+        policy.write_text(json.dumps(POLICY))
+        subprocess.run([str(BIN), "privacy", "set", str(policy)], env={**os.environ, "ANALYTICS_EXPORT_DATA_DIR":
+                                                                        str(guarded)}, check=True, capture_output=True)
+        private = median([ours(guarded, variant, self.out("policy", variant), self.window, self.events,
+                               first_time=False) for _ in range(self.args.repeat)])
+        label = f"{variant} with a privacy policy (pseudonymise distinct_id, deny price, mask search_query)"
+        plain = self.results["ours", variant]
+        if private.error or plain.error:
+            return [label, f"ERROR {private.error or plain.error}", "", "FAIL"]
+        return [label, f"{self.events / private.seconds:,.0f} ev/s, {private.seconds:.2f} s, {private.mb:.0f} MB",
+                f"{private.seconds / plain.seconds:.2f}x the time without; <= {RSS_TARGET:.0f} MB",
+                verdict(private.mb <= RSS_TARGET)]
+
+    def second_size(self) -> list[list[str]]:
+        """Every format's peak at the second size (--rss-events, --big-data-dir), one run each."""
+        data = (self.args.big_data_dir or self.work / "big").absolute()
+        info = prepare(data, self.args.rss_events)
+        if not info["events"]:
+            return [["second size", f"no events in {data}: give --rss-events", "", "FAIL"]]
+        linked = linked_dir(self.work / "first-time-big", data / "events.duckdb")
+        rows = []
+        for variant in self.args.formats:
+            run = ours(linked, variant, self.out("big", variant), tuple(info["window"]), info["events"])
+            small = self.results["ours", variant]
+            rows.append([f"{variant} at {info['events']:,} events",
+                         f"ERROR {run.error}" if run.error else f"{info['events'] / run.seconds:,.0f} ev/s, {run.mb:.0f} MB",
+                         f"{small.mb:.0f} MB at {self.events:,}; <= {RSS_TARGET:.0f} MB",
+                         verdict(not run.error and run.mb <= RSS_TARGET)])
+        return rows
+
+
+# ---------------------------------------------------------------- through the service
+
+
+def via_worker(bench: Bench) -> tuple[dict[str, Run], tuple[float, str] | None]:
+    """Each variant exported through `analytics-export serve --workers 1` on a data dir of its own linking the
+    store, after one export of no event (the worker's imports): seconds from POST /api/exports to the status
+    `completed` (polled every 20 ms); and the peak RSS of the service's largest process below `serve` (its
+    worker), with its command line, over them all."""
+    data = linked_dir(bench.work / "service", bench.store)
+    env = {**os.environ, "ANALYTICS_EXPORT_DATA_DIR": str(data)}
+    key = subprocess.run([str(BIN), "keys", "create", "--project", PROJECT], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()[-1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(data / "serve.log", "wb")
+    serve = subprocess.Popen([str(BIN), "serve", "--port", str(port), "--workers", "1"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=log)
+    call = api(port, key)
+    results: dict[str, Run] = {}
+    peak = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                call("GET", "/healthz", None)
+                break
+            except OSError:
+                if serve.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"serve did not start: {(data / 'serve.log').read_text()[-2000:]}") from None
+                time.sleep(0.1)
+        warm_up = through_api(call, {"start_date": EMPTY[0], "end_date": EMPTY[1], "format": "parquet"}, 0)
+        if warm_up.error:
+            raise RuntimeError(f"an export of no event failed: {warm_up.error}")
+        for variant in bench.args.formats:
+            fmt, codec = VARIANTS[variant]
+            body = {"start_date": bench.window[0], "end_date": bench.window[1], "format": fmt, "compression": codec}
+            runs = []
+            for _ in range(bench.args.repeat):
+                runs.append(through_api(call, body, bench.events))
+                shutil.rmtree(data / "exports", ignore_errors=True)
+            results[variant] = median(runs)
+            bench.show(variant, "worker", results[variant])
+        peak = max(((hwm_mb(pid), command_line(pid)) for pid in descendants(serve.pid)), default=None)
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        print(f"  worker: ERROR {exc}", flush=True)
+    finally:
+        serve.terminate()
+        try:
+            serve.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+        log.close()
+    return results, peak
+
+
+def api(port: int, key: str) -> Callable[[str, str, dict | None], dict]:
+    """A JSON call to the service on `port` with `key`, one connection each (http.client: this process
+    stays small)."""
+    import http.client
+
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def call(method: str, path: str, body: dict | None) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request(method, path, json.dumps(body) if body else None, headers)
+            return json.loads(conn.getresponse().read() or b"{}")
+        finally:
+            conn.close()
+
+    return call
+
+
+def through_api(call: Callable[[str, str, dict | None], dict], body: dict, expect: int) -> Run:
+    started = time.perf_counter()
+    view = call("POST", "/api/exports", body)
+    if "id" not in view:
+        return Run(error=f"POST refused: {json.dumps(view)[:300]}")
+    while view.get("status") not in ("completed", "failed", "expired"):
+        time.sleep(0.02)
+        view = call("GET", f"/api/exports/{view['id']}", None)
+    run = Run(seconds=time.perf_counter() - started)
+    if view["status"] != "completed":
+        run.error = f"{view['status']}: {json.dumps(view.get('result') or view)[:300]}"
+    elif view["result"]["total_events"] != expect:
+        run.error = f"wrote {view['result']['total_events']:,} events, not {expect:,}"
+    return run
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found += (kids := children.get(todo.pop(), []))
+        todo += kids
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def hwm_mb(pid: int) -> float:
+    """A live process's peak RSS so far (VmHWM), in MB; 0 if it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:")), 0.0)
+
+
+def worker_rss(peak: tuple[float, str] | None) -> list[str]:
+    if peak is None:
+        return ["the service's worker, peak over every export", "ERROR: not measured", "", "FAIL"]
+    name = "a worker" if "worker" in peak[1].split() else peak[1][-60:]
+    return [f"the service's largest process below serve ({name}), peak over every export", f"{peak[0]:.0f} MB",
+            f"<= {RSS_TARGET:.0f} MB", verdict(peak[0] <= RSS_TARGET)]
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=5_000_000,
+                   help="demo events to generate when the data dir has none (default 5,000,000; 50,000,000 works)")
+    p.add_argument("--data-dir", type=Path, help="data dir whose events.duckdb is reused if it has events (else "
+                   "generated there); nothing else in it is read or written")
+    p.add_argument("--formats", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="FORMAT",
+                   help=f"variants (default all: {' '.join(VARIANTS)})")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is shown (default 3)")
+    p.add_argument("--out-dir", type=Path, help="where outputs go (default: the work dir, on local disk)")
+    p.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it: generated data, the policy's "
+                   "data dir and the last output of each kind")
+    p.add_argument("--rss-events", type=int, default=0, help="also export every format once at this second size "
+                   "(e.g. 50000000; default off), made in --big-data-dir or the work dir, to show a flat peak RSS")
+    p.add_argument("--big-data-dir", type=Path, help="the second size's data dir, reused if it has events")
+    p.add_argument("--via", choices=["cli", "worker"], default="cli", help="worker: also run each export through "
+                   "`analytics-export serve` (one worker), POST /api/exports to completed")
+    args = p.parse_args(argv)
+    args.repeat = max(1, args.repeat)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--events", type=int, default=5_000_000, help="demo events to generate (default 5,000,000)")
-    p.add_argument("--data-dir", type=Path, help="data dir whose events.duckdb is reused if it has events")
-    p.add_argument("--big-data-dir", type=Path, help="a second data dir (e.g. 50M events, made with "
-                   "`analytics-export demo`) whose exports' peak RSS is shown beside the main size's")
-    p.add_argument("--formats", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="FORMAT")
-    p.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is shown")
-    p.add_argument("--out-dir", type=Path, help="where outputs go (default: a temporary folder, removed)")
-    args = p.parse_args(argv)
-
-    work = Path(tempfile.mkdtemp(prefix="export-bench-"))
-    out_dir = args.out_dir or work / "out"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = args.data_dir or work / "data"
-    events = prepare(data, args.events)
-    if (data / "jobs.sqlite").exists():
-        print(f"note: {data} has a job store: ours reads the project's privacy policy from it")
-    print(f"{events:,} events in {data / 'events.duckdb'}; {os.cpu_count()} cores; median of {args.repeat}; "
-          f"every kind a whole process", flush=True)
+    args = parse_args(argv)
+    work = (args.keep or Path(tempfile.mkdtemp(prefix="export-bench-"))).absolute()
+    work.mkdir(parents=True, exist_ok=True)
     try:
-        results: dict[tuple[str, str], Run] = {}
-        for variant in args.formats:
-            ext = EXTENSIONS[VARIANTS[variant][0]]
-            runs: dict[str, list[Run]] = {k: [] for k in kinds(variant)}
-            for _ in range(args.repeat):
-                for kind in kinds(variant):  # taking turns: a slow minute of the machine hits every kind
-                    out = out_dir / f"{kind.replace('@', '-')}-{variant}.{ext}"
-                    runs[kind].append(ours(data, variant, out) if kind == "ours" else baseline(kind, data, variant, out))
-            for kind, got in runs.items():
-                results[kind, variant] = median(got)
-                r = results[kind, variant]
-                print(f"  {variant:15} {kind:11} {r.seconds:7.2f} s {events / r.seconds:>11,.0f} ev/s "
-                      f"{r.mb:6.0f} MB  {r.cpu / r.seconds:4.2f} cores", flush=True)
-        report(args, data, events, results, out_dir, work)
+        data = (args.data_dir or work / "data").absolute()
+        info = prepare(data, args.events)
+        if not info["events"]:
+            sys.exit(f"no events in {data / 'events.duckdb'}")
+        bench = Bench(args, work, data / "events.duckdb", info)
+        warm(bench.store)
+        passed = "".join(f"; {k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("ANALYTICS_EXPORT_"))
+        print(f"{bench.events:,} events in {bench.store}, [{bench.window[0]}, {bench.window[1]}); {os.cpu_count()} "
+              f"cores; median of {args.repeat}; every kind a whole process; outputs in {bench.out_dir} "
+              f"({filesystem(bench.out_dir)})\nours: ANALYTICS_EXPORT_DATA_DIR={bench.clean}, holding only "
+              f"events.duckdb (a link): no jobs.sqlite, a first-time user's{passed}", flush=True)
+        bench.main_runs()
+        worker, peak = via_worker(bench) if args.via == "worker" else ({}, None)
+        print(bench.summary(worker))
+        extra = bench.extras()
+        if args.rss_events or args.big_data_dir:
+            extra += bench.second_size()
+        if args.via == "worker":
+            extra.append(worker_rss(peak))
+        print("\n" + table(["measurement", "value", "against", "target"], extra))
+        print(f"\nthis bench's own peak RSS: {peak_mb():.0f} MB (a floor under every child's, which Linux carries "
+              f"over at exec)")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def report(args: argparse.Namespace, data: Path, events: int, results: dict[tuple[str, str], Run], out_dir: Path,
-           work: Path) -> None:
-    rate = lambda r: f"{events / r.seconds:,.0f}" if r else "-"  # noqa: E731
-    rows = []
-    for variant in args.formats:
-        o = results["ours", variant]
-        base = results.get(("duckdb", variant)) or results["plain", variant]
-        ratio = base.seconds / o.seconds
-        rows.append([variant, rate(o), rate(results.get(("duckdb", variant))), rate(results.get(("duckdb@cap", variant))),
-                     rate(results["plain", variant]), f"{ratio:.2f}x", f"{o.mb:.0f}", f"{o.cpu / o.seconds:.2f}",
-                     verdict(ratio >= RATIO_TARGET) + " / " + verdict(o.mb <= RSS_TARGET)])
-    print(f"\n## {events:,} events, the CLI as a whole process (ev/s; ratio: ours against DuckDB's tuned COPY, "
-          f"Avro against the plain writer; targets >= {RATIO_TARGET}x and <= {RSS_TARGET:.0f} MB)\n")
-    print(table(["format", "ours", "DuckDB COPY", "DuckDB COPY@cap", "plain", "ratio", "our peak MB", "our cores",
-                 "ratio / RSS"], rows))
-
-    extra = []
-    main_variant = next((v for v in ("parquet_snappy", "parquet", "json_lines") if v in args.formats), args.formats[0])
-    ext = EXTENSIONS[VARIANTS[main_variant][0]]
-    sample = out_dir / f"ours-{main_variant}.{ext}"
-    ours(data, main_variant, sample)
-    took = fsync_cost(sample, work)
-    extra.append([f"fsync of our {main_variant} file ({sample.stat().st_size / 1e6:,.0f} MB)", f"{took:.2f} s",
-                  f"{100 * took / results['ours', main_variant].seconds:.0f}% of our export", "kept (durability)"])
-    for variant in [v for v in ("parquet_snappy", "json_lines") if v in args.formats]:
-        one = median([ours(data, variant, out_dir / f"one-{variant}", {"ANALYTICS_EXPORT_DUCKDB_THREADS": "1"})
-                      for _ in range(args.repeat)])
-        two = results["ours", variant]
-        extra.append([f"{variant}: 2 threads against 1", f"{one.seconds / two.seconds:.2f}x",
-                      f"{one.seconds:.2f} s -> {two.seconds:.2f} s", verdict(one.seconds / two.seconds >= THREADS_TARGET)])
-    empty = dict(start="2000-01-01", end="2000-01-02")
-    zero = median([measure([str(BIN), "export", "-f", "parquet", "--start", empty["start"], "--end", empty["end"], "-o",
-                            str(out_dir / f"zero-{i}.parquet")], {"ANALYTICS_EXPORT_DATA_DIR": str(data)})
-                   for i in range(max(args.repeat, 3))])
-    extra.append(["an export of 0 events", f"{zero.seconds:.2f} s, {zero.mb:.0f} MB",
-                  f"<= {ZERO_SECONDS} s, <= {ZERO_MB:.0f} MB",
-                  verdict(zero.seconds <= ZERO_SECONDS and zero.mb <= ZERO_MB)])
-    help_run = median([measure([str(BIN), "--help"]) for _ in range(max(args.repeat, 3))])
-    extra.append(["analytics-export --help", f"{help_run.seconds:.2f} s, {help_run.mb:.0f} MB", f"<= {HELP_SECONDS} s",
-                  verdict(help_run.seconds <= HELP_SECONDS)])
-    guarded = work / "policy"
-    guarded.mkdir()
-    (guarded / "events.duckdb").symlink_to((data / "events.duckdb").resolve())
-    policy = work / "policy.json"
-    policy.write_text(json.dumps(POLICY))
-    subprocess.run([str(BIN), "privacy", "set", str(policy)], env={**os.environ, "ANALYTICS_EXPORT_DATA_DIR":
-                                                                    str(guarded)}, check=True, capture_output=True)
-    private = median([ours(guarded, main_variant, out_dir / f"policy-{main_variant}") for _ in range(args.repeat)])
-    extra.append([f"{main_variant} with a privacy policy (pseudonymise, deny, mask)",
-                  f"{events / private.seconds:,.0f} ev/s, {private.mb:.0f} MB",
-                  f"{results['ours', main_variant].seconds / private.seconds:.2f}x of ours without",
-                  verdict(private.mb <= RSS_TARGET)])
-    if args.big_data_dir:
-        big = events_in(args.big_data_dir)
-        for variant in [v for v in ("parquet_snappy", "json_lines") if v in args.formats]:
-            run = ours(args.big_data_dir, variant, out_dir / f"big-{variant}")
-            small = results["ours", variant]
-            extra.append([f"{variant} at {big:,} events", f"{big / run.seconds:,.0f} ev/s, {run.mb:.0f} MB",
-                          f"{small.mb:.0f} MB at {events:,}", verdict(run.mb <= RSS_TARGET)])
-            (out_dir / f"big-{variant}").unlink(missing_ok=True)
-    print("\n" + table(["measurement", "value", "against", "target"], extra))
 
 
 if __name__ == "__main__":
