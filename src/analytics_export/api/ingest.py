@@ -6,11 +6,11 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import Invalid, OutOfMemory, Storage
+from ..errors import Invalid, OutOfMemory
 from ..inbox import spooled
 from ..sources.stores import open_store
 from .deps import Api, problems
-from .ingest_writer import GroupWriter
+from .ingest_writer import GroupWriter, Unopened
 
 
 class IngestResult(BaseModel):
@@ -42,13 +42,13 @@ def ingest_router(api: Api) -> APIRouter:
         with spooled(api.settings.data_dir, body, suffix) as spool:  # a full disk: Storage, so 503
             try:
                 return IngestResult(ingested=writer.ingest(spool, project))
-            except Storage as exc:
-                raise HTTPException(503, "the event store is busy with exports; retry shortly",
-                                    headers={"Retry-After": "5"}) from exc
             except Invalid as exc:
                 raise HTTPException(422, api.settings.hide_paths(str(exc))) from exc
             except OutOfMemory:
                 raise HTTPException(413, f"these events need more than the {api.settings.api_ingest_memory_limit} an upload "
                                          "may use to load: send fewer events per request") from None
+            except Unopened as exc:
+                raise HTTPException(503, "the event store is busy with exports; retry shortly",
+                                    headers={"Retry-After": "5"}) from exc
 
     return router

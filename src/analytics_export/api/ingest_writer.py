@@ -10,8 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..errors import Storage
 from ..ingest import ingest_file
 from ..sources import EventStore
+
+
+class Unopened(Storage):
+    """The store could not be opened for writing (another process holds it): nothing was tried."""
 
 
 @dataclass
@@ -35,8 +40,8 @@ class GroupWriter:
         self.queue = threading.Lock()
 
     def ingest(self, spool: Path, project: str) -> int:
-        """New events stored from `spool` into `project`; raises what storing them raised (Storage when
-        the store could not be opened)."""
+        """New events stored from `spool` into `project`; raises what storing them raised, or Unopened
+        when the store could not be opened."""
         mine = Ingest(spool, project)
         with self.queue:
             self.waiting.append(mine)
@@ -52,6 +57,11 @@ class GroupWriter:
     def store(self, group: list[Ingest]) -> None:
         try:
             store = self.open_store()
+        except Storage as exc:
+            for item in group:
+                item.error = Unopened(str(exc))
+                item.done.set()
+            return
         except BaseException as exc:
             for item in group:
                 item.error = exc
