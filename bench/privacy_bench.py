@@ -236,7 +236,8 @@ def run_one(spec: Spec) -> dict[str, Any]:
     """Our export() of the whole window, timed; returns a Result as a dict."""
     from analytics_export import Settings, export, project_privacy
     from analytics_export.formats import writer_class
-    from analytics_export.models import ExportFormat, ExportRequest
+    from analytics_export.enums import ExportFormat
+    from analytics_export.models import ExportRequest
 
     settings = Settings(data_dir=Path(spec.data_dir), events_url=spec.events_url)
     fields = {"start_date": spec.start, "end_date": spec.end, "format": spec.fmt}

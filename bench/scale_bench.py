@@ -48,7 +48,8 @@ def run(data: Path, env: dict[str, str], workers: int, fmt: str, jobs_url: str, 
         pin: bool) -> tuple[float, float]:
     """Seconds from queueing the export to its completion with `workers` worker processes, and the
     CPU seconds the workers spent on it. With `pin`, worker i runs on core i only."""
-    from analytics_export.models import ExportRequest, ExportStatus
+    from analytics_export.enums import ExportStatus
+    from analytics_export.models import ExportRequest
     from analytics_export.store.jobs import JobStore
 
     jobs = JobStore(jobs_url)

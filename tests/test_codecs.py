@@ -16,7 +16,8 @@ from service import CLI, Service, create_key
 
 from analytics_export import Settings
 from analytics_export.checks import STORED
-from analytics_export.models import ExportRequest, ExportStatus, ScheduledExport
+from analytics_export.enums import ExportStatus
+from analytics_export.models import ExportRequest, ScheduledExport
 from analytics_export.runtime.scheduler import Scheduler, Schedules
 from analytics_export.runtime.stream_runner import LEASE, StreamRun
 from analytics_export.runtime.worker import Worker

@@ -18,7 +18,8 @@ from service import Service, cli, create_key
 from support import WEEKS, run_queue, s3_settings, s3_split
 
 from analytics_export import Settings, export
-from analytics_export.models import ExportRequest, ExportStatus
+from analytics_export.enums import ExportStatus
+from analytics_export.models import ExportRequest
 from analytics_export.store.jobs import JobStore
 
 FORMATS = ["json", "json_lines", "csv", "parquet", "avro"]

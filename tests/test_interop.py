@@ -36,7 +36,8 @@ from helpers import OFFERED, read_records
 from support import run_queue
 
 from analytics_export import Settings, export
-from analytics_export.models import ExportConfig, ExportRequest, ExportStatus
+from analytics_export.enums import ExportStatus
+from analytics_export.models import ExportConfig, ExportRequest
 from analytics_export.store.jobs import JobStore
 
 START = datetime(2026, 8, 3, tzinfo=timezone.utc)

@@ -7,15 +7,8 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from analytics_export.models import (
-    Compression,
-    ExportDestination,
-    ExportFormat,
-    ExportRequest,
-    ExportResult,
-    ExportStatus,
-    ScheduledExport,
-)
+from analytics_export.enums import Compression, ExportFormat, ExportStatus
+from analytics_export.models import ExportDestination, ExportRequest, ExportResult, ScheduledExport
 from analytics_export.streaming.spec import StreamSpec
 
 

@@ -31,7 +31,8 @@ import analytics_export.runtime.worker as worker_module
 from analytics_export import Settings, export, open_store
 from analytics_export.errors import Invalid, Storage
 from analytics_export.formats import thrift
-from analytics_export.models import ExportConfig, ExportRequest, ExportResult, ExportStatus
+from analytics_export.enums import ExportStatus
+from analytics_export.models import ExportConfig, ExportRequest, ExportResult
 from analytics_export.runtime.partitions import plan
 from analytics_export.runtime.worker import Worker
 from analytics_export.store.jobs import JobStore

@@ -19,7 +19,8 @@ from service import Service, create_key
 from support import START, Sim, drain
 
 from analytics_export import Settings
-from analytics_export.models import DateRange, ScheduledExport
+from analytics_export.enums import DateRange
+from analytics_export.models import ScheduledExport
 from analytics_export.runtime.scheduler import Scheduler, Schedules, backfill, run_history
 from analytics_export.runtime.windows import due, windows
 from analytics_export.runtime.worker import Worker

@@ -23,14 +23,8 @@ from analytics_export import Settings, open_store
 from analytics_export.connections import Sealer
 from analytics_export.destinations import Placement, destination_for
 from analytics_export.errors import Cancelled, Invalid, Storage
-from analytics_export.models import (
-    ExportConfig,
-    ExportRequest,
-    ExportResult,
-    ExportStatus,
-    RetentionPolicy,
-    ScheduledExport,
-)
+from analytics_export.enums import ExportStatus
+from analytics_export.models import ExportConfig, ExportRequest, ExportResult, RetentionPolicy, ScheduledExport
 from analytics_export.pipeline import run_export
 from analytics_export.runtime.partitions import plan
 from analytics_export.runtime.scheduler import Scheduler, Schedules, backfill, run_history

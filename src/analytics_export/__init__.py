@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .enums import Compression, ExportFormat, ExportStatus
     from .exporting import export
-    from .models import Compression, ExportFilter, ExportFormat, ExportRequest, ExportResult, ExportStatus
+    from .models import ExportFilter, ExportRequest, ExportResult
     from .pipeline.batches import Progress
     from .sources.stores import open_store
 
 EXPORTS = {
-    "Compression": "models", "ExportFilter": "models", "ExportFormat": "models", "ExportRequest": "models",
-    "ExportResult": "models", "ExportStatus": "models", "Progress": "pipeline.batches", "Settings": "config",
+    "Compression": "enums", "ExportFilter": "models", "ExportFormat": "enums", "ExportRequest": "models",
+    "ExportResult": "models", "ExportStatus": "enums", "Progress": "pipeline.batches", "Settings": "config",
     "export": "exporting", "open_store": "sources.stores",
 }
 """Name -> module: loaded when first used, so `import analytics_export` (and every command's start,

@@ -16,7 +16,7 @@ import zstandard
 from isal import igzip, isal_zlib
 
 from .bytesinks import ByteSink, ForwardingSink
-from .models import Compression
+from .enums import Compression
 
 
 class Codec(Protocol):

@@ -18,7 +18,8 @@ from ..checks import describe_errors
 from ..config import Settings
 from ..destinations import Destination
 from ..errors import Cancelled, Invalid, Limited, Storage
-from ..models import Compression, ExportFormat, ExportRequest, FormatName, IncludeColumn
+from ..enums import Compression, ExportFormat
+from ..models import ExportRequest, FormatName, IncludeColumn
 from ..pipeline.files import write_files
 from ..sources.stores import open_store
 

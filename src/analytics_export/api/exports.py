@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import catalog
 from ..errors import Invalid
-from ..models import ExportRequest, ExportResult, ExportStatus
+from ..enums import ExportStatus
+from ..models import ExportRequest, ExportResult
 from ..sources.stores import open_store
 from ..store.jobs import Job
 from .deps import Api, bearer, problems

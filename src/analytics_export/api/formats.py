@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from ..models import FORMAT_SPECS, Compression, ExportFormat
+from ..enums import FORMAT_SPECS, Compression, ExportFormat
 
 
 class FormatView(BaseModel):

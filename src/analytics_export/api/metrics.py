@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from ..models import ExportStatus
+from ..enums import ExportStatus
 from ..store.streams import StreamStore
 from .deps import Api, problems
 

@@ -14,10 +14,11 @@ from pydantic import ValidationError
 
 from ..checks import describe_errors
 from ..errors import Invalid
-from ..models import COMPRESSION_DOC, Compression, ExportFilter, ExportFormat, ExportRequest, FilterOperator
+from ..enums import COMPRESSION_DOC, Compression, ExportFormat, FilterOperator
 from .common import err, exit_on_error, fail
 
 if TYPE_CHECKING:
+    from ..models import ExportFilter, ExportRequest
     from ..config import Settings
     from ..pipeline.batches import Progress as ExportProgress
 
@@ -48,6 +49,8 @@ def parse_value(text: str | None, operator: FilterOperator) -> object:
 
 def parse_filter(text: str) -> ExportFilter:
     """`'PROP OP VALUE'`, e.g. `'plan eq pro'`, `'price gte 10'`, `'country in US,DE'`, `'email is_set'`."""
+    from ..models import ExportFilter
+
     match = FILTER.match(text)
     if not match:
         ops = ", ".join(o.value for o in FilterOperator)
@@ -74,6 +77,8 @@ def export(
                                       "downstream) or inserted_at (when the event was stored)"),
 ) -> None:
     """Export events in [start, end) to a file or a remote destination; prints a JSON summary line when done."""
+    from ..models import ExportRequest
+
     settings: Settings = ctx.obj
     try:
         request = ExportRequest(

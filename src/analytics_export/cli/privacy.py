@@ -12,8 +12,6 @@ import typer
 from pydantic import ValidationError
 
 from ..checks import describe_errors
-from ..models import RetentionPolicy
-from ..privacy.rules import PrivacyRules
 from .common import exit_on_error, fail, job_store
 
 if TYPE_CHECKING:
@@ -58,6 +56,8 @@ def privacy_show(ctx: typer.Context, version: Optional[int] = typer.Option(None,
 @privacy_app.command("set")
 def privacy_set(ctx: typer.Context, file: Path = typer.Argument(..., help="a JSON PrivacyRules document")) -> None:
     """Replace the policy with FILE's rules (a new version)."""
+    from ..privacy.rules import PrivacyRules
+
     settings, _, policies = context(ctx)
     show({"version": policies.set_policy(settings.project, parsed(PrivacyRules, file))})
 
@@ -81,6 +81,7 @@ def suppress(ctx: typer.Context, distinct_id: List[str] = typer.Argument(None),
 @retention_app.command("set")
 def retention_set(ctx: typer.Context, file: Path = typer.Argument(..., help="a JSON RetentionPolicy document")) -> None:
     """Set the project's retention policy (`{"days": 90}` archives to the data dir's archive/)."""
+    from ..models import RetentionPolicy
     from ..runtime.retention import get_policy, set_policy
 
     settings, jobs, _ = context(ctx)

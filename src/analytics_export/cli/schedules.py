@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from ..checks import describe_errors, utc
 from ..errors import Invalid, NotFound
-from ..models import DateRange
+from ..enums import DateRange
 from .common import fail, job_store
 
 if TYPE_CHECKING:

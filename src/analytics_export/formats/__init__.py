@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from ..bytesinks import ByteSink, ForwardingSink
 from ..compression import STAGING, CompressedSink, open_staged
-from ..models import Compression, ExportFormat, ExportRequest
+from ..enums import Compression, ExportFormat
+from ..models import ExportRequest
 
 COPY_CHUNK = 1 << 20
 

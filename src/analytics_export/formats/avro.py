@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ..bytesinks import ByteSink
 from ..errors import Format
-from ..models import Compression
+from ..enums import Compression
 from . import Writer, copy
 
 CODECS = {None: "null", Compression.GZIP: "deflate", Compression.ZSTD: "zstandard", Compression.SNAPPY: "snappy"}

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pyarrow as pa
 
-from ..models import Compression
+from ..enums import Compression
 from . import Copied
 from .jsonl import JsonLinesWriter
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ..models import Compression
+from ..enums import Compression
 from ..sources import RFC3339
 from . import LINES, BatchSQL, Copied, Writer, string_bytes
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from ..bytesinks import ByteSink
 from ..errors import Format
-from ..models import Compression
+from ..enums import Compression
 from . import Copied, Writer, copy, thrift
 
 MAGIC = b"PAR1"

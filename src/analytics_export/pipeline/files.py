@@ -15,7 +15,8 @@ from ..bytesinks import ForwardingSink
 from ..destinations import BackgroundUpload, Destination
 from ..errors import Invalid
 from ..formats import Copied, Writer, open_sink, open_writer, writer_class, writer_for
-from ..models import ExportRequest, ExportResult, ExportStatus, codec_problem
+from ..enums import ExportStatus, codec_problem
+from ..models import ExportRequest, ExportResult
 from ..privacy.policy import Privacy
 from ..sources import EventQuery, EventSource
 from .batches import Progress, privacy_fields, scanned

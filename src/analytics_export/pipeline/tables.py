@@ -8,7 +8,8 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 
-from ..models import ExportRequest, ExportResult, ExportStatus
+from ..enums import ExportStatus
+from ..models import ExportRequest, ExportResult
 from ..privacy.policy import Privacy
 from ..sources import IDS, EventQuery, EventSource
 from ..warehouses import LoadWindow, TableDestination, check_columns

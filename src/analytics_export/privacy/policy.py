@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 
 from ..errors import Invalid
-from ..models import FilterOperator
+from ..enums import FilterOperator
 from ..sources import EventQuery
 from ..sources.protect import Protection
 from .rules import PrivacyRules

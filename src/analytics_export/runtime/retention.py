@@ -32,7 +32,8 @@ from ..destinations import Destination, Placement, destination_for
 from ..destinations.local import LocalDestination
 from ..destinations.specs import FileLayout
 from ..errors import ExportError, Invalid, Storage
-from ..models import ExportFormat, ExportRequest, RetentionPolicy, check_cron_interval, schedule_problem
+from ..enums import ExportFormat
+from ..models import ExportRequest, RetentionPolicy, check_cron_interval, schedule_problem
 from ..pipeline.files import write_files
 from ..sources import IDS, EventQuery
 from ..sources.stores import open_store

@@ -30,15 +30,8 @@ from pydantic import ValidationError
 
 from ..checks import STORED, describe_errors
 from ..errors import Invalid, NotFound
-from ..models import (
-    DateRange,
-    ExportConfig,
-    ExportStatus,
-    ScheduledExport,
-    check_cron_interval,
-    codec_problem,
-    schedule_problem,
-)
+from ..enums import DateRange, ExportStatus, codec_problem
+from ..models import ExportConfig, ScheduledExport, check_cron_interval, schedule_problem
 from ..store.jobs import ACTIVE, MAX_SCHEDULES, JobStore, aware, check_room, now
 from ..store.tables import export_parts, exports, schedule_runs, schedules
 from .windows import due, fires, floor, following, last_fire, windows

@@ -28,7 +28,8 @@ from ..connections import Sealer, checked_secrets
 from ..destinations import registry
 from ..errors import ExportError, Invalid, Rejected
 from ..formats import open_writer, writer_class
-from ..models import ExportFormat, ExportRequest, codec_problem
+from ..enums import ExportFormat, codec_problem
+from ..models import ExportRequest
 from ..privacy.policy import Privacy
 from ..sources import IDS, EventQuery
 from ..sources.stores import open_store

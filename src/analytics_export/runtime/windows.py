@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from ..models import DateRange
+from ..enums import DateRange
 
 UTC = timezone.utc
 

@@ -19,7 +19,8 @@ from ..config import Settings
 from ..connections import Sealer, checked_secrets
 from ..destinations import Destination, Placement, destination_for
 from ..errors import Cancelled, ExportError, Storage, Upload
-from ..models import ExportResult, ExportStatus
+from ..enums import ExportStatus
+from ..models import ExportResult
 from ..pipeline import run_export
 from ..pipeline.batches import Progress
 from ..privacy.policy import Privacy

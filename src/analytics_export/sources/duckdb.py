@@ -16,7 +16,8 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import Invalid, OutOfMemory, Storage
-from ..models import ExportFilter, FilterOperator
+from ..enums import FilterOperator
+from ..models import ExportFilter
 from ..private import MODE, companion, create_private_dir
 from . import NON_FINITE_HINT, RFC3339, EventQuery, finite
 from .protect import Protection

@@ -22,7 +22,8 @@ import sqlalchemy as sa
 
 from ..checks import STORED, check_project_name
 from ..errors import Invalid, Limited
-from ..models import ExportRequest, ExportResult, ExportStatus
+from ..enums import ExportStatus
+from ..models import ExportRequest, ExportResult
 from ..private import create_private
 from .tables import api_keys, connections, export_parts, exports, leases
 

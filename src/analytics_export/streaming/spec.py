@@ -13,16 +13,8 @@ from ..checks import EXPORT_ID, STORED, EventNames, check_event_names, utc
 from ..destinations import registry
 from ..destinations.specs import DeltaTableDestination, FileLayout, WarehouseTable, WebhookDestination
 from ..errors import Invalid
-from ..models import (
-    COMPRESSION_DOC,
-    Compression,
-    ExportFormat,
-    ExportRequest,
-    Filters,
-    FormatName,
-    SelectedProperties,
-    offered_codec,
-)
+from ..enums import COMPRESSION_DOC, Compression, ExportFormat
+from ..models import ExportRequest, Filters, FormatName, SelectedProperties, offered_codec
 from ..privacy.rules import PrivacyRules
 
 StreamDestination = Annotated[Union[registry.stream_configs()], Field(discriminator="type")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...destinations import Destination, Placement, destination_for
-from ...models import file_suffix
+from ...enums import file_suffix
 from . import Delivery
 
 if TYPE_CHECKING:
