@@ -6,15 +6,17 @@ import functools
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
 import duckdb
-import pyarrow as pa
 
 from ..bytesinks import ByteSink, ForwardingSink
 from ..compression import STAGING, CompressedSink, open_staged
 from ..enums import Compression, ExportFormat
 from ..models import ExportRequest
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 COPY_CHUNK = 1 << 20
 
@@ -22,12 +24,14 @@ COPY_CHUNK = 1 << 20
 @dataclass(frozen=True)
 class Copied:
     """How a store's engine writes a format's rows itself: `COPY (SELECT {select} FROM rows) TO ...
-    ({options})`, where `rows` has the query's columns as c0, c1, ... The file is the writer's `head`,
-    `opening` before the engine's first byte, the engine's bytes less `trim` at their end (JSON's last
-    separator), then the writer's `tail`: the same bytes as the batch path, up to row order."""
+    ({options})`, where `rows` has the query's columns as c0, c1, ... The file is `head` (the writer's;
+    left out of fragments), `opening` before the engine's first byte, the engine's bytes less `trim` at
+    their end (JSON's last separator), then the writer's `tail`: the same bytes as the batch path, up to
+    row order."""
 
     select: str
     options: str
+    head: bytes = b""
     opening: bytes = b""
     trim: bytes = b""
 
@@ -86,8 +90,8 @@ class Writer:
     """Put between two non-empty fragments."""
 
     @classmethod
-    def copied(cls, schema: pa.Schema, compression: Compression | None) -> Copied | None:
-        """How an engine writes this format for `schema` (see `Copied`); None where only this writer can."""
+    def copied(cls, names: tuple[str, ...], compression: Compression | None) -> Copied | None:
+        """How an engine writes this format with columns `names` (see `Copied`); None where only this writer can."""
         return None
 
     @classmethod

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from ..enums import Compression
 from . import Copied
 from .jsonl import JsonLinesWriter
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class JsonWriter(JsonLinesWriter):
@@ -23,9 +25,9 @@ class JsonWriter(JsonLinesWriter):
         self.first = True
 
     @classmethod
-    def copied(cls, schema: pa.Schema, compression: Compression | None) -> Copied | None:
+    def copied(cls, names: tuple[str, ...], compression: Compression | None) -> Copied | None:
         """Lines `{...},` after `[` and a newline; the last line's comma and newline make way for the tail."""
-        return replace(super().copied(schema, compression), opening=b"\n", trim=b",\n")
+        return replace(super().copied(names, compression), head=cls.head(None), opening=b"\n", trim=b",\n")
 
     def write(self, lines: memoryview) -> None:
         if not lines.nbytes:
@@ -41,7 +43,7 @@ class JsonWriter(JsonLinesWriter):
     separator = b","  # a fragment's rows start with a newline, not a comma
 
     @classmethod
-    def head(cls, schema) -> bytes:
+    def head(cls, schema: pa.Schema | None) -> bytes:
         return b"["
 
     @classmethod

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from ..enums import Compression
 from ..sources import RFC3339
 from . import LINES, BatchSQL, Copied, Writer, string_bytes
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class JsonLinesWriter(Writer):
@@ -21,9 +24,9 @@ class JsonLinesWriter(Writer):
         self.to_json = BatchSQL(f"SELECT {self.prefix_sql} || {line_sql(columns)} || {self.suffix_sql} AS line FROM batch")
 
     @classmethod
-    def copied(cls, schema: pa.Schema, compression: Compression | None) -> Copied:
+    def copied(cls, names: tuple[str, ...], compression: Compression | None) -> Copied:
         """Each row's JSON text, made by the SQL the batch path runs; the engine ends each line."""
-        line = line_sql({name: f"c{i}" for i, name in enumerate(schema.names)})
+        line = line_sql({name: f"c{i}" for i, name in enumerate(names)})
         return Copied(f"{line} || {cls.copied_suffix_sql} AS line", LINES)
 
     def encode(self, batch: pa.RecordBatch) -> memoryview:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from ..bytesinks import ByteSink
 from ..errors import Format
 from ..enums import Compression
 from . import Copied, Writer, copy, thrift
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MAGIC = b"PAR1"
 
@@ -38,17 +39,19 @@ CODECS = {None: "none", Compression.GZIP: "gzip", Compression.ZSTD: "zstd",
 class ParquetWriter(Writer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        import pyarrow.parquet as pq  # here: DuckDB writes the files the engine can, without pyarrow
+
         self.writer = pq.ParquetWriter(self.sink, self.schema, compression=CODECS[self.compression],
                                        use_dictionary=DICTIONARY)
 
     @classmethod
-    def copied(cls, schema: pa.Schema, compression: Compression | None) -> Copied | None:
+    def copied(cls, names: tuple[str, ...], compression: Compression | None) -> Copied | None:
         """DuckDB's Parquet writer: the same column names, types and codec; every column optional, as
         pyarrow writes them (DuckDB would make a NOT NULL source column required); row groups of ROW_GROUP
         rows, as the batch path's batches (DuckDB's default of 122,880 measured slower and 90 MB larger).
         Dictionaries are where DuckDB finds them worth it (see docs/formats.md)."""
         columns = ", ".join(f"CASE WHEN c{i} IS NULL THEN NULL ELSE c{i} END AS {quoted(name)}"
-                            for i, name in enumerate(schema.names))
+                            for i, name in enumerate(names))
         codec = "uncompressed" if compression is None else CODECS[compression]
         return Copied(columns, f"FORMAT parquet, COMPRESSION {codec}, ROW_GROUP_SIZE {ROW_GROUP}")
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from ..errors import Cancelled
 from ..privacy.policy import Privacy
 from ..sources import EventQuery, EventSource
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Threads: the source scans PREFETCH batches ahead of the caller, which encodes and writes, and
 # BackgroundUpload does the I/O. A pool of two encoders measured no faster on 2 cores, 30 MB larger.

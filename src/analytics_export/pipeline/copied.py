@@ -45,7 +45,7 @@ def copied_plan(request: ExportRequest, source: EventSource, query: EventQuery,
         return None
     if privacy is not None and privacy.scans:
         return None
-    return writer_for(request).copied(query.schema, request.compression)
+    return writer_for(request).copied(query.names, request.compression)
 
 
 class EngineCopy:

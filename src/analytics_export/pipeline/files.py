@@ -7,9 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Callable
 
 from ..bytesinks import ForwardingSink
 from ..destinations import BackgroundUpload, Destination
@@ -21,6 +19,9 @@ from ..privacy.policy import Privacy
 from ..sources import EventQuery, EventSource
 from .batches import Progress, privacy_fields, scanned
 from .copied import EngineCopy, copied_plan
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PROBE_ROWS = 1_000
 
@@ -224,7 +225,7 @@ def write_copied(request: ExportRequest, source: EventSource, destination: Desti
     try:
         sink = open_sink(counted, request.format, request.compression, fragment)
         if not fragment:
-            sink.write(writer_cls.head(query.schema))
+            sink.write(plan.head)
         for data in engine:
             if data:
                 sink.write(data)
@@ -272,7 +273,7 @@ def write_manifest(request: ExportRequest, project: str, destination: Destinatio
         "compression": request.compression.value if request.compression else None,
         "start_date": request.start_date.isoformat(),
         "end_date": request.end_date.isoformat(),
-        "columns": export_query(request, project, privacy).schema.names,  # `include` adds uuid, inserted_at
+        "columns": list(export_query(request, project, privacy).names),  # `include` adds uuid, inserted_at
         "total_events": sum(f["events"] for f in files),
         "total_bytes": sum(f["bytes"] for f in files),
         "files": files,

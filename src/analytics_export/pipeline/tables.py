@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Callable, Iterator
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..enums import ExportStatus
 from ..models import ExportRequest, ExportResult
@@ -15,12 +13,17 @@ from ..sources import IDS, EventQuery, EventSource
 from ..warehouses import LoadWindow, TableDestination, check_columns
 from .batches import Progress, privacy_fields, scanned
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 
 def load_table(request: ExportRequest, source: EventSource, table: TableDestination, *, project: str,
                batch_size: int = 16_384, on_progress: Callable[[Progress], None] | None = None,
                should_stop: Callable[[], bool] | None = None, privacy: Privacy | None = None) -> ExportResult:
     """Load the events of `request` into `table`, replacing its window there (format and compression
     do not apply); `privacy` applies as in every export."""
+    import pyarrow as pa  # here: a file the engine writes needs none
+
     started = datetime.now(timezone.utc)
     query = replace(EventQuery.from_request(request, project, property_columns=True), ids=IDS)
     if privacy is not None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Iterator
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from ..errors import Invalid
 from ..enums import FilterOperator
 from ..sources import EventQuery
 from ..sources.protect import Protection
 from .rules import PrivacyRules
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["Privacy", "hmac_keys"]
 
@@ -103,6 +104,7 @@ class Privacy:
             return
         # here: half a second of every process start (or of a stream's first read, holding the store)
         import polars as pl
+        import pyarrow as pa
 
         from .redaction import Redactor
 

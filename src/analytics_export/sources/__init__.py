@@ -5,15 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..models import ExportFilter, ExportRequest
 from .protect import Protection
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
 """Timestamps in text formats: UTC with microseconds, e.g. 2026-11-01T12:34:56.123456Z."""
 
@@ -29,6 +28,9 @@ def finite(batch: pa.RecordBatch) -> pa.RecordBatch:
     """`batch` with NaN and Infinity in its `properties` JSON column made null: JSON has no such numbers and
     strict parsers reject them. Ingest refuses them; this covers what a store held before that check
     or got from another writer. One vectorised test per batch; only rows that match are rewritten."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     index = batch.schema.get_field_index("properties")
     if index < 0 or batch.num_rows == 0:
         return batch
@@ -101,17 +103,22 @@ class EventQuery:
         )
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """The columns of every batch a source yields for this query, in order (pyarrow's not loaded)."""
+        middle = tuple(self.properties or ()) if self.property_columns else ("properties",)
+        return ("event", "distinct_id", "timestamp", *middle, *self.ids)
+
+    @property
     def schema(self) -> pa.Schema:
-        """The schema of every batch a source yields for this query."""
-        timestamp = pa.string() if self.text_timestamps else TIMESTAMP
-        fields = [pa.field("event", pa.string()), pa.field("distinct_id", pa.string()), pa.field("timestamp", timestamp)]
-        if self.property_columns:
-            fields += [pa.field(name, pa.string()) for name in self.properties or ()]
-        else:
-            fields.append(pa.field("properties", pa.string()))
-        types = {"uuid": pa.string(), "inserted_at": TIMESTAMP}  # writers format inserted_at as they need
-        fields += [pa.field(name, types[name]) for name in self.ids]
-        return pa.schema(fields)
+        """The schema of every batch a source yields for this query: text, but for `timestamp` (unless
+        `text_timestamps`) and `inserted_at` (writers format it as they need), timestamp[us, UTC]."""
+        import pyarrow as pa
+
+        timestamp, text = pa.timestamp("us", tz="UTC"), pa.string()
+        types = [text, text, text if self.text_timestamps else timestamp]  # by place: a property may be so named
+        types += [text] * (len(self.names) - 3 - len(self.ids))
+        types += [timestamp if name == "inserted_at" else text for name in self.ids]
+        return pa.schema([pa.field(name, kind) for name, kind in zip(self.names, types)])
 
 
 class EventSource(Protocol):
@@ -140,4 +147,4 @@ class EventStore(EventSource, Protocol):
     def close(self) -> None: ...
 
 
-__all__ = ["EventQuery", "EventSource", "RFC3339", "TIMESTAMP"]
+__all__ = ["EventQuery", "EventSource", "RFC3339"]

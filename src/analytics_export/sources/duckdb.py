@@ -10,10 +10,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import duckdb
-import pyarrow as pa
 
 from ..errors import Invalid, OutOfMemory, Storage
 from ..enums import FilterOperator
@@ -21,6 +20,9 @@ from ..models import ExportFilter
 from ..private import MODE, companion, create_private_dir
 from . import NON_FINITE_HINT, RFC3339, EventQuery, finite
 from .protect import Protection
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS events (
@@ -311,7 +313,7 @@ class DuckDBEventStore:
         finite store (no NaN to scrub); `interrupt` stops it from another thread, `progress` tells how far."""
         self.fit_memory(query)
         sql = SqlBuilder()
-        names = ", ".join(f"c{i}" for i in range(len(query.schema)))
+        names = ", ".join(f"c{i}" for i in range(len(query.names)))
         text = f"COPY (SELECT {select} FROM ({sql.select(query)}) AS rows({names})) TO '{path}' ({options})"
         return int(self.execute(text, sql.params).fetchall()[0][0])
 
@@ -426,6 +428,7 @@ def quoted_out(message: str) -> str:
 def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema, scrub: bool) -> pa.RecordBatchReader:
     """The same stream under the query's column names (SQL aliases are positional, never user text);
     with `scrub`, NaN and Infinity in the `properties` JSON made null."""
+    import pyarrow as pa  # here: a file the engine writes needs none
 
     def gen() -> Iterator[pa.RecordBatch]:
         with translated_errors():

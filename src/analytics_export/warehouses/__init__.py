@@ -15,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar, Iterable
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, ClassVar, Iterable
 
 from ..destinations import Destination, FileUpload, Placement
 from ..errors import Invalid
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 COLUMNS = ("event", "distinct_id", "timestamp", "properties", "uuid", "inserted_at")
 """A table's own columns: a selected property (a column of its own) may not take one of these names."""

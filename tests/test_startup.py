@@ -1,0 +1,70 @@
+"""What a command loads before it works: `--help` no model and no engine, an export the engine writes no
+pyarrow, numpy, polars or job store. Checked by the modules a real process ends with, never by a clock
+(bench/export_bench.py times them)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.server  # the CLI as a program
+
+PROBE = """
+import json, sys
+sys.argv = ["analytics-export", *json.loads(sys.argv[1])]
+from analytics_export.cli import run
+try:
+    run()
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def loaded(data_dir: Path, *args: str) -> tuple[set[str], str]:
+    """The top-level modules a command loaded, and what it printed."""
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(["--data-dir", str(data_dir), *args])],
+                          capture_output=True, text=True, timeout=120)
+    modules = json.loads(done.stderr.strip().splitlines()[-1])
+    return {m.split(".")[0] for m in modules} | {m for m in modules if m.startswith("analytics_export")}, done.stdout
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("startup")
+    events = data / "events.jsonl"
+    events.write_text('{"event": "signup", "distinct_id": "u1", "timestamp": "2026-01-01T00:00:00Z", '
+                      '"properties": {"plan": "pro"}}\n')
+    done = subprocess.run([sys.executable, "-m", "analytics_export.cli", "--data-dir", str(data), "ingest", str(events)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return data
+
+
+def test_help_loads_no_model_and_no_engine(tmp_path):
+    modules, out = loaded(tmp_path, "--help")
+    assert "export" in out
+    assert not modules & {"pydantic_settings", "duckdb", "pyarrow", "numpy", "polars", "sqlalchemy",
+                          "analytics_export.models", "analytics_export.config"}
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "json", "jsonl"])
+def test_an_export_the_engine_writes_loads_no_arrow(store_dir, tmp_path, fmt):
+    out = tmp_path / f"out.{fmt}"
+    modules, printed = loaded(store_dir, "export", "-f", fmt, "--start", "2026-01-01", "--end", "2026-01-02",
+                              "-o", str(out))
+    assert json.loads(printed)["total_events"] == 1
+    assert "duckdb" in modules and "analytics_export.pipeline.copied" in modules
+    assert not modules & {"pyarrow", "numpy", "polars", "sqlalchemy", "alembic"}
+
+
+def test_the_batch_path_still_loads_arrow(store_dir, tmp_path):
+    """The probe can tell: CSV is written by pyarrow."""
+    modules, printed = loaded(store_dir, "export", "-f", "csv", "--start", "2026-01-01", "--end", "2026-01-02",
+                              "-o", str(tmp_path / "out.csv"))
+    assert json.loads(printed)["total_events"] == 1
+    assert "pyarrow" in modules
