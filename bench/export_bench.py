@@ -84,14 +84,14 @@ STATS_SCRIPT = """
 import duckdb, json, sys
 from datetime import timedelta
 from analytics_export.config import Settings
-from analytics_export.sources.duckdb import SCAN_MEMORY
+from analytics_export.sources.duckdb import READ_MEMORY_MB
 with duckdb.connect(sys.argv[1], read_only=True) as con:
     con.execute("SET TimeZone = 'UTC'")
     n, low, high = con.execute('SELECT count(*), min("timestamp"), max("timestamp") FROM events '
                                "WHERE project_id = $1", [sys.argv[2]]).fetchall()[0]
 day = lambda t: t.replace(hour=0, minute=0, second=0, microsecond=0)
 print(json.dumps({"events": n, "window": [day(low).isoformat(), (day(high) + timedelta(days=1)).isoformat()] if n
-                  else None, "threads": Settings.model_fields["duckdb_threads"].default, "memory": SCAN_MEMORY}))
+                  else None, "threads": Settings.model_fields["duckdb_threads"].default, "memory": f"{READ_MEMORY_MB}MB"}))
 """
 COPY_SCRIPT = """
 import duckdb, json, sys

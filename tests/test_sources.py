@@ -220,19 +220,18 @@ def test_nan_is_refused_at_ingest_and_a_stored_one_exports_as_null(engine, pg_ur
 
 
 def test_the_embedded_store_caps_duckdb_by_what_the_query_runs(demo_settings):
-    """A plain scan runs under the small cap, one with JSON functions (filters, selected properties,
-    privacy rules) under the larger; a cap set in the settings holds for every query."""
+    """A query runs under 128MB, more for each in-list filter and JSON call site (filters, selected
+    properties); a cap set in the settings holds for every query."""
     from datetime import datetime, timezone
 
     from analytics_export.models import ExportFilter
-    from analytics_export.sources.duckdb import JSON_MEMORY, SCAN_MEMORY
 
     window = EventQuery(project="default", start=datetime(2000, 1, 1, tzinfo=timezone.utc),
                         end=datetime(2100, 1, 1, tzinfo=timezone.utc))
-    shapes = [(window, SCAN_MEMORY), (EventQuery(**{**window.__dict__, "properties": ("plan",)}), JSON_MEMORY),
-              (EventQuery(**{**window.__dict__, "filters": (ExportFilter(property="plan", operator="eq",
-                                                                         value="pro"),)}), JSON_MEMORY),
-              (window, SCAN_MEMORY)]
+    in_list = ExportFilter(property="plan", operator="in", value=["pro", "free"])
+    equal = ExportFilter(property="plan", operator="eq", value="pro")
+    shapes = [(window, "128MB"), (EventQuery(**{**window.__dict__, "properties": ("plan",) * 4}), "130MB"),
+              (EventQuery(**{**window.__dict__, "filters": (in_list, equal)}), "145MB"), (window, "128MB")]
 
     def cap(store) -> str:
         return store.execute("SELECT current_setting('memory_limit')", []).fetchall()[0][0]

@@ -30,9 +30,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path(".analytics-export"), description="event store and exports live here")
     project: str = Field("default", description="tenant whose events are read and written")
-    duckdb_memory_limit: str | None = Field(None, description="DuckDB buffer pool cap for exports; default 128MB "
-                                            "for a plain scan, 256MB for one with filters, selected properties or "
-                                            "privacy rules (their JSON functions take 16 MB arenas)")
+    duckdb_memory_limit: str | None = Field(None, description="DuckDB buffer pool cap for exports; default per "
+                                            "query: 128MB, 16MB more per in-list filter, 512KB per filter and "
+                                            "selected property")
     duckdb_write_memory_limit: str = Field("1GB", description="DuckDB buffer pool cap for ingest and demo")
     duckdb_threads: int = Field(2, ge=1)
     database_url: str | None = Field(None, description="job store; default sqlite in the data dir")
