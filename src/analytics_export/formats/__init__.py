@@ -14,6 +14,7 @@ from ..bytesinks import ByteSink, ForwardingSink
 from ..compression import STAGING, CompressedSink, open_staged
 from ..enums import Compression, ExportFormat
 from ..models import ExportRequest
+from ..sources import READ_MEMORY_MB
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -55,6 +56,11 @@ class Writer:
     """
 
     text_timestamps: ClassVar[bool] = False
+    read_memory_mb: ClassVar[int] = READ_MEMORY_MB
+    """DuckDB's base cap while this writer's batch path runs (see `sources.READ_MEMORY_MB`): a writer
+    holding more in Python takes it from DuckDB, so the export's peak stays under 300 MB."""
+    batch_rows: ClassVar[int | None] = None
+    """At most this many rows a batch (the `batch_size` setting caps it too)."""
 
     def __init__(self, sink: ForwardingSink, schema: pa.Schema, compression: Compression | None = None,
                  fragment: bool = False):

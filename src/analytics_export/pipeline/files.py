@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
@@ -109,6 +109,7 @@ def export_query(request: ExportRequest, project: str, privacy: Privacy | None =
     writer_cls = writer_class(request.format)
     query = EventQuery.from_request(request, project, property_columns=not request.format.spec.nested_properties,
                                     text_timestamps=writer_cls.text_timestamps)
+    query = replace(query, read_memory_mb=writer_cls.read_memory_mb)
     return privacy.query(query) if privacy is not None else query
 
 
@@ -174,6 +175,7 @@ def write_files(
         done.append(part.commit())
         progress.bytes += done[-1]["bytes"] - before  # trailers and flushed buffers
 
+    batch_size = min(batch_size, writer_for(request).batch_rows or batch_size)
     batches = scanned(source, query, batch_size, privacy, should_stop, request.id)
     try:
         for batch in batches:

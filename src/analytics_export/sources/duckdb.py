@@ -18,7 +18,7 @@ from ..errors import Invalid, OutOfMemory, Storage
 from ..enums import FilterOperator
 from ..models import ExportFilter
 from ..private import MODE, companion, create_private_dir
-from . import NON_FINITE_HINT, RFC3339, EventQuery, finite
+from . import NON_FINITE_HINT, READ_MEMORY_MB, RFC3339, EventQuery, finite
 from .protect import Protection
 
 if TYPE_CHECKING:
@@ -62,10 +62,6 @@ NEGATIONS = {
 }
 
 
-READ_MEMORY_MB = 128
-"""DuckDB's cap for reading with a few JSON functions. Measured at 5M events on 2 threads: every export
-ran at 64MB, 20 selected properties with 3 filters and a SQL privacy policy among them; each 32MB more
-costs about 32 MB of peak RSS, and 128MB was 0.3-0.6 s faster than 64MB on a 3.5-8 s export."""
 IN_LIST_MB = 16
 """More per in/not_in filter: each is a hash join on a bound list (9 of them ran out at 128MB, 5 did not)."""
 CALL_SITE_KB = 512
@@ -74,10 +70,10 @@ properties and 100 filters ran at 128MB, 4x faster at 192MB)."""
 
 
 def memory_for(query: EventQuery) -> str:
-    """The memory cap `query` needs: READ_MEMORY_MB, more for its in-lists and JSON call sites."""
+    """The memory cap `query` needs: its `read_memory_mb`, more for its in-lists and JSON call sites."""
     lists = sum(f.operator in (FilterOperator.IN, FilterOperator.NOT_IN) for f in query.filters)
     sites = len(query.filters) + len(query.properties or ())
-    return f"{READ_MEMORY_MB + IN_LIST_MB * lists + CALL_SITE_KB * sites // 1024}MB"
+    return f"{query.read_memory_mb + IN_LIST_MB * lists + CALL_SITE_KB * sites // 1024}MB"
 
 
 def json_path(name: str) -> str:
