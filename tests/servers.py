@@ -114,6 +114,50 @@ class _Subprocess(_Managed):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+FAKESNOW = "fakesnow"
+FAKESNOW_SPEC = ["fakesnow[server]==0.12.1", "--with", "snowflake-connector-python<4"]
+"""Snowflake's emulator, as an isolated uv tool: it serves the login flow of connector 4.x (ours) but
+imports a module of the 3.x connector, which our cryptography's cffi rules out of our environment."""
+
+
+def fakesnow_bin() -> str:
+    """fakesnow's command, installed as a uv tool when missing (`scripts/bootstrap --dev` does it too)."""
+    tools = subprocess.run(["uv", "tool", "dir", "--bin"], capture_output=True, text=True).stdout.strip()
+    found = shutil.which(FAKESNOW) or shutil.which(FAKESNOW, path=tools)
+    if found is None:
+        subprocess.run(["uv", "tool", "install", "--quiet", *FAKESNOW_SPEC], check=True)
+        found = shutil.which(FAKESNOW, path=tools)
+    assert found, f"{FAKESNOW} is not installed: run `scripts/bootstrap --dev`"
+    return found
+
+
+class SnowflakeServer(_Subprocess):
+    """fakesnow (`fakesnow -s`): Snowflake's REST API over HTTP, every database in memory."""
+
+    account, user, password = "fakesnow", "loader", "any"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [fakesnow_bin(), "-s", "--host", HOST, "-p", str(self.port)]
+
+    def connect(self, **kwargs: Any) -> Any:
+        """A connector session of our own (connector 4.x, the service's)."""
+        import snowflake.connector
+
+        return snowflake.connector.connect(user=self.user, password=self.password, account=self.account, host=HOST,
+                                           port=self.port, protocol="http", **kwargs)
+
+    def make_schema(self, database: str, schema: str) -> str:
+        """DATABASE.SCHEMA, created (empty) for one test."""
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {database}.{schema}")
+        return f"{database}.{schema}"
+
+
 class S3Server(_Managed):
     """moto's S3 in this process (its state is global: `mock_aws` in the same process shares it)."""
 
@@ -370,3 +414,9 @@ class HookServer(http.server.ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.server_address[1]}/hook"
+
+
+@pytest.fixture(scope="session")
+def snowflake_server() -> Iterator[SnowflakeServer]:
+    with SnowflakeServer() as server:
+        yield server

@@ -1,4 +1,4 @@
-"""Warehouse tables (PostgreSQL, ClickHouse through chDB, Delta Lake): a load equals the source's
+"""Warehouse tables (PostgreSQL, ClickHouse through chDB, Delta Lake, Snowflake through fakesnow): a load equals the source's
 rows, a rerun of a window leaves exactly one copy, a failed load leaves the previous window, new
 properties become new columns, and the worker and a daily schedule keep a table current."""
 
@@ -16,12 +16,13 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from pydantic import ValidationError
+from servers import SnowflakeServer
 from support import FailingSource, drain, read_table, run_queue, tables_dir
 from support import Sim as ScheduleSim
 
 from analytics_export import Settings, open_store
 from analytics_export.connections import Sealer
-from analytics_export.destinations import Placement, destination_for
+from analytics_export.destinations import Placement, destination_for, registry
 from analytics_export.errors import Cancelled, Invalid, Storage
 from analytics_export.enums import ExportStatus
 from analytics_export.models import ExportConfig, ExportRequest, ExportResult, RetentionPolicy, ScheduledExport
@@ -37,7 +38,10 @@ from analytics_export.streaming.spec import StreamSpec
 UTC = timezone.utc
 W1 = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 8, tzinfo=UTC))
 W2 = (datetime(2026, 10, 8, tzinfo=UTC), datetime(2026, 10, 15, tzinfo=UTC))
-KINDS = [pytest.param("postgres", marks=pytest.mark.server), "clickhouse", "delta"]
+KINDS = [pytest.param("postgres", marks=pytest.mark.server), "clickhouse", "delta",
+         pytest.param("snowflake", marks=pytest.mark.server)]
+SECRETS = {"snowflake": {"password": SnowflakeServer.password}}
+"""A connection's secrets by table type (the others need none here)."""
 SELECTED = ["plan", "price", "$device_type", "utm.source x"]  # the last one: a column, no event has it
 
 
@@ -59,7 +63,27 @@ def table(request: pytest.FixtureRequest) -> dict:
         return {"type": "postgres", "url": url, "table": "public.events"}
     if request.param == "clickhouse":
         return {"type": "clickhouse", "url": "chdb:warehouse", "table": "events"}
+    if request.param == "snowflake":
+        server: SnowflakeServer = request.getfixturevalue("snowflake_server")
+        schema = server.make_schema("ANALYTICS", f"T{uuid.uuid4().hex[:12]}")
+        return {"type": "snowflake", "account": server.account, "user": server.user, "table": f"{schema}.EVENTS",
+                "url": server.url, "connection": "warehouse"}
     return {"type": "delta", "uri": "lake/events"}
+
+
+def with_connection(settings: Settings, jobs: JobStore, table: dict) -> JobStore:
+    """`jobs`, holding the connection `table` names (the worker reads its secrets from there)."""
+    if table.get("connection"):
+        secrets = SECRETS[table["type"]]
+        jobs.create_connection("default", table["connection"], table["type"], sorted(secrets),
+                               Sealer(settings.signing_key()).seal(secrets))
+    return jobs
+
+
+def selected(table: dict) -> list[str]:
+    """SELECTED, but for fakesnow, whose SQL parser takes a quoted `"$name"` for a session variable
+    (Snowflake itself takes any quoted name)."""
+    return [p.lstrip("$") for p in SELECTED] if table["type"] == "snowflake" else SELECTED
 
 
 def aware(value: datetime) -> datetime:
@@ -110,7 +134,8 @@ def load(settings: Settings, spec: dict, window: tuple[datetime, datetime], *,
          source: Callable[[Any], Any] | None = None, **fields: Any) -> ExportResult:
     """Run one export of `window` into the table `spec`, as `export()` and the worker do."""
     request = ExportRequest(start_date=window[0], end_date=window[1], destination=spec, **fields)
-    destination = destination_for(Placement.for_export(request, settings.project, settings, {}))
+    destination = destination_for(Placement.for_export(request, settings.project, settings,
+                                                       SECRETS.get(spec["type"], {})))
     store = open_store(settings)
     try:
         return run_export(request, source(store) if source else store, destination, project=settings.project,
@@ -142,7 +167,8 @@ def test_failed_load_leaves_the_previous_window(settings: Settings, table: dict,
             load(settings, table, W1, source=lambda store: FailingSource(store, after=3))
     else:
         request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=table)
-        destination = destination_for(Placement.for_export(request, settings.project, settings, {}))
+        destination = destination_for(Placement.for_export(request, settings.project, settings,
+                                                           SECRETS.get(table["type"], {})))
         seen: list[int] = []
         store = open_store(settings)
         try:
@@ -156,13 +182,14 @@ def test_failed_load_leaves_the_previous_window(settings: Settings, table: dict,
 
 
 def test_selected_properties_become_columns_and_new_ones_are_added(settings: Settings, table: dict):
-    load(settings, table, W1, properties=SELECTED[:2])
-    assert table_rows(settings, table, SELECTED[:2]) == source_rows(settings, [W1], SELECTED[:2])
-    load(settings, table, W2, properties=SELECTED)
-    rows = table_rows(settings, table, SELECTED)
-    before = source_rows(settings, [W1], SELECTED[:2])
+    names = selected(table)
+    load(settings, table, W1, properties=names[:2])
+    assert table_rows(settings, table, names[:2]) == source_rows(settings, [W1], names[:2])
+    load(settings, table, W2, properties=names)
+    rows = table_rows(settings, table, names)
+    before = source_rows(settings, [W1], names[:2])
     old = Counter({key[:5] + (key[5] + (None, None),): n for key, n in before.items()})
-    assert rows == old + source_rows(settings, [W2], SELECTED), "earlier rows have no value in the new column"
+    assert rows == old + source_rows(settings, [W2], names), "earlier rows have no value in the new column"
     with pytest.raises(Invalid, match="'uuid'"):
         load(settings, table, W1, properties=["plan", "uuid"])
 
@@ -182,6 +209,7 @@ def test_worker_loads_a_long_export_whole_with_privacy(settings: Settings, table
     settings = settings.model_copy(update={"export": ExportConfig(partition_hours=24, min_partition_events=1)})
     jobs = JobStore.for_data_dir(settings.data_dir / "jobs")
     jobs.migrate()
+    with_connection(settings, jobs, table)
     request = ExportRequest(start_date=W1[0], end_date=W2[1], destination=table, time_field="inserted_at",
                             privacy={"deny_properties": ["plan"]})
     assert plan(request, settings.export) == [], "a file export of two weeks would run as 14 partitions"
@@ -224,6 +252,7 @@ class Sim(ScheduleSim):
 
 def test_a_daily_schedule_keeps_the_table_current(tmp_path: Path, table: dict):
     sim = Sim(tmp_path)
+    with_connection(sim.settings, sim.jobs, table)
     spec = ScheduledExport(name="daily", schedule="0 1 * * *", date_range="last_day", destination=table)
     Schedules(sim.jobs).create("default", spec, sim.t)
     scheduler = Scheduler(sim.jobs, "s", clock=sim.clock)
@@ -257,7 +286,7 @@ def stream_batch(numbers: range, stored: datetime, first: int = 0) -> list[pa.Re
 
 def test_a_stream_appends_and_a_batch_sent_again_replaces_only_its_own_copy(settings: Settings, table: dict):
     spec = StreamSpec(name="to a table", destination=table)
-    sink = sink_for(spec, settings.project, settings, {})
+    sink = sink_for(spec, settings.project, settings, SECRETS.get(table["type"], {}))
     stored = datetime(2026, 11, 2, 12, tzinfo=UTC)
     try:
         other = stream_batch(range(1000, 1050), stored, first=1000)  # stored at the same time as 0-49
@@ -288,12 +317,44 @@ def test_table_destinations_validate():
         {"type": "delta", "uri": "/var/lib/lake"},
         {"type": "delta", "uri": "lake/../../x"},
         {"type": "delta", "uri": "lake", "connection": "aws"},
+        {"type": "snowflake", "account": "acme", "user": "u", "table": "events"},  # not DATABASE.SCHEMA.TABLE
+        {"type": "snowflake", "account": "acme", "user": "u", "table": "db.s.t; DROP TABLE x"},
+        {"type": "snowflake", "account": "acme/x", "user": "u", "table": "db.s.t"},
+        {"type": "snowflake", "account": "acme", "user": "u", "table": "db.s.t", "url": "http://h/path"},
+        {"type": "snowflake", "account": "acme", "user": "u", "table": "db.s.t", "password": "inline"},
     ]
     for destination in bad:
         with pytest.raises(ValidationError):
             ExportRequest(start_date=W1[0], end_date=W1[1], destination=destination)
     with pytest.raises(ValidationError, match="not a table"):
         RetentionPolicy(days=30, destination={"type": "delta", "uri": "archive"})
+
+
+def test_snowflake_needs_a_connection_and_takes_a_key_pair(settings: Settings, snowflake_server: SnowflakeServer):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    schema = snowflake_server.make_schema("ANALYTICS", f"K{uuid.uuid4().hex[:12]}")
+    table = {"type": "snowflake", "account": snowflake_server.account, "user": snowflake_server.user,
+             "table": f"{schema}.EVENTS", "url": snowflake_server.url}
+    request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=table)
+    with pytest.raises(Invalid, match="needs a connection"):
+        destination_for(Placement.for_export(request, settings.project, settings, {}))
+    with pytest.raises(Invalid, match="not a PEM private key"):
+        destination_for(Placement.for_export(request, settings.project, settings, {"private_key": "not a key"}))
+    with pytest.raises(ValueError, match="password or secrets.private_key"):
+        registry.get("snowflake").check_secrets({"private_key_passphrase": "x"})
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.BestAvailableEncryption(b"phrase")).decode()
+    destination = destination_for(Placement.for_export(request, settings.project, settings,
+                                                       {"private_key": pem, "private_key_passphrase": "phrase"}))
+    store = open_store(settings)
+    try:
+        run_export(request, store, destination, project=settings.project)
+    finally:
+        store.close()
+    assert table_rows(settings, table) == source_rows(settings, [W1])
 
 
 def test_delta_on_s3_needs_credentials(settings: Settings):

@@ -28,6 +28,7 @@ from .specs import (
     RabbitMQDestination,
     S3Destination,
     SFTPDestination,
+    SnowflakeTableDestination,
     WebhookDestination,
     check_header_value,
 )
@@ -149,6 +150,12 @@ def _webhook(secrets: dict[str, str]) -> None:
             raise ValueError(f"secrets.authorization: {exc}") from None
 
 
+def _snowflake(secrets: dict[str, str]) -> None:
+    if not (secrets.get("password") or secrets.get("private_key")):
+        raise ValueError("a snowflake connection needs secrets.password or secrets.private_key (key-pair "
+                         "authentication: the PEM of the user's private key)")
+
+
 LAYOUT = (("prefix", "Prefix (folder)"), ("path_template", "Path template, e.g. year={year}/month={month}"))
 S3_KEYS = (("access_key_id", "secret_access_key"), ("session_token",))
 
@@ -191,6 +198,13 @@ register(DestinationType(
                       "under the server's data dir"},
     export="warehouses.delta:build", stream="streaming.sinks.table:build", secrets=S3_KEYS,
     form=(("uri", "URI (s3://bucket/path or a name)"),)))
+register(DestinationType(
+    "snowflake", "Snowflake table", "table", SnowflakeTableDestination, guarded=("url",),
+    unguarded={"account": "names ACCOUNT.snowflakecomputing.com, Snowflake's own domain; url (guarded) replaces it"},
+    export="warehouses.snowflake:build", stream="streaming.sinks.table:build",
+    secrets=((), ("password", "private_key", "private_key_passphrase")), check_secrets=_snowflake,
+    form=(("account", "Account (myorg-myaccount)"), ("user", "User"), ("warehouse", "Warehouse"), ("role", "Role"),
+          ("table", "Table (DATABASE.SCHEMA.TABLE)"))))
 register(DestinationType(
     "nats", "NATS JetStream subject", "broker", NatsDestination, guarded=("url",),
     stream="streaming.sinks.nats:build", secrets=((), ("user", "password", "token"))))

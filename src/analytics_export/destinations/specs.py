@@ -278,6 +278,33 @@ class PostgresTableDestination(WarehouseTable):
         return check_server_url(value, ("postgresql", "postgres"), POSTGRES_OPTIONS)
 
 
+SNOWFLAKE_NAME = r"[A-Za-z_][A-Za-z0-9_$]{0,254}"
+
+
+class SnowflakeTableDestination(WarehouseTable):
+    """A Snowflake table, created and given new columns as needed: Parquet files staged, copied into a
+    load table, then the window replaced in one transaction."""
+
+    type: Literal["snowflake"] = "snowflake"
+    account: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$",
+                         description="account identifier, e.g. myorg-myaccount (its host is "
+                         "ACCOUNT.snowflakecomputing.com)")
+    user: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$", description="user name")
+    warehouse: str | None = Field(None, pattern=f"^{SNOWFLAKE_NAME}$", description="virtual warehouse; default the user's")
+    role: str | None = Field(None, pattern=f"^{SNOWFLAKE_NAME}$", description="role; default the user's")
+    table: str = Field(pattern=f"^{SNOWFLAKE_NAME}\\.{SNOWFLAKE_NAME}\\.{SNOWFLAKE_NAME}$",
+                       description="DATABASE.SCHEMA.TABLE (unquoted identifiers)")
+    url: str | None = Field(None, description="http(s)://host[:port] to reach instead of the account's host "
+                            "(private connectivity, an emulator)")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/?#@]+/?", value):
+            raise ValueError("url must be http(s)://host[:port]")
+        return value
+
+
 class ClickHouseTableDestination(WarehouseTable):
     """A ClickHouse MergeTree table, created and given new columns as needed; a window is deleted, then inserted."""
 

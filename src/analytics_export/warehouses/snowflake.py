@@ -1,0 +1,150 @@
+"""Snowflake tables (snowflake-connector-python): Parquet files PUT to a temporary stage, `COPY INTO` a
+load table by column name, then one transaction deletes the window and inserts the load.
+
+The batches are written to local Parquet files of at most FILE_ROWS rows, each PUT and removed as soon
+as it is closed, so memory and disk stay bounded whatever the export's size. The target is created on
+the first load: the table's own columns unquoted (so `EVENT`, `PROPERTIES:plan` work as Snowflake users
+write them), `properties` a VARIANT, timestamps TIMESTAMP_TZ, and each selected property a VARCHAR
+under its exact, quoted name; columns a later export selects are added. Nothing is visible before the
+COMMIT: a load that fails or is killed leaves the table as it was (a killed one may leave its load
+table, `<TABLE>__LOAD_<id>`, which is safe to drop).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import snowflake.connector
+from cryptography.hazmat.primitives import serialization
+from snowflake.connector.errors import Error as SnowflakeError
+
+from ..destinations import Placement
+from ..destinations.guard import check_host
+from ..destinations.specs import SnowflakeTableDestination
+from ..errors import Invalid, Storage
+from . import COLUMNS, LoadWindow, TableDestination
+
+FILE_ROWS = 1_000_000
+"""Rows per staged Parquet file: Snowflake loads files of 100-250 MB compressed fastest."""
+TYPES = {"properties": "VARIANT", "timestamp": "TIMESTAMP_TZ", "inserted_at": "TIMESTAMP_TZ"}
+
+
+def column(name: str) -> str:
+    """A column as the table names it: the table's own unquoted (upper case), a property quoted exactly."""
+    return name.upper() if name in COLUMNS else '"' + name.replace('"', '""') + '"'
+
+
+def staged_files(batches: pa.RecordBatchReader, folder: Path) -> Iterator[Path]:
+    """`batches` as snappy Parquet files in `folder` of at most FILE_ROWS rows, each yielded once closed."""
+    writer, rows, path = None, 0, None
+    for batch in batches:
+        if writer is None:
+            path = folder / f"part-{uuid.uuid4().hex}.parquet"
+            writer = pq.ParquetWriter(path, batches.schema, compression="snappy")
+        writer.write_batch(batch)
+        rows += batch.num_rows
+        if rows >= FILE_ROWS:
+            writer.close()
+            yield path  # type: ignore[misc]
+            writer, rows = None, 0
+    if writer is not None:
+        writer.close()
+        yield path  # type: ignore[misc]
+
+
+class SnowflakeTable(TableDestination):
+    kind = "snowflake"
+
+    def __init__(self, placement: Placement) -> None:
+        spec: SnowflakeTableDestination = placement.spec  # type: ignore[assignment]
+        super().__init__(spec.table)
+        self.spec = spec
+        secrets = placement.secrets
+        if not (secrets.get("password") or secrets.get("private_key")):
+            raise Invalid("a snowflake table needs a connection (POST /api/connections, type snowflake) holding "
+                          "password or private_key")
+        target = urlsplit(spec.url) if spec.url else None
+        host = target.hostname if target else f"{spec.account}.snowflakecomputing.com"
+        check_host(host or "", placement.settings.destination_allow)
+        self.options: dict = {"account": spec.account, "user": spec.user, "host": host, "login_timeout": 30,
+                              "network_timeout": 300, "client_session_keep_alive": False,
+                              "session_parameters": {"QUERY_TAG": "analytics-export"}}
+        if target is not None:
+            self.options.update(protocol=target.scheme, port=target.port or (443 if target.scheme == "https" else 80))
+        self.options.update({k: v for k, v in (("warehouse", spec.warehouse), ("role", spec.role)) if v})
+        if secrets.get("private_key"):
+            self.options["private_key"] = private_key(secrets["private_key"], secrets.get("private_key_passphrase"))
+        else:
+            self.options["password"] = secrets["password"]
+        self.database, self.schema, self.table = spec.table.split(".")
+        self.options.update(database=self.database, schema=self.schema)
+
+    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+        folded = [n.upper() for n in batches.schema.names]
+        twins = sorted({n for n in folded if folded.count(n) > 1})
+        if twins:  # COPY INTO matches names case-insensitively, and unquoted names are upper case
+            raise Invalid(f"{self} would get two columns named {twins[0]} in any case: select properties whose "
+                          "names differ from each other, and from the table's own columns, in more than case")
+        target = f"{self.database}.{self.schema}.{self.table}"
+        suffix = uuid.uuid4().hex[:12].upper()
+        load, stage = f"{target}__LOAD_{suffix}", f"ANALYTICS_EXPORT_{suffix}"  # the stage: in the session's schema
+        columns = [(column(f.name), TYPES.get(f.name, "VARCHAR")) for f in batches.schema]
+        try:
+            with snowflake.connector.connect(**self.options) as conn, conn.cursor() as cur:
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {target} "
+                            f"({', '.join(f'{name} {kind}' for name, kind in columns)})")
+                cur.execute("SELECT column_name FROM information_schema.columns WHERE table_catalog = %s "
+                            "AND table_schema = %s AND table_name = %s",
+                            (self.database.upper(), self.schema.upper(), self.table.upper()))
+                present = {row[0] for row in cur.fetchall()}
+                for field, (name, kind) in zip(batches.schema, columns):
+                    if column(field.name).strip('"').replace('""', '"') not in present:
+                        cur.execute(f"ALTER TABLE {target} ADD COLUMN {name} {kind}")
+                cur.execute(f"CREATE TEMPORARY STAGE {stage}")
+                loaded = ", ".join(f"{name} {'VARCHAR' if kind == 'VARIANT' else kind}" for name, kind in columns)
+                cur.execute(f"CREATE TRANSIENT TABLE {load} ({loaded})")
+                try:
+                    self.stage(cur, batches, stage)
+                    cur.execute(f"COPY INTO {load} FROM @{stage} FILE_FORMAT = (TYPE = PARQUET) "
+                                "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE")
+                    time = column(window.column)
+                    among = f" AND UUID IN (SELECT UUID FROM {load})" if window.loaded_only else ""
+                    listed = ", ".join(name for name, _ in columns)
+                    values = ", ".join(f"PARSE_JSON({name})" if kind == "VARIANT" else name for name, kind in columns)
+                    cur.execute("BEGIN")
+                    cur.execute(f"DELETE FROM {target} WHERE {time} >= %s AND {time} < %s{among}",
+                                (window.start, window.end))
+                    cur.execute(f"INSERT INTO {target} ({listed}) SELECT {values} FROM {load}")
+                    cur.execute("COMMIT")
+                finally:  # the stage is temporary: it goes with the session
+                    cur.execute(f"DROP TABLE IF EXISTS {load}")
+        except SnowflakeError as exc:
+            raise Storage(f"loading {self} failed: {str(exc.msg or exc).strip().splitlines()[0]}") from None
+
+    @staticmethod
+    def stage(cur, batches: pa.RecordBatchReader, stage: str) -> None:
+        """PUT `batches` to `stage` as bounded Parquet files, each removed here once uploaded."""
+        with tempfile.TemporaryDirectory(prefix="analytics-export-snowflake-") as folder:
+            for path in staged_files(batches, Path(folder)):
+                cur.execute(f"PUT 'file://{path}' @{stage} AUTO_COMPRESS = FALSE PARALLEL = 4")
+                path.unlink()
+
+
+def private_key(pem: str, passphrase: str | None) -> bytes:
+    """The DER bytes the connector takes for key-pair authentication, from the user's PEM key."""
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), passphrase.encode() if passphrase else None)
+    except (ValueError, TypeError) as exc:
+        raise Invalid(f"the connection's private_key is not a PEM private key this passphrase opens: {exc}") from None
+    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def build(placement: Placement) -> SnowflakeTable:
+    return SnowflakeTable(placement)
