@@ -158,6 +158,52 @@ class SnowflakeServer(_Subprocess):
         return f"{database}.{schema}"
 
 
+BQEMULATOR = ["bqemulator==1.3.0", "--with", "numpy"]
+"""BigQuery's emulator (1.3.0 is the last for Python 3.11) as an isolated uv tool: its pins are its own."""
+
+
+def tool_python(spec: list[str]) -> str:
+    """The Python of the uv tool `spec[0]` names, installed when missing."""
+    name = spec[0].split("==")[0].split("[")[0]
+    folder = Path(subprocess.run(["uv", "tool", "dir"], capture_output=True, text=True, check=True).stdout.strip())
+    python = folder / name / "bin" / "python"
+    if not python.exists():
+        subprocess.run(["uv", "tool", "install", "--quiet", "--python", "3.11", *spec], check=True)
+    return str(python)
+
+
+class BigQueryServer(_Subprocess):
+    """bqemulator's REST API (tests/tools/bqemulator_start.py), every dataset in memory."""
+
+    probe_path = "/bigquery/v2/projects/analytics-export/datasets"
+    project = "analytics-export"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [tool_python(BQEMULATOR), str(ROOT / "tests/tools/bqemulator_start.py"), "start", "--rest-host", HOST,
+                "--rest-port", str(self.port), "--grpc-host", HOST, "--grpc-port", "0", "--project", self.project,
+                "--log-level", "warning"]
+
+    def client(self) -> Any:
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import bigquery
+
+        return bigquery.Client(project=self.project, credentials=AnonymousCredentials(),
+                               client_options=ClientOptions(api_endpoint=self.endpoint))
+
+    def make_dataset(self, name: str) -> str:
+        client = self.client()
+        try:
+            client.create_dataset(name)
+        finally:
+            client.close()
+        return name
+
+
 class S3Server(_Managed):
     """moto's S3 in this process (its state is global: `mock_aws` in the same process shares it)."""
 
@@ -419,4 +465,10 @@ class HookServer(http.server.ThreadingHTTPServer):
 @pytest.fixture(scope="session")
 def snowflake_server() -> Iterator[SnowflakeServer]:
     with SnowflakeServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def bigquery_server() -> Iterator[BigQueryServer]:
+    with BigQueryServer() as server:
         yield server

@@ -131,6 +131,8 @@ def read_table(settings: Settings, spec: dict, storage_options: dict | None = No
             ch.close()
     if spec["type"] == "snowflake":
         return snowflake_rows(spec)
+    if spec["type"] == "bigquery":
+        return bigquery_rows(spec)
     uri = spec["uri"] if spec["uri"].startswith("s3://") else str(tables_dir(settings) / spec["uri"])
     return DeltaTable(uri, storage_options=storage_options).to_pyarrow_table().to_pylist()
 
@@ -148,3 +150,22 @@ def snowflake_rows(spec: dict) -> list[dict]:
         cur.execute(f"SELECT * FROM {spec['table']}")
         names = [d.name.lower() if d.name.lower() in COLUMNS else d.name for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def bigquery_rows(spec: dict) -> list[dict]:
+    """A BigQuery table's rows (through BIGQUERY_EMULATOR_HOST), each column under the property name it holds."""
+    import os
+
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    client = bigquery.Client(project=spec["project"], credentials=AnonymousCredentials(),
+                             client_options=ClientOptions(api_endpoint=os.environ["BIGQUERY_EMULATOR_HOST"]))
+    try:
+        table = client.get_table(f"{spec['project']}.{spec['table']}")
+        names = {f.name: f.description or f.name for f in table.schema}
+        rows = client.query(f"SELECT * FROM `{spec['project']}.{spec['table']}`").result()
+        return [{names.get(k, k): v for k, v in row.items()} for row in rows]
+    finally:
+        client.close()

@@ -1,4 +1,5 @@
-"""Warehouse tables (PostgreSQL, ClickHouse through chDB, Delta Lake, Snowflake through fakesnow): a load equals the source's
+"""Warehouse tables (PostgreSQL, ClickHouse through chDB, Delta Lake, Snowflake through fakesnow, BigQuery
+through bqemulator): a load equals the source's
 rows, a rerun of a window leaves exactly one copy, a failed load leaves the previous window, new
 properties become new columns, and the worker and a daily schedule keep a table current."""
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from pydantic import ValidationError
-from servers import SnowflakeServer
+from servers import BigQueryServer, SnowflakeServer
 from support import FailingSource, drain, read_table, run_queue, tables_dir
 from support import Sim as ScheduleSim
 
@@ -34,12 +35,13 @@ from analytics_export.sources import IDS, EventQuery
 from analytics_export.store.jobs import JobStore
 from analytics_export.streaming.sinks import Delivery, sink_for
 from analytics_export.streaming.spec import StreamSpec
+from analytics_export.warehouses.bigquery import column_names
 
 UTC = timezone.utc
 W1 = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 8, tzinfo=UTC))
 W2 = (datetime(2026, 10, 8, tzinfo=UTC), datetime(2026, 10, 15, tzinfo=UTC))
 KINDS = [pytest.param("postgres", marks=pytest.mark.server), "clickhouse", "delta",
-         pytest.param("snowflake", marks=pytest.mark.server)]
+         pytest.param("snowflake", marks=pytest.mark.server), pytest.param("bigquery", marks=pytest.mark.server)]
 SECRETS = {"snowflake": {"password": SnowflakeServer.password}}
 """A connection's secrets by table type (the others need none here)."""
 SELECTED = ["plan", "price", "$device_type", "utm.source x"]  # the last one: a column, no event has it
@@ -68,6 +70,11 @@ def table(request: pytest.FixtureRequest) -> dict:
         schema = server.make_schema("ANALYTICS", f"T{uuid.uuid4().hex[:12]}")
         return {"type": "snowflake", "account": server.account, "user": server.user, "table": f"{schema}.EVENTS",
                 "url": server.url, "connection": "warehouse"}
+    if request.param == "bigquery":
+        server: BigQueryServer = request.getfixturevalue("bigquery_server")
+        request.getfixturevalue("monkeypatch").setenv("BIGQUERY_EMULATOR_HOST", server.endpoint)
+        dataset = server.make_dataset(f"t{uuid.uuid4().hex[:12]}")
+        return {"type": "bigquery", "project": server.project, "table": f"{dataset}.events"}
     return {"type": "delta", "uri": "lake/events"}
 
 
@@ -98,8 +105,8 @@ def table_rows(settings: Settings, spec: dict, properties: list[str] | None = No
         if properties is None:
             props = row["properties"]
             shown = json.dumps(json.loads(props) if isinstance(props, str) else props, sort_keys=True)
-        else:
-            shown = tuple(row[p] for p in properties)
+        else:  # BigQuery names a column `_browser` for `$browser`, and says so in its description
+            shown = tuple(row[p] if p in row else row[column_names([p])[0]] for p in properties)
         out[(str(row["uuid"]), row["event"], row["distinct_id"], aware(row["timestamp"]), aware(row["inserted_at"]),
              shown)] += 1
     return out
@@ -322,6 +329,9 @@ def test_table_destinations_validate():
         {"type": "snowflake", "account": "acme/x", "user": "u", "table": "db.s.t"},
         {"type": "snowflake", "account": "acme", "user": "u", "table": "db.s.t", "url": "http://h/path"},
         {"type": "snowflake", "account": "acme", "user": "u", "table": "db.s.t", "password": "inline"},
+        {"type": "bigquery", "project": "Bad_Project", "table": "ds.events"},
+        {"type": "bigquery", "project": "analytics-prod", "table": "events"},  # not DATASET.TABLE
+        {"type": "bigquery", "project": "analytics-prod", "table": "ds.events`; DROP"},
     ]
     for destination in bad:
         with pytest.raises(ValidationError):
@@ -355,6 +365,27 @@ def test_snowflake_needs_a_connection_and_takes_a_key_pair(settings: Settings, s
     finally:
         store.close()
     assert table_rows(settings, table) == source_rows(settings, [W1])
+
+
+def test_bigquery_table_is_partitioned_by_day_and_needs_credentials(settings: Settings, bigquery_server: BigQueryServer,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    table = {"type": "bigquery", "project": bigquery_server.project,
+             "table": f"{bigquery_server.make_dataset(f'p{uuid.uuid4().hex[:12]}')}.events"}
+    request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=table)
+    with pytest.raises(Invalid, match="needs a connection"):
+        destination_for(Placement.for_export(request, settings.project, settings, {}))
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bigquery_server.endpoint)
+    load(settings, table, W1)
+    client = bigquery_server.client()
+    try:
+        made = client.get_table(f"{table['project']}.{table['table']}")
+        assert (made.time_partitioning.type_, made.time_partitioning.field) == ("DAY", "timestamp")
+        assert made.clustering_fields == ["event"]
+        assert {f.name: f.field_type for f in made.schema}["properties"] == "JSON"
+        assert [t.table_id for t in client.list_tables(table["table"].split(".")[0])] == ["events"], \
+            "the load table is gone"
+    finally:
+        client.close()
 
 
 def test_delta_on_s3_needs_credentials(settings: Settings):

@@ -123,12 +123,12 @@ class Settings(BaseSettings):
 
     def check_credentials(self, destination: object) -> None:
         """Raise Invalid unless `destination` names a connection or may use the server's credentials
-        (the GCS emulator needs none)."""
+        (the GCS and BigQuery emulators need none)."""
         kind = getattr(destination, "type", None)
         lends = kind in registry.REGISTRY and registry.REGISTRY[kind].server_credentials
         if not lends or getattr(destination, "connection", None) or self.server_credentials:
             return
-        if kind == "gcs" and os.environ.get("STORAGE_EMULATOR_HOST"):
+        if os.environ.get({"gcs": "STORAGE_EMULATOR_HOST", "bigquery": "BIGQUERY_EMULATOR_HOST"}.get(kind, "")):
             return
         raise Invalid(f"a {kind} destination needs a connection (POST /api/connections): this server does "
                          "not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")

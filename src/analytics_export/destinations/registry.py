@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from .specs import (
     AzureDestination,
+    BigQueryTableDestination,
     ClickHouseTableDestination,
     DeltaTableDestination,
     DownloadDestination,
@@ -205,6 +206,11 @@ register(DestinationType(
     secrets=((), ("password", "private_key", "private_key_passphrase")), check_secrets=_snowflake,
     form=(("account", "Account (myorg-myaccount)"), ("user", "User"), ("warehouse", "Warehouse"), ("role", "Role"),
           ("table", "Table (DATABASE.SCHEMA.TABLE)"))))
+register(DestinationType(
+    "bigquery", "BigQuery table", "table", BigQueryTableDestination, guarded=(),
+    export="warehouses.bigquery:build", stream="streaming.sinks.table:build",
+    secrets=(("service_account_json",), ()), check_secrets=_gcs, server_credentials=True,
+    form=(("project", "Project"), ("table", "Table (DATASET.TABLE)"), ("location", "Location"))))
 register(DestinationType(
     "nats", "NATS JetStream subject", "broker", NatsDestination, guarded=("url",),
     stream="streaming.sinks.nats:build", secrets=((), ("user", "password", "token"))))

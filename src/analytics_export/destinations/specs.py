@@ -305,6 +305,17 @@ class SnowflakeTableDestination(WarehouseTable):
         return value
 
 
+class BigQueryTableDestination(WarehouseTable):
+    """A BigQuery table, created (partitioned by day of `timestamp`, clustered by `event`) and given new
+    columns as needed: Parquet load jobs into a load table, then one transaction replaces the window."""
+
+    type: Literal["bigquery"] = "bigquery"
+    project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", description="Google Cloud project id")
+    table: str = Field(pattern=r"^[A-Za-z0-9_]{1,1024}\.[A-Za-z0-9_]{1,1024}$", description="DATASET.TABLE")
+    location: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$", description="the dataset's location, "
+                                 "e.g. US or europe-west1; default: found from the dataset")
+
+
 class ClickHouseTableDestination(WarehouseTable):
     """A ClickHouse MergeTree table, created and given new columns as needed; a window is deleted, then inserted."""
 

@@ -1,7 +1,7 @@
 """Snowflake tables (snowflake-connector-python): Parquet files PUT to a temporary stage, `COPY INTO` a
 load table by column name, then one transaction deletes the window and inserts the load.
 
-The batches are written to local Parquet files of at most FILE_ROWS rows, each PUT and removed as soon
+The batches are written to local Parquet files (`staged_files`), each PUT and removed as soon
 as it is closed, so memory and disk stay bounded whatever the export's size. The target is created on
 the first load: the table's own columns unquoted (so `EVENT`, `PROPERTIES:plan` work as Snowflake users
 write them), `properties` a VARIANT, timestamps TIMESTAMP_TZ, and each selected property a VARCHAR
@@ -15,11 +15,9 @@ from __future__ import annotations
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import snowflake.connector
 from cryptography.hazmat.primitives import serialization
 from snowflake.connector.errors import Error as SnowflakeError
@@ -28,34 +26,14 @@ from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import SnowflakeTableDestination
 from ..errors import Invalid, Storage
-from . import COLUMNS, LoadWindow, TableDestination
+from . import COLUMNS, LoadWindow, TableDestination, staged_files
 
-FILE_ROWS = 1_000_000
-"""Rows per staged Parquet file: Snowflake loads files of 100-250 MB compressed fastest."""
 TYPES = {"properties": "VARIANT", "timestamp": "TIMESTAMP_TZ", "inserted_at": "TIMESTAMP_TZ"}
 
 
 def column(name: str) -> str:
     """A column as the table names it: the table's own unquoted (upper case), a property quoted exactly."""
     return name.upper() if name in COLUMNS else '"' + name.replace('"', '""') + '"'
-
-
-def staged_files(batches: pa.RecordBatchReader, folder: Path) -> Iterator[Path]:
-    """`batches` as snappy Parquet files in `folder` of at most FILE_ROWS rows, each yielded once closed."""
-    writer, rows, path = None, 0, None
-    for batch in batches:
-        if writer is None:
-            path = folder / f"part-{uuid.uuid4().hex}.parquet"
-            writer = pq.ParquetWriter(path, batches.schema, compression="snappy")
-        writer.write_batch(batch)
-        rows += batch.num_rows
-        if rows >= FILE_ROWS:
-            writer.close()
-            yield path  # type: ignore[misc]
-            writer, rows = None, 0
-    if writer is not None:
-        writer.close()
-        yield path  # type: ignore[misc]
 
 
 class SnowflakeTable(TableDestination):

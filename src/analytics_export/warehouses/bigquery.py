@@ -1,0 +1,173 @@
+"""BigQuery tables (google-cloud-bigquery): Parquet load jobs into a load table, then one multi-statement
+transaction deletes the window and inserts the load.
+
+The batches are written to local Parquet files (`staged_files`), each loaded (a load job from
+the file) and removed as soon as it is closed, so memory and disk stay bounded. The target is created
+on the first load, partitioned by day of `timestamp` and clustered by `event`: `properties` is JSON,
+timestamps TIMESTAMP, the rest STRING; a selected property whose name BigQuery does not take (`$browser`,
+`utm.source x`) gets a column name made of its letters, digits and `_` (`_browser`, `utm_source_x`) with
+the original in the column's description. Columns a later export selects are added. Nothing is visible
+before the COMMIT: a load that fails or is killed leaves the table as it was; its load table expires
+within a day by itself. Honours BIGQUERY_EMULATOR_HOST (an emulator, reached without credentials).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+from google.api_core import exceptions as api
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.auth.exceptions import GoogleAuthError
+from google.cloud import bigquery
+from google.oauth2 import service_account
+
+from ..destinations import Placement, redact
+from ..destinations.guard import check_host
+from ..destinations.specs import BigQueryTableDestination
+from ..errors import Invalid, Rejected, Storage
+from . import LoadWindow, TableDestination, staged_files
+
+EMULATOR = "BIGQUERY_EMULATOR_HOST"
+TYPES = {"properties": "JSON", "timestamp": "TIMESTAMP", "inserted_at": "TIMESTAMP"}
+LOAD_TABLE_HOURS = 24
+"""A load table expires by itself this long after it was made, should its load be killed."""
+
+
+def column_names(names: list[str]) -> list[str]:
+    """BigQuery column names for `names`: letters, digits and `_`, not starting with a digit, unique
+    regardless of case (`$browser` -> `_browser`)."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9_]", "_", name)[:290]
+        base = base if base and not base[0].isdigit() else f"_{base}"
+        candidate, n = base, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{base}_{n}"
+        taken.add(candidate.lower())
+        out.append(candidate)
+    return out
+
+
+def micros(value: datetime) -> str:
+    """A window bound as SQL: `TIMESTAMP_MICROS(n)`, digits only (BigQuery scripts take no query parameters
+    in every runtime we test against, and an integer cannot carry anything but itself)."""
+    return f"TIMESTAMP_MICROS({int(value.timestamp() * 1_000_000)})"
+
+
+class BigQueryTable(TableDestination):
+    kind = "bigquery"
+
+    def __init__(self, placement: Placement) -> None:
+        spec: BigQueryTableDestination = placement.spec  # type: ignore[assignment]
+        super().__init__(spec.table)
+        self.spec, self.secrets = spec, placement.secrets
+        self.dataset, self.table = spec.table.split(".")
+        self.client = self.guard(lambda: client(spec, placement))
+
+    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+        names = column_names(batches.schema.names)
+        fields = [bigquery.SchemaField(name, TYPES.get(original, "STRING"),
+                                       description=original if name != original else None)
+                  for name, original in zip(names, batches.schema.names)]
+        target = f"{self.spec.project}.{self.dataset}.{self.table}"
+        load = f"{target}__load_{uuid.uuid4().hex[:12]}"
+        batches = pa.RecordBatchReader.from_batches(
+            pa.schema([pa.field(n, f.type) for n, f in zip(names, batches.schema)]),
+            (pa.RecordBatch.from_arrays(b.columns, names=names) for b in batches))
+        self.guard(lambda: self.prepare(target, fields))
+        staging = bigquery.Table(load, schema=[f if f.field_type != "JSON" else bigquery.SchemaField(f.name, "STRING")
+                                               for f in fields])
+        staging.expires = datetime.now(timezone.utc) + timedelta(hours=LOAD_TABLE_HOURS)
+        self.guard(lambda: self.client.create_table(staging))
+        try:
+            with tempfile.TemporaryDirectory(prefix="analytics-export-bigquery-") as folder:
+                for path in staged_files(batches, Path(folder)):
+                    self.guard(lambda: self.append(path, load))
+                    path.unlink()
+            time = f"`{names[batches.schema.names.index(window.column)]}`"
+            among = f" AND uuid IN (SELECT uuid FROM `{load}`)" if window.loaded_only else ""
+            listed = ", ".join(f"`{f.name}`" for f in fields)
+            values = ", ".join(f"PARSE_JSON(`{f.name}`)" if f.field_type == "JSON" else f"`{f.name}`" for f in fields)
+            script = (f"BEGIN TRANSACTION;\n"
+                      f"DELETE FROM `{target}` WHERE {time} >= {micros(window.start)} AND {time} < "
+                      f"{micros(window.end)}{among};\n"
+                      f"INSERT INTO `{target}` ({listed}) SELECT {values} FROM `{load}`;\n"
+                      "COMMIT TRANSACTION;")
+            self.guard(lambda: self.client.query(script, location=self.spec.location).result())
+        finally:
+            self.guard(lambda: self.client.delete_table(load, not_found_ok=True))
+
+    def prepare(self, target: str, fields: list[bigquery.SchemaField]) -> None:
+        """The target created from `fields` when missing, or given those it lacks."""
+        try:
+            table = self.client.get_table(target)
+        except api.NotFound:
+            table = bigquery.Table(target, schema=fields)
+            table.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY,
+                                                                field="timestamp")
+            table.clustering_fields = ["event"]
+            self.client.create_table(table)
+            return
+        present = {f.name.lower() for f in table.schema}
+        for field in fields:
+            if field.name.lower() not in present:  # DDL, not a schema patch: bqemulator applies only DDL
+                described = f" OPTIONS(description={json.dumps(field.description)})" if field.description else ""
+                self.client.query(f"ALTER TABLE `{target}` ADD COLUMN IF NOT EXISTS `{field.name}` "
+                                  f"{field.field_type}{described}").result()
+
+    def append(self, path: Path, load: str) -> None:
+        config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET,
+                                        write_disposition=bigquery.WriteDisposition.WRITE_APPEND)
+        with open(path, "rb") as file:
+            self.client.load_table_from_file(file, load, job_config=config, location=self.spec.location).result()
+
+    def guard(self, call):
+        """Run a client call; a refusal becomes Rejected (fix something), any other failure Storage."""
+        try:
+            return call()
+        except (api.Forbidden, api.Unauthorized) as exc:
+            raise Rejected(f"{self} refused the load ({exc.code}): check the connection's service account and "
+                           "its roles (BigQuery Data Editor on the dataset, Job User on the project)") from None
+        except GoogleAuthError:
+            raise Rejected(f"{self}: the service account's token request was refused; check the connection's "
+                           "service_account_json") from None
+        except api.GoogleAPIError as exc:
+            reason = redact(str(exc).strip().splitlines()[0], self.secrets)
+            raise Storage(f"loading {self} failed: {reason}") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def client(spec: BigQueryTableDestination, placement: Placement) -> bigquery.Client:
+    """A client with the connection's service account, an emulator's (no credentials), or the server's own."""
+    if placement.secrets.get("service_account_json"):
+        info = json.loads(placement.secrets["service_account_json"])
+        if info.get("token_uri"):  # the credentials POST a signed JWT there: no private addresses
+            check_host(urlsplit(info["token_uri"]).hostname or "", placement.settings.destination_allow)
+        credentials = service_account.Credentials.from_service_account_info(info)
+        return bigquery.Client(project=spec.project, credentials=credentials, location=spec.location)
+    if os.environ.get(EMULATOR):
+        endpoint = os.environ[EMULATOR]
+        endpoint = endpoint if "://" in endpoint else f"http://{endpoint}"
+        return bigquery.Client(project=spec.project, credentials=AnonymousCredentials(), location=spec.location,
+                               client_options=ClientOptions(api_endpoint=endpoint))
+    if not placement.settings.server_credentials:
+        raise Invalid("a bigquery table needs a connection (POST /api/connections, type bigquery): this server "
+                      "does not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
+    return bigquery.Client(project=spec.project, location=spec.location)  # the server's own credentials
+
+
+def build(placement: Placement) -> BigQueryTable:
+    return BigQueryTable(placement)
