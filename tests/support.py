@@ -133,6 +133,8 @@ def read_table(settings: Settings, spec: dict, storage_options: dict | None = No
         return snowflake_rows(spec)
     if spec["type"] == "bigquery":
         return bigquery_rows(spec)
+    if spec["type"] == "iceberg":
+        return iceberg_rows(settings, spec, storage_options)
     uri = spec["uri"] if spec["uri"].startswith("s3://") else str(tables_dir(settings) / spec["uri"])
     return DeltaTable(uri, storage_options=storage_options).to_pyarrow_table().to_pylist()
 
@@ -169,3 +171,16 @@ def bigquery_rows(spec: dict) -> list[dict]:
         return [{names.get(k, k): v for k, v in row.items()} for row in rows]
     finally:
         client.close()
+
+
+def iceberg_rows(settings: Settings, spec: dict, properties: dict | None = None) -> list[dict]:
+    """An Iceberg table's rows, read by pyiceberg through its catalog (SQLite in the warehouse folder unless
+    the spec names one; `properties` are the file IO's settings, S3 keys for an s3:// warehouse)."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from analytics_export.warehouses.iceberg import CATALOG_FILE, CATALOG_NAME
+
+    folder = tables_dir(settings) / spec["warehouse"]
+    uri = spec.get("catalog_url") or f"sqlite:///{folder / CATALOG_FILE}"
+    catalog = SqlCatalog(CATALOG_NAME, uri=uri.replace("postgresql://", "postgresql+psycopg://"), **(properties or {}))
+    return catalog.load_table(spec["table"]).scan().to_arrow().to_pylist()

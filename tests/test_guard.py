@@ -151,6 +151,7 @@ PRIVATE_HOST_OF = {
     "postgres": {"type": "postgres", "url": "postgresql://u@10.0.0.1:5432/db", "table": "t"},
     "clickhouse": {"type": "clickhouse", "url": "clickhouse://u@10.0.0.1:8123/db", "table": "t"},
     "delta": {"type": "delta", "uri": "s3://bkt/t", "endpoint_url": "http://10.0.0.1:9000"},
+    "iceberg": {"type": "iceberg", "table": "n.t", "warehouse": "lake", "catalog_url": "https://10.0.0.1/catalog"},
     "snowflake": {"type": "snowflake", "account": "acme", "user": "u", "table": "d.s.t", "url": "http://10.0.0.1:8080"},
     "nats": {"type": "nats", "url": "nats://10.0.0.1:4222", "subject": "a.b"},
     "rabbitmq": {"type": "rabbitmq", "url": "amqp://10.0.0.1:5672/", "queue": "q"},

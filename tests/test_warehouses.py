@@ -1,5 +1,5 @@
-"""Warehouse tables (PostgreSQL, ClickHouse through chDB, Delta Lake, Snowflake through fakesnow, BigQuery
-through bqemulator): a load equals the source's
+"""Warehouse tables (PostgreSQL, ClickHouse through chDB, Delta Lake, Iceberg, Snowflake through fakesnow,
+BigQuery through bqemulator): a load equals the source's
 rows, a rerun of a window leaves exactly one copy, a failed load leaves the previous window, new
 properties become new columns, and the worker and a daily schedule keep a table current."""
 
@@ -40,7 +40,7 @@ from analytics_export.warehouses.bigquery import column_names
 UTC = timezone.utc
 W1 = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 8, tzinfo=UTC))
 W2 = (datetime(2026, 10, 8, tzinfo=UTC), datetime(2026, 10, 15, tzinfo=UTC))
-KINDS = [pytest.param("postgres", marks=pytest.mark.server), "clickhouse", "delta",
+KINDS = [pytest.param("postgres", marks=pytest.mark.server), "clickhouse", "delta", "iceberg",
          pytest.param("snowflake", marks=pytest.mark.server), pytest.param("bigquery", marks=pytest.mark.server)]
 SECRETS = {"snowflake": {"password": SnowflakeServer.password}}
 """A connection's secrets by table type (the others need none here)."""
@@ -70,6 +70,8 @@ def table(request: pytest.FixtureRequest) -> dict:
         schema = server.make_schema("ANALYTICS", f"T{uuid.uuid4().hex[:12]}")
         return {"type": "snowflake", "account": server.account, "user": server.user, "table": f"{schema}.EVENTS",
                 "url": server.url, "connection": "warehouse"}
+    if request.param == "iceberg":
+        return {"type": "iceberg", "table": "analytics.events", "warehouse": "lake"}
     if request.param == "bigquery":
         server: BigQueryServer = request.getfixturevalue("bigquery_server")
         request.getfixturevalue("monkeypatch").setenv("BIGQUERY_EMULATOR_HOST", server.endpoint)
@@ -329,6 +331,12 @@ def test_table_destinations_validate():
         {"type": "snowflake", "account": "acme/x", "user": "u", "table": "db.s.t"},
         {"type": "snowflake", "account": "acme", "user": "u", "table": "db.s.t", "url": "http://h/path"},
         {"type": "snowflake", "account": "acme", "user": "u", "table": "db.s.t", "password": "inline"},
+        {"type": "iceberg", "table": "raw.events", "warehouse": "s3://lake/w"},  # no catalog_url
+        {"type": "iceberg", "table": "raw.events", "warehouse": "../lake"},
+        {"type": "iceberg", "table": "events", "warehouse": "lake"},  # not NAMESPACE.TABLE
+        {"type": "iceberg", "table": "raw.events", "warehouse": "lake", "endpoint_url": "http://h:9000"},
+        {"type": "iceberg", "table": "raw.events", "warehouse": "lake", "catalog_url": "postgresql://u:pw@h/db"},
+        {"type": "iceberg", "table": "raw.events", "warehouse": "lake", "catalog_url": "file:///etc/x"},
         {"type": "bigquery", "project": "Bad_Project", "table": "ds.events"},
         {"type": "bigquery", "project": "analytics-prod", "table": "events"},  # not DATASET.TABLE
         {"type": "bigquery", "project": "analytics-prod", "table": "ds.events`; DROP"},
@@ -386,6 +394,43 @@ def test_bigquery_table_is_partitioned_by_day_and_needs_credentials(settings: Se
             "the load table is gone"
     finally:
         client.close()
+
+
+def test_iceberg_on_s3_with_a_postgres_catalog_through_the_worker(settings: Settings, s3_server, pg_url: str):
+    """Data files on S3 (moto), the catalog in PostgreSQL, keys and the catalog's password from a
+    connection; the table is partitioned by day and its data files hold every row, read by pyarrow alone."""
+    import pyarrow.fs
+    import pyarrow.parquet as pq
+
+    bucket = s3_server.make_bucket("iceberg-worker")
+    jobs = JobStore.for_data_dir(settings.data_dir / "jobs")
+    jobs.migrate()
+    keys = {"access_key_id": s3_server.access_key, "secret_access_key": s3_server.secret_key}
+    jobs.create_connection("default", "lake", "iceberg", sorted(keys), Sealer(settings.signing_key()).seal(keys))
+    catalog_url = pg_url.replace("postgresql+psycopg://", "postgresql://")  # trust auth: no catalog_password
+    spec = {"type": "iceberg", "table": "raw.events", "warehouse": f"s3://{bucket}/warehouse",
+            "catalog_url": catalog_url, "endpoint_url": s3_server.endpoint, "connection": "lake"}
+    for _ in range(2):  # two exports of one window
+        request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=spec, properties=SELECTED)
+        jobs.create("default", request, 100)
+        run_queue(settings, jobs)
+        job = jobs.get("default", request.id)
+        assert job.status is ExportStatus.COMPLETED, job.error
+    io = {"s3.endpoint": s3_server.endpoint, "s3.access-key-id": s3_server.access_key,
+          "s3.secret-access-key": s3_server.secret_key, "s3.region": "us-east-1"}
+    assert table_rows(settings, spec, SELECTED, io) == source_rows(settings, [W1], SELECTED)
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from analytics_export.warehouses.iceberg import CATALOG_NAME
+
+    table = SqlCatalog(CATALOG_NAME, uri=pg_url, **io).load_table("raw.events")
+    assert [(f.name, str(f.transform)) for f in table.spec().fields] == [("timestamp_day", "day")]
+    s3 = pyarrow.fs.S3FileSystem(access_key=s3_server.access_key, secret_key=s3_server.secret_key,
+                                 endpoint_override=s3_server.endpoint, region="us-east-1")
+    files = [task.file.file_path.removeprefix("s3://") for task in table.scan().plan_files()]
+    assert len({f.split("/timestamp_day=")[1].split("/")[0] for f in files}) == 7, "one partition a day"
+    assert sum(pq.ParquetFile(s3.open_input_file(f)).metadata.num_rows for f in files) == sum(
+        source_rows(settings, [W1]).values())
 
 
 def test_delta_on_s3_needs_credentials(settings: Settings):

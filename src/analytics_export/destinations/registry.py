@@ -24,6 +24,7 @@ from .specs import (
     DeltaTableDestination,
     DownloadDestination,
     GCSDestination,
+    IcebergTableDestination,
     NatsDestination,
     PostgresTableDestination,
     RabbitMQDestination,
@@ -206,6 +207,14 @@ register(DestinationType(
     secrets=((), ("password", "private_key", "private_key_passphrase")), check_secrets=_snowflake,
     form=(("account", "Account (myorg-myaccount)"), ("user", "User"), ("warehouse", "Warehouse"), ("role", "Role"),
           ("table", "Table (DATABASE.SCHEMA.TABLE)"))))
+register(DestinationType(
+    "iceberg", "Apache Iceberg table", "table", IcebergTableDestination, guarded=("catalog_url", "endpoint_url"),
+    unguarded={"warehouse": "an s3:// warehouse goes to AWS unless endpoint_url (guarded) says otherwise; a name is "
+                            "a folder under the server's data dir"},
+    export="warehouses.iceberg:build", stream="streaming.sinks.table:build",
+    secrets=((), ("access_key_id", "secret_access_key", "session_token", "catalog_password", "catalog_token")),
+    form=(("table", "Table (NAMESPACE.TABLE)"), ("warehouse", "Warehouse (s3://bucket/path or a name)"),
+          ("catalog_url", "Catalog URL (default: SQLite next to the data)"))))
 register(DestinationType(
     "bigquery", "BigQuery table", "table", BigQueryTableDestination, guarded=(),
     export="warehouses.bigquery:build", stream="streaming.sinks.table:build",

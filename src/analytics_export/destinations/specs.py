@@ -305,6 +305,41 @@ class SnowflakeTableDestination(WarehouseTable):
         return value
 
 
+class IcebergTableDestination(WarehouseTable):
+    """An Apache Iceberg table (partitioned by day of `timestamp`); a window is replaced in one commit."""
+
+    type: Literal["iceberg"] = "iceberg"
+    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,99}\.[A-Za-z_][A-Za-z0-9_]{0,99}$",
+                       description="NAMESPACE.TABLE")
+    warehouse: str = Field(description="where data files go: s3://bucket/path, or NAME: a folder in "
+                           "DATA_DIR/tables/PROJECT/NAME, which also holds the default catalog")
+    catalog_url: str | None = Field(None, description="postgresql://user@host/db (a SQL catalog; the password "
+                                    "in a connection's catalog_password) or http(s)://... (a REST catalog; a "
+                                    "token in catalog_token); default: SQLite in the warehouse folder")
+    region: str | None = Field(None, pattern=r"^[a-z0-9-]{1,32}$", description="S3 region; default us-east-1")
+    endpoint_url: str | None = Field(None, description="any S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+
+    @model_validator(mode="after")
+    def _where(self) -> IcebergTableDestination:
+        s3 = re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?", self.warehouse)
+        if not s3 and not LOCAL_TABLE.fullmatch(self.warehouse):
+            raise ValueError("warehouse must be s3://bucket/path or a relative path (letters, digits, `_ . -`, "
+                             "no `..`)")
+        if s3 and not self.catalog_url:
+            raise ValueError("an s3:// warehouse needs a catalog_url: the default catalog is a file on this machine")
+        if not s3 and (self.region or self.endpoint_url):
+            raise ValueError("region and endpoint_url apply to s3:// warehouses only")
+        if self.endpoint_url and not re.fullmatch(r"https?://[^\s/?#@]+/?", self.endpoint_url):
+            raise ValueError("endpoint_url must be http(s)://host[:port]")
+        if self.catalog_url:
+            parts = urlsplit(self.catalog_url)
+            if parts.scheme not in ("postgresql", "postgres", "http", "https") or not parts.hostname:
+                raise ValueError("catalog_url must be postgresql://user@host[:port]/database or http(s)://host/...")
+            if parts.password is not None:
+                raise ValueError("put the catalog's password in a connection (catalog_password), not in the url")
+        return self
+
+
 class BigQueryTableDestination(WarehouseTable):
     """A BigQuery table, created (partitioned by day of `timestamp`, clustered by `event`) and given new
     columns as needed: Parquet load jobs into a load table, then one transaction replaces the window."""

@@ -1,0 +1,163 @@
+"""Apache Iceberg tables (pyiceberg): a window is replaced by one transaction, a delete of the window and
+appends of the export's data files, committed as one change of the table's metadata.
+
+The catalog is a SQL catalog: SQLite in the table's folder under the data dir by default, or
+PostgreSQL (`catalog_url`), or an Iceberg REST catalog (`catalog_url` http(s)://...). Data goes to the
+data dir or to any S3-compatible store (`warehouse` s3://...; keys from a connection). New tables are
+partitioned by day of `timestamp`. The batches are appended in chunks of CHUNK_ROWS rows, each written
+as data files at once, so memory holds one chunk; the files become part of the table only with the
+commit, and a load that fails or is killed commits nothing (its files are orphans, removed by the
+catalog's orphan-file maintenance). A stream's batch (`loaded_only`) deletes the rows of its own uuids
+within its window, so a batch sent again replaces its earlier copy. Columns a later export selects are
+added (`union_by_name`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.rest import RestCatalog
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan
+from pyiceberg.transforms import DayTransform
+
+from ..destinations import Placement, redact
+from ..destinations.guard import check_host
+from ..destinations.specs import IcebergTableDestination
+from ..errors import Invalid, Storage
+from . import LoadWindow, TableDestination, local_path
+
+CHUNK_ROWS = 500_000
+"""Rows appended at once: each append writes its data files before the next chunk is read."""
+CATALOG_FILE = "iceberg_catalog.db"
+CATALOG_NAME = "analytics-export"
+"""The SQL catalog's name: its rows are keyed by it, so every reader of the catalog must use it."""
+
+
+def chunks(batches: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """`batches` gathered into tables of about `rows` rows."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        held.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(held, batches.schema)
+            held, count = [], 0
+    if held:
+        yield pa.Table.from_batches(held, batches.schema)
+
+
+class IcebergTable(TableDestination):
+    kind = "iceberg"
+
+    def __init__(self, placement: Placement) -> None:
+        spec: IcebergTableDestination = placement.spec  # type: ignore[assignment]
+        super().__init__(spec.table)
+        self.spec, self.secrets = spec, placement.secrets
+        self.identifier = tuple(spec.table.split("."))
+        s3 = spec.warehouse.startswith("s3://")
+        folder = None if s3 else local_path(placement, spec.warehouse)
+        properties: dict[str, str] = {"warehouse": spec.warehouse if s3 else folder.as_uri()}  # type: ignore[union-attr]
+        if s3:
+            properties.update(s3_properties(spec, placement))
+        for url in filter(None, (spec.catalog_url, spec.endpoint_url)):
+            check_host(urlsplit(url).hostname or "", placement.settings.destination_allow)
+        self.catalog = self.guard(lambda: catalog(spec, folder, properties, placement.secrets))
+
+    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+        time = window.column
+        condition = And(GreaterThanOrEqual(time, window.start.isoformat()), LessThan(time, window.end.isoformat()))
+        table = self.guard(lambda: self.table(batches.schema))
+        if window.loaded_only:  # a stream's batch: small, and its uuids are the window
+            loaded = batches.read_all()
+            condition = And(condition, In("uuid", set(loaded.column("uuid").to_pylist())))
+            parts: Iterator[pa.Table] = iter([loaded])
+        else:
+            parts = chunks(batches, CHUNK_ROWS)
+
+        def commit() -> None:
+            with table.transaction() as tx:
+                with tx.update_schema() as update:
+                    update.union_by_name(batches.schema)
+                with warnings.catch_warnings():  # a window's first load deletes nothing, as it should
+                    warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                    tx.delete(condition)
+                for part in parts:
+                    tx.append(part)
+
+        self.guard(commit)
+
+    def table(self, schema: pa.Schema):
+        """The table, created (partitioned by day of `timestamp`) on the first load."""
+        try:
+            return self.catalog.load_table(self.identifier)
+        except NoSuchTableError:
+            pass
+        self.catalog.create_namespace_if_not_exists(self.identifier[:-1])
+        try:
+            with self.catalog.create_table_transaction(self.identifier, schema=schema) as tx:
+                with tx.update_spec() as update:
+                    update.add_field("timestamp", DayTransform(), "timestamp_day")
+        except TableAlreadyExistsError:  # another load made it first
+            pass
+        return self.catalog.load_table(self.identifier)
+
+    def guard(self, call):
+        """Run a pyiceberg call; its failures become Storage, secrets taken out."""
+        try:
+            return call()
+        except (Invalid, Storage):
+            raise
+        except Exception as exc:  # pyiceberg, pyarrow's file systems and the catalog's driver raise their own
+            reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                            self.secrets)
+            raise Storage(f"loading {self} failed: {reason}") from None
+
+
+def s3_properties(spec: IcebergTableDestination, placement: Placement) -> dict[str, str]:
+    """pyiceberg's S3 file IO settings: the connection's keys, or the server's own where it lends them."""
+    secrets = placement.secrets
+    if not secrets and not placement.settings.server_credentials:
+        raise Invalid("an s3:// iceberg warehouse needs a connection (POST /api/connections, type iceberg): this "
+                      "server does not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
+    out = {"s3.region": spec.region or "us-east-1"}
+    if secrets.get("access_key_id"):
+        out.update({"s3.access-key-id": secrets["access_key_id"], "s3.secret-access-key": secrets["secret_access_key"]})
+    if secrets.get("session_token"):
+        out["s3.session-token"] = secrets["session_token"]
+    if spec.endpoint_url:
+        out["s3.endpoint"] = spec.endpoint_url
+    return out
+
+
+def catalog(spec: IcebergTableDestination, folder: Path | None, properties: dict[str, str],
+            secrets: dict[str, str]) -> Catalog:
+    """The table's catalog: REST, PostgreSQL, or SQLite in the table's folder (the default)."""
+    url = spec.catalog_url
+    if url and url.startswith(("http://", "https://")):
+        if secrets.get("catalog_token"):
+            properties = {**properties, "token": secrets["catalog_token"]}
+        return RestCatalog(CATALOG_NAME, uri=url, **properties)
+    if url:
+        parts = urlsplit(url)
+        if secrets.get("catalog_password"):
+            url = parts._replace(netloc=f"{parts.username}:{secrets['catalog_password']}@{parts.hostname}"
+                                        f"{f':{parts.port}' if parts.port else ''}").geturl()
+        url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    else:
+        if folder is None:
+            raise Invalid("an s3:// iceberg warehouse needs a catalog_url: the catalog cannot live in the bucket")
+        folder.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{folder / CATALOG_FILE}"
+    return SqlCatalog(CATALOG_NAME, uri=url, **properties)
+
+
+def build(placement: Placement) -> IcebergTable:
+    return IcebergTable(placement)
