@@ -35,7 +35,8 @@ from support import read_table
 from analytics_export import Settings
 
 HOST = "127.0.0.1"
-ENV = {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]', "ANALYTICS_EXPORT_STREAM_SETTLE_SECONDS": "0.2"}
+ENV = {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]', "ANALYTICS_EXPORT_STREAM_SETTLE_SECONDS": "0.2",
+       "ANALYTICS_EXPORT_STREAMS_PER_WORKER": "12"}  # the crash run's ten streams on one worker
 MAX_BATCH = 100
 MIN_INGESTED = 2_000  # the kill run goes on ingesting until at least this many events were stored
 BATCH_SECONDS = 0.3
@@ -43,7 +44,11 @@ KILLS = int(os.environ.get("STREAM_TEST_KILLS", 2))  # each costs a 30 s lease b
 SEED = int(os.environ.get("STREAM_TEST_SEED", random.randrange(1 << 30)))
 TABLES = {"postgres": {"type": "postgres", "url": "set by crash_run", "table": "public.streamed"},
           "clickhouse": {"type": "clickhouse", "url": "chdb:streamed", "table": "events"},
-          "delta": {"type": "delta", "uri": "lake/streamed"}}
+          "delta": {"type": "delta", "uri": "lake/streamed"},
+          "iceberg": {"type": "iceberg", "table": "raw.streamed", "warehouse": "iceberg"},
+          "snowflake": {"type": "snowflake", "account": "set by crash_run", "user": "loader",
+                        "table": "set by crash_run", "connection": "snowflake"},
+          "bigquery": {"type": "bigquery", "project": "set by crash_run", "table": "set by crash_run"}}
 HEX64 = re.compile(r"[0-9a-f]{64}")
 BUSY: Counter = Counter()
 """503s (Retry-After) answered to GET /api/streams/{id} and POST /api/events, by cause: retried."""
@@ -535,9 +540,10 @@ def bucket_records(s3, bucket: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module) -> Iterator[CrashRun]:
-    """One service, seven streams (webhook, NATS, RabbitMQ, S3, and PostgreSQL, ClickHouse (chDB) and
-    Delta Lake tables) of the same events; events ingested
+def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module, snowflake_server,
+              bigquery_server) -> Iterator[CrashRun]:
+    """One service, ten streams (webhook, NATS, RabbitMQ, S3, and PostgreSQL, ClickHouse (chDB), Delta Lake,
+    Iceberg, Snowflake (fakesnow) and BigQuery (bqemulator) tables) of the same events; events ingested
     all along, the whole service SIGKILLed KILLS times at random moments while the streams deliver,
     started again on the same data dir each time; then everything delivered is collected."""
     rng = random.Random(SEED)
@@ -547,7 +553,10 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module
     receiver, jet, queue = Receiver(ack_delay=0.2), Jet(nats_url), Queue(rabbitmq_url)  # a slow ack: kills
     # land between the webhook taking a batch and the stream's checkpoint of it
     bucket = s3_server.make_bucket(f"streams-{uuid.uuid4().hex[:12]}")
-    service = KillableService(data, 1)
+    emulators = {"BIGQUERY_EMULATOR_HOST": bigquery_server.endpoint}
+    patched = pytest.MonkeyPatch()
+    patched.setenv("BIGQUERY_EMULATOR_HOST", bigquery_server.endpoint)  # reading the table back, here
+    service = KillableService(data, 1, emulators)
     current = {"url": service.url}
     ingester = Ingester(lambda: current["url"], key, size=50, interval=0.25)
     try:
@@ -555,6 +564,13 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module
             r = c.post("/api/connections", json={"name": "s3", "type": "s3", "secrets": {
                 "access_key_id": s3_server.access_key, "secret_access_key": s3_server.secret_key}})
             assert r.status_code == 201, r.text
+            r = c.post("/api/connections", json={"name": "snowflake", "type": "snowflake", "secrets": {
+                "password": snowflake_server.password}})
+            assert r.status_code == 201, r.text
+            snowflake = {"account": snowflake_server.account, "url": snowflake_server.url,
+                         "table": f"{snowflake_server.make_schema('STREAMS', f'S{uuid.uuid4().hex[:12]}')}.EVENTS"}
+            bigquery = {"project": bigquery_server.project,
+                        "table": f"{bigquery_server.make_dataset(f's{uuid.uuid4().hex[:12]}')}.events"}
             destinations = {
                 "webhook": {"type": "webhook", "url": receiver.url()},
                 "nats": {"type": "nats", "url": nats_url, "subject": jet.subject, "stream": jet.stream},
@@ -562,6 +578,7 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module
                 "s3": {"type": "s3", "bucket": bucket, "endpoint_url": s3_server.endpoint, "region": "us-east-1",
                        "connection": "s3", "prefix": "streamed"},
                 **TABLES, "postgres": {**TABLES["postgres"], "url": pg_url_module.replace("+psycopg", "")},
+                "snowflake": {**TABLES["snowflake"], **snowflake}, "bigquery": {**TABLES["bigquery"], **bigquery},
             }
             ids = {name: create_stream(c, d, name=name)["stream"]["id"] for name, d in destinations.items()}
         ingester.start()
@@ -588,7 +605,7 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module
             service.kill()
             ingester.interval = 0.5  # slower until a worker of the next service takes the streams over
             log.append(f"{time.monotonic() - started:5.1f}s: SIGKILLed (ingested so far: {len(ingester.sent)})")
-            service = KillableService(data, 1)
+            service = KillableService(data, 1, emulators)
             current["url"] = service.url
         wait_until(lambda: len(ingester.sent) >= MIN_INGESTED, 180, f"{MIN_INGESTED} events ingested", every=0.5)
         time.sleep(1)
@@ -614,6 +631,7 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module
         receiver.close()
         jet.delete()
         queue.delete()
+        patched.undo()
         print("\n".join(log))
 
 

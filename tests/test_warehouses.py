@@ -17,14 +17,14 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from pydantic import ValidationError
-from servers import BigQueryServer, SnowflakeServer
+from servers import BigQueryServer, SnowflakeServer, free_port
 from support import FailingSource, drain, read_table, run_queue, tables_dir
 from support import Sim as ScheduleSim
 
 from analytics_export import Settings, open_store
 from analytics_export.connections import Sealer
 from analytics_export.destinations import Placement, destination_for, registry
-from analytics_export.errors import Cancelled, Invalid, Storage
+from analytics_export.errors import Cancelled, Invalid, Rejected, Storage
 from analytics_export.enums import ExportStatus
 from analytics_export.models import ExportConfig, ExportRequest, ExportResult, RetentionPolicy, ScheduledExport
 from analytics_export.pipeline import run_export
@@ -431,6 +431,44 @@ def test_iceberg_on_s3_with_a_postgres_catalog_through_the_worker(settings: Sett
     assert len({f.split("/timestamp_day=")[1].split("/")[0] for f in files}) == 7, "one partition a day"
     assert sum(pq.ParquetFile(s3.open_input_file(f)).metadata.num_rows for f in files) == sum(
         source_rows(settings, [W1]).values())
+
+
+@pytest.mark.parametrize("kind", [pytest.param("snowflake", marks=pytest.mark.server),
+                                  pytest.param("bigquery", marks=pytest.mark.server)])
+def test_cloud_warehouse_errors_say_what_failed_and_only_transient_ones_are_retried(
+        settings: Settings, kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A table whose `properties` column someone made a number refuses the load: Rejected, which the
+    worker does not retry, without the event's values; an endpoint that does not answer is Storage,
+    retried. Each names the table and the reason. (fakesnow creates missing databases and answers a
+    failed INSERT with a 500, and bqemulator a missing dataset with a 500: those refusals of the real
+    services cannot be shown here.)"""
+    settings = settings.model_copy(update={"export": ExportConfig(upload_retries=1, upload_backoff_seconds=0.01)})
+    closed = f"http://127.0.0.1:{free_port()}"
+    if kind == "snowflake":
+        server: Any = request.getfixturevalue("snowflake_server")
+        table = f"{server.make_schema('BROKEN', f'B{uuid.uuid4().hex[:12]}')}.EVENTS"
+        with server.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE {table} (EVENT VARCHAR, DISTINCT_ID VARCHAR, TIMESTAMP TIMESTAMP_TZ, "
+                        "PROPERTIES NUMBER, UUID VARCHAR, INSERTED_AT TIMESTAMP_TZ)")
+        broken = {"type": "snowflake", "account": server.account, "user": server.user, "url": server.url,
+                  "table": table}
+        down = {**broken, "url": closed}
+    else:
+        server = request.getfixturevalue("bigquery_server")
+        monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", server.endpoint)
+        dataset = server.make_dataset(f"b{uuid.uuid4().hex[:12]}")
+        client = server.client()
+        client.query(f"CREATE TABLE `{server.project}.{dataset}.events` (event STRING, distinct_id STRING, "
+                     "`timestamp` TIMESTAMP, properties INT64, uuid STRING, inserted_at TIMESTAMP)").result()
+        client.close()
+        broken = down = {"type": "bigquery", "project": server.project, "table": f"{dataset}.events"}
+    if kind == "bigquery":  # fakesnow answers such a failed INSERT with an HTTP 500, which the connector retries
+        with pytest.raises(Rejected, match=f"(?i){kind} table .*(propert|convert|cast|type)") as refused:
+            load(settings, broken, W1)
+        assert "Safari" not in str(refused.value), "no event's values in the error"
+        monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", closed)
+    with pytest.raises(Storage, match=f"(?i){kind} table .*(connect|refused)"):
+        load(settings, down, W1)
 
 
 def test_delta_on_s3_needs_credentials(settings: Settings):

@@ -12,6 +12,7 @@ stream appends each batch with the batch's own uuids as its window (streaming/si
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,6 +71,13 @@ class TableDestination(Destination):
 
     def __str__(self) -> str:
         return f"{self.kind} table {self.name}"
+
+
+def without_values(message: str) -> str:
+    """A table engine's error, first line only, without the event values it may quote (a JSON object, a
+    long quoted string): events stay out of errors and logs."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return re.sub(r"'[^']{16,}'|\"[^\"]{16,}\"", "'...'", re.sub(r"\{.*", "{...}", line))
 
 
 FILE_ROWS = 1_000_000

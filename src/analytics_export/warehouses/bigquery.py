@@ -23,18 +23,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+import requests
 from google.api_core import exceptions as api
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import bigquery
+from google.cloud.bigquery.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
 from ..destinations import Placement, redact
 from ..destinations.guard import check_host
 from ..destinations.specs import BigQueryTableDestination
 from ..errors import Invalid, Rejected, Storage
-from . import LoadWindow, TableDestination, staged_files
+from . import LoadWindow, TableDestination, staged_files, without_values
 
 EMULATOR = "BIGQUERY_EMULATOR_HOST"
 TYPES = {"properties": "JSON", "timestamp": "TIMESTAMP", "inserted_at": "TIMESTAMP"}
@@ -74,6 +76,11 @@ class BigQueryTable(TableDestination):
         self.spec, self.secrets = spec, placement.secrets
         self.dataset, self.table = spec.table.split(".")
         self.client = self.guard(lambda: client(spec, placement))
+        config = placement.settings.export  # google's retries are bounded by time: about upload_retries waits
+        backoff = max(config.upload_backoff_seconds, 0.01)
+        self.retries = config.upload_retries
+        self.retry = DEFAULT_RETRY.with_delay(initial=backoff, multiplier=2, maximum=30).with_deadline(
+            backoff * 2 ** (config.upload_retries + 1) + 5)
 
     def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         names = column_names(batches.schema.names)
@@ -89,7 +96,7 @@ class BigQueryTable(TableDestination):
         staging = bigquery.Table(load, schema=[f if f.field_type != "JSON" else bigquery.SchemaField(f.name, "STRING")
                                                for f in fields])
         staging.expires = datetime.now(timezone.utc) + timedelta(hours=LOAD_TABLE_HOURS)
-        self.guard(lambda: self.client.create_table(staging))
+        self.guard(lambda: self.client.create_table(staging, retry=self.retry))
         try:
             with tempfile.TemporaryDirectory(prefix="analytics-export-bigquery-") as folder:
                 for path in staged_files(batches, Path(folder)):
@@ -104,33 +111,35 @@ class BigQueryTable(TableDestination):
                       f"{micros(window.end)}{among};\n"
                       f"INSERT INTO `{target}` ({listed}) SELECT {values} FROM `{load}`;\n"
                       "COMMIT TRANSACTION;")
-            self.guard(lambda: self.client.query(script, location=self.spec.location).result())
+            self.guard(lambda: self.client.query(script, location=self.spec.location, retry=self.retry).result(
+                retry=self.retry))
         finally:
-            self.guard(lambda: self.client.delete_table(load, not_found_ok=True))
+            self.guard(lambda: self.client.delete_table(load, not_found_ok=True, retry=self.retry))
 
     def prepare(self, target: str, fields: list[bigquery.SchemaField]) -> None:
         """The target created from `fields` when missing, or given those it lacks."""
         try:
-            table = self.client.get_table(target)
+            table = self.client.get_table(target, retry=self.retry)
         except api.NotFound:
             table = bigquery.Table(target, schema=fields)
             table.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY,
                                                                 field="timestamp")
             table.clustering_fields = ["event"]
-            self.client.create_table(table)
+            self.client.create_table(table, retry=self.retry)
             return
         present = {f.name.lower() for f in table.schema}
         for field in fields:
             if field.name.lower() not in present:  # DDL, not a schema patch: bqemulator applies only DDL
                 described = f" OPTIONS(description={json.dumps(field.description)})" if field.description else ""
                 self.client.query(f"ALTER TABLE `{target}` ADD COLUMN IF NOT EXISTS `{field.name}` "
-                                  f"{field.field_type}{described}").result()
+                                  f"{field.field_type}{described}", retry=self.retry).result(retry=self.retry)
 
     def append(self, path: Path, load: str) -> None:
         config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET,
                                         write_disposition=bigquery.WriteDisposition.WRITE_APPEND)
         with open(path, "rb") as file:
-            self.client.load_table_from_file(file, load, job_config=config, location=self.spec.location).result()
+            self.client.load_table_from_file(file, load, job_config=config, location=self.spec.location,
+                                             num_retries=self.retries).result(retry=self.retry)
 
     def guard(self, call):
         """Run a client call; a refusal becomes Rejected (fix something), any other failure Storage."""
@@ -139,12 +148,15 @@ class BigQueryTable(TableDestination):
         except (api.Forbidden, api.Unauthorized) as exc:
             raise Rejected(f"{self} refused the load ({exc.code}): check the connection's service account and "
                            "its roles (BigQuery Data Editor on the dataset, Job User on the project)") from None
+        except api.NotFound as exc:
+            raise Rejected(f"{self}: {exc.message} (create the dataset, or fix project, table or location)") from None
+        except api.BadRequest as exc:  # another attempt fails alike
+            raise Rejected(f"{self} refused the load: {redact(without_values(exc.message), self.secrets)}") from None
         except GoogleAuthError:
             raise Rejected(f"{self}: the service account's token request was refused; check the connection's "
                            "service_account_json") from None
-        except api.GoogleAPIError as exc:
-            reason = redact(str(exc).strip().splitlines()[0], self.secrets)
-            raise Storage(f"loading {self} failed: {reason}") from None
+        except (api.GoogleAPIError, requests.RequestException) as exc:  # 5xx, timeouts, no connection
+            raise Storage(f"loading {self} failed: {redact(without_values(str(exc)), self.secrets)}") from None
 
     def close(self) -> None:
         self.client.close()

@@ -31,7 +31,7 @@ from ..destinations import Placement, redact
 from ..destinations.guard import check_host
 from ..destinations.specs import IcebergTableDestination
 from ..errors import Invalid, Storage
-from . import LoadWindow, TableDestination, local_path
+from . import LoadWindow, TableDestination, local_path, without_values
 
 CHUNK_ROWS = 500_000
 """Rows appended at once: each append writes its data files before the next chunk is read."""
@@ -116,8 +116,7 @@ class IcebergTable(TableDestination):
         except (Invalid, Storage):
             raise
         except Exception as exc:  # pyiceberg, pyarrow's file systems and the catalog's driver raise their own
-            reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                            self.secrets)
+            reason = redact(without_values(str(exc)) or type(exc).__name__, self.secrets)
             raise Storage(f"loading {self} failed: {reason}") from None
 
 

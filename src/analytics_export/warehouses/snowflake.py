@@ -21,13 +21,17 @@ import pyarrow as pa
 import snowflake.connector
 from cryptography.hazmat.primitives import serialization
 from snowflake.connector.errors import Error as SnowflakeError
+from snowflake.connector.errors import ProgrammingError
 
 from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import SnowflakeTableDestination
-from ..errors import Invalid, Storage
-from . import COLUMNS, LoadWindow, TableDestination, staged_files
+from ..errors import Invalid, Rejected, Storage
+from . import COLUMNS, LoadWindow, TableDestination, staged_files, without_values
 
+REFUSED_LOGIN = {390100, 390101, 390102, 390144, 394304}
+"""Snowflake's codes for a login it refuses (wrong password, locked or disabled user, a JWT that does not
+match the user's key): permanent, like every ProgrammingError (no such object, no privilege, bad SQL)."""
 TYPES = {"properties": "VARIANT", "timestamp": "TIMESTAMP_TZ", "inserted_at": "TIMESTAMP_TZ"}
 
 
@@ -103,7 +107,10 @@ class SnowflakeTable(TableDestination):
                 finally:  # the stage is temporary: it goes with the session
                     cur.execute(f"DROP TABLE IF EXISTS {load}")
         except SnowflakeError as exc:
-            raise Storage(f"loading {self} failed: {str(exc.msg or exc).strip().splitlines()[0]}") from None
+            reason = without_values(str(exc.msg or exc))
+            if isinstance(exc, ProgrammingError) or exc.errno in REFUSED_LOGIN:  # another attempt fails alike
+                raise Rejected(f"{self} refused the load: {reason}") from None
+            raise Storage(f"loading {self} failed: {reason}") from None
 
     @staticmethod
     def stage(cur, batches: pa.RecordBatchReader, stage: str) -> None:
