@@ -396,6 +396,29 @@ def test_bigquery_table_is_partitioned_by_day_and_needs_credentials(settings: Se
         client.close()
 
 
+def test_iceberg_data_files_of_the_snapshot_read_whole_by_duckdb(settings: Settings):
+    """DuckDB (without its iceberg extension, a download) reads the Parquet files the current snapshot
+    lists: every event of both windows once, and none of the first load's files after a rerun."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from analytics_export.warehouses.iceberg import CATALOG_FILE, CATALOG_NAME
+
+    spec = {"type": "iceberg", "table": "raw.events", "warehouse": "lake"}
+    for window in (W1, W2, W1):
+        load(settings, spec, window)
+    folder = tables_dir(settings) / "lake"
+    table = SqlCatalog(CATALOG_NAME, uri=f"sqlite:///{folder / CATALOG_FILE}").load_table("raw.events")
+    files = [task.file.file_path.removeprefix("file://") for task in table.scan().plan_files()]
+    con = duckdb.connect()
+    try:
+        rows = con.execute("SELECT uuid, count(*) FROM read_parquet(?) GROUP BY uuid", [files]).fetchall()
+    finally:
+        con.close()
+    expected = source_rows(settings, [W1, W2])
+    assert len(rows) == sum(expected.values()) and {n for _, n in rows} == {1}
+    assert {u for u, _ in rows} == {key[0] for key in expected}
+
+
 def test_iceberg_on_s3_with_a_postgres_catalog_through_the_worker(settings: Settings, s3_server, pg_url: str):
     """Data files on S3 (moto), the catalog in PostgreSQL, keys and the catalog's password from a
     connection; the table is partitioned by day and its data files hold every row, read by pyarrow alone."""
