@@ -233,6 +233,16 @@ def test_worker_loads_a_long_export_whole_with_privacy(settings: Settings, table
     assert table_rows(settings, table) == expected
 
 
+def export_twice(settings: Settings, jobs: JobStore, spec: dict) -> None:
+    """Two exports of W1 with SELECTED into `spec`, each run by the worker to completion."""
+    for _ in range(2):
+        request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=spec, properties=SELECTED)
+        jobs.create("default", request, 100)
+        run_queue(settings, jobs)
+        job = jobs.get("default", request.id)
+        assert job.status is ExportStatus.COMPLETED, job.error
+
+
 def test_delta_on_s3_through_the_worker_with_a_connection(settings: Settings, s3_server):
     bucket = s3_server.make_bucket("lake-worker")
     jobs = JobStore.for_data_dir(settings.data_dir / "jobs")
@@ -240,12 +250,7 @@ def test_delta_on_s3_through_the_worker_with_a_connection(settings: Settings, s3
     keys = {"access_key_id": s3_server.access_key, "secret_access_key": s3_server.secret_key}
     jobs.create_connection("default", "lake", "delta", sorted(keys), Sealer(settings.signing_key()).seal(keys))
     spec = {"type": "delta", "uri": f"s3://{bucket}/events", "endpoint_url": s3_server.endpoint, "connection": "lake"}
-    for _ in range(2):  # two exports of one window
-        request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=spec, properties=SELECTED)
-        jobs.create("default", request, 100)
-        run_queue(settings, jobs)
-        job = jobs.get("default", request.id)
-        assert job.status is ExportStatus.COMPLETED, job.error
+    export_twice(settings, jobs, spec)
     options = {"aws_region": "us-east-1", "aws_endpoint_url": s3_server.endpoint, "aws_allow_http": "true",
                **{f"aws_{k}": v for k, v in keys.items()}}
     assert table_rows(settings, spec, SELECTED, options) == source_rows(settings, [W1], SELECTED)
@@ -433,12 +438,7 @@ def test_iceberg_on_s3_with_a_postgres_catalog_through_the_worker(settings: Sett
     catalog_url = pg_url.replace("postgresql+psycopg://", "postgresql://")  # trust auth: no catalog_password
     spec = {"type": "iceberg", "table": "raw.events", "warehouse": f"s3://{bucket}/warehouse",
             "catalog_url": catalog_url, "endpoint_url": s3_server.endpoint, "connection": "lake"}
-    for _ in range(2):  # two exports of one window
-        request = ExportRequest(start_date=W1[0], end_date=W1[1], destination=spec, properties=SELECTED)
-        jobs.create("default", request, 100)
-        run_queue(settings, jobs)
-        job = jobs.get("default", request.id)
-        assert job.status is ExportStatus.COMPLETED, job.error
+    export_twice(settings, jobs, spec)
     io = {"s3.endpoint": s3_server.endpoint, "s3.access-key-id": s3_server.access_key,
           "s3.secret-access-key": s3_server.secret_key, "s3.region": "us-east-1"}
     assert table_rows(settings, spec, SELECTED, io) == source_rows(settings, [W1], SELECTED)

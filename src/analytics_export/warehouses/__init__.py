@@ -80,6 +80,16 @@ def without_values(message: str) -> str:
     return re.sub(r"'[^']{16,}'|\"[^\"]{16,}\"", "'...'", re.sub(r"\{.*", "{...}", line))
 
 
+def s3_keys(placement: Placement, kind: str) -> dict[str, str]:
+    """The S3 keys of an s3:// table's connection (access_key_id, secret_access_key, session_token), or
+    none where the server lends its own credentials."""
+    secrets = placement.secrets
+    if not secrets and not placement.settings.server_credentials:
+        raise Invalid(f"an s3:// {kind} table needs a connection (POST /api/connections, type {kind}): this server "
+                      "does not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
+    return {k: secrets[k] for k in ("access_key_id", "secret_access_key", "session_token") if secrets.get(k)}
+
+
 FILE_ROWS = 1_000_000
 """Rows per staged Parquet file: warehouses load files of 100-250 MB compressed fastest."""
 

@@ -21,7 +21,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from ..destinations import Placement
 from ..destinations.specs import DeltaTableDestination
 from ..errors import Invalid, Storage
-from . import LoadWindow, TableDestination, local_path
+from . import LoadWindow, TableDestination, local_path, s3_keys
 
 DAY = "day"
 """The partition column of a `partition_by_day` table: the UTC date of the window's time column."""
@@ -33,14 +33,8 @@ def literal(value: datetime) -> str:
 
 def storage_options(spec: DeltaTableDestination, placement: Placement) -> dict[str, str]:
     """delta-rs's S3 options: the connection's keys, or none (the server's own) where it lends them."""
-    secrets = placement.secrets
-    if not secrets and not placement.settings.server_credentials:
-        raise Invalid("an s3:// delta table needs a connection (POST /api/connections, type delta): this server "
-                      "does not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
     options = {"aws_region": spec.region or "us-east-1"}
-    for name in ("access_key_id", "secret_access_key", "session_token"):
-        if secrets.get(name):
-            options[f"aws_{name}"] = secrets[name]
+    options.update({f"aws_{name}": value for name, value in s3_keys(placement, "delta").items()})
     if spec.endpoint_url:
         options["aws_endpoint_url"] = spec.endpoint_url
         options["aws_allow_http"] = str(spec.endpoint_url.startswith("http://")).lower()

@@ -31,9 +31,9 @@ from ..destinations import Placement, redact
 from ..destinations.guard import check_host
 from ..destinations.specs import IcebergTableDestination
 from ..errors import Invalid, Storage
-from . import LoadWindow, TableDestination, local_path, without_values
+from . import LoadWindow, TableDestination, local_path, s3_keys, without_values
 
-CHUNK_ROWS = 500_000
+CHUNK_ROWS = 100_000
 """Rows appended at once: each append writes its data files before the next chunk is read."""
 CATALOG_FILE = "iceberg_catalog.db"
 CATALOG_NAME = "analytics-export"
@@ -122,15 +122,8 @@ class IcebergTable(TableDestination):
 
 def s3_properties(spec: IcebergTableDestination, placement: Placement) -> dict[str, str]:
     """pyiceberg's S3 file IO settings: the connection's keys, or the server's own where it lends them."""
-    secrets = placement.secrets
-    if not secrets and not placement.settings.server_credentials:
-        raise Invalid("an s3:// iceberg warehouse needs a connection (POST /api/connections, type iceberg): this "
-                      "server does not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
     out = {"s3.region": spec.region or "us-east-1"}
-    if secrets.get("access_key_id"):
-        out.update({"s3.access-key-id": secrets["access_key_id"], "s3.secret-access-key": secrets["secret_access_key"]})
-    if secrets.get("session_token"):
-        out["s3.session-token"] = secrets["session_token"]
+    out.update({f"s3.{name.replace('_', '-')}": value for name, value in s3_keys(placement, "iceberg").items()})
     if spec.endpoint_url:
         out["s3.endpoint"] = spec.endpoint_url
     return out
