@@ -315,6 +315,32 @@ def test_a_stream_appends_and_a_batch_sent_again_replaces_only_its_own_copy(sett
     assert numbers == Counter([*range(0, 200), *range(1000, 1050)])
 
 
+def test_a_property_selected_mid_stream_becomes_a_column(settings: Settings, table: dict):
+    """A stream's selection grows (PATCHed to one more property): the next batch adds the column, and the
+    rows already there keep theirs, with no value in the new one."""
+    spec = StreamSpec(name="columns", destination=table)
+    sink = sink_for(spec, settings.project, settings, SECRETS.get(table["type"], {}))
+    stored = datetime(2026, 11, 3, 12, tzinfo=UTC)
+    names = selected(table)[:2]
+
+    def rows(numbers: range, properties: tuple[str, ...]) -> list[pa.RecordBatch]:
+        schema = EventQuery(project="p", start=stored, end=stored, properties=properties, property_columns=True,
+                            ids=IDS).schema
+        return [pa.RecordBatch.from_pylist([
+            {"event": "e", "distinct_id": "u", "timestamp": stored, **{p: f"{p}-{n}" for p in properties},
+             "uuid": str(uuid.UUID(int=n + 1)), "inserted_at": stored + timedelta(microseconds=n)}
+            for n in numbers], schema=schema)]
+
+    try:
+        sink.send(Delivery("a", b"", [], "", rows=rows(range(0, 10), (names[0],))))
+        sink.send(Delivery("b", b"", [], "", rows=rows(range(10, 20), tuple(names))))
+    finally:
+        sink.close()
+    got = {int(uuid.UUID(str(r["uuid"]))) - 1: (r[names[0]], r[names[1]] if names[1] in r else
+                                                 r[column_names([names[1]])[0]]) for r in read_table(settings, table)}
+    assert got == {n: (f"{names[0]}-{n}", f"{names[1]}-{n}" if n >= 10 else None) for n in range(20)}
+
+
 def test_table_destinations_validate():
     url = "postgresql://app@db.example.com/analytics?sslmode=require"
     ok = ExportRequest(start_date=W1[0], end_date=W1[1], destination={
