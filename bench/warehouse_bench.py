@@ -63,7 +63,7 @@ def destinations(kind: str, servers: dict) -> tuple[dict, dict]:
 def start_servers(kinds: list[str], stack) -> dict:
     """The servers the kinds need, stopped when `stack` closes."""
     import psycopg
-    from servers import BigQueryServer, SnowflakeServer
+    from servers import BigQueryServer, DiskGCSServer, SnowflakeServer
 
     servers: dict = {}
     if "postgres" in kinds:  # a throwaway database on the machine's PostgreSQL (scripts/postgres starts it)
@@ -76,7 +76,7 @@ def start_servers(kinds: list[str], stack) -> dict:
     if "snowflake" in kinds:
         servers["snowflake"] = stack.enter_context(SnowflakeServer())
     if "bigquery" in kinds:
-        servers["bigquery"] = stack.enter_context(BigQueryServer())
+        servers["bigquery"] = stack.enter_context(BigQueryServer(stack.enter_context(DiskGCSServer())))
         os.environ["BIGQUERY_EMULATOR_HOST"] = servers["bigquery"].endpoint
     return servers
 

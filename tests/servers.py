@@ -88,12 +88,17 @@ class _Subprocess(_Managed):
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str]:
+        """Variables the server starts with, beside this process's."""
+        return {}
+
     def start(self) -> None:
         for attempt in range(3):  # the free port may be taken between probing and binding
             self.port = free_port()
             with open(self.dir / "server.log", "ab") as log:
                 self._proc = subprocess.Popen(
-                    self.command(), cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                    self.command(), cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env={**os.environ, **self.environment()},
                 )
             try:
                 wait_http(self.port, self.probe_path, self._proc)
@@ -173,10 +178,18 @@ def tool_python(spec: list[str]) -> str:
 
 
 class BigQueryServer(_Subprocess):
-    """bqemulator's REST API (tests/tools/bqemulator_start.py), every dataset in memory."""
+    """bqemulator's REST API (tests/tools/bqemulator_start.py), every dataset in memory; its load jobs read
+    `gs://BUCKET/NAME` from `gcs.files/BUCKET/NAME`, where the GCS emulator `gcs` keeps its objects."""
 
     probe_path = "/bigquery/v2/projects/analytics-export/datasets"
     project = "analytics-export"
+
+    def __init__(self, gcs: DiskGCSServer) -> None:
+        super().__init__()
+        self.gcs = gcs
+
+    def environment(self) -> dict[str, str]:
+        return {"BQEMU_GCS_LOCAL_ROOT": str(self.gcs.files)}
 
     @property
     def endpoint(self) -> str:
@@ -321,6 +334,18 @@ class GCSServer(_Subprocess):
     def make_bucket(self, name: str) -> str:
         self.client().create_bucket(name)
         return name
+
+
+class DiskGCSServer(GCSServer):
+    """gcp-storage-emulator keeping objects as files, `files/BUCKET/NAME` (for bqemulator to read)."""
+
+    @property
+    def files(self) -> Path:
+        return self.dir / ".cloudstorage"
+
+    def command(self) -> list[str]:
+        return [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "-H", HOST, "--port",
+                str(self.port), "-q"]
 
 
 class SFTPServer(_Managed):
@@ -470,5 +495,5 @@ def snowflake_server() -> Iterator[SnowflakeServer]:
 
 @pytest.fixture(scope="session")
 def bigquery_server() -> Iterator[BigQueryServer]:
-    with BigQueryServer() as server:
+    with DiskGCSServer() as gcs, BigQueryServer(gcs) as server:
         yield server

@@ -482,6 +482,31 @@ def test_iceberg_on_s3_with_a_postgres_catalog_through_the_worker(settings: Sett
         source_rows(settings, [W1]).values())
 
 
+def test_bigquery_stages_large_loads_in_a_gcs_bucket(settings: Settings, bigquery_server: BigQueryServer,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    """With a staging bucket, each Parquet file goes to GCS and one load job reads them from gs://; the
+    staged objects are removed after."""
+    import analytics_export.warehouses as warehouses
+
+    monkeypatch.setattr(warehouses, "FILE_ROWS", 300)  # several files for one window
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bigquery_server.endpoint)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", bigquery_server.gcs.endpoint)
+    bucket = bigquery_server.gcs.make_bucket(f"stage-{uuid.uuid4().hex[:12]}")
+    table = {"type": "bigquery", "project": bigquery_server.project, "staging_bucket": bucket,
+             "table": f"{bigquery_server.make_dataset(f'g{uuid.uuid4().hex[:12]}')}.events"}
+    for _ in range(2):
+        load(settings, table, W1)
+    assert table_rows(settings, table) == source_rows(settings, [W1])
+    assert list(bigquery_server.gcs.client().list_blobs(bucket)) == [], "the staged files are removed"
+    client = bigquery_server.client()
+    try:
+        uris = [job.source_uris for job in client.list_jobs() if job.job_type == "load" and job.source_uris]
+    finally:
+        client.close()
+    assert len(uris) == 2 and all(len(u) > 1 and all(x.startswith(f"gs://{bucket}/") for x in u) for u in uris), \
+        "one load job a run, from several staged files"
+
+
 @pytest.mark.parametrize("kind", [pytest.param("snowflake", marks=pytest.mark.server),
                                   pytest.param("bigquery", marks=pytest.mark.server)])
 def test_cloud_warehouse_errors_say_what_failed_and_only_transient_ones_are_retried(

@@ -349,6 +349,10 @@ class BigQueryTableDestination(WarehouseTable):
     table: str = Field(pattern=r"^[A-Za-z0-9_]{1,1024}\.[A-Za-z0-9_]{1,1024}$", description="DATASET.TABLE")
     location: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$", description="the dataset's location, "
                                  "e.g. US or europe-west1; default: found from the dataset")
+    staging_bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$",
+                                       description="a GCS bucket (in the dataset's location) to stage large "
+                                       "loads in: one load job reads the files from gs://; default: a load "
+                                       "job per file from this machine")
 
 
 class ClickHouseTableDestination(WarehouseTable):

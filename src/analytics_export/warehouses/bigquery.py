@@ -1,14 +1,16 @@
 """BigQuery tables (google-cloud-bigquery): Parquet load jobs into a load table, then one multi-statement
 transaction deletes the window and inserts the load.
 
-The batches are written to local Parquet files (`staged_files`), each loaded (a load job from
-the file) and removed as soon as it is closed, so memory and disk stay bounded. The target is created
+The batches are written to local Parquet files (`staged_files`), each loaded (a load job from the file,
+or, with a staging bucket, uploaded to GCS for one load job from gs://) and removed as soon as it is
+closed, so memory and disk stay bounded. The target is created
 on the first load, partitioned by day of `timestamp` and clustered by `event`: `properties` is JSON,
 timestamps TIMESTAMP, the rest STRING; a selected property whose name BigQuery does not take (`$browser`,
 `utm.source x`) gets a column name made of its letters, digits and `_` (`_browser`, `utm_source_x`) with
 the original in the column's description. Columns a later export selects are added. Nothing is visible
 before the COMMIT: a load that fails or is killed leaves the table as it was; its load table expires
-within a day by itself. Honours BIGQUERY_EMULATOR_HOST (an emulator, reached without credentials).
+within a day by itself. Honours BIGQUERY_EMULATOR_HOST and STORAGE_EMULATOR_HOST (emulators, reached
+without credentials).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import pyarrow as pa
 import requests
 from google.api_core import exceptions as api
 from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
+from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.exceptions import GoogleAuthError
-from google.cloud import bigquery
+from google.cloud import bigquery, storage
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
@@ -75,7 +77,8 @@ class BigQueryTable(TableDestination):
         super().__init__(spec.table)
         self.spec, self.secrets = spec, placement.secrets
         self.dataset, self.table = spec.table.split(".")
-        self.client = self.guard(lambda: client(spec, placement))
+        self.credentials = self.guard(lambda: credentials(placement))
+        self.client = self.guard(lambda: client(spec, self.credentials))
         config = placement.settings.export  # google's retries are bounded by time: about upload_retries waits
         backoff = max(config.upload_backoff_seconds, 0.01)
         self.retries = config.upload_retries
@@ -98,10 +101,7 @@ class BigQueryTable(TableDestination):
         staging.expires = datetime.now(timezone.utc) + timedelta(hours=LOAD_TABLE_HOURS)
         self.guard(lambda: self.client.create_table(staging, retry=self.retry))
         try:
-            with tempfile.TemporaryDirectory(prefix="analytics-export-bigquery-") as folder:
-                for path in staged_files(batches, Path(folder)):
-                    self.guard(lambda: self.append(path, load))
-                    path.unlink()
+            self.stage(batches, load)
             time = f"`{names[batches.schema.names.index(window.column)]}`"
             among = f" AND uuid IN (SELECT uuid FROM `{load}`)" if window.loaded_only else ""
             listed = ", ".join(f"`{f.name}`" for f in fields)
@@ -134,12 +134,38 @@ class BigQueryTable(TableDestination):
                 self.client.query(f"ALTER TABLE `{target}` ADD COLUMN IF NOT EXISTS `{field.name}` "
                                   f"{field.field_type}{described}", retry=self.retry).result(retry=self.retry)
 
-    def append(self, path: Path, load: str) -> None:
+    def stage(self, batches: pa.RecordBatchReader, load: str) -> None:
+        """`batches` into the load table: as Parquet files of at most FILE_ROWS rows, each a load job from
+        this machine, or, with a staging bucket, each uploaded there and one load job from their gs://
+        URIs (BigQuery reads them in parallel), the objects removed after."""
         config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET,
                                         write_disposition=bigquery.WriteDisposition.WRITE_APPEND)
-        with open(path, "rb") as file:
-            self.client.load_table_from_file(file, load, job_config=config, location=self.spec.location,
-                                             num_retries=self.retries).result(retry=self.retry)
+        bucket = self.guard(lambda: storage_client(self.spec, self.credentials).bucket(self.spec.staging_bucket)
+                            ) if self.spec.staging_bucket else None
+        staged: list = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="analytics-export-bigquery-") as folder:
+                for path in staged_files(batches, Path(folder)):
+                    if bucket is None:
+                        with open(path, "rb") as file:
+                            self.guard(lambda: self.client.load_table_from_file(
+                                file, load, job_config=config, location=self.spec.location,
+                                num_retries=self.retries).result(retry=self.retry))
+                    else:
+                        staged.append(bucket.blob(f"analytics-export/{load.rsplit('.', 1)[1]}/{path.name}"))
+                        self.guard(lambda: staged[-1].upload_from_filename(str(path), retry=self.retry))
+                    path.unlink()
+            if staged:
+                uris = [f"gs://{bucket.name}/{blob.name}" for blob in staged]  # type: ignore[union-attr]
+                self.guard(lambda: self.client.load_table_from_uri(uris, load, job_config=config,
+                                                                   location=self.spec.location,
+                                                                   retry=self.retry).result(retry=self.retry))
+        finally:
+            for blob in staged:
+                try:
+                    blob.delete()
+                except Exception:  # best effort: a lifecycle rule on the bucket removes what is left
+                    pass
 
     def guard(self, call):
         """Run a client call; a refusal becomes Rejected (fix something), any other failure Storage."""
@@ -162,23 +188,35 @@ class BigQueryTable(TableDestination):
         self.client.close()
 
 
-def client(spec: BigQueryTableDestination, placement: Placement) -> bigquery.Client:
-    """A client with the connection's service account, an emulator's (no credentials), or the server's own."""
+def credentials(placement: Placement) -> Credentials | None:
+    """The connection's service account; None for an emulator (none needed) or the server's own."""
     if placement.secrets.get("service_account_json"):
         info = json.loads(placement.secrets["service_account_json"])
         if info.get("token_uri"):  # the credentials POST a signed JWT there: no private addresses
             check_host(urlsplit(info["token_uri"]).hostname or "", placement.settings.destination_allow)
-        credentials = service_account.Credentials.from_service_account_info(info)
-        return bigquery.Client(project=spec.project, credentials=credentials, location=spec.location)
-    if os.environ.get(EMULATOR):
+        return service_account.Credentials.from_service_account_info(info)
+    if not os.environ.get(EMULATOR) and not placement.settings.server_credentials:
+        raise Invalid("a bigquery table needs a connection (POST /api/connections, type bigquery): this server "
+                      "does not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
+    return None
+
+
+def client(spec: BigQueryTableDestination, credentials: Credentials | None) -> bigquery.Client:
+    """BigQuery's client: with `credentials`, else an emulator's (BIGQUERY_EMULATOR_HOST) or the server's own."""
+    if credentials is None and os.environ.get(EMULATOR):
         endpoint = os.environ[EMULATOR]
         endpoint = endpoint if "://" in endpoint else f"http://{endpoint}"
         return bigquery.Client(project=spec.project, credentials=AnonymousCredentials(), location=spec.location,
                                client_options=ClientOptions(api_endpoint=endpoint))
-    if not placement.settings.server_credentials:
-        raise Invalid("a bigquery table needs a connection (POST /api/connections, type bigquery): this server "
-                      "does not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
-    return bigquery.Client(project=spec.project, location=spec.location)  # the server's own credentials
+    return bigquery.Client(project=spec.project, credentials=credentials, location=spec.location)
+
+
+def storage_client(spec: BigQueryTableDestination, credentials: Credentials | None) -> storage.Client:
+    """GCS's client for the staging bucket: the same credentials, else an emulator's (STORAGE_EMULATOR_HOST)
+    or the server's own."""
+    if credentials is None and os.environ.get("STORAGE_EMULATOR_HOST"):
+        return storage.Client(project=spec.project, credentials=AnonymousCredentials())
+    return storage.Client(project=spec.project, credentials=credentials)
 
 
 def build(placement: Placement) -> BigQueryTable:
