@@ -175,7 +175,8 @@ def bigquery_rows(spec: dict) -> list[dict]:
 
 def iceberg_rows(settings: Settings, spec: dict, properties: dict | None = None) -> list[dict]:
     """An Iceberg table's rows, read by pyiceberg through its catalog (SQLite in the warehouse folder unless
-    the spec names one; `properties` are the file IO's settings, S3 keys for an s3:// warehouse)."""
+    the spec names one; `properties` are the file IO's settings, S3 keys for an s3:// warehouse), and
+    checked against DuckDB's own read of the Parquet data files the current snapshot lists."""
     from pyiceberg.catalog.sql import SqlCatalog
 
     from analytics_export.warehouses.iceberg import CATALOG_FILE, CATALOG_NAME
@@ -183,4 +184,48 @@ def iceberg_rows(settings: Settings, spec: dict, properties: dict | None = None)
     folder = tables_dir(settings) / spec["warehouse"]
     uri = spec.get("catalog_url") or f"sqlite:///{folder / CATALOG_FILE}"
     catalog = SqlCatalog(CATALOG_NAME, uri=uri.replace("postgresql://", "postgresql+psycopg://"), **(properties or {}))
-    return catalog.load_table(spec["table"]).scan().to_arrow().to_pylist()
+    table = catalog.load_table(spec["table"])
+    rows = table.scan().to_arrow().to_pylist()
+    tasks = list(table.scan().plan_files())
+    assert not any(task.delete_files for task in tasks), "pyiceberg rewrites files to delete: data files hold the rows"
+    names = {field.field_id: field.name for field in table.schema().fields}
+    read = parquet_rows([task.file.file_path for task in tasks], names, properties)
+    assert Counter(map(row_key, read)) == Counter(map(row_key, rows)), "the data files hold what pyiceberg reads"
+    return rows
+
+
+def row_key(row: dict) -> tuple:
+    return tuple(sorted(row.items()))
+
+
+def parquet_rows(paths: list[str], names: dict[int, str], s3: dict | None) -> list[dict]:
+    """The rows of Parquet files (file:// or s3://, copied out with pyarrow's S3 client), read by DuckDB, the
+    columns an older file lacks as nulls; each column under the name `names` gives its field id (Iceberg
+    writes `$device_type` as `_x24device_type`)."""
+    import tempfile
+    from urllib.parse import unquote, urlsplit
+
+    import duckdb
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [unquote(urlsplit(p).path) for p in paths if not p.startswith("s3://")]
+        if s3:
+            store = fs.S3FileSystem(access_key=s3["s3.access-key-id"], secret_key=s3["s3.secret-access-key"],
+                                    endpoint_override=s3["s3.endpoint"], region=s3["s3.region"])
+            for n, path in enumerate(p for p in paths if p.startswith("s3://")):
+                with store.open_input_stream(path.removeprefix("s3://")) as source:
+                    (Path(tmp) / f"{n}.parquet").write_bytes(source.read())
+                files.append(str(Path(tmp) / f"{n}.parquet"))
+        if not files:
+            return []
+        written = {f.name: names[int(f.metadata[b"PARQUET:field_id"])] for path in files for f in pq.read_schema(path)}
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            read = con.sql("SELECT * FROM read_parquet($files, union_by_name = true, hive_partitioning = false)",
+                           params={"files": files}).to_arrow_table()
+        finally:
+            con.close()
+        return read.rename_columns([written[name] for name in read.column_names]).to_pylist()

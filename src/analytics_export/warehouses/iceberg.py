@@ -1,19 +1,21 @@
 """Apache Iceberg tables (pyiceberg): a window is replaced by one transaction, a delete of the window and
-appends of the export's data files, committed as one change of the table's metadata.
+one append of the export's data files, committed as one change of the table's metadata.
 
 The catalog is a SQL catalog: SQLite in the table's folder under the data dir by default, or
 PostgreSQL (`catalog_url`), or an Iceberg REST catalog (`catalog_url` http(s)://...). Data goes to the
 data dir or to any S3-compatible store (`warehouse` s3://...; keys from a connection). New tables are
-partitioned by day of `timestamp`. The batches are appended in chunks of CHUNK_ROWS rows, each written
-as data files at once, so memory holds one chunk; the files become part of the table only with the
-commit, and a load that fails or is killed commits nothing (its files are orphans, removed by the
-catalog's orphan-file maintenance). A stream's batch (`loaded_only`) deletes the rows of its own uuids
+partitioned by day of `timestamp`. The batches are gathered in chunks of about CHUNK_BYTES, each written
+as data files at once (pyiceberg splits a table by partition, not a stream), so memory holds one chunk;
+the files of every chunk join one append, which becomes part of the table only with the commit: a load
+that fails or is killed commits nothing (its files are orphans, removed by the catalog's orphan-file
+maintenance). A stream's batch (`loaded_only`) deletes the rows of its own uuids
 within its window, so a batch sent again replaces its earlier copy. Columns a later export selects are
 added (`union_by_name`).
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +27,7 @@ from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan
+from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.transforms import DayTransform
 
 from ..destinations import Placement, redact
@@ -33,21 +36,22 @@ from ..destinations.specs import IcebergTableDestination
 from ..errors import Invalid, Storage
 from . import LoadWindow, TableDestination, local_path, s3_keys, without_values
 
-CHUNK_ROWS = 100_000
-"""Rows appended at once: each append writes its data files before the next chunk is read."""
+CHUNK_BYTES = 32 << 20
+"""Arrow bytes written at once (about 100,000 demo events): a chunk's data files are written before the next
+chunk is read, so wide properties make more chunks, not bigger ones."""
 CATALOG_FILE = "iceberg_catalog.db"
 CATALOG_NAME = "analytics-export"
 """The SQL catalog's name: its rows are keyed by it, so every reader of the catalog must use it."""
 
 
-def chunks(batches: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
-    """`batches` gathered into tables of about `rows` rows."""
+def chunks(batches: pa.RecordBatchReader, size: int) -> Iterator[pa.Table]:
+    """`batches` gathered into tables of about `size` bytes."""
     held: list[pa.RecordBatch] = []
     count = 0
     for batch in batches:
         held.append(batch)
-        count += batch.num_rows
-        if count >= rows:
+        count += batch.nbytes
+        if count >= size:
             yield pa.Table.from_batches(held, batches.schema)
             held, count = [], 0
     if held:
@@ -64,9 +68,8 @@ class IcebergTable(TableDestination):
         self.identifier = tuple(spec.table.split("."))
         s3 = spec.warehouse.startswith("s3://")
         folder = None if s3 else local_path(placement, spec.warehouse)
-        properties: dict[str, str] = {"warehouse": spec.warehouse if s3 else folder.as_uri()}  # type: ignore[union-attr]
-        if s3:
-            properties.update(s3_properties(spec, placement))
+        properties = {"warehouse": spec.warehouse, **s3_properties(spec, placement)} if s3 else {
+            "warehouse": folder.as_uri()}  # type: ignore[union-attr]
         for url in filter(None, (spec.catalog_url, spec.endpoint_url)):
             check_host(urlsplit(url).hostname or "", placement.settings.destination_allow)
         self.catalog = self.guard(lambda: catalog(spec, folder, properties, placement.secrets))
@@ -80,7 +83,7 @@ class IcebergTable(TableDestination):
             condition = And(condition, In("uuid", set(loaded.column("uuid").to_pylist())))
             parts: Iterator[pa.Table] = iter([loaded])
         else:
-            parts = chunks(batches, CHUNK_ROWS)
+            parts = chunks(batches, CHUNK_BYTES)
 
         def commit() -> None:
             with table.transaction() as tx:
@@ -89,8 +92,14 @@ class IcebergTable(TableDestination):
                 with warnings.catch_warnings():  # a window's first load deletes nothing, as it should
                     warnings.filterwarnings("ignore", "Delete operation did not match any records")
                     tx.delete(condition)
-                for part in parts:
-                    tx.append(part)
+                # one snapshot of every chunk's files: Transaction.append's own writer (pinned 0.12.x), as
+                # append takes one table, and a partitioned table no stream
+                with tx.update_snapshot().fast_append() as append:
+                    numbers = itertools.count()
+                    for part in parts:
+                        for data_file in _dataframe_to_data_files(tx.table_metadata, part, table.io,
+                                                                  append.commit_uuid, numbers):
+                            append.append_data_file(data_file)
 
         self.guard(commit)
 
