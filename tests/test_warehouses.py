@@ -510,7 +510,8 @@ def test_bigquery_stages_large_loads_in_a_gcs_bucket(settings: Settings, bigquer
     assert list(bigquery_server.gcs.client().list_blobs(bucket)) == [], "the staged files are removed"
     client = bigquery_server.client()
     try:
-        uris = [job.source_uris for job in client.list_jobs() if job.job_type == "load" and job.source_uris]
+        uris = [job.source_uris for job in client.list_jobs() if job.job_type == "load" and job.source_uris
+                and job.source_uris[0].startswith(f"gs://{bucket}/")]
     finally:
         client.close()
     assert len(uris) == 2 and all(len(u) > 1 and all(x.startswith(f"gs://{bucket}/") for x in u) for u in uris), \
