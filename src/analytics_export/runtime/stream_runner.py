@@ -209,7 +209,11 @@ class StreamRun:
 
     def deliver(self, sink: Sink) -> bool:
         """Send the first `max_batch_events` pending events as one batch until the destination takes it;
-        False if the stream must stop."""
+        False if the stream must stop, or was changed (PATCHed, paused, a new privacy policy) since the
+        last heartbeat: what the API answered for a change holds for every batch sent after it."""
+        self.beat = 0.0  # a heartbeat now, whenever the last one was
+        if not self.alive():
+            return False
         batch = front(self.pending, self.spec.max_batch_events)
         first, last = row_cursor(batch[0], 0), row_cursor(batch[-1], batch[-1].num_rows - 1)
         delivery = self.encode(batch, f"{cursor_name(first)}_{cursor_name(last)}")
