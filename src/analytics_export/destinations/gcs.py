@@ -46,6 +46,15 @@ class GCSUpload:
             pass
 
 
+def service_account_credentials(placement: Placement) -> service_account.Credentials:
+    """The connection's service account (`service_account_json`); its token_uri, where the credentials
+    POST a signed JWT, must pass the SSRF guard."""
+    info = json.loads(placement.secrets["service_account_json"])
+    if info.get("token_uri"):
+        check_host(urlsplit(info["token_uri"]).hostname or "", placement.settings.destination_allow)
+    return service_account.Credentials.from_service_account_info(info)
+
+
 class GCS(Destination):
     def __init__(self, placement: Placement) -> None:
         self.placement = placement
@@ -60,11 +69,8 @@ class GCS(Destination):
     def _client(self) -> storage.Client:
         options = {"api_endpoint": self.spec.endpoint_url} if self.spec.endpoint_url else None
         if self.placement.secrets.get("service_account_json"):
-            info = json.loads(self.placement.secrets["service_account_json"])
-            if info.get("token_uri"):  # the credentials POST a signed JWT there: no private addresses
-                check_host(urlsplit(info["token_uri"]).hostname or "", self.placement.settings.destination_allow)
-            credentials = service_account.Credentials.from_service_account_info(info)
-            return storage.Client(project=info.get("project_id"), credentials=credentials, client_options=options)
+            credentials = service_account_credentials(self.placement)
+            return storage.Client(project=credentials.project_id, credentials=credentials, client_options=options)
         if os.environ.get("STORAGE_EMULATOR_HOST"):  # an emulator needs no credentials
             return storage.Client(project="analytics-export", credentials=AnonymousCredentials(),
                                   client_options=options)

@@ -22,7 +22,6 @@ import tempfile
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import requests
@@ -32,10 +31,9 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import bigquery, storage
 from google.cloud.bigquery.retry import DEFAULT_RETRY
-from google.oauth2 import service_account
 
 from ..destinations import Placement, redact
-from ..destinations.guard import check_host
+from ..destinations.gcs import service_account_credentials
 from ..destinations.specs import BigQueryTableDestination
 from ..errors import Invalid, Rejected, Storage
 from . import LoadWindow, TableDestination, staged_files, without_values
@@ -191,10 +189,7 @@ class BigQueryTable(TableDestination):
 def credentials(placement: Placement) -> Credentials | None:
     """The connection's service account; None for an emulator (none needed) or the server's own."""
     if placement.secrets.get("service_account_json"):
-        info = json.loads(placement.secrets["service_account_json"])
-        if info.get("token_uri"):  # the credentials POST a signed JWT there: no private addresses
-            check_host(urlsplit(info["token_uri"]).hostname or "", placement.settings.destination_allow)
-        return service_account.Credentials.from_service_account_info(info)
+        return service_account_credentials(placement)
     if not os.environ.get(EMULATOR) and not placement.settings.server_credentials:
         raise Invalid("a bigquery table needs a connection (POST /api/connections, type bigquery): this server "
                       "does not lend its own credentials unless ANALYTICS_EXPORT_SERVER_CREDENTIALS is set")
