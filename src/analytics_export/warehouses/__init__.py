@@ -13,6 +13,7 @@ stream appends each batch with the batch's own uuids as its window (streaming/si
 from __future__ import annotations
 
 import re
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,25 +95,28 @@ FILE_ROWS = 1_000_000
 """Rows per staged Parquet file: warehouses load files of 100-250 MB compressed fastest."""
 
 
-def staged_files(batches: pa.RecordBatchReader, folder: Path) -> Iterator[Path]:
-    """`batches` as snappy Parquet files in `folder` of at most FILE_ROWS rows, each yielded once closed
-    (the caller sends it and removes it: disk and memory stay bounded)."""
+def staged_files(batches: pa.RecordBatchReader) -> Iterator[Path]:
+    """`batches` as snappy Parquet files of at most FILE_ROWS rows in a temporary folder, each yielded once
+    closed and removed when the caller asks for the next (it has sent it by then): disk and memory hold
+    one file."""
     import pyarrow.parquet as pq
 
-    writer, rows, path = None, 0, folder / "part.parquet"
-    for batch in batches:
-        if writer is None:
-            path = folder / f"part-{uuid.uuid4().hex}.parquet"
-            writer = pq.ParquetWriter(path, batches.schema, compression="snappy")
-        writer.write_batch(batch)
-        rows += batch.num_rows
-        if rows >= FILE_ROWS:
+    with tempfile.TemporaryDirectory(prefix="analytics-export-load-") as folder:
+        writer, rows, path = None, 0, Path(folder)
+        for batch in batches:
+            if writer is None:
+                path = Path(folder) / f"part-{uuid.uuid4().hex}.parquet"
+                writer = pq.ParquetWriter(path, batches.schema, compression="snappy")
+            writer.write_batch(batch)
+            rows += batch.num_rows
+            if rows >= FILE_ROWS:
+                writer.close()
+                yield path
+                path.unlink()
+                writer, rows = None, 0
+        if writer is not None:
             writer.close()
             yield path
-            writer, rows = None, 0
-    if writer is not None:
-        writer.close()
-        yield path
 
 
 def local_path(placement: Placement, name: str) -> Path:

@@ -18,10 +18,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pyarrow as pa
 import requests
@@ -142,17 +140,15 @@ class BigQueryTable(TableDestination):
                             ) if self.spec.staging_bucket else None
         staged: list = []
         try:
-            with tempfile.TemporaryDirectory(prefix="analytics-export-bigquery-") as folder:
-                for path in staged_files(batches, Path(folder)):
-                    if bucket is None:
-                        with open(path, "rb") as file:
-                            self.guard(lambda: self.client.load_table_from_file(
-                                file, load, job_config=config, location=self.spec.location,
-                                num_retries=self.retries).result(retry=self.retry))
-                    else:
-                        staged.append(bucket.blob(f"analytics-export/{load.rsplit('.', 1)[1]}/{path.name}"))
-                        self.guard(lambda: staged[-1].upload_from_filename(str(path), retry=self.retry))
-                    path.unlink()
+            for path in staged_files(batches):
+                if bucket is None:
+                    with open(path, "rb") as file:
+                        self.guard(lambda: self.client.load_table_from_file(
+                            file, load, job_config=config, location=self.spec.location,
+                            num_retries=self.retries).result(retry=self.retry))
+                else:
+                    staged.append(bucket.blob(f"analytics-export/{load.rsplit('.', 1)[1]}/{path.name}"))
+                    self.guard(lambda: staged[-1].upload_from_filename(str(path), retry=self.retry))
             if staged:
                 uris = [f"gs://{bucket.name}/{blob.name}" for blob in staged]  # type: ignore[union-attr]
                 self.guard(lambda: self.client.load_table_from_uri(uris, load, job_config=config,

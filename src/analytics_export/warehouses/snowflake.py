@@ -12,9 +12,7 @@ table, `<TABLE>__LOAD_<id>`, which is safe to drop).
 
 from __future__ import annotations
 
-import tempfile
 import uuid
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -115,10 +113,8 @@ class SnowflakeTable(TableDestination):
     @staticmethod
     def stage(cur, batches: pa.RecordBatchReader, stage: str) -> None:
         """PUT `batches` to `stage` as bounded Parquet files, each removed here once uploaded."""
-        with tempfile.TemporaryDirectory(prefix="analytics-export-snowflake-") as folder:
-            for path in staged_files(batches, Path(folder)):
-                cur.execute(f"PUT 'file://{path}' @{stage} AUTO_COMPRESS = FALSE PARALLEL = 4")
-                path.unlink()
+        for path in staged_files(batches):
+            cur.execute(f"PUT 'file://{path}' @{stage} AUTO_COMPRESS = FALSE PARALLEL = 4")
 
 
 def private_key(pem: str, passphrase: str | None) -> bytes:
