@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".analytics-export"), description="event store and exports live here")
     project: str = Field("default", description="tenant whose events are read and written")
     duckdb_memory_limit: str | None = Field(None, description="DuckDB buffer pool cap for exports; default per "
-                                            "query: 128MB, 16MB more per in-list filter, 512KB per filter and "
-                                            "selected property")
+                                            "query on the embedded store: 128MB, 16MB more per in-list filter, "
+                                            "512KB per filter and selected property; 256MB for the DuckDB that "
+                                            "filters PostgreSQL's and ClickHouse's pages")
     duckdb_write_memory_limit: str = Field("1GB", description="DuckDB buffer pool cap for ingest and demo")
     duckdb_threads: int = Field(2, ge=1)
     database_url: str | None = Field(None, description="job store; default sqlite in the data dir")

@@ -43,7 +43,7 @@ def client_for(url: str) -> Any:
 
 
 class ClickHouseEventStore(ScannedStore):
-    def __init__(self, url: str, *, memory_limit: str = "128MB", threads: int = 2) -> None:
+    def __init__(self, url: str, *, memory_limit: str = "256MB", threads: int = 2) -> None:
         super().__init__(memory_limit, threads)
         try:
             self.ch = client_for(url)

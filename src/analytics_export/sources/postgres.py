@@ -51,7 +51,7 @@ def first_line(exc: Exception) -> str:
 class PostgresEventStore(ScannedStore):
     finite = True  # its `json` type refuses NaN and Infinity, whoever writes
 
-    def __init__(self, url: str, *, memory_limit: str = "128MB", threads: int = 2) -> None:
+    def __init__(self, url: str, *, memory_limit: str = "256MB", threads: int = 2) -> None:
         super().__init__(memory_limit, threads)
         try:
             self.pg = adbc.connect(adbc_uri(url))

@@ -11,7 +11,7 @@ def open_store(settings: Settings, *, read_only: bool = True) -> EventStore:
     default is `events.duckdb` in the data dir. Each engine's module loads on first use."""
     memory_limit = settings.duckdb_write_memory_limit if not read_only else settings.duckdb_memory_limit
     if settings.events_engine != "duckdb":  # their in-process DuckDB filters and projects every page
-        memory_limit = memory_limit or "128MB"
+        memory_limit = memory_limit or "256MB"
     if settings.events_engine == "postgresql":
         from .postgres import PostgresEventStore
 
