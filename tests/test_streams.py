@@ -493,6 +493,17 @@ class CrashRun:
     views: dict[str, dict]
     kills: int
     log: list[str] = field(default_factory=list)
+    store: Path | None = None
+
+    def where(self, missing: set[str]) -> str:
+        """Where the store holds `missing` events: their `inserted_at`s, for a failure's message."""
+        import duckdb
+
+        with duckdb.connect(str(self.store), read_only=True) as con:
+            rows = con.execute("SELECT CAST(uuid AS VARCHAR), inserted_at FROM events WHERE CAST(uuid AS VARCHAR) "
+                               "IN (SELECT unnest($1))", [sorted(missing)]).fetchall()
+        stamps = Counter(f"{at.astimezone(timezone.utc):%H:%M:%S.%f}" for _, at in rows)
+        return f"{len(rows)} of them stored, inserted_at (UTC): {dict(stamps)}"
 
 
 def jetstream_records(jet: Jet) -> list[dict[str, Any]]:
@@ -583,6 +594,7 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module
             ids = {name: create_stream(c, d, name=name)["stream"]["id"] for name, d in destinations.items()}
         ingester.start()
         started = time.monotonic()
+        log.append(f"  0.0s: {datetime.now(timezone.utc):%H:%M:%S.%f} UTC")
         owners: dict[str, str | None] = {}
         for kill in range(KILLS + 1):
             with service.client(key) as c:
@@ -615,6 +627,8 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module
         log.append(f"{time.monotonic() - started:5.1f}s: ingested {len(ingester.sent)} events "
                    f"({ingester.retries} retried posts)")
         refused = Counter(what for _, _, what in ingester.calls if what != "200")
+        log.append("   cut or refused at: " + ", ".join(f"{t - started:.2f}s+{d:.2f}s {what}" for t, d, what in
+                                                        ingester.calls if what not in ("200", "ConnectError")))
         log.append(f"   ingest calls refused or cut (sent again): {dict(refused)}; slowest: " + ", ".join(
             f"{d:.1f}s at {t - started:.0f}s" for t, d, _ in sorted(ingester.calls, key=lambda c: -c[1])[:5]))
         with service.client(key) as c:
@@ -624,7 +638,7 @@ def crash_run(tmp_path_factory, s3_server, nats_url, rabbitmq_url, pg_url_module
         received = {"webhook": receiver.records(), "nats": jetstream_records(jet), "rabbitmq": queue_records(queue),
                     "s3": bucket_records(s3_server, bucket),
                     **{name: table_records(data, destinations[name]) for name in TABLES}}
-        yield CrashRun(ingester.sent, ingester.batch_of, received, views, KILLS, log)
+        yield CrashRun(ingester.sent, ingester.batch_of, received, views, KILLS, log, data / "events.duckdb")
     finally:
         ingester.stop.set()
         service.close()
@@ -644,7 +658,8 @@ def test_every_event_arrives_through_kills(crash_run: CrashRun, destination: str
     unknown = set(counts) - set(sent)
     assert not unknown, f"{len(unknown)} delivered events were never ingested"
     missing = set(sent) - set(counts)
-    assert not missing, f"{len(missing)} of {len(sent)} events never arrived: {crash_run.log}"
+    assert not missing, (f"{len(missing)} of {len(sent)} events never arrived ({crash_run.where(missing)}): "
+                         f"{crash_run.log}")
     for record in got:
         assert record == expected_record(sent[record["uuid"]])
     duplicated = [u for u, n in counts.items() if n > 1]

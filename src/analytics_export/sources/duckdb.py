@@ -386,7 +386,15 @@ class DuckDBEventStore:
         holds) would keep the file's lock and block the next connection to it."""
         for reader in self.readers:
             reader.close()
-        self.con.close()
+        with OPENING:
+            self.con.close()
+
+
+OPENING = threading.Lock()
+"""Held while a connection opens or closes. Closing the last connection of a store closes its file, and
+POSIX drops every lock this process holds on a file when any descriptor of it closes: a connection
+opened meanwhile by another thread (a new instance of the store) lost its lock that way, so another
+process's writer got in while this one read a stale copy (a stream skipped committed events)."""
 
 
 def connect_waiting(path: Path, read_only: bool, config: dict, wait: float) -> duckdb.DuckDBPyConnection:
@@ -394,7 +402,8 @@ def connect_waiting(path: Path, read_only: bool, config: dict, wait: float) -> d
     deadline, pause = time.monotonic() + wait, 0.02
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only, config=config)
+            with OPENING:
+                return duckdb.connect(str(path), read_only=read_only, config=config)
         except (duckdb.IOException, duckdb.ConnectionException, duckdb.ResourceInUseException) as exc:
             # another process holds the lock, or this one has the file open in the other mode
             held = any(sign in str(exc) for sign in ("lock", "different configuration", "already attached"))
