@@ -57,7 +57,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
                                             api.policies.for_export))
     app.include_router(keys_router(jobs, api.project, problems))
     app.include_router(formats_router(api.project))
-    app.include_router(destinations_router(api.project))
+    app.include_router(destinations_router(api))
     app.include_router(console_router())
 
     @app.get("/healthz")

@@ -1,13 +1,16 @@
 """`GET /api/destinations`: each destination type the server has, read from the destination
 registry: whether exports and streams take it, the secret fields its connections hold, and the
-inputs the console's form offers for it."""
+inputs the console's form offers for it. `POST /api/destinations/test`: a destination's settings
+tried before anything is saved (destinations/probe.py)."""
 
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from ..destinations.probe import try_destination
 from ..destinations.registry import REGISTRY, DestinationType, Kind
+from .deps import Api, problems
 
 
 class FormInput(BaseModel):
@@ -33,6 +36,30 @@ class Destinations(BaseModel):
     items: list[DestinationView]
 
 
+AnyDestination = Annotated[Union[tuple(k.config for k in REGISTRY.values())], Field(discriminator="type")]
+
+
+class DestinationTest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    destination: AnyDestination = Field(description="the settings an export, schedule or stream would be given")
+
+
+class DestinationTestStep(BaseModel):
+    name: str = Field(description="address (the SSRF guard), credentials (the connection), connect, then the "
+                      "destination's own: write, read back, delete; send; table; catalog; dataset; broker")
+    ok: bool
+    detail: str = Field(description="what it did or, when it failed, why")
+    seconds: float
+
+
+class DestinationTestResult(BaseModel):
+    ok: bool = Field(description="every step passed")
+    failed_step: str | None = Field(description="the step that failed, if any")
+    error: str | None = Field(description="why it failed, in words that say what to fix")
+    steps: list[DestinationTestStep]
+
+
 def input_kind(annotation: Any, given: tuple[str, ...]) -> str:
     """The input the registry names (`url`), else `number` for an integer field, else `text`."""
     if given:
@@ -53,12 +80,26 @@ def view(kind: DestinationType) -> DestinationView:
                         input=input_kind(fields[name].annotation, tuple(rest))) for name, label, *rest in kind.form])
 
 
-def destinations_router(project_dependency: Any) -> APIRouter:
+def destinations_router(api: Api) -> APIRouter:
     router = APIRouter(prefix="/api/destinations", tags=["exports"])
 
     @router.get("", response_model=Destinations)
-    def destinations(_project: Annotated[str, project_dependency]) -> Destinations:
+    def destinations(_project: Annotated[str, api.project]) -> Destinations:
         """Every destination type, with what it takes."""
         return Destinations(items=[view(kind) for kind in REGISTRY.values()])
+
+    @router.post("/test", response_model=DestinationTestResult, responses=problems(429))
+    def test_destination(body: DestinationTest, project: Annotated[str, api.project]) -> DestinationTestResult:
+        """Try a destination before saving it: the host checked, the connection found, then a small file
+        written, read back and deleted (a signed ping for a webhook; a rolled-back transaction for a table; the
+        stream or queue looked up for a broker). Answers 200 with `ok` false and the failing step when the
+        destination does not work; 429 while 4 tests run already."""
+        probe = try_destination(body.destination, project, api.settings, api.jobs)
+        failed = next((s for s in probe.steps if not s.ok), None)
+        hide = api.settings.hide_paths
+        return DestinationTestResult(ok=failed is None, failed_step=failed.name if failed else None,
+                          error=hide(failed.detail) if failed else None,
+                          steps=[DestinationTestStep(name=s.name, ok=s.ok, detail=hide(s.detail), seconds=s.seconds)
+                                 for s in probe.steps])
 
     return router

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from ..checks import describe_errors
 from ..errors import ExportError, Invalid
-from . import exports, server
+from . import destinations, exports, server
 from .common import err, fail
 from .keys import keys_app
 from .privacy import privacy_app, retention_app
@@ -27,6 +27,7 @@ app.add_typer(schedules_app, name="schedules")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(retention_app, name="retention")
 app.add_typer(streams_app, name="streams")
+app.add_typer(destinations.app, name="destinations")
 
 
 @app.callback()

@@ -16,6 +16,7 @@ from .specs import FileLayout, render_folder
 if TYPE_CHECKING:
     from ..config import Settings
     from ..models import ExportRequest
+    from .probe import Probe
 
 
 class FileUpload(Protocol):
@@ -54,6 +55,17 @@ class Destination:
 
     def close(self) -> None:
         """Release connections; called after success and failure alike."""
+
+    def probe(self, probe: Probe) -> None:
+        """Show that this destination takes files (`POST /api/destinations/test`): one is written, read
+        back and deleted. Destinations that take no files check what they take instead."""
+        from .probe import probe_files
+
+        probe_files(self, probe, self.location)
+
+    def location(self, name: str) -> str:
+        """Where the file `name` goes, as messages name it."""
+        return name
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,12 @@ class GCS(Destination):
         except Exception as exc:
             if isinstance(exc, ExportError):
                 raise
+            status = getattr(getattr(exc, "response", None), "status_code", None)  # a resumable upload's
+            if status == 404:
+                raise Rejected(f"gs://{self.spec.bucket} does not exist: create the bucket or fix its name") from None
+            if status in (401, 403):
+                raise Rejected(f"gs://{self.spec.bucket} refused the upload ({status}): check the connection's "
+                               "service account and its permission to create objects there") from None
             reason = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.placement.secrets)
             raise Upload(f"upload to gs://{self.spec.bucket} failed: {reason}") from None
 
@@ -122,6 +128,9 @@ class GCS(Destination):
             end = min(start + chunk_size, blob.size) - 1  # inclusive
             yield self.guard(lambda: unless_missing(lambda: blob.download_as_bytes(
                 start=start, end=end, checksum=None, retry=self.retry), changed))
+
+    def location(self, name: str) -> str:
+        return f"gs://{self.spec.bucket}/{self.placement.key(name)}"
 
     def close(self) -> None:
         self.client.close()

@@ -109,6 +109,9 @@ class LocalDestination(Destination):
     def remove(self, name: str) -> None:
         (self.path or self.directory / name).unlink(missing_ok=True)
 
+    def location(self, name: str) -> str:
+        return str((self.path or self.directory / name).absolute())
+
     def read(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         path = (self.path or self.directory / name).absolute()
         try:

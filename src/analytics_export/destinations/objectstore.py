@@ -132,6 +132,9 @@ class ObjectStoreDestination(Destination):
                 raise Upload(f"{self.uri_root}/{key} was replaced during the read") from None
             raise self.explain(exc) from None
 
+    def location(self, name: str) -> str:
+        return f"{self.uri_root}/{self.placement.key(name)}"
+
     def explain(self, exc: Exception) -> Exception:
         """A message that says what to fix, without the request URL (it may carry a SAS token)."""
         where = self.uri_root

@@ -157,6 +157,9 @@ class SFTP(Destination):
         except asyncssh.SFTPNoSuchFile:
             raise NotFound(f"{self.uri(path)} does not exist") from None
 
+    def location(self, name: str) -> str:
+        return self.uri(posixpath.join(self.folder, name))
+
     def close(self) -> None:
         if self.connection is not None:
             self.connection.close()

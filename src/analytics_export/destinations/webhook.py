@@ -10,12 +10,13 @@ retried on its own. A receiver verifies
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
 import time
 from email.utils import parsedate_to_datetime
-from typing import BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
 import httpx
 
@@ -23,6 +24,9 @@ from ..errors import Cancelled, Rejected, Upload, os_error
 from . import Destination, Placement, redact
 from .specs import WebhookDestination as WebhookSpec
 from .webhook_client import RETRY_STATUSES, Pinned, WebhookClient, permanent_hint, pin, signature
+
+if TYPE_CHECKING:
+    from .probe import Probe
 
 READ_SIZE = 1 << 20
 
@@ -132,6 +136,30 @@ class Webhook(Destination):
             if attempt < config.upload_retries:
                 time.sleep(min(wait, 60))
         raise Upload(f"{where} failed after {config.upload_retries + 1} attempts: {problem}")
+
+    def probe(self, probe: Probe) -> None:
+        """One request as an export's would be sent (signed, with its headers and authorization), marked
+        `X-Destination-Test: true`, its body `{"test": true}`; any answer below 300 passes."""
+        body = json.dumps({"test": True, "sent_by": "analytics-export"}).encode()
+        headers = {**self.spec.headers, "Content-Type": "application/json", "X-Destination-Test": "true",
+                   "X-Export-Id": self.placement.export_id or "destination-test"}
+        if self.placement.secrets.get("authorization"):
+            headers["Authorization"] = self.placement.secrets["authorization"]
+        if self.secret is not None:
+            headers.update(signature(self.secret, [body]))
+        where = f"webhook {redact(self.spec.url, self.placement.secrets)}"
+        with probe.step("send", "signed" if self.secret is not None else "unsigned (no signing_secret)") as notes:
+            pinned = pin(self.spec.url, self.placement.settings.destination_allow)
+            with WebhookClient(self.placement.settings.export.upload_timeout_seconds) as client:
+                try:
+                    response = client.post(pinned, body, headers)
+                except httpx.TransportError as exc:
+                    raise Upload(f"{where}: cannot send ({type(exc).__name__}); check that it is up and "
+                                 "reachable from this server") from None
+            if response.status_code >= 300:
+                raise Rejected(f"{where} answered HTTP {response.status_code}: "
+                               f"{permanent_hint(response.status_code)}")
+            notes.append(f"answered HTTP {response.status_code}")
 
     def close(self) -> None:
         self.bodies.clear()

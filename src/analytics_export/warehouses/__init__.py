@@ -119,6 +119,28 @@ def staged_files(batches: pa.RecordBatchReader) -> Iterator[Path]:
             yield path
 
 
+def table_files(placement: Placement, uri: str, endpoint_url: str | None, region: str | None) -> Destination:
+    """The folder of a table's files (an s3:// URI, with the table's connection, or a folder on this
+    machine) as a file destination: what a test writes, reads back and deletes to prove the table's data
+    can be stored there."""
+    if not uri.startswith("s3://"):
+        from ..destinations.local import LocalDestination
+
+        return LocalDestination(Path(uri))
+    from obstore.store import S3Store
+
+    from ..destinations.objectstore import ObjectStoreDestination, client_options, retry_config
+
+    bucket, _, folder = uri.removeprefix("s3://").partition("/")
+    config = {**s3_keys(placement, placement.spec.type), "region": region or "us-east-1"}
+    if endpoint_url:
+        config.update(endpoint=endpoint_url, virtual_hosted_style_request=False)
+    store = S3Store(bucket, config=config, client_options=client_options(placement, endpoint_url),
+                    retry_config=retry_config(placement))
+    inside = Placement(placement.spec, placement.project, placement.settings, placement.secrets, folder.strip("/"))
+    return ObjectStoreDestination(inside, store, f"s3://{bucket}")
+
+
 def local_path(placement: Placement, name: str) -> Path:
     """Where a table on this machine lives: DATA_DIR/tables/PROJECT/NAME, each project apart."""
     return placement.settings.data_dir / "tables" / placement.project / name

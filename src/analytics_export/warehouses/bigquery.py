@@ -20,6 +20,7 @@ import os
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import requests
@@ -35,6 +36,9 @@ from ..destinations.gcs import service_account_credentials
 from ..destinations.specs import BigQueryTableDestination
 from ..errors import Invalid, Rejected, Storage
 from . import LoadWindow, TableDestination, staged_files, without_values
+
+if TYPE_CHECKING:
+    from ..destinations.probe import Probe
 
 EMULATOR = "BIGQUERY_EMULATOR_HOST"
 TYPES = {"properties": "JSON", "timestamp": "TIMESTAMP", "inserted_at": "TIMESTAMP"}
@@ -177,6 +181,28 @@ class BigQueryTable(TableDestination):
                            "service_account_json") from None
         except (api.GoogleAPIError, requests.RequestException) as exc:  # 5xx, timeouts, no connection
             raise Storage(f"loading {self} failed: {redact(without_values(str(exc)), self.secrets)}") from None
+
+    def probe(self, probe: Probe) -> None:
+        """The dataset and (when it exists) the table are found, a query runs as the service account, and a
+        staging bucket, when set, is found."""
+        target = f"{self.spec.project}.{self.dataset}.{self.table}"
+        with probe.step("dataset", f"{self.spec.project}.{self.dataset} found"):
+            self.guard(lambda: self.client.get_dataset(f"{self.spec.project}.{self.dataset}", retry=self.retry))
+        with probe.step("table") as notes:
+            def found() -> str:
+                try:
+                    return f"exists, {len(self.client.get_table(target, retry=self.retry).schema)} columns"
+                except api.NotFound:
+                    return "does not exist yet (the first load creates it)"
+
+            notes.append(self.guard(found))
+            self.guard(lambda: self.client.query("SELECT 1", location=self.spec.location, retry=self.retry).result(
+                retry=self.retry))
+            notes.append("a query ran")
+        if self.spec.staging_bucket:
+            with probe.step("staging bucket", f"gs://{self.spec.staging_bucket} found"):
+                self.guard(lambda: storage_client(self.spec, self.credentials).get_bucket(
+                    self.spec.staging_bucket, retry=self.retry))
 
     def close(self) -> None:
         self.client.close()

@@ -16,7 +16,7 @@ run leaves its staging table (`TABLE__load_*`) behind.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -26,8 +26,11 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import ClickHouseTableDestination
-from ..errors import Storage
+from ..errors import Rejected, Storage
 from . import COLUMNS, LoadWindow, TableDestination, local_path
+
+if TYPE_CHECKING:
+    from ..destinations.probe import Probe
 
 TIME = "DateTime64(6, 'UTC')"
 TYPES = {"event": "LowCardinality(String)", "uuid": "UUID"}
@@ -98,6 +101,34 @@ class ClickHouseTable(TableDestination):
                 ch.command(f"DROP TABLE IF EXISTS {qualified(stage)}")
         except ClickHouseError as exc:
             raise Storage(f"loading {self} failed: {str(exc).splitlines()[0]}") from None
+        finally:
+            ch.close()
+
+
+    def probe(self, probe: Probe) -> None:
+        """What a load does besides its rows: create a table next to the target (a load stages in one),
+        insert a row into it and drop it; and the target's columns when it exists."""
+        with probe.step("login", "logged in"):
+            try:
+                ch = self.client()
+                ch.command("SELECT 1")
+            except (ClickHouseError, OSError) as exc:
+                raise Storage(f"cannot reach {self}: {str(exc).splitlines()[0]}") from None
+        try:
+            with probe.step("table") as notes:
+                table = qualified(self.name)
+                scratch = qualified(f"{self.name}__test_{uuid.uuid4().hex[:12]}")
+                try:
+                    exists = ch.command(f"EXISTS TABLE {table}")
+                    notes.append("exists" if str(exists) == "1" else "does not exist yet (the first load creates it)")
+                    ch.command(f"CREATE TABLE {scratch} (uuid UUID) ENGINE = Memory")
+                    try:
+                        ch.command(f"INSERT INTO {scratch} SELECT generateUUIDv4()")
+                    finally:
+                        ch.command(f"DROP TABLE IF EXISTS {scratch}")
+                    notes.append("a staging table created, written and dropped")
+                except ClickHouseError as exc:
+                    raise Rejected(f"{self}: {str(exc).splitlines()[0]}") from None
         finally:
             ch.close()
 

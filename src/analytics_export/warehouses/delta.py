@@ -21,7 +21,8 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from ..destinations import Placement
 from ..destinations.specs import DeltaTableDestination
 from ..errors import Invalid, Storage
-from . import LoadWindow, TableDestination, local_path, s3_keys
+from ..destinations.probe import Probe, probe_files
+from . import LoadWindow, TableDestination, local_path, s3_keys, table_files
 
 DAY = "day"
 """The partition column of a `partition_by_day` table: the UTC date of the window's time column."""
@@ -60,6 +61,7 @@ class DeltaLakeTable(TableDestination):
         self.uri = spec.uri if s3 else str(local_path(placement, spec.uri))
         self.options = storage_options(spec, placement) if s3 else None
         self.partition_by_day = spec.partition_by_day
+        self.files = table_files(placement, self.uri, spec.endpoint_url, spec.region)
 
     def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         column = f'"{window.column}"'
@@ -83,6 +85,17 @@ class DeltaLakeTable(TableDestination):
             return DeltaTable(self.uri, storage_options=self.options)
         except TableNotFoundError:
             return None
+
+    def probe(self, probe: Probe) -> None:
+        """A file written, read back and deleted in the table's folder, and its log read (when it exists)."""
+        probe_files(self.files, probe, self.files.location)
+        with probe.step("table") as notes:
+            try:
+                table = self.table()
+            except (DeltaError, OSError) as exc:
+                raise Storage(f"cannot read {self}: {str(exc).splitlines()[0]}") from None
+            notes.append(f"exists at version {table.version()}" if table is not None else
+                         "does not exist yet (the first load creates it)")
 
     @staticmethod
     def upsert(table: DeltaTable, batches: pa.RecordBatchReader, window: str) -> None:

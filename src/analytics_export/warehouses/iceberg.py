@@ -34,7 +34,8 @@ from ..destinations import Placement, redact
 from ..destinations.guard import check_host
 from ..destinations.specs import IcebergTableDestination
 from ..errors import Invalid, Storage
-from . import LoadWindow, TableDestination, local_path, s3_keys, without_values
+from ..destinations.probe import Probe, probe_files
+from . import LoadWindow, TableDestination, local_path, s3_keys, table_files, without_values
 
 CHUNK_BYTES = 32 << 20
 """Arrow bytes written at once (about 100,000 demo events): a chunk's data files are written before the next
@@ -73,6 +74,7 @@ class IcebergTable(TableDestination):
         for url in filter(None, (spec.catalog_url, spec.endpoint_url)):
             check_host(urlsplit(url).hostname or "", placement.settings.destination_allow)
         self.catalog = self.guard(lambda: catalog(spec, folder, properties, placement.secrets))
+        self.files = table_files(placement, spec.warehouse if s3 else str(folder), spec.endpoint_url, spec.region)
 
     def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         time = window.column
@@ -102,6 +104,22 @@ class IcebergTable(TableDestination):
                             append.append_data_file(data_file)
 
         self.guard(commit)
+
+    def probe(self, probe: Probe) -> None:
+        """The catalog answers and holds the table (or its namespace takes one), and a file is written, read
+        back and deleted in the warehouse."""
+        with probe.step("catalog") as notes:
+            namespaces = self.guard(self.catalog.list_namespaces)
+            notes.append(f"{len(namespaces)} namespaces")
+        with probe.step("table") as notes:
+            def load() -> str:
+                try:
+                    return f"exists, {len(self.catalog.load_table(self.identifier).schema().fields)} columns"
+                except NoSuchTableError:
+                    return "does not exist yet (the first load creates it)"
+
+            notes.append(self.guard(load))
+        probe_files(self.files, probe, self.files.location)
 
     def table(self, schema: pa.Schema):
         """The table, created (partitioned by day of `timestamp`) on the first load."""

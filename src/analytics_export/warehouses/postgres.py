@@ -9,6 +9,7 @@ window (a retry racing a run that lost its lease) cannot both insert.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -17,9 +18,12 @@ import pyarrow as pa
 from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import PostgresTableDestination
-from ..errors import Storage
+from ..errors import Rejected, Storage
 from ..sources.postgres import first_line
 from . import LoadWindow, TableDestination
+
+if TYPE_CHECKING:
+    from ..destinations.probe import Probe
 
 TYPES = {"properties": "jsonb", "uuid": "uuid"}
 STAGE = "analytics_export_load"
@@ -82,6 +86,40 @@ class PostgresTable(TableDestination):
                 conn.commit()
         except adbc.Error as exc:
             raise Storage(f"loading {self} failed: {first_line(exc)}") from None
+
+
+    def probe(self, probe: Probe) -> None:
+        """In one transaction, rolled back: the table's INSERT and DELETE privileges and the lock a load
+        takes, or, before the first load, the table created; and a temporary table, as loads stage in one."""
+        table = qualified(self.name)
+        with probe.step("login", "logged in"):
+            try:
+                conn = adbc.connect(self.uri)
+            except adbc.Error as exc:
+                raise Storage(f"cannot connect to {self}: {first_line(exc)}") from None
+        try:
+            with probe.step("table") as notes, conn.cursor() as cur:
+                try:
+                    cur.execute("SELECT to_regclass($1) IS NULL", (table,))
+                    if cur.fetchone()[0]:
+                        cur.execute(f"CREATE TABLE {table} (uuid uuid, inserted_at timestamptz)")
+                        notes.append("does not exist yet: created, then rolled back (the first load creates it)")
+                    else:
+                        cur.execute("SELECT has_table_privilege($1, 'INSERT'), has_table_privilege($1, 'DELETE')",
+                                    (table,))
+                        insert, delete = cur.fetchone()
+                        if not (insert and delete):
+                            lacking = " and ".join(p for p, ok in (("INSERT", insert), ("DELETE", delete)) if not ok)
+                            raise Rejected(f"{self}: the user lacks {lacking} on the table; GRANT INSERT, DELETE")
+                        cur.execute(f"DELETE FROM {table} WHERE false")
+                        notes.append("exists; INSERT and DELETE granted; a DELETE of no rows, rolled back")
+                    cur.execute("CREATE TEMPORARY TABLE analytics_export_test (id int)")
+                except adbc.Error as exc:
+                    raise Rejected(f"{self}: {first_line(exc)}") from None
+                finally:
+                    conn.rollback()
+        finally:
+            conn.close()
 
 
 def build(placement: Placement) -> PostgresTable:

@@ -13,6 +13,7 @@ table, `<TABLE>__LOAD_<id>`, which is safe to drop).
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -26,6 +27,9 @@ from ..destinations.guard import check_host
 from ..destinations.specs import SnowflakeTableDestination
 from ..errors import Invalid, Rejected, Storage
 from . import COLUMNS, LoadWindow, TableDestination, staged_files, without_values
+
+if TYPE_CHECKING:
+    from ..destinations.probe import Probe
 
 REFUSED_LOGIN = {390100, 390101, 390102, 390144, 394304}
 """Snowflake's codes for a login it refuses (wrong password, locked or disabled user, a JWT that does not
@@ -105,10 +109,47 @@ class SnowflakeTable(TableDestination):
                 finally:  # the stage is temporary: it goes with the session
                     cur.execute(f"DROP TABLE IF EXISTS {load}")
         except SnowflakeError as exc:
-            reason = without_values(str(exc.msg or exc))
-            if isinstance(exc, ProgrammingError) or exc.errno in REFUSED_LOGIN:  # another attempt fails alike
-                raise Rejected(f"{self} refused the load: {reason}") from None
-            raise Storage(f"loading {self} failed: {reason}") from None
+            raise self.explain(exc) from None
+
+    def explain(self, exc: SnowflakeError) -> Rejected | Storage:
+        reason = without_values(str(exc.msg or exc))
+        if isinstance(exc, ProgrammingError) or exc.errno in REFUSED_LOGIN:  # another attempt fails alike
+            return Rejected(f"{self} refused the load: {reason}")
+        return Storage(f"loading {self} failed: {reason}")
+
+    def probe(self, probe: Probe) -> None:
+        """Log in; in the table's schema make and drop a table and a stage as a load does; and, when the
+        table exists, a DELETE of no rows in a transaction rolled back."""
+        target = f"{self.database}.{self.schema}.{self.table}"
+        suffix = uuid.uuid4().hex[:12].upper()
+        with probe.step("login", "logged in"):
+            try:
+                conn = snowflake.connector.connect(**self.options)
+            except SnowflakeError as exc:
+                raise self.explain(exc) from None
+        try:
+            with probe.step("table") as notes, conn.cursor() as cur:
+                try:
+                    cur.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_catalog = %s "
+                                "AND table_schema = %s AND table_name = %s",
+                                (self.database.upper(), self.schema.upper(), self.table.upper()))
+                    if cur.fetchone()[0]:
+                        cur.execute("BEGIN")
+                        try:
+                            cur.execute(f"DELETE FROM {target} WHERE FALSE")
+                        finally:
+                            cur.execute("ROLLBACK")
+                        notes.append("exists; a DELETE of no rows, rolled back")
+                    else:
+                        notes.append("does not exist yet (the first load creates it)")
+                    cur.execute(f"CREATE TRANSIENT TABLE {target}__TEST_{suffix} (ID INTEGER)")
+                    cur.execute(f"DROP TABLE IF EXISTS {target}__TEST_{suffix}")
+                    cur.execute(f"CREATE TEMPORARY STAGE ANALYTICS_EXPORT_TEST_{suffix}")  # gone with the session
+                    notes.append("a load table created and dropped; a temporary stage created")
+                except SnowflakeError as exc:
+                    raise self.explain(exc) from None
+        finally:
+            conn.close()
 
     @staticmethod
     def stage(cur, batches: pa.RecordBatchReader, stage: str) -> None:

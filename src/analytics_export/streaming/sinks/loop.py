@@ -7,9 +7,12 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Awaitable, ClassVar
+from typing import TYPE_CHECKING, Any, Awaitable, ClassVar
 
 from ...errors import ExportError, Upload
+
+if TYPE_CHECKING:
+    from ...destinations.probe import Probe
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,15 @@ class LoopSink:
     async def _drop(self) -> None:
         """Forget and close the connection (on the loop)."""
         raise NotImplementedError
+
+    async def _probe(self) -> str:
+        """Connect as a send would, and say what takes the messages (on the loop)."""
+        raise NotImplementedError
+
+    def probe(self, probe: Probe) -> None:
+        """`POST /api/destinations/test`: connected, and the stream or queue found, without a message sent."""
+        with probe.step("broker") as notes, self.sending:
+            notes.append(self.call(self._probe(), self.connect_timeout * 4))
 
     def call(self, awaitable: Awaitable[Any], timeout: float) -> Any:
         """Run `awaitable` on the sink's loop; any failure drops the connection (the next call connects)."""

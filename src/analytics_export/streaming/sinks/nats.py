@@ -83,6 +83,15 @@ class NatsSink(LoopSink):
     def _reason(self, exc: BaseException) -> str:
         return redact(str(exc) or type(exc).__name__, self.secrets)
 
+    async def _probe(self) -> str:
+        js = await self._connected()  # creates the destination's `stream` when missing, as a first send would
+        try:
+            stream = await js.find_stream_name_by_subject(self.destination.subject)
+        except nats.js.errors.NotFoundError:
+            raise Rejected(f"{self.where}: no JetStream stream takes the subject; set the destination's `stream` "
+                           "to create one, or add the subject to an existing stream") from None
+        return f"connected; JetStream stream {stream!r} takes the subject"
+
     async def _send(self, messages: list[tuple[bytes, dict[str, str]]]) -> None:
         js = await self._connected()
         subject, stream = self.destination.subject, self.destination.stream

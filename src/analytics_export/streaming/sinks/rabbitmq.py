@@ -94,6 +94,11 @@ class RabbitMQSink(LoopSink):
         quoted = {f"quoted_{k}": quote(v, safe="") for k, v in self.secrets.items()}
         return redact(text, {**self.secrets, **quoted})
 
+    async def _probe(self) -> str:
+        await self._connected()  # declares the queue (durable) when missing, as a first send would
+        bound = f", bound to exchange {self.destination.exchange!r}" if self.destination.exchange else ""
+        return f"connected; queue {self.destination.queue!r} declared{bound}"
+
     async def _send(self, messages: list[tuple[bytes, Basic.Properties]]) -> None:
         channel = await self._connected()
         window = AckWindow(MAX_IN_FLIGHT)
