@@ -460,6 +460,35 @@ def test_the_form_offers_only_the_codecs_of_the_chosen_format(page, service):
     expect(codec.locator("option")).to_have_count(3)
 
 
+def test_the_test_button_tries_the_destination_before_saving(page, service, webhook):
+    """The export and schedule forms' Test button: the server tries the destination as filled in and the
+    form lists each step, or the step that failed and why; nothing is saved."""
+    sign_in(page, service.key)
+    page.get_by_role("main").get_by_role("link", name="New export").click()
+    page.get_by_label("Send to").select_option("webhook")
+    page.get_by_label("URL (required)").fill(f"{webhook.url}/probe")
+    page.get_by_role("button", name="Test destination").click()
+    result = page.locator(".test-result")
+    expect(result).to_contain_text("The destination works.", timeout=20_000)
+    expect(result.get_by_role("list", name="Test steps").get_by_role("listitem")).to_have_count(4)
+    expect(result).to_contain_text("send — unsigned (no signing_secret); answered HTTP 200")
+    assert [b.path for b in webhook.batches("destination-test")] == ["/probe"]
+    page.get_by_label("URL (required)").fill("http://127.0.0.1:9/probe")
+    page.get_by_role("button", name="Test destination").click()
+    expect(result).to_contain_text('The destination failed at "send"', timeout=20_000)
+    expect(result).to_contain_text("cannot send")
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
+        before = api.get("/api/exports").json()["total"]
+
+    page.get_by_role("link", name="Schedules").click()
+    page.get_by_role("link", name="New schedule").click()
+    page.get_by_role("button", name="Test destination").click()  # the download folder of this server
+    expect(page.locator(".test-result")).to_contain_text("The destination works.", timeout=20_000)
+    expect(page.locator(".test-result")).not_to_contain_text(str(service.data))
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
+        assert api.get("/api/exports").json()["total"] == before
+
+
 def test_schedule_with_cron_preview_pause_backfill_and_run_history(page, service, tmp_path):
     sign_in(page, service.key)
     page.get_by_role("link", name="Schedules").click()

@@ -318,10 +318,31 @@ function destinationPicker() {
     connection.replaceChildren(...options([["", "None (server credentials)"],
       ...mine.map((c) => [c.name, `${c.name} (${c.fields.join(", ")})`])], values.connection ?? ""));
   };
-  type.addEventListener("change", () => render());
+  const outcome = h("div", { class: "test-result", role: "status", "aria-live": "polite" });
+  const testButton = h("button", { type: "button", class: "secondary", onclick: () => test() }, "Test destination");
+  // The destination as it stands, tried by the server (POST /api/destinations/test): each step, and why one failed
+  const test = async () => {
+    testButton.disabled = true;
+    outcome.replaceChildren(h("p", { class: "muted" }, "Testing…"));
+    try {
+      const result = await api("/api/destinations/test", { method: "POST", body: { destination: picker.value() } });
+      outcome.replaceChildren(
+        h("p", { class: result.ok ? "ok" : "error" }, result.ok ? "The destination works."
+          : `The destination failed at "${result.failed_step}": ${result.error}`),
+        h("ol", { class: "steps", "aria-label": "Test steps" }, ...result.steps.map((step) => h("li", {
+          class: step.ok ? "ok" : "error" }, `${step.ok ? "✓" : "✗"} ${step.name}`,
+          step.detail ? h("span", { class: "muted" }, ` — ${step.detail}`) : ""))));
+    } catch (err) {
+      outcome.replaceChildren(h("p", { class: "error" }, `The test could not run: ${err.message}`));
+    } finally {
+      testButton.disabled = false;
+    }
+  };
+  type.addEventListener("change", () => { outcome.replaceChildren(); render(); });
   render();
-  return {
-    element: h("fieldset", {}, h("legend", {}, "Destination"), field("Send to", type), box, connectionField),
+  const picker = {
+    element: h("fieldset", {}, h("legend", {}, "Destination"), field("Send to", type), box, connectionField,
+      h("div", { class: "row" }, testButton), outcome),
     value() {
       const shown = new Set([...Object.keys(inputs), "connection"]);
       const kept = loaded?.type === type.value
@@ -337,4 +358,5 @@ function destinationPicker() {
       .map((i) => [i, `${i.name} is required for this destination`]),
     set(dest) { loaded = dest; ready.then(() => { type.value = dest.type; render(dest); }); },
   };
+  return picker;
 }

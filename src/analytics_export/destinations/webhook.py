@@ -139,10 +139,12 @@ class Webhook(Destination):
 
     def probe(self, probe: Probe) -> None:
         """One request as an export's would be sent (signed, with its headers and authorization), marked
-        `X-Destination-Test: true`, its body `{"test": true}`; any answer below 300 passes."""
+        `X-Destination-Test: true` (as batch 1 of 1 of export `destination-test`), its body `{"test": true}`;
+        any answer below 300 passes."""
         body = json.dumps({"test": True, "sent_by": "analytics-export"}).encode()
         headers = {**self.spec.headers, "Content-Type": "application/json", "X-Destination-Test": "true",
-                   "X-Export-Id": self.placement.export_id or "destination-test"}
+                   "X-Export-Id": self.placement.export_id or "destination-test", "X-Batch-Index": "1",
+                   "X-Batch-Count": "1"}
         if self.placement.secrets.get("authorization"):
             headers["Authorization"] = self.placement.secrets["authorization"]
         if self.secret is not None:
