@@ -88,17 +88,25 @@ class Placement:
     @classmethod
     def for_export(cls, request: ExportRequest, project: str, settings: Settings,
                    secrets: dict[str, str] | None = None) -> Placement:
-        spec, start, end = request.destination, request.start_date, request.end_date
-        folder = render_folder(spec.prefix, spec.path_template, {
-            "project": project, "export_id": request.id, "year": f"{start:%Y}", "month": f"{start:%m}",
-            "day": f"{start:%d}", "hour": f"{start:%H}", "start": f"{start:%Y%m%d}", "end": f"{end:%Y%m%d}",
-            "format": request.format.value}) if isinstance(spec, FileLayout) else ""
+        spec = request.destination
+        # a layout by each event's values renders its template per partition (pipeline/layout.py)
+        template = None if isinstance(spec, FileLayout) and spec.per_event else getattr(spec, "path_template", None)
+        folder = render_folder(spec.prefix, template, layout_values(request, project)) \
+            if isinstance(spec, FileLayout) else ""
         wrapped = request.compression is not None and not request.format.spec.codec_inside_file
         return cls(spec, project, settings, secrets or {}, folder, request.format.content_type,
                    request.compression.value if wrapped else None, request.id)  # type: ignore[union-attr]
 
     def key(self, name: str) -> str:
         return f"{self.folder}/{name}" if self.folder else name
+
+
+def layout_values(request: ExportRequest, project: str) -> dict[str, str]:
+    """The values of `path_template`'s placeholders that are the export's own (its window's start)."""
+    start, end = request.start_date, request.end_date
+    return {"project": project, "export_id": request.id, "year": f"{start:%Y}", "month": f"{start:%m}",
+            "day": f"{start:%d}", "hour": f"{start:%H}", "start": f"{start:%Y%m%d}", "end": f"{end:%Y%m%d}",
+            "format": request.format.value}
 
 
 def redact(text: str, secrets: dict[str, str]) -> str:
