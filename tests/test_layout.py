@@ -6,6 +6,7 @@ event-time partition; the number of partitions is bounded."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -186,3 +187,43 @@ def test_partitioned_run_by_workers_lays_out_every_window(demo_settings, tmp_pat
     assert listed["total_events"] == job.total_events == sum(expected.values())
     table = ds.dataset(root, format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
     assert table.num_rows == sum(expected.values())
+
+
+def test_a_stream_writes_each_batch_into_its_events_folders(make_service, tmp_path, s3_server):
+    """A stream to S3 laid out by day and event: each batch's events go to their own day's and name's
+    folder (a batch with several gets a file in each, named alike), read back whole with DuckDB."""
+    service = make_service(tmp_path / "svc", 1, {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]'})
+    bucket = s3_server.make_bucket(f"stream-{uuid.uuid4().hex[:8]}")
+    with service.client(service.key) as c:
+        r = c.post("/api/connections", json={"name": "s3", "type": "s3", "secrets": {
+            "access_key_id": s3_server.access_key, "secret_access_key": s3_server.secret_key}})
+        assert r.status_code == 201, r.text
+        r = c.post("/api/streams", json={"name": "laid out", "max_batch_events": 40, "max_batch_seconds": 0.2,
+                                         "destination": {"type": "s3", "bucket": bucket, "connection": "s3",
+                                                         "endpoint_url": s3_server.endpoint, "prefix": "s",
+                                                         "path_template": "date={event_date}/event={event}"}})
+        assert r.status_code == 201, r.text
+        stream_id = r.json()["stream"]["id"]
+        now = datetime.now(timezone.utc)
+        events = [{"event": ["signup", "$pageview", "Sign Up"][i % 3], "distinct_id": f"u{i}",
+                   "timestamp": (now - timedelta(days=i % 4, minutes=i)).isoformat(), "properties": {"i": i}}
+                  for i in range(300)]
+        assert c.post("/api/events", json=events).status_code == 200
+        deadline = time.monotonic() + 60
+        while (view := c.get(f"/api/streams/{stream_id}").json())["delivered_events"] < 300:
+            assert time.monotonic() < deadline, view
+            time.sleep(0.2)
+    client = s3_server.client()
+    root = tmp_path / "s"
+    for item in client.list_objects_v2(Bucket=bucket)["Contents"]:
+        path = tmp_path / item["Key"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+    got = duckdb.sql(f"SELECT date::VARCHAR, event, count(*) FROM read_json_auto('{root}/**/*.jsonl', "
+                     "hive_partitioning = true, hive_types_autocast = false) GROUP BY ALL").fetchall()
+    expected = Counter((datetime.fromisoformat(e["timestamp"]).strftime("%Y-%m-%d"), e["event"]) for e in events)
+    assert Counter({(d, e): n for d, e, n in got}) == expected
+    folders = {p.parent.relative_to(root).as_posix() for p in root.rglob("*.jsonl")}
+    assert folders == {f"date={d}/event={event_slug(e)}" for d, e in expected}
+    names = Counter(p.name for p in root.rglob("*.jsonl"))
+    assert max(names.values()) > 1, "a batch's file in each of its partitions, named after the batch"

@@ -49,6 +49,11 @@ def check_window(fields: tuple[str, ...], start: datetime, end: datetime) -> Non
                          f"{MAX_PARTITIONS:,}: shorten the window")
 
 
+def placeholders(template: str) -> list[str]:
+    """The placeholder names of a (checked) template."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
 def render_folder(prefix: str, template: str | None, values: dict[str, str]) -> str:
     """`prefix/template` with `values` in its placeholders, without leading or trailing `/`."""
     parts = [prefix, template.format(**values) if template else ""]
@@ -113,9 +118,7 @@ class FileLayout(BaseModel):
     @property
     def per_event(self) -> tuple[str, ...]:
         """The placeholders of `path_template` that take each event's own values (EVENT_FIELDS)."""
-        if not self.path_template:
-            return ()
-        used = {name for _, name, _, _ in string.Formatter().parse(self.path_template)}
+        used = placeholders(self.path_template or "")
         return tuple(f for f in EVENT_FIELDS if f in used)
 
     def split_limits(self) -> tuple[int | None, int | None]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..destinations.specs import MAX_EVENT_SLUG, MAX_PARTITIONS, render_folder
+from ..destinations.specs import MAX_EVENT_SLUG, MAX_PARTITIONS, FileLayout, render_folder
 from ..errors import Invalid
 from ..formats import writer_for
 from .batches import Progress, scanned
@@ -59,10 +59,9 @@ class Layout:
     """The per-event placeholders of an export's `path_template`: a partition is a tuple of the day
     (`YYYY-MM-DD`), with `{event_hour}` the hour (`HH`), and with `{event}` the event name, of its rows."""
 
-    def __init__(self, request: ExportRequest, values: dict[str, str]) -> None:
-        spec = request.destination
-        self.fields: tuple[str, ...] = spec.per_event  # type: ignore[union-attr]
-        self.template: str = spec.path_template  # type: ignore[union-attr]
+    def __init__(self, spec: FileLayout, values: dict[str, str]) -> None:
+        self.fields = spec.per_event
+        self.template: str = spec.path_template or ""
         self.values = values
         self.times = ("%Y-%m-%d", "%H") if "event_hour" in self.fields else ("%Y-%m-%d",) \
             if "event_date" in self.fields else ()
@@ -84,10 +83,7 @@ class Layout:
 
     def runs(self, batch: pa.RecordBatch) -> Iterator[tuple[tuple[str, ...], pa.RecordBatch]]:
         """`batch` cut where its partition changes: each run's partition and rows."""
-        time = batch.column("timestamp")
-        columns = [pc.utf8_slice_codeunits(time, 0, 10), pc.utf8_slice_codeunits(time, 11, 13)] \
-            if pa.types.is_string(time.type) else [pc.strftime(time, f) for f in ("%Y-%m-%d", "%H")]
-        columns = columns[:len(self.times)] + ([batch.column("event")] if self.by_event else [])
+        columns = self.key_columns(batch)
         changed = pa.array([False] * max(batch.num_rows - 1, 0))
         for column in columns:
             changed = pc.or_(changed, pc.not_equal(column[1:], column[:-1]))
@@ -107,6 +103,23 @@ class Layout:
         """The partition's folder under the destination's prefix: the template with its values."""
         return render_folder("", self.template, {**self.values, **self.named(key)})
 
+    def grouped(self, batches: list[pa.RecordBatch]) -> list[tuple[tuple[str, ...], pa.RecordBatch]]:
+        """A stream's batch (at most its max_batch_events rows) as one record batch per partition, in order."""
+        table = pa.Table.from_batches(batches)
+        keys = [f"__key{i}" for i in range(len(self.keys()))]
+        for name, column in zip(keys, self.key_columns(table)):
+            table = table.append_column(name, column)
+        rows = table.sort_by([(k, "ascending") for k in keys]).drop_columns(keys).combine_chunks()
+        return list(self.runs(rows.to_batches()[0])) if rows.num_rows else []
+
+    def key_columns(self, rows: pa.RecordBatch | pa.Table) -> list:
+        """Each row's partition, a column per value: its day and hour (from `timestamp`, typed or RFC 3339
+        text), its event name."""
+        time = rows.column("timestamp")
+        columns = [pc.utf8_slice_codeunits(time, 0, 10), pc.utf8_slice_codeunits(time, 11, 13)] \
+            if pa.types.is_string(time.type) else [pc.strftime(time, f) for f in ("%Y-%m-%d", "%H")]
+        return columns[:len(self.times)] + ([rows.column("event")] if self.by_event else [])
+
     def described(self, key: tuple[str, ...]) -> dict[str, str]:
         """A partition as the manifest shows it: the placeholders' values, and the event name as stored."""
         return {**self.named(key), **({"event_name": key[-1]} if self.by_event else {})}
@@ -119,7 +132,7 @@ def write_laid_out(request: ExportRequest, source: EventSource, destination: Des
     """Every partition of `request` as its own file or split series, `name(n)` numbering the files of
     the whole export in its partition's folder; returns their manifest entries (each with its
     `partition`). A failure removes every file already committed."""
-    layout = Layout(request, values)
+    layout = Layout(request.destination, values)  # type: ignore[arg-type]
     query = export_query(request, project, privacy)
     layout.check(source, query)
     query = replace(query, order=layout.keys())
