@@ -344,6 +344,11 @@ class ExportRequest(BaseModel):
         return self
 
     @property
+    def laid_out(self) -> bool:
+        """Whether the files are laid out by each event's own values (`{event_date}`... in path_template)."""
+        return isinstance(self.destination, FileLayout) and bool(self.destination.per_event)
+
+    @property
     def file_stem(self) -> str:
         return f"export_{self.id}_{self.start_date:%Y%m%d}_to_{self.end_date:%Y%m%d}"
 

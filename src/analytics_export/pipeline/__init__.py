@@ -13,7 +13,6 @@ from ..sources import EventSource
 from ..warehouses import TableDestination
 from .batches import Progress
 from .files import completed, deliver, write_files
-from .layout import laid_out, write_laid_out
 from .tables import load_table
 
 
@@ -41,7 +40,9 @@ def run_export(
         return load_table(request, source, destination, project=project, batch_size=batch_size,
                           on_progress=on_progress, should_stop=should_stop, privacy=privacy)
     started = datetime.now(timezone.utc)
-    if laid_out(request):  # a file or a split series per partition, and a manifest of them all
+    if request.laid_out:  # a file or a split series per partition, and a manifest of them all
+        from .layout import write_laid_out  # here: it loads pyarrow, which the engine's own writes do without
+
         if destination.manifest:
             destination.remove(request.manifest_name)
         files = write_laid_out(request, source, destination, project=project,

@@ -186,7 +186,3 @@ def write_laid_out(request: ExportRequest, source: EventSource, destination: Des
         batches.close()
     return done
 
-
-def laid_out(request: ExportRequest) -> bool:
-    """Whether `request`'s files are laid out by each event's own values."""
-    return bool(getattr(request.destination, "per_event", ()))
