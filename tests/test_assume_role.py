@@ -15,13 +15,14 @@ from typing import Any
 import obstore
 import pytest
 from obstore.store import S3Store
-from servers import HOST, _Subprocess
+from servers import HOST, _Subprocess, free_port
 from service import wait_for
 
 from analytics_export.config import Settings
 from analytics_export.connections import ConnectionCreate
 from analytics_export.destinations.assume_role import RoleCredentials, check_usable
-from analytics_export.errors import Invalid
+from analytics_export.errors import Invalid, Upload
+from analytics_export.models import ExportConfig
 
 from conftest import with_demo_events
 
@@ -159,7 +160,10 @@ def test_wrong_external_id_fails_for_good(client, service, aws):
     error = view["result"]["error"]
     assert "AssumeRole" in error and "external_id" in error and "AccessDenied" in error, error
     assert "not-the-tenant" not in error and aws["role_arn"] not in error
-    assert f"export {export_id} attempt" not in service.logs()  # permanent: never retried
+    logs = service.logs()
+    assert f"export {export_id} attempt" not in logs  # permanent: never retried
+    for secret in (EXTERNAL_ID, "not-the-tenant", aws["exporter"]["SecretAccessKey"]):
+        assert secret not in logs
     keys = aws["server"].client("s3", aws["admin"]).list_objects_v2(Bucket=BUCKET, Prefix="wrong").get("Contents")
     assert not keys
 
@@ -216,3 +220,11 @@ def test_role_connections_are_checked(client, aws, tmp_path):
         check_usable(Settings(data_dir=tmp_path, sts_access_key_id="a", sts_secret_access_key="b",
                               sts_refresh_margin_seconds=900), {**role, "session_duration": "900"})
     assert ConnectionCreate(name="ok", type="s3", secrets={**role, "session_duration": "43200"})
+
+
+def test_an_unreachable_sts_is_a_transient_failure(aws, tmp_path):
+    settings = Settings(data_dir=tmp_path, sts_endpoint_url=f"http://{HOST}:{free_port()}", sts_access_key_id="a",
+                        sts_secret_access_key="b", export=ExportConfig(upload_retries=0, upload_timeout_seconds=2))
+    provider = RoleCredentials(settings, {"role_arn": aws["role_arn"], "external_id": EXTERNAL_ID}, REGION)
+    with pytest.raises(Upload, match="AssumeRole failed: EndpointConnectionError; check ANALYTICS_EXPORT_STS_ENDPOINT"):
+        provider()
