@@ -21,7 +21,9 @@ from service import wait_for
 from analytics_export.config import Settings
 from analytics_export.connections import ConnectionCreate
 from analytics_export.destinations.assume_role import RoleCredentials, check_usable
-from analytics_export.errors import Invalid, Upload
+from analytics_export.destinations import Placement, destination_for
+from analytics_export.destinations.specs import S3Destination
+from analytics_export.errors import Invalid, Rejected, Upload
 from analytics_export.models import ExportConfig
 
 from conftest import with_demo_events
@@ -86,11 +88,11 @@ def aws():
         yield {"server": server, "admin": admin, "exporter": exporter, "role_arn": role_arn}
 
 
-def trust_policy() -> dict:
+def trust_policy(external_id: str = EXTERNAL_ID) -> dict:
     """The role's trust policy, as docs/assume-role.md shows it."""
     return {"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/exporter"},
-        "Action": "sts:AssumeRole", "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}}}]}
+        "Action": "sts:AssumeRole", "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}]}
 
 
 def permissions_policy() -> dict:
@@ -191,6 +193,32 @@ def test_credentials_are_assumed_again_before_they_expire(aws, tmp_path, monkeyp
         assert len(provider.sessions) == sessions
         assert len({s["AccessKeyId"] for s in provider.sessions}) == sessions
         assert bytes(obstore.get(store, f"renewed-{margin}/second").bytes()) == b"second"
+
+
+def test_a_renewal_refused_mid_export_fails_for_good(aws, tmp_path):
+    """The bucket's owner changes the trust policy while an export writes: the renewal is refused, and
+    the upload fails with STS's reason (permanent), not as a bare credentials error."""
+    settings = Settings(data_dir=tmp_path, sts_refresh_margin_seconds=897, sts_endpoint_url=aws["server"].endpoint,
+                        sts_access_key_id=aws["exporter"]["AccessKeyId"],
+                        sts_secret_access_key=aws["exporter"]["SecretAccessKey"],
+                        export=ExportConfig(upload_retries=0))
+    secrets = {"role_arn": aws["role_arn"], "external_id": EXTERNAL_ID, "session_duration": "900"}
+    spec = S3Destination(bucket=BUCKET, endpoint_url=aws["server"].endpoint, region=REGION)
+    destination = destination_for(Placement(spec, "default", settings, secrets, "revoked"))
+    first = destination.open("first")
+    first.write(b"written with the first session")
+    first.commit()
+    iam = aws["server"].client("iam", aws["admin"])
+    iam.update_assume_role_policy(RoleName="analytics-export-writer", PolicyDocument=json.dumps(trust_policy("other")))
+    try:
+        time.sleep(3.5)
+        second = destination.open("second")
+        with pytest.raises(Rejected, match=r"AssumeRole .*\(AccessDenied\).*external_id"):
+            second.write(b"due for a new session")
+            second.commit()
+    finally:
+        iam.update_assume_role_policy(RoleName="analytics-export-writer", PolicyDocument=json.dumps(trust_policy()))
+        destination.close()
 
 
 def test_role_connections_are_checked(client, aws, tmp_path):

@@ -10,7 +10,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from ..errors import Invalid, Rejected, Upload
+from ..errors import ExportError, Invalid, Rejected, Upload
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -64,11 +64,17 @@ class RoleCredentials:
         self.margin = timedelta(seconds=settings.sts_refresh_margin_seconds)
         self.lock = threading.Lock()
         self.current: dict | None = None
+        self.failure: ExportError | None = None
+        """Why the last renewal failed: obstore reports it as a credentials error without the reason."""
 
     def __call__(self) -> dict:
         with self.lock:
             if self.current is None or datetime.now(timezone.utc) >= self.current["refresh_at"]:
-                self.current = self._assume()
+                try:
+                    self.current, self.failure = self._assume(), None
+                except ExportError as exc:
+                    self.failure = exc
+                    raise
             credentials = self.current
         return {"access_key_id": credentials["AccessKeyId"], "secret_access_key": credentials["SecretAccessKey"],
                 "token": credentials["SessionToken"], "expires_at": credentials["refresh_at"]}

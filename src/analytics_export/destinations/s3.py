@@ -35,5 +35,21 @@ def build(placement: Placement) -> ObjectStoreDestination:
             config["sse_kms_key_id"] = spec.kms_key_id
     store = S3Store(spec.bucket, config=config, client_options=client_options(placement, spec.endpoint_url),
                     retry_config=retry_config(placement), credential_provider=provider)
+    if provider is not None:
+        return RoleDestination(placement, store, f"s3://{spec.bucket}", {"Content-Type": placement.content_type},
+                               provider)
     return ObjectStoreDestination(placement, store, f"s3://{spec.bucket}",
                                   {"Content-Type": placement.content_type})
+
+
+class RoleDestination(ObjectStoreDestination):
+    """Writes with a role's credentials: a renewal that fails mid-export is reported as STS's own refusal
+    (not retried) or outage (retried), not as the credentials error obstore makes of it."""
+
+    def __init__(self, placement: Placement, store: S3Store, uri_root: str, attributes: dict,
+                 credentials: RoleCredentials) -> None:
+        super().__init__(placement, store, uri_root, attributes)
+        self.credentials = credentials
+
+    def explain(self, exc: Exception) -> Exception:
+        return self.credentials.failure or super().explain(exc)
