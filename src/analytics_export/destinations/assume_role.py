@@ -1,14 +1,14 @@
 """S3 credentials by role (docs/assume-role.md): this server's own keys call sts:AssumeRole for the
 connection's role, with its external ID, and obstore signs with the temporary credentials it gets.
 They are fetched again `sts_refresh_margin_seconds` before they expire, so an export that outlasts
-the session goes on. Every client gets explicit keys, endpoint and region: nothing probes a metadata
-server or reads ~/.aws."""
+the session goes on. The STS client gets explicit keys, endpoint and region: nothing looks for
+credentials elsewhere (a metadata server, the environment, ~/.aws)."""
 
 from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportError, Invalid, Rejected, Upload
 
@@ -79,7 +79,7 @@ class RoleCredentials:
         return {"access_key_id": credentials["AccessKeyId"], "secret_access_key": credentials["SecretAccessKey"],
                 "token": credentials["SessionToken"], "expires_at": credentials["refresh_at"]}
 
-    def _client(self):
+    def _client(self) -> Any:
         import boto3
         from botocore.config import Config
 
@@ -108,7 +108,7 @@ class RoleCredentials:
             if code in REFUSALS:
                 raise Rejected(f"STS refused AssumeRole of the connection's role_arn ({code}): "
                                f"{REFUSALS[code]}") from None
-            raise Upload(f"STS AssumeRole failed ({code or 'no error code'}); it will be tried again") from None
+            raise Upload(f"STS AssumeRole failed ({code or 'no error code'})") from None
         except BotoCoreError as exc:
             raise Upload(f"STS AssumeRole failed: {type(exc).__name__}; check ANALYTICS_EXPORT_STS_ENDPOINT_URL "
                          "and that STS is reachable") from None
