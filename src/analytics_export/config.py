@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     server_credentials: bool = Field(
         False, description="let exports without a connection use this server's own cloud credentials "
         "(AWS_*, AZURE_STORAGE_*, Google default): only for a single-tenant deployment")
+    sts_endpoint_url: str | None = Field(
+        None, description="the STS endpoint where S3 connections naming a role_arn assume it (tests, other clouds, "
+        "a VPC endpoint); default AWS's for the region")
+    sts_region: str | None = Field(None, pattern=r"^[a-z0-9-]{1,32}$", description="the region STS calls are signed "
+                                   "for; default the destination's region, else us-east-1")
+    sts_access_key_id: SecretStr | None = Field(
+        None, description="this server's own AWS keys, used only to call sts:AssumeRole for connections that name "
+        "a role_arn (never to write): the only permission they need")
+    sts_secret_access_key: SecretStr | None = Field(None, description="the secret of sts_access_key_id")
+    sts_refresh_margin_seconds: int = Field(
+        300, ge=0, le=3600, description="assume the role again this long before its credentials expire, so an "
+        "export longer than the session goes on with fresh ones; a connection's session_duration must exceed it")
     destination_allow: list[str] = Field(
         default_factory=list, description="hosts or CIDRs destinations may reach although not public, "
         'e.g. ["127.0.0.1", "10.1.0.0/16"]; everything else must resolve to public addresses')

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .checks import CONNECTION_NAME
 from .destinations import registry
+from .destinations.assume_role import check_usable, is_role
 from .destinations.guard import check_destination
 from .destinations.specs import check_header_value, check_headers
 from .errors import Invalid
@@ -85,6 +86,8 @@ def checked_secrets(settings: Settings, jobs: JobStore, project: str, destinatio
         secrets = Sealer(settings.signing_key()).open(row.sealed)
     if destination.type == "webhook":
         check_sendable_headers(destination.headers, secrets)
+    if destination.type == "s3" and is_role(secrets):
+        check_usable(settings, secrets)
     return secrets
 
 

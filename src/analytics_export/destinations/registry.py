@@ -158,16 +158,55 @@ def _snowflake(secrets: dict[str, str]) -> None:
                          "authentication: the PEM of the user's private key)")
 
 
+ROLE_ARN = re.compile(r"arn:aws[a-z-]{0,16}:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}")
+SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")
+SESSION_SECONDS = (900, 43200)
+"""AssumeRole's own bounds on a session's duration (a role's MaxSessionDuration may be lower)."""
+
+
+def _s3(secrets: dict[str, str]) -> None:
+    """Either access keys or a role to assume (docs/assume-role.md), never both; values are not echoed."""
+    keys = [f for f in ("access_key_id", "secret_access_key", "session_token") if secrets.get(f)]
+    role = [f for f in ("role_arn", "external_id", "session_name", "session_duration") if secrets.get(f)]
+    if keys and role:
+        raise ValueError(f"an s3 connection takes access keys or a role, not both: drop secrets.{role[0]} or "
+                         f"secrets.{keys[0]}")
+    if not role:
+        if not (secrets.get("access_key_id") and secrets.get("secret_access_key")):
+            raise ValueError("an s3 connection needs secrets.access_key_id and secrets.secret_access_key, or "
+                             "secrets.role_arn and secrets.external_id to assume a role")
+        return
+    if not secrets.get("role_arn"):
+        raise ValueError(f"secrets.{role[0]} goes with secrets.role_arn, the role to assume")
+    if not ROLE_ARN.fullmatch(secrets["role_arn"]):
+        raise ValueError("secrets.role_arn must be an IAM role ARN: arn:aws:iam::123456789012:role/NAME")
+    if not secrets.get("external_id"):
+        raise ValueError("secrets.external_id is required with secrets.role_arn: the value the role's trust "
+                         "policy requires in its sts:ExternalId condition")
+    if not EXTERNAL_ID.fullmatch(secrets["external_id"]):
+        raise ValueError("secrets.external_id must be 2-1224 letters, digits or `+=,.@:/-_`")
+    if secrets.get("session_name") and not SESSION_NAME.fullmatch(secrets["session_name"]):
+        raise ValueError("secrets.session_name must be 2-64 letters, digits or `+=,.@-_`")
+    duration = secrets.get("session_duration")
+    low, high = SESSION_SECONDS
+    if duration and not (duration.isascii() and duration.isdigit() and low <= int(duration) <= high):
+        raise ValueError(f"secrets.session_duration must be a whole number of seconds from {low} to {high}")
+
+
 LAYOUT = (("prefix", "Prefix (folder)"),
           ("path_template", "Path template, e.g. year={year}/month={month} or date={event_date}/event={event}"))
 S3_KEYS = (("access_key_id", "secret_access_key"), ("session_token",))
+S3_SECRETS = ((), (*S3_KEYS[0], *S3_KEYS[1], "role_arn", "external_id", "session_name", "session_duration"))
+"""An s3 connection: access keys (S3_KEYS), or a role the server assumes through STS (`_s3`)."""
 
 register(DestinationType(
     "download", "Download from this server", "download", DownloadDestination, guarded=(),
     export="destinations.local:build"))
 register(DestinationType(
     "s3", "Amazon S3 (or compatible)", "files", S3Destination, guarded=("endpoint_url",),
-    export="destinations.s3:build", stream="streaming.sinks.files:build", secrets=S3_KEYS, server_credentials=True,
+    export="destinations.s3:build", stream="streaming.sinks.files:build", secrets=S3_SECRETS, check_secrets=_s3,
+    server_credentials=True,
     form=(("bucket", "Bucket"), ("region", "Region"), ("endpoint_url", "Endpoint URL", "url"), *LAYOUT)))
 register(DestinationType(
     "gcs", "Google Cloud Storage", "files", GCSDestination, guarded=("endpoint_url",),
