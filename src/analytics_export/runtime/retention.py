@@ -37,6 +37,7 @@ from ..models import ExportRequest, RetentionPolicy, check_cron_interval, schedu
 from ..pipeline.files import write_files
 from ..sources import IDS, EventQuery
 from ..sources.stores import open_store
+from ..store.incidents import open_incident, resolve_incident
 from ..store.jobs import JobStore, aware, now
 from ..store.policies import PrivacyStore
 from ..store.tables import retention_policies, retention_windows
@@ -126,7 +127,11 @@ class Retention:
                     if row is None:
                         return {**report, "action": "nothing stored before the run began"}
                     self.checkpoint("archived")
-                self._verify(policy, row)
+                try:
+                    self._verify(policy, row)
+                except ExportError:
+                    report["verification"] = "failed"
+                    raise
                 self.checkpoint("verified")
                 with closing(open_store(self.settings, read_only=False)) as store:
                     found = store.delete_window(self.project, *window(day), aware(row.watermark), row.read)
@@ -327,8 +332,10 @@ def run_due(settings: Settings, jobs: JobStore, at: datetime | None = None) -> i
     at = at or now()
     for project, policy in due(jobs, at, settings.export.min_schedule_interval_seconds):
         values: dict[str, Any] = {"last_run": at}
+        unverified: list[dict] = []
         try:
             reports = Retention(settings, jobs, project).run(policy)
+            unverified = [r for r in reports if r.get("verification") == "failed"]
             values["last_error"] = "; ".join(f"{r['day']}: {r['error']}" for r in reports if "error" in r)[:2000] or None
         except ExportError as exc:
             values["last_error"] = str(exc)[:2000]
@@ -339,5 +346,10 @@ def run_due(settings: Settings, jobs: JobStore, at: datetime | None = None) -> i
             values["last_error"] = f"internal error ({type(exc).__name__}); see the worker log"
         with jobs.engine.begin() as c:
             c.execute(retention_policies.update().where(retention_policies.c.project == project).values(**values))
+            if unverified:
+                open_incident(c, project, "retention_failed", project, "; ".join(
+                    f"{r['day']}: {r['error']}" for r in unverified), len(unverified))
+            elif values["last_error"] is None:
+                resolve_incident(c, "retention_failed", project, "a later run archived, verified and deleted")
         ran += 1
     return ran
