@@ -142,10 +142,11 @@ class AlertStore:
         return claimed
 
     def record(self, delivery_id: str, error: str | None, retry_at: datetime | None) -> None:
-        """Record a send: done (no error), to be sent again at `retry_at`, or failed for good."""
+        """Record an attempt: sent (no error), to be sent again at `retry_at`, or failed for good."""
         status = "sent" if error is None else "pending" if retry_at is not None else "failed"
-        values: dict[str, Any] = {"status": status, "attempts": alert_deliveries.c.attempts + 1,
-                                  "last_error": error[:MAX_ERROR_CHARS] if error else None}
+        values: dict[str, Any] = {"status": status, "attempts": alert_deliveries.c.attempts + 1}
+        if error is not None:  # a send that succeeds keeps the error of the attempt before it
+            values["last_error"] = error[:MAX_ERROR_CHARS]
         if status == "sent":
             values["sent_at"] = now()
         if retry_at is not None:
