@@ -608,8 +608,9 @@ def test_the_alerts_page_lists_an_alert_its_delivery_and_the_channels(page, serv
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
         with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
-            made = api.post("/api/alert-channels", json={"name": "ops-room", "type": "webhook", "kinds": ["export_failed"],
-                                                         "url": f"http://127.0.0.1:{receiver.server_port}/alerts"})
+            made = api.post("/api/alert-channels", json={
+                "name": "ops-room", "type": "webhook", "kinds": ["export_failed"],
+                "url": f"http://127.0.0.1:{receiver.server_port}/alerts"})
             assert made.status_code == 201, made.text
             export = api.post("/api/exports", json={"start_date": "2026-10-01", "end_date": "2026-10-02",
                                                     "destination": {"type": "webhook",

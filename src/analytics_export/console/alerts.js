@@ -69,7 +69,8 @@ function incidentRow(incident) {
 function channelRow(channel, remove) {
   const where = channel.type === "email" ? channel.to.join(", ") : channel.url;
   return h("tr", {},
-    h("td", { "data-label": "Name" }, channel.name, channel.enabled ? null : h("span", { class: "muted" }, " (disabled)")),
+    h("td", { "data-label": "Name" }, channel.name,
+      channel.enabled ? null : h("span", { class: "muted" }, " (disabled)")),
     h("td", { "data-label": "Type" }, channel.type, h("div", { class: "muted small" }, where)),
     h("td", { "data-label": "Told of" }, channel.kinds.map((k) => TITLES[k] ?? k).join(", ")),
     h("td", { "data-label": "Actions" }, h("button", { type: "button", class: "secondary",
