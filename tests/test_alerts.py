@@ -233,6 +233,11 @@ def test_channel_crud_bounds_and_isolation(svc):
                 "host": HOST, "from_address": "a@example.com", "username": "u", "password": "p",
                 "starttls": "false"}}).status_code == 422, "no password in clear"
             assert c.get("/api/alerts").json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
+            made = [channel(c, name=f"c{n}", type="webhook", url=hook.url())["id"] for n in range(50)]
+            full = c.post("/api/alert-channels", json={"name": "one-more", "type": "webhook", "url": hook.url()})
+            assert full.status_code == 422 and "the most is 50" in full.text
+            for channel_id in made:
+                assert c.delete(f"/api/alert-channels/{channel_id}").status_code == 204
     finally:
         hook.close()
 
