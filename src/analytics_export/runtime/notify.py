@@ -101,7 +101,7 @@ def send_email(settings: Settings, secrets: dict[str, str], to: list[str], body:
     host, port = secrets["host"], int(secrets.get("port", "587"))
     address = check_host(host, settings.destination_allow)[0]
     message = EmailMessage()
-    message["Subject"] = alert_text(body)[:200]
+    message["Subject"] = " ".join(alert_text(body).split())[:200]  # one line: errors may span several
     message["From"] = secrets["from_address"]
     message["To"] = ", ".join(to)
     message.set_content(alert_text(body) + "\n\n" + json.dumps(body, indent=2))

@@ -664,6 +664,7 @@ class JobStore:
         with self.engine.begin() as c:
             if c.execute(exports.delete().where(exports.c.id == export_id, exports.c.project == project)).rowcount:
                 c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
+                resolve_incident(c, "export_failed", export_id, "the export was deleted")
 
     def retry(self, project: str, export_id: str, limit: int) -> bool:
         """Put a failed export back in the queue; False if it is not failed, or if its partitions
