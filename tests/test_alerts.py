@@ -340,6 +340,34 @@ def test_export_failing_for_good_alerts_each_channel_once_then_on_recovery(svc, 
         chat.close()
 
 
+def test_an_export_whose_worker_died_on_its_last_attempt_alerts(tmp_path):
+    """Two workers die holding the export (their leases run out unrenewed); the next worker fails it."""
+    settings = Settings(data_dir=tmp_path, destination_allow=["127.0.0.1"], export={"max_attempts": 2})
+    jobs = JobStore.for_data_dir(tmp_path)
+    jobs.migrate()
+    hook = Receiver()
+    try:
+        from analytics_export.alerts import ChannelSpec
+        from analytics_export.models import ExportRequest
+        from analytics_export.runtime.worker import Worker
+        from analytics_export.store.alerts import AlertStore
+
+        AlertStore(jobs).create_channel("p", ChannelSpec(name="ops", type="webhook", url=hook.url()))
+        request = ExportRequest(**WINDOW, format="csv")
+        jobs.create("p", request, 4)
+        for attempt in (1, 2):
+            assert jobs.claim(f"dead-{attempt}", timedelta(milliseconds=1)).attempts == attempt
+            time.sleep(0.05)
+        assert not Worker(settings, jobs, name="live").run_one()
+        assert jobs.get("p", request.id).status.value == "failed"
+        Dispatcher(settings, jobs).send_due()
+        alert = hook.bodies()[0]
+        assert alert["object"] == {"type": "export", "id": request.id} and alert["attempts"] == 2
+        assert "the worker running this export died (worker dead-2" in alert["error"]
+    finally:
+        hook.close()
+
+
 # ---------------------------------------------------------------- a schedule that auto-pauses
 
 

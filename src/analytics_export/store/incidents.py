@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..alerts import OBJECT_OF, ChannelSpec
@@ -41,7 +42,10 @@ def open_incident(c: sa.Connection, project: str, kind: str, object_id: str, err
         return False
     rows = []
     for channel in c.execute(sa.select(alert_channels).where(alert_channels.c.project == project)).all():
-        spec = ChannelSpec.model_validate(channel.spec)
+        try:
+            spec = ChannelSpec.model_validate(channel.spec)
+        except ValidationError:  # stored under other rules: never fail the transaction that set the state
+            continue
         if not spec.enabled or kind not in spec.kinds:
             continue
         due = values["opened_at"] + timedelta(minutes=spec.stream_failing_minutes) if kind == "stream_failing" else at

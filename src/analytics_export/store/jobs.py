@@ -639,7 +639,7 @@ class JobStore:
             if done and result.status is ExportStatus.COMPLETED:
                 c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
                 resolve_incident(c, "export_failed", export_id, "a later run of the export completed")
-            elif done:
+            elif done and result.status is ExportStatus.FAILED:
                 failed_for_good(c, export_id, result.error)
         return bool(done)
 
