@@ -39,7 +39,7 @@ from .checks import (
     utc,
 )
 from .destinations import registry
-from .destinations.specs import DownloadDestination, FileLayout, WarehouseTable
+from .destinations.specs import DownloadDestination, FileLayout, WarehouseTable, check_window
 from .enums import (
     COMPRESSION_DOC,
     Compression,
@@ -339,6 +339,8 @@ class ExportRequest(BaseModel):
                 f"end_date ({self.end_date.isoformat()}) must be after start_date "
                 f"({self.start_date.isoformat()}); the window is [start_date, end_date)"
             )
+        if not is_stored(info) and isinstance(self.destination, FileLayout):
+            check_window(self.destination.per_event, self.start_date, self.end_date)
         return self
 
     @property

@@ -1,14 +1,14 @@
 """`GET /api/destinations`: each destination type the server has, read from the destination
 registry: whether exports and streams take it, the secret fields its connections hold, and the
 inputs the console's form offers for it. `POST /api/destinations/test`: a destination's settings
-tried before anything is saved (destinations/probe.py)."""
+tried before anything is saved (probes.py)."""
 
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..destinations.probe import try_destination
+from ..probes import try_destination
 from ..destinations.registry import REGISTRY, DestinationType, Kind
 from .deps import Api, problems
 

@@ -21,7 +21,7 @@ def test(ctx: typer.Context, to: str = typer.Option(
     for a webhook, a rolled-back transaction for a table, the stream or queue for a broker). Prints each
     step; exits 1 when one fails, saying why."""
     from ..api.destinations import AnyDestination
-    from ..destinations.probe import try_destination
+    from ..probes import try_destination
 
     settings = ctx.obj
     try:

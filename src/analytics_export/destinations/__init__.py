@@ -6,17 +6,19 @@ from __future__ import annotations
 import queue
 import re
 import threading
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ClassVar, Iterator, Protocol
 
-from ..errors import Invalid
+from ..errors import ExportError, Invalid, NotFound, Upload
 from . import registry
 from .specs import FileLayout, render_folder
 
 if TYPE_CHECKING:
     from ..config import Settings
     from ..models import ExportRequest
-    from .probe import Probe
 
 
 class FileUpload(Protocol):
@@ -57,15 +59,88 @@ class Destination:
         """Release connections; called after success and failure alike."""
 
     def probe(self, probe: Probe) -> None:
-        """Show that this destination takes files (`POST /api/destinations/test`): one is written, read
-        back and deleted. Destinations that take no files check what they take instead."""
-        from .probe import probe_files
-
-        probe_files(self, probe, self.location)
+        """Show that this destination takes files (`POST /api/destinations/test`): a small one is written,
+        read back whole, deleted and seen to be gone. Destinations that take no files check what they take."""
+        name = f".analytics-export-test-{uuid.uuid4().hex[:12]}"
+        body = f"analytics-export destination test {uuid.uuid4()}\n".encode()
+        with probe.step("write", f"wrote {self.location(name)} ({len(body)} bytes)"):
+            upload = self.open(name)
+            try:
+                upload.write(body)
+                upload.commit()
+            except BaseException:
+                upload.abort()
+                raise
+        try:
+            with probe.step("read back", "read it back whole"):
+                got = b"".join(self.read(name))
+                if got != body:
+                    raise Upload(f"{self.location(name)} read back {len(got)} bytes that differ from the "
+                                 f"{len(body)} written")
+        finally:
+            with probe.step("delete", "deleted it"):
+                self.remove(name)
+                try:
+                    b"".join(self.read(name))
+                except NotFound:
+                    pass
+                else:
+                    raise Upload(f"{self.location(name)} is still there after its delete: grant the credentials "
+                                 "permission to delete (a failed export removes its parts)")
 
     def location(self, name: str) -> str:
         """Where the file `name` goes, as messages name it."""
         return name
+
+
+@dataclass
+class Step:
+    """One step of a destination test: what it did or, failed, why; and how long it took."""
+
+    name: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+class StepFailed(Exception):
+    """Ends a destination test at the step that failed (recorded already)."""
+
+
+@dataclass
+class Probe:
+    """The steps of one destination test, in order; a failed step's message has the secrets taken out."""
+
+    secrets: dict[str, str] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+
+    @contextmanager
+    def step(self, name: str, done: str = "") -> Iterator[list[str]]:
+        """Record the step `name`: passed with `done` (or what the body appends to the yielded list),
+        or failed with its error's message; a failure raises StepFailed."""
+        started, notes = time.monotonic(), [done] if done else []
+        try:
+            yield notes
+        except StepFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is the test's answer, in words
+            self.steps.append(Step(name, False, explain(exc, self.secrets), round(time.monotonic() - started, 3)))
+            raise StepFailed(name) from None
+        self.steps.append(Step(name, True, "; ".join(notes), round(time.monotonic() - started, 3)))
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.steps)
+
+
+def explain(exc: BaseException, secrets: dict[str, str]) -> str:
+    """An error's message for the caller: ours as written, another library's first line with its type."""
+    if isinstance(exc, ExportError):
+        text = str(exc)
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return redact(text, secrets)[:2000]
 
 
 @dataclass(frozen=True)
@@ -88,17 +163,25 @@ class Placement:
     @classmethod
     def for_export(cls, request: ExportRequest, project: str, settings: Settings,
                    secrets: dict[str, str] | None = None) -> Placement:
-        spec, start, end = request.destination, request.start_date, request.end_date
-        folder = render_folder(spec.prefix, spec.path_template, {
-            "project": project, "export_id": request.id, "year": f"{start:%Y}", "month": f"{start:%m}",
-            "day": f"{start:%d}", "hour": f"{start:%H}", "start": f"{start:%Y%m%d}", "end": f"{end:%Y%m%d}",
-            "format": request.format.value}) if isinstance(spec, FileLayout) else ""
+        spec = request.destination
+        # a layout by each event's values renders its template per partition (pipeline/layout.py)
+        template = None if isinstance(spec, FileLayout) and spec.per_event else getattr(spec, "path_template", None)
+        folder = render_folder(spec.prefix, template, layout_values(request, project)) \
+            if isinstance(spec, FileLayout) else ""
         wrapped = request.compression is not None and not request.format.spec.codec_inside_file
         return cls(spec, project, settings, secrets or {}, folder, request.format.content_type,
                    request.compression.value if wrapped else None, request.id)  # type: ignore[union-attr]
 
     def key(self, name: str) -> str:
         return f"{self.folder}/{name}" if self.folder else name
+
+
+def layout_values(request: ExportRequest, project: str) -> dict[str, str]:
+    """The values of `path_template`'s placeholders that are the export's own (its window's start)."""
+    start, end = request.start_date, request.end_date
+    return {"project": project, "export_id": request.id, "year": f"{start:%Y}", "month": f"{start:%m}",
+            "day": f"{start:%d}", "hour": f"{start:%H}", "start": f"{start:%Y%m%d}", "end": f"{end:%Y%m%d}",
+            "format": request.format.value}
 
 
 def redact(text: str, secrets: dict[str, str]) -> str:

@@ -158,7 +158,8 @@ def _snowflake(secrets: dict[str, str]) -> None:
                          "authentication: the PEM of the user's private key)")
 
 
-LAYOUT = (("prefix", "Prefix (folder)"), ("path_template", "Path template, e.g. year={year}/month={month}"))
+LAYOUT = (("prefix", "Prefix (folder)"),
+          ("path_template", "Path template, e.g. year={year}/month={month} or date={event_date}/event={event}"))
 S3_KEYS = (("access_key_id", "secret_access_key"), ("session_token",))
 
 register(DestinationType(

@@ -131,7 +131,10 @@ class SFTP(Destination):
         return f"{self.where}{path}" if path.startswith("/") else f"{self.where}/~/{path}"
 
     def open(self, name: str) -> SFTPUpload:
-        return SFTPUpload(self, posixpath.join(self.folder, name))
+        path = posixpath.join(self.folder, name)
+        if "/" in name:  # a file in a folder of its own (a layout by each event's values)
+            self.call(self.client.makedirs(posixpath.dirname(path), exist_ok=True))
+        return SFTPUpload(self, path)
 
     def remove(self, name: str) -> None:
         try:

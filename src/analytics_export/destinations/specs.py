@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import string
+from datetime import datetime, timedelta
 from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -21,12 +22,36 @@ class DownloadDestination(BaseModel):
         return None, None
 
 
-LAYOUT_FIELDS = ("project", "export_id", "year", "month", "day", "hour", "start", "end", "format")
+EVENT_FIELDS = ("event_date", "event_hour", "event")
+"""Placeholders of each event's own values: an export writes a file (or a split series) per value."""
+LAYOUT_FIELDS = ("project", "export_id", "year", "month", "day", "hour", "start", "end", "format", *EVENT_FIELDS)
 
+MAX_PARTITIONS = 10_000
+"""Partitions (distinct values of a layout's per-event placeholders) one export may write."""
+
+MAX_EVENT_SLUG = 100
+"""Characters of `{event}` at most: a longer name is cut and given a hash of the whole (see `event_slug`)."""
 
 LAYOUT_WIDTHS = {"project": "p" * 100, "export_id": "e" * 100, "year": "2026", "month": "01", "day": "01",
-                 "hour": "00", "start": "20260101", "end": "20260101", "format": "json_lines"}
+                 "hour": "00", "start": "20260101", "end": "20260101", "format": "json_lines",
+                 "event_date": "2026-01-01", "event_hour": "00", "event": "e" * MAX_EVENT_SLUG}
 """The widest value of each placeholder (project names and export ids are at most 100 characters)."""
+
+
+def check_window(fields: tuple[str, ...], start: datetime, end: datetime) -> None:
+    """ValueError when a window has more days or hours than an export may have partitions and the layout
+    makes a folder per day or hour: checked when the export is made, before any event is counted."""
+    unit = timedelta(hours=1) if "event_hour" in fields else timedelta(days=1) if "event_date" in fields else None
+    if unit is not None and (end - start) / unit > MAX_PARTITIONS:
+        what = "hour" if unit == timedelta(hours=1) else "day"
+        raise ValueError(f"the window has {(end - start) / unit:,.0f} {what}s, and path_template makes a folder "
+                         f"per {what} ({{event_{'hour' if what == 'hour' else 'date'}}}); the most is "
+                         f"{MAX_PARTITIONS:,}: shorten the window")
+
+
+def placeholders(template: str) -> list[str]:
+    """The placeholder names of a (checked) template."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
 
 
 def render_folder(prefix: str, template: str | None, values: dict[str, str]) -> str:
@@ -42,7 +67,9 @@ class FileLayout(BaseModel):
     path_template: str | None = Field(
         None, max_length=MAX_FOLDER_BYTES, description="folder under `prefix` with placeholders "
         + ", ".join(f"{{{f}}}" for f in LAYOUT_FIELDS) + ", e.g. `year={year}/month={month}/day={day}`; "
-        "dates are the export window's start (UTC)")
+        "dates are the export window's start (UTC). {event_date} (YYYY-MM-DD), {event_hour} (HH) and {event} (the "
+        "event name, percent-encoded) are each event's own: a file, or a split series, per value, e.g. "
+        "`date={event_date}/event={event}` (Hive-style)")
     max_file_size_mb: float | None = Field(None, gt=0, le=1_048_576, description="split into parts of about this size (at most 1 TB)")
     max_events_per_file: int | None = Field(None, ge=1, le=10**12, description="split into parts of at most this many events")
     connection: str | None = Field(None, description="name of a stored connection holding the credentials")
@@ -87,6 +114,12 @@ class FileLayout(BaseModel):
             raise ValueError(f"prefix and path_template render to up to {len(widest.encode()):,} bytes; the most is "
                              f"{MAX_FOLDER_BYTES} (object keys are at most 1024 bytes, and the file name follows)")
         return self
+
+    @property
+    def per_event(self) -> tuple[str, ...]:
+        """The placeholders of `path_template` that take each event's own values (EVENT_FIELDS)."""
+        used = placeholders(self.path_template or "")
+        return tuple(f for f in EVENT_FIELDS if f in used)
 
     def split_limits(self) -> tuple[int | None, int | None]:
         """(events, bytes) per file, each None when unlimited."""

@@ -16,17 +16,14 @@ import random
 import tempfile
 import time
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import httpx
 
 from ..errors import Cancelled, Rejected, Upload, os_error
-from . import Destination, Placement, redact
+from . import Destination, Placement, Probe, redact
 from .specs import WebhookDestination as WebhookSpec
 from .webhook_client import RETRY_STATUSES, Pinned, WebhookClient, permanent_hint, pin, signature
-
-if TYPE_CHECKING:
-    from .probe import Probe
 
 READ_SIZE = 1 << 20
 

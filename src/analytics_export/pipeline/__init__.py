@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Callable
 
-from ..destinations import Destination
+from ..destinations import Destination, layout_values
 from ..models import ExportRequest, ExportResult
 from ..privacy.policy import Privacy
 from ..sources import EventSource
 from ..warehouses import TableDestination
 from .batches import Progress
 from .files import completed, deliver, write_files
+from .layout import laid_out, write_laid_out
 from .tables import load_table
 
 
@@ -40,6 +41,14 @@ def run_export(
         return load_table(request, source, destination, project=project, batch_size=batch_size,
                           on_progress=on_progress, should_stop=should_stop, privacy=privacy)
     started = datetime.now(timezone.utc)
+    if laid_out(request):  # a file or a split series per partition, and a manifest of them all
+        if destination.manifest:
+            destination.remove(request.manifest_name)
+        files = write_laid_out(request, source, destination, project=project,
+                               values=layout_values(request, project), name=request.part_name,
+                               batch_size=batch_size, on_progress=on_progress, should_stop=should_stop,
+                               privacy=privacy)
+        return finish(request, project, destination, files, started, destination.manifest, privacy, should_stop)
     split = request.destination.split_limits() != (None, None)
     digest = split and destination.manifest
     if digest:  # a re-run: the old manifest must not vouch for parts about to be rewritten
@@ -48,8 +57,15 @@ def run_export(
                                   name=request.part_name if split else lambda _: request.file_name,
                                   split=split, digest=digest, batch_size=batch_size, on_progress=on_progress,
                                   should_stop=should_stop, privacy=privacy, engine=engine)
+    return finish(request, project, destination, files, started, digest, privacy, should_stop)
+
+
+def finish(request: ExportRequest, project: str, destination: Destination, files: list[dict], started: datetime,
+           manifest: bool, privacy: Privacy | None, should_stop: Callable[[], bool] | None) -> ExportResult:
+    """Deliver the committed `files` (the manifest last, if `manifest`); a failure removes them."""
     try:
-        path = deliver(request, project, destination, files, manifest=digest, privacy=privacy, should_stop=should_stop)
+        path = deliver(request, project, destination, files, manifest=manifest, privacy=privacy,
+                       should_stop=should_stop)
     except BaseException:
         for entry in files:
             destination.remove(entry["name"])

@@ -17,13 +17,14 @@ from typing import Any, BinaryIO, Callable
 
 from ..bytesinks import ForwardingSink
 from ..config import Settings
-from ..destinations import BackgroundUpload, Destination, registry
+from ..destinations import BackgroundUpload, Destination, layout_values, registry
 from ..destinations.local import LocalDestination
 from ..errors import Cancelled
 from ..formats import writer_for
 from ..models import ExportConfig, ExportRequest, ExportResult
 from ..pipeline.batches import Progress
 from ..pipeline.files import completed, deliver, export_query, write_files
+from ..pipeline.layout import laid_out, write_laid_out
 from ..privacy.policy import Privacy
 from ..sources import EventSource
 from ..store.jobs import Job
@@ -53,8 +54,9 @@ def plan(request: ExportRequest, config: ExportConfig, events: int | None = None
 
 
 def staged(request: ExportRequest) -> bool:
-    """Whether partitions are staged and joined (one file asked), not delivered as split parts."""
-    return request.destination.split_limits() == (None, None)
+    """Whether partitions are staged and joined (one file asked), not delivered as split parts (or as
+    files laid out by each event's values)."""
+    return request.destination.split_limits() == (None, None) and not laid_out(request)
 
 
 def staging(settings: Settings, export_id: str) -> Path:
@@ -77,6 +79,11 @@ def run_partition(job: Job, source: EventSource, destination: Destination, setti
         return files
     if destination.manifest:  # a re-run: the old manifest must not vouch for parts being rewritten
         destination.remove(request.manifest_name)
+    if laid_out(request):
+        return write_laid_out(window, source, destination, project=job.project,
+                              values=layout_values(request, job.project),
+                              name=lambda n: request.part_name(n, part.number), batch_size=settings.export.batch_size,
+                              on_progress=on_progress, should_stop=should_stop, privacy=privacy)
     files, _ = write_files(window, source, destination, name=lambda n: request.part_name(n, part.number),
                            split=True, digest=destination.manifest, empty_file=False, **options)
     return files

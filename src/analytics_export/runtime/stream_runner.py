@@ -37,6 +37,7 @@ from ..store.jobs import JobStore, now
 from ..store.policies import PrivacyStore
 from ..store.streams import Stream, StreamStore
 from ..streaming.sinks import Delivery, Sink, sink_for
+from ..pipeline.layout import Layout
 from ..streaming.spec import StreamSpec
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,24 @@ class StreamRun:
         if registry.get(self.spec.destination.type).kind == "table":
             return Delivery(name=name, body=b"", messages=[], content_type="", rows=batches)
         batches = [b.drop_columns(["inserted_at"]) for b in batches]
+        if getattr(self.spec.destination, "per_event", ()):  # a file in each partition's folder
+            layout = Layout(self.spec.destination, {})  # type: ignore[arg-type]
+            parts = [(layout.folder(key), self.body([rows])[0]) for key, rows in layout.grouped(batches)]
+            wrapped = self.spec.compression is not None and not self.format.spec.codec_inside_file
+            return Delivery(name=name, body=b"", messages=[], content_type=self.format.content_type, parts=parts,
+                            content_encoding=self.spec.compression.value if wrapped else None)  # type: ignore[union-attr]
+        body, encoding, wraps = self.body(batches)
+        messages: list[tuple[str, bytes]] = []
+        if registry.get(self.spec.destination.type).kind == "broker" and self.spec.message == "event":
+            lines = body.split(b"\n")[:-1] if not wraps else self.lines(batches)
+            uuids = pc.cast(pa.chunked_array([b.column("uuid") for b in batches]), pa.string()).to_pylist()
+            messages = list(zip(uuids, lines))
+        return Delivery(name=name, body=body, messages=messages, content_type=self.format.content_type,
+                        content_encoding=encoding)
+
+    def body(self, batches: list[pa.RecordBatch]) -> tuple[bytes, str | None, bool]:
+        """`batches` as one body in the stream's format and compression; the compression's HTTP name when
+        it wraps the body (text formats), and whether it does."""
         schema = batches[0].schema
         out = io.BytesIO()
         counted = ForwardingSink(out)
@@ -269,15 +288,8 @@ class StreamRun:
             sink.finish()
         finally:
             writer.release()
-        body = out.getvalue()
-        messages: list[tuple[str, bytes]] = []
-        if registry.get(self.spec.destination.type).kind == "broker" and self.spec.message == "event":
-            lines = body.split(b"\n")[:-1] if not wraps else self.lines(batches)
-            uuids = pc.cast(pa.chunked_array([b.column("uuid") for b in batches]), pa.string()).to_pylist()
-            messages = list(zip(uuids, lines))
         encoding = compression.value if wraps and compression else None  # text offers gzip and zstd: HTTP's names
-        return Delivery(name=name, body=body, messages=messages, content_type=self.format.content_type,
-                        content_encoding=encoding)
+        return out.getvalue(), encoding, wraps
 
     def lines(self, batches: list[pa.RecordBatch]) -> list[bytes]:
         out = io.BytesIO()

@@ -89,6 +89,12 @@ class EventQuery:
     read_memory_mb: int = READ_MEMORY_MB
     """DuckDB's cap for this read before its filters and selected properties add theirs
     (`sources.duckdb.memory_for`)."""
+    event_time: tuple[datetime, datetime] | None = None
+    """Only events whose own `timestamp` is in [first, second): one partition of a layout by event time,
+    whatever `time_field` the window is on."""
+    order: tuple[str, ...] = ()
+    """SQL expressions over the events table's columns (named `events.column`) that rows come sorted by:
+    a layout's partitions, each one run of rows (within a page, for stores read in pages)."""
     ordered: bool = False
     """Rows in (`time_field`, uuid) order (streams), and at most `limit` of them."""
     limit: int | None = None
@@ -140,6 +146,10 @@ class EventSource(Protocol):
     def estimate(self, query: EventQuery) -> int:
         """Events of the query's project and window before event and property filters: an upper
         bound read from an index or sort key, cheap enough to plan partitions with."""
+
+    def grouped(self, query: EventQuery, keys: list[str]) -> dict[tuple, int]:
+        """How many events match for each value of the DuckDB SQL expressions `keys` (over the events
+        table's columns)."""
 
 
 class EventStore(EventSource, Protocol):

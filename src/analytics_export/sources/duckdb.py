@@ -199,6 +199,9 @@ class SqlBuilder:
         ]
         if query.inserted_before is not None:
             where.append(f"inserted_at < {self.bind(query.inserted_before)}")
+        if query.event_time is not None:
+            where.append(f'"timestamp" >= {self.bind(query.event_time[0])}')
+            where.append(f'"timestamp" < {self.bind(query.event_time[1])}')
         if query.events:
             where.append(self.in_list("event", list(query.events), "VARCHAR"))
         where += self.filtered(query.filters)
@@ -210,7 +213,9 @@ class SqlBuilder:
         text = f"SELECT {', '.join(cols)} FROM events WHERE {' AND '.join(where)}"
         if extracted:
             text = (f"SELECT {', '.join(cols)} FROM (SELECT *, {', '.join(extracted)} FROM events "
-                    f"WHERE {' AND '.join(where)})")
+                    f"WHERE {' AND '.join(where)}) AS events")
+        if query.order and columns is None:
+            text += f" ORDER BY {', '.join(query.order)}"
         if query.ordered and columns is None:
             text += f" ORDER BY {time}, CAST(uuid AS VARCHAR)" + (f" LIMIT {int(query.limit)}" if query.limit else "")
         return text
@@ -333,6 +338,11 @@ class DuckDBEventStore:
 
     def estimate(self, query: EventQuery) -> int:
         return self.count(replace(query, events=(), filters=()))
+
+    def grouped(self, query: EventQuery, keys: list[str]) -> dict[tuple, int]:
+        sql = SqlBuilder()
+        text = sql.select(query, [*keys, "count(*)"]) + f" GROUP BY {', '.join(map(str, range(1, len(keys) + 1)))}"
+        return {tuple(row[:-1]): row[-1] for row in self.execute(text, sql.params).fetchall()}
 
     def is_empty(self) -> bool:
         return not self.execute("SELECT count(*) FROM events", []).fetchall()[0][0]

@@ -75,6 +75,15 @@ class ScannedStore:
         text = sql.select(query, ["count(*) AS n"])
         return sum(batch.column(0)[0].as_py() for batch in self._each(self.scan(query), text, sql.params))
 
+    def grouped(self, query: EventQuery, keys: list[str]) -> dict[tuple, int]:
+        sql = SqlBuilder()
+        text = sql.select(query, [*keys, "count(*)"]) + f" GROUP BY {', '.join(map(str, range(1, len(keys) + 1)))}"
+        counts: dict[tuple, int] = {}
+        for batch in self._each(self.scan(query), text, sql.params):
+            for row in zip(*(column.to_pylist() for column in batch.columns)):
+                counts[row[:-1]] = counts.get(row[:-1], 0) + row[-1]
+        return counts
+
     def _each(self, source: Iterator[pa.RecordBatch], text: str, params: list[Any], schema: pa.Schema | None = None,
               batch_size: int = 1 << 30, scrub: bool = False) -> Iterator[pa.RecordBatch]:
         """`text` run over each batch of `source`, in `schema` if given; with `scrub`, NaN and Infinity

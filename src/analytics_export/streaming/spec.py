@@ -11,7 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ..checks import EXPORT_ID, STORED, EventNames, check_event_names, utc
 from ..destinations import registry
-from ..destinations.specs import DeltaTableDestination, FileLayout, WarehouseTable, WebhookDestination
+from ..destinations.specs import (
+    EVENT_FIELDS,
+    DeltaTableDestination,
+    FileLayout,
+    WarehouseTable,
+    WebhookDestination,
+    placeholders,
+)
 from ..errors import Invalid
 from ..enums import COMPRESSION_DOC, Compression, ExportFormat
 from ..models import ExportRequest, Filters, FormatName, SelectedProperties, offered_codec
@@ -59,9 +66,10 @@ class StreamSpec(BaseModel):
     @classmethod
     def _one_file_per_batch(cls, value: object) -> object:
         if isinstance(value, FileLayout):
-            if value.path_template:
-                raise ValueError("stream files are named by the range of events they hold, under `prefix`: "
-                                 "remove path_template")
+            if value.path_template and (not value.per_event or set(placeholders(value.path_template)) - set(EVENT_FIELDS)):
+                raise ValueError("stream files are named by the range of events they hold, under `prefix`; a "
+                                 "path_template may only lay them out by each event's own values: use "
+                                 + ", ".join(f"{{{f}}}" for f in EVENT_FIELDS) + " alone")
             if value.split_limits() != (None, None):
                 raise ValueError("a stream's batch is one file: use max_batch_events, not max_events_per_file "
                                  "or max_file_size_mb")

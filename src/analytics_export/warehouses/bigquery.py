@@ -38,7 +38,7 @@ from ..errors import Invalid, Rejected, Storage
 from . import LoadWindow, TableDestination, staged_files, without_values
 
 if TYPE_CHECKING:
-    from ..destinations.probe import Probe
+    from ..destinations import Probe
 
 EMULATOR = "BIGQUERY_EMULATOR_HOST"
 TYPES = {"properties": "JSON", "timestamp": "TIMESTAMP", "inserted_at": "TIMESTAMP"}

@@ -30,7 +30,7 @@ from ..errors import Rejected, Storage
 from . import COLUMNS, LoadWindow, TableDestination, local_path
 
 if TYPE_CHECKING:
-    from ..destinations.probe import Probe
+    from ..destinations import Probe
 
 TIME = "DateTime64(6, 'UTC')"
 TYPES = {"event": "LowCardinality(String)", "uuid": "UUID"}

@@ -18,10 +18,9 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from ..destinations import Placement
+from ..destinations import Placement, Probe
 from ..destinations.specs import DeltaTableDestination
 from ..errors import Invalid, Storage
-from ..destinations.probe import Probe, probe_files
 from . import LoadWindow, TableDestination, local_path, s3_keys, table_files
 
 DAY = "day"
@@ -88,7 +87,7 @@ class DeltaLakeTable(TableDestination):
 
     def probe(self, probe: Probe) -> None:
         """A file written, read back and deleted in the table's folder, and its log read (when it exists)."""
-        probe_files(self.files, probe, self.files.location)
+        self.files.probe(probe)
         with probe.step("table") as notes:
             try:
                 table = self.table()

@@ -30,11 +30,10 @@ from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.transforms import DayTransform
 
-from ..destinations import Placement, redact
+from ..destinations import Placement, Probe, redact
 from ..destinations.guard import check_host
 from ..destinations.specs import IcebergTableDestination
 from ..errors import Invalid, Storage
-from ..destinations.probe import Probe, probe_files
 from . import LoadWindow, TableDestination, local_path, s3_keys, table_files, without_values
 
 CHUNK_BYTES = 32 << 20
@@ -119,7 +118,7 @@ class IcebergTable(TableDestination):
                     return "does not exist yet (the first load creates it)"
 
             notes.append(self.guard(load))
-        probe_files(self.files, probe, self.files.location)
+        self.files.probe(probe)
 
     def table(self, schema: pa.Schema):
         """The table, created (partitioned by day of `timestamp`) on the first load."""

@@ -23,7 +23,7 @@ from ..sources.postgres import first_line
 from . import LoadWindow, TableDestination
 
 if TYPE_CHECKING:
-    from ..destinations.probe import Probe
+    from ..destinations import Probe
 
 TYPES = {"properties": "jsonb", "uuid": "uuid"}
 STAGE = "analytics_export_load"

@@ -29,7 +29,7 @@ from ..errors import Invalid, Rejected, Storage
 from . import COLUMNS, LoadWindow, TableDestination, staged_files, without_values
 
 if TYPE_CHECKING:
-    from ..destinations.probe import Probe
+    from ..destinations import Probe
 
 REFUSED_LOGIN = {390100, 390101, 390102, 390144, 394304}
 """Snowflake's codes for a login it refuses (wrong password, locked or disabled user, a JWT that does not

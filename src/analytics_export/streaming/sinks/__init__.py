@@ -32,6 +32,9 @@ class Delivery:
     content_type: str
     content_encoding: str | None = None
     rows: list[pa.RecordBatch] = field(default_factory=list)
+    parts: list[tuple[str, bytes]] = field(default_factory=list)
+    """Files laid out by each event's values (`path_template`): each partition's folder and body, in place
+    of `body`."""
 
 
 class Sink(Protocol):

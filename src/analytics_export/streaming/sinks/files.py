@@ -1,6 +1,7 @@
 """A stream's batches as files in object storage (S3, GCS, Azure): each batch one complete file,
-named after the range it covers (`{prefix}/{path}/{range}.{ext}`), so a batch sent again replaces
-its file instead of adding one."""
+named after the range it covers (`{prefix}/{range}.{ext}`), so a batch sent again replaces its file
+instead of adding one. A path_template of each event's own values (`date={event_date}`) gives each
+batch a file in every partition folder its events fall in, named alike."""
 
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ class FilesSink:
         self.extension = file_suffix(spec.format, spec.compression)
 
     def send(self, delivery: Delivery) -> None:
-        upload = self.destination.open(f"{delivery.name}{self.extension}")
-        try:
-            upload.write(delivery.body)
-            upload.commit()
-        except BaseException:
-            upload.abort()
-            raise
+        """The batch's file, or its file in each partition's folder (the same names when sent again)."""
+        for folder, body in delivery.parts or [("", delivery.body)]:
+            upload = self.destination.open(f"{folder}/{delivery.name}{self.extension}" if folder
+                                           else f"{delivery.name}{self.extension}")
+            try:
+                upload.write(body)
+                upload.commit()
+            except BaseException:
+                upload.abort()
+                raise
 
     def close(self) -> None:
         self.destination.close()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, ClassVar
 from ...errors import ExportError, Upload
 
 if TYPE_CHECKING:
-    from ...destinations.probe import Probe
+    from ...destinations import Probe
 
 log = logging.getLogger(__name__)
 
