@@ -43,7 +43,7 @@ SECRET = "alert-signing-secret"
 ENV = {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]', "ANALYTICS_EXPORT_EXPORT__MAX_ATTEMPTS": "3",
        "ANALYTICS_EXPORT_EXPORT__RETRY_BACKOFF_SECONDS": "0.1", "ANALYTICS_EXPORT_EXPORT__UPLOAD_RETRIES": "0",
        "ANALYTICS_EXPORT_EXPORT__UPLOAD_TIMEOUT_SECONDS": "5", "ANALYTICS_EXPORT_ALERTS__BACKOFF_SECONDS": "0.3",
-       "ANALYTICS_EXPORT_ALERTS__MAX_ATTEMPTS": "3", "ANALYTICS_EXPORT_ALERTS__TIMEOUT_SECONDS": "2",
+       "ANALYTICS_EXPORT_ALERTS__MAX_ATTEMPTS": "3", "ANALYTICS_EXPORT_ALERTS__TIMEOUT_SECONDS": "4",
        "ANALYTICS_EXPORT_ALERTS__POLL_SECONDS": "0.2", "ANALYTICS_EXPORT_PUBLIC_URL": "https://console.example.test",
        "ANALYTICS_EXPORT_STREAM_SETTLE_SECONDS": "0.2"}
 WINDOW = {"start_date": "2026-10-01T00:00:00Z", "end_date": "2026-10-02T00:00:00Z"}
@@ -248,7 +248,7 @@ def test_channel_crud_bounds_and_isolation(svc):
 def test_export_failing_for_good_alerts_each_channel_once_then_on_recovery(svc, smtp):
     mailbox, smtp_port = smtp
     hook, chat = Receiver(refuse=1), Receiver()  # the webhook refuses its first alert: the retry is recorded
-    dead = closed_port()
+    silent = socket.create_server((HOST, 0))  # takes connections, never answers: each send times out
     target = closed_port()
     try:
         with client(svc, "exports") as c:
@@ -262,7 +262,7 @@ def test_export_failing_for_good_alerts_each_channel_once_then_on_recovery(svc, 
                               kinds=["export_failed"])
             slack = channel(c, name="chat", type="slack", url=chat.url("/services/T/B/x"))
             email = channel(c, name="oncall", type="email", connection="mail", to=["oncall@example.com"])
-            down = channel(c, name="down", type="webhook", url=f"http://{HOST}:{dead}/hook")
+            down = channel(c, name="down", type="webhook", url=f"http://{HOST}:{silent.getsockname()[1]}/hook")
 
             started = time.monotonic()
             export = c.post("/api/exports", json={**WINDOW, "format": "json_lines", "destination": {
@@ -278,11 +278,13 @@ def test_export_failing_for_good_alerts_each_channel_once_then_on_recovery(svc, 
                 return next((d for i in items for d in i["deliveries"]
                              if d["channel"] == name and d["status"] in ("sent", "failed")), None)
 
-            wait_until(lambda: all(sent(n) for n in ("ops", "chat", "oncall", "down")), 60, "every channel's alert")
-            # a channel that is down does not hold exports up: a download export runs meanwhile
+            # a channel that hangs does not hold exports up: a download export runs while its sends time out
+            wait_until(lambda: sent("ops"), 60, "the first alert")
             quick = c.post("/api/exports", json={**WINDOW, "format": "csv"}).json()["id"]
             wait_for(c, quick, timeout=30)
-            assert time.monotonic() - started < 45
+            assert sent("down") is None, "the hanging channel was still being tried when the export completed"
+            wait_until(lambda: all(sent(n) for n in ("ops", "chat", "oncall", "down")), 60, "every channel's alert")
+            assert time.monotonic() - started < 90
 
             history = c.get("/api/alerts").json()
             assert history["total"] == 1, "one incident for three failed attempts"
@@ -294,7 +296,7 @@ def test_export_failing_for_good_alerts_each_channel_once_then_on_recovery(svc, 
             assert by_channel["ops"]["status"] == "sent" and by_channel["ops"]["attempts"] == 2
             assert "503" in by_channel["ops"]["last_error"], "the refused attempt is recorded"
             assert by_channel["down"]["status"] == "failed" and by_channel["down"]["attempts"] == 3
-            assert "ConnectError" in by_channel["down"]["last_error"]
+            assert "ReadTimeout" in by_channel["down"]["last_error"]
             assert {d["event"] for d in incident["deliveries"]} == {"opened"}
 
             headers, body = hook.posts[0]
@@ -338,6 +340,7 @@ def test_export_failing_for_good_alerts_each_channel_once_then_on_recovery(svc, 
     finally:
         hook.close()
         chat.close()
+        silent.close()
 
 
 def test_an_export_whose_worker_died_on_its_last_attempt_alerts(tmp_path):
