@@ -1,6 +1,6 @@
 """Alerts: what a notification channel is (webhook, Slack-compatible, email), the kinds of incident it
 subscribes to, the SMTP connection's fields, and the delivery settings. Incidents are opened and resolved
-by the store where each state is set (`store/alerts.py`); the worker's dispatcher sends them
+by the store where each state is set (`store/incidents.py`); the worker's dispatcher sends them
 (`runtime/alerts.py`)."""
 
 from __future__ import annotations
