@@ -506,14 +506,22 @@ def test_retention_verification_failure_alerts(tmp_path):
 
         with pytest.raises(Interrupted):
             Retention(settings, jobs, "default", stop).run(policy)
-        for path in (settings.data_dir / "archive" / "default").glob("date=*/*.parquet"):
-            path.write_bytes(path.read_bytes()[:-9] + b"corrupted")  # the disk changed it meanwhile
+        archives = (settings.data_dir / "archive" / "default").glob("date=*/*.parquet")
+        written = {path: path.read_bytes() for path in archives}
+        for path, data in written.items():
+            path.write_bytes(data[:-9] + b"corrupted")  # the storage changed it meanwhile
         set_policy(jobs, "default", policy, 300)
         assert run_due(settings, jobs, at=datetime.now(timezone.utc) + timedelta(days=2)) == 1
         Dispatcher(settings, jobs).send_due()
         alert = hook.bodies()[0]
         assert alert["kind"] == "retention_failed" and alert["object"] == {"type": "retention", "id": "default"}
         assert "another checksum" in alert["error"] and alert["attempts"] == 1
+        for path, data in written.items():  # restored from the storage's own copy: the next run verifies it
+            path.write_bytes(data)
+        set_policy(jobs, "default", policy, 300)
+        assert run_due(settings, jobs, at=datetime.now(timezone.utc) + timedelta(days=2)) == 1
+        Dispatcher(settings, jobs).send_due()
+        assert [b["event"] for b in hook.bodies()] == ["opened", "resolved"]
     finally:
         hook.close()
 

@@ -107,11 +107,23 @@ class Retention:
                 if lost.is_set():
                     raise Storage(f"the retention run of project {self.project!r} lost its lease; stopped")
                 reports.append(self._window(policy, day, unfinished.get(day), counts.get(day, 0)))
+            self.alert(reports)
             return reports
         finally:
             done.set()
             beat.join()
             self.jobs.drop_lease(lease, owner)
+
+    def alert(self, reports: list[dict]) -> None:
+        """Open the project's `retention_failed` incident when an archive failed verification; a run
+        without any error resolves it (a worker's run or the CLI's alike)."""
+        unverified = [r for r in reports if r.get("verification") == "failed"]
+        with self.jobs.engine.begin() as c:
+            if unverified:
+                open_incident(c, self.project, "retention_failed", self.project,
+                              "; ".join(f"{r['day']}: {r['error']}" for r in unverified), len(unverified))
+            elif not any("error" in r for r in reports):
+                resolve_incident(c, "retention_failed", self.project, "a later run archived, verified and deleted")
 
     def _window(self, policy: RetentionPolicy, day: date, row: Any, events: int) -> dict:
         """Take one day through archive -> verify -> delete, from wherever an earlier run stopped."""
@@ -332,10 +344,8 @@ def run_due(settings: Settings, jobs: JobStore, at: datetime | None = None) -> i
     at = at or now()
     for project, policy in due(jobs, at, settings.export.min_schedule_interval_seconds):
         values: dict[str, Any] = {"last_run": at}
-        unverified: list[dict] = []
         try:
             reports = Retention(settings, jobs, project).run(policy)
-            unverified = [r for r in reports if r.get("verification") == "failed"]
             values["last_error"] = "; ".join(f"{r['day']}: {r['error']}" for r in reports if "error" in r)[:2000] or None
         except ExportError as exc:
             values["last_error"] = str(exc)[:2000]
@@ -346,10 +356,5 @@ def run_due(settings: Settings, jobs: JobStore, at: datetime | None = None) -> i
             values["last_error"] = f"internal error ({type(exc).__name__}); see the worker log"
         with jobs.engine.begin() as c:
             c.execute(retention_policies.update().where(retention_policies.c.project == project).values(**values))
-            if unverified:
-                open_incident(c, project, "retention_failed", project, "; ".join(
-                    f"{r['day']}: {r['error']}" for r in unverified), len(unverified))
-            elif values["last_error"] is None:
-                resolve_incident(c, "retention_failed", project, "a later run archived, verified and deleted")
         ran += 1
     return ran
