@@ -588,3 +588,55 @@ def test_editing_a_schedule_keeps_what_the_form_does_not_show(page, service):
     assert saved["destination"]["headers"] == {"X-Team": "growth"}
     assert saved["destination"]["batch_max_bytes"] == 1_000_000
     assert [f["value"] for f in saved["filters"]] == ["42", ["true", "x"], 10]
+
+
+def test_the_alerts_page_lists_an_alert_its_delivery_and_the_channels(page, service, tmp_path):
+    """A real export to a closed port fails for good; the channel is told, and the Alerts page shows both."""
+    received: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
+            made = api.post("/api/alert-channels", json={
+                "name": "ops-room", "type": "webhook", "kinds": ["export_failed"],
+                "url": f"http://127.0.0.1:{receiver.server_port}/alerts"})
+            assert made.status_code == 201, made.text
+            export = api.post("/api/exports", json={"start_date": "2026-10-01", "end_date": "2026-10-02",
+                                                    "destination": {"type": "webhook",
+                                                                    "url": "http://127.0.0.1:9/nobody-listens"}})
+            export_id = export.json()["id"]
+            deadline = time.monotonic() + 60
+            while not any(export_id.encode() in body for body in received):
+                assert time.monotonic() < deadline, "the alert never came"
+                time.sleep(0.1)
+        sign_in(page, service.key)
+        page.get_by_role("link", name="Alerts").click()
+        expect(page.get_by_role("heading", name="Alerts", level=1)).to_be_focused()
+        row = page.locator("tbody tr", has_text=export_id)
+        expect(row).to_contain_text("Export failed for good")
+        expect(row.locator(".error-text")).to_contain_text("ConnectError")
+        expect(row.locator("td[data-label=Status] .badge")).to_have_text("open")
+        expect(row.locator(".delivery")).to_contain_text("ops-room · opened")
+        expect(row.locator(".delivery .badge")).to_have_text("sent")
+        channels = page.get_by_role("table", name="Channels")
+        expect(channels).to_contain_text("ops-room")
+        expect(channels).to_contain_text("Export failed for good")
+        shot(page, tmp_path, "alerts")
+        page.once("dialog", lambda dialog: dialog.accept())
+        channels.get_by_role("button", name="Delete ops-room").click()
+        expect(page.get_by_role("status")).to_have_text("Channel ops-room deleted")
+        expect(channels).to_contain_text("No channels yet.")
+    finally:
+        receiver.shutdown()
+        receiver.server_close()

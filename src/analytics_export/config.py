@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .alerts import AlertConfig
 from .checks import check_project_name
 from .destinations import registry
 from .errors import Invalid
@@ -80,6 +81,9 @@ class Settings(BaseSettings):
         default_factory=list, description="hosts or CIDRs destinations may reach although not public, "
         'e.g. ["127.0.0.1", "10.1.0.0/16"]; everything else must resolve to public addresses')
     export: ExportConfig = Field(default_factory=ExportConfig)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
+    public_url: str = Field("http://127.0.0.1:8000", max_length=2000, pattern=r"^https?://\S+$",
+                            description="where users open the console: alerts link to its pages from here")
     retention_lease_seconds: float = Field(
         60, gt=0, description="a retention run holds its project's lease this long past its last renewal: "
         "a killed run's project can run again after it")

@@ -7,11 +7,12 @@ import base64
 import hashlib
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .alerts import SMTP_FIELDS, check_smtp
 from .checks import CONNECTION_NAME
 from .destinations import registry
 from .destinations.assume_role import check_usable, is_role
@@ -23,8 +24,21 @@ if TYPE_CHECKING:
     from .config import Settings
     from .store.jobs import JobStore
 
-ConnectionType = Literal[tuple(name for name, kind in registry.REGISTRY.items() if kind.secrets is not None)]
-"""The destination types that take a connection: their secret fields are the registry's."""
+OTHER_CONNECTIONS: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...]], Callable[[dict[str, str]], None]]] = {
+    "smtp": (SMTP_FIELDS, check_smtp),
+}
+"""Connections that serve no destination: (required fields, optional fields) and their rules."""
+ConnectionType = Literal[tuple(name for name, kind in registry.REGISTRY.items() if kind.secrets is not None)
+                         + tuple(OTHER_CONNECTIONS)]
+"""The destination types that take a connection (their secret fields are the registry's), and the others."""
+
+
+def connection_fields(type: str) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], Callable | None]:
+    """A connection type's (required, optional) fields and the rules on them."""
+    if type in OTHER_CONNECTIONS:
+        return OTHER_CONNECTIONS[type]
+    kind = registry.get(type)
+    return kind.secrets or ((), ()), kind.check_secrets
 
 
 class ConnectionCreate(BaseModel):
@@ -45,8 +59,7 @@ class ConnectionCreate(BaseModel):
 
     @model_validator(mode="after")
     def _fields(self) -> ConnectionCreate:
-        kind = registry.get(self.type)
-        required, optional = kind.secrets or ((), ())
+        (required, optional), check = connection_fields(self.type)
         unknown = sorted(set(self.secrets) - set(required) - set(optional))
         if unknown:
             raise ValueError(f"secrets.{unknown[0]} is not a {self.type} field; use "
@@ -54,8 +67,8 @@ class ConnectionCreate(BaseModel):
         missing = [f for f in required if not self.secrets.get(f)]
         if missing:
             raise ValueError(f"secrets.{missing[0]} is required for a {self.type} connection")
-        if kind.check_secrets is not None:
-            kind.check_secrets(self.secrets)
+        if check is not None:
+            check(self.secrets)
         return self
 
 

@@ -1,12 +1,13 @@
-"""The REST API, assembled: one router per resource (exports, connections, events, schedules, streams,
-privacy, keys, formats, destinations, metrics, the console, the API docs and the guide) over the shared state in
-`deps.Api`, behind the request guard that bounds every body."""
+"""The REST API, assembled: one router per resource (exports, connections, alerts, events, schedules,
+streams, privacy, keys, formats, destinations, metrics, the console, the API docs and the guide) over the
+shared state in `deps.Api`, behind the request guard that bounds every body."""
 
 from fastapi import Depends, FastAPI
 
 from ..config import Settings
 from ..inbox import clean_inbox
 from ..store.jobs import JobStore
+from .alerts import alerts_router
 from .catalog import catalog_router
 from .connections import connections_router
 from .console import console_router
@@ -48,6 +49,7 @@ def create_app(settings: Settings, jobs: JobStore) -> FastAPI:
     app.include_router(docs_router(app.openapi_url, app.title))
     app.include_router(guide_router())
     app.include_router(connections_router(api))
+    app.include_router(alerts_router(api))
     app.include_router(privacy_router(api.policies, settings, api.project, problems, api.check_target))
     app.include_router(schedule_router(jobs, settings.export, api.project, problems, api.check_target,
                                        api.check_privacy))

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from ..checks import describe_errors
 from ..errors import ExportError, Invalid
 from . import destinations, exports, server
+from .alerts import app as alerts_app
 from .common import err, fail
 from .keys import keys_app
 from .privacy import privacy_app, retention_app
@@ -28,6 +29,7 @@ app.add_typer(privacy_app, name="privacy")
 app.add_typer(retention_app, name="retention")
 app.add_typer(streams_app, name="streams")
 app.add_typer(destinations.app, name="destinations")
+app.add_typer(alerts_app, name="alerts")
 
 
 @app.callback()

@@ -1,5 +1,6 @@
 // The console's entry point: sign-in, the hash router and the header navigation.
 
+import { alertsPage } from "./alerts.js";
 import { api, session } from "./api.js";
 import { exportsPage, newExportPage } from "./exports.js";
 import { runsPage, scheduleFormPage, schedulesPage } from "./schedules.js";
@@ -12,6 +13,7 @@ const ROUTES = [
   [/^#\/schedules\/new$/, scheduleFormPage, "New schedule"],
   [/^#\/schedules\/([\w-]+)\/edit$/, scheduleFormPage, "Edit schedule"],
   [/^#\/schedules\/([\w-]+)\/runs$/, runsPage, "Run history"],
+  [/^#\/alerts$/, alertsPage, "Alerts"],
 ];
 
 const main = document.getElementById("main");

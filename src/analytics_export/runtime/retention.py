@@ -37,6 +37,7 @@ from ..models import ExportRequest, RetentionPolicy, check_cron_interval, schedu
 from ..pipeline.files import write_files
 from ..sources import IDS, EventQuery
 from ..sources.stores import open_store
+from ..store.incidents import open_incident, resolve_incident
 from ..store.jobs import JobStore, aware, now
 from ..store.policies import PrivacyStore
 from ..store.tables import retention_policies, retention_windows
@@ -106,11 +107,23 @@ class Retention:
                 if lost.is_set():
                     raise Storage(f"the retention run of project {self.project!r} lost its lease; stopped")
                 reports.append(self._window(policy, day, unfinished.get(day), counts.get(day, 0)))
+            self.alert(reports)
             return reports
         finally:
             done.set()
             beat.join()
             self.jobs.drop_lease(lease, owner)
+
+    def alert(self, reports: list[dict]) -> None:
+        """Open the project's `retention_failed` incident when an archive failed verification; a run
+        without any error resolves it (a worker's run or the CLI's alike)."""
+        unverified = [r for r in reports if r.get("verification") == "failed"]
+        with self.jobs.engine.begin() as c:
+            if unverified:
+                open_incident(c, self.project, "retention_failed", self.project,
+                              "; ".join(f"{r['day']}: {r['error']}" for r in unverified), len(unverified))
+            elif not any("error" in r for r in reports):
+                resolve_incident(c, "retention_failed", self.project, "a later run archived, verified and deleted")
 
     def _window(self, policy: RetentionPolicy, day: date, row: Any, events: int) -> dict:
         """Take one day through archive -> verify -> delete, from wherever an earlier run stopped."""
@@ -126,7 +139,11 @@ class Retention:
                     if row is None:
                         return {**report, "action": "nothing stored before the run began"}
                     self.checkpoint("archived")
-                self._verify(policy, row)
+                try:
+                    self._verify(policy, row)
+                except ExportError:
+                    report["verification"] = "failed"
+                    raise
                 self.checkpoint("verified")
                 with closing(open_store(self.settings, read_only=False)) as store:
                     found = store.delete_window(self.project, *window(day), aware(row.watermark), row.read)

@@ -32,6 +32,7 @@ from ..checks import STORED, describe_errors
 from ..errors import Invalid, NotFound
 from ..enums import DateRange, ExportStatus, codec_problem
 from ..models import ExportConfig, ScheduledExport, check_cron_interval, schedule_problem
+from ..store.incidents import open_incident, resolve_incident
 from ..store.jobs import ACTIVE, MAX_SCHEDULES, JobStore, aware, check_room, now
 from ..store.tables import export_parts, exports, schedule_runs, schedules
 from .windows import due, fires, floor, following, last_fire, windows
@@ -115,6 +116,7 @@ class Scheduler:
                 reason = f"paused: {problem}; PATCH the schedule to resume"
                 c.execute(schedules.update().where(schedules.c.id == schedule_id).values(
                     enabled=False, paused_reason=reason))
+                open_incident(c, row.project, "schedule_paused", schedule_id, reason)
                 log.warning("schedule %s %s", schedule_id, reason)
                 return 0
             tz = ZoneInfo(spec.timezone)
@@ -137,10 +139,25 @@ class Scheduler:
                      next_run=next(fires(spec.schedule, tz, t)))).rowcount
             if not moved:  # another scheduler advanced it meanwhile and queued these: roll back
                 raise Raced(schedule_id)
+            self.missed(c, row, spec, fired, len(owed))
         if queued:
             log.info("schedule %s queued %d window(s) up to %s (%d planned: the project's exports are at "
                      "max_concurrent_exports)", schedule_id, queued, owed[-1][1].isoformat(), planned)
         return queued
+
+    @staticmethod
+    def missed(c: sa.Connection, row: Any, spec: ScheduledExport, fired: datetime, owed: int) -> None:
+        """Open the schedule's `schedule_missed` incident when this run comes after a later firing than
+        the one it waited for (no scheduler ran at that time); an on-time run resolves it."""
+        expected = aware(row.next_run)
+        if expected is None or fired <= expected:
+            resolve_incident(c, "schedule_missed", row.id, f"ran on time at {fired:%Y-%m-%dT%H:%M:%SZ}")
+            return
+        done = ("its missed windows were skipped (catch_up latest)" if spec.catch_up == "latest"
+                else f"{owed} window(s) were queued late (catch_up all)")
+        open_incident(c, row.project, "schedule_missed", row.id,
+                      f"missed its run at {expected:%Y-%m-%dT%H:%M:%SZ}: no scheduler was running until "
+                      f"{fired:%Y-%m-%dT%H:%M:%SZ} or later; {done}")
 
     @staticmethod
     def queue(c: sa.Connection, project: str, spec: ScheduledExport, start: datetime, end: datetime,
@@ -201,6 +218,7 @@ class Scheduler:
                     reason = f"paused after {limit} consecutive failed runs; last error: {recent[0].error}"
                     c.execute(schedules.update().where(schedules.c.id == row.id).values(
                         enabled=False, paused_reason=reason))
+                    open_incident(c, row.project, "schedule_paused", row.id, reason, limit)
                     log.warning("schedule %s %s", row.id, reason)
 
 
@@ -321,6 +339,8 @@ class Schedules:
                 values["next_run"] = next(fires(spec.schedule, ZoneInfo(spec.timezone), t))
             if spec.enabled:
                 values["paused_reason"] = None
+                if not row.enabled:
+                    resolve_incident(c, "schedule_paused", schedule_id, "resumed")
             c.execute(schedules.update().where(schedules.c.id == schedule_id).values(**values))
         return self.get(project, schedule_id)
 
@@ -337,6 +357,8 @@ class Schedules:
                                                       schedules.c.project == project)).rowcount
             if gone:
                 c.execute(schedule_runs.delete().where(schedule_runs.c.schedule_id == schedule_id))
+                for kind in ("schedule_paused", "schedule_missed"):
+                    resolve_incident(c, kind, schedule_id, "the schedule was deleted")
         return bool(gone)
 
 

@@ -77,6 +77,7 @@ class StreamRun:
         self.stop = stop
         self.settle = timedelta(seconds=settle)
         self.read_cursor = (stream.cursor_at, stream.cursor_uuid)
+        self.failed_before = stream.failing_since is not None  # a send failed since the last checkpoint
         self.sent_cursor = self.read_cursor
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
@@ -228,6 +229,7 @@ class StreamRun:
                 permanent = isinstance(exc, (Rejected, Invalid))
                 log.warning("stream %s: batch %s not delivered (%s)", self.stream.id, delivery.name, exc)
                 self.store.failed(self.stream.id, self.worker, str(exc), self.spec.failing_after_seconds)
+                self.failed_before = True
                 wait = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 8)) * random.uniform(0.8, 1.2)
                 if permanent:
                     wait = MAX_BACKOFF
@@ -237,8 +239,9 @@ class StreamRun:
                         return False
                     self.stop.wait(min(0.2, deadline - time.monotonic()))
         events = sum(b.num_rows for b in batch)
-        if not self.store.checkpoint(self.stream.id, self.worker, last, events):
+        if not self.store.checkpoint(self.stream.id, self.worker, last, events, recovered=self.failed_before):
             return False  # the lease was lost: the new owner sends this batch again
+        self.failed_before = False
         self.sent_cursor = last
         self.pending = front(self.pending, self.pending_rows, skip=events)
         self.pending_rows -= events

@@ -29,6 +29,7 @@ from ..sources.duckdb import DuckDBEventStore
 from ..sources.stores import open_store
 from ..store.jobs import Job, JobStore, now
 from ..store.policies import PrivacyStore
+from .alerts import Dispatcher
 from .partitions import assemble, discard, plan, run_partition, staging
 from .retention import run_due
 from .scheduler import Scheduler
@@ -65,8 +66,8 @@ class Worker:
 
     def run(self, stop: threading.Event, poll: float = 0.5) -> None:
         """Run jobs until `stop` is set; when the queue is empty, sweep expired downloads and wait.
-        A scheduler thread runs alongside (only the one holding the leader lease acts), and one that
-        claims streams and runs each in a thread of its own."""
+        A scheduler thread runs alongside (only the one holding the leader lease acts), one that
+        claims streams and runs each in a thread of its own, and the alert dispatcher."""
         scheduler = threading.Thread(target=Scheduler(self.jobs, self.name, config=self.settings.export).run, args=(stop,),
                                      name="scheduler", daemon=True)
         scheduler.start()
@@ -77,6 +78,9 @@ class Worker:
             self.settings.stream_settle()).run, args=(stop,), name="streams", daemon=True)
         if self.settings.streams_per_worker:
             streams.start()
+        alerts = threading.Thread(target=Dispatcher(self.settings, self.jobs).run, args=(stop,), name="alerts",
+                                  daemon=True)
+        alerts.start()
         while not stop.is_set():
             try:
                 if self.run_one():
@@ -87,6 +91,7 @@ class Worker:
             stop.wait(poll)
         scheduler.join()
         retention.join()
+        alerts.join()
         if streams.is_alive():
             streams.join()
 

@@ -25,6 +25,7 @@ from ..errors import Invalid, Limited
 from ..enums import ExportStatus
 from ..models import ExportRequest, ExportResult
 from ..private import create_private
+from .incidents import open_incident, resolve_incident
 from .tables import api_keys, connections, export_parts, exports, leases
 
 log = logging.getLogger(__name__)
@@ -405,6 +406,7 @@ class JobStore:
                 if c.execute(exports.update().where(exports.c.id == row.id, dead).values(
                         status=ExportStatus.FAILED.value, error=error, completed_at=t, lease_owner=None,
                         lease_expires=None)).rowcount:
+                    failed_for_good(c, row.id, error)
                     failed.append((row.id, error))
         dead_part = sa.and_(p.status == ExportStatus.PROCESSING.value, p.lease_expires < t, p.attempts >= max_attempts)
         with self.engine.begin() as c:
@@ -424,6 +426,7 @@ class JobStore:
                 if c.execute(exports.update().where(
                         exports.c.id == row.export_id, exports.c.status == ExportStatus.PROCESSING.value,
                 ).values(status=ExportStatus.FAILED.value, completed_at=t, error=error)).rowcount:
+                    failed_for_good(c, row.export_id, error)
                     failed.append((row.export_id, error))
         return failed
 
@@ -540,11 +543,12 @@ class JobStore:
             if c.execute(export_parts.update().where(mine).values(
                     status=ExportStatus.FAILED.value, error=error, lease_owner=None, lease_expires=None)).rowcount:
                 part = job.partition
-                c.execute(exports.update().where(
-                    exports.c.id == job.id, exports.c.status == ExportStatus.PROCESSING.value,
-                ).values(status=ExportStatus.FAILED.value, completed_at=now(),
-                         error=f"partition {part.number} of {job.parts} ({part.start:%Y-%m-%dT%H:%M:%SZ} to "
-                               f"{part.end:%Y-%m-%dT%H:%M:%SZ}) failed: {error}"))
+                error = (f"partition {part.number} of {job.parts} ({part.start:%Y-%m-%dT%H:%M:%SZ} to "
+                         f"{part.end:%Y-%m-%dT%H:%M:%SZ}) failed: {error}")
+                if c.execute(exports.update().where(
+                        exports.c.id == job.id, exports.c.status == ExportStatus.PROCESSING.value,
+                ).values(status=ExportStatus.FAILED.value, completed_at=now(), error=error)).rowcount:
+                    failed_for_good(c, job.id, error, part.attempts)
 
     def partition_released(self, job: Job, worker: str) -> None:
         """Give a stopped partition up (its export was cancelled or failed, or its lease was lost)."""
@@ -634,6 +638,9 @@ class JobStore:
             )).rowcount
             if done and result.status is ExportStatus.COMPLETED:
                 c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
+                resolve_incident(c, "export_failed", export_id, "a later run of the export completed")
+            elif done and result.status is ExportStatus.FAILED:
+                failed_for_good(c, export_id, result.error)
         return bool(done)
 
     def request_cancel(self, project: str, export_id: str) -> bool:
@@ -657,6 +664,7 @@ class JobStore:
         with self.engine.begin() as c:
             if c.execute(exports.delete().where(exports.c.id == export_id, exports.c.project == project)).rowcount:
                 c.execute(export_parts.delete().where(export_parts.c.export_id == export_id))
+                resolve_incident(c, "export_failed", export_id, "the export was deleted")
 
     def retry(self, project: str, export_id: str, limit: int) -> bool:
         """Put a failed export back in the queue; False if it is not failed, or if its partitions
@@ -706,6 +714,13 @@ class JobStore:
 def at_limit(limit: int) -> Limited:
     return Limited(f"{limit} exports of this project are already pending or running, the most at once "
                    "(max_concurrent_exports); retry once one has finished")
+
+
+def failed_for_good(c: sa.Connection, export_id: str, error: str | None, attempts: int | None = None) -> None:
+    """Open the export's `export_failed` incident (in the transaction that failed it): alerts go out once."""
+    row = c.execute(sa.select(exports.c.project, exports.c.attempts).where(exports.c.id == export_id)).first()
+    if row is not None:
+        open_incident(c, row.project, "export_failed", export_id, error, attempts or row.attempts)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

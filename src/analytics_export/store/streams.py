@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from ..checks import STORED
 from ..streaming.spec import StreamSpec
+from .incidents import open_incident, resolve_incident
 from .jobs import MAX_STREAMS, JobStore, aware, check_room, now
 from .tables import streams
 
@@ -90,16 +91,23 @@ class StreamStore:
                                   .values(spec=spec.model_dump(mode="json"), updated_at=now())).rowcount)
 
     def set_status(self, project: str, stream_id: str, paused: bool) -> bool:
-        """Pause (the running worker stops at its next heartbeat), or resume from the checkpoint."""
+        """Pause (the running worker stops at its next heartbeat), or resume from the checkpoint; either
+        closes a `stream_failing` incident (its failing time starts again)."""
         with self.engine.begin() as c:
-            return bool(c.execute(streams.update().where(streams.c.id == stream_id, streams.c.project == project)
-                                  .values(status="paused" if paused else "active", failing_since=None,
-                                          updated_at=now())).rowcount)
+            changed = bool(c.execute(streams.update().where(streams.c.id == stream_id, streams.c.project == project)
+                                     .values(status="paused" if paused else "active", failing_since=None,
+                                             updated_at=now())).rowcount)
+            if changed:
+                resolve_incident(c, "stream_failing", stream_id, "paused" if paused else "resumed")
+            return changed
 
     def delete(self, project: str, stream_id: str) -> bool:
         with self.engine.begin() as c:
-            return bool(c.execute(streams.delete().where(streams.c.id == stream_id,
+            gone = bool(c.execute(streams.delete().where(streams.c.id == stream_id,
                                                          streams.c.project == project)).rowcount)
+            if gone:
+                resolve_incident(c, "stream_failing", stream_id, "the stream was deleted")
+            return gone
 
     def claim(self, worker: str, lease: timedelta, limit: int) -> list[Stream]:
         """Take up to `limit` running streams no live worker holds (a dead one's lease expired)."""
@@ -130,10 +138,15 @@ class StreamStore:
             row = c.execute(sa.select(streams).where(streams.c.id == stream_id)).first() if kept else None
         return Stream.from_row(row) if row else None
 
-    def checkpoint(self, stream_id: str, worker: str, cursor: tuple[datetime, str], events: int) -> bool:
+    def checkpoint(self, stream_id: str, worker: str, cursor: tuple[datetime, str], events: int,
+                   recovered: bool = False) -> bool:
         """Record a batch the destination acknowledged: the cursor moves past it. False if the lease
-        was lost (the batch will be sent again by the new owner: at least once)."""
+        was lost (the batch will be sent again by the new owner: at least once). `recovered`: sends had
+        failed before this one, so the stream's `stream_failing` incident, if open, is resolved (one
+        indexed lookup, only then)."""
         with self.engine.begin() as c:
+            if recovered:
+                resolve_incident(c, "stream_failing", stream_id, "delivering again")
             return bool(c.execute(streams.update().where(
                 streams.c.id == stream_id, streams.c.lease_owner == worker,
             ).values(cursor_at=cursor[0], cursor_uuid=cursor[1],
@@ -152,8 +165,8 @@ class StreamStore:
         """Record a failed send; failing for longer than `failing_after` seconds shows `failing`."""
         at = now()
         with self.engine.begin() as c:
-            row = c.execute(sa.select(streams.c.failing_since).where(streams.c.id == stream_id,
-                                                                    streams.c.lease_owner == worker)).first()
+            row = c.execute(sa.select(streams.c.failing_since, streams.c.project, streams.c.status).where(
+                streams.c.id == stream_id, streams.c.lease_owner == worker)).first()
             if row is None:
                 return
             since = aware(row.failing_since) or at
@@ -163,7 +176,8 @@ class StreamStore:
             if status:
                 query = query.where(streams.c.status.in_(RUNNING))
                 values["status"] = status
-            c.execute(query.values(**values))
+            if c.execute(query.values(**values)).rowcount and status and row.status != "failing":
+                open_incident(c, row.project, "stream_failing", stream_id, error, since=since)
 
     def release(self, stream_id: str, worker: str) -> None:
         with self.engine.begin() as c:

@@ -191,3 +191,48 @@ streams = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_streams_project", "project", "created_at"),
 )
+
+alert_channels = sa.Table(
+    "alert_channels",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("project", sa.String(200), nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_alert_channels_project", "project", "created_at"),
+)
+
+alert_incidents = sa.Table(
+    "alert_incidents",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("project", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("object_type", sa.String(16), nullable=False),
+    sa.Column("object_id", sa.String(200), nullable=False),
+    sa.Column("open_key", sa.String(260)),  # kind:object id while open, NULL once resolved: one open incident each
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer),
+    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("resolved_at", sa.DateTime(timezone=True)),
+    sa.Column("resolution", sa.Text),
+    sa.Index("ix_alert_incidents_open_key", "open_key", unique=True),
+    sa.Index("ix_alert_incidents_project", "project", "opened_at"),
+)
+
+alert_deliveries = sa.Table(
+    "alert_deliveries",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("incident_id", sa.String(36), nullable=False),
+    sa.Column("channel_id", sa.String(36), nullable=False),
+    sa.Column("event", sa.String(16), nullable=False),  # opened or resolved
+    sa.Column("status", sa.String(16), nullable=False),  # pending, sent, failed, skipped
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_alert_deliveries_due", "status", "next_attempt_at"),
+    sa.Index("ix_alert_deliveries_incident", "incident_id"),
+)
