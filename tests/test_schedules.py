@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -75,7 +76,9 @@ def test_a_run_whose_worker_dies_max_attempts_times_fails_and_the_next_runs(tmp_
     sim.t += timedelta(hours=1)
     assert scheduler.tick() == 1
     for attempt in (1, 2, 3):
+        time.sleep(0.002)  # leases run on the wall clock: the last 1 ms one has expired
         assert sim.jobs.claim(f"dead-{attempt}", timedelta(milliseconds=1)).attempts == attempt
+    time.sleep(0.002)
     sim.t += timedelta(hours=1)
     scheduler.tick()
     worker = Worker(sim.settings, sim.jobs, name="live")
