@@ -42,6 +42,16 @@ class Destination:
     def open(self, name: str) -> FileUpload:
         raise NotImplementedError
 
+    def put(self, name: str, body: bytes) -> str:
+        """Write the small file `name` whole (a manifest, a stream's batch); returns its path or URI."""
+        upload = self.open(name)
+        try:
+            upload.write(body)
+            return upload.commit()
+        except BaseException:
+            upload.abort()
+            raise
+
     def remove(self, name: str) -> None:
         """Delete the file `name` (a failed split export's parts, a re-run's stale manifest); missing is fine."""
 
@@ -64,13 +74,7 @@ class Destination:
         name = f".analytics-export-test-{uuid.uuid4().hex[:12]}"
         body = f"analytics-export destination test {uuid.uuid4()}\n".encode()
         with probe.step("write", f"wrote {self.location(name)} ({len(body)} bytes)"):
-            upload = self.open(name)
-            try:
-                upload.write(body)
-                upload.commit()
-            except BaseException:
-                upload.abort()
-                raise
+            self.put(name, body)
         try:
             with probe.step("read back", "read it back whole"):
                 got = b"".join(self.read(name))

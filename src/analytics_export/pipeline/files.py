@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
@@ -79,6 +79,53 @@ class Part:
             self.upload.abort()
         finally:
             self.writer.release()
+
+
+@dataclass
+class Filling:
+    """Files filled in turn from a stream of rows: each opened by `open_part(n)` (n from 1) when rows
+    come, committed once it reaches a split limit or on `commit`; `done` holds their manifest entries,
+    each with `described` added. `discard`, after a failure, aborts the open one and removes the rest."""
+
+    destination: Destination
+    open_part: Callable[[int], Part]
+    max_events: int | None
+    max_bytes: int | None
+    progress: Progress = field(default_factory=Progress)
+    done: list[dict] = field(default_factory=list)
+    part: Part | None = None
+    described: dict = field(default_factory=dict)
+
+    def write(self, rows: pa.RecordBatch) -> None:
+        offset = 0
+        while offset < rows.num_rows:
+            if self.part is None:
+                self.part = self.open_part(len(self.done) + 1)
+            take = fit(rows.num_rows - offset, self.part, self.progress, self.max_events, self.max_bytes)
+            before = self.part.bytes
+            self.part.write(rows.slice(offset, take))
+            offset += take
+            self.progress.events += take
+            self.progress.bytes += self.part.bytes - before
+            if (self.max_events is not None and self.part.events >= self.max_events) or (
+                    self.max_bytes is not None and self.part.bytes >= self.max_bytes):
+                self.commit()
+
+    def commit(self) -> None:
+        """Finish the open part, if any, and make it visible."""
+        if self.part is None:
+            return
+        part, self.part = self.part, None
+        before = part.bytes
+        self.done.append({**part.commit(), **self.described})
+        self.progress.bytes += self.done[-1]["bytes"] - before  # trailers and flushed buffers
+
+    def discard(self) -> None:
+        if self.part is not None:
+            part, self.part = self.part, None
+            part.abort()
+        for entry in self.done:
+            self.destination.remove(entry["name"])
 
 
 class HashingSink(ForwardingSink):
@@ -163,52 +210,26 @@ def write_files(
         return write_copied(request, source, destination, query, plan, name(1), digest=digest, fragment=fragment,
                             on_progress=on_progress, should_stop=should_stop)
     max_events, max_bytes = request.destination.split_limits() if split else (None, None)
-    done: list[dict] = []
-    part: Part | None = None
-    progress = Progress()
-
-    def next_part() -> Part:
-        return Part.open(request, destination, name(len(done) + 1), query.schema, digest, fragment)
-
-    def commit(part: Part) -> None:
-        before = part.bytes
-        done.append(part.commit())
-        progress.bytes += done[-1]["bytes"] - before  # trailers and flushed buffers
-
+    filling = Filling(destination, lambda n: Part.open(request, destination, name(n), query.schema, digest, fragment),
+                      max_events, max_bytes)
     batch_size = min(batch_size, writer_for(request).batch_rows or batch_size)
     batches = scanned(source, query, batch_size, privacy, should_stop, request.id)
     try:
         for batch in batches:
-            offset = 0
-            while offset < batch.num_rows:
-                part = part or next_part()
-                take = fit(batch.num_rows - offset, part, progress, max_events, max_bytes)
-                before = part.bytes
-                part.write(batch.slice(offset, take))
-                offset += take
-                progress.events += take
-                progress.bytes += part.bytes - before
-                if (max_events is not None and part.events >= max_events) or (
-                        max_bytes is not None and part.bytes >= max_bytes):
-                    part, full = None, part
-                    commit(full)
+            filling.write(batch)
             if on_progress is not None:
-                on_progress(progress)
-        part = part or (None if done or not empty_file else next_part())  # an empty export is still a valid file
-        if part is not None:
-            part, last = None, part
-            commit(last)
+                on_progress(filling.progress)
+        if filling.part is None and not filling.done and empty_file:  # an empty export is still a valid file
+            filling.part = filling.open_part(1)
+        filling.commit()
     except BaseException:
-        if part is not None:
-            part.abort()
-        for entry in done:
-            destination.remove(entry["name"])
+        filling.discard()
         raise
     finally:
         batches.close()  # stops the source thread now, not whenever a traceback holding it is freed
     if on_progress is not None:
-        on_progress(progress)
-    return done, progress
+        on_progress(filling.progress)
+    return filling.done, filling.progress
 
 
 def write_copied(request: ExportRequest, source: EventSource, destination: Destination, query: EventQuery,
@@ -282,10 +303,4 @@ def write_manifest(request: ExportRequest, project: str, destination: Destinatio
         "privacy": privacy_fields(privacy),
         "completed_at": datetime.now(timezone.utc).isoformat(),
     }
-    upload = destination.open(request.manifest_name)
-    try:
-        upload.write(json.dumps(body, indent=2).encode())
-        return upload.commit()
-    except BaseException:
-        upload.abort()
-        raise
+    return destination.put(request.manifest_name, json.dumps(body, indent=2).encode())

@@ -25,7 +25,7 @@ from ..destinations.specs import MAX_EVENT_SLUG, MAX_PARTITIONS, FileLayout, ren
 from ..errors import Invalid
 from ..formats import writer_for
 from .batches import Progress, scanned
-from .files import Part, export_query, fit
+from .files import Filling, Part, export_query
 
 if TYPE_CHECKING:
     from ..destinations import Destination
@@ -136,53 +136,28 @@ def write_laid_out(request: ExportRequest, source: EventSource, destination: Des
     query = export_query(request, project, privacy)
     layout.check(source, query)
     query = replace(query, order=layout.keys())
-    max_events, max_bytes = request.destination.split_limits()
-    done: list[dict] = []
-    progress = Progress()
-    part: Part | None = None
-    current: tuple[str, ...] = ()
-
-    def commit(full: Part) -> None:
-        before = full.bytes
-        done.append({**full.commit(), "partition": layout.described(current)})
-        progress.bytes += done[-1]["bytes"] - before
-
+    folder = ""
+    filling = Filling(destination, lambda n: Part.open(request, destination, f"{folder}/{name(n)}" if folder
+                                                       else name(n), query.schema, digest=True),
+                      *request.destination.split_limits())
+    current: tuple[str, ...] | None = None
     batches = scanned(source, query, min(batch_size, writer_for(request).batch_rows or batch_size), privacy,
                       should_stop, request.id)
     try:
         for batch in batches:
             for key, rows in layout.runs(batch):
-                if part is not None and key != current:
-                    part, last = None, part
-                    commit(last)
-                current, offset = key, 0
-                while offset < rows.num_rows:
-                    if part is None:
-                        folder = layout.folder(key)
-                        part = Part.open(request, destination, f"{folder}/{name(len(done) + 1)}" if folder
-                                         else name(len(done) + 1), query.schema, digest=True)
-                    take = fit(rows.num_rows - offset, part, progress, max_events, max_bytes)
-                    before = part.bytes
-                    part.write(rows.slice(offset, take))
-                    offset += take
-                    progress.events += take
-                    progress.bytes += part.bytes - before
-                    if (max_events is not None and part.events >= max_events) or (
-                            max_bytes is not None and part.bytes >= max_bytes):
-                        part, full = None, part
-                        commit(full)
+                if key != current:
+                    filling.commit()
+                    current, folder = key, layout.folder(key)
+                    filling.described = {"partition": layout.described(key)}
+                filling.write(rows)
             if on_progress is not None:
-                on_progress(progress)
-        if part is not None:
-            part, last = None, part
-            commit(last)
+                on_progress(filling.progress)
+        filling.commit()
     except BaseException:
-        if part is not None:
-            part.abort()
-        for entry in done:
-            destination.remove(entry["name"])
+        filling.discard()
         raise
     finally:
         batches.close()
-    return done
+    return filling.done
 

@@ -26,14 +26,8 @@ class FilesSink:
     def send(self, delivery: Delivery) -> None:
         """The batch's file, or its file in each partition's folder (the same names when sent again)."""
         for folder, body in delivery.parts or [("", delivery.body)]:
-            upload = self.destination.open(f"{folder}/{delivery.name}{self.extension}" if folder
-                                           else f"{delivery.name}{self.extension}")
-            try:
-                upload.write(body)
-                upload.commit()
-            except BaseException:
-                upload.abort()
-                raise
+            name = f"{delivery.name}{self.extension}"
+            self.destination.put(f"{folder}/{name}" if folder else name, body)
 
     def close(self) -> None:
         self.destination.close()
