@@ -60,6 +60,16 @@ def store_counts(data: Path, sql: str, start: str = WINDOW["start_date"], end: s
     return Counter({tuple(r[:-1]): r[-1] for r in rows})
 
 
+def downloaded(s3_server, bucket: str, folder: Path) -> Path:
+    """Every object of `bucket` as a file under `folder` at its key (readers take local folders)."""
+    client = s3_server.client()
+    for item in client.list_objects_v2(Bucket=bucket)["Contents"]:
+        path = folder / item["Key"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+    return folder
+
+
 def manifest(root: Path) -> dict:
     [path] = root.glob("*.manifest.json")
     return json.loads(path.read_text())
@@ -169,12 +179,7 @@ def test_partitioned_run_by_workers_lays_out_every_window(demo_settings, tmp_pat
     run_queue(settings, jobs)
     job = jobs.get("default", request.id)
     assert job.status is ExportStatus.COMPLETED, job.error
-    client = s3_server.client()
-    root = tmp_path / "lake"
-    for item in client.list_objects_v2(Bucket=bucket)["Contents"]:
-        path = tmp_path / item["Key"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+    root = downloaded(s3_server, bucket, tmp_path) / "lake"
     listed = manifest(root)
     assert sorted(f["name"] for f in listed["files"]) == sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
@@ -213,12 +218,7 @@ def test_a_stream_writes_each_batch_into_its_events_folders(make_service, tmp_pa
         while (view := c.get(f"/api/streams/{stream_id}").json())["delivered_events"] < 300:
             assert time.monotonic() < deadline, view
             time.sleep(0.2)
-    client = s3_server.client()
-    root = tmp_path / "s"
-    for item in client.list_objects_v2(Bucket=bucket)["Contents"]:
-        path = tmp_path / item["Key"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+    root = downloaded(s3_server, bucket, tmp_path) / "s"
     got = duckdb.sql(f"SELECT date::VARCHAR, event, count(*) FROM read_json_auto('{root}/**/*.jsonl', "
                      "hive_partitioning = true, hive_types_autocast = false) GROUP BY ALL").fetchall()
     expected = Counter((datetime.fromisoformat(e["timestamp"]).strftime("%Y-%m-%d"), e["event"]) for e in events)

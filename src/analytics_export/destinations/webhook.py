@@ -150,14 +150,7 @@ class Webhook(Destination):
         with probe.step("send", "signed" if self.secret is not None else "unsigned (no signing_secret)") as notes:
             pinned = pin(self.spec.url, self.placement.settings.destination_allow)
             with WebhookClient(self.placement.settings.export.upload_timeout_seconds) as client:
-                try:
-                    response = client.post(pinned, body, headers)
-                except httpx.TransportError as exc:
-                    raise Upload(f"{where}: cannot send ({type(exc).__name__}); check that it is up and "
-                                 "reachable from this server") from None
-            if response.status_code >= 300:
-                raise Rejected(f"{where} answered HTTP {response.status_code}: "
-                               f"{permanent_hint(response.status_code)}")
+                response = client.deliver(pinned, body, headers, where)
             notes.append(f"answered HTTP {response.status_code}")
 
     def close(self) -> None:

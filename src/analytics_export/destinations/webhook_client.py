@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from ..errors import Rejected, Upload
 from .guard import check_host
 
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
@@ -73,6 +74,21 @@ class WebhookClient:
         """POST `content` to `target`; transport failures raise httpx.TransportError."""
         return self.client.post(target.url, content=content, headers={**headers, "Host": target.host},
                                 extensions=target.extensions)
+
+    def deliver(self, target: Pinned, content: Any, headers: dict[str, str], where: str) -> httpx.Response:
+        """POST `content` and insist on a 2xx: Upload when it is worth sending again (no connection, a
+        RETRY_STATUSES answer), Rejected with what to fix otherwise; `where` names the receiver."""
+        try:
+            response = self.post(target, content, headers)
+        except httpx.TransportError as exc:
+            raise Upload(f"{where}: cannot send ({type(exc).__name__}); check that it is up and reachable from "
+                         "this server") from None
+        if response.status_code >= 300:
+            problem = f"{where} answered HTTP {response.status_code}"
+            if response.status_code in RETRY_STATUSES:
+                raise Upload(problem)
+            raise Rejected(f"{problem}: {permanent_hint(response.status_code)}")
+        return response
 
     def close(self) -> None:
         self.client.close()

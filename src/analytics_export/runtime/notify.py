@@ -11,12 +11,10 @@ from datetime import datetime
 from email.message import EmailMessage
 from typing import Any
 
-import httpx
-
 from ..alerts import ChannelSpec
 from ..config import Settings
 from ..destinations.guard import check_host
-from ..destinations.webhook_client import RETRY_STATUSES, WebhookClient, permanent_hint, pin, signature
+from ..destinations.webhook_client import WebhookClient, pin, signature
 from ..errors import Invalid, Rejected, Upload
 from ..store.jobs import aware
 
@@ -75,15 +73,7 @@ def send(settings: Settings, spec: ChannelSpec, secrets: dict[str, str], body: d
             headers.update(signature(secrets["signing_secret"].encode(), [content]))
     where = f"{spec.type} channel {spec.name!r}"
     with WebhookClient(timeout) as client:
-        try:
-            response = client.post(pin(url, settings.destination_allow), content, headers)
-        except httpx.TransportError as exc:
-            raise Upload(f"{where}: cannot send ({type(exc).__name__})") from None
-    if response.status_code >= 300:
-        problem = f"{where} answered HTTP {response.status_code}"
-        if response.status_code in RETRY_STATUSES:
-            raise Upload(problem)
-        raise Rejected(f"{problem}: {permanent_hint(response.status_code)}")
+        client.deliver(pin(url, settings.destination_allow), content, headers, where)
 
 
 class PinnedSMTP(smtplib.SMTP):

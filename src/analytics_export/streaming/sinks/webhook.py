@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import httpx
-
 from ...destinations import redact
 from ...destinations.specs import WebhookDestination
-from ...destinations.webhook_client import RETRY_STATUSES, WebhookClient, permanent_hint, pin, signature
-from ...errors import Rejected, Upload
+from ...destinations.webhook_client import WebhookClient, pin, signature
 from . import Delivery
 
 if TYPE_CHECKING:
@@ -37,16 +34,7 @@ class WebhookSink:
             headers["Authorization"] = self.secrets["authorization"]
         if self.secret is not None:
             headers.update(signature(self.secret, [delivery.body]))
-        where = f"webhook {redact(url, self.secrets)}"
-        try:
-            response = self.client.post(pinned, delivery.body, headers)
-        except httpx.TransportError as exc:
-            raise Upload(f"{where} could not be reached ({type(exc).__name__})") from None
-        if response.status_code >= 300:
-            problem = f"{where} answered HTTP {response.status_code}"
-            if response.status_code in RETRY_STATUSES:
-                raise Upload(problem)
-            raise Rejected(f"{problem}: {permanent_hint(response.status_code)}")
+        self.client.deliver(pinned, delivery.body, headers, f"webhook {redact(url, self.secrets)}")
 
     def close(self) -> None:
         self.client.close()
