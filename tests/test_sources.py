@@ -5,6 +5,7 @@ filter, must give the same rows, and for the text formats the same lines byte fo
 from __future__ import annotations
 
 import json
+import uuid
 
 import duckdb
 import pytest
@@ -271,3 +272,27 @@ def test_writers_that_hold_batches_in_python_leave_duckdb_less():
                                          "default"))
             for fmt in ("csv", "avro", "parquet", "json_lines")}
     assert caps == {"csv": "96MB", "avro": "64MB", "parquet": "128MB", "json_lines": "128MB"}
+
+
+def test_every_store_lays_files_out_by_day_and_event(stores, sftp_server):
+    """`date={event_date}/event={event}` from each store: the same events in each partition (a store
+    read in pages may write a partition as several files), and a manifest listing every file."""
+    got = {}
+    for name, settings in stores.items():
+        folder = f"/laid-{name}-{uuid.uuid4().hex[:6]}"
+        destination = {"type": "sftp", "host": sftp_server.host, "port": sftp_server.port,
+                       "username": sftp_server.username, "path": folder, "allow_unknown_host_key": True,
+                       "path_template": "date={event_date}/event={event}"}
+        result = export(settings=settings.model_copy(update={"destination_allow": ["127.0.0.1"]}),
+                        secrets={"password": sftp_server.password}, destination=destination, format="parquet",
+                        **WINDOW)
+        root = sftp_server.root / folder.strip("/")
+        [manifest] = root.glob("*.manifest.json")
+        listed = json.loads(manifest.read_text())
+        assert sorted(f["name"] for f in listed["files"]) == sorted(
+            p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
+        got[name] = duckdb.sql(f"SELECT date::VARCHAR, event, count(*), count(DISTINCT distinct_id) FROM read_parquet("
+                               f"'{root}/**/*.parquet', hive_partitioning = true, hive_types_autocast = false) "
+                               "GROUP BY ALL ORDER BY ALL").fetchall()
+        assert sum(row[2] for row in got[name]) == result.total_events > 1000
+    assert got["duckdb"] == got["postgres"] == got["clickhouse"]
