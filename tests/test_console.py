@@ -72,9 +72,10 @@ class SlowWebhook:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
-                    receiver.received.append(Batch(
-                        self.headers["X-Export-Id"], self.path, int(self.headers["X-Batch-Index"]),
-                        int(self.headers["X-Batch-Count"]), body.count(b"\n"), time.monotonic()))
+                    receiver.received.append(Batch(  # an export's batch, or a stream's (which is one)
+                        self.headers.get("X-Export-Id") or self.headers["X-Stream-Id"], self.path,
+                        int(self.headers.get("X-Batch-Index", "1")), int(self.headers.get("X-Batch-Count", "1")),
+                        body.count(b"\n"), time.monotonic()))
                 time.sleep(delay)
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
@@ -487,6 +488,43 @@ def test_the_test_button_tries_the_destination_before_saving(page, service, webh
     expect(page.locator(".test-result")).not_to_contain_text(str(service.data))
     with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
         assert api.get("/api/exports").json()["total"] == before
+
+
+def test_a_stream_is_tested_created_delivered_and_paused_from_the_console(page, service, webhook):
+    """The Streams page: a stream's destination tried with the Test button (streams' types only), the stream
+    created from the form, its events delivered and counted in its row, then paused there."""
+    sign_in(page, service.key)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Streams").click()
+    page.get_by_role("link", name="New stream").click()
+    kinds = page.get_by_label("Send to").locator("option")
+    expect(kinds).not_to_have_count(0)
+    offered = kinds.evaluate_all("options => options.map(o => o.value)")
+    assert "download" not in offered and "sftp" not in offered and {"webhook", "nats", "s3"} <= set(offered)
+    page.get_by_label("Send to").select_option("webhook")
+    page.get_by_label("URL (required)").fill(f"{webhook.url}/stream")
+    page.get_by_role("button", name="Test destination").click()
+    expect(page.locator(".test-result")).to_contain_text("The destination works.", timeout=20_000)
+    page.get_by_label("Name").fill("to the webhook")
+    page.get_by_label("Seconds per batch (at most)").fill("0.2")
+    page.get_by_role("button", name="Create stream").click()
+
+    expect(page.get_by_role("heading", name="Streams", level=1)).to_be_visible()
+    row = page.locator("tbody tr", has_text="to the webhook")
+    stream_id = row.get_attribute("data-id")
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
+        now = datetime.now(timezone.utc).isoformat()
+        assert api.post("/api/events", json=[{"event": "streamed", "distinct_id": f"u{i}", "timestamp": now}
+                                             for i in range(7)]).status_code == 200
+        deadline = time.monotonic() + 30
+        while api.get(f"/api/streams/{stream_id}").json()["delivered_events"] < 7:
+            assert time.monotonic() < deadline, "the stream delivered the events"
+            time.sleep(0.1)
+    expect(row).to_contain_text("7 events", timeout=10_000)
+    assert sum(b.events for b in webhook.received if b.path == "/stream") == 7
+    row.get_by_role("button", name="Pause to the webhook").click()
+    expect(row.locator(".badge")).to_have_text("paused")
+    row.get_by_role("button", name="Resume to the webhook").click()
+    expect(row.locator(".badge")).to_have_text("active")
 
 
 def test_schedule_with_cron_preview_pause_backfill_and_run_history(page, service, tmp_path):

@@ -4,6 +4,7 @@ import { alertsPage } from "./alerts.js";
 import { api, session } from "./api.js";
 import { exportsPage, newExportPage } from "./exports.js";
 import { runsPage, scheduleFormPage, schedulesPage } from "./schedules.js";
+import { newStreamPage, streamsPage } from "./streams.js";
 import { alertBox, announce, field, h, showErrors } from "./ui.js";
 
 const ROUTES = [
@@ -13,6 +14,8 @@ const ROUTES = [
   [/^#\/schedules\/new$/, scheduleFormPage, "New schedule"],
   [/^#\/schedules\/([\w-]+)\/edit$/, scheduleFormPage, "Edit schedule"],
   [/^#\/schedules\/([\w-]+)\/runs$/, runsPage, "Run history"],
+  [/^#\/streams$/, streamsPage, "Streams"],
+  [/^#\/streams\/new$/, newStreamPage, "New stream"],
   [/^#\/alerts$/, alertsPage, "Alerts"],
 ];
 

@@ -22,8 +22,7 @@ const DOWNLOAD = { download: { label: "Download from this server", form: [] } };
 let destinationTypes = null; // type -> its view in /api/destinations (the server's registry), asked once
 
 function destinationsOffered() {
-  destinationTypes ??= api("/api/destinations").then((data) =>
-    Object.fromEntries(data.items.filter((d) => d.exports).map((d) => [d.type, d])));
+  destinationTypes ??= api("/api/destinations").then((data) => Object.fromEntries(data.items.map((d) => [d.type, d])));
   destinationTypes.catch(() => { destinationTypes = null; });
   return destinationTypes;
 }
@@ -292,15 +291,19 @@ function scalar(text) {
   return text;
 }
 
-function destinationPicker() {
-  const type = h("select", {}, options(Object.entries(DOWNLOAD).map(([k, d]) => [k, d.label]), "download"));
+/** The destination's type, its form from the registry, its connection and a Test button; `use` is "exports" (the
+ * download folder first) or "streams" (the types streams take). */
+export function destinationPicker(use = "exports") {
+  const fallback = use === "exports" ? DOWNLOAD : {};
+  const type = h("select", {}, options(Object.entries(fallback).map(([k, d]) => [k, d.label]), "download"));
   const connection = h("select", {});
   const connectionField = field("Saved connection (credentials)", connection);
   const box = h("div", { class: "row" });
   let inputs = {};
   let connections = null;
   let loaded = null; // the saved destination being edited: its settings the form has no input for are kept
-  const ready = destinationsOffered().catch(() => DOWNLOAD).then((types) => {
+  const ready = destinationsOffered().catch(() => fallback).then((all) => {
+    const types = Object.fromEntries(Object.entries(all).filter(([, d]) => d[use] ?? true));
     type.replaceChildren(...options(Object.entries(types).map(([k, d]) => [k, d.label]), type.value));
     return types;
   });
