@@ -459,7 +459,7 @@ def test_stream_failing_then_recovering_alerts_once_each_way(svc):
             wait_until(lambda: hook.posts, 60, "the failing alert")
             alert = hook.bodies()[0]
             assert alert["kind"] == "stream_failing" and alert["object"] == {"type": "stream", "id": stream_id}
-            assert "503" in alert["error"] and alert["link"] == "https://console.example.test/#/alerts"
+            assert "503" in alert["error"] and alert["link"] == "https://console.example.test/#/streams"
             time.sleep(2)  # the stream goes on failing, retrying: still one alert
             assert len(hook.posts) == 1
             sink.status = 200

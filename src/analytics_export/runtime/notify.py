@@ -30,6 +30,8 @@ def console_link(settings: Settings, incident: Any) -> str:
         return f"{base}/#/exports"
     if incident.object_type == "schedule":
         return f"{base}/#/schedules/{incident.object_id}/runs"
+    if incident.object_type == "stream":
+        return f"{base}/#/streams"
     return f"{base}/#/alerts"
 
 
