@@ -3,6 +3,7 @@ the batch path (Parquet: the same schema and rows), privacy applied, and nothing
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -158,3 +159,23 @@ def test_a_destination_failure_stops_the_engine_and_leaves_nothing(big_store, tm
         destination.close()
         store.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_engine_path_works_in_a_process_holding_many_files(one_thread, tmp_path):
+    """A worker with many open files (streams, uploads, sockets) gets descriptors past 1024, which
+    select() refuses: the engine's pipe is waited on with poll()."""
+    held = []
+    try:
+        while not held or held[-1] <= 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        request = ExportRequest(**WINDOW, format="json_lines")
+        store = open_store(one_thread)
+        try:
+            assert copied_plan(request, store, export_query(request, "default"), None) is not None
+        finally:
+            store.close()
+        path = produce(one_thread, tmp_path, request, engine=True)
+        assert path.read_bytes().count(b"\n") > 1000
+    finally:
+        for fd in held:
+            os.close(fd)

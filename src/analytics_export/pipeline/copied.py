@@ -81,6 +81,8 @@ class EngineCopy:
 
         thread = threading.Thread(target=run, name="export-copy", daemon=True)
         thread.start()
+        ready = select.poll()  # not select(): a process holding over 1024 files gets descriptors it cannot take
+        ready.register(read, select.POLLIN)
         held, started, stopped, trim = b"", False, False, len(self.plan.trim)
         try:
             while True:
@@ -88,7 +90,7 @@ class EngineCopy:
                     stopped = True
                     self.source.interrupt()
                     break
-                if not select.select([read], [], [], POLL_SECONDS)[0]:
+                if not ready.poll(POLL_SECONDS * 1000):
                     yield b""
                     continue
                 chunk = os.read(read, PIPE_BYTES)
