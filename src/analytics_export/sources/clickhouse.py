@@ -8,7 +8,6 @@ client code on chDB, ClickHouse's in-process engine (the tests use it: no server
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -36,28 +35,10 @@ SCHEMA_SQL = """CREATE TABLE IF NOT EXISTS events (
 COLUMNS = "uuid, project_id, event, distinct_id, timestamp, properties, inserted_at"
 
 
-IDLE: dict[str, Any] = {}
-"""The process's idle chDB handle, by its engine's path (chDB runs one path per process)."""
-_IDLE_LOCK = threading.Lock()
-
-
-def chdb_client(path: str) -> Any:
-    """A chDB client of `path`, its own handle. chDB stops its engine when the last handle closes, and
-    each restart leaks about 11 file descriptors inside chDB (measured: 11.4 per export): an idle handle
-    (`IDLE`) keeps the engine running for the process. Asking for another path closes it first."""
-    with _IDLE_LOCK:
-        if path not in IDLE:
-            for other in IDLE.values():
-                other.close()
-            IDLE.clear()
-            IDLE[path] = clickhouse_connect.get_client(interface="chdb", path=path)
-    return clickhouse_connect.get_client(interface="chdb", path=path)
-
-
 def client_for(url: str) -> Any:
     parts = urlsplit(url)
     if parts.scheme == "chdb":
-        return chdb_client(unquote(parts.path) or ":memory:")
+        return clickhouse_connect.get_client(interface="chdb", path=unquote(parts.path) or ":memory:")
     return clickhouse_connect.get_client(dsn=url)
 
 

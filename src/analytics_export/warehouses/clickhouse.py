@@ -27,7 +27,6 @@ from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import ClickHouseTableDestination
 from ..errors import Rejected, Storage
-from ..sources.clickhouse import chdb_client
 from . import COLUMNS, LoadWindow, TableDestination, local_path
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ class ClickHouseTable(TableDestination):
         if self.spec.url.startswith("chdb:"):
             path = local_path(self.placement, self.spec.url.removeprefix("chdb:"))
             path.mkdir(parents=True, exist_ok=True)
-            return chdb_client(str(path))
+            return clickhouse_connect.get_client(interface="chdb", path=str(path))
         parts = urlsplit(self.spec.url)
         secure = parts.scheme == "clickhouses"
         address = check_host(parts.hostname or "", self.placement.settings.destination_allow)[0]
