@@ -259,10 +259,9 @@ class StreamRun:
         batches = [b.drop_columns(["inserted_at"]) for b in batches]
         if getattr(self.spec.destination, "per_event", ()):  # a file in each partition's folder
             layout = Layout(self.spec.destination, {})  # type: ignore[arg-type]
-            parts = [(layout.folder(key), self.body([rows])[0]) for key, rows in layout.grouped(batches)]
-            wrapped = self.spec.compression is not None and not self.format.spec.codec_inside_file
-            return Delivery(name=name, body=b"", messages=[], content_type=self.format.content_type, parts=parts,
-                            content_encoding=self.spec.compression.value if wrapped else None)  # type: ignore[union-attr]
+            encoded = [(layout.folder(key), *self.body([rows])[:2]) for key, rows in layout.grouped(batches)]
+            return Delivery(name=name, body=b"", messages=[], content_type=self.format.content_type,
+                            parts=[(folder, body) for folder, body, _ in encoded], content_encoding=encoded[0][2])
         body, encoding, wraps = self.body(batches)
         messages: list[tuple[str, bytes]] = []
         if registry.get(self.spec.destination.type).kind == "broker" and self.spec.message == "event":
