@@ -127,6 +127,14 @@ class FilterOperator(str, Enum):
     IS_NOT_SET = "is_not_set"
 
 
+class ExportModel(str, Enum):
+    """What each row of an export is (docs/models.md)."""
+
+    EVENTS = "events"
+    PERSONS = "persons"
+    SESSIONS = "sessions"
+
+
 class ExportStatus(str, Enum):
     PENDING = "pending"
     PROCESSING = "processing"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -45,6 +45,7 @@ from .enums import (
     Compression,
     DateRange,
     ExportFormat,
+    ExportModel,
     ExportStatus,
     FilterOperator,
     codec_problem,
@@ -283,6 +284,30 @@ def check_columns(fmt: ExportFormat, properties: list[str] | None, include: list
                          "(properties: null) to find it inside the `properties` column, or use json_lines")
 
 
+PersonEventCount = Literal["all", "range"]
+MODEL_DOC = ("what each row is: an event (default), a person merged from its ids, or a session; persons and "
+             "sessions are derived from every event of the project (docs/models.md)")
+GAP_DOC = "sessions: a user's events more than this many minutes apart are in different sessions"
+COUNT_DOC = "persons: `event_count` over the person's whole history (`all`) or over the window (`range`)"
+
+
+def check_model(model: ExportModel, events: list[str], filters: list, properties: list[str] | None,
+                include: list[str], destination: object) -> None:
+    """Persons and sessions are built from every event of the project: a selection of events or
+    columns would change what a person or a session is."""
+    if model is ExportModel.EVENTS:
+        return
+    chosen = [name for name, value in (("events", events), ("filters", filters), ("include", include)) if value]
+    if properties is not None:
+        chosen.append("properties")
+    if chosen:
+        raise ValueError(f"a {model.value} export takes no {', '.join(chosen)}: its rows are built from every "
+                         "event of the project (docs/models.md); leave them out")
+    if isinstance(destination, FileLayout) and destination.per_event:
+        raise ValueError(f"a {model.value} export cannot lay files out by {{event_date}}, {{event_hour}} or "
+                         "{event}: those are values of events; use {start_date} or {end_date}")
+
+
 class ExportRequest(BaseModel):
     """What to export: events in [start_date, end_date), filtered and projected, in one format."""
 
@@ -311,6 +336,9 @@ class ExportRequest(BaseModel):
         "unless it is a plain number, gets a leading `'`, so a spreadsheet shows it as text instead of running "
         "it as a formula (OWASP's CSV injection advice). Off by default: it changes the values, which other "
         "readers (warehouses, pandas) then see")
+    model: ExportModel = Field(ExportModel.EVENTS, description=MODEL_DOC)
+    session_gap_minutes: int = Field(30, ge=1, le=1440, description=GAP_DOC)
+    person_event_count: PersonEventCount = Field("all", description=COUNT_DOC)
     created_at: datetime = Field(default_factory=_now)
     status: ExportStatus = ExportStatus.PENDING
 
@@ -334,6 +362,7 @@ class ExportRequest(BaseModel):
         check_formula_guard(self.format, self.csv_formula_guard)
         if not is_stored(info):  # one saved before the check still loads, to be listed
             check_columns(self.format, self.properties, self.include)
+            check_model(self.model, self.events, self.filters, self.properties, self.include, self.destination)
         if self.end_date <= self.start_date:
             raise ValueError(
                 f"end_date ({self.end_date.isoformat()}) must be after start_date "
@@ -341,6 +370,11 @@ class ExportRequest(BaseModel):
             )
         if not is_stored(info) and isinstance(self.destination, FileLayout):
             check_window(self.destination.per_event, self.start_date, self.end_date)
+        if not is_stored(info) and self.model is ExportModel.SESSIONS:
+            closed = self.end_date + timedelta(minutes=self.session_gap_minutes)
+            if closed > _now():
+                raise ValueError(f"the sessions of a window are known only once the gap has passed after it: "
+                                 f"export this window after {closed.isoformat()}, or end it earlier")
         return self
 
     @property
@@ -419,6 +453,10 @@ class ScheduledExport(BaseModel):
     include: Include = Field(default_factory=list, max_length=2,
                                          description="as in an export request: `uuid` and/or `inserted_at` columns")
     destination: ExportDestination = Field(default_factory=DownloadDestination)
+    model: ExportModel = Field(ExportModel.EVENTS, description=MODEL_DOC + "; a sessions window is exported "
+                               "once `session_gap_minutes` more than `delay_seconds` have passed after it")
+    session_gap_minutes: int = Field(30, ge=1, le=1440, description=GAP_DOC)
+    person_event_count: PersonEventCount = Field("all", description=COUNT_DOC)
     enabled: bool = True
     last_run: datetime | None = None
     next_run: datetime | None = None
@@ -438,7 +476,14 @@ class ScheduledExport(BaseModel):
         check_formula_guard(self.format, self.csv_formula_guard)
         if not is_stored(info):  # one saved before the check still loads, to be listed
             check_columns(self.format, self.properties, self.include)
+            check_model(self.model, self.events, self.filters, self.properties, self.include, self.destination)
         return self
+
+    @property
+    def settle_seconds(self) -> float:
+        """How long after a window ends it is exported: `delay_seconds`, and for sessions the gap too."""
+        gap = self.session_gap_minutes * 60 if self.model is ExportModel.SESSIONS else 0
+        return self.delay_seconds + gap
 
     @field_validator("events")
     @classmethod
@@ -463,7 +508,8 @@ class ScheduledExport(BaseModel):
             id=export_id, events=self.events, start_date=start, end_date=end, format=self.format,
             properties=self.properties, filters=self.filters, compression=self.compression,
             destination=self.destination, time_field=self.time_field, csv_formula_guard=self.csv_formula_guard,
-            include=self.include),
+            include=self.include, model=self.model, session_gap_minutes=self.session_gap_minutes,
+            person_event_count=self.person_event_count),
             context=STORED)
 
 

@@ -43,7 +43,8 @@ def avro_schema(schema: pa.Schema) -> dict:
     taken: set[str] = set()
     fields = []
     for field in schema:
-        kind = TIMESTAMP if pa.types.is_timestamp(field.type) else "string"
+        kind = (TIMESTAMP if pa.types.is_timestamp(field.type) else "long" if pa.types.is_int64(field.type)
+                else "double" if pa.types.is_float64(field.type) else "string")
         entry = {"name": avro_name(field.name, taken), "type": ["null", kind]}
         if entry["name"] != field.name:
             entry["doc"] = field.name

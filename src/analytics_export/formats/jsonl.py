@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from ..enums import Compression
@@ -21,7 +22,8 @@ class JsonLinesWriter(Writer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         columns = {name: f'"{name}"' for name in self.schema.names}
-        self.to_json = BatchSQL(f"SELECT {self.prefix_sql} || {line_sql(columns)} || {self.suffix_sql} AS line FROM batch")
+        line = line_sql(columns) if "event" in columns else object_sql(self.schema)
+        self.to_json = BatchSQL(f"SELECT {self.prefix_sql} || {line} || {self.suffix_sql} AS line FROM batch")
 
     @classmethod
     def copied(cls, names: tuple[str, ...], compression: Compression | None) -> Copied:
@@ -54,3 +56,23 @@ def line_sql(columns: dict[str, str]) -> str:
     return (f"'{{\"event\":' || to_json({columns['event']}) || ',\"distinct_id\":' || "
             f"to_json({columns['distinct_id']}) || ',\"timestamp\":\"' || {columns['timestamp']} || "
             f"'\",\"properties\":' || {columns['properties']}{tail} || '}}'")
+
+
+def object_sql(schema: pa.Schema) -> str:
+    """DuckDB SQL of one row's JSON object for a derived model's rows (`derived/`), its columns in order:
+    a column of JSON text (field metadata `json: text`) spliced in, a timestamp as RFC 3339 text, any
+    other value by `to_json`; null as `null`."""
+    import pyarrow as pa
+
+    parts = []
+    for i, field in enumerate(schema):
+        column = f'"{field.name}"'
+        if (field.metadata or {}).get(b"json") == b"text":
+            value = column
+        elif pa.types.is_timestamp(field.type):
+            value = f"""'"' || strftime({column}, '{RFC3339}') || '"'"""
+        else:
+            value = f"CAST(to_json({column}) AS VARCHAR)"
+        key = json.dumps(field.name)  # our own column names: plain keys
+        parts.append(f"'{',' if i else '{'}{key}:' || coalesce({value}, 'null')")
+    return f"{' || '.join(parts)} || '}}'"

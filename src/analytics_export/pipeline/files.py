@@ -7,17 +7,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..bytesinks import ForwardingSink
 from ..destinations import BackgroundUpload, Destination
-from ..errors import Invalid
+from ..errors import Cancelled, Invalid
 from ..formats import Copied, Writer, open_sink, open_writer, writer_class, writer_for
-from ..enums import ExportStatus, codec_problem
+from ..enums import ExportModel, ExportStatus, codec_problem
 from ..models import ExportRequest, ExportResult
 from ..privacy.policy import Privacy
 from ..sources import EventQuery, EventSource
-from .batches import Progress, privacy_fields, scanned
+from .batches import PREFETCH, Progress, privacy_fields, read_ahead, scanned
 from .copied import EngineCopy, copied_plan
 
 if TYPE_CHECKING:
@@ -160,6 +160,15 @@ def export_query(request: ExportRequest, project: str, privacy: Privacy | None =
     return privacy.query(query) if privacy is not None else query
 
 
+def columns(request: ExportRequest, project: str, privacy: Privacy | None) -> list[str]:
+    """The columns of `request`'s files (`include` adds uuid, inserted_at to events)."""
+    if request.model is ExportModel.EVENTS:
+        return list(export_query(request, project, privacy).names)
+    from ..derived import module
+
+    return module(request.model).SCHEMA.names
+
+
 def completed(request: ExportRequest, files: list[dict], path: str, started: datetime,
               privacy: Privacy | None = None) -> ExportResult:
     return ExportResult(
@@ -202,6 +211,15 @@ def write_files(
     problem = codec_problem(request.format, request.compression)
     if problem is not None:  # an export stored before its format stopped offering the codec
         raise Invalid(problem)
+    max_events, max_bytes = request.destination.split_limits() if split else (None, None)
+    if request.model is not ExportModel.EVENTS:
+        from ..derived import derive
+
+        batch_size = min(batch_size, writer_for(request).batch_rows or batch_size)
+        rows = derive(request, source, project, privacy, batch_size)
+        filling = Filling(destination, lambda n: Part.open(request, destination, name(n), rows.schema, digest, fragment),
+                          max_events, max_bytes)
+        return fill(filling, read_ahead(rows.batches, PREFETCH), on_progress, should_stop, request.id, empty_file)
     query = export_query(request, project, privacy)
     if scope is not None:
         query = scope(query)
@@ -209,13 +227,21 @@ def write_files(
     if plan is not None:
         return write_copied(request, source, destination, query, plan, name(1), digest=digest, fragment=fragment,
                             on_progress=on_progress, should_stop=should_stop)
-    max_events, max_bytes = request.destination.split_limits() if split else (None, None)
     filling = Filling(destination, lambda n: Part.open(request, destination, name(n), query.schema, digest, fragment),
                       max_events, max_bytes)
     batch_size = min(batch_size, writer_for(request).batch_rows or batch_size)
-    batches = scanned(source, query, batch_size, privacy, should_stop, request.id)
+    return fill(filling, scanned(source, query, batch_size, privacy, None, request.id), on_progress, should_stop,
+                request.id, empty_file)
+
+
+def fill(filling: Filling, batches: Iterator[pa.RecordBatch], on_progress: Callable[[Progress], None] | None,
+         should_stop: Callable[[], bool] | None, export_id: str, empty_file: bool) -> tuple[list[dict], Progress]:
+    """Write `batches` into `filling`'s files and commit them; Cancelled before a batch once
+    `should_stop()` says so. If anything fails, the files already committed are removed."""
     try:
         for batch in batches:
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"export {export_id} was cancelled")
             filling.write(batch)
             if on_progress is not None:
                 on_progress(filling.progress)
@@ -296,7 +322,8 @@ def write_manifest(request: ExportRequest, project: str, destination: Destinatio
         "compression": request.compression.value if request.compression else None,
         "start_date": request.start_date.isoformat(),
         "end_date": request.end_date.isoformat(),
-        "columns": list(export_query(request, project, privacy).names),  # `include` adds uuid, inserted_at
+        "model": request.model.value,
+        "columns": columns(request, project, privacy),
         "total_events": sum(f["events"] for f in files),
         "total_bytes": sum(f["bytes"] for f in files),
         "files": files,

@@ -99,6 +99,23 @@ class Privacy:
 
     def apply(self, batches: Iterable[pa.RecordBatch], query: EventQuery) -> Iterator[pa.RecordBatch]:
         """`batches` of `query` with the detector and pattern rules applied to their strings."""
+        # by position: a property may be named like a fixed column (`event`, `distinct_id`)
+        if query.property_columns:
+            return self.redacted(batches, values=range(3, 3 + len(query.properties or ())))
+        return self.redacted(batches, objects=[3])
+
+    def apply_columns(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        """Batches of a derived model (`derived/`) with the detector and pattern rules applied to its JSON
+        `properties` and to its columns taken from properties (every string column but its ids)."""
+        objects = [i for i, f in enumerate(schema) if f.name == "properties"]
+        values = [i for i, f in enumerate(schema) if str(f.type) == "string" and i not in objects
+                  and f.name not in ("person_id", "distinct_ids", "distinct_id", "session_id")]
+        return self.redacted(batches, objects=objects, values=values)
+
+    def redacted(self, batches: Iterable[pa.RecordBatch], *, objects: Iterable[int] = (),
+                 values: Iterable[int] = ()) -> Iterator[pa.RecordBatch]:
+        """`batches` with the detector and pattern rules applied to the JSON objects in columns `objects`
+        and to the values in columns `values`."""
         if not self.scans:
             yield from batches
             return
@@ -109,12 +126,9 @@ class Privacy:
         from .redaction import Redactor
 
         redactor = Redactor(self.rules.redact)
-        # by position: a property may be named like a fixed column (`event`, `distinct_id`)
-        columns = range(3, 3 + len(query.properties or ())) if query.property_columns else [3]
+        columns = [(i, redactor.json) for i in objects] + [(i, redactor.values) for i in values]
         for batch in batches:
             arrays = list(batch.columns)
-            for i in columns:
-                series = pl.Series(arrays[i])
-                series = redactor.values(series) if query.property_columns else redactor.json(series)
-                arrays[i] = series.to_arrow().cast(pa.string())
+            for i, redact in columns:
+                arrays[i] = redact(pl.Series(arrays[i])).to_arrow().cast(pa.string())
             yield pa.RecordBatch.from_arrays(arrays, schema=batch.schema)

@@ -123,7 +123,7 @@ class Scheduler:
             fired = last_fire(spec.schedule, tz, t)
             previous = last_fire(spec.schedule, tz, fired - timedelta(microseconds=1))
             watermark = aware(row.watermark)
-            owed = due(spec.date_range, tz, watermark, fired, previous, timedelta(seconds=spec.delay_seconds),
+            owed = due(spec.date_range, tz, watermark, fired, previous, timedelta(seconds=spec.settle_seconds),
                        spec.catch_up == "latest")
             room = JobStore.room(c, row.project, self.config.max_concurrent_exports) if owed else 0
             queued = planned = 0

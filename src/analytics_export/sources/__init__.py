@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from ..models import ExportFilter, ExportRequest
 from .protect import Protection
@@ -136,6 +136,17 @@ class EventQuery:
         return pa.schema([pa.field(name, kind) for name, kind in zip(self.names, types)])
 
 
+@dataclass(frozen=True)
+class Selection:
+    """DuckDB SQL over a query's events (named by the events table's columns): `columns`, for the events
+    that also meet `where`, grouped by the first `group` columns if any. Over a store read in pages,
+    each page is grouped on its own: aggregates come back partial, for the caller to combine."""
+
+    columns: tuple[str, ...]
+    where: tuple[str, ...] = ()
+    group: int = 0
+
+
 class EventSource(Protocol):
     def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
         """Matching events as a stream of batches of at most `batch_size` rows, in `query.schema`."""
@@ -150,6 +161,10 @@ class EventSource(Protocol):
     def grouped(self, query: EventQuery, keys: list[str]) -> dict[tuple, int]:
         """How many events match for each value of the DuckDB SQL expressions `keys` (over the events
         table's columns)."""
+
+    def select(self, query: EventQuery, selections: list[Selection]) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """Each selection's rows over the query's events, as (its index, a batch): what derived models
+        (`derived/`) read instead of whole events."""
 
 
 class EventStore(EventSource, Protocol):
@@ -166,4 +181,4 @@ class EventStore(EventSource, Protocol):
     def close(self) -> None: ...
 
 
-__all__ = ["EventQuery", "EventSource", "RFC3339"]
+__all__ = ["EventQuery", "EventSource", "RFC3339", "Selection"]

@@ -18,7 +18,7 @@ from ..errors import Invalid, OutOfMemory, Storage
 from ..enums import FilterOperator
 from ..models import ExportFilter
 from ..private import MODE, companion, create_private_dir
-from . import NON_FINITE_HINT, READ_MEMORY_MB, RFC3339, EventQuery, finite
+from . import NON_FINITE_HINT, READ_MEMORY_MB, RFC3339, EventQuery, Selection, finite
 from .protect import Protection
 
 if TYPE_CHECKING:
@@ -189,7 +189,8 @@ class SqlBuilder:
         cols += [{"uuid": "CAST(uuid AS VARCHAR) AS uuid", "inserted_at": "inserted_at"}[c] for c in query.ids]
         return cols
 
-    def select(self, query: EventQuery, columns: list[str] | None = None) -> str:
+    def select(self, query: EventQuery, columns: list[str] | None = None, more: tuple[str, ...] = ()) -> str:
+        """The query's SELECT (its `columns` if given, else its projection), with the conditions `more` added."""
         extracted: list[str] = []
         cols = columns if columns is not None else self.projection(query, extracted)
         where = [
@@ -207,6 +208,7 @@ class SqlBuilder:
         where += self.filtered(query.filters)
         if query.protection is not None:
             where += query.protection.where(self.bind)
+        where += [f"({condition})" for condition in more]
         time = TIME_COLUMNS[query.time_field]
         if query.after_uuid is not None:  # with `time >= start` above: (time, uuid) > (start, after_uuid)
             where.append(f"({time} > {self.bind(query.start)} OR CAST(uuid AS VARCHAR) > {self.bind(query.after_uuid)})")
@@ -344,6 +346,16 @@ class DuckDBEventStore:
         text = sql.select(query, [*keys, "count(*)"]) + f" GROUP BY {', '.join(map(str, range(1, len(keys) + 1)))}"
         return {tuple(row[:-1]): row[-1] for row in self.execute(text, sql.params).fetchall()}
 
+    def select(self, query: EventQuery, selections: list[Selection]) -> Iterator[tuple[int, pa.RecordBatch]]:
+        self.fit_memory(query)
+        for index, selection in enumerate(selections):
+            sql = SqlBuilder()
+            reader = self._relation(selected(sql, query, selection), sql.params).to_arrow_reader(65_536)
+            self.readers.append(reader)
+            with translated_errors():
+                for batch in reader:
+                    yield index, batch
+
     def is_empty(self) -> bool:
         return not self.execute("SELECT count(*) FROM events", []).fetchall()[0][0]
 
@@ -398,6 +410,14 @@ class DuckDBEventStore:
             reader.close()
         with OPENING:
             self.con.close()
+
+
+def selected(sql: SqlBuilder, query: EventQuery, selection: Selection) -> str:
+    """The SQL of `selection` over `query`'s events."""
+    text = sql.select(query, list(selection.columns), selection.where)
+    if selection.group:
+        text += f" GROUP BY {', '.join(map(str, range(1, selection.group + 1)))}"
+    return text
 
 
 OPENING = threading.Lock()

@@ -11,8 +11,8 @@ from typing import Any, Iterator
 import duckdb
 import pyarrow as pa
 
-from . import EventQuery, finite
-from .duckdb import SqlBuilder, translated_errors
+from . import EventQuery, Selection, finite
+from .duckdb import SqlBuilder, selected, translated_errors
 
 PAGE_ROWS = 100_000
 """Rows per page of a scan, about: engines' clients buffer a whole result (ADBC's COPY reader and
@@ -83,6 +83,17 @@ class ScannedStore:
             for row in zip(*(column.to_pylist() for column in batch.columns)):
                 counts[row[:-1]] = counts.get(row[:-1], 0) + row[-1]
         return counts
+
+    def select(self, query: EventQuery, selections: list[Selection]) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """Each page read once and every selection run over it."""
+        texts = []
+        for selection in selections:
+            sql = SqlBuilder()
+            texts.append((selected(sql, query, selection), sql.params))
+        for page in self.scan(query):
+            for index, (text, params) in enumerate(texts):
+                for batch in self._each(iter([page]), text, params):
+                    yield index, batch
 
     def _each(self, source: Iterator[pa.RecordBatch], text: str, params: list[Any], schema: pa.Schema | None = None,
               batch_size: int = 1 << 30, scrub: bool = False) -> Iterator[pa.RecordBatch]:

@@ -1,0 +1,65 @@
+"""Models derived from events (docs/models.md): persons and sessions. The store reads the narrow facts
+each needs (`Selection`s of DuckDB SQL run over its events, as every store runs its filters), an
+in-process DuckDB (`staging`) derives the rows with one SQL implementation of the rules, and the rows
+go through the export's privacy, writer and destination like events."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Iterator
+
+from ..enums import ExportModel
+from ..models import ExportRequest
+from ..privacy.policy import Privacy
+from ..sources import EventQuery, EventSource
+from ..sources.duckdb import SqlBuilder
+from ..sources.protect import Protection
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+JSON_TEXT = {b"json": b"text"}
+"""Field metadata of a string column that holds JSON text: JSON writers splice it in as a value."""
+
+
+@dataclass
+class Derived:
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]
+    """With the export's privacy applied."""
+
+
+def protected_id(sql: SqlBuilder, protection: Protection, expr: str) -> str:
+    """A distinct id (SQL `expr`) as every model shows it: pseudonymised when the policy says so."""
+    if not protection.pseudonymize_distinct_id:
+        return expr
+    return protection.hmac(sql.bind, expr)
+
+
+MODELS = {ExportModel.PERSONS: "persons", ExportModel.SESSIONS: "sessions"}
+"""Each derived model's module: its `SCHEMA`, and `rows(request, source, query, privacy, batch_size)`."""
+
+
+def module(model: ExportModel) -> ModuleType:
+    return importlib.import_module(f"{__name__}.{MODELS[model]}")
+
+
+def derive(request: ExportRequest, source: EventSource, project: str, privacy: Privacy | None,
+           batch_size: int) -> Derived:
+    """The rows of `request`'s model (persons or sessions) over `source`, with `privacy` applied."""
+    model = module(request.model)
+    batches = model.rows(request, source, EventQuery.from_request(request, project), privacy, batch_size)
+    if privacy is not None:
+        batches = privacy.apply_columns(batches, model.SCHEMA)
+    return Derived(model.SCHEMA, batches)
+
+
+def protection(privacy: Privacy | None) -> Protection:
+    """The policy's SQL rules (none without a policy)."""
+    return (privacy.protection() if privacy is not None else None) or Protection()
+
+
+def hides(privacy: Privacy | None, name: str) -> bool:
+    return privacy is not None and privacy.rules.hides(name)

@@ -1,0 +1,107 @@
+"""Sessions: one row per session that ends in the window, by `$session_id` or by a user's gaps between
+events, with its entry and exit pages and its first event's referrer, UTM, browser and OS
+(docs/models.md, "Sessions")."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import Iterator
+
+import pyarrow as pa
+
+from ..models import ExportRequest
+from ..sources import EventQuery, EventSource, Selection
+from ..sources.duckdb import SqlBuilder, json_path
+from ..privacy.policy import Privacy
+from . import hides, protected_id, protection
+from .identities import HISTORY_START, links, resolve, timestamp
+from .staging import Staging
+
+LOOKBACK = timedelta(hours=24)
+"""How far before the window a session's events are read."""
+
+PROPERTIES = {"entry_url": "$current_url", "exit_url": "$current_url", "referrer": "$referrer",
+              "utm_source": "utm_source", "utm_medium": "utm_medium", "utm_campaign": "utm_campaign",
+              "utm_term": "utm_term", "utm_content": "utm_content", "browser": "$browser", "os": "$os"}
+"""Each column taken from an event property, and which (privacy rules follow the property)."""
+READ = ["$current_url", *list(PROPERTIES.values())[2:]]
+"""The properties staged per event, in the order of `ev.v`."""
+
+text, stamp = pa.string(), pa.timestamp("us", tz="UTC")
+SCHEMA = pa.schema([("session_id", text), ("distinct_id", text), ("person_id", text), ("started_at", stamp),
+                    ("ended_at", stamp), ("duration_seconds", pa.float64()), ("event_count", pa.int64()),
+                    ("pageview_count", pa.int64()), *((name, text) for name in PROPERTIES)])
+
+SESSION_ID = json_path("$session_id")
+PATHS = f"{[json_path(name) for name in READ]!r}::VARCHAR[]"
+VALUES = (f"list_transform([{{'t': json_type(properties, {PATHS}), 's': json_extract_string(properties, {PATHS})}}], "
+          f"lambda f: list_transform(range(1, {len(READ) + 1}), lambda i: CASE WHEN f.t[i] = 'NULL' THEN NULL "
+          "ELSE f.s[i] END))[1]")
+
+
+def staged(request: ExportRequest) -> Selection:
+    """Each event that may belong to a session ending in the window: its id, time, name, `$session_id`
+    (a non-empty string, else NULL) and the properties of `READ` (text, JSON text if not a string)."""
+    sid = (f"CASE WHEN json_type(properties, '{SESSION_ID}') = 'VARCHAR' "
+           f"THEN nullif(json_extract_string(properties, '{SESSION_ID}'), '') END")
+    gap = timedelta(minutes=request.session_gap_minutes)
+    return Selection(("distinct_id", '"timestamp"', "CAST(uuid AS VARCHAR)", "event", sid, VALUES),
+                     where=(f'"timestamp" >= {timestamp(request.start_date - LOOKBACK)}',
+                            f'"timestamp" < {timestamp(request.end_date + gap)}'))
+
+
+SESSIONS = """
+WITH gaps AS (
+    SELECT *, CASE WHEN lag(ts) OVER w IS NULL OR epoch_us(ts) - epoch_us(lag(ts) OVER w) > {gap} THEN 1 ELSE 0 END
+              AS starts
+    FROM ev WHERE sid IS NULL WINDOW w AS (PARTITION BY distinct_id ORDER BY ts, uuid)),
+numbered AS (
+    SELECT *, sum(starts) OVER (PARTITION BY distinct_id ORDER BY ts, uuid ROWS UNBOUNDED PRECEDING) AS n FROM gaps),
+keyed AS (
+    SELECT distinct_id, ts, uuid, event, v, false AS by_id,
+           first_value(uuid) OVER (PARTITION BY distinct_id, n ORDER BY ts, uuid) AS key FROM numbered
+    UNION ALL
+    SELECT distinct_id, ts, uuid, event, v, true, sid FROM ev WHERE sid IS NOT NULL),
+sessions AS (
+    SELECT by_id, key, first(distinct_id ORDER BY ts, uuid) AS distinct_id, min(ts) AS started_at,
+           max(ts) AS ended_at, count(*) AS events, count(*) FILTER (WHERE event = '$pageview') AS pageviews,
+           first(v[1] ORDER BY ts, uuid) FILTER (WHERE v[1] IS NOT NULL) AS entry_url,
+           last(v[1] ORDER BY ts, uuid) FILTER (WHERE v[1] IS NOT NULL) AS exit_url,
+           first(v ORDER BY ts, uuid) AS f
+    FROM keyed GROUP BY by_id, key)
+"""
+
+
+def rows(request: ExportRequest, source: EventSource, query: EventQuery, privacy: Privacy | None,
+         batch_size: int) -> Iterator[pa.RecordBatch]:
+    """The sessions ending in `request`'s window, as batches of `SCHEMA`."""
+    protect = protection(privacy)
+    staging = Staging()
+    try:
+        gap = timedelta(minutes=request.session_gap_minutes)
+        staging.load(source, replace(query, start=HISTORY_START, end=request.end_date + gap, time_field="timestamp"), {
+            "links": links(request.end_date, '"timestamp"'),
+            "ev": ("distinct_id VARCHAR, ts TIMESTAMPTZ, uuid VARCHAR, event VARCHAR, sid VARCHAR, v VARCHAR[]",
+                   staged(request)),
+        })
+        resolve(staging, protect)
+        sql = SqlBuilder()
+
+        def column(name: str, read: str) -> str:
+            return "NULL" if hides(privacy, name) else protect.column(sql.bind, name, lambda: read)
+
+        first = {name: f"f[{READ.index(prop) + 1}]" for name, prop in PROPERTIES.items()}
+        values = [column(PROPERTIES[name], name if name in ("entry_url", "exit_url") else first[name])
+                  for name in PROPERTIES]
+        text = (SESSIONS.format(gap=int(gap.total_seconds()) * 1_000_000)
+                + f"SELECT CASE WHEN by_id THEN {column('$session_id', 'key')} ELSE key END, "
+                f"{protected_id(sql, protect, 'distinct_id')}, "
+                f"{protected_id(sql, protect, 'coalesce(labels.label, distinct_id)')}, started_at, ended_at, "
+                "(epoch_us(ended_at) - epoch_us(started_at)) / 1e6, events, pageviews, "
+                f"{', '.join(values)} FROM sessions LEFT JOIN labels ON labels.id = sessions.distinct_id "
+                f"WHERE ended_at >= {sql.bind(request.start_date)} AND ended_at < {sql.bind(request.end_date)} "
+                "ORDER BY by_id, key")
+        yield from staging.rows(text, sql.params, SCHEMA, batch_size)
+    finally:
+        staging.close()

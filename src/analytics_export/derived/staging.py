@@ -1,0 +1,56 @@
+"""The in-process DuckDB a derived model's SQL runs in: the store's selections are loaded into its tables,
+which spill to a private folder past the memory cap, and the model's rows are read back as Arrow."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from ..sources import EventQuery, EventSource, Selection
+from ..sources.duckdb import translated_errors
+
+MEMORY = "256MB"
+
+
+class Staging:
+    def __init__(self, memory_limit: str = MEMORY, threads: int = 2) -> None:
+        self.folder = tempfile.mkdtemp(prefix="analytics-export-model-")  # 0700
+        self.con = duckdb.connect(":memory:", config={"memory_limit": memory_limit, "threads": threads,
+                                                      "temp_directory": self.folder,
+                                                      "preserve_insertion_order": False})
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")
+
+    def load(self, source: EventSource, query: EventQuery, tables: dict[str, tuple[str, Selection]]) -> None:
+        """Create each table (name: (its column definitions, the selection filling it)) and fill them all
+        from one pass of `source.select` over `query`'s events."""
+        names = list(tables)
+        for name, (columns, _) in tables.items():
+            self.run(f"CREATE OR REPLACE TABLE {name} ({columns})")
+        for index, batch in source.select(query, [selection for _, selection in tables.values()]):
+            if batch.num_rows:
+                self.con.register("batch", batch)
+                try:
+                    self.run(f"INSERT INTO {names[index]} SELECT * FROM batch")
+                finally:
+                    self.con.unregister("batch")
+
+    def run(self, text: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
+        with translated_errors():
+            return self.con.execute(text, params or [])
+
+    def rows(self, text: str, params: list[Any], schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """The result of `text` as batches of `schema` (by position)."""
+        with translated_errors():
+            reader = self.con.sql(text, params=params).to_arrow_reader(batch_size)
+            for batch in reader:
+                yield pa.RecordBatch.from_arrays([c.cast(f.type) for c, f in zip(batch.columns, schema)],
+                                                 schema=schema)
+
+    def close(self) -> None:
+        self.con.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
