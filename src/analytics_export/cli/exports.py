@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from ..checks import describe_errors
 from ..errors import Invalid
-from ..enums import COMPRESSION_DOC, Compression, ExportFormat, FilterOperator
+from ..enums import COMPRESSION_DOC, Compression, ExportFormat, ExportModel, FilterOperator
 from .common import err, exit_on_error, fail
 
 if TYPE_CHECKING:
@@ -59,6 +59,11 @@ def parse_filter(text: str) -> ExportFilter:
     return ExportFilter(property=match["prop"], operator=operator, value=parse_value(match["value"], operator))
 
 
+MODEL_HELP = "events (default), persons (merged from their ids) or sessions: rows derived from every event (docs/models.md)"
+GAP_HELP = "sessions: a user's events more than this many minutes apart are in different sessions"
+COUNT_HELP = "persons: event_count over the person's whole history (all) or the window (range)"
+
+
 def export(
     ctx: typer.Context,
     format: str = typer.Option(..., "--format", "-f", help="json, json_lines (jsonl), csv, parquet or avro"),
@@ -75,8 +80,12 @@ def export(
                                            "run as formulas (=, +, -, @, tab, CR; not plain numbers) with '"),
     include: List[str] = typer.Option([], "--include", help="Extra column (repeatable): uuid (to drop duplicates "
                                       "downstream) or inserted_at (when the event was stored)"),
+    model: ExportModel = typer.Option(ExportModel.EVENTS, "--model", help=MODEL_HELP),
+    session_gap_minutes: int = typer.Option(30, "--session-gap-minutes", help=GAP_HELP),
+    person_event_count: str = typer.Option("all", "--person-event-count", help=COUNT_HELP),
 ) -> None:
-    """Export events in [start, end) to a file or a remote destination; prints a JSON summary line when done."""
+    """Export events (or the persons or sessions derived from them) in [start, end) to a file or a remote
+    destination; prints a JSON summary line when done."""
     from ..models import ExportRequest
 
     settings: Settings = ctx.obj
@@ -85,7 +94,8 @@ def export(
             format=ExportFormat.parse(format), start_date=start, end_date=end, compression=compression,
             events=event, properties=property or None, filters=[parse_filter(f) for f in filter],
             destination=json.loads(to) if to else {"type": "download"}, csv_formula_guard=csv_formula_guard,
-            include=include,
+            include=include, model=model, session_gap_minutes=session_gap_minutes,
+            person_event_count=person_event_count,
         )
     except json.JSONDecodeError as exc:
         fail(f"--to is not JSON: {exc}")
@@ -116,11 +126,14 @@ class ProgressDisplay:
         from ..sources import EventQuery
         from ..sources.stores import open_store
 
-        with closing(open_store(settings)) as store:
-            total = store.count(EventQuery.from_request(request, settings.project))
+        total = None  # a person or a session is counted only once it is derived
+        if request.model is ExportModel.EVENTS:
+            with closing(open_store(settings)) as store:
+                total = store.count(EventQuery.from_request(request, settings.project))
         self.started = time.monotonic()
         self.bar = Progress(
-            TextColumn("[bold]exporting"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} events"),
+            TextColumn("[bold]exporting"), BarColumn(), TextColumn(f"{{task.completed:,.0f}}{'/{task.total:,.0f}' if total is not None else ''} "
+                                                        f"{request.model.value}"),
             TextColumn("{task.fields[size]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
             TimeRemainingColumn(), console=err, transient=False,
         )

@@ -11,8 +11,9 @@ from pydantic import ValidationError
 
 from ..checks import describe_errors, utc
 from ..errors import Invalid, NotFound
-from ..enums import DateRange
+from ..enums import DateRange, ExportModel
 from .common import fail, job_store
+from .exports import COUNT_HELP, GAP_HELP, MODEL_HELP
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -54,6 +55,9 @@ def create(
     csv_formula_guard: bool = typer.Option(False, "--csv-formula-guard", help="CSV: start cells a spreadsheet "
                                            "would run as formulas with '"),
     include: List[str] = typer.Option([], "--include", help="Extra column (repeatable): uuid or inserted_at"),
+    model: ExportModel = typer.Option(ExportModel.EVENTS, "--model", help=MODEL_HELP),
+    session_gap_minutes: int = typer.Option(30, "--session-gap-minutes", help=GAP_HELP),
+    person_event_count: str = typer.Option("all", "--person-event-count", help=COUNT_HELP),
 ) -> None:
     """Create a schedule; prints it as JSON."""
     from ..models import ScheduledExport
@@ -64,7 +68,8 @@ def create(
         spec = ScheduledExport(name=name, schedule=cron, timezone=timezone, date_range=range_, format=format,
                                events=event, time_field=time_field, delay_seconds=delay, catch_up=catch_up,
                                destination=json.loads(to) if to else {"type": "download"},
-                               csv_formula_guard=csv_formula_guard, include=include)
+                               csv_formula_guard=csv_formula_guard, include=include, model=model,
+                               session_gap_minutes=session_gap_minutes, person_event_count=person_event_count)
     except json.JSONDecodeError as exc:
         fail(f"--to is not JSON: {exc}")
     except ValidationError as exc:

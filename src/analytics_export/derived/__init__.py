@@ -6,7 +6,7 @@ go through the export's privacy, writer and destination like events."""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Iterator
 
@@ -26,9 +26,15 @@ JSON_TEXT = {b"json": b"text"}
 
 @dataclass
 class Derived:
+    """A model's rows, one per `key`, and what a load of them changes besides."""
+
     schema: pa.Schema
     batches: Iterator[pa.RecordBatch]
-    """With the export's privacy applied."""
+    key: str
+    removed: tuple[str, ...] = ()
+    """Keys whose rows an earlier export made and that are gone now (persons merged into another)."""
+    notes: dict = field(default_factory=dict)
+    """What the manifest reports besides the files (`merged_persons`, `updated_sessions`)."""
 
 
 def protected_id(sql: SqlBuilder, protection: Protection, expr: str) -> str:
@@ -39,7 +45,7 @@ def protected_id(sql: SqlBuilder, protection: Protection, expr: str) -> str:
 
 
 MODELS = {ExportModel.PERSONS: "persons", ExportModel.SESSIONS: "sessions"}
-"""Each derived model's module: its `SCHEMA`, and `rows(request, source, query, privacy, batch_size)`."""
+"""Each derived model's module: its `SCHEMA`, and `derive(request, source, query, privacy, batch_size) -> Derived`."""
 
 
 def module(model: ExportModel) -> ModuleType:
@@ -49,11 +55,11 @@ def module(model: ExportModel) -> ModuleType:
 def derive(request: ExportRequest, source: EventSource, project: str, privacy: Privacy | None,
            batch_size: int) -> Derived:
     """The rows of `request`'s model (persons or sessions) over `source`, with `privacy` applied."""
-    model = module(request.model)
-    batches = model.rows(request, source, EventQuery.from_request(request, project), privacy, batch_size)
+    query = replace(EventQuery.from_request(request, project), protection=protection(privacy))  # its suppressions
+    derived = module(request.model).derive(request, source, query, privacy, batch_size)
     if privacy is not None:
-        batches = privacy.apply_columns(batches, model.SCHEMA)
-    return Derived(model.SCHEMA, batches)
+        return replace(derived, batches=privacy.apply_columns(derived.batches, derived.schema))
+    return derived
 
 
 def protection(privacy: Privacy | None) -> Protection:

@@ -27,19 +27,22 @@ def timestamp(value: datetime) -> str:
 
 
 def links(before: datetime, time_column: str) -> tuple[str, Selection]:
-    """The staged `links` table: (an event's distinct_id, the id it links) for events before `before`."""
-    return "a VARCHAR, b VARCHAR", Selection(
-        ("distinct_id", LINKED), where=("event IN ('$identify', '$create_alias')", f"{time_column} < {timestamp(before)}"))
+    """The staged `links` table: (an event's distinct_id, the id it links, the event's time on
+    `time_column`) for events before `before`."""
+    return "a VARCHAR, b VARCHAR, linked_at TIMESTAMPTZ", Selection(
+        ("distinct_id", LINKED, time_column),
+        where=("event IN ('$identify', '$create_alias')", f"{time_column} < {timestamp(before)}"))
 
 
-def resolve(staging: Staging, protection: Protection, nodes: str | None = None) -> None:
-    """Fill `labels(id, label)`: every id of `links` (and of the SQL `nodes`, one `id` column) with its
-    person. Each round takes the smallest label among an id's neighbours, then its label's label (so a
-    chain of n links takes about log n rounds); it stops when a round changes nothing."""
-    suppressed = list(protection.suppressed)
+def resolve(staging: Staging, protection: Protection, nodes: str | None = None, before: datetime | None = None,
+            table: str = "labels") -> None:
+    """Fill `table(id, label)`: every id of `links` (and of the SQL `nodes`, one `id` column) with its
+    person, by the links made before `before` if given. Each round takes the smallest label among an
+    id's neighbours, then its label's label (so a chain of n links takes about log n rounds); it stops
+    when a round changes nothing."""
     staging.run("CREATE OR REPLACE TABLE edges AS WITH l AS (SELECT a, b FROM links WHERE b IS NOT NULL AND b <> '' "
-                "AND a <> b AND NOT list_contains(CAST($1 AS VARCHAR[]), b)) SELECT a, b FROM l UNION SELECT b, a FROM l",
-                [suppressed])
+                "AND a <> b AND NOT list_contains(CAST($1 AS VARCHAR[]), b) AND (CAST($2 AS TIMESTAMPTZ) IS NULL "
+                "OR linked_at < $2)) SELECT a, b FROM l UNION SELECT b, a FROM l", [list(protection.suppressed), before])
     ids = "SELECT DISTINCT a AS id FROM edges" + (f" UNION SELECT id FROM ({nodes})" if nodes else "")
     staging.run(f"CREATE OR REPLACE TABLE labels AS SELECT id, id AS label FROM ({ids})")
     for _ in range(MAX_ROUNDS):
@@ -53,5 +56,7 @@ def resolve(staging: Staging, protection: Protection, nodes: str | None = None) 
         staging.run("DROP TABLE labels")
         staging.run("ALTER TABLE step RENAME TO labels")
         if done:
+            if table != "labels":
+                staging.run(f"ALTER TABLE labels RENAME TO {table}")
             return
     raise Storage(f"merging ids did not settle in {MAX_ROUNDS} rounds")

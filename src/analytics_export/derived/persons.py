@@ -4,7 +4,6 @@ properties its `$set` and `$set_once` made (docs/models.md, "Persons")."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterator
 
 import pyarrow as pa
 
@@ -12,7 +11,7 @@ from ..models import ExportRequest
 from ..sources import EventQuery, EventSource, Selection
 from ..sources.duckdb import TIME_COLUMNS, SqlBuilder, json_path
 from ..privacy.policy import Privacy
-from . import JSON_TEXT, protected_id, protection
+from . import JSON_TEXT, Derived, protected_id, protection
 from .identities import HISTORY_START, links, resolve, timestamp
 from .staging import Staging
 
@@ -80,21 +79,42 @@ rows AS (
 """
 
 
-def rows(request: ExportRequest, source: EventSource, query: EventQuery, privacy: Privacy | None,
-         batch_size: int) -> Iterator[pa.RecordBatch]:
-    """The persons of `request`'s window, as batches of `SCHEMA`."""
+MERGED = """
+WITH before AS (
+    SELECT prev.label AS person FROM prev JOIN stats ON stats.distinct_id = prev.id
+    GROUP BY prev.label HAVING sum(n_all - n_window) > 0)
+SELECT {old}, {new} FROM prev JOIN labels USING (id)
+WHERE prev.label = id AND labels.label <> id AND labels.label IN (SELECT person FROM people)
+  AND id IN (SELECT person FROM before) ORDER BY id
+"""
+"""Persons with events before the window's start that a link since merged into another: (old
+person_id, new)."""
+
+
+def derive(request: ExportRequest, source: EventSource, query: EventQuery, privacy: Privacy | None,
+           batch_size: int) -> Derived:
+    """The persons of `request`'s window, keyed by `person_id`; `removed` and the manifest's
+    `merged_persons` name those merged into another since the window's start."""
     protect = protection(privacy)
     staging = Staging()
     try:
         load(staging, source, request, replace(query, start=HISTORY_START, end=request.end_date,
                                                time_field=request.time_field))
+        resolve(staging, protect, "SELECT distinct_id AS id FROM stats", before=request.start_date, table="prev")
         resolve(staging, protect, "SELECT distinct_id AS id FROM stats")
+        staging.run(f"CREATE TABLE people AS {PEOPLE} SELECT * FROM rows")
+        sql = SqlBuilder()
+        merged = staging.run(MERGED.format(old=protected_id(sql, protect, "id"), new=protected_id(sql, protect, "labels.label")),
+                             sql.params).fetchall()
         sql = SqlBuilder()
         ids = f"list_sort(list_transform(ids, lambda x: {protected_id(sql, protect, 'x')}))"
         properties = protect.object(sql.bind, "p", lambda name: f"json_extract(p, {sql.bind(json_path(name))})")
         count = "n_all" if request.person_event_count == "all" else "n_window"
-        text = (f"{PEOPLE} SELECT {protected_id(sql, protect, 'person')}, CAST(to_json({ids}) AS VARCHAR), "
-                f"CAST({properties} AS VARCHAR), first_seen, last_seen, {count} FROM rows ORDER BY person")
-        yield from staging.rows(text, sql.params, SCHEMA, batch_size)
-    finally:
+        text = (f"SELECT {protected_id(sql, protect, 'person')}, CAST(to_json({ids}) AS VARCHAR), "
+                f"CAST({properties} AS VARCHAR), first_seen, last_seen, {count} FROM people ORDER BY person")
+    except BaseException:
         staging.close()
+        raise
+    notes = {"merged_persons": [{"person_id": old, "merged_into": new} for old, new in merged]} if merged else {}
+    return Derived(SCHEMA, staging.rows(text, sql.params, SCHEMA, batch_size, close=True), "person_id",
+                   tuple(old for old, _ in merged), notes)

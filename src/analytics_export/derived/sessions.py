@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
-from typing import Iterator
 
 import pyarrow as pa
 
@@ -14,7 +13,7 @@ from ..models import ExportRequest
 from ..sources import EventQuery, EventSource, Selection
 from ..sources.duckdb import SqlBuilder, json_path
 from ..privacy.policy import Privacy
-from . import hides, protected_id, protection
+from . import Derived, hides, protected_id, protection
 from .identities import HISTORY_START, links, resolve, timestamp
 from .staging import Staging
 
@@ -46,7 +45,7 @@ def staged(request: ExportRequest) -> Selection:
     sid = (f"CASE WHEN json_type(properties, '{SESSION_ID}') = 'VARCHAR' "
            f"THEN nullif(json_extract_string(properties, '{SESSION_ID}'), '') END")
     gap = timedelta(minutes=request.session_gap_minutes)
-    return Selection(("distinct_id", '"timestamp"', "CAST(uuid AS VARCHAR)", "event", sid, VALUES),
+    return Selection(("distinct_id", '"timestamp"', "CAST(uuid AS VARCHAR)", "event", sid, VALUES, "inserted_at"),
                      where=(f'"timestamp" >= {timestamp(request.start_date - LOOKBACK)}',
                             f'"timestamp" < {timestamp(request.end_date + gap)}'))
 
@@ -59,49 +58,62 @@ WITH gaps AS (
 numbered AS (
     SELECT *, sum(starts) OVER (PARTITION BY distinct_id ORDER BY ts, uuid ROWS UNBOUNDED PRECEDING) AS n FROM gaps),
 keyed AS (
-    SELECT distinct_id, ts, uuid, event, v, false AS by_id,
+    SELECT distinct_id, ts, uuid, event, v, inserted_at, false AS by_id,
            first_value(uuid) OVER (PARTITION BY distinct_id, n ORDER BY ts, uuid) AS key FROM numbered
     UNION ALL
-    SELECT distinct_id, ts, uuid, event, v, true, sid FROM ev WHERE sid IS NOT NULL),
+    SELECT distinct_id, ts, uuid, event, v, inserted_at, true, sid FROM ev WHERE sid IS NOT NULL),
 sessions AS (
     SELECT by_id, key, first(distinct_id ORDER BY ts, uuid) AS distinct_id, min(ts) AS started_at,
            max(ts) AS ended_at, count(*) AS events, count(*) FILTER (WHERE event = '$pageview') AS pageviews,
            first(v[1] ORDER BY ts, uuid) FILTER (WHERE v[1] IS NOT NULL) AS entry_url,
            last(v[1] ORDER BY ts, uuid) FILTER (WHERE v[1] IS NOT NULL) AS exit_url,
-           first(v ORDER BY ts, uuid) AS f
+           first(v ORDER BY ts, uuid) AS f, max(inserted_at) AS stored
     FROM keyed GROUP BY by_id, key)
 """
 
 
-def rows(request: ExportRequest, source: EventSource, query: EventQuery, privacy: Privacy | None,
-         batch_size: int) -> Iterator[pa.RecordBatch]:
-    """The sessions ending in `request`'s window, as batches of `SCHEMA`."""
+def derive(request: ExportRequest, source: EventSource, query: EventQuery, privacy: Privacy | None,
+           batch_size: int) -> Derived:
+    """The sessions ending in `request`'s window, and the earlier ones that events stored since the last
+    window was final changed (listed in the manifest's `updated_sessions`), keyed by `session_id`."""
     protect = protection(privacy)
+    gap = timedelta(minutes=request.session_gap_minutes)
     staging = Staging()
     try:
-        gap = timedelta(minutes=request.session_gap_minutes)
         staging.load(source, replace(query, start=HISTORY_START, end=request.end_date + gap, time_field="timestamp"), {
             "links": links(request.end_date, '"timestamp"'),
-            "ev": ("distinct_id VARCHAR, ts TIMESTAMPTZ, uuid VARCHAR, event VARCHAR, sid VARCHAR, v VARCHAR[]",
-                   staged(request)),
+            "ev": ("distinct_id VARCHAR, ts TIMESTAMPTZ, uuid VARCHAR, event VARCHAR, sid VARCHAR, v VARCHAR[], "
+                   "inserted_at TIMESTAMPTZ", staged(request)),
         })
         resolve(staging, protect)
+        sql = SqlBuilder()
+        start, end = sql.bind(request.start_date), sql.bind(request.end_date)
+        late = (f"ended_at < {start} AND stored >= {sql.bind(request.start_date + gap)} "
+                f"AND stored < {sql.bind(request.end_date + gap)}")
+        staging.run(f"CREATE TABLE chosen AS {SESSIONS.format(gap=int(gap.total_seconds()) * 1_000_000)} "
+                    f"SELECT *, {late} AS late FROM sessions WHERE (ended_at >= {start} AND ended_at < {end}) OR ({late})",
+                    sql.params)
         sql = SqlBuilder()
 
         def column(name: str, read: str) -> str:
             return "NULL" if hides(privacy, name) else protect.column(sql.bind, name, lambda: read)
 
+        updated = [row[0] for row in staging.run(f"SELECT {CASE_ID.format(column('$session_id', 'key'))} FROM chosen WHERE late ORDER BY by_id, key",
+                                                 sql.params).fetchall()]
+        sql = SqlBuilder()
         first = {name: f"f[{READ.index(prop) + 1}]" for name, prop in PROPERTIES.items()}
         values = [column(PROPERTIES[name], name if name in ("entry_url", "exit_url") else first[name])
                   for name in PROPERTIES]
-        text = (SESSIONS.format(gap=int(gap.total_seconds()) * 1_000_000)
-                + f"SELECT CASE WHEN by_id THEN {column('$session_id', 'key')} ELSE key END, "
-                f"{protected_id(sql, protect, 'distinct_id')}, "
+        text = (f"SELECT {CASE_ID.format(column('$session_id', 'key'))}, {protected_id(sql, protect, 'distinct_id')}, "
                 f"{protected_id(sql, protect, 'coalesce(labels.label, distinct_id)')}, started_at, ended_at, "
                 "(epoch_us(ended_at) - epoch_us(started_at)) / 1e6, events, pageviews, "
-                f"{', '.join(values)} FROM sessions LEFT JOIN labels ON labels.id = sessions.distinct_id "
-                f"WHERE ended_at >= {sql.bind(request.start_date)} AND ended_at < {sql.bind(request.end_date)} "
-                "ORDER BY by_id, key")
-        yield from staging.rows(text, sql.params, SCHEMA, batch_size)
-    finally:
+                f"{', '.join(values)} FROM chosen LEFT JOIN labels ON labels.id = chosen.distinct_id ORDER BY by_id, key")
+    except BaseException:
         staging.close()
+        raise
+    notes = {"updated_sessions": updated} if updated else {}
+    return Derived(SCHEMA, staging.rows(text, sql.params, SCHEMA, batch_size, close=True), "session_id", (), notes)
+
+
+CASE_ID = "CASE WHEN by_id THEN {} ELSE key END"
+"""A session's id: its `$session_id` under that property's privacy rules, or its first event's uuid."""

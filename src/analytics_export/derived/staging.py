@@ -43,13 +43,19 @@ class Staging:
         with translated_errors():
             return self.con.execute(text, params or [])
 
-    def rows(self, text: str, params: list[Any], schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
-        """The result of `text` as batches of `schema` (by position)."""
-        with translated_errors():
-            reader = self.con.sql(text, params=params).to_arrow_reader(batch_size)
-            for batch in reader:
-                yield pa.RecordBatch.from_arrays([c.cast(f.type) for c, f in zip(batch.columns, schema)],
-                                                 schema=schema)
+    def rows(self, text: str, params: list[Any], schema: pa.Schema, batch_size: int,
+             close: bool = False) -> Iterator[pa.RecordBatch]:
+        """The result of `text` as batches of `schema` (by position); with `close`, the staging is closed
+        once they are read, or the reading stopped."""
+        try:
+            with translated_errors():
+                reader = self.con.sql(text, params=params).to_arrow_reader(batch_size)
+                for batch in reader:
+                    yield pa.RecordBatch.from_arrays([c.cast(f.type) for c, f in zip(batch.columns, schema)],
+                                                     schema=schema)
+        finally:
+            if close:
+                self.close()
 
     def close(self) -> None:
         self.con.close()

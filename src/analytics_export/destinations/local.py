@@ -98,6 +98,7 @@ class LocalDestination(Destination):
         the rename at the end would fail after the whole export was written."""
         self.directory = Path(directory)
         self.path = Path(path) if path is not None else None
+        self.manifest = self.path is None  # one exact file: every name would be that file
         if self.path is not None and self.path.is_dir():
             raise Invalid(f"{self.path} is a folder: name a file to write, or give the folder as the output folder")
         if self.path is None and self.directory.exists() and not self.directory.is_dir():

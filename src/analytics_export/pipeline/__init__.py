@@ -7,12 +7,14 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from ..destinations import Destination, layout_values
+from ..enums import ExportModel
+from ..formats import writer_for
 from ..models import ExportRequest, ExportResult
 from ..privacy.policy import Privacy
 from ..sources import EventSource
 from ..warehouses import TableDestination
 from .batches import Progress
-from .files import completed, deliver, write_files
+from .files import completed, deliver, write_derived, write_files
 from .tables import load_table
 
 
@@ -40,6 +42,17 @@ def run_export(
         return load_table(request, source, destination, project=project, batch_size=batch_size,
                           on_progress=on_progress, should_stop=should_stop, privacy=privacy)
     started = datetime.now(timezone.utc)
+    if request.model is not ExportModel.EVENTS:  # persons, sessions: derived first, then written like events
+        from ..derived import derive
+
+        split = request.destination.split_limits() != (None, None)
+        rows = derive(request, source, project, privacy, min(batch_size, writer_for(request).batch_rows or batch_size))
+        manifest = destination.manifest and (split or bool(rows.notes))
+        if manifest:
+            destination.remove(request.manifest_name)
+        files, _ = write_derived(request, rows, destination, name=request.part_name if split else lambda _: request.file_name,
+                                 split=split, digest=manifest, on_progress=on_progress, should_stop=should_stop)
+        return finish(request, project, destination, files, started, manifest, privacy, should_stop, rows.notes)
     if request.laid_out:  # a file or a split series per partition, and a manifest of them all
         from .layout import write_laid_out  # here: it loads pyarrow, which the engine's own writes do without
 
@@ -62,11 +75,12 @@ def run_export(
 
 
 def finish(request: ExportRequest, project: str, destination: Destination, files: list[dict], started: datetime,
-           manifest: bool, privacy: Privacy | None, should_stop: Callable[[], bool] | None) -> ExportResult:
+           manifest: bool, privacy: Privacy | None, should_stop: Callable[[], bool] | None,
+           notes: dict | None = None) -> ExportResult:
     """Deliver the committed `files` (the manifest last, if `manifest`); a failure removes them."""
     try:
         path = deliver(request, project, destination, files, manifest=manifest, privacy=privacy,
-                       should_stop=should_stop)
+                       should_stop=should_stop, notes=notes)
     except BaseException:
         for entry in files:
             destination.remove(entry["name"])

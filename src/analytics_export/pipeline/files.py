@@ -23,6 +23,8 @@ from .copied import EngineCopy, copied_plan
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from ..derived import Derived
+
 PROBE_ROWS = 1_000
 
 
@@ -141,12 +143,13 @@ class HashingSink(ForwardingSink):
 
 
 def deliver(request: ExportRequest, project: str, destination: Destination, files: list[dict], *,
-            manifest: bool, privacy: Privacy | None = None, should_stop: Callable[[], bool] | None = None) -> str:
-    """Finish an export whose `files` are committed, writing the manifest last if `manifest`; returns
-    what `ExportResult.destination_path` shows."""
+            manifest: bool, privacy: Privacy | None = None, should_stop: Callable[[], bool] | None = None,
+            notes: dict | None = None) -> str:
+    """Finish an export whose `files` are committed, writing the manifest (with `notes`) last if `manifest`;
+    returns what `ExportResult.destination_path` shows."""
     uris = [entry["uri"] for entry in files]
     if manifest:
-        uris.append(write_manifest(request, project, destination, files, privacy))
+        uris.append(write_manifest(request, project, destination, files, privacy, notes))
     return destination.finish(uris, should_stop or (lambda: False))
 
 
@@ -211,15 +214,6 @@ def write_files(
     problem = codec_problem(request.format, request.compression)
     if problem is not None:  # an export stored before its format stopped offering the codec
         raise Invalid(problem)
-    max_events, max_bytes = request.destination.split_limits() if split else (None, None)
-    if request.model is not ExportModel.EVENTS:
-        from ..derived import derive
-
-        batch_size = min(batch_size, writer_for(request).batch_rows or batch_size)
-        rows = derive(request, source, project, privacy, batch_size)
-        filling = Filling(destination, lambda n: Part.open(request, destination, name(n), rows.schema, digest, fragment),
-                          max_events, max_bytes)
-        return fill(filling, read_ahead(rows.batches, PREFETCH), on_progress, should_stop, request.id, empty_file)
     query = export_query(request, project, privacy)
     if scope is not None:
         query = scope(query)
@@ -227,11 +221,25 @@ def write_files(
     if plan is not None:
         return write_copied(request, source, destination, query, plan, name(1), digest=digest, fragment=fragment,
                             on_progress=on_progress, should_stop=should_stop)
+    max_events, max_bytes = request.destination.split_limits() if split else (None, None)
     filling = Filling(destination, lambda n: Part.open(request, destination, name(n), query.schema, digest, fragment),
                       max_events, max_bytes)
     batch_size = min(batch_size, writer_for(request).batch_rows or batch_size)
     return fill(filling, scanned(source, query, batch_size, privacy, None, request.id), on_progress, should_stop,
                 request.id, empty_file)
+
+
+def write_derived(request: ExportRequest, rows: Derived, destination: Destination, *, name: Callable[[int], str],
+                  split: bool, digest: bool, on_progress: Callable[[Progress], None] | None,
+                  should_stop: Callable[[], bool] | None) -> tuple[list[dict], Progress]:
+    """`write_files` for the rows of a derived model (persons, sessions)."""
+    problem = codec_problem(request.format, request.compression)
+    if problem is not None:
+        raise Invalid(problem)
+    max_events, max_bytes = request.destination.split_limits() if split else (None, None)
+    filling = Filling(destination, lambda n: Part.open(request, destination, name(n), rows.schema, digest),
+                      max_events, max_bytes)
+    return fill(filling, read_ahead(rows.batches, PREFETCH), on_progress, should_stop, request.id, True)
 
 
 def fill(filling: Filling, batches: Iterator[pa.RecordBatch], on_progress: Callable[[Progress], None] | None,
@@ -313,7 +321,7 @@ def fit(rows: int, part: Part, progress: Progress, max_events: int | None, max_b
 
 
 def write_manifest(request: ExportRequest, project: str, destination: Destination, files: list[dict],
-                   privacy: Privacy | None = None) -> str:
+                   privacy: Privacy | None = None, notes: dict | None = None) -> str:
     """The manifest of a split export, committed after every part: a reader trusts only what it lists."""
     body = {
         "export_id": request.id,
@@ -328,6 +336,7 @@ def write_manifest(request: ExportRequest, project: str, destination: Destinatio
         "total_bytes": sum(f["bytes"] for f in files),
         "files": files,
         "privacy": privacy_fields(privacy),
+        **(notes or {}),
         "completed_at": datetime.now(timezone.utc).isoformat(),
     }
     return destination.put(request.manifest_name, json.dumps(body, indent=2).encode())

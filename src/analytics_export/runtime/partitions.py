@@ -21,6 +21,7 @@ from ..destinations import BackgroundUpload, Destination, layout_values, registr
 from ..destinations.local import LocalDestination
 from ..errors import Cancelled
 from ..formats import writer_for
+from ..enums import ExportModel
 from ..models import ExportConfig, ExportRequest, ExportResult
 from ..pipeline.batches import Progress
 from ..pipeline.files import completed, deliver, export_query, write_files
@@ -36,8 +37,10 @@ def plan(request: ExportRequest, config: ExportConfig, events: int | None = None
     """The windows of `request` when it spans more than one partition, else none; given the `events`
     in its range, windows are widened to hold `min_partition_events` or more each (on average).
     Webhook exports are never partitioned: their batches are numbered in one sequence as sent; nor are
-    table loads, which replace their whole window in one load."""
-    if not config.partition_hours or registry.get(request.destination.type).kind in ("webhook", "table"):
+    table loads, which replace their whole window in one load; nor persons and sessions, each derived
+    from the whole window (a person active in two partitions would be two rows)."""
+    if (not config.partition_hours or request.model is not ExportModel.EVENTS
+            or registry.get(request.destination.type).kind in ("webhook", "table")):
         return []
     span = (request.end_date - request.start_date) // MICROSECOND
     pieces = config.max_partitions if events is None else min(config.max_partitions,
