@@ -42,6 +42,19 @@ PROPERTIES = [
 ]
 
 
+IDENTITY = f"""CASE [{", ".join(f"'{n}'" for n in EVENT_NAMES)}][1 + ei]
+    WHEN '$identify' THEN [{{'k': '$anon_distinct_id', 'v': to_json('anon_' || u)}},
+                           {{'k': '$set', 'v': json_object('email', 'user' || u || '@example.com', 'plan',
+                                                           ['free', 'starter', 'growth', 'enterprise'][1 + h4 % 4])}}]
+    WHEN 'signup_started' THEN [{{'k': '$set_once', 'v': json_object('first_plan', 'free', 'signup_day',
+                                                                    CAST(CAST(ts AS DATE) AS VARCHAR))}}]
+    WHEN '$pageleave' THEN []
+    ELSE [{{'k': '$session_id', 'v': to_json('s_' || u || '_' || CAST(epoch(ts) // 1800 AS BIGINT))}}] END"""
+"""What makes persons and sessions (docs/models.md): `$identify` links an anonymous id and sets person
+properties, `signup_started` sets some once, and most events carry a `$session_id` (a user's half hour);
+`$pageleave` has none, so sessions by gap have events too."""
+
+
 def generate(store: DuckDBEventStore, events: int, project: str, *, end: datetime | None = None) -> int:
     """Insert `events` demo events spread over the 90 days before `end` (default: now); returns rows added."""
     end = (end or datetime.now(timezone.utc)).astimezone(timezone.utc)
@@ -57,17 +70,19 @@ def generate(store: DuckDBEventStore, events: int, project: str, *, end: datetim
                    CAST(hash(range, 4) >> 1 AS BIGINT) AS h4, CAST(hash(range, 5) >> 1 AS BIGINT) AS h5, CAST(hash(range, 'l') >> 1 AS BIGINT) AS hl
             FROM range($events)
         ), picked AS (
-            SELECT *, CAST(floor(pow((he % 1000000) / 1000000.0, 2.5) * {len(EVENT_NAMES)}) AS INTEGER) AS ei
+            SELECT *, CAST(floor(pow((he % 1000000) / 1000000.0, 2.5) * {len(EVENT_NAMES)}) AS INTEGER) AS ei,
+                   CAST(floor(pow((hu % 1000000) / 1000000.0, 1.5) * {USERS}) AS BIGINT) AS u,
+                   CAST($start AS TIMESTAMPTZ) + to_microseconds(CAST(ht % {span_us} AS BIGINT)) AS ts
             FROM base
         )
         SELECT uuid() AS uuid, $project AS project_id,
                [{names}][1 + ei] AS event,
-               'user_' || CAST(floor(pow((hu % 1000000) / 1000000.0, 1.5) * {USERS}) AS BIGINT) AS distinct_id,
-               CAST($start AS TIMESTAMPTZ) + to_microseconds(CAST(ht % {span_us} AS BIGINT)) AS "timestamp",
-               CAST(to_json(map_from_entries(list_slice([{entries}], 1, 5 + (ei * 7 + h1 % 3) % 11))) AS JSON)
-                   AS properties,
+               'user_' || u AS distinct_id,
+               ts AS "timestamp",
+               CAST(to_json(map_from_entries(list_concat(list_slice([{entries}], 1, 5 + (ei * 7 + h1 % 3) % 11),
+                   {IDENTITY}))) AS JSON) AS properties,
                least(CAST($end AS TIMESTAMPTZ), "timestamp" + to_microseconds(CAST(CASE WHEN hl % 50 = 0
                    THEN hl % 259200000000 ELSE hl % 5000000 END AS BIGINT))) AS inserted_at
         FROM picked
-    """
+    """.replace("{IDENTITY}", IDENTITY)
     return store.insert(select, {"events": events, "project": project, "start": start, "end": end, "terms": SEARCH_TERMS})

@@ -58,16 +58,16 @@ WITH gaps AS (
 numbered AS (
     SELECT *, sum(starts) OVER (PARTITION BY distinct_id ORDER BY ts, uuid ROWS UNBOUNDED PRECEDING) AS n FROM gaps),
 keyed AS (
-    SELECT distinct_id, ts, uuid, event, v, inserted_at, false AS by_id,
+    SELECT distinct_id, ts, event, v, inserted_at, {{'t': ts, 'u': uuid}} AS o, false AS by_id,
            first_value(uuid) OVER (PARTITION BY distinct_id, n ORDER BY ts, uuid) AS key FROM numbered
     UNION ALL
-    SELECT distinct_id, ts, uuid, event, v, inserted_at, true, sid FROM ev WHERE sid IS NOT NULL),
+    SELECT distinct_id, ts, event, v, inserted_at, {{'t': ts, 'u': uuid}}, true, sid FROM ev WHERE sid IS NOT NULL),
 sessions AS (
-    SELECT by_id, key, first(distinct_id ORDER BY ts, uuid) AS distinct_id, min(ts) AS started_at,
+    SELECT by_id, key, arg_min(distinct_id, o) AS distinct_id, min(ts) AS started_at,
            max(ts) AS ended_at, count(*) AS events, count(*) FILTER (WHERE event = '$pageview') AS pageviews,
-           first(v[1] ORDER BY ts, uuid) FILTER (WHERE v[1] IS NOT NULL) AS entry_url,
-           last(v[1] ORDER BY ts, uuid) FILTER (WHERE v[1] IS NOT NULL) AS exit_url,
-           first(v ORDER BY ts, uuid) AS f, max(inserted_at) AS stored
+           arg_min(v[1], o) FILTER (WHERE v[1] IS NOT NULL) AS entry_url,
+           arg_max(v[1], o) FILTER (WHERE v[1] IS NOT NULL) AS exit_url,
+           arg_min(v, o) AS f, max(inserted_at) AS stored
     FROM keyed GROUP BY by_id, key)
 """
 

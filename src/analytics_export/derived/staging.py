@@ -19,7 +19,7 @@ MEMORY = "256MB"
 class Staging:
     def __init__(self, memory_limit: str = MEMORY, threads: int = 2) -> None:
         self.folder = tempfile.mkdtemp(prefix="analytics-export-model-")  # 0700
-        self.con = duckdb.connect(":memory:", config={"memory_limit": memory_limit, "threads": threads,
+        self.con = duckdb.connect(f"{self.folder}/staging.duckdb", config={"memory_limit": memory_limit, "threads": threads,
                                                       "temp_directory": self.folder,
                                                       "preserve_insertion_order": False})
         self.con.execute("SET TimeZone = 'UTC'")
