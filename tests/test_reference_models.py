@@ -4,7 +4,7 @@ and invariants over generated histories."""
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 
 from hypothesis import given, settings
@@ -207,6 +207,12 @@ def test_time_field_inserted_at_picks_and_reads_by_insertion() -> None:
     assert [(r["person_id"], r["distinct_ids"], r["event_count"]) for r in rows] == [("a", ["a", "b"], 3)]
 
 
+def _reorderings(events: list[Event], data: st.DataObject) -> list[list[Event]]:
+    """The events by uuid, by uuid descending (ties in timestamp read both ways) and in a drawn order."""
+    by_uuid = sorted(events, key=lambda e: e.uuid)
+    return [by_uuid, by_uuid[::-1], data.draw(st.permutations(events))]
+
+
 windows = st.tuples(
     st.integers(-4 * 60, 3 * 60).map(lambda m: BASE + timedelta(minutes=m)),
     st.integers(0, 6 * 60).map(lambda m: timedelta(minutes=m)),
@@ -236,8 +242,12 @@ def test_persons_invariants(events, window, time_field, event_count, data) -> No
     for e in history:
         if (other := _linked_id(e)) is not None:
             assert row_of.get(e.distinct_id) is row_of.get(other)
-    shuffled = data.draw(st.permutations(events))
-    assert persons(shuffled, start, end, time_field=time_field, event_count=event_count) == rows
+    for reordered in _reorderings(events, data):
+        assert persons(reordered, start, end, time_field=time_field, event_count=event_count) == rows
+
+
+def _session_id(e: Event) -> bool:
+    return isinstance(sid := e.properties.get("$session_id"), str) and sid != ""
 
 
 def _events_of_sessions_ending_in(events: list[Event], start: datetime, end: datetime, gap: timedelta) -> int:
@@ -248,8 +258,7 @@ def _events_of_sessions_ending_in(events: list[Event], start: datetime, end: dat
     )
     streams: dict[object, list[Event]] = defaultdict(list)
     for e in read:
-        sid = e.properties.get("$session_id")
-        streams[("id", sid) if isinstance(sid, str) and sid else ("gap", e.distinct_id)].append(e)
+        streams[("id", e.properties["$session_id"]) if _session_id(e) else ("gap", e.distinct_id)].append(e)
     count = 0
     for (kind, _), stream in streams.items():
         ends_at = stream[-1].timestamp
@@ -268,13 +277,22 @@ def test_sessions_invariants(events, window, gap_minutes, data) -> None:
     assert sum(r["event_count"] for r in rows) == _events_of_sessions_ending_in(
         events, start, end, timedelta(minutes=gap_minutes)
     )
-    uuids = {e.uuid: e for e in events}
+    gap = timedelta(minutes=gap_minutes)
+    read = [e for e in events if start - LOOKBACK <= e.timestamp < end + gap]
+    by_session_id = Counter(e.properties["$session_id"] for e in read if _session_id(e))
+    by_gap = {e.uuid: e for e in read if not _session_id(e)}
     for r in rows:
         assert start <= r["ended_at"] < end and r["started_at"] <= r["ended_at"]
         assert r["duration_seconds"] == (r["ended_at"] - r["started_at"]).total_seconds()
         assert 0 <= r["pageview_count"] <= r["event_count"]
-        if r["session_id"] in uuids:
-            first = uuids[r["session_id"]]
-            assert (first.distinct_id, first.timestamp) == (r["distinct_id"], r["started_at"])
-    shuffled = data.draw(st.permutations(events))
-    assert sessions(shuffled, start, end, gap_minutes=gap_minutes) == rows
+        if r["session_id"] in by_session_id:
+            assert r["event_count"] == by_session_id[r["session_id"]]
+            continue
+        first = by_gap[r["session_id"]]
+        assert (first.distinct_id, first.timestamp) == (r["distinct_id"], r["started_at"])
+        for e in by_gap.values():
+            if e.distinct_id == first.distinct_id:
+                assert not r["started_at"] - gap <= e.timestamp < r["started_at"], "the gap before a session"
+                assert not r["ended_at"] < e.timestamp <= r["ended_at"] + gap, "the gap after a session"
+    for reordered in _reorderings(events, data):
+        assert sessions(reordered, start, end, gap_minutes=gap_minutes) == rows
