@@ -69,13 +69,12 @@ def _linked_id(e: Event) -> str | None:
 
 def _person_ids(history: list[Event]) -> dict[str, str]:
     """Every id of the history (distinct_ids and linked ids) -> the smallest id of its component."""
-    neighbours: dict[str, set[str]] = defaultdict(set)
+    neighbours: dict[str, set[str]] = {}
     for e in history:
         neighbours.setdefault(e.distinct_id, set())
-        other = _linked_id(e)
-        if other is not None:
+        if (other := _linked_id(e)) is not None:
             neighbours[e.distinct_id].add(other)
-            neighbours[other].add(e.distinct_id)
+            neighbours.setdefault(other, set()).add(e.distinct_id)
     person_of: dict[str, str] = {}
     for node in neighbours:
         if node in person_of:

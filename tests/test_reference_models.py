@@ -22,12 +22,12 @@ def at(hh_mm: str) -> datetime:
     return DAY_START + timedelta(hours=int(hours), minutes=int(minutes))
 
 
-def ev(n: int, when: datetime, name: str, distinct_id: str, inserted_at: datetime | None = None, **props) -> Event:
-    return Event(f"00000000-0000-4000-8000-{n:012d}", name, distinct_id, when, props, inserted_at or when)
-
-
 def uuid(n: int) -> str:
     return f"00000000-0000-4000-8000-{n:012d}"
+
+
+def ev(n: int, when: datetime, name: str, distinct_id: str, inserted_at: datetime | None = None, **props) -> Event:
+    return Event(uuid(n), name, distinct_id, when, props, inserted_at or when)
 
 
 EXAMPLE = [
