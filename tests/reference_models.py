@@ -158,14 +158,16 @@ def _session_events(read: list[Event], gap: timedelta) -> list[tuple[str, list[E
 
 
 def sessions(events: list[Event], start: datetime, end: datetime, *, gap_minutes: int = 30) -> list[dict]:
-    """The sessions model of the window [start, end) (on timestamp) with a gap of gap_minutes."""
+    """The sessions model of the window [start, end) (on timestamp) with a gap of gap_minutes: those
+    ending in it, and those ending before it that hold an event stored in [start + gap, end + gap)."""
     gap = timedelta(minutes=gap_minutes)
     read = sorted((e for e in events if start - LOOKBACK <= e.timestamp < end + gap), key=_event_order)
     person_of = _person_ids([e for e in events if e.timestamp < end])
     rows = []
     for session_id, evs in _session_events(read, gap):
         first, last = evs[0], evs[-1]
-        if not start <= last.timestamp < end:
+        late = last.timestamp < start and any(start + gap <= e.inserted_at < end + gap for e in evs)
+        if not (start <= last.timestamp < end or late):
             continue
         urls = [e.properties["$current_url"] for e in evs if e.properties.get("$current_url") is not None]
         rows.append(

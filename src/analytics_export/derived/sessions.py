@@ -67,7 +67,7 @@ sessions AS (
            max(ts) AS ended_at, count(*) AS events, count(*) FILTER (WHERE event = '$pageview') AS pageviews,
            arg_min(v[1], o) FILTER (WHERE v[1] IS NOT NULL) AS entry_url,
            arg_max(v[1], o) FILTER (WHERE v[1] IS NOT NULL) AS exit_url,
-           arg_min(v, o) AS f, max(inserted_at) AS stored
+           arg_min(v, o) AS f, bool_or(inserted_at >= {late_from} AND inserted_at < {late_to}) AS touched
     FROM keyed GROUP BY by_id, key)
 """
 
@@ -88,9 +88,10 @@ def derive(request: ExportRequest, source: EventSource, query: EventQuery, priva
         resolve(staging, protect)
         sql = SqlBuilder()
         start, end = sql.bind(request.start_date), sql.bind(request.end_date)
-        late = (f"ended_at < {start} AND stored >= {sql.bind(request.start_date + gap)} "
-                f"AND stored < {sql.bind(request.end_date + gap)}")
-        staging.run(f"CREATE TABLE chosen AS {SESSIONS.format(gap=int(gap.total_seconds()) * 1_000_000)} "
+        late = f"ended_at < {start} AND touched"
+        sessions = SESSIONS.format(gap=int(gap.total_seconds()) * 1_000_000, late_from=timestamp(request.start_date + gap),
+                                   late_to=timestamp(request.end_date + gap))
+        staging.run(f"CREATE TABLE chosen AS {sessions} "
                     f"SELECT *, {late} AS late FROM sessions WHERE (ended_at >= {start} AND ended_at < {end}) OR ({late})",
                     sql.params)
         sql = SqlBuilder()
