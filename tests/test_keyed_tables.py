@@ -154,3 +154,95 @@ def test_a_failed_keyed_load_leaves_the_previous_rows(settings: Settings, keyed:
         load(settings, keyed, reader(persons.SCHEMA, changed, fail_after=None if failure == "table" else 2),
              "person_id", removed=("a",))
     assert rows_by_key(settings, keyed, persons.SCHEMA, "person_id") == expected(first)
+
+
+def layout(settings: Settings, spec: dict) -> tuple[Any, dict[str, str]]:
+    """How the table is ordered (its key index, sort key, clustering or partitioning) and its column types,
+    each asked of the engine's own client."""
+    kind = spec["type"]
+    if kind == "postgres":
+        import psycopg
+
+        with psycopg.connect(spec["url"]) as con:
+            indexes = [r[0] for r in con.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'persons'")]
+            types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                     "WHERE table_name = 'persons'").fetchall())
+        return indexes, types
+    if kind == "clickhouse":
+        import clickhouse_connect
+        from support import tables_dir
+
+        ch = clickhouse_connect.get_client(interface="chdb", path=str(tables_dir(settings) / spec["url"][5:]))
+        try:
+            order = ch.query("SELECT sorting_key, partition_key FROM system.tables WHERE name = 'persons'").result_rows
+            types = dict(ch.query("SELECT name, type FROM system.columns WHERE table = 'persons'").result_rows)
+        finally:
+            ch.close()
+        return order, types
+    if kind == "delta":
+        from deltalake import DeltaTable
+        from support import tables_dir
+
+        lake = DeltaTable(str(tables_dir(settings) / spec["uri"]))
+        return lake.metadata().partition_columns, {f.name: str(f.type) for f in lake.schema().fields}
+    if kind == "iceberg":
+        from test_warehouses import iceberg_table
+
+        made = iceberg_table(settings, spec)
+        sort = [made.schema().find_column_name(f.source_id) for f in made.sort_order().fields]
+        return (list(made.spec().fields), sort), {f.name: str(f.field_type) for f in made.schema().fields}
+    if kind == "bigquery":
+        import os
+
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import bigquery
+
+        client = bigquery.Client(project=spec["project"], credentials=AnonymousCredentials(),
+                                 client_options=ClientOptions(api_endpoint=os.environ["BIGQUERY_EMULATOR_HOST"]))
+        try:
+            made = client.get_table(f"{spec['project']}.{spec['table']}")
+        finally:
+            client.close()
+        return (made.clustering_fields, made.time_partitioning), {f.name: f.field_type for f in made.schema}
+    import snowflake.connector
+    from urllib.parse import urlsplit
+
+    where = urlsplit(spec["url"])
+    database, schema, name = spec["table"].split(".")
+    with snowflake.connector.connect(user=spec["user"], password="any", account=spec["account"], host=where.hostname,
+                                     port=where.port, protocol=where.scheme) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT column_name, data_type FROM {database}.information_schema.columns "
+                    "WHERE table_catalog = %s AND table_schema = %s AND table_name = %s",
+                    (database.upper(), schema.upper(), name.upper()))
+        return None, dict(cur.fetchall())
+
+
+LAYOUTS = {
+    "postgres": (["CREATE UNIQUE INDEX persons_person_id_idx ON public.persons USING btree (person_id)"],
+                 {"person_id": "text", "distinct_ids": "jsonb", "properties": "jsonb",
+                  "first_seen": "timestamp with time zone", "last_seen": "timestamp with time zone",
+                  "event_count": "bigint"}),
+    "clickhouse": ([("person_id", "")], {"person_id": "String", "distinct_ids": "Nullable(String)",
+                                         "properties": "Nullable(String)",
+                                         "first_seen": "Nullable(DateTime64(6, 'UTC'))",
+                                         "last_seen": "Nullable(DateTime64(6, 'UTC'))",
+                                         "event_count": "Nullable(Int64)"}),
+    "delta": ([], {"person_id": "PrimitiveType(\"string\")", "distinct_ids": "PrimitiveType(\"string\")",
+                   "properties": "PrimitiveType(\"string\")", "first_seen": "PrimitiveType(\"timestamp\")",
+                   "last_seen": "PrimitiveType(\"timestamp\")", "event_count": "PrimitiveType(\"long\")"}),
+    "iceberg": (([], ["person_id"]), {"person_id": "string", "distinct_ids": "string", "properties": "string",
+                                      "first_seen": "timestamptz", "last_seen": "timestamptz",
+                                      "event_count": "long"}),
+    "bigquery": ((["person_id"], None), {"person_id": "STRING", "distinct_ids": "JSON", "properties": "JSON",
+                                         "first_seen": "TIMESTAMP", "last_seen": "TIMESTAMP",
+                                         "event_count": "INT64"}),
+    "snowflake": (None, {"person_id": "TEXT", "distinct_ids": "VARIANT", "PROPERTIES": "VARIANT",  # fakesnow keeps
+                         "first_seen": "TIMESTAMP_TZ", "last_seen": "TIMESTAMP_TZ", "event_count": "NUMBER"}),  # no CLUSTER BY
+}
+"""Each engine's keyed persons table: ordered by the key, never partitioned by day, typed columns."""
+
+
+def test_a_keyed_table_is_ordered_by_its_key_and_typed(settings: Settings, keyed: dict):
+    load(settings, keyed, reader(persons.SCHEMA, [person("a", 1)]), "person_id")
+    assert layout(settings, keyed) == LAYOUTS[keyed["type"]]
