@@ -16,7 +16,7 @@ from test_warehouses import SECRETS, aware
 from analytics_export import Settings
 from analytics_export.derived import persons, sessions
 from analytics_export.destinations import Placement, destination_for
-from analytics_export.errors import Storage
+from analytics_export.errors import Invalid, Storage
 from analytics_export.models import ExportRequest
 from analytics_export.warehouses import LoadWindow
 
@@ -246,3 +246,16 @@ LAYOUTS = {
 def test_a_keyed_table_is_ordered_by_its_key_and_typed(settings: Settings, keyed: dict):
     load(settings, keyed, reader(persons.SCHEMA, [person("a", 1)]), "person_id")
     assert layout(settings, keyed) == LAYOUTS[keyed["type"]]
+
+
+def test_a_row_without_a_key_is_refused_and_the_window_says_it_is_keyed(settings: Settings):
+    spec = {"type": "delta", "uri": "lake/persons"}
+    load(settings, spec, reader(persons.SCHEMA, [person("a", 1)]), "person_id")
+    with pytest.raises(Invalid, match="no person_id"):
+        load(settings, spec, reader(persons.SCHEMA, [person("a", 2), {**person("b", 3), "person_id": None}]),
+             "person_id")
+    with pytest.raises(Invalid, match="no column 'id'"):
+        load(settings, spec, reader(persons.SCHEMA, [person("a", 2)]), "id")
+    assert rows_by_key(settings, spec, persons.SCHEMA, "person_id") == expected([person("a", 1)])
+    window = LoadWindow(*UNUSED, "last_seen", key="person_id", removed=("x", "y"))
+    assert str(window) == "rows by person_id: the loaded keys and 2 removed"

@@ -57,7 +57,7 @@ class LoadWindow:
     def __str__(self) -> str:
         if self.key is not None:
             gone = f" and {len(self.removed)} removed" if self.removed else ""
-            return f"the rows of the loaded {self.key}s{gone}"
+            return f"rows by {self.key}: the loaded keys{gone}"
         among = " with the loaded uuids" if self.loaded_only else ""
         return f"{self.column} in [{self.start.isoformat()}, {self.end.isoformat()}){among}"
 
