@@ -8,6 +8,15 @@ selected property) plus each event's `uuid` and `inserted_at`: an `inserted_at` 
 replaced, and duplicates stay detectable. One module per table type, registered in
 `destinations/registry.py`; `pipeline.tables.load_table` loads an export's batches through `load`, and a
 stream appends each batch with the batch's own uuids as its window (streaming/sinks/table.py).
+
+A keyed load (`LoadWindow.key`, for models such as persons and sessions) replaces rows by key instead:
+the rows whose key column equals the key of a loaded row, or is one of `removed`, give way to the
+loaded rows, whatever their time columns. The load's rows are first spooled to a local DuckDB file
+(`unique_by_key`), so a key loaded twice in one load keeps only its last row (it should not happen; a
+duplicate never reaches the table), and a row without a key is refused. Tables created by a keyed load
+are indexed, ordered or clustered by the key and never partitioned by day; int64 and float64 columns
+are typed as such, and string fields marked JSON text (`{b"json": b"text"}`) are stored as each engine
+stores `properties` (see each module).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import re
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,14 +44,20 @@ COLUMNS = ("event", "distinct_id", "timestamp", "properties", "uuid", "inserted_
 class LoadWindow:
     """The rows a load replaces: those whose `column` is in [start, end), and with `loaded_only`,
     only those among them whose uuid the load brings (a stream's batch appended again replaces its
-    own earlier copy, and nothing else)."""
+    own earlier copy, and nothing else). With `key`, instead: the rows whose `key` column equals the key
+    of a loaded row or is in `removed`, whatever their time (start, end and column are not used)."""
 
     start: datetime
     end: datetime
     column: str
     loaded_only: bool = False
+    key: str | None = None
+    removed: tuple[str, ...] = ()
 
     def __str__(self) -> str:
+        if self.key is not None:
+            gone = f" and {len(self.removed)} removed" if self.removed else ""
+            return f"rows by {self.key}: the loaded keys{gone}"
         among = " with the loaded uuids" if self.loaded_only else ""
         return f"{self.column} in [{self.start.isoformat()}, {self.end.isoformat()}){among}"
 
@@ -117,6 +133,61 @@ def staged_files(batches: pa.RecordBatchReader) -> Iterator[Path]:
         if writer is not None:
             writer.close()
             yield path
+
+
+ROW = "_analytics_export_row"
+"""The spool's column numbering the load's rows (the last of a key wins); never written to a table."""
+
+
+def is_json(field: pa.Field) -> bool:
+    """True for a string field holding JSON text (field metadata {b"json": b"text"})."""
+    return (field.metadata or {}).get(b"json") == b"text"
+
+
+@contextmanager
+def unique_by_key(batches: pa.RecordBatchReader, key: str) -> Iterator[pa.RecordBatchReader]:
+    """`batches` with one row per `key` (the last loaded of each), ordered by key: spooled to a DuckDB file
+    in a temporary folder (DuckDB spills, so memory stays bounded), read back as batches of the same
+    schema. Invalid if `key` is not a column or a row has none; the source's own failure is raised as it was."""
+    import duckdb
+    import pyarrow as pa
+
+    schema = batches.schema
+    if key not in schema.names:
+        raise Invalid(f"the load's rows have no column {key!r} to key them by")
+    failed: list[Exception] = []
+
+    def numbered() -> Iterator[pa.RecordBatch]:
+        count = 0
+        try:
+            for batch in batches:
+                yield batch.append_column(ROW, pa.array(range(count, count + batch.num_rows), pa.int64()))
+                count += batch.num_rows
+        except Exception as exc:  # DuckDB wraps it as it crosses the Arrow stream: raised as it was, below
+            failed.append(exc)
+            raise
+
+    incoming = pa.RecordBatchReader.from_batches(schema.append(pa.field(ROW, pa.int64())), numbered())
+    name = '"' + key.replace('"', '""') + '"'
+    with tempfile.TemporaryDirectory(prefix="analytics-export-keyed-") as folder:
+        con = duckdb.connect(str(Path(folder) / "rows.duckdb"))
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.register("incoming", incoming)
+            try:
+                con.execute("CREATE TABLE spooled AS SELECT * FROM incoming")
+            except duckdb.Error:
+                if failed:
+                    raise failed[0] from None
+                raise
+            if con.execute(f"SELECT count(*) FROM spooled WHERE {name} IS NULL").fetchall()[0][0]:
+                raise Invalid(f"a row of the load has no {key}: a keyed load needs one in every row")
+            result = con.sql(f"SELECT * EXCLUDE ({ROW}) FROM spooled QUALIFY row_number() OVER "
+                                 f"(PARTITION BY {name} ORDER BY {ROW} DESC) = 1 ORDER BY {name}")
+            yield pa.RecordBatchReader.from_batches(
+                schema, (batch.cast(schema) for batch in result.to_arrow_reader(FILE_ROWS // 10)))
+        finally:
+            con.close()
 
 
 def table_files(placement: Placement, uri: str, endpoint_url: str | None, region: str | None) -> Destination:

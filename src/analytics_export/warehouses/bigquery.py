@@ -11,6 +11,11 @@ the original in the column's description. Columns a later export selects are add
 before the COMMIT: a load that fails or is killed leaves the table as it was; its load table expires
 within a day by itself. Honours BIGQUERY_EMULATOR_HOST and STORAGE_EMULATOR_HOST (emulators, reached
 without credentials).
+
+A keyed load (`LoadWindow.key`) deletes the rows of the loaded and removed keys instead of a window, in
+the same transaction (a removed key is written as `FROM_HEX('...')`: hex digits only); the table it
+creates is clustered by the key and not partitioned. int64 is INT64, float64 FLOAT64, timestamps
+TIMESTAMP, and JSON-text fields JSON, as `properties` is.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from ..destinations import Placement, redact
 from ..destinations.gcs import service_account_credentials
 from ..destinations.specs import BigQueryTableDestination
 from ..errors import Invalid, Rejected, Storage
-from . import LoadWindow, TableDestination, staged_files, without_values
+from . import LoadWindow, TableDestination, is_json, staged_files, unique_by_key, without_values
 
 if TYPE_CHECKING:
     from ..destinations import Probe
@@ -69,6 +74,21 @@ def micros(value: datetime) -> str:
     return f"TIMESTAMP_MICROS({int(value.timestamp() * 1_000_000)})"
 
 
+def column_type(field: pa.Field) -> str:
+    if field.name in TYPES:
+        return TYPES[field.name]
+    if is_json(field):
+        return "JSON"
+    if pa.types.is_timestamp(field.type):
+        return "TIMESTAMP"
+    return "INT64" if pa.types.is_int64(field.type) else "FLOAT64" if pa.types.is_float64(field.type) else "STRING"
+
+
+def text(value: str) -> str:
+    """A string as SQL made of hex digits only (scripts take no query parameters, see `micros`)."""
+    return f"SAFE_CONVERT_BYTES_TO_STRING(FROM_HEX('{value.encode().hex()}'))"
+
+
 class BigQueryTable(TableDestination):
     kind = "bigquery"
 
@@ -86,29 +106,40 @@ class BigQueryTable(TableDestination):
             backoff * 2 ** (config.upload_retries + 1) + 5)
 
     def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+        if window.key is None:
+            self.write(batches, window)
+            return
+        with unique_by_key(batches, window.key) as rows:
+            self.write(rows, window)
+
+    def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         names = column_names(batches.schema.names)
-        fields = [bigquery.SchemaField(name, TYPES.get(original, "STRING"),
-                                       description=original if name != original else None)
-                  for name, original in zip(names, batches.schema.names)]
+        fields = [bigquery.SchemaField(name, column_type(field), description=field.name if name != field.name else None)
+                  for name, field in zip(names, batches.schema)]
+        key = names[batches.schema.names.index(window.key)] if window.key is not None else None
         target = f"{self.spec.project}.{self.dataset}.{self.table}"
         load = f"{target}__load_{uuid.uuid4().hex[:12]}"
         batches = pa.RecordBatchReader.from_batches(
             pa.schema([pa.field(n, f.type) for n, f in zip(names, batches.schema)]),
             (pa.RecordBatch.from_arrays(b.columns, names=names) for b in batches))
-        self.guard(lambda: self.prepare(target, fields))
+        self.guard(lambda: self.prepare(target, fields, key))
         staging = bigquery.Table(load, schema=[f if f.field_type != "JSON" else bigquery.SchemaField(f.name, "STRING")
                                                for f in fields])
         staging.expires = datetime.now(timezone.utc) + timedelta(hours=LOAD_TABLE_HOURS)
         self.guard(lambda: self.client.create_table(staging, retry=self.retry))
         try:
             self.stage(batches, load)
-            time = f"`{names[batches.schema.names.index(window.column)]}`"
-            among = f" AND uuid IN (SELECT uuid FROM `{load}`)" if window.loaded_only else ""
+            if key is not None:
+                gone = f" OR `{key}` IN ({', '.join(map(text, window.removed))})" if window.removed else ""
+                replaced = f"`{key}` IN (SELECT `{key}` FROM `{load}`){gone}"
+            else:
+                time = f"`{names[batches.schema.names.index(window.column)]}`"
+                among = f" AND uuid IN (SELECT uuid FROM `{load}`)" if window.loaded_only else ""
+                replaced = f"{time} >= {micros(window.start)} AND {time} < {micros(window.end)}{among}"
             listed = ", ".join(f"`{f.name}`" for f in fields)
             values = ", ".join(f"PARSE_JSON(`{f.name}`)" if f.field_type == "JSON" else f"`{f.name}`" for f in fields)
             script = (f"BEGIN TRANSACTION;\n"
-                      f"DELETE FROM `{target}` WHERE {time} >= {micros(window.start)} AND {time} < "
-                      f"{micros(window.end)}{among};\n"
+                      f"DELETE FROM `{target}` WHERE {replaced};\n"
                       f"INSERT INTO `{target}` ({listed}) SELECT {values} FROM `{load}`;\n"
                       "COMMIT TRANSACTION;")
             self.guard(lambda: self.client.query(script, location=self.spec.location, retry=self.retry).result(
@@ -116,15 +147,19 @@ class BigQueryTable(TableDestination):
         finally:
             self.guard(lambda: self.client.delete_table(load, not_found_ok=True, retry=self.retry))
 
-    def prepare(self, target: str, fields: list[bigquery.SchemaField]) -> None:
-        """The target created from `fields` when missing, or given those it lacks."""
+    def prepare(self, target: str, fields: list[bigquery.SchemaField], key: str | None = None) -> None:
+        """The target created from `fields` when missing (partitioned by day and clustered by event, or
+        with `key`, clustered by it), or given those it lacks."""
         try:
             table = self.client.get_table(target, retry=self.retry)
         except api.NotFound:
             table = bigquery.Table(target, schema=fields)
-            table.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY,
-                                                                field="timestamp")
-            table.clustering_fields = ["event"]
+            if key is not None:
+                table.clustering_fields = [key]
+            else:
+                table.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY,
+                                                                    field="timestamp")
+                table.clustering_fields = ["event"]
             self.client.create_table(table, retry=self.retry)
             return
         present = {f.name.lower() for f in table.schema}

@@ -10,6 +10,10 @@ window empty or partly copied until the export runs again, which the worker does
 failure. Two runs of one window copying at the same moment could both insert (a run that lost its
 lease stops at its next batch, so only one still staging when the other copies is safe). A killed
 run leaves its staging table (`TABLE__load_*`) behind.
+A keyed load (`LoadWindow.key`) deletes the rows of the loaded and removed keys instead of a window, with
+the same (lack of a) transaction; the table it creates is ordered by the key alone, which is String
+(ClickHouse sorts by no Nullable column), every other column Nullable: Int64, Float64, timestamps, and
+String for JSON-text fields, as `properties` is.
 `chdb:NAME` runs the same client on chDB, in DATA_DIR/tables/PROJECT/NAME (one path per process).
 """
 
@@ -27,7 +31,7 @@ from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import ClickHouseTableDestination
 from ..errors import Rejected, Storage
-from . import COLUMNS, LoadWindow, TableDestination, local_path
+from . import COLUMNS, LoadWindow, TableDestination, local_path, unique_by_key
 
 if TYPE_CHECKING:
     from ..destinations import Probe
@@ -46,10 +50,16 @@ def qualified(name: str) -> str:
     return ".".join(map(quoted, name.split(".")))
 
 
-def column_type(field: pa.Field) -> str:
-    if pa.types.is_timestamp(field.type):
+def column_type(field: pa.Field, key: str | None = None) -> str:
+    """An event table's column, or, with `key`, a keyed table's (every column but the key Nullable)."""
+    if key is None and pa.types.is_timestamp(field.type):
         return TIME
-    return TYPES.get(field.name, "String" if field.name in COLUMNS else "Nullable(String)")
+    if key is None and field.name in TYPES:
+        return TYPES[field.name]
+    kind = (TIME if pa.types.is_timestamp(field.type) else "Int64" if pa.types.is_int64(field.type)
+            else "Float64" if pa.types.is_float64(field.type) else "String")
+    plain = field.name == key if key is not None else field.name in COLUMNS
+    return kind if plain else f"Nullable({kind})"
 
 
 class ClickHouseTable(TableDestination):
@@ -76,9 +86,17 @@ class ClickHouseTable(TableDestination):
             secure=secure)
 
     def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+        if window.key is None:
+            self.write(batches, window)
+            return
+        with unique_by_key(batches, window.key) as rows:
+            self.write(rows, window)
+
+    def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         table, time = qualified(self.name), quoted(window.column)
         stage = f"{self.name}__load_{uuid.uuid4().hex[:12]}"
-        columns = [(quoted(f.name), column_type(f)) for f in batches.schema]
+        columns = [(quoted(f.name), column_type(f, window.key)) for f in batches.schema]
+        order = quoted(window.key) if window.key is not None else "(`timestamp`, uuid)"
         names = ", ".join(name for name, _ in columns)
         try:
             ch = self.client()
@@ -86,16 +104,22 @@ class ClickHouseTable(TableDestination):
             raise Storage(f"cannot reach {self}: {str(exc).splitlines()[0]}") from None
         try:
             ch.command(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{n} {t}' for n, t in columns)}) "
-                       "ENGINE = MergeTree ORDER BY (`timestamp`, uuid)")
+                       f"ENGINE = MergeTree ORDER BY {order}")
             for name, kind in columns:
                 ch.command(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
             ch.command(f"CREATE TABLE {qualified(stage)} AS {table}")
             try:
                 for batch in batches:
                     ch.insert_arrow(stage, pa.Table.from_batches([batch]))
-                among = f" AND uuid IN (SELECT uuid FROM {qualified(stage)})" if window.loaded_only else ""
-                ch.command(f"DELETE FROM {table} WHERE {time} >= {{lo:{TIME}}} AND {time} < {{hi:{TIME}}}{among}",
-                           parameters={"lo": window.start, "hi": window.end})
+                if window.key is not None:
+                    key = quoted(window.key)
+                    gone = f" OR {key} IN {{gone:Array(String)}}" if window.removed else ""
+                    ch.command(f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {qualified(stage)}){gone}",
+                               parameters={"gone": list(window.removed)})
+                else:
+                    among = f" AND uuid IN (SELECT uuid FROM {qualified(stage)})" if window.loaded_only else ""
+                    ch.command(f"DELETE FROM {table} WHERE {time} >= {{lo:{TIME}}} AND {time} < {{hi:{TIME}}}"
+                               f"{among}", parameters={"lo": window.start, "hi": window.end})
                 ch.command(f"INSERT INTO {table} ({names}) SELECT {names} FROM {qualified(stage)}")
             finally:
                 ch.command(f"DROP TABLE IF EXISTS {qualified(stage)}")

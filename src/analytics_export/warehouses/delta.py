@@ -7,11 +7,18 @@ either, and a load that fails or is killed commits nothing (its unreferenced fil
 `vacuum`). The first load creates the table with the export's columns; later loads add columns
 (`schema_mode="merge"`). Batches stream from the source, so memory stays bounded. A table on S3
 takes its keys from a `delta` connection (or the server's own, where it lends them).
+
+A keyed load (`LoadWindow.key`) is one MERGE on the key, in one commit: a loaded row replaces the row
+of its key or is added, and a removed key (sent as a source row flagged `GONE`, never written) deletes
+its row. The first keyed load creates the table, never partitioned (Delta has no index; the merge
+joins on the key). Columns keep their Arrow types (int64 long, float64 double); JSON-text fields are
+strings, as `properties` is.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,8 +28,10 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from ..destinations import Placement, Probe
 from ..destinations.specs import DeltaTableDestination
 from ..errors import Invalid, Storage
-from . import LoadWindow, TableDestination, local_path, s3_keys, table_files
+from . import LoadWindow, TableDestination, local_path, s3_keys, table_files, unique_by_key
 
+GONE = "_analytics_export_removed"
+"""The merge source's flag of a removed key's row."""
 DAY = "day"
 """The partition column of a `partition_by_day` table: the UTC date of the window's time column."""
 
@@ -63,6 +72,13 @@ class DeltaLakeTable(TableDestination):
         self.files = table_files(placement, self.uri, spec.endpoint_url, spec.region)
 
     def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+        if window.key is not None:
+            with unique_by_key(batches, window.key) as rows:
+                try:
+                    self.merge(rows, window.key, window.removed)
+                except DeltaError as exc:
+                    raise Storage(f"loading {self} failed: {str(exc).splitlines()[0]}") from None
+            return
         column = f'"{window.column}"'
         predicate = f"{column} >= {literal(window.start)} AND {column} < {literal(window.end)}"
         if self.partition_by_day:
@@ -77,6 +93,32 @@ class DeltaLakeTable(TableDestination):
                                 storage_options=self.options)
         except DeltaError as exc:
             raise Storage(f"loading {self} failed: {str(exc).splitlines()[0]}") from None
+
+    def merge(self, rows: pa.RecordBatchReader, key: str, removed: tuple[str, ...]) -> None:
+        """A keyed load: `rows` (one per key) replace the rows of their keys and `removed` keys' rows go,
+        in one commit; or, before the first load, the table created with `rows`."""
+        table = self.table()
+        if table is None:  # "error": a load that created the table first makes this one fail, and retry
+            write_deltalake(self.uri, rows, mode="error", storage_options=self.options)
+            return
+        schema = rows.schema.append(pa.field(GONE, pa.bool_()))
+
+        def source() -> Iterator[pa.RecordBatch]:
+            loaded: set[str] = set()
+            for batch in rows:
+                loaded.update(batch.column(key).to_pylist())
+                yield batch.append_column(GONE, pa.array([False] * batch.num_rows))
+            gone = [k for k in removed if k not in loaded]
+            if gone:
+                yield pa.RecordBatch.from_pydict({**{f.name: pa.nulls(len(gone), f.type) for f in schema},
+                                                  key: gone, GONE: [True] * len(gone)}, schema=schema)
+
+        name = f'"{key}"'
+        (table.merge(pa.RecordBatchReader.from_batches(schema, source()), f"t.{name} = s.{name}", source_alias="s",
+                     target_alias="t", merge_schema=True)
+         .when_matched_delete(f"s.{GONE}")
+         .when_matched_update_all(f"NOT s.{GONE}", except_cols=[GONE])
+         .when_not_matched_insert_all(f"NOT s.{GONE}", except_cols=[GONE]).execute())
 
     def table(self) -> DeltaTable | None:
         """The table, or None before its first load (`is_deltatable` failed to list moto's S3)."""

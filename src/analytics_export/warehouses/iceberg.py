@@ -11,11 +11,17 @@ that fails or is killed commits nothing (its files are orphans, removed by the c
 maintenance). A stream's batch (`loaded_only`) deletes the rows of its own uuids
 within its window, so a batch sent again replaces its earlier copy. Columns a later export selects are
 added (`union_by_name`).
+
+A keyed load (`LoadWindow.key`) writes its rows' data files first (one per key, sorted by it), then in
+one transaction deletes the rows of the loaded and removed keys (`In`) and appends those files. A table
+first made by a keyed load is unpartitioned, with a sort order on the key (Iceberg has no index). Columns
+keep their Arrow types (int64 long, float64 double); JSON-text fields are strings, as `properties` is.
 """
 
 from __future__ import annotations
 
 import itertools
+import uuid
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -28,13 +34,13 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
-from pyiceberg.transforms import DayTransform
+from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from ..destinations import Placement, Probe, redact
 from ..destinations.guard import check_host
 from ..destinations.specs import IcebergTableDestination
 from ..errors import Invalid, Storage
-from . import LoadWindow, TableDestination, local_path, s3_keys, table_files, without_values
+from . import LoadWindow, TableDestination, local_path, s3_keys, table_files, unique_by_key, without_values
 
 CHUNK_BYTES = 32 << 20
 """Arrow bytes written at once (about 100,000 demo events): a chunk's data files are written before the next
@@ -76,6 +82,10 @@ class IcebergTable(TableDestination):
         self.files = table_files(placement, spec.warehouse if s3 else str(folder), spec.endpoint_url, spec.region)
 
     def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+        if window.key is not None:
+            with unique_by_key(batches, window.key) as rows:
+                self.load_keyed(rows, window.key, window.removed)
+            return
         time = window.column
         condition = And(GreaterThanOrEqual(time, window.start.isoformat()), LessThan(time, window.end.isoformat()))
         table = self.guard(lambda: self.table(batches.schema))
@@ -104,6 +114,28 @@ class IcebergTable(TableDestination):
 
         self.guard(commit)
 
+    def load_keyed(self, rows: pa.RecordBatchReader, key: str, removed: tuple[str, ...]) -> None:
+        """`rows` (one per key) replace the rows of their keys, and `removed` keys' rows go, in one commit."""
+        table = self.guard(lambda: self.table(rows.schema, key))
+
+        def commit() -> None:
+            with table.transaction() as tx:
+                with tx.update_schema() as update:
+                    update.union_by_name(rows.schema)
+                keys, files, numbers, written = set(removed), [], itertools.count(), uuid.uuid4()
+                for part in chunks(rows, CHUNK_BYTES):  # written before the delete, which needs every key
+                    keys.update(part.column(key).to_pylist())
+                    files.extend(_dataframe_to_data_files(tx.table_metadata, part, table.io, written, numbers))
+                if keys:
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                        tx.delete(In(key, keys))
+                with tx.update_snapshot().fast_append() as append:
+                    for data_file in files:
+                        append.append_data_file(data_file)
+
+        self.guard(commit)
+
     def probe(self, probe: Probe) -> None:
         """The catalog answers and holds the table (or its namespace takes one), and a file is written, read
         back and deleted in the warehouse."""
@@ -120,8 +152,9 @@ class IcebergTable(TableDestination):
             notes.append(self.guard(load))
         self.files.probe(probe)
 
-    def table(self, schema: pa.Schema):
-        """The table, created (partitioned by day of `timestamp`) on the first load."""
+    def table(self, schema: pa.Schema, key: str | None = None):
+        """The table, created on the first load: partitioned by day of `timestamp`, or with `key`,
+        unpartitioned and sorted by the key."""
         try:
             return self.catalog.load_table(self.identifier)
         except NoSuchTableError:
@@ -129,8 +162,12 @@ class IcebergTable(TableDestination):
         self.catalog.create_namespace_if_not_exists(self.identifier[:-1])
         try:
             with self.catalog.create_table_transaction(self.identifier, schema=schema) as tx:
-                with tx.update_spec() as update:
-                    update.add_field("timestamp", DayTransform(), "timestamp_day")
+                if key is not None:
+                    with tx.update_sort_order() as order:
+                        order.asc(key, IdentityTransform())
+                else:
+                    with tx.update_spec() as update:
+                        update.add_field("timestamp", DayTransform(), "timestamp_day")
         except TableAlreadyExistsError:  # another load made it first
             pass
         return self.catalog.load_table(self.identifier)

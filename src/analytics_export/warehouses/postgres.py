@@ -5,6 +5,10 @@ The table is created from the export's columns when missing (indexed on `timesta
 timestamps timestamptz, the rest text. The whole load is one transaction under a lock on the
 table's name: a load that fails or is killed midway leaves the table as it was, and two runs of one
 window (a retry racing a run that lost its lease) cannot both insert.
+
+A keyed load (`LoadWindow.key`) deletes the rows of the loaded and removed keys instead of a window, in
+the same transaction; the table it creates has a unique index on the key (no time indexes). int64 is
+bigint, float64 double precision, and JSON-text fields are jsonb, as `properties` is.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ..destinations.guard import check_host
 from ..destinations.specs import PostgresTableDestination
 from ..errors import Rejected, Storage
 from ..sources.postgres import first_line
-from . import LoadWindow, TableDestination
+from . import LoadWindow, TableDestination, is_json, unique_by_key
 
 if TYPE_CHECKING:
     from ..destinations import Probe
@@ -42,7 +46,13 @@ def qualified(name: str) -> str:
 def column_type(field: pa.Field) -> str:
     if pa.types.is_timestamp(field.type):
         return "timestamptz"
-    return TYPES.get(field.name, "text")
+    if field.name in TYPES:
+        return TYPES[field.name]
+    if pa.types.is_int64(field.type):
+        return "bigint"
+    if pa.types.is_float64(field.type):
+        return "double precision"
+    return "jsonb" if is_json(field) else "text"
 
 
 class PostgresTable(TableDestination):
@@ -60,6 +70,13 @@ class PostgresTable(TableDestination):
         self.uri = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(options)))
 
     def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+        if window.key is None:
+            self.write(batches, window)
+            return
+        with unique_by_key(batches, window.key) as rows:
+            self.write(rows, window)
+
+    def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         table, time = qualified(self.name), quoted(window.column)
         columns = [(quoted(f.name), column_type(f)) for f in batches.schema]
         names = ", ".join(name for name, _ in columns)
@@ -70,8 +87,11 @@ class PostgresTable(TableDestination):
                 cur.execute("SELECT to_regclass($1) IS NULL", (table,))
                 if cur.fetchone()[0]:
                     cur.execute(f"CREATE TABLE {table} ({', '.join(f'{name} {kind}' for name, kind in columns)})")
-                    cur.execute(f'CREATE INDEX ON {table} ("timestamp")')
-                    cur.execute(f"CREATE INDEX ON {table} (inserted_at)")
+                    if window.key is not None:
+                        cur.execute(f"CREATE UNIQUE INDEX ON {table} ({quoted(window.key)})")
+                    else:
+                        cur.execute(f'CREATE INDEX ON {table} ("timestamp")')
+                        cur.execute(f"CREATE INDEX ON {table} (inserted_at)")
                 cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
                             "AND NOT attisdropped", (table,))
                 present = {row[0] for row in cur.fetchall()}
@@ -79,9 +99,16 @@ class PostgresTable(TableDestination):
                     if field.name not in present:  # an ALTER locks the table even when it changes nothing
                         cur.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
                 cur.adbc_ingest(STAGE, batches, mode="create", temporary=True)
-                among = f" AND uuid IN (SELECT uuid::uuid FROM {STAGE})" if window.loaded_only else ""
-                cur.execute(f"DELETE FROM {table} WHERE {time} >= $1 AND {time} < $2{among}",
-                            (window.start, window.end))
+                if window.key is not None:
+                    key = quoted(window.key)
+                    kind = column_type(batches.schema.field(window.key))
+                    gone = ", ".join(f"${n}::{kind}" for n in range(1, len(window.removed) + 1))
+                    cur.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {key}::{kind} FROM {STAGE})"
+                                + (f" OR {key} IN ({gone})" if gone else ""), window.removed or None)
+                else:
+                    among = f" AND uuid IN (SELECT uuid::uuid FROM {STAGE})" if window.loaded_only else ""
+                    cur.execute(f"DELETE FROM {table} WHERE {time} >= $1 AND {time} < $2{among}",
+                                (window.start, window.end))
                 cur.execute(f"INSERT INTO {table} ({names}) SELECT {casts} FROM {STAGE}")
                 conn.commit()
         except adbc.Error as exc:

@@ -8,6 +8,10 @@ write them), `properties` a VARIANT, timestamps TIMESTAMP_TZ, and each selected 
 under its exact, quoted name; columns a later export selects are added. Nothing is visible before the
 COMMIT: a load that fails or is killed leaves the table as it was (a killed one may leave its load
 table, `<TABLE>__LOAD_<id>`, which is safe to drop).
+
+A keyed load (`LoadWindow.key`) deletes the rows of the loaded and removed keys instead of a window, in
+the same transaction; the table it creates is clustered by the key. int64 is NUMBER, float64 FLOAT,
+timestamps TIMESTAMP_TZ, and JSON-text fields VARIANT, as `properties` is.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import SnowflakeTableDestination
 from ..errors import Invalid, Rejected, Storage
-from . import COLUMNS, LoadWindow, TableDestination, staged_files, without_values
+from . import COLUMNS, LoadWindow, TableDestination, is_json, staged_files, unique_by_key, without_values
 
 if TYPE_CHECKING:
     from ..destinations import Probe
@@ -40,6 +44,16 @@ TYPES = {"properties": "VARIANT", "timestamp": "TIMESTAMP_TZ", "inserted_at": "T
 def column(name: str) -> str:
     """A column as the table names it: the table's own unquoted (upper case), a property quoted exactly."""
     return name.upper() if name in COLUMNS else '"' + name.replace('"', '""') + '"'
+
+
+def column_type(field: pa.Field) -> str:
+    if field.name in TYPES:
+        return TYPES[field.name]
+    if is_json(field):
+        return "VARIANT"
+    if pa.types.is_timestamp(field.type):
+        return "TIMESTAMP_TZ"
+    return "NUMBER" if pa.types.is_int64(field.type) else "FLOAT" if pa.types.is_float64(field.type) else "VARCHAR"
 
 
 class SnowflakeTable(TableDestination):
@@ -70,6 +84,13 @@ class SnowflakeTable(TableDestination):
         self.options.update(database=self.database, schema=self.schema)
 
     def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+        if window.key is None:
+            self.write(batches, window)
+            return
+        with unique_by_key(batches, window.key) as rows:
+            self.write(rows, window)
+
+    def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         folded = [n.upper() for n in batches.schema.names]
         twins = sorted({n for n in folded if folded.count(n) > 1})
         if twins:  # COPY INTO matches names case-insensitively, and unquoted names are upper case
@@ -78,11 +99,12 @@ class SnowflakeTable(TableDestination):
         target = f"{self.database}.{self.schema}.{self.table}"
         suffix = uuid.uuid4().hex[:12].upper()
         load, stage = f"{target}__LOAD_{suffix}", f"ANALYTICS_EXPORT_{suffix}"  # the stage: in the session's schema
-        columns = [(column(f.name), TYPES.get(f.name, "VARCHAR")) for f in batches.schema]
+        columns = [(column(f.name), column_type(f)) for f in batches.schema]
+        cluster = f" CLUSTER BY ({column(window.key)})" if window.key is not None else ""
         try:
             with snowflake.connector.connect(**self.options) as conn, conn.cursor() as cur:
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {target} "
-                            f"({', '.join(f'{name} {kind}' for name, kind in columns)})")
+                            f"({', '.join(f'{name} {kind}' for name, kind in columns)}){cluster}")
                 cur.execute("SELECT column_name FROM information_schema.columns WHERE table_catalog = %s "
                             "AND table_schema = %s AND table_name = %s",
                             (self.database.upper(), self.schema.upper(), self.table.upper()))
@@ -97,13 +119,18 @@ class SnowflakeTable(TableDestination):
                     self.stage(cur, batches, stage)
                     cur.execute(f"COPY INTO {load} FROM @{stage} FILE_FORMAT = (TYPE = PARQUET) "
                                 "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE")
-                    time = column(window.column)
-                    among = f" AND UUID IN (SELECT UUID FROM {load})" if window.loaded_only else ""
+                    if window.key is not None:
+                        key = column(window.key)
+                        gone = f" OR {key} IN ({', '.join(['%s'] * len(window.removed))})" if window.removed else ""
+                        replaced, params = f"{key} IN (SELECT {key} FROM {load}){gone}", window.removed
+                    else:
+                        time = column(window.column)
+                        among = f" AND UUID IN (SELECT UUID FROM {load})" if window.loaded_only else ""
+                        replaced, params = f"{time} >= %s AND {time} < %s{among}", (window.start, window.end)
                     listed = ", ".join(name for name, _ in columns)
                     values = ", ".join(f"PARSE_JSON({name})" if kind == "VARIANT" else name for name, kind in columns)
                     cur.execute("BEGIN")
-                    cur.execute(f"DELETE FROM {target} WHERE {time} >= %s AND {time} < %s{among}",
-                                (window.start, window.end))
+                    cur.execute(f"DELETE FROM {target} WHERE {replaced}", params)
                     cur.execute(f"INSERT INTO {target} ({listed}) SELECT {values} FROM {load}")
                     cur.execute("COMMIT")
                 finally:  # the stage is temporary: it goes with the session
