@@ -82,7 +82,7 @@ def assert_same_sessions(ours: list[dict], theirs: list[dict]) -> None:
 
 
 ENGINES = ["duckdb", "postgres", "clickhouse"]
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @SETTINGS
@@ -113,3 +113,45 @@ def test_sessions_equal_the_reference_on_every_store(stores, events, window, gap
         got = derived_rows(stores[engine], project, model="sessions", start_date=start, end_date=end,
                            session_gap_minutes=gap_minutes)
         assert_same_sessions(got, expected)
+
+
+def at(minutes: float, seconds: float = 0, micro: int = 0):
+    from datetime import timedelta
+
+    from reference_models import BASE
+
+    return BASE + timedelta(minutes=minutes, seconds=seconds, microseconds=micro)
+
+
+def ev(n: int, when, name: str, distinct_id: str, **properties: Any) -> Event:
+    return Event(f"00000000-0000-4000-8000-{n:012d}", name, distinct_id, when, properties, when)
+
+
+EDGES = {
+    "a gap of exactly the gap continues, a microsecond more splits": [
+        ev(1, at(0), "click", "a"), ev(2, at(30), "click", "a"), ev(3, at(60, micro=1), "click", "a")],
+    "$set ties in time go to the larger uuid, $set_once ties to the smaller": [
+        ev(2, at(0), "click", "a", **{"$set": {"plan": "b"}, "$set_once": {"x": 2}}),
+        ev(1, at(0), "click", "a", **{"$set": {"plan": "a"}, "$set_once": {"x": 1}}),
+        ev(3, at(1), "click", "a", **{"$set_once": {"plan": "z"}})],
+    "a chain of links read backwards": [
+        ev(1, at(5), "$create_alias", "d", alias="c"), ev(2, at(4), "$identify", "c", **{"$anon_distinct_id": "b"}),
+        ev(3, at(3), "$identify", "b", **{"$anon_distinct_id": "a"}), ev(4, at(2), "click", "e")],
+    "a session id across users, first and last by (time, uuid)": [
+        ev(2, at(1), "$pageview", "y", **{"$session_id": "s", "$current_url": "/2", "$browser": "B"}),
+        ev(1, at(1), "$pageview", "x", **{"$session_id": "s", "$current_url": "/1", "$browser": "A"}),
+        ev(3, at(2), "click", "x", **{"$session_id": "s", "$current_url": None})],
+}
+
+
+@pytest.mark.parametrize("case", EDGES)
+def test_the_rules_edges_on_every_store(stores, case):
+    project = f"edges-{next(PROJECTS)}"
+    events = EDGES[case]
+    start, end = at(-60), at(120)
+    for engine in ENGINES:
+        store_events(stores[engine], stores["folder"], project, events)
+        assert derived_rows(stores[engine], project, model="persons", start_date=start, end_date=end) == persons(
+            events, start, end), engine
+        assert_same_sessions(derived_rows(stores[engine], project, model="sessions", start_date=start, end_date=end),
+                             sessions(events, start, end))
