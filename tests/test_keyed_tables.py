@@ -259,3 +259,36 @@ def test_a_row_without_a_key_is_refused_and_the_window_says_it_is_keyed(settings
     assert rows_by_key(settings, spec, persons.SCHEMA, "person_id") == expected([person("a", 1)])
     window = LoadWindow(*UNUSED, "last_seen", key="person_id", removed=("x", "y"))
     assert str(window) == "rows by person_id: the loaded keys and 2 removed"
+
+
+def test_persons_and_sessions_exported_window_by_window_leave_each_once(keyed: dict, tmp_path):
+    """Day 1 holds anon-1 and a session of u; day 2 links anon-1 to ann@x.io (a smaller id: anon-1's row
+    goes) and brings a late event of u's day-1 session. Each day exported, day 2 twice: one row per person
+    and per session, as of the last load."""
+    from test_derived import event, put, uid
+
+    from analytics_export import export
+
+    settings = Settings(data_dir=tmp_path / "data", destination_allow=["127.0.0.1"])
+    day1, day2 = T.replace(hour=0), T.replace(hour=0) + timedelta(days=1)
+    put(settings, [event(1, "$pageview", "anon-1", day1.replace(hour=9), {"$set": {"plan": "free"}}),
+                   event(2, "$pageview", "u", day1.replace(hour=23, minute=50), {}, stored=day1.replace(hour=23, minute=51)),
+                   event(3, "$identify", "ann@x.io", day2.replace(hour=9), {"$anon_distinct_id": "anon-1"}),
+                   event(4, "click", "u", day1.replace(hour=23, minute=59), {}, stored=day2.replace(hour=5))],
+        tmp_path)
+    name = "uri" if keyed["type"] == "delta" else "table"
+    tables = {model: {**keyed, name: keyed[name].replace("ersons", model[1:]).replace("ERSONS", model[1:].upper())}
+              for model in ("persons", "sessions")}
+    secrets = SECRETS.get(keyed["type"], {})
+    for start in (day1, day2, day2):
+        for model, spec in tables.items():
+            export(settings=settings, model=model, destination=spec, secrets=secrets, time_field="timestamp",
+                   start_date=start, end_date=start + timedelta(days=1))
+    people = rows_by_key(settings, tables["persons"], persons.SCHEMA, "person_id")
+    assert sorted(people) == ["ann@x.io", "u"], "anon-1's row went when it was merged"
+    assert plain(people["ann@x.io"]["distinct_ids"]) == ["ann@x.io", "anon-1"]
+    assert plain(people["ann@x.io"]["properties"]) == {"plan": "free"}
+    visits = rows_by_key(settings, tables["sessions"], sessions.SCHEMA, "session_id")
+    assert sorted(visits) == [uid(1), uid(2), uid(3)]
+    assert visits[uid(2)]["event_count"] == 2, "the late event updated the day-1 session"
+    assert visits[uid(1)]["person_id"] == "anon-1", "as of its window's end"

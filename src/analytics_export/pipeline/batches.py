@@ -36,12 +36,18 @@ def scanned(source: EventSource, query: EventQuery, batch_size: int, privacy: Pr
         batches = privacy.apply(batches, query)
     ahead = read_ahead(batches, PREFETCH)
     try:
-        for batch in ahead:
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"export {export_id} was cancelled")
-            yield batch
+        yield from stopping(ahead, should_stop, export_id)
     finally:
         ahead.close()
+
+
+def stopping(batches: Iterable[pa.RecordBatch], should_stop: Callable[[], bool] | None,
+             export_id: str) -> Iterator[pa.RecordBatch]:
+    """`batches`, with Cancelled raised before a batch once `should_stop()` says so."""
+    for batch in batches:
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"export {export_id} was cancelled")
+        yield batch
 
 
 def privacy_fields(privacy: Privacy | None) -> dict:

@@ -6,12 +6,12 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ..enums import ExportStatus
+from ..enums import ExportModel, ExportStatus
 from ..models import ExportRequest, ExportResult
 from ..privacy.policy import Privacy
 from ..sources import IDS, EventQuery, EventSource
 from ..warehouses import LoadWindow, TableDestination, check_columns
-from .batches import Progress, privacy_fields, scanned
+from .batches import PREFETCH, Progress, privacy_fields, read_ahead, scanned, stopping
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -25,12 +25,22 @@ def load_table(request: ExportRequest, source: EventSource, table: TableDestinat
     import pyarrow as pa  # here: a file the engine writes needs none
 
     started = datetime.now(timezone.utc)
-    query = replace(EventQuery.from_request(request, project, property_columns=True), ids=IDS)
-    if privacy is not None:
-        query = privacy.query(query)
-    if query.property_columns:
-        check_columns(query.properties, str(table))
-    batches = scanned(source, query, batch_size, privacy, should_stop, request.id)
+    if request.model is ExportModel.EVENTS:
+        query = replace(EventQuery.from_request(request, project, property_columns=True), ids=IDS)
+        if privacy is not None:
+            query = privacy.query(query)
+        if query.property_columns:
+            check_columns(query.properties, str(table))
+        batches = scanned(source, query, batch_size, privacy, should_stop, request.id)
+        schema, window = query.schema, LoadWindow(request.start_date, request.end_date, query.time_field)
+    else:  # persons, sessions: upserted by their key, with the persons merged away deleted
+        from ..derived import derive
+
+        rows = derive(request, source, project, privacy, batch_size)
+        batches = read_ahead(stopping(rows.batches, should_stop, request.id), PREFETCH)
+        schema = rows.schema
+        window = LoadWindow(request.start_date, request.end_date, request.time_field, key=rows.key,
+                            removed=rows.removed)
     progress = Progress()
     failed: list[Exception] = []
 
@@ -46,9 +56,8 @@ def load_table(request: ExportRequest, source: EventSource, table: TableDestinat
             failed.append(exc)
             raise
 
-    window = LoadWindow(request.start_date, request.end_date, query.time_field)
     try:
-        table.load(pa.RecordBatchReader.from_batches(query.schema, feed()), window)
+        table.load(pa.RecordBatchReader.from_batches(schema, feed()), window)
     except Exception:
         if failed:
             raise failed[0] from None
