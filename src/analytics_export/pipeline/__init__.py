@@ -46,7 +46,8 @@ def run_export(
         from ..derived import derive
 
         split = request.destination.split_limits() != (None, None)
-        rows = derive(request, source, project, privacy, min(batch_size, writer_for(request).batch_rows or batch_size))
+        rows = derive(request, source, project, privacy, min(batch_size, writer_for(request).batch_rows or batch_size),
+                      should_stop)
         manifest = destination.manifest and (split or bool(rows.notes))
         if manifest:
             destination.remove(request.manifest_name)
