@@ -211,6 +211,7 @@ def test_a_person_merged_in_a_later_window_is_reported(store: Settings, tmp_path
                     start_date=day2, end_date=day2 + timedelta(days=1))
     (person,) = read(next(second.glob("*.jsonl")), "json_lines")
     assert person["person_id"] == "ann@x.io" and person["distinct_ids"] == ["ann@x.io", "anon-1"]
+    assert result.destination_path.endswith(".jsonl"), "the file, its manifest beside it"
     manifest = json.loads((second / f"export_{result.export_id}_20260102_to_20260103.manifest.json").read_text())
     assert manifest["model"] == "persons" and manifest["merged_persons"] == [
         {"person_id": "anon-1", "merged_into": "ann@x.io"}]
