@@ -537,7 +537,9 @@ def test_a_sessions_schedule_shows_its_model_and_can_become_persons(page, servic
     """A schedule made with model sessions is labelled so in the list (an events one is not); its edit form
     loads the model and switching it saves (the hidden selections cleared, then events again)."""
     with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
-        made = api.post("/api/schedules", json={"name": "events-hourly", "schedule": "0 * * * *"})
+        made = api.post("/api/schedules", json={"name": "events-hourly", "schedule": "0 * * * *",
+                                                "events": ["$pageview"], "include": ["uuid"],
+                                                "filters": [{"property": "price", "operator": "is_set"}]})
         assert made.status_code == 201, made.text
     sign_in(page, service.key)
     page.get_by_role("link", name="Schedules").click()
@@ -567,6 +569,17 @@ def test_a_sessions_schedule_shows_its_model_and_can_become_persons(page, servic
     page.get_by_label("Model", exact=True).select_option("events")
     page.get_by_role("button", name="Save changes").click()
     expect(page.locator("tbody tr", has_text="sessions-nightly").locator(".model-label")).to_have_count(0)
+
+    page.locator("tbody tr", has_text="events-hourly").get_by_role("link", name="Edit events-hourly").click()
+    expect(page.get_by_role("list", name="Chosen events").get_by_role("listitem")).to_have_text(["$pageview×"])
+    page.get_by_label("Model", exact=True).select_option("persons")
+    page.get_by_role("button", name="Save changes").click()  # the stored selections are cleared, not kept
+    expect(page.locator("tbody tr", has_text="events-hourly").locator(".model-label")).to_have_text("Persons")
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
+        specs = {v["schedule"]["name"]: v["schedule"] for v in api.get("/api/schedules").json()["items"]}
+    assert {k: specs["events-hourly"][k] for k in ("model", "events", "filters", "include", "properties")} == {
+        "model": "persons", "events": [], "filters": [], "include": [], "properties": None}
+    assert specs["sessions-nightly"]["model"] == "events"
 
 
 def test_the_form_offers_only_the_codecs_of_the_chosen_format(page, service):
