@@ -544,31 +544,31 @@ def test_a_sessions_schedule_shows_its_model_and_can_become_persons(page, servic
     sign_in(page, service.key)
     page.get_by_role("link", name="Schedules").click()
     page.get_by_role("link", name="New schedule").click()
-    page.get_by_label("Name", exact=True).fill("sessions-nightly")
+    page.get_by_label("Name", exact=True).fill("sessions-daily")
     page.get_by_label("Model", exact=True).select_option("sessions")
     expect(page.get_by_label("Event name", exact=True)).to_be_hidden()
     page.get_by_label("Session gap (minutes)").fill("60")
     page.get_by_role("button", name="Create schedule").click()
-    row = page.locator("tbody tr", has_text="sessions-nightly")
+    row = page.locator("tbody tr", has_text="sessions-daily")
     expect(row.locator(".model-label")).to_have_text("Sessions")
     expect(page.locator("tbody tr", has_text="events-hourly").locator(".model-label")).to_have_count(0)
     with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {service.key}"}) as api:
         spec = next(v["schedule"] for v in api.get("/api/schedules").json()["items"]
-                    if v["schedule"]["name"] == "sessions-nightly")
+                    if v["schedule"]["name"] == "sessions-daily")
     assert (spec["model"], spec["session_gap_minutes"], spec["events"]) == ("sessions", 60, [])
 
-    row.get_by_role("link", name="Edit sessions-nightly").click()
+    row.get_by_role("link", name="Edit sessions-daily").click()
     expect(page.get_by_label("Model", exact=True)).to_have_value("sessions")
     expect(page.get_by_label("Session gap (minutes)")).to_have_value("60")
     page.get_by_label("Model", exact=True).select_option("persons")
     page.get_by_role("button", name="Save changes").click()
-    expect(page.locator("tbody tr", has_text="sessions-nightly").locator(".model-label")).to_have_text("Persons")
+    expect(page.locator("tbody tr", has_text="sessions-daily").locator(".model-label")).to_have_text("Persons")
 
-    page.locator("tbody tr", has_text="sessions-nightly").get_by_role("link", name="Edit sessions-nightly").click()
+    page.locator("tbody tr", has_text="sessions-daily").get_by_role("link", name="Edit sessions-daily").click()
     expect(page.get_by_label("Event count")).to_be_visible()
     page.get_by_label("Model", exact=True).select_option("events")
     page.get_by_role("button", name="Save changes").click()
-    expect(page.locator("tbody tr", has_text="sessions-nightly").locator(".model-label")).to_have_count(0)
+    expect(page.locator("tbody tr", has_text="sessions-daily").locator(".model-label")).to_have_count(0)
 
     page.locator("tbody tr", has_text="events-hourly").get_by_role("link", name="Edit events-hourly").click()
     expect(page.get_by_role("list", name="Chosen events").get_by_role("listitem")).to_have_text(["$pageview×"])
@@ -579,7 +579,7 @@ def test_a_sessions_schedule_shows_its_model_and_can_become_persons(page, servic
         specs = {v["schedule"]["name"]: v["schedule"] for v in api.get("/api/schedules").json()["items"]}
     assert {k: specs["events-hourly"][k] for k in ("model", "events", "filters", "include", "properties")} == {
         "model": "persons", "events": [], "filters": [], "include": [], "properties": None}
-    assert specs["sessions-nightly"]["model"] == "events"
+    assert specs["sessions-daily"]["model"] == "events"
 
 
 def test_the_form_offers_only_the_codecs_of_the_chosen_format(page, service):
