@@ -44,7 +44,7 @@ PROPERTIES = [
 
 IDENTITY = f"""CASE [{", ".join(f"'{n}'" for n in EVENT_NAMES)}][1 + ei]
     WHEN '$identify' THEN [{{'k': '$anon_distinct_id', 'v': to_json('anon_' || u)}},
-                           {{'k': '$set', 'v': json_object('email', 'user' || u || '@example.com', 'plan',
+                           {{'k': '$set', 'v': json_object('email', 'user' || u || '@example.com', 'tier',
                                                            ['free', 'starter', 'growth', 'enterprise'][1 + h4 % 4])}}]
     WHEN 'signup_started' THEN [{{'k': '$set_once', 'v': json_object('first_plan', 'free', 'signup_day',
                                                                     CAST(CAST(ts AS DATE) AS VARCHAR))}}]
