@@ -5,6 +5,7 @@ reported; the request's rules."""
 from __future__ import annotations
 
 import csv
+import os
 import io
 import json
 from datetime import datetime, timedelta, timezone
@@ -210,6 +211,7 @@ def test_a_person_merged_in_a_later_window_is_reported(store: Settings, tmp_path
                     start_date=day2, end_date=day2 + timedelta(days=1))
     (person,) = read(next(second.glob("*.jsonl")), "json_lines")
     assert person["person_id"] == "ann@x.io" and person["distinct_ids"] == ["ann@x.io", "anon-1"]
+    assert result.destination_path.endswith(".jsonl"), "the file, its manifest beside it"
     manifest = json.loads((second / f"export_{result.export_id}_20260102_to_20260103.manifest.json").read_text())
     assert manifest["model"] == "persons" and manifest["merged_persons"] == [
         {"person_id": "anon-1", "merged_into": "ann@x.io"}]
@@ -252,3 +254,65 @@ def test_a_sessions_window_is_final_only_once_the_gap_has_passed():
         ExportRequest(model="sessions", start_date=now - timedelta(hours=1), end_date=now - timedelta(minutes=10))
     ExportRequest(model="sessions", start_date=now - timedelta(hours=1), end_date=now - timedelta(minutes=10),
                   session_gap_minutes=5)
+
+
+def test_a_cancelled_export_stops_while_it_derives_and_leaves_nothing(tmp_path: Path):
+    from analytics_export.destinations.local import LocalDestination
+    from analytics_export.errors import Cancelled
+    from analytics_export.pipeline import run_export
+
+    settings = Settings(data_dir=tmp_path / "data")
+    put(settings, EXAMPLE, tmp_path)
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) > 1  # the first staged batch goes in, then the export is cancelled
+
+    store = open_store(settings)
+    try:
+        for model in ("persons", "sessions"):
+            request = ExportRequest(model=model, format="parquet", **DAY)
+            with pytest.raises(Cancelled):
+                run_export(request, store, LocalDestination(tmp_path / "out"), project="default",
+                           should_stop=should_stop)
+            calls.clear()
+    finally:
+        store.close()
+    assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+    assert not staging_folders(os.getpid())
+
+
+def staging_folders(pid: int) -> list[Path]:
+    import tempfile
+
+    return list(Path(tempfile.gettempdir()).glob(f"analytics-export-model-{pid}-*"))
+
+
+def test_a_killed_export_leaves_no_file_and_its_staging_goes_with_the_next(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "data"
+    cli = [sys.executable, "-m", "analytics_export.cli", "--data-dir", str(data)]
+    subprocess.run([*cli, "demo", "-n", "300000"], check=True, capture_output=True)
+    out = tmp_path / "sessions.parquet"
+    start = (datetime.now(timezone.utc) - timedelta(days=91)).date().isoformat()
+    end = datetime.now(timezone.utc).date().isoformat()
+    child = subprocess.Popen([*cli, "export", "--model", "sessions", "--start", start, "--end", end, "-f", "parquet",
+                              "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not staging_folders(child.pid) and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    assert staging_folders(child.pid), "the export was staging"
+    time.sleep(0.3)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not out.exists(), "nothing at the final name"
+    assert staging_folders(child.pid), "a killed process cannot clean up"
+    subprocess.run([*cli, "export", "--model", "persons", "--start", start, "--end", end, "-f", "csv",
+                    "-o", str(tmp_path / "p.csv")], check=True, capture_output=True)
+    assert not staging_folders(child.pid), "the next export removed it"
+    assert len(list(csv.reader((tmp_path / "p.csv").open()))) > 1000

@@ -172,6 +172,7 @@ def exports_router(api: Api) -> APIRouter:
         else:
             if job.destination_path and job.request.destination.type == "download":  # remote files are the user's
                 Path(job.destination_path).unlink(missing_ok=True)
+                Path(job.destination_path).with_name(job.request.manifest_name).unlink(missing_ok=True)
             api.jobs.delete(project, export_id)
         return Response(status_code=204)
 

@@ -1,7 +1,7 @@
 // The exports list (live progress, download, copy link, cancel, retry, delete) and the new export form.
 
 import { api } from "./api.js";
-import { exportFields } from "./fields.js";
+import { exportFields, modelDetail, modelLabel } from "./fields.js";
 import {
   alertBox, announce, badge, field, fmtBytes, fmtDate, fmtDuration, fmtNumber, h, isoFromLocal, localInput, newId,
   poll, rangeErrors, showErrors, table,
@@ -76,11 +76,13 @@ export function exportsPage(main) {
 function exportRow(item, progress, actionsCell) {
   const { result } = item;
   const range = `${fmtDate(item.start_date)} – ${fmtDate(item.end_date)}`;
-  const what = `${item.events.length ? item.events.join(", ") : "all events"} · ${item.format}`
+  const rows = item.events.length ? item.events.join(", ") : "all events";
+  const what = `${item.model === "events" ? rows : modelDetail(item)} · ${item.format}`
     + `${item.compression ? ` + ${item.compression}` : ""} → ${item.destination.type}`;
   return h("tr", { "data-id": item.id },
     h("td", { "data-label": "Created" }, fmtDate(item.created_at)),
-    h("td", { "data-label": "Export" }, h("span", { class: "mono" }, item.id.slice(0, 8)), h("br"), what, h("br"),
+    h("td", { "data-label": "Export" }, h("span", { class: "mono" }, item.id.slice(0, 8)), modelLabel(item), h("br"),
+      what, h("br"),
       h("span", { class: "muted" }, range)),
     h("td", { "data-label": "Status" }, badge(item.status),
       result?.error ? h("pre", { class: "error-text" }, result.error) : null),
@@ -104,7 +106,7 @@ function progressCell(td, item) {
   const fraction = share(item);
   const bar = h("progress", { max: "1", "aria-label": `Progress of export ${id.slice(0, 8)}` });
   if (status !== "processing" || fraction !== null) bar.value = fraction ?? 0; // else indeterminate
-  const parts = [`${fmtNumber(events)} events`, fmtBytes(bytes)];
+  const parts = [`${fmtNumber(events)} ${item.model === "events" ? "events" : item.model}`, fmtBytes(bytes)];
   if (fraction !== null) parts.unshift(`${Math.round(fraction * 100)}%`);
   if (status === "processing" && progress.started_at) {
     const elapsed = Math.max(0.1, (Date.now() - Date.parse(progress.started_at)) / 1000);
@@ -242,6 +244,12 @@ export function newExportPage(main) {
       button.disabled = false;
     }
   };
+  const previewButton = h("button", { type: "button", class: "secondary", onclick: (e) => showPreview(e) },
+    "Preview");
+  fields.model.addEventListener("change", () => { // the preview lists events only
+    previewButton.hidden = fields.model.value !== "events";
+    preview.replaceChildren();
+  });
   const showPreview = (e) => send(e.target, async () => {
     preview.replaceChildren(h("p", {}, "Loading preview…"));
     try {
@@ -267,8 +275,7 @@ export function newExportPage(main) {
       preset("Last day", lastDay), preset("Last week", (d) => d.setDate(d.getDate() - 7)),
       preset("Last month", (d) => d.setMonth(d.getMonth() - 1)))),
   fields.element, alert,
-  h("div", { class: "actions" }, submit,
-    h("button", { type: "button", class: "secondary", onclick: showPreview }, "Preview")));
+  h("div", { class: "actions" }, submit, previewButton));
   start.addEventListener("change", fields.refresh);
   end.addEventListener("change", fields.refresh);
   setRange(lastDay);

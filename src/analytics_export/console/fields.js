@@ -1,8 +1,11 @@
-// What an export or schedule exports: events, properties, filters, format, compression, destination.
+// What an export or schedule exports: the model, events, properties, filters, format, compression, destination.
 
 import { api, query } from "./api.js";
 import { announce, debounce, field, fmtNumber, h, newId, options } from "./ui.js";
 
+// What each row is (docs/models.md); persons and sessions take no events, properties, filters or include.
+export const MODELS = [["events", "Events"], ["persons", "Persons"], ["sessions", "Sessions"]];
+const EVENT_COUNTS = [["all", "whole history"], ["range", "this window"]];
 const FORMATS = [["json_lines", "JSON Lines"], ["json", "JSON"], ["csv", "CSV"], ["parquet", "Parquet"],
   ["avro", "Avro"]];
 // Extra columns: [name, label].
@@ -41,6 +44,7 @@ export function exportFields(range) {
     const { start, end } = range();
     return start && end && start < end ? { start, end } : {};
   };
+  const model = modelPicker();
   const events = eventPicker(span, () => properties.refresh());
   const properties = propertyPicker(events, span);
   const filters = filterBuilder(properties.datalist.id);
@@ -67,23 +71,36 @@ export function exportFields(range) {
   offerCodecs();
   const destination = destinationPicker();
   const include = INCLUDE.map(([name, label]) => [name, h("input", { type: "checkbox", value: name }), label]);
-  const element = h("div", { class: "stack" }, events.element, properties.element, filters.element,
+  const includeBox = h("div", { class: "checks" },
+    ...include.map(([, box, label]) => h("label", { class: "check" }, box, label)));
+  const ofEvents = [events.element, properties.element, filters.element, includeBox];
+  const showEvents = () => ofEvents.forEach((el) => { el.hidden = !model.isEvents(); });
+  model.select.addEventListener("change", showEvents);
+  const element = h("div", { class: "stack" }, model.element, events.element, properties.element, filters.element,
     h("fieldset", {}, h("legend", {}, "File"), h("div", { class: "row" },
       field("Format", format),
       field("Compression", compression, "Only the codecs the format offers: text is wrapped in one stream, "
         + "Parquet and Avro compress inside the file")),
-    h("div", { class: "checks" }, ...include.map(([, box, label]) => h("label", { class: "check" }, box, label)))),
+    includeBox),
     destination.element);
   return {
     element,
+    model: model.select,
     refresh: properties.refresh,
-    // CSV from the console is for spreadsheets: cells that would run as formulas start with '
-    body: () => ({ events: events.chosen, properties: properties.selected(), filters: filters.value(),
-      format: format.value, compression: compression.value || null, destination: destination.value(),
-      csv_formula_guard: format.value === "csv",
-      include: include.filter(([, box]) => box.checked).map(([name]) => name) }),
-    validate: () => [...filters.validate(), ...destination.validate()],
+    // CSV from the console is for spreadsheets: cells that would run as formulas start with '. Persons and
+    // sessions send the model and its option instead of the event selections (an events body is unchanged);
+    // `patch` (a schedule's edit, merged into the stored one) clears the selections a model change hides.
+    body: (patch = false) => {
+      const file = { format: format.value, compression: compression.value || null, destination: destination.value(),
+        csv_formula_guard: format.value === "csv" };
+      if (!model.isEvents()) return { ...(patch ? CLEARED : {}), ...file, ...model.body(patch) };
+      return { events: events.chosen, properties: properties.selected(), filters: filters.value(), ...file,
+        include: include.filter(([, box]) => box.checked).map(([name]) => name), ...model.body(patch) };
+    },
+    validate: () => [...(model.isEvents() ? filters.validate() : model.validate()), ...destination.validate()],
     load(spec) {
+      model.set(spec);
+      showEvents();
       events.set(spec.events);
       properties.set(spec.properties ?? []);
       filters.set(spec.filters);
@@ -92,6 +109,65 @@ export function exportFields(range) {
       for (const [name, box] of include) box.checked = (spec.include ?? []).includes(name);
       destination.set(spec.destination);
       properties.refresh();
+    },
+  };
+}
+
+/** A small label naming a persons or sessions export or schedule; null for events. */
+export function modelLabel(spec) {
+  if (spec.model === "events") return null;
+  return h("span", { class: "model-label", title: modelDetail(spec) }, MODELS.find(([m]) => m === spec.model)[1]);
+}
+
+/** What a persons or sessions export's rows are, with its option. */
+export function modelDetail(spec) {
+  return spec.model === "sessions" ? `sessions (gap ${spec.session_gap_minutes} min)`
+    : `persons (event count: ${EVENT_COUNTS.find(([c]) => c === spec.person_event_count)[1]})`;
+}
+
+const CLEARED = { events: [], properties: null, filters: [], include: [] };
+
+/** The model select with the option of the chosen model: the session gap, or what a person's event count covers. */
+function modelPicker() {
+  const select = h("select", { name: "model" }, options(MODELS, "events"));
+  const gap = h("input", { type: "number", name: "session_gap_minutes", min: "1", max: "1440", step: "1",
+    value: "30", required: true });
+  const count = h("select", { name: "person_event_count" }, options(EVENT_COUNTS, "all"));
+  const gapField = field("Session gap (minutes)", gap, "A user's events further apart than this are in "
+    + "different sessions (1 to 1440). A window is exported once the gap has passed after it.");
+  const countField = field("Event count", count, "A person's event_count over their whole history, or only "
+    + "over the export's window");
+  let stored = "events"; // the model of the schedule being edited
+  const sync = () => {
+    gapField.hidden = select.value !== "sessions";
+    countField.hidden = select.value !== "persons";
+  };
+  select.addEventListener("change", sync);
+  sync();
+  return {
+    select,
+    element: h("fieldset", {}, h("legend", {}, "Rows"), h("div", { class: "row" },
+      field("Model", select, "One row per event, per person (merged from their ids) or per session. Persons "
+        + "and sessions are built from every event: no event, property or filter selection."),
+      gapField, countField)),
+    isEvents: () => select.value === "events",
+    /** The model and its option; nothing for events, unless `patch` turns an edited schedule back to events. */
+    body(patch) {
+      if (select.value === "sessions") return { model: "sessions", session_gap_minutes: Number(gap.value) };
+      if (select.value === "persons") return { model: "persons", person_event_count: count.value };
+      return patch && stored !== "events" ? { model: "events" } : {};
+    },
+    validate() {
+      const minutes = Number(gap.value);
+      const ok = select.value !== "sessions" || (gap.value !== "" && Number.isInteger(minutes) && minutes >= 1
+        && minutes <= 1440);
+      return ok ? [] : [[gap, "The session gap is a whole number of minutes from 1 to 1440"]];
+    },
+    set(spec) {
+      stored = select.value = spec.model ?? "events";
+      gap.value = spec.session_gap_minutes ?? 30;
+      count.value = spec.person_event_count ?? "all";
+      sync();
     },
   };
 }
@@ -241,6 +317,7 @@ function filterRow(filter, datalistId, remove) {
   const operator = h("select", {}, options(OPERATORS, filter.operator));
   const shown = Array.isArray(filter.value) ? filter.value.map(asText).join(", ") : asText(filter.value ?? "");
   const value = h("input", { type: "text", value: shown, autocomplete: "off" });
+  let stored = "events"; // the model of the schedule being edited
   const sync = () => {
     value.disabled = NO_VALUE.includes(operator.value);
     value.placeholder = LIST_VALUE.includes(operator.value) ? "a, b, c" : "";

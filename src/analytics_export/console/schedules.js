@@ -1,7 +1,7 @@
 // Schedules: the list (pause/resume, backfill), the create/edit form with its cron preview, run history.
 
 import { api, query } from "./api.js";
-import { exportFields } from "./fields.js";
+import { exportFields, modelLabel } from "./fields.js";
 import {
   alertBox, announce, badge, debounce, describe, field, fmtBytes, fmtDate, fmtNumber, h, isoFromLocal, localInput,
   newId, options, poll, rangeErrors, s, showErrors, table,
@@ -58,7 +58,7 @@ function scheduleRow(view, toggle, backfill) {
   const toggleButton = h("button", { type: "button", class: "secondary", "data-toggle": spec.id,
     onclick: (e) => { e.target.disabled = true; toggle(view, e.target); } }, active ? "Pause" : "Resume");
   return h("tr", {},
-    h("td", { "data-label": "Name" }, spec.name),
+    h("td", { "data-label": "Name" }, spec.name, modelLabel(spec)),
     h("td", { "data-label": "Runs" }, h("code", {}, spec.schedule),
       ` (${spec.timezone}) · ${spec.date_range.replace(/_/g, " ")}`),
     h("td", { "data-label": "Status" }, badge(status),
@@ -136,7 +136,8 @@ export function scheduleFormPage(main, id) {
   const submit = h("button", { type: "submit" }, id ? "Save changes" : "Create schedule");
 
   const body = () => ({ name: name.value.trim(), schedule: cron.value.trim(), timezone: timezone.value.trim(),
-    date_range: dateRange.value, time_field: timeField.value, delay_seconds: Number(delay.value), ...fields.body() });
+    date_range: dateRange.value, time_field: timeField.value, delay_seconds: Number(delay.value),
+    ...fields.body(Boolean(id)) });
   const validate = () => {
     const errors = [];
     if (!name.value.trim()) errors.push([name, "Give the schedule a name"]);

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..enums import ExportModel
 from ..models import ExportRequest
@@ -45,7 +45,8 @@ def protected_id(sql: SqlBuilder, protection: Protection, expr: str) -> str:
 
 
 MODELS = {ExportModel.PERSONS: "persons", ExportModel.SESSIONS: "sessions"}
-"""Each derived model's module: its `SCHEMA`, and `derive(request, source, query, privacy, batch_size) -> Derived`."""
+"""Each derived model's module: its `SCHEMA`, and `derive(request, source, query, privacy, batch_size,
+should_stop) -> Derived`."""
 
 
 def module(model: ExportModel) -> ModuleType:
@@ -53,10 +54,11 @@ def module(model: ExportModel) -> ModuleType:
 
 
 def derive(request: ExportRequest, source: EventSource, project: str, privacy: Privacy | None,
-           batch_size: int) -> Derived:
-    """The rows of `request`'s model (persons or sessions) over `source`, with `privacy` applied."""
+           batch_size: int, should_stop: Callable[[], bool] | None = None) -> Derived:
+    """The rows of `request`'s model (persons or sessions) over `source`, with `privacy` applied;
+    Cancelled while it is derived once `should_stop()` says so."""
     query = replace(EventQuery.from_request(request, project), protection=protection(privacy))  # its suppressions
-    derived = module(request.model).derive(request, source, query, privacy, batch_size)
+    derived = module(request.model).derive(request, source, query, privacy, batch_size, should_stop)
     if privacy is not None:
         return replace(derived, batches=privacy.apply_columns(derived.batches, derived.schema))
     return derived

@@ -46,6 +46,7 @@ def resolve(staging: Staging, protection: Protection, nodes: str | None = None, 
     ids = "SELECT DISTINCT a AS id FROM edges" + (f" UNION SELECT id FROM ({nodes})" if nodes else "")
     staging.run(f"CREATE OR REPLACE TABLE labels AS SELECT id, id AS label FROM ({ids})")
     for _ in range(MAX_ROUNDS):
+        staging.check()
         staging.run("""CREATE OR REPLACE TABLE step AS
             WITH hop AS (SELECT e.a AS id, min(l.label) AS label FROM edges e JOIN labels l ON l.id = e.b GROUP BY e.a),
                  low AS (SELECT l.id, least(l.label, coalesce(h.label, l.label)) AS label

@@ -4,6 +4,7 @@ properties its `$set` and `$set_once` made (docs/models.md, "Persons")."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 import pyarrow as pa
 
@@ -92,11 +93,11 @@ person_id, new)."""
 
 
 def derive(request: ExportRequest, source: EventSource, query: EventQuery, privacy: Privacy | None,
-           batch_size: int) -> Derived:
+           batch_size: int, should_stop: Callable[[], bool] | None = None) -> Derived:
     """The persons of `request`'s window, keyed by `person_id`; `removed` and the manifest's
     `merged_persons` name those merged into another since the window's start."""
     protect = protection(privacy)
-    staging = Staging()
+    staging = Staging(should_stop, request.id)
     try:
         load(staging, source, request, replace(query, start=HISTORY_START, end=request.end_date,
                                                time_field=request.time_field))

@@ -5,6 +5,7 @@ events, with its entry and exit pages and its first event's referrer, UTM, brows
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 from datetime import timedelta
 
 import pyarrow as pa
@@ -73,12 +74,12 @@ sessions AS (
 
 
 def derive(request: ExportRequest, source: EventSource, query: EventQuery, privacy: Privacy | None,
-           batch_size: int) -> Derived:
+           batch_size: int, should_stop: Callable[[], bool] | None = None) -> Derived:
     """The sessions ending in `request`'s window, and the earlier ones that events stored since the last
     window was final changed (listed in the manifest's `updated_sessions`), keyed by `session_id`."""
     protect = protection(privacy)
     gap = timedelta(minutes=request.session_gap_minutes)
-    staging = Staging()
+    staging = Staging(should_stop, request.id)
     try:
         staging.load(source, replace(query, start=HISTORY_START, end=request.end_date + gap, time_field="timestamp"), {
             "links": links(request.end_date, '"timestamp"'),

@@ -3,22 +3,49 @@ which spill to a private folder past the memory cap, and the model's rows are re
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import duckdb
 import pyarrow as pa
 
+from ..errors import Cancelled
 from ..sources import EventQuery, EventSource, Selection
 from ..sources.duckdb import translated_errors
 
 MEMORY = "256MB"
+PREFIX = "analytics-export-model-"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_abandoned() -> None:
+    """Delete the staging folders of processes that are gone (a killed export leaves its own behind)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
+        pid = folder.name.removeprefix(PREFIX).split("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class Staging:
-    def __init__(self, memory_limit: str = MEMORY, threads: int = 2) -> None:
-        self.folder = tempfile.mkdtemp(prefix="analytics-export-model-")  # 0700
+    """A staging database in a private folder of its own, named after this process."""
+
+    def __init__(self, should_stop: Callable[[], bool] | None = None, export_id: str = "",
+                 memory_limit: str = MEMORY, threads: int = 2) -> None:
+        remove_abandoned()
+        self.should_stop, self.export_id = should_stop, export_id
+        self.folder = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")  # 0700
         self.con = duckdb.connect(f"{self.folder}/staging.duckdb", config={"memory_limit": memory_limit, "threads": threads,
                                                       "temp_directory": self.folder,
                                                       "preserve_insertion_order": False})
@@ -32,12 +59,18 @@ class Staging:
         for name, (columns, _) in tables.items():
             self.run(f"CREATE OR REPLACE TABLE {name} ({columns})")
         for index, batch in source.select(query, [selection for _, selection in tables.values()]):
+            self.check()
             if batch.num_rows:
                 self.con.register("batch", batch)
                 try:
                     self.run(f"INSERT INTO {names[index]} SELECT * FROM batch")
                 finally:
                     self.con.unregister("batch")
+
+    def check(self) -> None:
+        """Cancelled once the export's `should_stop()` says so."""
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled(f"export {self.export_id} was cancelled")
 
     def run(self, text: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
         with translated_errors():

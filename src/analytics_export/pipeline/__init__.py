@@ -46,13 +46,17 @@ def run_export(
         from ..derived import derive
 
         split = request.destination.split_limits() != (None, None)
-        rows = derive(request, source, project, privacy, min(batch_size, writer_for(request).batch_rows or batch_size))
+        rows = derive(request, source, project, privacy, min(batch_size, writer_for(request).batch_rows or batch_size),
+                      should_stop)
         manifest = destination.manifest and (split or bool(rows.notes))
         if manifest:
             destination.remove(request.manifest_name)
         files, _ = write_derived(request, rows, destination, name=request.part_name if split else lambda _: request.file_name,
                                  split=split, digest=manifest, on_progress=on_progress, should_stop=should_stop)
-        return finish(request, project, destination, files, started, manifest, privacy, should_stop, rows.notes)
+        result = finish(request, project, destination, files, started, manifest, privacy, should_stop, rows.notes)
+        if split:
+            return result
+        return result.model_copy(update={"destination_path": files[0]["uri"]})  # the file, its manifest beside it
     if request.laid_out:  # a file or a split series per partition, and a manifest of them all
         from .layout import write_laid_out  # here: it loads pyarrow, which the engine's own writes do without
 

@@ -36,7 +36,7 @@ def load_table(request: ExportRequest, source: EventSource, table: TableDestinat
     else:  # persons, sessions: upserted by their key, with the persons merged away deleted
         from ..derived import derive
 
-        rows = derive(request, source, project, privacy, batch_size)
+        rows = derive(request, source, project, privacy, batch_size, should_stop)
         batches = read_ahead(stopping(rows.batches, should_stop, request.id), PREFETCH)
         schema = rows.schema
         window = LoadWindow(request.start_date, request.end_date, request.time_field, key=rows.key,

@@ -101,6 +101,8 @@ class Worker:
         for job in self.jobs.expire(now()):
             if job.destination_path:
                 Path(job.destination_path).unlink(missing_ok=True)
+                if job.request.destination.type == "download":  # a persons or sessions export's manifest
+                    Path(job.destination_path).with_name(job.request.manifest_name).unlink(missing_ok=True)
             log.info("export %s expired; its file was deleted", job.id)
         self.reap()
         for folder in self.settings.staging_dir.glob("*"):

@@ -351,10 +351,12 @@ class DuckDBEventStore:
         for index, selection in enumerate(selections):
             sql = SqlBuilder()
             reader = self._relation(selected(sql, query, selection), sql.params).to_arrow_reader(65_536)
-            self.readers.append(reader)
-            with translated_errors():
-                for batch in reader:
-                    yield index, batch
+            try:
+                with translated_errors():
+                    for batch in reader:
+                        yield index, batch
+            finally:  # the connection runs nothing else while a result is open
+                reader.close()
 
     def is_empty(self) -> bool:
         return not self.execute("SELECT count(*) FROM events", []).fetchall()[0][0]
