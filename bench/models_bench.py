@@ -216,14 +216,16 @@ def main(argv: list[str] | None = None) -> int:
                 load(cache, name, urls[name])
         warm(cache / "events.duckdb")
         print(f"{read['events']:,} events, [{window[0].isoformat()}, {window[1].isoformat()}); {os.cpu_count()} "
-              f"cores; median of {args.repeat}; every export a whole process, to Parquet in {args.out_dir}",
+              f"cores, load average {os.getloadavg()[0]:.1f}; median of {args.repeat}; every export a whole process, "
+              f"to Parquet in {args.out_dir}",
               flush=True)
         rows = bench(args, cache, urls, work, (window[0].isoformat(), window[1].isoformat()), read)
         header = ["store", "model", "events read", "rows out", "seconds", "events/s", "peak RSS MB", "cores",
                   "x events export"]
         print(f"\n## {read['events']:,} demo events, the CLI as a whole process, Parquet, median of {args.repeat}\n")
         print(table(header, rows))
-        print(f"\nthis bench's own peak RSS: {peak_mb():.0f} MB (a floor under every child's)")
+        print(f"\nthis bench's own peak RSS: {peak_mb():.0f} MB (a floor under every child's); load average "
+              f"{os.getloadavg()[1]:.1f} over the last 5 minutes (above the cores: other work shared them)")
     finally:
         if made:
             child(ADMIN, PG_ADMIN, f'DROP DATABASE "{database}" WITH (FORCE)')
