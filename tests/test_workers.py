@@ -203,3 +203,33 @@ def test_an_export_that_kills_its_worker_fails_after_max_attempts_and_the_queue_
     assert len(set(killer.killed)) == 3, "three workers died, no more"
     assert done["result"]["total_events"] == 1000
     assert svc.logs().count("exited with status -9; starting another") == 3
+
+
+def test_a_worker_killed_while_it_loads_sessions_leaves_each_once(big_store, pg_url):
+    """A sessions export into a PostgreSQL table: the worker is killed while its rows flow into the table
+    (the load's transaction dies with it), another worker runs it again: one row per session."""
+    import psycopg
+
+    env = {"ANALYTICS_EXPORT_DESTINATION_ALLOW": '["127.0.0.1"]'}
+    key = create_key(big_store, "default", env)
+    svc = Service(big_store, workers=0, env=env)
+    first, second = start_worker(big_store, env=env), None
+    url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    body = {"model": "sessions", "start_date": "2026-10-01", "end_date": "2026-11-01",
+            "destination": {"type": "postgres", "url": url, "table": "sessions"}}
+    try:
+        with svc.client(key) as c:
+            export_id = start_and_wait_for_progress(c, body)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            assert c.get(f"/api/exports/{export_id}").json()["status"] == "processing", "killed mid-load"
+            second = start_worker(big_store, env=env)
+            done = wait_for(c, export_id, timeout=180)
+        with psycopg.connect(url) as con:
+            rows, keys = con.execute("SELECT count(*), count(DISTINCT session_id) FROM sessions").fetchone()
+        assert rows == keys == done["result"]["total_events"] > 10_000
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                stop(proc)
+        svc.close()
