@@ -83,7 +83,16 @@ class TableDestination(Destination):
         raise Invalid(f"{self} is loaded with rows; it cannot take the file {name}")
 
     def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
-        """Replace the rows of `window` with `batches` (created or given new columns as needed)."""
+        """Replace the rows of `window` with `batches` (created or given new columns as needed); a keyed
+        load's rows first go through `unique_by_key`."""
+        if window.key is None:
+            self.write(batches, window)
+            return
+        with unique_by_key(batches, window.key) as rows:
+            self.write(rows, window)
+
+    def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+        """`load`, with one row per key when the load is keyed."""
         raise NotImplementedError
 
     def __str__(self) -> str:
@@ -142,6 +151,17 @@ ROW = "_analytics_export_row"
 def is_json(field: pa.Field) -> bool:
     """True for a string field holding JSON text (field metadata {b"json": b"text"})."""
     return (field.metadata or {}).get(b"json") == b"text"
+
+
+def kind_of(field: pa.Field) -> str:
+    """What a column holds, for a table's type map: `json`, `timestamp`, `int64`, `float64` or `text`."""
+    import pyarrow as pa
+
+    if is_json(field):
+        return "json"
+    if pa.types.is_timestamp(field.type):
+        return "timestamp"
+    return "int64" if pa.types.is_int64(field.type) else "float64" if pa.types.is_float64(field.type) else "text"
 
 
 @contextmanager

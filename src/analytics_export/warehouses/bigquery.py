@@ -40,7 +40,7 @@ from ..destinations import Placement, redact
 from ..destinations.gcs import service_account_credentials
 from ..destinations.specs import BigQueryTableDestination
 from ..errors import Invalid, Rejected, Storage
-from . import LoadWindow, TableDestination, is_json, staged_files, unique_by_key, without_values
+from . import LoadWindow, TableDestination, kind_of, staged_files, without_values
 
 if TYPE_CHECKING:
     from ..destinations import Probe
@@ -74,14 +74,11 @@ def micros(value: datetime) -> str:
     return f"TIMESTAMP_MICROS({int(value.timestamp() * 1_000_000)})"
 
 
+KINDS = {"json": "JSON", "timestamp": "TIMESTAMP", "int64": "INT64", "float64": "FLOAT64", "text": "STRING"}
+
+
 def column_type(field: pa.Field) -> str:
-    if field.name in TYPES:
-        return TYPES[field.name]
-    if is_json(field):
-        return "JSON"
-    if pa.types.is_timestamp(field.type):
-        return "TIMESTAMP"
-    return "INT64" if pa.types.is_int64(field.type) else "FLOAT64" if pa.types.is_float64(field.type) else "STRING"
+    return TYPES.get(field.name) or KINDS[kind_of(field)]
 
 
 def text(value: str) -> str:
@@ -104,13 +101,6 @@ class BigQueryTable(TableDestination):
         self.retries = config.upload_retries
         self.retry = DEFAULT_RETRY.with_delay(initial=backoff, multiplier=2, maximum=30).with_deadline(
             backoff * 2 ** (config.upload_retries + 1) + 5)
-
-    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
-        if window.key is None:
-            self.write(batches, window)
-            return
-        with unique_by_key(batches, window.key) as rows:
-            self.write(rows, window)
 
     def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         names = column_names(batches.schema.names)

@@ -31,7 +31,7 @@ from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import ClickHouseTableDestination
 from ..errors import Rejected, Storage
-from . import COLUMNS, LoadWindow, TableDestination, local_path, unique_by_key
+from . import COLUMNS, LoadWindow, TableDestination, local_path
 
 if TYPE_CHECKING:
     from ..destinations import Probe
@@ -84,13 +84,6 @@ class ClickHouseTable(TableDestination):
             port=parts.port or (8443 if secure else 8123), username=parts.username or "default",
             password=self.placement.secrets.get("password", ""), database=parts.path.strip("/") or None,
             secure=secure)
-
-    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
-        if window.key is None:
-            self.write(batches, window)
-            return
-        with unique_by_key(batches, window.key) as rows:
-            self.write(rows, window)
 
     def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         table, time = qualified(self.name), quoted(window.column)

@@ -24,7 +24,7 @@ from ..destinations.guard import check_host
 from ..destinations.specs import PostgresTableDestination
 from ..errors import Rejected, Storage
 from ..sources.postgres import first_line
-from . import LoadWindow, TableDestination, is_json, unique_by_key
+from . import LoadWindow, TableDestination, kind_of
 
 if TYPE_CHECKING:
     from ..destinations import Probe
@@ -43,16 +43,11 @@ def qualified(name: str) -> str:
     return ".".join(map(quoted, name.split(".")))
 
 
+KINDS = {"json": "jsonb", "timestamp": "timestamptz", "int64": "bigint", "float64": "double precision", "text": "text"}
+
+
 def column_type(field: pa.Field) -> str:
-    if pa.types.is_timestamp(field.type):
-        return "timestamptz"
-    if field.name in TYPES:
-        return TYPES[field.name]
-    if pa.types.is_int64(field.type):
-        return "bigint"
-    if pa.types.is_float64(field.type):
-        return "double precision"
-    return "jsonb" if is_json(field) else "text"
+    return TYPES.get(field.name) or KINDS[kind_of(field)]
 
 
 class PostgresTable(TableDestination):
@@ -68,13 +63,6 @@ class PostgresTable(TableDestination):
         if placement.secrets.get("password"):
             options.append(("password", placement.secrets["password"]))
         self.uri = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(options)))
-
-    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
-        if window.key is None:
-            self.write(batches, window)
-            return
-        with unique_by_key(batches, window.key) as rows:
-            self.write(rows, window)
 
     def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         table, time = qualified(self.name), quoted(window.column)

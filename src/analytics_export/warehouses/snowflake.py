@@ -30,7 +30,7 @@ from ..destinations import Placement
 from ..destinations.guard import check_host
 from ..destinations.specs import SnowflakeTableDestination
 from ..errors import Invalid, Rejected, Storage
-from . import COLUMNS, LoadWindow, TableDestination, is_json, staged_files, unique_by_key, without_values
+from . import COLUMNS, LoadWindow, TableDestination, kind_of, staged_files, without_values
 
 if TYPE_CHECKING:
     from ..destinations import Probe
@@ -46,14 +46,11 @@ def column(name: str) -> str:
     return name.upper() if name in COLUMNS else '"' + name.replace('"', '""') + '"'
 
 
+KINDS = {"json": "VARIANT", "timestamp": "TIMESTAMP_TZ", "int64": "NUMBER", "float64": "FLOAT", "text": "VARCHAR"}
+
+
 def column_type(field: pa.Field) -> str:
-    if field.name in TYPES:
-        return TYPES[field.name]
-    if is_json(field):
-        return "VARIANT"
-    if pa.types.is_timestamp(field.type):
-        return "TIMESTAMP_TZ"
-    return "NUMBER" if pa.types.is_int64(field.type) else "FLOAT" if pa.types.is_float64(field.type) else "VARCHAR"
+    return TYPES.get(field.name) or KINDS[kind_of(field)]
 
 
 class SnowflakeTable(TableDestination):
@@ -82,13 +79,6 @@ class SnowflakeTable(TableDestination):
             self.options["password"] = secrets["password"]
         self.database, self.schema, self.table = spec.table.split(".")
         self.options.update(database=self.database, schema=self.schema)
-
-    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
-        if window.key is None:
-            self.write(batches, window)
-            return
-        with unique_by_key(batches, window.key) as rows:
-            self.write(rows, window)
 
     def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         folded = [n.upper() for n in batches.schema.names]
