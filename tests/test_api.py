@@ -276,3 +276,30 @@ def test_nan_is_refused_and_every_json_answer_parses_strictly(tmp_path):
                 assert [r["properties"] for r in rows] == [{"x": None, "y": None}]
     finally:
         svc.close()
+
+
+def test_persons_through_the_api_with_its_manifest_and_the_models_422s(service):
+    """A persons export of the whole history (past max_range_days: its window only picks who is in it)
+    downloads as its rows; a preview of a model, a sessions window not yet final and a model with event
+    names are 422s that say what to change."""
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc)
+    with service.client(service.key) as c:
+        body = {"model": "persons", "format": "json_lines", "start_date": "2020-01-01T00:00:00Z",
+                "end_date": now.isoformat()}
+        created = c.post("/api/exports", json=body)
+        assert created.status_code == 202, created.text
+        assert created.json()["model"] == "persons"
+        done = wait_for(c, created.json()["id"])
+        rows = [json.loads(line) for line in c.get(f"/api/exports/{done['id']}/download").text.splitlines()]
+        assert len(rows) == done["result"]["total_events"] > 100
+        assert all(r["person_id"] in r["distinct_ids"] for r in rows)
+        assert any(len(r["distinct_ids"]) > 1 for r in rows), "the demo's $identify links merge ids"
+        for body, message in (
+                ({**body, "end_date": "2020-02-01T00:00:00Z"}, None),
+                ({**WINDOW, "model": "sessions", "end_date": now.isoformat()}, "known only once the gap has passed"),
+                ({**WINDOW, "model": "persons", "events": ["$pageview"]}, "takes no events")):
+            answer = c.post("/api/exports/preview", json=body)
+            assert answer.status_code == 422, answer.text
+            assert (message or "the preview lists events") in answer.text

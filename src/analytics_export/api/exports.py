@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import catalog
 from ..errors import Invalid
-from ..enums import ExportStatus
+from ..enums import ExportModel, ExportStatus
 from ..models import ExportRequest, ExportResult
 from ..sources.stores import open_store
 from ..store.jobs import Job
@@ -101,7 +101,8 @@ def exports_router(api: Api) -> APIRouter:
         """The export `body` asks for; 422 if its range is too long or the privacy policy refuses it."""
         request = ExportRequest.model_validate(body.model_dump(exclude=set(SERVER_FIELDS)))
         span = request.end_date - request.start_date
-        if span > timedelta(days=api.settings.export.max_range_days):
+        # a persons export reads the whole history whatever its window: the window only picks who is in it
+        if span > timedelta(days=api.settings.export.max_range_days) and request.model is not ExportModel.PERSONS:
             raise HTTPException(422, f"end_date - start_date is {span.days} days; the most is "
                                      f"{api.settings.export.max_range_days}: split the range")
         api.check_privacy(project, request)
@@ -112,6 +113,9 @@ def exports_router(api: Api) -> APIRouter:
         """The first 20 events the export would hold, as JSON objects (the JSON Lines shape) with the
         privacy policy applied; nothing is created and the destination is not contacted."""
         request = checked_request(body, project)
+        if request.model is not ExportModel.EVENTS:
+            raise HTTPException(422, f"the preview lists events; a {request.model.value} export has none: "
+                                     "export a short window instead")
         with closing(open_store(api.settings)) as store:
             try:
                 rows, more = catalog.preview(store, request, project, api.policies.for_export(project, request))
