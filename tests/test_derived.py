@@ -316,3 +316,29 @@ def test_a_killed_export_leaves_no_file_and_its_staging_goes_with_the_next(tmp_p
                     "-o", str(tmp_path / "p.csv")], check=True, capture_output=True)
     assert not staging_folders(child.pid), "the next export removed it"
     assert len(list(csv.reader((tmp_path / "p.csv").open()))) > 1000
+
+
+def test_persons_split_into_parts_on_s3_with_their_manifest(tmp_path: Path, s3_server):
+    """A remote destination takes a model like events: parts of at most 10 persons, then the manifest
+    listing them (their digests, the model, its columns), read back from the bucket."""
+    import hashlib
+
+    settings = Settings(data_dir=tmp_path / "data", destination_allow=["127.0.0.1"])
+    put(settings, EXAMPLE + [event(100 + n, "click", f"user-{n:02d}", T0.replace(hour=12), {}) for n in range(24)],
+        tmp_path)
+    bucket = s3_server.make_bucket("persons")
+    result = export(settings=settings, model="persons", format="csv", **DAY,
+                    destination={"type": "s3", "bucket": bucket, "endpoint_url": s3_server.endpoint, "prefix": "p",
+                                 "max_events_per_file": 10},
+                    secrets={"access_key_id": s3_server.access_key, "secret_access_key": s3_server.secret_key})
+    client = s3_server.client()
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=f"p/export_{result.export_id}_20260101_to_20260102"
+                                                                 ".manifest.json")["Body"].read())
+    assert manifest["model"] == "persons" and manifest["columns"][:2] == ["person_id", "distinct_ids"]
+    rows = []
+    for part in manifest["files"]:
+        body = client.get_object(Bucket=bucket, Key=f"p/{part['name']}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == part["sha256"] and part["events"] <= 10
+        rows += [typed(row) for row in csv.DictReader(io.StringIO(body.decode(), newline=""))]
+    assert len(manifest["files"]) == 3 and result.total_events == len(rows) == 25
+    assert rows[0] == PERSON and [r["person_id"] for r in rows[1:]] == [f"user-{n:02d}" for n in range(24)]
