@@ -144,6 +144,9 @@ def test_every_format_reads_back_whole(tmp_path: Path, fmt: str, compression: st
         out = tmp_path / f"{model}.{fmt}"
         export(settings=settings, model=model, format=fmt, compression=compression, output=out, **DAY)
         assert read(out, fmt) == expected
+        if fmt == "avro":  # the record is named for what a row is
+            with out.open("rb") as f:
+                assert fastavro.reader(f).writer_schema["name"] == f"analytics_export.{model[:-1].title()}"
         if fmt == "parquet":  # DuckDB reads the same rows, typed
             assert duckdb.sql(f"SELECT count(*), min(typeof(event_count)) FROM '{out}'").fetchall()[0] == (
                 len(expected), "BIGINT")

@@ -23,7 +23,7 @@ SCHEMA = pa.schema([
     pa.field("first_seen", pa.timestamp("us", tz="UTC")),
     pa.field("last_seen", pa.timestamp("us", tz="UTC")),
     pa.field("event_count", pa.int64()),
-])
+], metadata={"record": "Person"})
 
 
 def settings_object(key: str) -> str:

@@ -31,7 +31,8 @@ READ = ["$current_url", *list(PROPERTIES.values())[2:]]
 text, stamp = pa.string(), pa.timestamp("us", tz="UTC")
 SCHEMA = pa.schema([("session_id", text), ("distinct_id", text), ("person_id", text), ("started_at", stamp),
                     ("ended_at", stamp), ("duration_seconds", pa.float64()), ("event_count", pa.int64()),
-                    ("pageview_count", pa.int64()), *((name, text) for name in PROPERTIES)])
+                    ("pageview_count", pa.int64()), *((name, text) for name in PROPERTIES)],
+                   metadata={"record": "Session"})
 
 SESSION_ID = json_path("$session_id")
 PATHS = f"{[json_path(name) for name in READ]!r}::VARCHAR[]"

@@ -49,7 +49,8 @@ def avro_schema(schema: pa.Schema) -> dict:
         if entry["name"] != field.name:
             entry["doc"] = field.name
         fields.append(entry)
-    return {"type": "record", "name": "Event", "namespace": "analytics_export", "fields": fields}
+    record = (schema.metadata or {}).get(b"record", b"Event").decode()  # a derived model names its rows
+    return {"type": "record", "name": record, "namespace": "analytics_export", "fields": fields}
 
 
 class AvroWriter(Writer):
