@@ -18,6 +18,7 @@ LINKED = ("CASE WHEN event = '$identify' AND json_type(properties, '$.\"$anon_di
           "WHEN event = '$create_alias' AND json_type(properties, '$.\"alias\"') = 'VARCHAR' "
           "THEN json_extract_string(properties, '$.\"alias\"') END")
 
+LINK_COLUMNS = "a VARCHAR, b VARCHAR, linked_at TIMESTAMPTZ"
 MAX_ROUNDS = 10_000
 
 
@@ -29,7 +30,7 @@ def timestamp(value: datetime) -> str:
 def links(before: datetime, time_column: str) -> tuple[str, Selection]:
     """The staged `links` table: (an event's distinct_id, the id it links, the event's time on
     `time_column`) for events before `before`."""
-    return "a VARCHAR, b VARCHAR, linked_at TIMESTAMPTZ", Selection(
+    return LINK_COLUMNS, Selection(
         ("distinct_id", LINKED, time_column),
         where=("event IN ('$identify', '$create_alias')", f"{time_column} < {timestamp(before)}"))
 

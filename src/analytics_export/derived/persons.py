@@ -13,7 +13,7 @@ from ..sources import EventQuery, EventSource, Selection
 from ..sources.duckdb import TIME_COLUMNS, SqlBuilder, json_path
 from ..privacy.policy import Privacy
 from . import JSON_TEXT, Derived, protected_id, protection
-from .identities import HISTORY_START, links, resolve, timestamp
+from .identities import HISTORY_START, LINK_COLUMNS, links, resolve, timestamp
 from .staging import Staging
 
 SCHEMA = pa.schema([
@@ -32,19 +32,29 @@ def settings_object(key: str) -> str:
     return f"CASE WHEN json_type(properties, '{path}') = 'OBJECT' THEN CAST(json_extract(properties, '{path}') AS VARCHAR) END"
 
 
+COLUMNS = {"stats": "distinct_id VARCHAR, first_seen TIMESTAMPTZ, last_seen TIMESTAMPTZ, n_all BIGINT, n_window BIGINT",
+           "links": LINK_COLUMNS,
+           "sets": "distinct_id VARCHAR, ts TIMESTAMPTZ, uuid VARCHAR, set_json VARCHAR, once_json VARCHAR"}
+"""The staged tables: each id's times and counts, the links, and the events that set properties."""
+
+
 def load(staging: Staging, source: EventSource, request: ExportRequest, query: EventQuery) -> None:
-    """Stage the window's history: each id's counts and times, the links, and the events that set properties."""
+    """Stage the window's history (`COLUMNS`): aggregated by the store's engine where it can
+    (`person_facts`), else selected with the DuckDB SQL every store runs."""
+    pushed = getattr(source, "person_facts", None)
+    if pushed is not None:
+        staging.fill(COLUMNS, pushed(query, request.start_date))
+        return
     time = TIME_COLUMNS[request.time_field]
     sets, once = settings_object("$set"), settings_object("$set_once")
     staging.load(source, query, {
-        "stats": ("distinct_id VARCHAR, first_seen TIMESTAMPTZ, last_seen TIMESTAMPTZ, n_all BIGINT, n_window BIGINT",
-                  Selection(("distinct_id", 'min("timestamp")', 'max("timestamp")', "count(*)",
-                             f"count(*) FILTER (WHERE {time} >= {timestamp(request.start_date)})"), group=1)),
+        "stats": (COLUMNS["stats"], Selection(("distinct_id", 'min("timestamp")', 'max("timestamp")', "count(*)",
+                                               f"count(*) FILTER (WHERE {time} >= {timestamp(request.start_date)})"),
+                                              group=1)),
         "links": links(request.end_date, time),
-        "sets": ("distinct_id VARCHAR, ts TIMESTAMPTZ, uuid VARCHAR, set_json VARCHAR, once_json VARCHAR",
-                 Selection(("distinct_id", '"timestamp"', "CAST(uuid AS VARCHAR)", sets, once),
-                           where=("contains(CAST(properties AS VARCHAR), '\"$set')",
-                                  f"{sets} IS NOT NULL OR {once} IS NOT NULL"))),
+        "sets": (COLUMNS["sets"], Selection(("distinct_id", '"timestamp"', "CAST(uuid AS VARCHAR)", sets, once),
+                                            where=("contains(CAST(properties AS VARCHAR), '\"$set')",
+                                                   f"{sets} IS NOT NULL OR {once} IS NOT NULL"))),
     })
 
 

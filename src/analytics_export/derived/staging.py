@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
@@ -56,14 +56,20 @@ class Staging:
         """Create each table (name: (its column definitions, the selection filling it)) and fill them all
         from one pass of `source.select` over `query`'s events."""
         names = list(tables)
-        for name, (columns, _) in tables.items():
+        rows = source.select(query, [selection for _, selection in tables.values()])
+        self.fill({name: columns for name, (columns, _) in tables.items()},
+                  ((names[index], batch) for index, batch in rows))
+
+    def fill(self, tables: dict[str, str], rows: Iterable[tuple[str, pa.RecordBatch]]) -> None:
+        """Create each table (name: its column definitions) and insert the (table, batch) `rows`."""
+        for name, columns in tables.items():
             self.run(f"CREATE OR REPLACE TABLE {name} ({columns})")
-        for index, batch in source.select(query, [selection for _, selection in tables.values()]):
+        for name, batch in rows:
             self.check()
             if batch.num_rows:
                 self.con.register("batch", batch)
                 try:
-                    self.run(f"INSERT INTO {names[index]} SELECT * FROM batch")
+                    self.run(f"INSERT INTO {name} SELECT * FROM batch")
                 finally:
                     self.con.unregister("batch")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import unquote, urlsplit
 
 import clickhouse_connect
@@ -33,6 +33,17 @@ SCHEMA_SQL = """CREATE TABLE IF NOT EXISTS events (
     INDEX inserted inserted_at TYPE minmax GRANULARITY 4
 ) ENGINE = MergeTree ORDER BY (project_id, timestamp, uuid)"""
 COLUMNS = "uuid, project_id, event, distinct_id, timestamp, properties, inserted_at"
+
+
+CH_LINKED = ("multiIf(event = '$identify' AND JSONType(properties, '$anon_distinct_id') = 'String', "
+             "JSONExtractString(properties, '$anon_distinct_id'), event = '$create_alias' AND "
+             "JSONType(properties, 'alias') = 'String', JSONExtractString(properties, 'alias'), NULL)")
+"""The id an event links to its distinct_id, as `derived/identities.py` LINKED says, in ClickHouse."""
+
+
+def ch_object(key: str) -> str:
+    """An event's property `key` as JSON text when it is an object, else NULL."""
+    return f"if(JSONType(properties, '{key}') = 'Object', JSONExtractRaw(properties, '{key}'), NULL)"
 
 
 def client_for(url: str) -> Any:
@@ -77,6 +88,30 @@ class ClickHouseEventStore(ScannedStore):
             f"SELECT count() FROM events WHERE project_id = {{project:String}} "
             f"AND {column} >= {{lo:DateTime64(6, 'UTC')}} AND {column} < {{hi:DateTime64(6, 'UTC')}}",
             parameters={"project": query.project, "lo": query.start, "hi": query.end}))
+
+    def person_facts(self, query: EventQuery, window_start: datetime) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """The persons model's facts (`derived/persons.py` COLUMNS) of the query's events, aggregated by
+        ClickHouse: a GROUP BY over its sort key instead of every event sent over the wire."""
+        column = TIME_COLUMNS[query.time_field]
+        where = (f"project_id = {{project:String}} AND {column} < {{end:DateTime64(6, 'UTC')}} "
+                 "AND NOT has({suppressed:Array(String)}, distinct_id)")
+        parameters = {"project": query.project, "end": query.end, "start": window_start,
+                      "suppressed": list(query.protection.suppressed if query.protection else ())}
+        for name, sql in (
+                ("stats", f"SELECT distinct_id, min(timestamp), max(timestamp), count(), countIf({column} >= "
+                          f"{{start:DateTime64(6, 'UTC')}}) FROM events WHERE {where} GROUP BY distinct_id"),
+                ("links", f"SELECT distinct_id, {CH_LINKED}, {column} FROM events WHERE {where} "
+                          "AND event IN ('$identify', '$create_alias')"),
+                ("sets", f"SELECT distinct_id, timestamp, toString(uuid), {ch_object('$set')}, {ch_object('$set_once')} "
+                         f"FROM events WHERE {where} AND position(properties, '\"$set') > 0 "
+                         "AND (JSONType(properties, '$set') = 'Object' "
+                         "OR JSONType(properties, '$set_once') = 'Object')")):
+            try:
+                table = self.ch.query_arrow(sql, parameters=parameters)
+            except ClickHouseError as exc:
+                raise Storage(f"ClickHouse event store query failed: {str(exc).splitlines()[0]}") from None
+            for batch in table.to_batches():
+                yield name, batch
 
     def is_empty(self) -> bool:
         return not self.ch.command("SELECT count() FROM events")

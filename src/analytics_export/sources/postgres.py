@@ -39,6 +39,17 @@ SCHEMA_SQL = [
 COLUMNS = 'uuid, project_id, event, distinct_id, "timestamp", properties, inserted_at'
 
 
+PG_LINKED = ("CASE WHEN event = '$identify' AND json_typeof(properties -> '$anon_distinct_id') = 'string' "
+             "THEN properties ->> '$anon_distinct_id' WHEN event = '$create_alias' AND "
+             "json_typeof(properties -> 'alias') = 'string' THEN properties ->> 'alias' END")
+"""The id an event links to its distinct_id, as `derived/identities.py` LINKED says, in PostgreSQL."""
+
+
+def pg_object(key: str) -> str:
+    """An event's property `key` as JSON text when it is an object, else NULL (PostgreSQL keeps the text)."""
+    return f"CASE WHEN json_typeof(properties -> '{key}') = 'object' THEN (properties -> '{key}')::text END"
+
+
 def adbc_uri(url: str) -> str:
     """`postgresql+psycopg://...` (SQLAlchemy style) as libpq takes it."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
@@ -96,6 +107,26 @@ class PostgresEventStore(ScannedStore):
             cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM events WHERE project_id = $1 AND {column} >= $2 "
                         f"AND {column} < $3", (query.project, query.start, query.end))
             return int(json.loads(cur.fetchone()[0])[0]["Plan"]["Plan Rows"])
+
+    def person_facts(self, query: EventQuery, window_start: datetime) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """The persons model's facts (`derived/persons.py` COLUMNS) of the query's events, aggregated by
+        PostgreSQL: a GROUP BY on its index instead of every event sent over the wire."""
+        column = TIME_COLUMNS[query.time_field]
+        where = f"project_id = $1 AND {column} < $2 AND NOT (distinct_id = ANY($3::text[]))"
+        base = (query.project, query.end, list(query.protection.suppressed if query.protection else ()))
+        for name, sql, params in (
+                ("stats", f'SELECT distinct_id, min("timestamp"), max("timestamp"), count(*), count(*) FILTER '
+                          f"(WHERE {column} >= $4) FROM events WHERE {where} GROUP BY 1", (*base, window_start)),
+                ("links", f"SELECT distinct_id, {PG_LINKED}, {column} FROM events WHERE {where} "
+                          "AND event IN ('$identify', '$create_alias')", base),
+                ("sets", f'SELECT distinct_id, "timestamp", uuid::text, {pg_object("$set")}, {pg_object("$set_once")} '
+                         f"FROM events WHERE {where} AND strpos(properties::text, '\"$set') > 0 "
+                         f"AND ({pg_object('$set')} IS NOT NULL "
+                         f"OR {pg_object('$set_once')} IS NOT NULL)", base)):
+            with self.cursor() as cur:
+                cur.execute(sql, params)
+                for batch in cur.fetch_record_batch():
+                    yield name, batch
 
     def day_counts(self, project: str, before: datetime) -> list[tuple[date, int]]:
         """Events per UTC day of `project` with a timestamp before `before`, oldest first."""
