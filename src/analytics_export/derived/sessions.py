@@ -15,7 +15,7 @@ from ..sources import EventQuery, EventSource, Selection
 from ..sources.duckdb import SqlBuilder, json_path
 from ..privacy.policy import Privacy
 from . import Derived, hides, protected_id, protection
-from .identities import HISTORY_START, links, resolve, timestamp
+from .identities import HISTORY_START, LINK_COLUMNS, links, resolve, timestamp
 from .staging import Staging
 
 LOOKBACK = timedelta(hours=24)
@@ -82,8 +82,14 @@ def derive(request: ExportRequest, source: EventSource, query: EventQuery, priva
     gap = timedelta(minutes=request.session_gap_minutes)
     staging = Staging(should_stop, request.id)
     try:
-        staging.load(source, replace(query, start=HISTORY_START, end=request.end_date + gap, time_field="timestamp"), {
-            "links": links(request.end_date, '"timestamp"'),
+        history = replace(query, start=HISTORY_START, end=request.end_date, time_field="timestamp")
+        pushed = getattr(source, "person_facts", None)
+        if pushed is not None:  # the engine finds the links; its scan reads only the window's events
+            staging.fill({"links": LINK_COLUMNS}, pushed(history, request.start_date, only=("links",)))
+        else:
+            staging.load(source, history, {"links": links(request.end_date, '"timestamp"')})
+        staging.load(source, replace(query, start=request.start_date - LOOKBACK, end=request.end_date + gap,
+                                     time_field="timestamp"), {
             "ev": ("distinct_id VARCHAR, ts TIMESTAMPTZ, uuid VARCHAR, event VARCHAR, sid VARCHAR, v VARCHAR[], "
                    "inserted_at TIMESTAMPTZ", staged(request)),
         })

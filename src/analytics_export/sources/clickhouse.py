@@ -89,8 +89,10 @@ class ClickHouseEventStore(ScannedStore):
             f"AND {column} >= {{lo:DateTime64(6, 'UTC')}} AND {column} < {{hi:DateTime64(6, 'UTC')}}",
             parameters={"project": query.project, "lo": query.start, "hi": query.end}))
 
-    def person_facts(self, query: EventQuery, window_start: datetime) -> Iterator[tuple[str, pa.RecordBatch]]:
-        """The persons model's facts (`derived/persons.py` COLUMNS) of the query's events, aggregated by
+    def person_facts(self, query: EventQuery, window_start: datetime,
+                     only: tuple[str, ...] = ("stats", "links", "sets")) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """The persons model's facts (`derived/persons.py` COLUMNS; those named in `only`) of the query's
+        events, aggregated by
         ClickHouse: a GROUP BY over its sort key instead of every event sent over the wire."""
         column = TIME_COLUMNS[query.time_field]
         where = (f"project_id = {{project:String}} AND {column} < {{end:DateTime64(6, 'UTC')}} "
@@ -106,6 +108,8 @@ class ClickHouseEventStore(ScannedStore):
                          f"FROM events WHERE {where} AND position(properties, '\"$set') > 0 "
                          "AND (JSONType(properties, '$set') = 'Object' "
                          "OR JSONType(properties, '$set_once') = 'Object')")):
+            if name not in only:
+                continue
             try:
                 table = self.ch.query_arrow(sql, parameters=parameters)
             except ClickHouseError as exc:

@@ -108,8 +108,10 @@ class PostgresEventStore(ScannedStore):
                         f"AND {column} < $3", (query.project, query.start, query.end))
             return int(json.loads(cur.fetchone()[0])[0]["Plan"]["Plan Rows"])
 
-    def person_facts(self, query: EventQuery, window_start: datetime) -> Iterator[tuple[str, pa.RecordBatch]]:
-        """The persons model's facts (`derived/persons.py` COLUMNS) of the query's events, aggregated by
+    def person_facts(self, query: EventQuery, window_start: datetime,
+                     only: tuple[str, ...] = ("stats", "links", "sets")) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """The persons model's facts (`derived/persons.py` COLUMNS; those named in `only`) of the query's
+        events, aggregated by
         PostgreSQL: a GROUP BY on its index instead of every event sent over the wire."""
         column = TIME_COLUMNS[query.time_field]
         where = f"project_id = $1 AND {column} < $2 AND NOT (distinct_id = ANY($3::text[]))"
@@ -123,6 +125,8 @@ class PostgresEventStore(ScannedStore):
                          f"FROM events WHERE {where} AND strpos(properties::text, '\"$set') > 0 "
                          f"AND ({pg_object('$set')} IS NOT NULL "
                          f"OR {pg_object('$set_once')} IS NOT NULL)", base)):
+            if name not in only:
+                continue
             with self.cursor() as cur:
                 cur.execute(sql, params)
                 for batch in cur.fetch_record_batch():
