@@ -345,3 +345,29 @@ def test_persons_split_into_parts_on_s3_with_their_manifest(tmp_path: Path, s3_s
         rows += [typed(row) for row in csv.DictReader(io.StringIO(body.decode(), newline=""))]
     assert len(manifest["files"]) == 3 and result.total_events == len(rows) == 25
     assert rows[0] == PERSON and [r["person_id"] for r in rows[1:]] == [f"user-{n:02d}" for n in range(24)]
+
+
+def test_a_rerun_with_nothing_to_report_takes_back_the_old_manifest(tmp_path: Path):
+    """The same export run again, now with no merge to report (the merged id is suppressed since): the
+    first run's manifest, which would vouch for the file just rewritten, is gone."""
+    from analytics_export.destinations.local import LocalDestination
+    from analytics_export.pipeline import run_export
+    from analytics_export.privacy.policy import Privacy
+    from analytics_export.privacy.rules import PrivacyRules
+
+    settings = Settings(data_dir=tmp_path / "data")
+    day2 = T0 + timedelta(days=1)
+    put(settings, [event(1, "$pageview", "anon-1", T0.replace(hour=9), {}),
+                   event(2, "$identify", "ann@x.io", day2.replace(hour=9), {"$anon_distinct_id": "anon-1"})], tmp_path)
+    request = ExportRequest(model="persons", format="json_lines", start_date=day2, end_date=day2 + timedelta(days=1))
+    out = tmp_path / "out"
+    store = open_store(settings)
+    try:
+        run_export(request, store, LocalDestination(out), project="default")
+        assert (out / request.manifest_name).exists()
+        run_export(request, store, LocalDestination(out), project="default",
+                   privacy=Privacy(PrivacyRules(), suppressed=["anon-1"]))
+    finally:
+        store.close()
+    assert not (out / request.manifest_name).exists()
+    assert [p["distinct_ids"] for p in read(out / request.file_name, "json_lines")] == [["ann@x.io"]]

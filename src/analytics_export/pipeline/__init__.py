@@ -48,9 +48,9 @@ def run_export(
         split = request.destination.split_limits() != (None, None)
         rows = derive(request, source, project, privacy, min(batch_size, writer_for(request).batch_rows or batch_size),
                       should_stop)
-        manifest = destination.manifest and (split or bool(rows.notes))
-        if manifest:
+        if destination.manifest:  # a re-run's old manifest must not vouch for files about to be rewritten
             destination.remove(request.manifest_name)
+        manifest = destination.manifest and (split or bool(rows.notes))
         files, _ = write_derived(request, rows, destination, name=request.part_name if split else lambda _: request.file_name,
                                  split=split, digest=manifest, on_progress=on_progress, should_stop=should_stop)
         result = finish(request, project, destination, files, started, manifest, privacy, should_stop, rows.notes)
