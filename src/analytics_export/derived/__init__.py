@@ -20,8 +20,6 @@ from ..sources.protect import Protection
 if TYPE_CHECKING:
     import pyarrow as pa
 
-JSON_TEXT = {b"json": b"text"}
-"""Field metadata of a string column that holds JSON text: JSON writers splice it in as a value."""
 
 
 @dataclass

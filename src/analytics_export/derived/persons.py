@@ -12,7 +12,8 @@ from ..models import ExportRequest
 from ..sources import EventQuery, EventSource, Selection
 from ..sources.duckdb import TIME_COLUMNS, SqlBuilder, json_path
 from ..privacy.policy import Privacy
-from . import JSON_TEXT, Derived, protected_id, protection
+from ..formats import JSON_TEXT
+from . import Derived, protected_id, protection
 from .identities import HISTORY_START, LINK_COLUMNS, links, resolve, timestamp
 from .staging import Staging
 

@@ -22,6 +22,16 @@ if TYPE_CHECKING:
 COPY_CHUNK = 1 << 20
 
 
+
+JSON_TEXT = {b"json": b"text"}
+"""Field metadata of a string column that holds JSON text (a derived model's `properties`): JSON writers
+splice it in as a value, tables store it as they store JSON."""
+
+
+def is_json(field: pa.Field) -> bool:
+    """True for a string field holding JSON text (`JSON_TEXT`)."""
+    return (field.metadata or {}).get(b"json") == b"text"
+
 @dataclass(frozen=True)
 class Copied:
     """How a store's engine writes a format's rows itself: `COPY (SELECT {select} FROM rows) TO ...

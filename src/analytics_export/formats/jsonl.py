@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..enums import Compression
 from ..sources import RFC3339
-from . import LINES, BatchSQL, Copied, Writer, string_bytes
+from . import LINES, BatchSQL, Copied, Writer, is_json, string_bytes
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -67,7 +67,7 @@ def object_sql(schema: pa.Schema) -> str:
     parts = []
     for i, field in enumerate(schema):
         column = f'"{field.name}"'
-        if (field.metadata or {}).get(b"json") == b"text":
+        if is_json(field):
             value = column
         elif pa.types.is_timestamp(field.type):
             value = f"""'"' || strftime({column}, '{RFC3339}') || '"'"""

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterable, Iterator
 
 from ..destinations import Destination, FileUpload, Placement
 from ..errors import Invalid
+from ..formats import is_json
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -146,11 +147,6 @@ def staged_files(batches: pa.RecordBatchReader) -> Iterator[Path]:
 
 ROW = "_analytics_export_row"
 """The spool's column numbering the load's rows (the last of a key wins); never written to a table."""
-
-
-def is_json(field: pa.Field) -> bool:
-    """True for a string field holding JSON text (field metadata {b"json": b"text"})."""
-    return (field.metadata or {}).get(b"json") == b"text"
 
 
 def kind_of(field: pa.Field) -> str:
