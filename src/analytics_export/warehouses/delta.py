@@ -28,7 +28,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from ..destinations import Placement, Probe
 from ..destinations.specs import DeltaTableDestination
 from ..errors import Invalid, Storage
-from . import LoadWindow, TableDestination, local_path, s3_keys, table_files, unique_by_key
+from . import LoadWindow, TableDestination, local_path, s3_keys, table_files
 
 GONE = "_analytics_export_removed"
 """The merge source's flag of a removed key's row."""
@@ -71,13 +71,12 @@ class DeltaLakeTable(TableDestination):
         self.partition_by_day = spec.partition_by_day
         self.files = table_files(placement, self.uri, spec.endpoint_url, spec.region)
 
-    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+    def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         if window.key is not None:
-            with unique_by_key(batches, window.key) as rows:
-                try:
-                    self.merge(rows, window.key, window.removed)
-                except DeltaError as exc:
-                    raise Storage(f"loading {self} failed: {str(exc).splitlines()[0]}") from None
+            try:
+                self.merge(batches, window.key, window.removed)
+            except DeltaError as exc:
+                raise Storage(f"loading {self} failed: {str(exc).splitlines()[0]}") from None
             return
         column = f'"{window.column}"'
         predicate = f"{column} >= {literal(window.start)} AND {column} < {literal(window.end)}"

@@ -40,7 +40,7 @@ from ..destinations import Placement, Probe, redact
 from ..destinations.guard import check_host
 from ..destinations.specs import IcebergTableDestination
 from ..errors import Invalid, Storage
-from . import LoadWindow, TableDestination, local_path, s3_keys, table_files, unique_by_key, without_values
+from . import LoadWindow, TableDestination, local_path, s3_keys, table_files, without_values
 
 CHUNK_BYTES = 32 << 20
 """Arrow bytes written at once (about 100,000 demo events): a chunk's data files are written before the next
@@ -81,10 +81,9 @@ class IcebergTable(TableDestination):
         self.catalog = self.guard(lambda: catalog(spec, folder, properties, placement.secrets))
         self.files = table_files(placement, spec.warehouse if s3 else str(folder), spec.endpoint_url, spec.region)
 
-    def load(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
+    def write(self, batches: pa.RecordBatchReader, window: LoadWindow) -> None:
         if window.key is not None:
-            with unique_by_key(batches, window.key) as rows:
-                self.load_keyed(rows, window.key, window.removed)
+            self.load_keyed(batches, window.key, window.removed)
             return
         time = window.column
         condition = And(GreaterThanOrEqual(time, window.start.isoformat()), LessThan(time, window.end.isoformat()))
