@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..bytesinks import ForwardingSink
 from ..destinations import BackgroundUpload, Destination
-from ..errors import Cancelled, Invalid
+from ..errors import Invalid
 from ..formats import Copied, Writer, open_sink, open_writer, writer_class, writer_for
 from ..enums import ExportModel, ExportStatus, codec_problem
 from ..models import ExportRequest, ExportResult
 from ..privacy.policy import Privacy
 from ..sources import EventQuery, EventSource
-from .batches import PREFETCH, Progress, privacy_fields, read_ahead, scanned
+from .batches import PREFETCH, Progress, privacy_fields, read_ahead, scanned, stopping
 from .copied import EngineCopy, copied_plan
 
 if TYPE_CHECKING:
@@ -211,9 +211,7 @@ def write_files(
     anything fails, the files already committed are removed. `scope` adjusts the query (retention
     reads as of a watermark, with ids). With `engine`, one file the store's engine can write (`copied.py`)
     is written by it."""
-    problem = codec_problem(request.format, request.compression)
-    if problem is not None:  # an export stored before its format stopped offering the codec
-        raise Invalid(problem)
+    check_codec(request)
     query = export_query(request, project, privacy)
     if scope is not None:
         query = scope(query)
@@ -229,13 +227,18 @@ def write_files(
                 request.id, empty_file)
 
 
+def check_codec(request: ExportRequest) -> None:
+    """Invalid for an export stored before its format stopped offering its codec."""
+    problem = codec_problem(request.format, request.compression)
+    if problem is not None:
+        raise Invalid(problem)
+
+
 def write_derived(request: ExportRequest, rows: Derived, destination: Destination, *, name: Callable[[int], str],
                   split: bool, digest: bool, on_progress: Callable[[Progress], None] | None,
                   should_stop: Callable[[], bool] | None) -> tuple[list[dict], Progress]:
     """`write_files` for the rows of a derived model (persons, sessions)."""
-    problem = codec_problem(request.format, request.compression)
-    if problem is not None:
-        raise Invalid(problem)
+    check_codec(request)
     max_events, max_bytes = request.destination.split_limits() if split else (None, None)
     filling = Filling(destination, lambda n: Part.open(request, destination, name(n), rows.schema, digest),
                       max_events, max_bytes)
@@ -247,9 +250,7 @@ def fill(filling: Filling, batches: Iterator[pa.RecordBatch], on_progress: Calla
     """Write `batches` into `filling`'s files and commit them; Cancelled before a batch once
     `should_stop()` says so. If anything fails, the files already committed are removed."""
     try:
-        for batch in batches:
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"export {export_id} was cancelled")
+        for batch in stopping(batches, should_stop, export_id):
             filling.write(batch)
             if on_progress is not None:
                 on_progress(filling.progress)
