@@ -1,5 +1,6 @@
-"""Files the event store's engine writes itself (DuckDB's COPY, `pipeline/copied.py`): the same bytes as
-the batch path (Parquet: the same schema and rows), privacy applied, and nothing partial on failure."""
+"""Files the event store's engine writes itself (`pipeline/copied.py`: DuckDB's COPY for Parquet, its
+Arrow lines for JSON): the same bytes as the batch path (Parquet: the same schema and rows), privacy
+applied, and nothing partial on failure."""
 
 from __future__ import annotations
 
@@ -163,19 +164,19 @@ def test_a_destination_failure_stops_the_engine_and_leaves_nothing(big_store, tm
 
 def test_the_engine_path_works_in_a_process_holding_many_files(one_thread, tmp_path):
     """A worker with many open files (streams, uploads, sockets) gets descriptors past 1024, which
-    select() refuses: the engine's pipe is waited on with poll()."""
+    select() refuses: the engine's pipe (Parquet's COPY) is waited on with poll()."""
     held = []
     try:
         while not held or held[-1] <= 1100:
             held.append(os.open(os.devnull, os.O_RDONLY))
-        request = ExportRequest(**WINDOW, format="json_lines")
+        request = ExportRequest(**WINDOW, format="parquet")
         store = open_store(one_thread)
         try:
-            assert copied_plan(request, store, export_query(request, "default"), None) is not None
+            assert copied_plan(request, store, export_query(request, "default"), None).options is not None
         finally:
             store.close()
         path = produce(one_thread, tmp_path, request, engine=True)
-        assert path.read_bytes().count(b"\n") > 1000
+        assert pq.ParquetFile(path).metadata.num_rows > 1000
     finally:
         for fd in held:
             os.close(fd)

@@ -107,3 +107,33 @@ def test_read_ahead_passes_errors_on():
 
     with pytest.raises(ValueError, match="boom"):
         list(read_ahead(batches(), 2))
+
+
+class Recording:
+    """An upload that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.got: list = []
+
+    def write(self, data) -> int:
+        self.got.append(data)
+        return len(data)
+
+    def commit(self) -> str:
+        return "recorded"
+
+
+def test_background_upload_copies_reusable_buffers_and_passes_arrow_views_as_they_are():
+    import pyarrow as pa
+
+    from analytics_export.destinations import BackgroundUpload
+
+    reused, arrow = bytearray(b"first"), memoryview(pa.py_buffer(b"lines\n"))[1:]
+    upload = BackgroundUpload(Recording())
+    upload.write(memoryview(reused))
+    reused[:] = b"later"  # a writer reusing its buffer once write returned
+    upload.write(arrow)
+    upload.commit()
+    first, second = upload.upload.got
+    assert first == b"first" and isinstance(first, bytes)
+    assert second is arrow, "an immutable Arrow buffer's view is not copied"

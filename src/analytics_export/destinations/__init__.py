@@ -201,12 +201,18 @@ def destination_for(placement: Placement) -> Destination:
     return registry.load(registry.get(placement.spec.type).export)(placement)
 
 
+def kept(data: bytes | memoryview) -> bool:
+    """Whether `data` views an immutable Arrow buffer, which its view keeps alive and nobody rewrites."""
+    return isinstance(data, memoryview) and getattr(data.obj, "is_mutable", True) is False
+
+
 class BackgroundUpload:
     """Hands writes to a thread that passes them to `upload`, so encoding and I/O overlap.
 
     At most `max_pending` bytes wait in memory; a writer that gets further ahead blocks. Anything
-    but `bytes` is copied on `write`, as writers (pyarrow's) reuse their buffers once the call
-    returns. An error in the thread is raised by the next `write` or by `commit`.
+    but `bytes` and views of immutable Arrow buffers (`kept`) is copied on `write`, as writers
+    (pyarrow's) reuse their buffers once the call returns. An error in the thread is raised by the
+    next `write` or by `commit`.
     """
 
     def __init__(self, upload: FileUpload, max_pending: int = 8 << 20) -> None:
@@ -222,7 +228,7 @@ class BackgroundUpload:
     def write(self, data: bytes | memoryview) -> int:
         if self.error is not None:
             raise self.error
-        chunk = data if isinstance(data, bytes) else bytes(data)
+        chunk = data if isinstance(data, bytes) or kept(data) else bytes(data)
         with self.room:
             self.room.wait_for(lambda: self.pending == 0 or self.pending + len(chunk) <= self.max_pending)
             self.pending += len(chunk)

@@ -288,7 +288,7 @@ def write_copied(request: ExportRequest, source: EventSource, destination: Desti
             if data:
                 sink.write(data)
             if on_progress is not None:
-                progress.events = max(progress.events, int((engine.fraction() or 0) * total))
+                progress.events = max(progress.events, engine.events(total))
                 progress.bytes = counted.position
                 on_progress(progress)
         if not fragment:

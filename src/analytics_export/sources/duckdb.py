@@ -324,6 +324,16 @@ class DuckDBEventStore:
         text = f"COPY (SELECT {select} FROM ({sql.select(query)}) AS rows({names})) TO '{path}' ({options})"
         return int(self.execute(text, sql.params).fetchall()[0][0])
 
+    def lines(self, query: EventQuery, select: str, batch_rows: int) -> pa.RecordBatchReader:
+        """`SELECT {select} FROM rows` (as `copy`), one text column, as an Arrow stream of `batch_rows`."""
+        self.fit_memory(query)
+        sql = SqlBuilder()
+        names = ", ".join(f"c{i}" for i in range(len(query.names)))
+        reader = self._relation(f"SELECT {select} FROM ({sql.select(query)}) AS rows({names})",
+                                sql.params).to_arrow_reader(batch_rows)
+        self.readers.append(reader)
+        return reader
+
     def progress(self) -> float | None:
         """How far the running query is, 0 to 1 (None when DuckDB cannot tell)."""
         done = self.con.query_progress()
