@@ -6,6 +6,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support import FailingSource
 
 from analytics_export import ExportRequest, Settings, open_store
@@ -137,3 +139,13 @@ def test_background_upload_copies_reusable_buffers_and_passes_arrow_views_as_the
     first, second = upload.upload.got
     assert first == b"first" and isinstance(first, bytes)
     assert second is arrow, "an immutable Arrow buffer's view is not copied"
+
+
+@given(st.lists(st.text(), max_size=20), st.integers(0, 5), st.sampled_from(["string", "large_string"]))
+def test_string_bytes_are_the_values_concatenated(values, cut, kind):
+    import pyarrow as pa
+
+    from analytics_export.formats import string_bytes
+
+    array = pa.array(values, type=getattr(pa, kind)()).slice(min(cut, len(values)))
+    assert bytes(string_bytes(array)) == "".join(values[min(cut, len(values)):]).encode()

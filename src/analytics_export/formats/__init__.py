@@ -188,11 +188,13 @@ def copy(file: BinaryIO, sink: ByteSink, size: int | None = None) -> None:
 
 
 def string_bytes(array: pa.Array) -> memoryview:
-    """The concatenated values of a null-free string array, without copying."""
+    """The concatenated values of a null-free string (or large_string) array, without copying."""
+    import pyarrow as pa  # loaded already: `array` is one
+
     if len(array) == 0:
         return memoryview(b"")
     _, offsets, data = array.buffers()
-    positions = memoryview(offsets).cast("i")
+    positions = memoryview(offsets).cast("q" if pa.types.is_large_string(array.type) else "i")
     start, end = positions[array.offset], positions[array.offset + len(array)]
     return memoryview(data)[start:end]
 
