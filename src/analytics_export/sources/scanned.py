@@ -5,7 +5,6 @@ identically, with no Python row loop. Ingest stages rows in that DuckDB and bulk
 
 from __future__ import annotations
 
-import ctypes
 from datetime import datetime, timedelta
 from typing import Any, Iterator
 
@@ -19,10 +18,11 @@ PAGE_MB = 12
 """Arrow megabytes of a page of a scan, about (at most twice that): its rows follow from this and the
 width of the rows read so far. Engines' clients buffer a whole result (ADBC's COPY reader and chDB held
 1M events as 700 MB), so scans read the window in time slices of bounded size, and the process holds a
-page a few times over (the client's buffers, the page, DuckDB's filtered batches). Measured on PostgreSQL,
-1M demo events (330 bytes a row) to Parquet as a whole process: 4 MB pages 281 MB peak, 8 MB 308 MB,
-16 MB 286 MB with `unmapped_when_freed` (209 MB for an empty export), 32 MB pages 350 MB; smaller pages
-cost PostgreSQL more time (a query each, over heap pages other pages share)."""
+page a few times over (the client's buffers, the page, DuckDB's filtered batches). PostgreSQL, demo
+events (330 bytes a row) to Parquet as a whole process, which peaks at 209 MB for no event: 1M events
+at 4 MB pages 281 MB, 16 MB 286 MB, 32 MB 350 MB; 5M at 12 MB 280 MB. Smaller pages cost PostgreSQL
+time (a query each, over heap pages that other pages share); chDB holds more of its own (see
+`clickhouse.py`)."""
 
 PAGE_ROWS = 100_000
 """Rows per page at most, however narrow the rows."""
@@ -31,20 +31,6 @@ ROW_BYTES = 1024
 """The width a row is taken to have until a page has been read: wider than most events."""
 
 MIN_SLICE = timedelta(milliseconds=1)
-
-M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 1 << 20
-
-
-def unmapped_when_freed() -> None:
-    """glibc mmaps every allocation from 1 MiB (ADBC's COPY buffers, a page's Arrow arrays) and unmaps it
-    when freed: its default threshold rises to 32 MiB as such buffers are freed, after which they come
-    from heap arenas that keep the memory (PostgreSQL, 1M events to Parquet: 308 MB peak, 262 MB so).
-    A no-op where the C library has no `mallopt`."""
-    try:
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
-
 
 STAGED = ('SELECT uuid::VARCHAR AS uuid, project_id, event, distinct_id, "timestamp", '
           "properties::VARCHAR AS properties, inserted_at FROM ({select})")
@@ -58,7 +44,6 @@ class ScannedStore:
     look for them (other programs may write to the table)."""
 
     def __init__(self, memory_limit: str, threads: int) -> None:
-        unmapped_when_freed()
         self.duck = duckdb.connect(":memory:", config={"memory_limit": memory_limit, "threads": threads,
                                                        "preserve_insertion_order": False})
         self.duck.execute("SET TimeZone = 'UTC'")
