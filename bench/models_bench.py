@@ -21,8 +21,9 @@ before the start to the gap after the end); events/s is those per second. The la
 time against the first export of the same store (the events export in the first of `--formats`).
 `--models` picks the exports, `--formats` the events export's formats (rows `events/FORMAT`; derived
 models are always Parquet): run at two `--events` sizes, the events export's peak on PostgreSQL and chDB,
-read in pages (`sources/scanned.py`), shows whether it is flat in the export's size. This process imports nothing heavy (Linux starts a
-child's ru_maxrss at its parent's peak). No targets: it always exits 0.
+read in pages (`sources/scanned.py`), shows whether it is flat in the export's size. This process
+imports nothing heavy (Linux starts a child's ru_maxrss at its parent's peak). No targets: it always
+exits 0.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="runs of each export; the median is shown (default 1)")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "analytics-export-bench",
                    help="folder of demo stores, one per size, reused (default ~/.cache/analytics-export-bench)")
-    p.add_argument("--out-dir", type=Path, help="where the Parquet files go, each removed once measured "
+    p.add_argument("--out-dir", type=Path, help="where the exported files go, each removed once measured "
                    "(default: a temporary folder on local disk)")
     args = p.parse_args(argv)
     args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
