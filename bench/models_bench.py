@@ -7,6 +7,7 @@ Run from the project root (PostgreSQL on 127.0.0.1:5432 with trust auth, as scri
     uv run python bench/models_bench.py                                   # 5M demo events, all three stores
     uv run python bench/models_bench.py --events 1000000 --stores duckdb,clickhouse --repeat 3
     uv run python bench/models_bench.py --cache DIR                       # where demo stores are kept
+    uv run python bench/models_bench.py --models events --formats parquet,json_lines,csv --stores postgres,clickhouse
 
 Demo events (`stores.generate_demo`, ending today 00:00 UTC) are made once per size into the cache
 folder (`--cache`, default ~/.cache/analytics-export-bench/models-N): the DuckDB file, and a chDB
@@ -17,8 +18,12 @@ spawn to exit, with its peak RSS and user+sys CPU seconds (`os.wait4`); the medi
 is shown (peak RSS: the highest of any run), the models taking turns. "events read" is how many events
 each model's rules read (docs/models.md: persons every event before the end, sessions those from 24 h
 before the start to the gap after the end); events/s is those per second. The last column is the
-time against the events export from the same store. This process imports nothing heavy (Linux starts
-a child's ru_maxrss at its parent's peak). No targets: it always exits 0.
+time against the first export of the same store (the events export in the first of `--formats`).
+`--models` picks the exports, `--formats` the events export's formats (rows `events/FORMAT`; derived
+models are always Parquet): run at two `--events` sizes, the events export's peak on PostgreSQL and chDB,
+read in pages (`sources/scanned.py`), shows whether it is flat in the export's size. This process
+imports nothing heavy (Linux starts a child's ru_maxrss at its parent's peak). No targets: it always
+exits 0.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from export_bench import BIN, Run, linked_dir, median, peak_mb, table
 BENCH = Path(__file__).resolve().parent
 STORES = ("duckdb", "postgres", "clickhouse")
 MODELS = ("events", "persons", "sessions")
+FORMATS = ("parquet", "json_lines", "csv", "json", "avro")
+EXTENSIONS = {"json_lines": "jsonl"}
 DAYS, GAP_MINUTES, LOOKBACK_HOURS = 90, 30, 24
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -79,9 +86,10 @@ def child(script: str, *args: str) -> str:
     return (done.stdout.strip().splitlines() or [""])[-1]
 
 
-def export(data: Path, env: dict[str, str], model: str, window: tuple[str, str], out: Path) -> tuple[Run, int]:
-    """One `analytics-export export --model M -f parquet` as a whole process: its Run and the rows it wrote."""
-    command = [str(BIN), "export", "--model", model, "-f", "parquet", "--start", window[0], "--end", window[1],
+def export(data: Path, env: dict[str, str], model: str, fmt: str, window: tuple[str, str],
+           out: Path) -> tuple[Run, int]:
+    """One `analytics-export export --model M -f F` as a whole process: its Run and the rows it wrote."""
+    command = [str(BIN), "export", "--model", model, "-f", fmt, "--start", window[0], "--end", window[1],
                "-o", str(out)]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         started = time.perf_counter()
@@ -151,29 +159,33 @@ def warm(store: Path) -> None:
 
 def bench(args: argparse.Namespace, cache: Path, urls: dict[str, str], work: Path,
           window: tuple[str, str], read: dict[str, int]) -> list[list[str]]:
-    """Every (store, model) run `--repeat` times, models taking turns; the table's rows."""
+    """Every (store, export) run `--repeat` times, exports taking turns; the table's rows."""
     rows = []
+    kinds = [("events", f) for f in args.formats if "events" in args.models]
+    kinds += [(m, "parquet") for m in args.models if m != "events"]
     for name in args.stores:
         if name == "duckdb":
             data, env = linked_dir(work / "duckdb", cache / "events.duckdb"), {}
         else:
             data, env = work / name, {"ANALYTICS_EXPORT_EVENTS_URL": urls[name]}
             data.mkdir(exist_ok=True)
-        runs: dict[str, list[tuple[Run, int]]] = {m: [] for m in MODELS}
+        runs: dict[tuple[str, str], list[tuple[Run, int]]] = {k: [] for k in kinds}
         for i in range(args.repeat):
-            for model in MODELS:
-                runs[model].append(export(data, env, model, window, args.out_dir / f"{name}-{model}-{i}.parquet"))
-        results = {m: median([r for r, _ in got]) for m, got in runs.items()}
-        base = results["events"]
-        for model in MODELS:
-            r = results[model]
-            out = next((n for run, n in runs[model] if run.error is None), 0)
+            for model, fmt in kinds:
+                out = args.out_dir / f"{name}-{model}-{i}.{EXTENSIONS.get(fmt, fmt)}"
+                runs[model, fmt].append(export(data, env, model, fmt, window, out))
+        results = {k: median([r for r, _ in got]) for k, got in runs.items()}
+        base = results[kinds[0]]
+        for model, fmt in kinds:
+            r = results[model, fmt]
+            out = next((n for run, n in runs[model, fmt] if run.error is None), 0)
             if model == "events" and r.error is None and out != read["events"]:
                 r.error = f"wrote {out:,} events, not {read['events']:,}"
             shown = ([f"ERROR {r.error}"] + [""] * 4 if r.error else
                      [f"{r.seconds:.2f}", f"{read[model] / r.seconds:,.0f}", f"{r.mb:.0f}", f"{r.cpu / r.seconds:.2f}",
                       "-" if base.error else f"{r.seconds / base.seconds:.2f}x"])
-            rows.append([name, model, f"{read[model]:,}", f"{out:,}", *shown])
+            label = model if fmt == "parquet" else f"{model}/{fmt}"
+            rows.append([name, label, f"{read[model]:,}", f"{out:,}", *shown])
             print(f"  {' | '.join(rows[-1])}", flush=True)
     return rows
 
@@ -182,15 +194,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=5_000_000, help="demo events (default 5,000,000)")
     p.add_argument("--stores", default=",".join(STORES), help=f"comma-separated, of {', '.join(STORES)} (default all)")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)} (default all)")
+    p.add_argument("--formats", default="parquet", help=f"comma-separated formats of the events export, of "
+                   f"{', '.join(FORMATS)} (default parquet)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each export; the median is shown (default 1)")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "analytics-export-bench",
                    help="folder of demo stores, one per size, reused (default ~/.cache/analytics-export-bench)")
-    p.add_argument("--out-dir", type=Path, help="where the Parquet files go, each removed once measured "
+    p.add_argument("--out-dir", type=Path, help="where the exported files go, each removed once measured "
                    "(default: a temporary folder on local disk)")
     args = p.parse_args(argv)
     args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     if unknown := set(args.stores) - set(STORES):
         p.error(f"unknown stores: {', '.join(sorted(unknown))}")
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if unknown := set(args.models) - set(MODELS) or set(args.formats) - set(FORMATS):
+        p.error(f"unknown models or formats: {', '.join(sorted(unknown))}")
+    if not args.models or not args.formats:
+        p.error("no export to run")
     args.repeat = max(1, args.repeat)
     return args
 
@@ -217,12 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         warm(cache / "events.duckdb")
         print(f"{read['events']:,} events, [{window[0].isoformat()}, {window[1].isoformat()}); {os.cpu_count()} "
               f"cores, load average {os.getloadavg()[0]:.1f}; median of {args.repeat}; every export a whole process, "
-              f"to Parquet in {args.out_dir}",
+              f"files in {args.out_dir}",
               flush=True)
         rows = bench(args, cache, urls, work, (window[0].isoformat(), window[1].isoformat()), read)
-        header = ["store", "model", "events read", "rows out", "seconds", "events/s", "peak RSS MB", "cores",
-                  "x events export"]
-        print(f"\n## {read['events']:,} demo events, the CLI as a whole process, Parquet, median of {args.repeat}\n")
+        header = ["store", "export", "events read", "rows out", "seconds", "events/s", "peak RSS MB", "cores",
+                  "x first export"]
+        print(f"\n## {read['events']:,} demo events, the CLI as a whole process, median of {args.repeat}\n")
         print(table(header, rows))
         print(f"\nthis bench's own peak RSS: {peak_mb():.0f} MB (a floor under every child's); load average "
               f"{os.getloadavg()[1]:.1f} over the last 5 minutes (above the cores: other work shared them)")

@@ -86,6 +86,21 @@ def test_estimates_bound_a_window_before_filters(stores):
     assert len(set(exact.values())) == 1
 
 
+def test_a_project_named_with_quotes_is_read_as_its_own(stores, tmp_path):
+    """PostgreSQL pages are read with the project as a SQL literal: quotes and backslashes stay text."""
+    project = "o'brien\\'; DROP TABLE events; --"
+    events = [{"event": "signup", "distinct_id": f"q-{n}", "timestamp": "2026-11-20T10:00:00Z"} for n in range(7)]
+    store = open_store(stores["postgres"], read_only=False)
+    try:
+        assert ingest_file(store, write_jsonl(tmp_path / "q.jsonl", events), project) == 7
+        query = EventQuery(project=project, start=DEMO_END, end=DEMO_END.replace(month=12))
+        assert sorted(r["distinct_id"] for r in store.batches(query, 100).read_all().to_pylist()) == [
+            f"q-{n}" for n in range(7)]
+        assert store.count(EventQuery(project="o'brien", start=query.start, end=query.end)) == 0
+    finally:
+        store.close()
+
+
 def test_counts_and_ingest_into_postgres(stores, tmp_path):
     settings = stores["postgres"]
     events = [{"uuid": f"00000000-0000-4000-8000-{n:012d}", "event": "signup", "distinct_id": f"pg-{n}",

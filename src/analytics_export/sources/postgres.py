@@ -7,6 +7,7 @@ byte-identical to the embedded store's, where `jsonb` would reorder keys and re-
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 import uuid
@@ -50,6 +51,30 @@ def pg_object(key: str) -> str:
     return f"CASE WHEN json_typeof(properties -> '{key}') = 'object' THEN (properties -> '{key}')::text END"
 
 
+M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 1 << 20
+
+
+def unmapped_when_freed() -> None:
+    """glibc mmaps every allocation from 1 MiB (ADBC's COPY buffers, a page's Arrow arrays) and unmaps it
+    when freed: its default threshold rises to 32 MiB as such buffers are freed, after which they come
+    from heap arenas that keep the memory (1M events to Parquet, 8 MB pages: 308 MB peak, 262 MB so).
+    Not for chDB: it kept its peak and cost 8% more CPU. A no-op where the C library has no `mallopt`."""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
+def pg_text(value: str) -> str:
+    """`value` as a PostgreSQL string literal (the connection sets standard_conforming_strings). A page's
+    query takes literals: with bound parameters ADBC reads the whole result through libpq before making
+    Arrow of it, where a query without them is a binary COPY it converts in 16 MB batches as they come
+    (233k demo events: 115 MB less RSS, a third faster)."""
+    if "\0" in value:
+        raise Storage("a NUL character cannot be in a PostgreSQL string")
+    return "'" + value.replace("'", "''") + "'"
+
+
 def adbc_uri(url: str) -> str:
     """`postgresql+psycopg://...` (SQLAlchemy style) as libpq takes it."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
@@ -63,6 +88,7 @@ class PostgresEventStore(ScannedStore):
     finite = True  # its `json` type refuses NaN and Infinity, whoever writes
 
     def __init__(self, url: str, *, memory_limit: str = "256MB", threads: int = 2) -> None:
+        unmapped_when_freed()
         super().__init__(memory_limit, threads)
         try:
             self.pg = adbc.connect(adbc_uri(url))
@@ -70,6 +96,7 @@ class PostgresEventStore(ScannedStore):
             super().close()
             raise Storage(f"cannot connect to the PostgreSQL event store: {first_line(exc)}") from None
         with self.cursor() as cur:
+            cur.execute("SET standard_conforming_strings = on")
             for statement in SCHEMA_SQL:
                 cur.execute(statement)
         self.pg.commit()
@@ -87,9 +114,10 @@ class PostgresEventStore(ScannedStore):
 
     def page(self, query: EventQuery, lo: datetime, hi: datetime, limit: int) -> list[pa.RecordBatch]:
         column = TIME_COLUMNS[query.time_field]
-        with self.cursor() as cur:
-            cur.execute(f"SELECT {COLUMNS} FROM events WHERE project_id = $1 AND {column} >= $2 AND {column} < $3 "
-                        f"LIMIT {int(limit)}", (query.project, lo, hi))
+        with self.cursor() as cur:  # literals, not parameters: ADBC then streams a COPY (see pg_text)
+            cur.execute(f"SELECT {COLUMNS} FROM events WHERE project_id = {pg_text(query.project)} AND "
+                        f"{column} >= {pg_text(lo.isoformat())}::timestamptz AND "
+                        f"{column} < {pg_text(hi.isoformat())}::timestamptz LIMIT {int(limit)}")
             return list(cur.fetch_record_batch())
 
     def first_after(self, query: EventQuery, lo: datetime) -> datetime | None:

@@ -14,9 +14,21 @@ import pyarrow as pa
 from . import EventQuery, Selection, finite
 from .duckdb import SqlBuilder, selected, translated_errors
 
+PAGE_MB = 12
+"""Arrow megabytes of a page of a scan, about (at most twice that): its rows follow from this and the
+width of the rows read so far. Engines' clients buffer a whole result (ADBC's COPY reader and chDB held
+1M events as 700 MB), so scans read the window in time slices of bounded size, and the process holds a
+page a few times over (the client's buffers, the page, DuckDB's filtered batches). PostgreSQL, demo
+events (330 bytes a row) to Parquet as a whole process, which peaks at 209 MB for no event: 1M events
+at 4 MB pages 281 MB, 16 MB 286 MB, 32 MB 350 MB; 5M at 12 MB 280 MB. Smaller pages cost PostgreSQL
+time (a query each, over heap pages that other pages share); chDB holds more of its own (see
+`clickhouse.py`)."""
+
 PAGE_ROWS = 100_000
-"""Rows per page of a scan, about: engines' clients buffer a whole result (ADBC's COPY reader and
-chDB held 1M events as 700 MB), so scans read the window in time slices of bounded size instead."""
+"""Rows per page at most, however narrow the rows."""
+
+ROW_BYTES = 1024
+"""The width a row is taken to have until a page has been read: wider than most events."""
 
 MIN_SLICE = timedelta(milliseconds=1)
 
@@ -25,6 +37,7 @@ STAGED = ('SELECT uuid::VARCHAR AS uuid, project_id, event, distinct_id, "timest
 
 
 class ScannedStore:
+    page_mb = PAGE_MB
     page_rows = PAGE_ROWS
     finite = False
     """Whether the engine's `properties` can hold only strict JSON (no NaN or Infinity): if not, exports
@@ -45,21 +58,26 @@ class ScannedStore:
         raise NotImplementedError
 
     def scan(self, query: EventQuery) -> Iterator[pa.RecordBatch]:
-        """The window as consecutive half-open time slices, each sized from the rows per second seen so
-        far to hold about `page_rows`: every row exactly once, with no ORDER BY. A slice that reaches
-        2 x `page_rows` is dropped and read again 4 times narrower, so memory stays bounded by a page."""
-        cap = 2 * self.page_rows
-        lo, span = self.first_after(query, query.start), timedelta(hours=1)
+        """The window as consecutive half-open time slices, each sized from the rows per second and the
+        bytes per row seen so far to hold about `page_mb` (and at most `page_rows` rows): every row
+        exactly once, with no ORDER BY. A slice that reaches twice that is dropped and read again 4 times
+        narrower, so memory stays bounded by a page."""
+        lo, span, width = self.first_after(query, query.start), timedelta(hours=1), float(ROW_BYTES)
         while lo is not None and lo < query.end:
-            hi = min(lo + span, query.end)
+            hi, cap = min(lo + span, query.end), 2 * self.rows_for(width)
             batches = [b for b in self.page(query, lo, hi, cap + 1) if b.num_rows]
             rows = sum(b.num_rows for b in batches)
-            if rows > cap and span > MIN_SLICE:
+            width = sum(b.nbytes for b in batches) / rows if rows else width
+            if rows > min(cap, 2 * self.rows_for(width)) and span > MIN_SLICE:
                 span /= 4
                 continue
             yield from batches
-            span = span * min(16.0, max(0.25, self.page_rows / rows)) if rows else span
+            span = span * min(16.0, max(0.25, self.rows_for(width) / rows)) if rows else span
             lo = hi if rows else self.first_after(query, hi)
+
+    def rows_for(self, width: float) -> int:
+        """The rows a page holds: `page_mb` of rows `width` bytes wide, at most `page_rows`."""
+        return max(1, min(self.page_rows, int(self.page_mb * 2**20 / max(width, 1.0))))
 
     def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
         """The engine's batches, each filtered and projected on its own: memory holds one batch (a
@@ -97,18 +115,17 @@ class ScannedStore:
 
     def _each(self, source: Iterator[pa.RecordBatch], text: str, params: list[Any], schema: pa.Schema | None = None,
               batch_size: int = 1 << 30, scrub: bool = False) -> Iterator[pa.RecordBatch]:
-        """`text` run over each batch of `source`, in `schema` if given; with `scrub`, NaN and Infinity
-        in the `properties` JSON made null."""
+        """`text` run over each batch of `source`, in `schema` if given, streamed in batches of at most
+        `batch_size` rows; with `scrub`, NaN and Infinity in the `properties` JSON made null."""
         for batch in source:
             self.duck.register("events", batch)
             try:
                 with translated_errors():
-                    table = self.duck.sql(text, params=params).to_arrow_table()
+                    for out in self.duck.sql(text, params=params).to_arrow_reader(min(batch_size, 1 << 20)):
+                        out = out if schema is None else pa.RecordBatch.from_arrays(out.columns, schema=schema)
+                        yield finite(out) if scrub else out
             finally:
                 self.duck.unregister("events")
-            for out in table.to_batches(max_chunksize=batch_size):
-                out = out if schema is None else pa.RecordBatch.from_arrays(out.columns, schema=schema)
-                yield finite(out) if scrub else out
 
     def execute(self, text: str, params: list[Any] | dict[str, Any]) -> duckdb.DuckDBPyConnection:
         """Staging SQL (reading an ingest file) in the in-process DuckDB."""
