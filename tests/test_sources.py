@@ -87,7 +87,8 @@ def test_estimates_bound_a_window_before_filters(stores):
 
 
 def test_a_project_named_with_quotes_is_read_as_its_own(stores, tmp_path):
-    """PostgreSQL pages are read with the project as a SQL literal: quotes and backslashes stay text."""
+    """PostgreSQL pages read the project from a session setting bound as a parameter: quotes and
+    backslashes stay text."""
     project = "o'brien\\'; DROP TABLE events; --"
     events = [{"event": "signup", "distinct_id": f"q-{n}", "timestamp": "2026-11-20T10:00:00Z"} for n in range(7)]
     store = open_store(stores["postgres"], read_only=False)
