@@ -100,6 +100,21 @@ def test_partitions_join_into_the_file_one_run_writes(demo_settings, job_store, 
     assert job_store.partitions(request.id) == []
 
 
+@pytest.mark.parametrize("fmt,partitioned", [("json", False), ("parquet", False), ("csv", True)])
+def test_an_export_the_engine_writes_whole_is_not_partitioned(demo_settings, job_store, fmt, partitioned):
+    """The embedded store's engine writes one Parquet or JSON file on every core already: partitions on
+    the same machine would add only staging and joining. Python-bound writers (CSV) are still
+    partitioned, and `partition_engine_writes` partitions the rest too."""
+    for config in (ExportConfig(partition_hours=24 * 7, min_partition_events=1), WEEKS):
+        request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format=fmt)
+        job_store.create("default", request, 100)
+        run_queue(demo_settings.model_copy(update={"export": config}), job_store)
+        job = job_store.get("default", request.id)
+        assert job.status is ExportStatus.COMPLETED, job.error
+        assert (job.parts or 0) == (9 if partitioned or config.partition_engine_writes else 0), config
+        assert job.total_events > 1000
+
+
 def read_decompressed(path: Path, compression: str) -> bytes:
     return decompress(path.read_bytes(), compression)
 
@@ -163,7 +178,7 @@ def test_fastparquet_reads_every_value_of_single_and_partitioned_parquet(demo_se
                             compression=compression, properties=properties)
     single = tmp_path / "single.parquet"
     export(request.model_copy(update={"id": "one-run"}), settings=demo_settings, output=single)
-    months = ExportConfig(partition_hours=24 * 30, min_partition_events=1)
+    months = ExportConfig(partition_hours=24 * 30, min_partition_events=1, partition_engine_writes=True)
     joined = partitioned(demo_settings, job_store, request, months)
     for path in (single, joined):
         assert_fastparquet_reads_what_pyarrow_reads(path)
@@ -268,7 +283,8 @@ def flaky_stores(monkeypatch, fail: dict[int, tuple[type, int]]) -> list[int]:
 
 def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypatch, caplog):
     settings = demo_settings.model_copy(update={"export": ExportConfig(partition_hours=24, retry_backoff_seconds=0,
-                                                                       min_partition_events=1)})
+                                                                       min_partition_events=1,
+                                                                       partition_engine_writes=True)})
     calls = flaky_stores(monkeypatch, {2: (Storage, 2)})
     request = ExportRequest(start_date="2026-09-01", end_date="2026-09-05", format="parquet")
     job_store.create("default", request, 100)
@@ -335,6 +351,7 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
     """A 4-partition export on a PostgreSQL job store: two worker processes run its partitions
     between them, and the file is byte for byte the one a single worker writes."""
     env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": str(24 * 23),
+           "ANALYTICS_EXPORT_EXPORT__PARTITION_ENGINE_WRITES": "true",
            "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "1",
            "ANALYTICS_EXPORT_DUCKDB_THREADS": "1", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "4096"}
     key = create_key(big_store, "default", env)
@@ -366,7 +383,8 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
 
 @pytest.mark.server
 def test_cancel_stops_every_partition_and_removes_their_fragments(big_store, tmp_path):
-    env = {"ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "48", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "2048",
+    env = {"ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "48", "ANALYTICS_EXPORT_EXPORT__PARTITION_ENGINE_WRITES": "true",
+           "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "2048",
            "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "100000"}
     key = create_key(big_store, "default", env)
     svc = Service(big_store, 0, env)
