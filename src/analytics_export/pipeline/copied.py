@@ -61,7 +61,7 @@ class EngineCopy:
     """The bytes of the engine's rows as `plan` says (`plan.opening` first, `plan.trim` cut off the end):
     a COPY's, read from a pipe while it runs in a thread, or (`plan.options` None) the text column of
     the engine's Arrow batches, read a batch ahead. Iterating yields them, and an empty chunk each time
-    the engine has been quiet for POLL_SECONDS; `rows` counts the rows so far, exact at the end.
+    a COPY has been quiet for POLL_SECONDS; `rows` counts the rows so far (a COPY's once it ends).
     Cancelled once `should_stop()` says so; a failure on either side stops the other before it is raised."""
 
     def __init__(self, source: CopyingSource, query: EventQuery, plan: Copied,
