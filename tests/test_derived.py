@@ -302,8 +302,9 @@ def test_a_killed_export_leaves_no_file_and_its_staging_goes_with_the_next(tmp_p
     cli = [sys.executable, "-m", "analytics_export.cli", "--data-dir", str(data)]
     subprocess.run([*cli, "demo", "-n", "300000"], check=True, capture_output=True)
     out = tmp_path / "sessions.parquet"
+    # ending yesterday: a window ending today is refused until the session gap has passed after midnight
     start = (datetime.now(timezone.utc) - timedelta(days=91)).date().isoformat()
-    end = datetime.now(timezone.utc).date().isoformat()
+    end = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
     child = subprocess.Popen([*cli, "export", "--model", "sessions", "--start", start, "--end", end, "-f", "parquet",
                               "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
