@@ -321,21 +321,22 @@ class DuckDBEventStore:
         """Have DuckDB write the query's rows itself: `COPY (SELECT {select} FROM rows) TO path ({options})`,
         `rows` holding the query's columns as c0, c1, ...; returns how many rows it wrote. Only for a
         finite store (no NaN to scrub); `interrupt` stops it from another thread, `progress` tells how far."""
-        self.fit_memory(query)
-        sql = SqlBuilder()
-        names = ", ".join(f"c{i}" for i in range(len(query.names)))
-        text = f"COPY (SELECT {select} FROM ({sql.select(query)}) AS rows({names})) TO '{path}' ({options})"
-        return int(self.execute(text, sql.params).fetchall()[0][0])
+        text, params = self.rows_select(query, select)
+        return int(self.execute(f"COPY ({text}) TO '{path}' ({options})", params).fetchall()[0][0])
 
     def lines(self, query: EventQuery, select: str, batch_rows: int) -> pa.RecordBatchReader:
         """`SELECT {select} FROM rows` (as `copy`), one text column, as an Arrow stream of `batch_rows`."""
+        reader = self._relation(*self.rows_select(query, select)).to_arrow_reader(batch_rows)
+        self.readers.append(reader)
+        return reader
+
+    def rows_select(self, query: EventQuery, select: str) -> tuple[str, list[Any]]:
+        """`SELECT {select} FROM rows`, `rows` holding the query's columns as c0, c1, ..., and its
+        parameters; the memory cap fitted to the query first."""
         self.fit_memory(query)
         sql = SqlBuilder()
         names = ", ".join(f"c{i}" for i in range(len(query.names)))
-        reader = self._relation(f"SELECT {select} FROM ({sql.select(query)}) AS rows({names})",
-                                sql.params).to_arrow_reader(batch_rows)
-        self.readers.append(reader)
-        return reader
+        return f"SELECT {select} FROM ({sql.select(query)}) AS rows({names})", sql.params
 
     def progress(self) -> float | None:
         """How far the running query is, 0 to 1 (None when DuckDB cannot tell)."""
