@@ -31,6 +31,7 @@ from ..sources.duckdb import DuckDBEventStore
 from ..sources.stores import open_store
 from ..store.jobs import Job, JobStore, now
 from ..store.policies import PrivacyStore
+from ..store.wakeups import wakeup_for
 from .alerts import Dispatcher
 from .partitions import assemble, discard, plan, run_partition, staged, staging
 from .retention import run_due
@@ -39,6 +40,9 @@ from .stream_runner import StreamSupervisor
 
 T = TypeVar("T")
 REAP_SECONDS = 5.0
+POLL_SECONDS = 0.5
+"""How often an idle worker looks for a job unwoken (`store/wakeups.py` wakes it when one is queued),
+and sweeps: expires downloads, removes stale staging folders."""
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class Worker:
         self.reaped = 0.0
         self.policies = PrivacyStore(jobs, Sealer(settings.signing_key()))
 
-    def run(self, stop: threading.Event, poll: float = 0.5) -> None:
+    def run(self, stop: threading.Event, poll: float = POLL_SECONDS) -> None:
         """Run jobs until `stop` is set; when the queue is empty, sweep expired downloads and wait.
         A scheduler thread runs alongside (only the one holding the leader lease acts), one that
         claims streams and runs each in a thread of its own, and the alert dispatcher."""
@@ -83,14 +87,20 @@ class Worker:
         alerts = threading.Thread(target=Dispatcher(self.settings, self.jobs).run, args=(stop,), name="alerts",
                                   daemon=True)
         alerts.start()
-        while not stop.is_set():
-            try:
-                if self.run_one():
-                    continue
-                self.sweep()
-            except Exception:  # the job store is unreachable, say: keep the worker alive, try again
-                log.exception("worker %s: job store error", self.name)
-            stop.wait(poll)
+        wakeup, swept = wakeup_for(self.jobs.engine), 0.0
+        try:
+            while not stop.is_set():
+                try:
+                    if self.run_one():
+                        continue
+                    if time.monotonic() - swept >= poll:  # not on every wake-up
+                        swept = time.monotonic()
+                        self.sweep()
+                except Exception:  # the job store is unreachable, say: keep the worker alive, try again
+                    log.exception("worker %s: job store error", self.name)
+                wakeup.wait(stop, poll)
+        finally:
+            wakeup.close()
         scheduler.join()
         retention.join()
         alerts.join()

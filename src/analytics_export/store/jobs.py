@@ -27,6 +27,7 @@ from ..models import ExportRequest, ExportResult
 from ..private import create_private
 from .incidents import open_incident, resolve_incident
 from .tables import api_keys, connections, export_parts, exports, leases
+from .wakeups import notify
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -340,6 +341,7 @@ class JobStore:
             id=request.id, project=project, request=request.model_dump(mode="json"),
             status=ExportStatus.PENDING.value, created_at=request.created_at,
         ))
+        notify(c)
 
     def get(self, project: str, export_id: str) -> Job | None:
         with self.engine.connect() as c:
@@ -444,6 +446,7 @@ class JobStore:
                 {"export_id": export_id, "number": n, "window_start": start, "window_end": end,
                  "status": ExportStatus.PENDING.value}
                 for n, (start, end) in enumerate(windows, 1)])
+            notify(c)
         return True
 
     def _claim_partition(self, worker: str, lease: timedelta) -> Job | None:
