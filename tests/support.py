@@ -22,7 +22,7 @@ from analytics_export.sources import EventQuery
 from analytics_export.store.jobs import JobStore
 
 START = datetime(2026, 10, 1, tzinfo=timezone.utc)
-WEEKS = ExportConfig(partition_hours=24 * 7, min_partition_events=1, partition_engine_writes=True)
+WEEKS = ExportConfig(partition_hours=24 * 7, min_partition_events=1, partition_embedded=True)
 
 
 def run_queue(settings: Settings, jobs: JobStore) -> None:

@@ -44,7 +44,7 @@ START = datetime(2026, 8, 3, tzinfo=timezone.utc)
 END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 """Every demo event: 20,000, whose `properties` outgrow Parquet's 1 MiB dictionary page (where
 fastparquet misread the PLAIN fallback)."""
-WEEKLY = ExportConfig(partition_hours=24 * 7, min_partition_events=1, partition_engine_writes=True)
+WEEKLY = ExportConfig(partition_hours=24 * 7, min_partition_events=1, partition_embedded=True)
 """Partitions of a week: 13 fragments joined into one file."""
 TEXT_PROPERTIES = ("csv", "parquet", "avro")
 """Formats whose `properties` is one JSON text column (the readers give it as a string)."""

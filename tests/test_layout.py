@@ -170,7 +170,8 @@ def test_partitioned_run_by_workers_lays_out_every_window(demo_settings, tmp_pat
     the event-time folders, and the manifest the last one writes lists them all."""
     jobs = JobStore.for_data_dir(tmp_path / "jobs")
     jobs.migrate()
-    settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24 * 7, min_partition_events=1)
+    settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24 * 7, min_partition_events=1,
+                           partition_embedded=True)
     bucket = s3_server.make_bucket(f"layout-{uuid.uuid4().hex[:8]}")
     request = ExportRequest(start_date="2026-09-01", end_date="2026-10-01", format="parquet", destination={
         "type": "s3", "bucket": bucket, "endpoint_url": s3_server.endpoint, "region": s3_server.region,

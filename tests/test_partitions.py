@@ -100,18 +100,17 @@ def test_partitions_join_into_the_file_one_run_writes(demo_settings, job_store, 
     assert job_store.partitions(request.id) == []
 
 
-@pytest.mark.parametrize("fmt,partitioned", [("json", False), ("parquet", False), ("csv", True)])
-def test_an_export_the_engine_writes_whole_is_not_partitioned(demo_settings, job_store, fmt, partitioned):
-    """The embedded store's engine writes one Parquet or JSON file on every core already: partitions on
-    the same machine would add only staging and joining. Python-bound writers (CSV) are still
-    partitioned, and `partition_engine_writes` partitions the rest too."""
+@pytest.mark.parametrize("fmt", ["json", "parquet", "csv", "avro"])
+def test_an_embedded_store_export_is_not_partitioned_unless_asked(demo_settings, job_store, fmt):
+    """The embedded store's exports run whole on the one machine holding its file, which they use
+    already: partitions would add only staging and joining. `partition_embedded` partitions them."""
     for config in (ExportConfig(partition_hours=24 * 7, min_partition_events=1), WEEKS):
         request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format=fmt)
         job_store.create("default", request, 100)
         run_queue(demo_settings.model_copy(update={"export": config}), job_store)
         job = job_store.get("default", request.id)
         assert job.status is ExportStatus.COMPLETED, job.error
-        assert (job.parts or 0) == (9 if partitioned or config.partition_engine_writes else 0), config
+        assert (job.parts or 0) == (9 if config.partition_embedded else 0), config
         assert job.total_events > 1000
 
 
@@ -178,7 +177,7 @@ def test_fastparquet_reads_every_value_of_single_and_partitioned_parquet(demo_se
                             compression=compression, properties=properties)
     single = tmp_path / "single.parquet"
     export(request.model_copy(update={"id": "one-run"}), settings=demo_settings, output=single)
-    months = ExportConfig(partition_hours=24 * 30, min_partition_events=1, partition_engine_writes=True)
+    months = ExportConfig(partition_hours=24 * 30, min_partition_events=1, partition_embedded=True)
     joined = partitioned(demo_settings, job_store, request, months)
     for path in (single, joined):
         assert_fastparquet_reads_what_pyarrow_reads(path)
@@ -216,7 +215,8 @@ def s3_keys(s3, bucket: str) -> list[str]:
 
 def test_split_partitioned_export_delivers_parts_and_one_manifest(demo_settings, job_store, tmp_path, s3_server,
                                                                   monkeypatch):
-    settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24 * 7, min_partition_events=1)
+    settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24 * 7, min_partition_events=1,
+                            partition_embedded=True)
     bucket = s3_server.make_bucket("split-partitions")
     request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format="json_lines",
                             compression="gzip", destination=s3_split(s3_server, bucket, 1000))
@@ -284,7 +284,7 @@ def flaky_stores(monkeypatch, fail: dict[int, tuple[type, int]]) -> list[int]:
 def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypatch, caplog):
     settings = demo_settings.model_copy(update={"export": ExportConfig(partition_hours=24, retry_backoff_seconds=0,
                                                                        min_partition_events=1,
-                                                                       partition_engine_writes=True)})
+                                                                       partition_embedded=True)})
     calls = flaky_stores(monkeypatch, {2: (Storage, 2)})
     request = ExportRequest(start_date="2026-09-01", end_date="2026-09-05", format="parquet")
     job_store.create("default", request, 100)
@@ -302,7 +302,7 @@ def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypa
 def test_a_partition_that_keeps_failing_fails_the_export_and_leaves_nothing(demo_settings, job_store, monkeypatch,
                                                                             s3_server):
     settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24, retry_backoff_seconds=0,
-                            min_partition_events=1)
+                            min_partition_events=1, partition_embedded=True)
     bucket = s3_server.make_bucket("failing-partitions")
     for fail, destination in (((Invalid, 1), {"type": "download"}),
                               ((Storage, 99), s3_split(s3_server, bucket, 50))):
@@ -351,7 +351,7 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
     """A 4-partition export on a PostgreSQL job store: two worker processes run its partitions
     between them, and the file is byte for byte the one a single worker writes."""
     env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": str(24 * 23),
-           "ANALYTICS_EXPORT_EXPORT__PARTITION_ENGINE_WRITES": "true",
+           "ANALYTICS_EXPORT_EXPORT__PARTITION_EMBEDDED": "true",
            "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "1",
            "ANALYTICS_EXPORT_DUCKDB_THREADS": "1", "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "4096"}
     key = create_key(big_store, "default", env)
@@ -383,7 +383,7 @@ def test_two_worker_processes_share_partitions_and_match_one_worker(big_store, t
 
 @pytest.mark.server
 def test_cancel_stops_every_partition_and_removes_their_fragments(big_store, tmp_path):
-    env = {"ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "48", "ANALYTICS_EXPORT_EXPORT__PARTITION_ENGINE_WRITES": "true",
+    env = {"ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": "48", "ANALYTICS_EXPORT_EXPORT__PARTITION_EMBEDDED": "true",
            "ANALYTICS_EXPORT_EXPORT__BATCH_SIZE": "2048",
            "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "100000"}
     key = create_key(big_store, "default", env)

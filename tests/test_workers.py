@@ -94,7 +94,7 @@ def test_two_workers_on_postgresql_never_run_a_job_twice(tmp_path, pg_url):
     data = with_demo_events(tmp_path / "data", 20_000)
     env = {"ANALYTICS_EXPORT_DATABASE_URL": pg_url, "ANALYTICS_EXPORT_EXPORT__MAX_CONCURRENT_EXPORTS": "100",
            "ANALYTICS_EXPORT_EXPORT__PARTITION_HOURS": str(24 * 30), "ANALYTICS_EXPORT_EXPORT__MIN_PARTITION_EVENTS": "1",
-           "ANALYTICS_EXPORT_EXPORT__PARTITION_ENGINE_WRITES": "true"}  # half the exports run as 5 partitions
+           "ANALYTICS_EXPORT_EXPORT__PARTITION_EMBEDDED": "true"}  # half the exports run as 5 partitions
     key = create_key(data, "default", env)
     svc = Service(data, workers=0, env=env)
     workers = [start_worker(data, lease=10, env=env) for _ in range(2)]

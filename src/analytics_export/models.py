@@ -537,10 +537,10 @@ class ExportConfig(BaseModel):
     max_partitions: int = Field(32, ge=2, description="partitions are made longer so there are at most this many")
     min_partition_events: int = Field(500_000, ge=1, description="and so that each holds about this many events "
                                       "or more (counted before filters): small exports are not worth cutting up")
-    partition_engine_writes: bool = Field(
-        False, description="partition also the exports the embedded store's engine writes as one file itself "
-        "(Parquet, JSON, JSON Lines): it runs them on every core of the one machine that holds its file, so "
-        "partitions would share those cores and add their staging and joining")
+    partition_embedded: bool = Field(
+        False, description="partition also the exports of the embedded store (DuckDB): the one machine that holds "
+        "its file runs each export on every core already, so partitions would share those cores and add their "
+        "staging and joining")
 
 
 class RetentionPolicy(BaseModel):
