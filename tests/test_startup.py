@@ -71,3 +71,26 @@ def test_the_batch_path_still_loads_arrow(store_dir, tmp_path):
                               "-o", str(tmp_path / "out.csv"))
     assert json.loads(printed)["total_events"] == 1
     assert "pyarrow" in modules
+
+
+def test_an_export_reads_its_policy_without_the_job_store_modules(store_dir, tmp_path):
+    """A data dir with a job store and a policy: the export reads the policy with sqlite3, and writes
+    what the full way writes (the first export makes the project's pseudonym secret the full way)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events.duckdb").symlink_to(store_dir / "events.duckdb")
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"pseudonymize_distinct_id": True, "deny_properties": ["plan"]}))
+    done = subprocess.run([sys.executable, "-m", "analytics_export.cli", "--data-dir", str(data), "privacy", "set",
+                           str(policy)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    outputs = []
+    for run in range(2):
+        out = tmp_path / f"out{run}.jsonl"
+        modules, printed = loaded(data, "export", "-f", "jsonl", "--start", "2026-01-01", "--end", "2026-01-02",
+                                  "-o", str(out))
+        assert json.loads(printed)["total_events"] == 1
+        assert ("sqlalchemy" in modules) == (run == 0), "the first run makes the secret"
+        outputs.append(json.loads(out.read_text()))
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["distinct_id"] != "u1" and "plan" not in outputs[0]["properties"]

@@ -23,11 +23,23 @@ def project_privacy(settings: Settings, request: ExportRequest) -> Privacy:
     """The privacy rules an export in this process enforces: the project's policy from the job store
     plus the request's own. Where no job store exists there is no policy to read: the request's rules
     apply without creating one, unless they pseudonymise, which needs the project's secret kept there.
-    The job store's modules (SQLAlchemy, alembic: about 0.6 s) load only when one is read."""
-    if not settings.database_url and not (settings.data_dir / "jobs.sqlite").exists():
+    A SQLite job store is read with sqlite3 (`store/policy_read.py`); the job store's own modules
+    (SQLAlchemy, alembic: about 0.6 s) load only where that cannot do."""
+    path = settings.data_dir / "jobs.sqlite"
+    if not settings.database_url and not path.exists():
         rules = PrivacyRules().stricter(request.privacy)
         if not (rules.pseudonymize_distinct_id or rules.pseudonymize_properties):
             return Privacy(rules)
+    if not settings.database_url and path.exists():
+        from .store.policy_read import sqlite_privacy
+
+        def unseal(token: bytes) -> dict[str, str]:
+            from .connections import Sealer  # cryptography: only for a policy that pseudonymises
+
+            return Sealer(settings.signing_key()).open(token)
+
+        if (privacy := sqlite_privacy(path, settings.project, request.privacy, unseal)) is not None:
+            return privacy
     from .connections import Sealer
     from .store.jobs import JobStore
     from .store.policies import PrivacyStore

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from ..errors import Invalid
 from ..enums import FilterOperator
@@ -44,6 +44,15 @@ class Privacy:
     secret: bytes | None = None
     suppressed: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, version: int, rules: PrivacyRules, requested: PrivacyRules | None, secret: Callable[[], bytes],
+           suppressed: list[str]) -> Privacy:
+        """What an export enforces: the policy's `version` (0: none) and `rules` made stricter by the
+        request's own, with the project's `secret()` (taken only when pseudonymising) and suppression list."""
+        rules = rules.stricter(requested)
+        needs_secret = rules.pseudonymize_distinct_id or bool(rules.pseudonymize_properties)
+        return cls(rules, version=version or None, secret=secret() if needs_secret else None, suppressed=suppressed)
 
     def query(self, query: EventQuery) -> EventQuery:
         """`query` without the properties the policy hides, and with its SQL rules."""

@@ -27,12 +27,10 @@ from ..models import ExportRequest, ExportResult
 from ..private import create_private
 from .incidents import open_incident, resolve_incident
 from .tables import api_keys, connections, export_parts, exports, leases
+from .revision import HEAD, MIGRATIONS
 from .wakeups import notify
 
 log = logging.getLogger(__name__)
-MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = max(path.name.split("_")[0] for path in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
-"""The newest revision: each migration's file is named after its revision (tests/test_layers.py checks)."""
 KEY_PREFIX = "aek_"
 KEY_CACHE_SECONDS = 2.0
 """How long an API process trusts a key it looked up: a revoked key stops working within this, in

@@ -13,9 +13,8 @@ from ..models import ExportRequest
 from ..privacy.policy import Privacy
 from ..privacy.rules import PrivacyRules
 from .jobs import JobStore, aware, now
+from .policy_read import SECRET_FIELD
 from .tables import exports, privacy_policies, privacy_secrets, suppressions
-
-SECRET_FIELD = "hmac_key"
 
 
 class PrivacyStore:
@@ -119,7 +118,4 @@ class PrivacyStore:
         """What an export of `project` enforces: policy `version` (default: the current one) plus
         the request's own additions, with the project's secret and suppression list."""
         version, rules, _ = self.policy(project, version)
-        rules = rules.stricter(request.privacy)
-        needs_secret = rules.pseudonymize_distinct_id or bool(rules.pseudonymize_properties)
-        return Privacy(rules, version=version or None, secret=self.secret(project) if needs_secret else None,
-                       suppressed=self.suppressed(project))
+        return Privacy.of(version, rules, request.privacy, lambda: self.secret(project), self.suppressed(project))
