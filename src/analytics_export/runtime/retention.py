@@ -20,8 +20,6 @@ from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Callable, Iterator
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 from croniter import croniter
 
@@ -281,6 +279,9 @@ def footer_rows(tail: bytes) -> int:
     length = int.from_bytes(tail[-8:-4], "little")
     if length + 8 > len(tail):
         raise Storage("the archive's Parquet footer is larger than expected")
+    import pyarrow as pa  # here: pyarrow.parquet loads its file systems, 10 MB of every idle worker
+    import pyarrow.parquet as pq
+
     return pq.read_metadata(pa.BufferReader(tail[-(length + 8):])).num_rows
 
 
