@@ -30,7 +30,7 @@ def project_privacy(settings: Settings, request: ExportRequest) -> Privacy:
         rules = PrivacyRules().stricter(request.privacy)
         if not (rules.pseudonymize_distinct_id or rules.pseudonymize_properties):
             return Privacy(rules)
-    if not settings.database_url and path.exists():
+    elif not settings.database_url:
         from .store.policy_read import sqlite_privacy
 
         def unseal(token: bytes) -> dict[str, str]:
