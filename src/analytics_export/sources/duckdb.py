@@ -486,9 +486,14 @@ def translated_errors() -> Iterator[None]:
     except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.ConstraintException) as exc:
         raise Invalid(quoted_out(str(exc).split("\n")[0].replace("Invalid Input Error: ", "invalid input: "))) from exc
     except duckdb.OutOfMemoryException as exc:
-        raise OutOfMemory(f"the event store ran out of its memory cap: {str(exc).splitlines()[0]}") from exc
+        raise out_of_memory(exc) from exc
     except duckdb.Error as exc:
         raise Storage(quoted_out(f"event store query failed: {exc}")) from exc
+
+
+def out_of_memory(exc: Exception) -> OutOfMemory:
+    return OutOfMemory(f"the event store ran out of its memory cap ({str(exc).splitlines()[0]}): set "
+                       "ANALYTICS_EXPORT_DUCKDB_MEMORY_LIMIT higher, or select fewer properties and filters")
 
 
 def quoted_out(message: str) -> str:
@@ -508,6 +513,8 @@ def _renamed(reader: pa.RecordBatchReader, schema: pa.Schema, scrub: bool) -> pa
                     batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
                     yield finite(batch) if scrub else batch
             except OSError as exc:  # DuckDB's error as the Arrow stream passes it on (out of memory, say)
+                if str(exc).startswith("Out of Memory Error"):
+                    raise out_of_memory(exc) from exc
                 raise Storage(f"event store query failed: {str(exc).splitlines()[0]}") from exc
 
     return pa.RecordBatchReader.from_batches(schema, gen())
