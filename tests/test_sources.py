@@ -288,7 +288,7 @@ def test_writers_that_hold_batches_in_python_leave_duckdb_less():
     caps = {fmt: memory_for(export_query(ExportRequest(format=fmt, start_date="2026-01-01", end_date="2026-01-02"),
                                          "default"))
             for fmt in ("csv", "avro", "parquet", "json_lines")}
-    assert caps == {"csv": "64MB", "avro": "48MB", "parquet": "128MB", "json_lines": "96MB"}
+    assert caps == {"csv": "64MB", "avro": "48MB", "parquet": "128MB", "json_lines": "64MB"}
 
 
 def test_privacy_rules_take_their_memory_from_the_cap():
