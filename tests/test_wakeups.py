@@ -24,14 +24,14 @@ LONG = 60.0
 """A wait none of these tests should see out: each returns long before, or the wake-up failed."""
 
 
-def request() -> ExportRequest:
+def an_export() -> ExportRequest:
     return ExportRequest(id=str(uuid.uuid4()), format="json", start_date=DEMO_END.replace(month=10),
                          end_date=DEMO_END)
 
 
 def queued_after(jobs: JobStore, delay: float) -> threading.Thread:
     """A thread that queues an export on `jobs` (a connection other than the wait's) after `delay`."""
-    thread = threading.Thread(target=lambda: (time.sleep(delay), jobs.create("default", request(), 100)))
+    thread = threading.Thread(target=lambda: (time.sleep(delay), jobs.create("default", an_export(), 100)))
     thread.start()
     return thread
 
@@ -65,7 +65,7 @@ def test_a_wait_ends_once_a_job_is_queued(jobs):
 
 
 def test_a_wait_ends_once_an_export_is_partitioned(jobs):
-    job = jobs.create("default", request(), 100)
+    job = jobs.create("default", an_export(), 100)
     assert jobs.claim("w1", timedelta(seconds=30)).id == job.id
     wakeup = wakeup_for(jobs.engine)
     try:
@@ -113,7 +113,7 @@ def test_an_idle_worker_starts_a_queued_export_long_before_its_next_look(tmp_pat
     worker.start()
     try:
         time.sleep(1)  # idle, waiting
-        job = jobs.create("default", request(), 100)
+        job = jobs.create("default", an_export(), 100)
         deadline = time.monotonic() + LONG / 2
         while (done := jobs.get("default", job.id)).status is not ExportStatus.COMPLETED:
             assert done.status in (ExportStatus.PENDING, ExportStatus.PROCESSING), done.error
