@@ -27,7 +27,7 @@ from helpers import OFFERED, canonical, decompress, read_records
 from service import CLI, Service, create_key, wait_for
 from support import WEEKS, run_queue, s3_settings, s3_split
 
-import analytics_export.runtime.worker as worker_module
+import analytics_export.runtime.isolated as isolated_module
 from analytics_export import Settings, export, open_store
 from analytics_export.errors import Invalid, Storage
 from analytics_export.formats import thrift
@@ -276,15 +276,16 @@ class FlakySource:
 
 
 def flaky_stores(monkeypatch, fail: dict[int, tuple[type, int]]) -> list[int]:
+    """Stores that fail as `fail` says, in this process: the settings must have `isolate` off."""
     calls: list[int] = []
-    monkeypatch.setattr(worker_module, "open_store", lambda settings: FlakySource(open_store(settings), fail, calls))
+    monkeypatch.setattr(isolated_module, "open_store", lambda settings: FlakySource(open_store(settings), fail, calls))
     return calls
 
 
 def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypatch, caplog):
     settings = demo_settings.model_copy(update={"export": ExportConfig(partition_hours=24, retry_backoff_seconds=0,
                                                                        min_partition_events=1,
-                                                                       partition_embedded=True)})
+                                                                       partition_embedded=True, isolate=False)})
     calls = flaky_stores(monkeypatch, {2: (Storage, 2)})
     request = ExportRequest(start_date="2026-09-01", end_date="2026-09-05", format="parquet")
     job_store.create("default", request, 100)
@@ -302,7 +303,7 @@ def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypa
 def test_a_partition_that_keeps_failing_fails_the_export_and_leaves_nothing(demo_settings, job_store, monkeypatch,
                                                                             s3_server):
     settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24, retry_backoff_seconds=0,
-                            min_partition_events=1, partition_embedded=True)
+                            min_partition_events=1, partition_embedded=True, isolate=False)
     bucket = s3_server.make_bucket("failing-partitions")
     for fail, destination in (((Invalid, 1), {"type": "download"}),
                               ((Storage, 99), s3_split(s3_server, bucket, 50))):

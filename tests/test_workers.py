@@ -137,6 +137,51 @@ def test_cancel_stops_a_running_export_within_seconds(big_store):
         svc.close()
 
 
+def processes_below(pid: int) -> dict[int, str]:
+    """Every process below `pid`, with its command line."""
+    found, todo = {}, [pid]
+    while todo:
+        for child in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            for kid in map(int, child.read_text().split()):
+                try:
+                    found[kid] = Path(f"/proc/{kid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                todo.append(kid)
+    return found
+
+
+def test_an_export_whose_process_is_killed_is_retried_by_the_worker_that_lives_on(big_store):
+    """Each export runs in a child process of its worker (`export.isolate`): killing that process (as the
+    system does when it runs out of memory) fails the attempt, not the worker, which runs the export again."""
+    env = {"ANALYTICS_EXPORT_EXPORT__RETRY_BACKOFF_SECONDS": "0"}
+    key = create_key(big_store, "default", env)
+    svc = Service(big_store, 1, env)
+    try:
+        with svc.client(key) as c:
+            export_id = start_and_wait_for_progress(c, {**ALL, "format": "avro", "compression": "gzip"})
+            below = processes_below(svc.proc.pid)
+            runs = [pid for pid, line in below.items() if "runtime.isolated" in line]
+            workers = {pid for pid, line in below.items() if " worker " in line}
+            assert len(runs) == 1 and len(workers) == 1, below
+            os.kill(runs[0], signal.SIGKILL)
+            done = wait_for(c, export_id, timeout=120)
+            now_below = processes_below(svc.proc.pid)
+            assert {pid for pid, line in now_below.items() if " worker " in line} == workers, "the same worker"
+            assert runs[0] not in now_below
+        expected = read_records(Path(done["result"]["destination_path"]), "avro", "gzip")
+        assert done["result"]["total_events"] == len(expected) > 0
+        folder = big_store / "exports" / "default"
+        assert not [p for p in folder.iterdir() if p.name.endswith(".partial")], "the killed run's temp file is gone"
+    finally:
+        svc.close()
+    logs = svc.logs()
+    assert "the export's process ended without finishing it (SIGKILL, the system may have run out of memory)" in logs
+    assert "starting another" not in logs, "no worker died"
+    with sqlite3.connect(big_store / "jobs.sqlite") as db:
+        assert db.execute("SELECT attempts FROM exports WHERE id = ?", [export_id]).fetchone() == (2,)
+
+
 def test_transient_failures_retry_with_backoff_then_fail(tmp_path):
     data = with_demo_events(tmp_path / "data", 1000)
     events = data / "events.duckdb"

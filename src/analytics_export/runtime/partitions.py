@@ -28,7 +28,7 @@ from ..pipeline.files import completed, deliver, export_query, write_files
 from ..pipeline.layout import write_laid_out
 from ..privacy.policy import Privacy
 from ..sources import EventSource
-from ..store.jobs import Job
+from ..store.records import Job
 
 MICROSECOND = timedelta(microseconds=1)
 
@@ -92,12 +92,12 @@ def run_partition(job: Job, source: EventSource, destination: Destination, setti
     return files
 
 
-def assemble(job: Job, destination: Destination, settings: Settings, rows: list[Any], privacy: Privacy,
+def assemble(job: Job, destination: Destination, settings: Settings, parts: list[list[dict]], privacy: Privacy,
              should_stop: Callable[[], bool]) -> ExportResult:
-    """Deliver a partitioned export whose partitions (`rows`, in order) have all completed. Its
-    staged fragments stay until the result is recorded (a lost lease means another assembles)."""
+    """Deliver a partitioned export whose partitions (their manifest entries, in order) have all completed.
+    Its staged fragments stay until the result is recorded (a lost lease means another assembles)."""
     request = job.request
-    files = [entry for row in rows for entry in row.files]
+    files = [entry for part in parts for entry in part]
     schema = export_query(request, job.project, privacy).schema  # also notes the properties privacy drops
     if not staged(request):
         path = deliver(request, job.project, destination, files, manifest=destination.manifest, privacy=privacy,

@@ -13,49 +13,33 @@ import uuid
 from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator
 
 from ..config import Settings
 from ..connections import Sealer, checked_secrets
-from ..destinations import Destination, Placement, destination_for
-from ..errors import Cancelled, ExportError, Storage, Upload
+from ..destinations import Placement, destination_for
 from ..enums import ExportStatus
 from ..models import ExportResult
-from ..pipeline import run_export
 from ..pipeline.batches import Progress
 from ..privacy.policy import Privacy
-from ..sources import EventQuery, EventSource
-from ..sources.duckdb import DuckDBEventStore
+from ..sources import EventQuery
 from ..sources.stores import open_store
 from ..store.jobs import Job, JobStore, now
 from ..store.policies import PrivacyStore
 from ..store.wakeups import wakeup_for
 from .alerts import Dispatcher
-from .partitions import assemble, discard, plan, run_partition, staging
+from .isolated import Attempt, Outcome, outcome_of, perform, run_isolated
+from .partitions import discard, plan, staging
 from .retention import run_due
 from .scheduler import Scheduler
 from .stream_runner import StreamSupervisor
 
-T = TypeVar("T")
 REAP_SECONDS = 5.0
 POLL_SECONDS = 0.5
 """How often an idle worker looks for a job unwoken (`store/wakeups.py` wakes it when one is queued),
 and sweeps: expires downloads, removes stale staging folders."""
 
 log = logging.getLogger(__name__)
-
-
-def expected(store: EventSource, job: Job, privacy: Privacy) -> int | None:
-    """How many events `job` will export, for its progress bar: counted on the embedded store (a
-    columnar scan, a fraction of the export's own; suppressed users left out), else the engine's
-    estimate of the window before filters (its index or statistics: instant, an upper bound). None
-    if the store cannot say."""
-    try:
-        query = privacy.query(EventQuery.from_request(job.request, job.project))
-        return store.count(query) if isinstance(store, DuckDBEventStore) else store.estimate(query)
-    except ExportError as exc:  # the export's own run meets and reports the same problem
-        log.warning("export %s: no estimate of its size (%s)", job.id, exc)
-        return None
 
 
 class Worker:
@@ -227,29 +211,13 @@ class Worker:
     def _run(self, job: Job) -> None:
         """Run a whole export, or assemble a partitioned one whose partitions are done."""
         progress = Progress(job.events_done, job.bytes_done)
-
-        def track(p: Progress) -> None:
-            progress.events, progress.bytes = p.events, p.bytes
-
-        def work(destination: Destination) -> ExportResult:
-            privacy = self.privacy(job)
-            if job.parts:
-                return assemble(job, destination, self.settings, self.jobs.partitions(job.id), privacy,
-                                should_stop=lost.is_set)
-            with closing(open_store(self.settings)) as store:
-                self.expect(job, expected(store, job, privacy))
-                return run_export(job.request, store, destination, project=job.project,
-                                  batch_size=self.settings.export.batch_size, on_progress=track,
-                                  should_stop=lost.is_set, privacy=privacy,
-                                  engine=self.settings.export.engine_writes)
-
         with self._beating(lambda: self.jobs.heartbeat(job.id, self.name, self.lease, progress.events,
                                                        progress.bytes)) as lost:
-            try:
-                result, error, retryable = self._attempt(job, work)
-            except Cancelled:
-                self._stopped(job)
-                return
+            outcome = self._attempt(job, progress, lost, assembled=bool(job.parts))
+        if outcome.cancelled:
+            self._stopped(job)
+            return
+        result, error, retryable = outcome.value, outcome.error, outcome.retryable
         config = self.settings.export
         if result is None:
             if retryable and job.attempts < config.max_attempts:
@@ -285,25 +253,15 @@ class Worker:
         """Run one partition; a failure retries that partition alone, up to `max_attempts` times."""
         part = job.partition
         progress = Progress()
-
-        def track(p: Progress) -> None:
-            progress.events, progress.bytes = p.events, p.bytes
-
-        def work(destination: Destination) -> list[dict]:
-            privacy = self.privacy(job)
-            with closing(open_store(self.settings)) as store:
-                return run_partition(job, store, destination, self.settings, privacy, on_progress=track,
-                                     should_stop=lost.is_set)
-
         with self._beating(lambda: self.jobs.partition_heartbeat(job, self.name, self.lease, progress.events,
                                                                  progress.bytes)) as lost:
-            try:
-                files, error, retryable = self._attempt(job, work)
-            except Cancelled:
-                log.info("export %s partition %d stopped", job.id, part.number)
-                self.jobs.partition_released(job, self.name)
-                self.reap(job.id)
-                return
+            outcome = self._attempt(job, progress, lost)
+        if outcome.cancelled:
+            log.info("export %s partition %d stopped", job.id, part.number)
+            self.jobs.partition_released(job, self.name)
+            self.reap(job.id)
+            return
+        files, error, retryable = outcome.value, outcome.error, outcome.retryable
         if files is not None:
             last = self.jobs.partition_done(job, self.name, self.lease, files)
             if last:
@@ -336,19 +294,19 @@ class Worker:
         secrets = checked_secrets(self.settings, self.jobs, job.project, job.request.destination)
         return Placement.for_export(job.request, job.project, self.settings, secrets)
 
-    def _attempt(self, job: Job, work: Callable[[Destination], T]) -> tuple[T | None, str | None, bool]:
-        """`work` done on the job's destination: its value, or the error and whether it is worth
-        another attempt (a store or upload failure may pass; bad input or an encoding error will not)."""
-        try:
-            destination = destination_for(self.placement(job))
-            try:
-                return work(destination), None, False
-            finally:
-                destination.close()
-        except Cancelled:
-            raise
-        except ExportError as exc:
-            return None, str(exc), isinstance(exc, (Storage, Upload))
-        except Exception as exc:  # a bug: keep the worker alive, record it, log the traceback
-            log.exception("export %s failed unexpectedly", job.id)
-            return None, f"internal error ({type(exc).__name__}); see the worker log", False
+    def _attempt(self, job: Job, progress: Progress, lost: threading.Event, *, assembled: bool = False) -> Outcome:
+        """One attempt of `job` (with `assembled`, the assembly of its partitions), in a child process
+        unless `export.isolate` is off; `progress` follows it, and it stops once `lost` is set."""
+        def track(p: Progress) -> None:
+            progress.events, progress.bytes = p.events, p.bytes
+
+        def prepare() -> Attempt:
+            parts = [row.files for row in self.jobs.partitions(job.id)] if assembled else None
+            return Attempt(self.settings, job, self.privacy(job), self.placement(job), parts)
+
+        prepared = outcome_of(job.id, prepare)
+        if prepared.value is None:
+            return prepared
+        run = run_isolated if self.settings.export.isolate else perform
+        return run(prepared.value, on_progress=track, on_expected=lambda events: self.expect(job, events),
+                   should_stop=lost.is_set)
