@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from helpers import OFFERED
 from service import CLI, Service, create_key
+from support import in_process
 
 from analytics_export import Settings
 from analytics_export.checks import STORED
@@ -107,7 +108,7 @@ def test_rows_saved_before_the_rule_still_list_and_fail_or_pause_with_the_reason
     finally:
         svc.close()
 
-    worker = Worker(settings, jobs)
+    worker = Worker(in_process(settings), jobs)
     assert worker.run_one()
     failed = jobs.get("default", old_export.id)
     assert failed.status is ExportStatus.FAILED and refusal("csv", "snappy") in failed.error, failed.error

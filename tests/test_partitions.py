@@ -25,7 +25,7 @@ import pytest
 import zstandard
 from helpers import OFFERED, canonical, decompress, read_records
 from service import CLI, Service, create_key, wait_for
-from support import WEEKS, run_queue, s3_settings, s3_split
+from support import WEEKS, in_process, run_queue, s3_settings, s3_split
 
 import analytics_export.runtime.isolated as isolated_module
 from analytics_export import Settings, export, open_store
@@ -276,7 +276,7 @@ class FlakySource:
 
 
 def flaky_stores(monkeypatch, fail: dict[int, tuple[type, int]]) -> list[int]:
-    """Stores that fail as `fail` says, in this process: the settings must have `isolate` off."""
+    """Stores that fail as `fail` says, in this process (where `run_queue` runs its exports)."""
     calls: list[int] = []
     monkeypatch.setattr(isolated_module, "open_store", lambda settings: FlakySource(open_store(settings), fail, calls))
     return calls
@@ -285,7 +285,7 @@ def flaky_stores(monkeypatch, fail: dict[int, tuple[type, int]]) -> list[int]:
 def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypatch, caplog):
     settings = demo_settings.model_copy(update={"export": ExportConfig(partition_hours=24, retry_backoff_seconds=0,
                                                                        min_partition_events=1,
-                                                                       partition_embedded=True, isolate=False)})
+                                                                       partition_embedded=True)})
     calls = flaky_stores(monkeypatch, {2: (Storage, 2)})
     request = ExportRequest(start_date="2026-09-01", end_date="2026-09-05", format="parquet")
     job_store.create("default", request, 100)
@@ -303,7 +303,7 @@ def test_a_failing_partition_is_retried_alone(demo_settings, job_store, monkeypa
 def test_a_partition_that_keeps_failing_fails_the_export_and_leaves_nothing(demo_settings, job_store, monkeypatch,
                                                                             s3_server):
     settings = s3_settings(demo_settings, s3_server, monkeypatch, partition_hours=24, retry_backoff_seconds=0,
-                            min_partition_events=1, partition_embedded=True, isolate=False)
+                            min_partition_events=1, partition_embedded=True)
     bucket = s3_server.make_bucket("failing-partitions")
     for fail, destination in (((Invalid, 1), {"type": "download"}),
                               ((Storage, 99), s3_split(s3_server, bucket, 50))):
@@ -505,7 +505,7 @@ def test_every_partition_applies_the_policy_version_the_export_started_with(demo
     request = ExportRequest(start_date="2026-08-03", end_date="2026-10-01", format="parquet",
                             properties=["plan", "$browser"])
     job_store.create("default", request, 100)
-    worker = Worker(settings, job_store)
+    worker = Worker(in_process(settings), job_store)
     assert worker.run_one() and worker.run_one(), "planned, then one partition ran"
     policies.set_policy("default", PrivacyRules())  # loosened while the export runs: it must not apply
     run_queue(settings, job_store)
