@@ -28,7 +28,7 @@ from ..store.jobs import Job, JobStore, now
 from ..store.policies import PrivacyStore
 from ..store.wakeups import wakeup_for
 from .alerts import Dispatcher
-from .isolated import Attempt, Outcome, outcome_of, perform, run_isolated
+from .isolated import Attempt, Child, Outcome, outcome_of, perform, run_isolated
 from .partitions import discard, plan, staging
 from .retention import run_due
 from .scheduler import Scheduler
@@ -51,6 +51,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.reaped = 0.0
         self.policies = PrivacyStore(jobs, Sealer(settings.signing_key()))
+        self.spare: Child | None = None
+        """The process the next export attempt runs in (`export.isolate`), started ahead."""
 
     def run(self, stop: threading.Event, poll: float = POLL_SECONDS) -> None:
         """Run jobs until `stop` is set; when the queue is empty, sweep expired downloads and wait.
@@ -70,6 +72,7 @@ class Worker:
                                   daemon=True)
         alerts.start()
         wakeup, swept = wakeup_for(self.jobs.engine), 0.0
+        self.spare = self.spare or self.spare_child()
         try:
             while not stop.is_set():
                 try:
@@ -83,6 +86,9 @@ class Worker:
                 wakeup.wait(stop, poll)
         finally:
             wakeup.close()
+            if self.spare is not None:
+                self.spare.close()
+                self.spare = None
         scheduler.join()
         retention.join()
         alerts.join()
@@ -307,6 +313,23 @@ class Worker:
         prepared = outcome_of(job.id, prepare)
         if prepared.value is None:
             return prepared
-        run = run_isolated if self.settings.export.isolate else perform
-        return run(prepared.value, on_progress=track, on_expected=lambda events: self.expect(job, events),
-                   should_stop=lost.is_set)
+        report = {"on_progress": track, "on_expected": lambda events: self.expect(job, events),
+                  "should_stop": lost.is_set}
+        if not self.settings.export.isolate:
+            return perform(prepared.value, **report)
+        child, self.spare = self.spare, None
+        try:
+            return run_isolated(prepared.value, child=child, **report)
+        finally:
+            self.spare = self.spare_child()
+
+    def spare_child(self) -> Child | None:
+        """A child process for the next attempt, started now; None if isolation is off or it cannot start
+        (the attempt starts its own)."""
+        if not self.settings.export.isolate:
+            return None
+        try:
+            return Child()
+        except OSError as exc:
+            log.warning("worker %s: could not start a spare export process (%s)", self.name, exc)
+            return None
