@@ -539,7 +539,7 @@ class ExportConfig(BaseModel):
                                       "or more (counted before filters): small exports are not worth cutting up")
     isolate: bool = Field(True, description="run each export in a child process of the worker: its memory is given "
                           "back when it ends, and a crash or out-of-memory kill fails that attempt (retried), not the "
-                          "worker; off: in the worker's own process (saves the child's start, about 0.3 s)")
+                          "worker; off: in the worker's own process, which then keeps what exports' allocations leave behind")
     partition_embedded: bool = Field(
         False, description="partition also the exports of the embedded store (DuckDB): the one machine that holds "
         "its file runs each export on every core already, so partitions would share those cores and add their "
