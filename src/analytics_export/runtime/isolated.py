@@ -129,10 +129,10 @@ class Child:
 
     def __init__(self) -> None:
         self.conn, theirs = Pipe()
-        try:
+        try:  # a session of its own: Ctrl-C in a terminal stops the worker, which stops the child in turn
             self.process = subprocess.Popen(
                 [sys.executable, "-c", f"from {__name__} import main; main({theirs.fileno()})"],
-                pass_fds=[theirs.fileno()])
+                pass_fds=[theirs.fileno()], start_new_session=True)
         except BaseException:
             self.conn.close()
             raise
@@ -224,7 +224,10 @@ def main(fd: int) -> None:
 
     def send(message: Any) -> None:
         with sending:
-            conn.send(message)
+            try:
+                conn.send(message)
+            except OSError:  # the worker is gone: stop; whoever takes the job over runs it again
+                stop.set()
 
     def progress(p: Progress) -> None:
         nonlocal sent
