@@ -26,8 +26,9 @@ WEEKS = ExportConfig(partition_hours=24 * 7, min_partition_events=1, partition_e
 
 
 def in_process(settings: Settings) -> Settings:
-    """`settings` whose workers run each export in their own process: tests of what a worker does with
-    its jobs skip a child's start (about 0.7 s an export). The service's tests run the default."""
+    """`settings` under which a worker runs each export in the worker's own process, not a child: tests of
+    what a worker does with its jobs skip a child's start (about 0.7 s an export). The service's tests
+    run the default."""
     return settings.model_copy(update={"export": settings.export.model_copy(update={"isolate": False})})
 
 
