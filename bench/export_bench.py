@@ -540,8 +540,8 @@ def via_worker(bench: Bench) -> tuple[dict[str, Run], dict[str, float]]:
     def sample() -> None:
         while not sampled.wait(0.02):
             for pid in descendants(serve.pid):
-                line = peaks.get(pid, (0.0, ""))[1] or command_line(pid)
-                peaks[pid] = (max(peaks.get(pid, (0.0, ""))[0], hwm_mb(pid)), line)
+                mb, line = peaks.get(pid, (0.0, ""))
+                peaks[pid] = (max(mb, hwm_mb(pid)), line or command_line(pid))
 
     threading.Thread(target=sample, daemon=True).start()
     try:
