@@ -65,6 +65,23 @@ def test_an_export_the_engine_writes_loads_no_arrow_beyond_its_lines(store_dir, 
     assert ("pyarrow" in modules) == ("numpy" in modules) == (fmt != "parquet")
 
 
+@pytest.mark.parametrize("fmt, body", [("parquet", None), ("json", b"[]\n"), ("jsonl", b"")])
+def test_an_export_of_an_empty_window_the_engine_writes_loads_no_arrow(store_dir, tmp_path, fmt, body):
+    """No event in the window: JSON's head and tail, JSON Lines' nothing, without opening the engine's
+    Arrow stream; Parquet's COPY writes its empty file as ever."""
+    out = tmp_path / f"out.{fmt}"
+    modules, printed = loaded(store_dir, "export", "-f", fmt, "--start", "2025-01-01", "--end", "2025-01-02",
+                              "-o", str(out))
+    assert json.loads(printed)["total_events"] == 0
+    assert not modules & {"pyarrow", "numpy", "polars", "sqlalchemy"}
+    if body is not None:
+        assert out.read_bytes() == body
+    else:
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(out).num_rows == 0 and pq.read_table(out).column_names[0] == "event"
+
+
 def test_the_batch_path_still_loads_arrow(store_dir, tmp_path):
     """The probe can tell: CSV is written by pyarrow."""
     modules, printed = loaded(store_dir, "export", "-f", "csv", "--start", "2026-01-01", "--end", "2026-01-02",

@@ -40,6 +40,8 @@ class CopyingSource(Protocol):
 
     def lines(self, query: EventQuery, select: str, batch_rows: int) -> pa.RecordBatchReader: ...
 
+    def estimate(self, query: EventQuery) -> int: ...
+
     def progress(self) -> float | None: ...
 
     def interrupt(self) -> None: ...
@@ -62,20 +64,22 @@ class EngineCopy:
     a COPY's, read from a pipe while it runs in a thread, or (`plan.options` None) the text column of
     the engine's Arrow batches, read a batch ahead. Iterating yields them, and an empty chunk each time
     a COPY has been quiet for POLL_SECONDS; `rows` counts the rows so far (a COPY's once it ends).
-    Cancelled once `should_stop()` says so; a failure on either side stops the other before it is raised."""
+    Cancelled once `should_stop()` says so; a failure on either side stops the other before it is raised.
+    `total` is the store's count of the query's window (`estimate`), taken before: when it is 0 there
+    are no lines to read, and the engine's Arrow stream (which loads pyarrow, 50 MB) is not opened."""
 
-    def __init__(self, source: CopyingSource, query: EventQuery, plan: Copied,
+    def __init__(self, source: CopyingSource, query: EventQuery, plan: Copied, total: int,
                  should_stop: Callable[[], bool] | None, export_id: str) -> None:
-        self.source, self.query, self.plan = source, query, plan
+        self.source, self.query, self.plan, self.total = source, query, plan, total
         self.should_stop = should_stop or (lambda: False)
         self.export_id = export_id
         self.rows = 0
 
-    def events(self, total: int) -> int:
-        """About how many of the export's `total` events are written so far."""
+    def events(self) -> int:
+        """About how many of the export's events are written so far."""
         if self.plan.options is None:
             return self.rows
-        return int((self.source.progress() or 0) * total)
+        return int((self.source.progress() or 0) * self.total)
 
     def __iter__(self) -> Iterator[bytes | memoryview]:
         held, started, trim = b"", False, len(self.plan.trim)
@@ -97,6 +101,8 @@ class EngineCopy:
             raise Format(f"the event store's {self.rows:,} rows ended in {held!r}, not in {self.plan.trim!r}")
 
     def _lines(self) -> Iterator[memoryview]:
+        if not self.total:
+            return
         ahead = read_ahead(self.source.lines(self.query, self.plan.select, LINE_ROWS), 1)
         try:
             for batch in ahead:

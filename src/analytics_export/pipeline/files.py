@@ -278,8 +278,7 @@ def write_copied(request: ExportRequest, source: EventSource, destination: Desti
     upload = BackgroundUpload(destination.open(name))
     counted = HashingSink(upload) if digest else ForwardingSink(upload)
     progress = Progress()
-    engine = EngineCopy(source, query, plan, should_stop, request.id)  # type: ignore[arg-type]
-    total = source.estimate(query) if on_progress is not None else 0
+    engine = EngineCopy(source, query, plan, source.estimate(query), should_stop, request.id)  # type: ignore[arg-type]
     try:
         sink = open_sink(counted, request.format, request.compression, fragment)
         if not fragment:
@@ -288,7 +287,7 @@ def write_copied(request: ExportRequest, source: EventSource, destination: Desti
             if data:
                 sink.write(data)
             if on_progress is not None:
-                progress.events = max(progress.events, engine.events(total))
+                progress.events = max(progress.events, engine.events())
                 progress.bytes = counted.position
                 on_progress(progress)
         if not fragment:
