@@ -12,9 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO, Callable, Protocol
 
-import zstandard
-from isal import igzip, isal_zlib
-
 from .bytesinks import ByteSink, ForwardingSink
 from .enums import Compression
 
@@ -38,10 +35,14 @@ class _Stream:
 
 
 def _gzip() -> Codec:
+    from isal import isal_zlib  # each codec's library is loaded by the export that uses it
+
     return _Stream(isal_zlib.compressobj(1, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS))
 
 
 def _zstd() -> Codec:
+    import zstandard
+
     params = zstandard.ZstdCompressionParameters.from_level(3, threads=1, job_size=1 << 20, write_checksum=True)
     return _Stream(zstandard.ZstdCompressor(compression_params=params).compressobj())
 
@@ -60,6 +61,8 @@ them and compresses the joined file as one stream. Measured at 1M JSON events: i
 
 def open_staged(path: Path) -> BinaryIO:
     """The text of a fragment staged as `STAGING`, read as it is decoded."""
+    from isal import igzip
+
     return igzip.open(path, "rb")
 
 

@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Iterator
 
 import typer
-from rich.console import Console
 
 from ..errors import ExportError, Invalid, Storage
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ..config import Settings
     from ..store.jobs import JobStore
 
-err = Console(stderr=True)
+
+class Stderr:
+    """rich's Console on stderr, made when first used: rich takes 20 ms to load, and a command off a
+    terminal that succeeds (an export into a pipe, a script) prints nothing through it."""
+
+    FORCING = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+    """What makes rich take a stream for a terminal when it is not one."""
+
+    @cached_property
+    def console(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True)
+
+    @property
+    def is_terminal(self) -> bool:
+        if not sys.stderr.isatty() and not any(os.environ.get(name) for name in self.FORCING):
+            return False
+        return self.console.is_terminal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
+err = Stderr()
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -135,7 +135,7 @@ class ProgressDisplay:
             TextColumn("[bold]exporting"), BarColumn(), TextColumn(f"{{task.completed:,.0f}}{'/{task.total:,.0f}' if total is not None else ''} "
                                                         f"{request.model.value}"),
             TextColumn("{task.fields[size]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=err, transient=False,
+            TimeRemainingColumn(), console=err.console, transient=False,
         )
         self.task = self.bar.add_task("export", total=total, size="0 B", rate="")
 
