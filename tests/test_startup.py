@@ -65,21 +65,29 @@ def test_an_export_the_engine_writes_loads_no_arrow_beyond_its_lines(store_dir, 
     assert ("pyarrow" in modules) == ("numpy" in modules) == (fmt != "parquet")
 
 
-@pytest.mark.parametrize("fmt, body", [("parquet", None), ("json", b"[]\n"), ("jsonl", b"")])
-def test_an_export_of_an_empty_window_the_engine_writes_loads_no_arrow(store_dir, tmp_path, fmt, body):
-    """No event in the window: JSON's head and tail, JSON Lines' nothing, without opening the engine's
-    Arrow stream; Parquet's COPY writes its empty file as ever."""
+@pytest.mark.parametrize("fmt, body", [("parquet", None), ("json", b"[]\n"), ("jsonl", b""),
+                                       ("csv", b"event,distinct_id,timestamp,properties\r\n"), ("avro", None)])
+def test_an_export_of_an_empty_window_loads_no_arrow(store_dir, tmp_path, fmt, body):
+    """No event in the window: JSON's brackets, JSON Lines' nothing, CSV's header and Avro's header are
+    written without opening the engine's Arrow stream; Parquet's COPY writes its empty file as ever."""
     out = tmp_path / f"out.{fmt}"
     modules, printed = loaded(store_dir, "export", "-f", fmt, "--start", "2025-01-01", "--end", "2025-01-02",
                               "-o", str(out))
     assert json.loads(printed)["total_events"] == 0
     assert not modules & {"pyarrow", "numpy", "polars", "sqlalchemy"}
-    if body is not None:
-        assert out.read_bytes() == body
-    else:
+    if fmt == "parquet":
         import pyarrow.parquet as pq
 
         assert pq.read_table(out).num_rows == 0 and pq.read_table(out).column_names[0] == "event"
+    elif fmt == "avro":
+        import fastavro
+
+        with open(out, "rb") as file:
+            reader = fastavro.reader(file)
+            assert list(reader) == [] and [f["name"] for f in reader.writer_schema["fields"]][:3] == [
+                "event", "distinct_id", "timestamp"]
+    else:
+        assert out.read_bytes() == body
 
 
 def test_the_batch_path_still_loads_arrow(store_dir, tmp_path):

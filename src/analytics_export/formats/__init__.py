@@ -94,8 +94,8 @@ class Writer:
         """Free what the writer holds, finished or not (called after `close`, or instead of it)."""
 
     @classmethod
-    def head(cls, schema: pa.Schema) -> bytes:
-        """What a text file starts with before its first row (left out of fragments)."""
+    def head(cls, names: tuple[str, ...]) -> bytes:
+        """What a text file of columns `names` starts with before its first row (left out of fragments)."""
         return b""
 
     @classmethod
@@ -112,6 +112,12 @@ class Writer:
         return None
 
     @classmethod
+    def empty(cls, columns: tuple[tuple[str, str], ...], compression: Compression | None) -> bytes | None:
+        """What a file of no rows holds before its `tail(0)`, for `columns` (name, and kind: `text` or
+        `timestamp`), made without pyarrow; None where only the writer or the engine can write one."""
+        return None
+
+    @classmethod
     def merge(cls, fragments: list[tuple[Path, int]], sink: ByteSink, schema: pa.Schema,
               compression: Compression | None) -> None:
         """Write to `sink` one file from `fragments` (path, events), in order: head, the fragments with
@@ -124,7 +130,7 @@ class Writer:
             if data:
                 out.write(data)
 
-        put(cls.head(schema))
+        put(cls.head(tuple(schema.names)))
         events = 0
         for path, count in fragments:
             if count:  # an empty fragment holds no rows; skipping it keeps separators right

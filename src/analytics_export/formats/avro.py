@@ -9,16 +9,17 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Iterable
 
 import fastavro
-import polars as pl
-import pyarrow as pa
 
 from ..bytesinks import ByteSink
 from ..errors import Format
 from ..enums import Compression
 from . import Writer, copy
+
+if TYPE_CHECKING:  # loaded by the writer: an export of no event writes its header without them
+    import pyarrow as pa
 
 CODECS = {None: "null", Compression.GZIP: "deflate", Compression.ZSTD: "zstandard", Compression.SNAPPY: "snappy"}
 """The Avro specification's names of the codecs Avro offers (see ExportFormat.spec)."""
@@ -39,17 +40,25 @@ def avro_name(name: str, taken: set[str]) -> str:
 
 
 def avro_schema(schema: pa.Schema) -> dict:
-    """Every field nullable (polars' encoding: a union with null first); original names kept in `doc`."""
+    """The record of an Arrow schema's rows (`record_schema`); a derived model names its rows in the
+    schema's metadata."""
+    import pyarrow as pa
+
+    kinds = [TIMESTAMP if pa.types.is_timestamp(field.type) else "long" if pa.types.is_int64(field.type)
+             else "double" if pa.types.is_float64(field.type) else "string" for field in schema]
+    return record_schema(zip(schema.names, kinds), (schema.metadata or {}).get(b"record", b"Event").decode())
+
+
+def record_schema(columns: Iterable[tuple[str, str | dict]], record: str = "Event") -> dict:
+    """A record of `columns` (name, Avro type), every field nullable (polars' encoding: a union with
+    null first); original names kept in `doc`."""
     taken: set[str] = set()
     fields = []
-    for field in schema:
-        kind = (TIMESTAMP if pa.types.is_timestamp(field.type) else "long" if pa.types.is_int64(field.type)
-                else "double" if pa.types.is_float64(field.type) else "string")
-        entry = {"name": avro_name(field.name, taken), "type": ["null", kind]}
-        if entry["name"] != field.name:
-            entry["doc"] = field.name
+    for name, kind in columns:
+        entry = {"name": avro_name(name, taken), "type": ["null", kind]}
+        if entry["name"] != name:
+            entry["doc"] = name
         fields.append(entry)
-    record = (schema.metadata or {}).get(b"record", b"Event").decode()  # a derived model names its rows
     return {"type": "record", "name": record, "namespace": "analytics_export", "fields": fields}
 
 
@@ -66,6 +75,9 @@ class AvroWriter(Writer):
 
     def encode(self, batch: pa.RecordBatch) -> list:
         """The batch as uncompressed Avro blocks, encoded by polars."""
+        import polars as pl
+        import pyarrow as pa
+
         if not batch.num_rows:
             return []
         columns = [c.cast(pa.timestamp("us")) if pa.types.is_timestamp(c.type) else c for c in batch.columns]
@@ -81,6 +93,14 @@ class AvroWriter(Writer):
 
     def close(self) -> None:
         self.writer.flush()
+
+    @classmethod
+    def empty(cls, columns: tuple[tuple[str, str], ...], compression: Compression | None) -> bytes:
+        """The container file's header: the schema `__init__` writes for an event query's batches."""
+        out = io.BytesIO()
+        schema = record_schema((name, TIMESTAMP if kind == "timestamp" else "string") for name, kind in columns)
+        fastavro.write.Writer(out, fastavro.parse_schema(schema), codec=CODECS[compression]).flush()
+        return out.getvalue()
 
     @classmethod
     def merge(cls, fragments: list[tuple[Path, int]], sink: ByteSink, schema: pa.Schema,

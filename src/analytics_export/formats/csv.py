@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-
+from ..enums import Compression
 from . import Writer
+
+if TYPE_CHECKING:  # loaded by the writer: an export of no event writes its header without them
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
 
 FORMULA = r"^[=+\-@\t\r]"
 """What a spreadsheet may run as a formula (OWASP's CSV injection list): a cell starting with one of these."""
@@ -28,12 +30,17 @@ class CsvWriter(Writer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # Header names are plain keys (no comma, quote or newline), so they need no quotes; every
-        # string value is quoted, which keeps an empty string apart from a missing value.
-        self.writer = pacsv.CSVWriter(self.sink, text_schema(self.schema), write_options=options(not self.fragment))
+        import pyarrow.csv as pacsv
+
+        if not self.fragment:  # the schema's names, guarded already where the writer guards
+            self.sink.write(CsvWriter.head(tuple(self.schema.names)))
+        self.writer = pacsv.CSVWriter(self.sink, text_schema(self.schema), write_options=options())
 
     def encode(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """`batch` with its typed timestamps (`inserted_at`) as RFC 3339 text, as `timestamp` already is."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         if not any(pa.types.is_timestamp(t) for t in batch.schema.types):
             return batch
         columns = [pc.strftime(c, RFC3339_TEXT) if pa.types.is_timestamp(c.type) else c for c in batch.columns]
@@ -46,10 +53,14 @@ class CsvWriter(Writer):
         self.writer.close()
 
     @classmethod
-    def head(cls, schema: pa.Schema) -> bytes:
-        out = pa.BufferOutputStream()
-        pacsv.CSVWriter(out, schema, write_options=options(True)).close()  # (write_csv would import pandas)
-        return out.getvalue().to_pybytes()
+    def head(cls, names: tuple[str, ...]) -> bytes:
+        """The header line. Names are plain keys (no comma, quote or newline), so they need no quotes;
+        every string value is quoted, which keeps an empty string apart from a missing value."""
+        return (",".join(names) + "\r\n").encode()
+
+    @classmethod
+    def empty(cls, columns: tuple[tuple[str, str], ...], compression: Compression | None) -> bytes:
+        return cls.head(tuple(name for name, _ in columns))
 
 
 RFC3339_TEXT = "%Y-%m-%dT%H:%M:%SZ"
@@ -58,18 +69,24 @@ RFC3339_TEXT = "%Y-%m-%dT%H:%M:%SZ"
 
 def text_schema(schema: pa.Schema) -> pa.Schema:
     """`schema` with timestamp columns as strings (what `encode` makes of them)."""
+    import pyarrow as pa
+
     return pa.schema([f.with_type(pa.string()) if pa.types.is_timestamp(f.type) else f for f in schema],
                      metadata=schema.metadata)
 
 
-def options(header: bool) -> pacsv.WriteOptions:
-    return pacsv.WriteOptions(include_header=header, eol="\r\n", quoting_style="needed",
-                              quoting_header="none", batch_size=8192)
+def options() -> pacsv.WriteOptions:
+    """pyarrow's CSV writer writes the rows; the header is `CsvWriter.head`."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.WriteOptions(include_header=False, eol="\r\n", quoting_style="needed", batch_size=8192)
 
 
 def guard_cells(array: pa.Array) -> pa.Array:
     """`array` (strings) with a single quote before every value a spreadsheet would read as a formula;
     columnar, no per-row Python."""
+    import pyarrow.compute as pc
+
     risky = pc.and_kleene(pc.match_substring_regex(array, FORMULA), pc.invert(pc.match_substring_regex(array, NUMBER)))
     return pc.if_else(risky, pc.binary_join_element_wise("'", array, ""), array)
 
@@ -87,18 +104,24 @@ class GuardedCsvWriter(CsvWriter):
         super().__init__(sink, guarded_schema(schema), *args, **kwargs)
 
     def encode(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        import pyarrow as pa
+
         batch = super().encode(batch)
         columns = [guard_cells(col) if is_text(col.type) else col for col in batch.columns]
         return pa.RecordBatch.from_arrays(columns, schema=text_schema(self.schema))
 
     @classmethod
-    def head(cls, schema: pa.Schema) -> bytes:
-        return super().head(guarded_schema(schema))
+    def head(cls, names: tuple[str, ...]) -> bytes:
+        return super().head(tuple(map(guard_name, names)))
 
 
 def is_text(kind: pa.DataType) -> bool:
+    import pyarrow as pa
+
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 
 def guarded_schema(schema: pa.Schema) -> pa.Schema:
+    import pyarrow as pa
+
     return pa.schema([field.with_name(guard_name(field.name)) for field in schema], metadata=schema.metadata)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from ..enums import Compression
 from . import Copied
 from .jsonl import JsonLinesWriter
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 
 class JsonWriter(JsonLinesWriter):
@@ -21,13 +17,13 @@ class JsonWriter(JsonLinesWriter):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not self.fragment:
-            self.sink.write(self.head(self.schema))
+            self.sink.write(self.head(()))
         self.first = True
 
     @classmethod
     def copied(cls, names: tuple[str, ...], compression: Compression | None) -> Copied | None:
         """Lines `{...},` after `[` and a newline; the last line's comma and newline make way for the tail."""
-        return replace(super().copied(names, compression), head=cls.head(None), opening=b"\n", trim=b",\n")
+        return replace(super().copied(names, compression), head=cls.head(names), opening=b"\n", trim=b",\n")
 
     def write(self, lines: memoryview) -> None:
         if not lines.nbytes:
@@ -43,7 +39,7 @@ class JsonWriter(JsonLinesWriter):
     separator = b","  # a fragment's rows start with a newline, not a comma
 
     @classmethod
-    def head(cls, schema: pa.Schema | None) -> bytes:
+    def head(cls, names: tuple[str, ...]) -> bytes:
         return b"["
 
     @classmethod

@@ -47,16 +47,25 @@ class CopyingSource(Protocol):
     def interrupt(self) -> None: ...
 
 
-def copied_plan(request: ExportRequest, source: EventSource, query: EventQuery,
-                privacy: Privacy | None) -> Copied | None:
-    """How the engine writes `request`'s file, or None when the batch path must: the store cannot copy
-    (another engine, or NaN left to scrub in Python), privacy scans values in Python (detectors,
-    patterns), or the writer has no engine form (Avro, CSV)."""
+def can_copy(source: EventSource, privacy: Privacy | None) -> bool:
+    """Whether the store's engine may write an export's file: it can copy (DuckDB, with no NaN left to
+    scrub in Python), and privacy scans no value in Python (detectors, patterns)."""
     if not sys.platform.startswith("linux") or not getattr(source, "finite", False) or not hasattr(source, "copy"):
-        return None
-    if privacy is not None and privacy.scans:
-        return None
-    return writer_for(request).copied(query.names, request.compression)
+        return False
+    return privacy is None or not privacy.scans
+
+
+def copied_plan(request: ExportRequest, query: EventQuery, total: int, fragment: bool) -> Copied | None:
+    """How the engine writes `request`'s file from a store that `can_copy`, `total` being the store's
+    count of the query's window; None when the batch path must: the writer has no engine form (Avro,
+    CSV), unless the window is empty, where the writer's file of no rows needs no engine (`Writer.empty`;
+    not in a fragment, whose head the assembly writes)."""
+    writer = writer_for(request)
+    plan = writer.copied(query.names, request.compression)
+    if plan is None and not total and not fragment:
+        head = writer.empty(query.columns, request.compression)
+        plan = None if head is None else Copied("", None, head=head)
+    return plan
 
 
 class EngineCopy:

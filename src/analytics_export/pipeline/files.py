@@ -18,7 +18,7 @@ from ..models import ExportRequest, ExportResult
 from ..privacy.policy import Privacy
 from ..sources import EventQuery, EventSource
 from .batches import PREFETCH, Progress, privacy_fields, read_ahead, scanned, stopping
-from .copied import EngineCopy, copied_plan
+from .copied import EngineCopy, can_copy, copied_plan
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -215,10 +215,12 @@ def write_files(
     query = export_query(request, project, privacy)
     if scope is not None:
         query = scope(query)
-    plan = copied_plan(request, source, query, privacy) if engine and not split and empty_file else None
-    if plan is not None:
-        return write_copied(request, source, destination, query, plan, name(1), digest=digest, fragment=fragment,
-                            on_progress=on_progress, should_stop=should_stop)
+    if engine and not split and empty_file and can_copy(source, privacy):
+        total = source.estimate(query)
+        plan = copied_plan(request, query, total, fragment)
+        if plan is not None:
+            return write_copied(request, source, destination, query, plan, total, name(1), digest=digest,
+                                fragment=fragment, on_progress=on_progress, should_stop=should_stop)
     max_events, max_bytes = request.destination.split_limits() if split else (None, None)
     filling = Filling(destination, lambda n: Part.open(request, destination, name(n), query.schema, digest, fragment),
                       max_events, max_bytes)
@@ -268,7 +270,7 @@ def fill(filling: Filling, batches: Iterator[pa.RecordBatch], on_progress: Calla
 
 
 def write_copied(request: ExportRequest, source: EventSource, destination: Destination, query: EventQuery,
-                 plan: Copied, name: str, *, digest: bool, fragment: bool,
+                 plan: Copied, total: int, name: str, *, digest: bool, fragment: bool,
                  on_progress: Callable[[Progress], None] | None,
                  should_stop: Callable[[], bool] | None) -> tuple[list[dict], Progress]:
     """`write_files` for one file that the store's engine writes (`copied.py`): the writer's head, the
@@ -278,7 +280,7 @@ def write_copied(request: ExportRequest, source: EventSource, destination: Desti
     upload = BackgroundUpload(destination.open(name))
     counted = HashingSink(upload) if digest else ForwardingSink(upload)
     progress = Progress()
-    engine = EngineCopy(source, query, plan, source.estimate(query), should_stop, request.id)  # type: ignore[arg-type]
+    engine = EngineCopy(source, query, plan, total, should_stop, request.id)  # type: ignore[arg-type]
     try:
         sink = open_sink(counted, request.format, request.compression, fragment)
         if not fragment:

@@ -124,16 +124,22 @@ class EventQuery:
         return ("event", "distinct_id", "timestamp", *middle, *self.ids)
 
     @property
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        """Each column's name and kind (pyarrow's not loaded): `text`, but for `timestamp` (unless
+        `text_timestamps`) and `inserted_at` (writers format it as they need), `timestamp`."""
+        kinds = ["text", "text", "text" if self.text_timestamps else "timestamp"]  # by place: a property may be so named
+        kinds += ["text"] * (len(self.names) - 3 - len(self.ids))
+        kinds += ["timestamp" if name == "inserted_at" else "text" for name in self.ids]
+        return tuple(zip(self.names, kinds))
+
+    @property
     def schema(self) -> pa.Schema:
-        """The schema of every batch a source yields for this query: text, but for `timestamp` (unless
-        `text_timestamps`) and `inserted_at` (writers format it as they need), timestamp[us, UTC]."""
+        """The schema of every batch a source yields for this query (`columns`): a `timestamp` is
+        timestamp[us, UTC], text is string."""
         import pyarrow as pa
 
-        timestamp, text = pa.timestamp("us", tz="UTC"), pa.string()
-        types = [text, text, text if self.text_timestamps else timestamp]  # by place: a property may be so named
-        types += [text] * (len(self.names) - 3 - len(self.ids))
-        types += [timestamp if name == "inserted_at" else text for name in self.ids]
-        return pa.schema([pa.field(name, kind) for name, kind in zip(self.names, types)])
+        types = {"text": pa.string(), "timestamp": pa.timestamp("us", tz="UTC")}
+        return pa.schema([pa.field(name, types[kind]) for name, kind in self.columns])
 
 
 @dataclass(frozen=True)
