@@ -137,6 +137,18 @@ def test_cancel_stops_a_running_export_within_seconds(big_store):
         svc.close()
 
 
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def writes(pid: int, export_id: str) -> bool:
+    """Whether process `pid` holds a file whose name has `export_id` in it open."""
+    try:
+        return any(export_id in os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
 def processes_below(pid: int) -> dict[int, str]:
     """Every process below `pid`, with its command line."""
     found, todo = {}, [pid]
@@ -161,9 +173,11 @@ def test_an_export_whose_process_is_killed_is_retried_by_the_worker_that_lives_o
         with svc.client(key) as c:
             export_id = start_and_wait_for_progress(c, {**ALL, "format": "avro", "compression": "gzip"})
             below = processes_below(svc.proc.pid)
-            runs = [pid for pid, line in below.items() if "runtime.isolated" in line]
             workers = {pid for pid, line in below.items() if " worker " in line}
-            assert len(runs) == 1 and len(workers) == 1, below
+            servers = [pid for pid, line in below.items() if "multiprocessing.forkserver" in line and parent(pid) in workers]
+            assert len(servers) == 1 and len(workers) == 1, below
+            runs = [pid for pid in below if parent(pid) in servers and writes(pid, export_id)]
+            assert len(runs) == 1, "the export's process: forked by the worker's server, writing the export's file"
             os.kill(runs[0], signal.SIGKILL)
             done = wait_for(c, export_id, timeout=120)
             now_below = processes_below(svc.proc.pid)

@@ -9,20 +9,19 @@ rules, destination secrets, partitions' files) and sends it pickled over a socke
 which imports the export path only (as the CLI does), sends back the export's expected size, its
 progress and its outcome. A stop (cancel, lost lease) goes the other way; a worker that dies closes
 the socket, which the child takes as a stop too. The worker starts each child ahead of the job it will
-run (`Child`), so a job does not wait for the imports.
+run (`Child`), forked from a server process that imported the export path once (`FORKS`).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass
-from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
@@ -42,6 +41,13 @@ PROGRESS_SECONDS = 0.1
 """Least time between two progress messages of a child (the worker's heartbeat reads them twice a second)."""
 STOP_GRACE_SECONDS = 30.0
 """How long a child that was told to stop may take to clean up (abort an upload) before it is killed."""
+
+FORKS = multiprocessing.get_context("forkserver")
+FORKS.set_forkserver_preload([__name__])
+"""Children are forked from a server process, started by the worker's first child, that imported the
+export path once (this module). Each child started as a new interpreter took 0.25-0.5 s of CPU for its
+imports: in a queue of jobs back to back, the next spare's imports competed with each export's first
+half second (5M to snappy Parquet through a worker 3.2-3.6 s, 2.7-2.9 s with a pause between jobs)."""
 
 
 @dataclass
@@ -123,33 +129,34 @@ def outcome_of(export_id: str, work: Callable[[], Any]) -> Outcome:
 
 
 class Child:
-    """A child process (`main`) started ahead of its attempt, so a job does not wait for its imports
-    (about 0.5 s; an idle child holds about 60 MB). One that is never given an attempt exits when
-    closed."""
+    """A child process (`main`, forked by `FORKS`) started ahead of its attempt, so a job does not wait
+    for it. One that is never given an attempt exits when closed."""
 
     def __init__(self) -> None:
-        self.conn, theirs = Pipe()
-        # A process group of its own: Ctrl-C in a terminal stops the worker, which stops the child in turn.
-        # Not a session of its own: Linux schedules each session as one group (autogroup), so a child there
-        # took a fair share of the CPU against the API whatever its niceness (4 exports through 2 workers:
-        # status polls' p99 110 ms, 15 ms with exports in the workers' own processes).
+        self.conn, theirs = FORKS.Pipe()
+        self.process = FORKS.Process(target=main, args=(theirs,), name="export", daemon=True)
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", f"from {__name__} import main; main({theirs.fileno()})"],
-                pass_fds=[theirs.fileno()], process_group=0)
+            self.process.start()
         except BaseException:
             self.conn.close()
             raise
         finally:
             theirs.close()
 
+    def running(self) -> bool:
+        return self.process.exitcode is None
+
+    def wait(self, seconds: float) -> int:
+        """Its exit code, once it ends; killed if it takes more than `seconds`."""
+        self.process.join(seconds)
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join()
+        return self.process.exitcode  # type: ignore[return-value]
+
     def close(self) -> None:
         self.conn.close()  # the end of file it waits on
-        try:
-            self.process.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.wait(STOP_GRACE_SECONDS)
 
 
 def run_isolated(attempt: Attempt, *, on_progress: Callable[[Progress], None],
@@ -158,12 +165,12 @@ def run_isolated(attempt: Attempt, *, on_progress: Callable[[Progress], None],
     """Run `attempt` in `child` (a new one if it is None or gone), passing on what it reports; tell it to
     stop once `should_stop()`. A child that ends without an outcome (killed, crashed) fails the attempt,
     which may be tried again."""
-    if child is None or child.process.poll() is not None:
+    if child is None or not child.running():
         try:
             child = Child()
         except OSError as exc:  # out of memory or processes, say: worth another attempt later
             return Outcome(error=f"could not start the export's process ({exc})", retryable=True)
-    ours, process = child.conn, child.process
+    ours = child.conn
     told = 0.0
     try:
         ours.send(attempt)
@@ -171,8 +178,8 @@ def run_isolated(attempt: Attempt, *, on_progress: Callable[[Progress], None],
             if not told and should_stop():
                 told = time.monotonic()
                 ours.send("stop")
-            if told and time.monotonic() - told > STOP_GRACE_SECONDS and process.poll() is None:
-                process.kill()
+            if told and time.monotonic() - told > STOP_GRACE_SECONDS and child.running():
+                child.process.kill()
             if not ours.poll(0.1):
                 continue
             message = ours.recv()
@@ -183,7 +190,7 @@ def run_isolated(attempt: Attempt, *, on_progress: Callable[[Progress], None],
             else:
                 on_expected(message)
     except (EOFError, OSError):  # the child is gone: the socket closed under a send or a read
-        code = process.wait()
+        code = child.wait(STOP_GRACE_SECONDS)
         if told:
             return Outcome(cancelled=True)
         return Outcome(error=f"the export's process ended without finishing it ({ended(code)})", retryable=True)
@@ -192,11 +199,7 @@ def run_isolated(attempt: Attempt, *, on_progress: Callable[[Progress], None],
         return Outcome(error=f"internal error ({type(exc).__name__}); see the worker log")
     finally:
         ours.close()  # a child still running (this worker stopping mid-run) takes the end of file as a stop
-        try:
-            process.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        child.wait(STOP_GRACE_SECONDS)
 
 
 def ended(code: int) -> str:
@@ -210,15 +213,19 @@ def ended(code: int) -> str:
     return f"{name}, the system may have run out of memory" if name == "SIGKILL" else name
 
 
-def main(fd: int) -> None:
-    """A child's side: run the attempt sent on `fd`, reporting as it goes. A stop message, or the
+def main(conn: Connection) -> None:
+    """A child's side: run the attempt sent on `conn`, reporting as it goes. A stop message, or the
     worker's end of the socket closing, stops it."""
     from .. import logs
 
+    # A process group of its own: Ctrl-C in a terminal stops the worker, which stops the child in turn.
+    # Not a session of its own: Linux schedules each session as one group (autogroup), so a child there
+    # took a fair share of the CPU against the API whatever its niceness (4 exports through 2 workers:
+    # status polls' p99 110 ms, 13 ms in the worker's session).
+    os.setpgid(0, 0)
     logs.configure()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # stop as on a stop message: nothing left half-done
-    conn = Connection(fd)
     try:
         attempt: Attempt = conn.recv()
     except EOFError:  # a spare child closed unused: its worker is stopping
