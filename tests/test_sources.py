@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import duckdb
 import pytest
-from hypothesis import given, settings
+import hypothesis
 from hypothesis import strategies as st
 from conftest import DEMO_END
 from helpers import canonical, decompress, read_records, strict_json, write_jsonl
@@ -19,7 +19,7 @@ from service import Service, create_key, wait_for
 from analytics_export import Settings, export, open_store
 from analytics_export.errors import Invalid
 from analytics_export.ingest import ingest_file
-from analytics_export.sources import RFC3339, EventQuery, rfc3339_sql
+from analytics_export.sources import RFC3339, EventQuery, utc_strftime
 
 WINDOW = {"start_date": "2026-09-01", "end_date": "2026-11-01"}
 CASES = {
@@ -357,17 +357,22 @@ def duck() -> duckdb.DuckDBPyConnection:
     con.close()
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
                     timezones=st.just(timezone.utc)),
        st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata"]))
-def test_rfc3339_sql_is_the_instant_as_utc_text(duck, when, zone):
-    """The text formats' timestamps, whatever the session's time zone: Python's own RFC 3339 text, as
-    strftime of the TIMESTAMPTZ in a UTC session gives (the SQL formats the instant, not ICU's calendar)."""
+def test_utc_strftime_is_the_instant_as_utc_text(duck, when, zone):
+    """The text formats' timestamps and a layout's days and hours, whatever the session's time zone:
+    Python's own RFC 3339 text, as strftime of the TIMESTAMPTZ in a UTC session gives (the SQL formats
+    the instant, not ICU's calendar)."""
     con = duck.cursor()
     con.execute(f"SET TimeZone = '{zone}'")
-    ours = con.execute(f"SELECT {rfc3339_sql('$1::TIMESTAMPTZ')}", [when]).fetchone()[0]
+    ours = con.execute(f"SELECT {utc_strftime('$1::TIMESTAMPTZ')}", [when]).fetchone()[0]
     con.execute("SET TimeZone = 'UTC'")
     assert ours == when.isoformat(timespec="microseconds").replace("+00:00", "Z")
     assert ours == con.execute(f"SELECT strftime($1::TIMESTAMPTZ, '{RFC3339}')", [when]).fetchone()[0]
+    con.execute(f"SET TimeZone = '{zone}'")
+    day, hour = con.execute(f"SELECT {utc_strftime('$1::TIMESTAMPTZ', '%Y-%m-%d')}, "
+                            f"{utc_strftime('$1::TIMESTAMPTZ', '%H')}", [when]).fetchone()
+    assert (day, hour) == (ours[:10], ours[11:13]), "a layout's partitions (`{event_date}`, `{event_hour}`)"
 

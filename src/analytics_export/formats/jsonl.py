@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from ..enums import Compression
-from ..sources import rfc3339_sql
+from ..sources import utc_strftime
 from . import BatchSQL, Copied, Writer, is_json, string_bytes
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def line_sql(columns: dict[str, str], before: str, after: str) -> str:
     against 2.7 s. The ids come after properties: an export's `include`, and a stream's uuid (its
     receiver drops a batch delivered twice)."""
     ids = {"uuid": lambda c: ["',\"uuid\":'", f"to_json({c})"],
-           "inserted_at": lambda c: ["',\"inserted_at\":\"'", rfc3339_sql(c), "'\"'"]}
+           "inserted_at": lambda c: ["',\"inserted_at\":\"'", utc_strftime(c), "'\"'"]}
     pieces = [before, "'{\"event\":'", f"to_json({columns['event']})", "',\"distinct_id\":'",
               f"to_json({columns['distinct_id']})", "',\"timestamp\":\"'", columns["timestamp"],
               "'\",\"properties\":'", columns["properties"]]
@@ -82,7 +82,7 @@ def object_sql(schema: pa.Schema) -> str:
         if is_json(field):
             value = column
         elif pa.types.is_timestamp(field.type):
-            value = f"""'"' || {rfc3339_sql(column)} || '"'"""
+            value = f"""'"' || {utc_strftime(column)} || '"'"""
         else:
             value = f"CAST(to_json({column}) AS VARCHAR)"
         key = json.dumps(field.name)  # our own column names: plain keys

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from ..destinations.specs import MAX_EVENT_SLUG, MAX_PARTITIONS, FileLayout, render_folder
 from ..errors import Invalid
 from ..formats import writer_for
+from ..sources import utc_strftime
 from .batches import Progress, scanned
 from .files import Filling, Part, export_query
 
@@ -69,7 +70,7 @@ class Layout:
 
     def keys(self) -> tuple[str, ...]:
         """A partition's values in the store's SQL: the order rows are read in."""
-        return tuple(f"strftime(events.\"timestamp\", '{f}')" for f in self.times) + (
+        return tuple(utc_strftime('events."timestamp"', f) for f in self.times) + (
             ("events.event",) if self.by_event else ())
 
     def check(self, source: EventSource, query: EventQuery) -> int:

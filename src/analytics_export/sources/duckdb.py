@@ -18,7 +18,7 @@ from ..errors import Invalid, OutOfMemory, Storage
 from ..enums import FilterOperator
 from ..models import ExportFilter
 from ..private import MODE, companion, create_private_dir
-from . import NON_FINITE_HINT, READ_MEMORY_MB, EventQuery, Selection, finite, rfc3339_sql
+from . import NON_FINITE_HINT, READ_MEMORY_MB, EventQuery, Selection, finite, utc_strftime
 from .protect import Protection
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ class SqlBuilder:
         """The output columns; columns they read from a subquery (selected properties, each event's
         parsed once for all of them: a JSON function per property ran out of memory at 60) are
         appended to `extracted`."""
-        ts = rfc3339_sql('"timestamp"') if query.text_timestamps else '"timestamp"'
+        ts = utc_strftime('"timestamp"') if query.text_timestamps else '"timestamp"'
         protect = query.protection or Protection()
         cols = ["event", f"{protect.distinct_id(self.bind)} AS distinct_id", ts]
         names = query.properties or ()
