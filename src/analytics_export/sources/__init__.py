@@ -24,6 +24,7 @@ def utc_strftime(column: str, fmt: str = RFC3339) -> str:
     0.45 s against 0.21 s)."""
     return f"strftime(make_timestamp(epoch_us({column})), '{fmt}')"
 
+
 NON_FINITE_HINT = r"[:\[,]\s*[+-]?(?i:nan|inf)"
 """RE2 (and Python): where NaN or Infinity may stand as a JSON value, after `:`, `[` or `,`. Matched
 first, as one pass over the text; a string that merely holds `nan` or `inf` ("banana", "info") does not
