@@ -184,6 +184,38 @@ def test_a_destination_failure_stops_the_engine_and_leaves_nothing(big_store, tm
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("fmt", ["csv", "avro"])
+def test_a_failed_batch_export_leaves_the_stores_connection_free(big_store, tmp_path, fmt):
+    """The batch path's stream, stopped by the failure part-read, is closed by the store's next query:
+    a library user's next export on the same store runs."""
+    store = open_store(Settings(data_dir=big_store))
+    destination = Failing(tmp_path)
+    request = ExportRequest(format=fmt, start_date="2000-01-01", end_date="2100-01-01")
+    try:
+        with pytest.raises(Storage, match="went away"):
+            run_export(request, store, destination, project="default")
+        destination.limit = 1 << 40
+        run_export(request, store, destination, project="default")
+    finally:
+        destination.close()
+        store.close()
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_stream_given_up_on_does_not_hold_the_connection(one_thread):
+    store = open_store(one_thread)
+    try:
+        query = export_query(ExportRequest(**WINDOW, format="csv"), "default")
+        stream = store.batches(query, 100)
+        next(iter(stream))
+        lines = store.lines(query, "c0", 100)
+        next(iter(lines))
+        assert store.count(query) > 100
+        assert store.batches(query, 100).read_all().num_rows == store.count(query)
+    finally:
+        store.close()
+
+
 def test_the_engine_path_works_in_a_process_holding_many_files(one_thread, tmp_path):
     """A worker with many open files (streams, uploads, sockets) gets descriptors past 1024, which
     select() refuses: the engine's pipe (Parquet's COPY) is waited on with poll()."""

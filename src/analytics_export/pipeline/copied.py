@@ -112,7 +112,8 @@ class EngineCopy:
     def _lines(self) -> Iterator[memoryview]:
         if not self.total:
             return
-        ahead = read_ahead(self.source.lines(self.query, self.plan.select, LINE_ROWS), 1)
+        lines = self.source.lines(self.query, self.plan.select, LINE_ROWS)
+        ahead = read_ahead(lines, 1)
         try:
             for batch in ahead:
                 if self.should_stop():
@@ -128,6 +129,7 @@ class EngineCopy:
             raise
         finally:
             ahead.close()
+            lines.close()  # the connection's result freed now, whether or not it was read to its end
 
     def _piped(self) -> Iterator[bytes]:
         read, write = os.pipe()

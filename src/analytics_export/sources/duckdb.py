@@ -427,19 +427,26 @@ class DuckDBEventStore:
                 self.private_wal()
 
     def _relation(self, text: str, params: list[Any]) -> duckdb.DuckDBPyRelation:
+        self._close_readers()
         with translated_errors():
             return self.con.sql(text, params=params)
 
     def execute(self, text: str, params: list[Any] | dict[str, Any]) -> duckdb.DuckDBPyConnection:
         """Run SQL with bound parameters; DuckDB errors come back as ours."""
+        self._close_readers()
         with translated_errors():
             return self.con.execute(text, params)
 
-    def close(self) -> None:
-        """Close open result streams first: a stream left open (say, one an error's traceback still
-        holds) would keep the file's lock and block the next connection to it."""
+    def _close_readers(self) -> None:
+        """Close the result streams handed out before: the connection runs one query at a time, and one
+        left open (an export that failed or stopped early, a stream an error's traceback still holds)
+        would refuse the next query, or at `close` keep the file's lock from the next connection."""
         for reader in self.readers:
             reader.close()
+        self.readers.clear()
+
+    def close(self) -> None:
+        self._close_readers()
         with OPENING:
             self.con.close()
 
