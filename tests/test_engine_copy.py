@@ -216,6 +216,30 @@ def test_a_stream_given_up_on_does_not_hold_the_connection(one_thread):
         store.close()
 
 
+def test_uncompressed_lines_run_on_one_engine_thread_and_the_next_query_on_all(one_thread, tmp_path):
+    settings = one_thread.model_copy(update={"duckdb_threads": 2})
+    request = ExportRequest(**WINDOW, format="json_lines")
+    query = export_query(request, "default")
+    assert copied_plan(request, query, 1, False).threads == 1
+    assert copied_plan(request.model_copy(update={"compression": "zstd"}), query, 1, False).threads is None
+    store = open_store(settings)
+    try:
+        def threads() -> int:
+            return store.con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+
+        assert threads() == 2
+        lines = store.lines(query, "c0", 100, 1)
+        rows = lines.read_all().num_rows
+        lines.close()
+        assert threads() == 1
+        assert rows == store.count(query) and threads() == 2
+    finally:
+        store.close()
+    engine = produce(settings, tmp_path / "engine", request, engine=True)
+    batches = produce(one_thread, tmp_path / "batches", request, engine=False)
+    assert sorted(engine.read_bytes().splitlines()) == sorted(batches.read_bytes().splitlines())
+
+
 def test_the_engine_path_works_in_a_process_holding_many_files(one_thread, tmp_path):
     """A worker with many open files (streams, uploads, sockets) gets descriptors past 1024, which
     select() refuses: the engine's pipe (Parquet's COPY) is waited on with poll()."""

@@ -39,13 +39,15 @@ class Copied:
     one text column of each row's bytes, read as the engine's Arrow stream and written as it is (DuckDB's
     CSV writer spent a third more CPU on the same lines). The file is `head` (the writer's; left out of
     fragments), `opening` before the engine's first byte, the engine's bytes less `trim` at their end
-    (JSON's last separator), then the writer's `tail`: the same bytes as the batch path, up to row order."""
+    (JSON's last separator), then the writer's `tail`: the same bytes as the batch path, up to row order.
+    `threads`, when set, caps the engine's threads for it (the store's setting otherwise)."""
 
     select: str
     options: str | None
     head: bytes = b""
     opening: bytes = b""
     trim: bytes = b""
+    threads: int | None = None
 
 
 class Writer:

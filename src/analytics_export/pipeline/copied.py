@@ -38,7 +38,7 @@ class CopyingSource(Protocol):
 
     def copy(self, query: EventQuery, select: str, options: str, path: str) -> int: ...
 
-    def lines(self, query: EventQuery, select: str, batch_rows: int) -> pa.RecordBatchReader: ...
+    def lines(self, query: EventQuery, select: str, batch_rows: int, threads: int | None) -> pa.RecordBatchReader: ...
 
     def estimate(self, query: EventQuery) -> int: ...
 
@@ -112,7 +112,7 @@ class EngineCopy:
     def _lines(self) -> Iterator[memoryview]:
         if not self.total:
             return
-        lines = self.source.lines(self.query, self.plan.select, LINE_ROWS)
+        lines = self.source.lines(self.query, self.plan.select, LINE_ROWS, self.plan.threads)
         ahead = read_ahead(lines, 1)
         try:
             for batch in ahead:

@@ -246,6 +246,7 @@ class DuckDBEventStore:
         self.fixed_memory = memory_limit is not None or not read_only
         memory_limit = memory_limit or (f"{READ_MEMORY_MB}MB" if read_only else "1GB")
         self.memory = memory_limit
+        self.threads = self.running_threads = threads
         self.path = Path(path)
         self.readers: list[pa.RecordBatchReader] = []
         if read_only and not self.path.exists():
@@ -323,8 +324,15 @@ class DuckDBEventStore:
             self.execute(f"SET memory_limit = '{wanted}'", [])
             self.memory = wanted
 
+    def fit_threads(self, threads: int | None) -> None:
+        """Run the next query on at most `threads` threads (None: all the store's)."""
+        if (wanted := min(threads or self.threads, self.threads)) != self.running_threads:
+            self.execute(f"SET threads = {int(wanted)}", [])
+            self.running_threads = wanted
+
     def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
         self.fit_memory(query)
+        self.fit_threads(None)
         sql = SqlBuilder()
         text = sql.select(query)
         with translated_errors():  # the stream's first chunk runs here: its errors are the query's
@@ -339,17 +347,21 @@ class DuckDBEventStore:
         text, params = self.rows_select(query, select)
         return int(self.execute(f"COPY ({text}) TO '{path}' ({options})", params).fetchall()[0][0])
 
-    def lines(self, query: EventQuery, select: str, batch_rows: int) -> pa.RecordBatchReader:
-        """`SELECT {select} FROM rows` (as `copy`), one text column, as an Arrow stream of `batch_rows`."""
+    def lines(self, query: EventQuery, select: str, batch_rows: int,
+              threads: int | None = None) -> pa.RecordBatchReader:
+        """`SELECT {select} FROM rows` (as `copy`), one text column, as an Arrow stream of `batch_rows`,
+        on at most `threads` of the store's threads."""
+        text, params = self.rows_select(query, select, threads)
         with translated_errors():
-            reader = self._relation(*self.rows_select(query, select)).to_arrow_reader(batch_rows)
+            reader = self._relation(text, params).to_arrow_reader(batch_rows)
         self.readers.append(reader)
         return reader
 
-    def rows_select(self, query: EventQuery, select: str) -> tuple[str, list[Any]]:
+    def rows_select(self, query: EventQuery, select: str, threads: int | None = None) -> tuple[str, list[Any]]:
         """`SELECT {select} FROM rows`, `rows` holding the query's columns as c0, c1, ..., and its
-        parameters; the memory cap fitted to the query first."""
+        parameters; the memory cap fitted to the query and the threads to `threads` first."""
         self.fit_memory(query)
+        self.fit_threads(threads)
         sql = SqlBuilder()
         names = ", ".join(f"c{i}" for i in range(len(query.names)))
         return f"SELECT {select} FROM ({sql.select(query)}) AS rows({names})", sql.params
@@ -364,6 +376,7 @@ class DuckDBEventStore:
         self.con.interrupt()
 
     def count(self, query: EventQuery) -> int:
+        self.fit_threads(None)
         sql = SqlBuilder()
         text = sql.select(query, ["count(*)"])
         return int(self.execute(text, sql.params).fetchall()[0][0])
@@ -378,6 +391,7 @@ class DuckDBEventStore:
 
     def select(self, query: EventQuery, selections: list[Selection]) -> Iterator[tuple[int, pa.RecordBatch]]:
         self.fit_memory(query)
+        self.fit_threads(None)
         for index, selection in enumerate(selections):
             sql = SqlBuilder()
             reader = self._relation(selected(sql, query, selection), sql.params).to_arrow_reader(65_536)
