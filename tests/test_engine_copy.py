@@ -222,6 +222,8 @@ def test_uncompressed_lines_run_on_one_engine_thread_and_the_next_query_on_all(o
     query = export_query(request, "default")
     assert copied_plan(request, query, 1, False).threads == 1
     assert copied_plan(request.model_copy(update={"compression": "zstd"}), query, 1, False).threads is None
+    protected = export_query(request, "default", Privacy(PRIVACY, secret=b"s" * 32))
+    assert copied_plan(request, protected, 1, False).threads is None, "privacy's SQL runs on every thread"
     store = open_store(settings)
     try:
         def threads() -> int:
