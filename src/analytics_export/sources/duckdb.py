@@ -324,15 +324,8 @@ class DuckDBEventStore:
             self.execute(f"SET memory_limit = '{wanted}'", [])
             self.memory = wanted
 
-    def fit_threads(self, threads: int | None) -> None:
-        """Run the next query on at most `threads` threads (None: all the store's)."""
-        if (wanted := min(threads or self.threads, self.threads)) != self.running_threads:
-            self.execute(f"SET threads = {int(wanted)}", [])
-            self.running_threads = wanted
-
     def batches(self, query: EventQuery, batch_size: int) -> pa.RecordBatchReader:
         self.fit_memory(query)
-        self.fit_threads(None)
         sql = SqlBuilder()
         text = sql.select(query)
         with translated_errors():  # the stream's first chunk runs here: its errors are the query's
@@ -351,17 +344,15 @@ class DuckDBEventStore:
               threads: int | None = None) -> pa.RecordBatchReader:
         """`SELECT {select} FROM rows` (as `copy`), one text column, as an Arrow stream of `batch_rows`,
         on at most `threads` of the store's threads."""
-        text, params = self.rows_select(query, select, threads)
         with translated_errors():
-            reader = self._relation(text, params).to_arrow_reader(batch_rows)
+            reader = self._relation(*self.rows_select(query, select), threads).to_arrow_reader(batch_rows)
         self.readers.append(reader)
         return reader
 
-    def rows_select(self, query: EventQuery, select: str, threads: int | None = None) -> tuple[str, list[Any]]:
+    def rows_select(self, query: EventQuery, select: str) -> tuple[str, list[Any]]:
         """`SELECT {select} FROM rows`, `rows` holding the query's columns as c0, c1, ..., and its
-        parameters; the memory cap fitted to the query and the threads to `threads` first."""
+        parameters; the memory cap fitted to the query first."""
         self.fit_memory(query)
-        self.fit_threads(threads)
         sql = SqlBuilder()
         names = ", ".join(f"c{i}" for i in range(len(query.names)))
         return f"SELECT {select} FROM ({sql.select(query)}) AS rows({names})", sql.params
@@ -376,7 +367,6 @@ class DuckDBEventStore:
         self.con.interrupt()
 
     def count(self, query: EventQuery) -> int:
-        self.fit_threads(None)
         sql = SqlBuilder()
         text = sql.select(query, ["count(*)"])
         return int(self.execute(text, sql.params).fetchall()[0][0])
@@ -391,7 +381,6 @@ class DuckDBEventStore:
 
     def select(self, query: EventQuery, selections: list[Selection]) -> Iterator[tuple[int, pa.RecordBatch]]:
         self.fit_memory(query)
-        self.fit_threads(None)
         for index, selection in enumerate(selections):
             sql = SqlBuilder()
             reader = self._relation(selected(sql, query, selection), sql.params).to_arrow_reader(65_536)
@@ -440,16 +429,26 @@ class DuckDBEventStore:
             finally:
                 self.private_wal()
 
-    def _relation(self, text: str, params: list[Any]) -> duckdb.DuckDBPyRelation:
-        self._close_readers()
+    def _relation(self, text: str, params: list[Any], threads: int | None = None) -> duckdb.DuckDBPyRelation:
+        """`text` as a relation, run on at most `threads` of the store's threads (None: all)."""
+        self._ready(threads)
         with translated_errors():
             return self.con.sql(text, params=params)
 
     def execute(self, text: str, params: list[Any] | dict[str, Any]) -> duckdb.DuckDBPyConnection:
-        """Run SQL with bound parameters; DuckDB errors come back as ours."""
-        self._close_readers()
+        """Run SQL with bound parameters on all the store's threads; DuckDB errors come back as ours."""
+        self._ready(None)
         with translated_errors():
             return self.con.execute(text, params)
+
+    def _ready(self, threads: int | None) -> None:
+        """Before a query: the streams handed out before closed, and DuckDB's threads set to `threads`
+        (a cap holds for the one query that asked for it)."""
+        self._close_readers()
+        if (wanted := min(threads or self.threads, self.threads)) != self.running_threads:
+            with translated_errors():
+                self.con.execute(f"SET threads = {int(wanted)}")
+            self.running_threads = wanted
 
     def _close_readers(self) -> None:
         """Close the result streams handed out before: the connection runs one query at a time, and one
